@@ -1,0 +1,60 @@
+//! The agent's one `Config`: `agent.toml` (written by `fifty-agent join`), then `FIFTY_*`
+//! environment, then flags.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use fifty_shared::config::{env_var, load_toml};
+use serde::{Deserialize, Serialize};
+
+/// How an agent runs.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the identity (key, certificate, CA) lives (`FIFTY_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Coordinators' QUIC addresses, `HOST:PORT`; tried in turn (`FIFTY_COORDINATORS`,
+    /// comma-separated).
+    pub coordinators: Vec<String>,
+}
+
+impl Config {
+    /// Loads `path`, applies the environment and checks the result.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let mut cfg: Config = load_toml(path)?;
+        if let Some(v) = env_var::<PathBuf>("FIFTY_DATA_DIR")? {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = env_var::<String>("FIFTY_COORDINATORS")? {
+            cfg.coordinators = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.coordinators.is_empty() {
+            bail!("config key coordinators: list at least one coordinator address, e.g. [\"10.0.0.5:7071\"]");
+        }
+        for c in &self.coordinators {
+            if c.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                bail!("config key coordinators: {c:?} is not HOST:PORT");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_addresses_are_named() {
+        let err = toml::from_str::<Config>("data_dir = \"/x\"\ncoordinators = []\nport = 1\n").unwrap_err().to_string();
+        assert!(err.contains("port"), "{err}");
+        let cfg: Config = toml::from_str("data_dir = \"/x\"\ncoordinators = [\"nowhere\"]\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("HOST:PORT"));
+    }
+}

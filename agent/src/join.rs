@@ -1,0 +1,91 @@
+//! `fifty-agent join`: enroll this host. Makes a key pair and a certificate request, trusts the
+//! coordinator through the CA fingerprint in the join token, and keeps what the coordinator signs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fifty_shared::codec::{read_frame, write_frame};
+use fifty_shared::ids::{HostName, Labels};
+use fifty_shared::tls::{self, CertAndKey, COORDINATOR_NAME};
+use fifty_shared::token::JoinToken;
+use fifty_shared::wire::{close, EnrollRequest, EnrollResponse};
+
+use crate::config::Config;
+use crate::identity::Identity;
+
+/// What `join` needs.
+pub struct JoinRequest<'a> {
+    /// Coordinator QUIC address, `HOST:PORT`.
+    pub coordinator: &'a str,
+    /// The join token as printed by `fifty token create --role agent`.
+    pub token: &'a str,
+    /// This host's name.
+    pub name: &'a str,
+    /// This host's labels, `k=v,...`.
+    pub labels: &'a str,
+    /// Where to keep the identity.
+    pub data_dir: &'a Path,
+}
+
+/// Resolves `HOST:PORT`.
+pub async fn resolve(addr: &str) -> Result<SocketAddr> {
+    tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("resolve coordinator address {addr:?}"))?
+        .next()
+        .ok_or_else(|| anyhow!("coordinator address {addr:?} resolves to nothing"))
+}
+
+/// A client endpoint on an ephemeral port of the right address family.
+pub fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint> {
+    let local: SocketAddr = if peer.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+    quinn::Endpoint::client(local).context("open a UDP socket")
+}
+
+/// Enrolls the host and writes its identity and an `agent.toml` into the data dir.
+pub async fn join(req: JoinRequest<'_>) -> Result<()> {
+    let token = JoinToken::parse(req.token)?;
+    let name = HostName::new(req.name)?;
+    let labels: Labels = req.labels.parse()?;
+    let (key_pem, csr_pem) = tls::new_host_key_and_csr(&name)?;
+    let addr = resolve(req.coordinator).await?;
+    let endpoint = client_endpoint(addr)?;
+    let connecting = endpoint
+        .connect_with(tls::enroll_client_config(&token.ca_fingerprint)?, addr, COORDINATOR_NAME)
+        .context("start connecting")?;
+    let conn = tokio::time::timeout(Duration::from_secs(15), connecting)
+        .await
+        .map_err(|_| anyhow!("no answer from a coordinator at {addr} within 15 s"))?
+        .map_err(|e| anyhow!("could not connect to the coordinator at {addr}: {e}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.context("open enrollment stream")?;
+    let request = EnrollRequest {
+        token_secret: token.secret.clone(),
+        name: name.clone(),
+        labels: labels.clone(),
+        csr_pem,
+        agent_version: fifty_shared::VERSION.to_string(),
+    };
+    write_frame(&mut send, &request).await.context("send enrollment request")?;
+    let _ = send.finish();
+    let response = tokio::time::timeout(Duration::from_secs(30), read_frame::<EnrollResponse, _>(&mut recv))
+        .await
+        .map_err(|_| anyhow!("the coordinator did not answer the enrollment within 30 s"))?
+        .context("read enrollment answer")?
+        .ok_or_else(|| anyhow!("the coordinator closed the stream without answering"))?;
+    conn.close(close::DONE.into(), b"enrolled");
+    let (cert_pem, ca_pem) = match response {
+        EnrollResponse::Enrolled { cert_pem, ca_pem } => (cert_pem, ca_pem),
+        EnrollResponse::Refused { reason } => bail!("the coordinator refused to enroll {name}: {reason}"),
+    };
+    tls::check_ca_fingerprint(&ca_pem, &token.ca_fingerprint).context("the CA the coordinator sent")?;
+    Identity { cert: CertAndKey { cert_pem, key_pem }, ca_pem }.save(req.data_dir)?;
+    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators: vec![req.coordinator.to_string()] };
+    let config_path = req.data_dir.join("agent.toml");
+    std::fs::write(&config_path, toml::to_string(&config)?).with_context(|| format!("write {}", config_path.display()))?;
+    endpoint.wait_idle().await;
+    println!("Enrolled {name} ({labels}). Identity in {}.", req.data_dir.join("identity").display());
+    println!("Start the agent with:\n\n    fifty-agent run --config {}", config_path.display());
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! The agent's link to the coordinator: connect with the host's certificate, say hello, then
+//! send a heartbeat every interval the coordinator asked for. When the link drops, try again
+//! with exponential backoff and jitter, forever, while the host keeps running; only a refusal of
+//! the host itself (its certificate revoked or unknown) stops the agent.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use fifty_shared::codec::{read_frame, write_frame, CodecError};
+use fifty_shared::tls::COORDINATOR_NAME;
+use fifty_shared::wire::{close, AgentMsg, CoordinatorMsg, Health, Heartbeat};
+use rand::Rng;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::health::HealthProbe;
+use crate::identity::Identity;
+use crate::join::{client_endpoint, resolve};
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// We were asked to stop.
+    Shutdown,
+    /// The link was up and then dropped; reconnect.
+    Lost(String),
+    /// The link never came up; retry later.
+    Unreachable(String),
+    /// The coordinator refused this host; retrying cannot help.
+    Refused(String),
+}
+
+/// Something that wants to know each heartbeat's round trip (the capacity benchmark does).
+pub type AckObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// Exponential backoff with full jitter: each wait is random in [0, cap], cap doubling from
+/// `base` to `max`. Reset after a link was up.
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff between `base` and `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self { base, max, attempt: 0 }
+    }
+
+    /// The next wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.max);
+        self.attempt += 1;
+        let jitter: f64 = rand::rng().random_range(0.5..=1.0);
+        cap.mul_f64(jitter)
+    }
+
+    /// Start again from `base`.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Runs the agent until `shutdown` turns true or the coordinator refuses the host.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    let identity = Identity::load(&config.data_dir)?;
+    let client_config =
+        fifty_shared::tls::quic_client_config(&identity.ca_pem, &identity.cert, fifty_shared::wire::ALPN_AGENT)?;
+    let first = resolve(&config.coordinators[0]).await?;
+    let mut endpoint = client_endpoint(first)?;
+    endpoint.set_default_client_config(client_config);
+    let mut probe = HealthProbe::new(&config.data_dir);
+    let mut health = move || probe.sample();
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
+    let mut next = 0;
+    loop {
+        let target = &config.coordinators[next % config.coordinators.len()];
+        next += 1;
+        let end = match resolve(target).await {
+            Ok(addr) => session(&endpoint, addr, &mut health, None, &mut shutdown).await,
+            Err(e) => SessionEnd::Unreachable(format!("{e:#}")),
+        };
+        match end {
+            SessionEnd::Shutdown => {
+                endpoint.close(close::DONE.into(), b"agent shutting down");
+                endpoint.wait_idle().await;
+                return Ok(());
+            }
+            SessionEnd::Refused(reason) => {
+                return Err(anyhow!("the coordinator refused this host: {reason}"));
+            }
+            SessionEnd::Lost(reason) => {
+                warn!(coordinator = %target, %reason, "link to the coordinator lost; reconnecting");
+                backoff.reset();
+            }
+            SessionEnd::Unreachable(reason) => {
+                warn!(coordinator = %target, %reason, "cannot reach the coordinator; will retry");
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+fn refused_or(e: &quinn::ConnectionError, otherwise: impl FnOnce(String) -> SessionEnd) -> SessionEnd {
+    if let quinn::ConnectionError::ApplicationClosed(c) = e {
+        let code = c.error_code.into_inner() as u32;
+        if matches!(code, close::REVOKED | close::UNKNOWN_HOST | close::NO_CERTIFICATE) {
+            return SessionEnd::Refused(String::from_utf8_lossy(&c.reason).into_owned());
+        }
+    }
+    otherwise(e.to_string())
+}
+
+/// One link: connect, hello, heartbeats until it drops. Public so the capacity benchmark drives
+/// exactly the agent's code path.
+pub async fn session(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    health: &mut (dyn FnMut() -> Health + Send),
+    on_ack: Option<AckObserver>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let connecting = match endpoint.connect(addr, COORDINATOR_NAME) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Unreachable(e.to_string()),
+    };
+    let conn = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return refused_or(&e, SessionEnd::Unreachable),
+        Err(_) => return SessionEnd::Unreachable(format!("no answer from {addr} within 10 s")),
+    };
+    let end = control_stream(&conn, health, on_ack, shutdown).await;
+    if matches!(end, SessionEnd::Shutdown) {
+        conn.close(close::DONE.into(), b"agent shutting down");
+    }
+    end
+}
+
+async fn control_stream(
+    conn: &quinn::Connection,
+    health: &mut (dyn FnMut() -> Health + Send),
+    on_ack: Option<AckObserver>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let lost = |e: quinn::ConnectionError| refused_or(&e, SessionEnd::Lost);
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return lost(e),
+    };
+    let hello = AgentMsg::Hello { agent_version: fifty_shared::VERSION.to_string() };
+    if let Err(e) = write_frame(&mut send, &hello).await {
+        return stream_error(conn, e);
+    }
+    let (host, interval) = match tokio::time::timeout(Duration::from_secs(10), read_frame::<CoordinatorMsg, _>(&mut recv)).await {
+        Ok(Ok(Some(CoordinatorMsg::Welcome { host, heartbeat_interval }))) => (host, heartbeat_interval),
+        Ok(Ok(Some(other))) => return SessionEnd::Lost(format!("expected Welcome, got {other:?}")),
+        Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+        Ok(Err(e)) => return stream_error(conn, e),
+        Err(_) => return SessionEnd::Lost("no Welcome within 10 s".into()),
+    };
+    info!(%host, coordinator = %conn.remote_address(), ?interval, "connected to the coordinator");
+
+    // Acks are read by their own task: reading a frame is not cancel-safe, so it must not sit in
+    // a select! beside the ticker.
+    let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
+    let mut reader = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                match read_frame::<CoordinatorMsg, _>(&mut recv).await {
+                    Ok(Some(CoordinatorMsg::HeartbeatAck { seq })) => {
+                        let mut sent = sent.lock().expect("sent lock");
+                        while let Some(&(s, at)) = sent.front() {
+                            if s > seq {
+                                break;
+                            }
+                            sent.pop_front();
+                            if let (true, Some(observe)) = (s == seq, &on_ack) {
+                                observe(at.elapsed());
+                            }
+                        }
+                    }
+                    Ok(Some(other)) => return Err(CodecError::Decode(format!("unexpected {other:?}"))),
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    };
+    // A coordinator killed outright sends no close; unanswered heartbeats tell us sooner than
+    // QUIC's idle timeout would.
+    let ack_timeout = (interval * 3).max(Duration::from_secs(3));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let oldest_unacked = sent.lock().expect("sent lock").front().map(|&(_, at)| at.elapsed());
+                if let Some(waited) = oldest_unacked.filter(|w| *w > ack_timeout) {
+                    reader.abort();
+                    return SessionEnd::Lost(format!("no heartbeat acknowledged for {:.1}s", waited.as_secs_f64()));
+                }
+                seq += 1;
+                let beat = AgentMsg::Heartbeat(Heartbeat { seq, health: health() });
+                {
+                    let mut sent = sent.lock().expect("sent lock");
+                    sent.push_back((seq, Instant::now()));
+                    if sent.len() > 64 {
+                        sent.pop_front();
+                    }
+                }
+                if let Err(e) = write_frame(&mut send, &beat).await {
+                    reader.abort();
+                    return stream_error(conn, e);
+                }
+            }
+            done = &mut reader => {
+                return match done {
+                    Ok(Err(e)) => stream_error(conn, e),
+                    _ => match conn.close_reason() {
+                        Some(e) => lost(e),
+                        None => SessionEnd::Lost("the coordinator closed the control stream".into()),
+                    },
+                };
+            }
+            _ = shutdown.wait_for(|s| *s) => {
+                reader.abort();
+                return SessionEnd::Shutdown;
+            }
+        }
+    }
+}
+
+/// A stream error is usually the connection closing underneath; report the close reason if so.
+fn stream_error(conn: &quinn::Connection, e: CodecError) -> SessionEnd {
+    match conn.close_reason() {
+        Some(reason) => refused_or(&reason, SessionEnd::Lost),
+        None => {
+            // Give the connection a moment to surface why the stream broke.
+            SessionEnd::Lost(format!("control stream: {e}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let waits: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(waits[0] >= Duration::from_millis(50) && waits[0] <= Duration::from_millis(100));
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(2)));
+        assert!(waits[7] >= Duration::from_secs(1));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,81 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The Fifty agent: enrolls this host and reports to the coordinator.
+#[derive(Debug, Parser)]
+#[command(name = "fifty-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enroll this host with a join token from `fifty token create --role agent`.
+    Join {
+        /// A coordinator's QUIC address, HOST:PORT (port 7071 by default).
+        #[arg(long)]
+        coordinator: String,
+        /// The join token.
+        #[arg(long, env = "FIFTY_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// This host's name (lower-case letters, digits and '-').
+        #[arg(long)]
+        name: String,
+        /// Labels, e.g. role=prod,pool=web.
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Where to keep the identity and agent.toml.
+        #[arg(long, env = "FIFTY_DATA_DIR", default_value = "/var/lib/fifty-agent")]
+        data_dir: PathBuf,
+    },
+    /// Run the agent.
+    Run {
+        /// The agent's config file (written by `join` into the data dir).
+        #[arg(long, short = 'c', default_value = "/var/lib/fifty-agent/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    fifty_shared::logging::init("info");
+    // One thread: the agent's work is a heartbeat a second; a small footprint matters more.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("start the tokio runtime");
+    let result = runtime.block_on(async {
+        match Cli::parse().command {
+            Command::Join { coordinator, token, name, labels, data_dir } => {
+                let coordinator = if coordinator.contains(':') { coordinator } else { format!("{coordinator}:7071") };
+                fifty_agent::join::join(fifty_agent::join::JoinRequest {
+                    coordinator: &coordinator,
+                    token: &token,
+                    name: &name,
+                    labels: &labels,
+                    data_dir: &data_dir,
+                })
+                .await
+            }
+            Command::Run { config } => {
+                let config = fifty_agent::config::Config::load(&config)?;
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("install SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    let _ = tx.send(true);
+                });
+                fifty_agent::link::run(config, rx).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The HTTPS API: `/v1/...` JSON and `/metrics`, behind bearer tokens with roles.
+//!
+//! | route | role |
+//! | --- | --- |
+//! | `GET /v1/health` | none |
+//! | `GET /v1/status`, `GET /v1/hosts`, `GET /metrics` | read |
+//! | `GET /v1/tokens`, `POST /v1/tokens`, `DELETE /v1/tokens/{accessor}`, `DELETE /v1/hosts/{name}` | admin |
+//!
+//! No token or an invalid one gets 401; a valid token whose role may not do the thing gets 403.
+
+mod https;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use fifty_shared::ids::{HostName, Role};
+
+pub use https::serve;
+
+use crate::coordinator::{Coordinator, OpError};
+use crate::state::Rejection;
+use crate::store::StoreError;
+use crate::views::{CreateToken, ErrorBody};
+
+/// An API failure, rendered as `{"error": "..."}` with its status.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "storage failure while serving the API");
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("coordinator storage failure: {e}"))
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            OpError::Rejected(r @ (Rejection::UnknownHost(_) | Rejection::UnknownAccessor(_))) => {
+                ApiError(StatusCode::NOT_FOUND, r.to_string())
+            }
+            OpError::Rejected(r) => ApiError(StatusCode::CONFLICT, r.to_string()),
+            OpError::Store(e) => e.into(),
+        }
+    }
+}
+
+type Shared = State<Arc<Coordinator>>;
+
+/// Checks the bearer token in `headers` against the role `needed`.
+fn authorize(coordinator: &Coordinator, headers: &HeaderMap, needed: Role) -> Result<(), ApiError> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing token: send `Authorization: Bearer <token>` (FIFTY_TOKEN for the CLI)"))?;
+    let bearer = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("malformed Authorization header: expected `Bearer <token>`"))?;
+    match coordinator.authenticate(bearer)? {
+        None => Err(unauthorized("invalid, expired or revoked token")),
+        Some(role) if role.allows(needed) => Ok(()),
+        Some(role) => Err(ApiError(StatusCode::FORBIDDEN, format!("a {role} token may not do this; it needs {needed}"))),
+    }
+}
+
+/// The API's routes.
+pub fn router(coordinator: Arc<Coordinator>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/status", get(status))
+        .route("/v1/hosts", get(hosts))
+        .route("/v1/hosts/{name}", delete(remove_host))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{accessor}", delete(revoke_token))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
+        .with_state(coordinator)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn status(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.status()?))
+}
+
+async fn hosts(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.hosts()?))
+}
+
+async fn remove_host(State(c): Shared, headers: HeaderMap, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    let name = HostName::new(&name).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let serial = c.remove_host(&name).await?;
+    Ok(Json(serde_json::json!({ "removed": name.as_str(), "revoked_serial": serial })))
+}
+
+async fn list_tokens(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.tokens()?))
+}
+
+async fn create_token(
+    State(c): Shared,
+    headers: HeaderMap,
+    body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    let Json(req) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text())))?;
+    Ok((StatusCode::CREATED, Json(c.create_token(req).await?)))
+}
+
+async fn revoke_token(State(c): Shared, headers: HeaderMap, Path(accessor): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    c.revoke_token(&accessor).await?;
+    Ok(Json(serde_json::json!({ "revoked": accessor })))
+}
+
+async fn metrics(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    let status = c.status()?;
+    let body = c.metrics.render(status.hosts.ready, status.hosts.down, status.agent_links, status.uptime_secs);
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body))
+}

@@ -1,0 +1,135 @@
+//! The CLI's HTTPS client: one request per call, TLS verified against the cluster CA
+//! (`FIFTY_CACERT`), bearer token from `FIFTY_TOKEN`.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::views::ErrorBody;
+
+/// Where the coordinator is and how to authenticate, from flags or `FIFTY_*` variables.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClientOpts {
+    /// Coordinator API address.
+    #[arg(long, env = "FIFTY_ADDR", default_value = "https://127.0.0.1:7070", global = true)]
+    pub addr: String,
+    /// API token.
+    #[arg(long, env = "FIFTY_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The cluster CA certificate (PEM), `<data_dir>/tls/ca.pem` on a coordinator.
+    #[arg(long, env = "FIFTY_CACERT", global = true)]
+    pub cacert: Option<std::path::PathBuf>,
+}
+
+/// An answer from the API that was not a success.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiFailure {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The server's error message.
+    pub message: String,
+}
+
+/// A client for one coordinator.
+#[derive(Clone)]
+pub struct Client {
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    token: Option<String>,
+    tls: TlsConnector,
+}
+
+impl Client {
+    /// A client for `addr` (`https://host:port`) that trusts `ca_pem`.
+    pub fn new(addr: &str, token: Option<String>, ca_pem: &str) -> Result<Self> {
+        let uri: Uri = addr.parse().with_context(|| format!("FIFTY_ADDR {addr:?} is not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(anyhow!("FIFTY_ADDR {addr:?} must start with https://"));
+        }
+        let host = uri.host().context("FIFTY_ADDR has no host")?.trim_matches(['[', ']']).to_string();
+        let port = uri.port_u16().unwrap_or(7070);
+        let server_name = ServerName::try_from(host.clone()).with_context(|| format!("{host:?} as a TLS name"))?;
+        let tls = TlsConnector::from(Arc::new(fifty_shared::tls::https_client_config(ca_pem)?));
+        Ok(Self { host, port, server_name, token, tls })
+    }
+
+    /// A client from flags and environment.
+    pub fn from_opts(opts: &ClientOpts) -> Result<Self> {
+        let path = opts.cacert.as_ref().context(
+            "FIFTY_CACERT is not set: point it (or --cacert) at the cluster CA, <data_dir>/tls/ca.pem on a coordinator",
+        )?;
+        let ca = std::fs::read_to_string(path).with_context(|| format!("read FIFTY_CACERT {}", path.display()))?;
+        Self::new(&opts.addr, opts.token.clone(), &ca)
+    }
+
+    async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes)> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("connect to the coordinator at {}:{}", self.host, self.port))?;
+        let tls = self.tls.connect(self.server_name.clone(), tcp).await.context("TLS handshake with the coordinator")?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("HTTP handshake")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {}", token.trim()));
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("build request")?;
+        let resp = sender.send_request(req).await.context("send request")?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.context("read response")?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T> {
+        let (status, bytes) = self.request(method, path, body).await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ApiFailure { status, message }.into());
+        }
+        serde_json::from_slice(&bytes).with_context(|| format!("decode the answer to {path}"))
+    }
+
+    /// `GET path`, decoded.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body, decoded.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        self.call(Method::POST, path, Some(serde_json::to_vec(body)?)).await
+    }
+
+    /// `DELETE path`, decoded.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// `GET path` as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let (status, bytes) = self.request(Method::GET, path, None).await?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if !status.is_success() {
+            return Err(ApiFailure { status, message: text }.into());
+        }
+        Ok(text)
+    }
+}

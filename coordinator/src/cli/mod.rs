@@ -1,0 +1,164 @@
+//! The `fifty` command line: the server, the local playgrounds (`dev`, `demo`), and the client
+//! verbs, which talk to a coordinator only through its HTTPS API.
+
+pub mod client;
+mod demo;
+mod dev;
+mod output;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::views::{CreateToken, HostView, StatusView, TokenCreated, TokenView};
+pub use client::{ApiFailure, Client, ClientOpts};
+
+/// Fifty: ship to production fifty times a day without breaking it.
+#[derive(Debug, Parser)]
+#[command(name = "fifty", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    client: ClientOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a coordinator.
+    Server {
+        #[command(flatten)]
+        flags: crate::config::Overrides,
+    },
+    /// Run a coordinator and local agents in a temporary directory, and print how to use them.
+    Dev {
+        /// How many agents to start.
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+    },
+    /// Tell Fifty's story with real processes on this machine; exit 0 only if every step happened.
+    Demo,
+    /// Cluster summary.
+    Status {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List hosts with their state and health.
+    Hosts {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage one host.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+    /// Manage tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCommand {
+    /// Remove a host and revoke its certificate; its agent is disconnected and refused.
+    Remove {
+        /// The host's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token. `--role agent` makes a join token for `fifty-agent join`.
+    Create {
+        /// admin, ci, read or agent.
+        #[arg(long)]
+        role: String,
+        /// Lifetime, e.g. 1h (join tokens default to 1h, API tokens to none).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Join tokens: how many hosts it may enroll (default 1; 0 = unlimited until it expires).
+        #[arg(long)]
+        max_uses: Option<u32>,
+        /// A note to find it by.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its accessor.
+    Revoke {
+        /// The accessor shown by `token create` and `token list`.
+        accessor: String,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Server { flags } => {
+            let config = crate::config::Config::load(&flags)?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                let _ = tx.send(true);
+            });
+            crate::server::run(config, rx).await
+        }
+        Command::Dev { agents } => dev::run(agents).await,
+        Command::Demo => demo::run().await,
+        Command::Status { json } => {
+            let status: StatusView = Client::from_opts(&cli.client)?.get("/v1/status").await?;
+            output::print(json, &status, output::status)
+        }
+        Command::Hosts { json } => {
+            let hosts: Vec<HostView> = Client::from_opts(&cli.client)?.get("/v1/hosts").await?;
+            output::print(json, &hosts, |h| output::hosts(h))
+        }
+        Command::Host { command: HostCommand::Remove { name } } => {
+            let out: serde_json::Value = Client::from_opts(&cli.client)?.delete(&format!("/v1/hosts/{name}")).await?;
+            println!("Removed host {name}; certificate {} revoked.", out["revoked_serial"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+        Command::Token { command } => token(&cli.client, command).await,
+    }
+}
+
+async fn token(opts: &ClientOpts, command: TokenCommand) -> Result<()> {
+    let client = Client::from_opts(opts)?;
+    match command {
+        TokenCommand::Create { role, ttl, max_uses, description, json } => {
+            let created: TokenCreated = client.post("/v1/tokens", &CreateToken { role, ttl, max_uses, description }).await?;
+            output::print(json, &created, output::token_created)
+        }
+        TokenCommand::List { json } => {
+            let tokens: Vec<TokenView> = client.get("/v1/tokens").await?;
+            output::print(json, &tokens, |t| output::tokens(t))
+        }
+        TokenCommand::Revoke { accessor } => {
+            let _: serde_json::Value = client.delete(&format!("/v1/tokens/{accessor}")).await?;
+            println!("Revoked token {accessor}.");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,153 @@
+//! How the CLI prints: aligned tables for people, the API's JSON with `--json`.
+
+use std::fmt::Write;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::views::{HostView, StatusView, TokenCreated, TokenView};
+
+/// Prints `value` as JSON or through `human`.
+pub fn print<T: Serialize>(json: bool, value: &T, human: impl Fn(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", human(value));
+    }
+    Ok(())
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// Bytes as GiB with one decimal.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn or_dash<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "-".into())
+}
+
+/// `fifty hosts`.
+pub fn hosts(hosts: &[HostView]) -> String {
+    if hosts.is_empty() {
+        return "No hosts. Enroll one with `fifty-agent join` (make a token with `fifty token create --role agent`).\n".into();
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            let labels = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+            let memory = match (h.mem_used_bytes, h.mem_total_bytes) {
+                (Some(u), Some(t)) => format!("{}/{} GiB", gib(u), gib(t)),
+                _ => "-".into(),
+            };
+            vec![
+                h.name.clone(),
+                h.state.as_str().to_string(),
+                labels,
+                or_dash(h.cpu_percent, |c| format!("{c:.1}")),
+                or_dash(h.load, |l| format!("{:.2}", l[0])),
+                memory,
+                or_dash(h.disk_free_bytes, |d| format!("{} GiB", gib(d))),
+                or_dash(h.agent_version.clone(), |v| v),
+                or_dash(h.last_seen_secs_ago, |s| format!("{s:.0}s ago")),
+            ]
+        })
+        .collect();
+    table(&["NAME", "STATE", "LABELS", "CPU%", "LOAD", "MEMORY", "DISK FREE", "VERSION", "LAST SEEN"], &rows)
+}
+
+/// `fifty status`.
+pub fn status(s: &StatusView) -> String {
+    format!(
+        "Cluster      created {}, CA sha256:{}\n\
+         Coordinator  fifty {}, up {}s, API {}, QUIC {}\n\
+         Hosts        {} total, {} ready, {} down; {} agents connected\n\
+         Heartbeats   every {}, down after {}\n",
+        s.cluster_created_at,
+        &s.ca_fingerprint[..16.min(s.ca_fingerprint.len())],
+        s.version,
+        s.uptime_secs,
+        s.http_addr,
+        s.quic_addr,
+        s.hosts.total,
+        s.hosts.ready,
+        s.hosts.down,
+        s.agent_links,
+        s.heartbeat_interval,
+        s.down_after,
+    )
+}
+
+/// `fifty token create`.
+pub fn token_created(t: &TokenCreated) -> String {
+    let expiry = t.expires_at.as_deref().map(|e| format!(", expires {e}")).unwrap_or_default();
+    format!("{}\n\n(accessor {}, role {}{expiry}; the token is shown only now)\n", t.token, t.accessor, t.role)
+}
+
+/// `fifty token list`.
+pub fn tokens(tokens: &[TokenView]) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            let state = if t.revoked {
+                "revoked"
+            } else if t.expired {
+                "expired"
+            } else if t.max_uses.is_some_and(|m| t.uses >= m) {
+                "used"
+            } else {
+                "valid"
+            };
+            vec![
+                t.accessor.clone(),
+                t.role.clone(),
+                state.to_string(),
+                match t.max_uses {
+                    Some(m) => format!("{}/{m}", t.uses),
+                    None => t.uses.to_string(),
+                },
+                t.expires_at.clone().unwrap_or_else(|| "never".into()),
+                t.description.clone(),
+            ]
+        })
+        .collect();
+    table(&["ACCESSOR", "ROLE", "STATE", "USES", "EXPIRES", "DESCRIPTION"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()]]);
+        assert_eq!(t, "A     BB\nlong  x\n");
+    }
+}

@@ -1,0 +1,173 @@
+//! The coordinator's one `Config`: TOML file, then `FIFTY_*` environment, then flags; checked once
+//! at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use fifty_shared::config::{duration, env_var, load_toml};
+use serde::{Deserialize, Serialize};
+
+/// How a coordinator runs. Every key has a default except `data_dir` in production use.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the state (sled) and this node's TLS files live.
+    pub data_dir: PathBuf,
+    /// HTTPS API address (`FIFTY_HTTP_ADDR`).
+    pub http_addr: SocketAddr,
+    /// QUIC address for agents and peers (`FIFTY_QUIC_ADDR`).
+    pub quic_addr: SocketAddr,
+    /// How often agents report (`FIFTY_HEARTBEAT_INTERVAL`).
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// A host with no heartbeat for this long is `down` (`FIFTY_DOWN_AFTER`).
+    #[serde(with = "duration")]
+    pub down_after: Duration,
+    /// Extra names and addresses the HTTPS certificate carries, for users who dial the API by a
+    /// name other than `localhost`/`127.0.0.1`.
+    pub tls_names: Vec<String>,
+    /// If set, the bootstrap admin token is also written to this file (mode 0600) on the
+    /// cluster's first start, for automation. It is always printed once on standard output.
+    pub bootstrap_token_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/fifty"),
+            http_addr: "0.0.0.0:7070".parse().expect("literal address"),
+            quic_addr: "0.0.0.0:7071".parse().expect("literal address"),
+            heartbeat_interval: Duration::from_secs(1),
+            down_after: Duration::from_secs(5),
+            tls_names: Vec::new(),
+            bootstrap_token_file: None,
+        }
+    }
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Config file (TOML).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTPS API address.
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    /// QUIC address.
+    #[arg(long)]
+    pub quic_addr: Option<SocketAddr>,
+    /// Write the bootstrap admin token to this file on first start.
+    #[arg(long)]
+    pub bootstrap_token_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the file named by `--config` (if any), applies `FIFTY_*` variables and flags, and checks
+    /// the result.
+    pub fn load(flags: &Overrides) -> Result<Self> {
+        let mut cfg: Config = match &flags.config {
+            Some(path) => load_toml(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = env_var::<PathBuf>("FIFTY_DATA_DIR")? {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = env_var::<SocketAddr>("FIFTY_HTTP_ADDR")? {
+            cfg.http_addr = v;
+        }
+        if let Some(v) = env_var::<SocketAddr>("FIFTY_QUIC_ADDR")? {
+            cfg.quic_addr = v;
+        }
+        if let Some(v) = env_var::<String>("FIFTY_HEARTBEAT_INTERVAL")? {
+            cfg.heartbeat_interval = fifty_shared::config::parse_duration(&v)
+                .map_err(|e| anyhow::anyhow!("environment variable FIFTY_HEARTBEAT_INTERVAL: {e}"))?;
+        }
+        if let Some(v) = env_var::<String>("FIFTY_DOWN_AFTER")? {
+            cfg.down_after = fifty_shared::config::parse_duration(&v)
+                .map_err(|e| anyhow::anyhow!("environment variable FIFTY_DOWN_AFTER: {e}"))?;
+        }
+        if let Some(v) = &flags.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = flags.http_addr {
+            cfg.http_addr = v;
+        }
+        if let Some(v) = flags.quic_addr {
+            cfg.quic_addr = v;
+        }
+        if let Some(v) = &flags.bootstrap_token_file {
+            cfg.bootstrap_token_file = Some(v.clone());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense together.
+    pub fn validate(&self) -> Result<()> {
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            bail!("config key heartbeat_interval: {:?} is too short (at least 100ms)", self.heartbeat_interval);
+        }
+        if self.down_after <= self.heartbeat_interval * 2 {
+            bail!(
+                "config key down_after: {:?} must be more than twice heartbeat_interval ({:?}), or healthy hosts flap",
+                self.down_after,
+                self.heartbeat_interval
+            );
+        }
+        Ok(())
+    }
+
+    /// This node's TLS files: `ca.pem` (public, for `FIFTY_CACERT`), `node.pem`, `node-key.pem`.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    /// The sled database.
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir.join("state")
+    }
+
+    /// Path of the CA certificate users point `FIFTY_CACERT` at.
+    pub fn ca_path(&self) -> PathBuf {
+        self.tls_dir().join("ca.pem")
+    }
+}
+
+/// Writes `text` to `path` readable by the owner only.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let err = toml::from_str::<Config>("data_dir = \"/x\"\nheartbeat = \"1s\"\n").unwrap_err().to_string();
+        assert!(err.contains("heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_duration_is_named() {
+        let err = toml::from_str::<Config>("down_after = \"five\"\n").unwrap_err().to_string();
+        assert!(err.contains("down_after") && err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn down_after_must_exceed_two_heartbeats() {
+        let cfg: Config = toml::from_str("heartbeat_interval = \"2s\"\ndown_after = \"3s\"\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("down_after"));
+    }
+}

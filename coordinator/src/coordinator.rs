@@ -1,0 +1,357 @@
+//! The coordinator's operations, shared by its two front doors: the HTTPS API (`api`) and the
+//! QUIC endpoint (`quic`). Each operation reads the applied state, decides, and sends a
+//! [`Command`] through [`Consensus`]; soft state (heartbeats, live links) stays in memory here.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use fifty_shared::ids::{HostName, Role};
+use fifty_shared::tls::{self, CertAndKey};
+use fifty_shared::token::{self, JoinToken};
+use fifty_shared::wire::{close, EnrollRequest, EnrollResponse, Health};
+use rustls_pki_types::CertificateDer;
+
+use crate::config::Config;
+use crate::consensus::Consensus;
+use crate::fleet::{Beat, Fleet, HostState};
+use crate::metrics::Metrics;
+use crate::state::{Applied, Command, HostRecord, Rejection, TokenRecord};
+use crate::store::StoreError;
+use crate::views::{self, CreateToken, HostCounts, HostView, StatusView, TokenCreated, TokenView};
+
+/// Why an operation failed, as the API reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The request itself is wrong (HTTP 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The state machine refused the decision (HTTP 404 for unknown things, 409 otherwise).
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Storage failed (HTTP 500); logged where it is handled.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why an agent's link was refused: a QUIC close code and a reason for the operator.
+#[derive(Debug)]
+pub struct LinkRefusal {
+    /// One of `fifty_shared::wire::close`.
+    pub code: u32,
+    /// Sent to the agent and logged.
+    pub reason: String,
+}
+
+/// The coordinator: configuration, the decision log, and the soft state.
+pub struct Coordinator {
+    /// How it runs.
+    pub config: Config,
+    /// Where decisions go.
+    pub consensus: Consensus,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Metrics,
+    ca: CertAndKey,
+    ca_fingerprint: String,
+    cluster_created_at: SystemTime,
+    http_addr: SocketAddr,
+    quic_addr: SocketAddr,
+    started: Instant,
+    fleet: Mutex<Fleet>,
+    links: Mutex<HashMap<HostName, (u64, quinn::Connection)>>,
+    next_link: AtomicU64,
+}
+
+impl Coordinator {
+    /// Builds the coordinator over an initialised store.
+    pub fn new(config: Config, consensus: Consensus, http_addr: SocketAddr, quic_addr: SocketAddr) -> anyhow::Result<Self> {
+        let cluster = consensus.store().cluster()?.ok_or_else(|| anyhow::anyhow!("cluster is not initialised"))?;
+        let ca = CertAndKey { cert_pem: cluster.ca_cert_pem, key_pem: cluster.ca_key_pem };
+        let ca_fingerprint = tls::fingerprint(&tls::cert_from_pem(&ca.cert_pem)?);
+        Ok(Self {
+            config,
+            consensus,
+            metrics: Metrics::default(),
+            ca,
+            ca_fingerprint,
+            cluster_created_at: cluster.created_at,
+            http_addr,
+            quic_addr,
+            started: Instant::now(),
+            fleet: Mutex::default(),
+            links: Mutex::default(),
+            next_link: AtomicU64::new(1),
+        })
+    }
+
+    /// The cluster CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca.cert_pem
+    }
+
+    // ---- tokens ------------------------------------------------------------------------------
+
+    /// The role of an API bearer token, if it is valid now.
+    pub fn authenticate(&self, bearer: &str) -> Result<Option<Role>, StoreError> {
+        let hash = token::hash_secret(token::api_secret(bearer));
+        Ok(match self.consensus.store().token(&hash)? {
+            Some(t) if t.role != Role::Agent && t.refusal(SystemTime::now()).is_none() => Some(t.role),
+            _ => None,
+        })
+    }
+
+    /// Creates a token and returns its secret, the only time it is shown.
+    pub async fn create_token(&self, req: CreateToken) -> Result<TokenCreated, OpError> {
+        let role: Role = req.role.parse().map_err(|e: fifty_shared::ids::IdError| OpError::BadRequest(e.to_string()))?;
+        let ttl = match (&req.ttl, role) {
+            (Some(text), _) => Some(
+                fifty_shared::config::parse_duration(text).map_err(|e| OpError::BadRequest(format!("ttl: {e}")))?,
+            ),
+            (None, Role::Agent) => Some(Duration::from_secs(3600)),
+            (None, _) => None,
+        };
+        let max_uses = match (req.max_uses, role) {
+            (Some(0), Role::Agent) => None,
+            (n, Role::Agent) => Some(n.unwrap_or(1)),
+            (None, _) => None,
+            (Some(_), _) => return Err(OpError::BadRequest("max_uses applies only to agent (join) tokens".into())),
+        };
+        let now = SystemTime::now();
+        let secret = token::new_secret();
+        let record = TokenRecord {
+            accessor: hex::encode(rand::random::<[u8; 8]>()),
+            hash: token::hash_secret(&secret),
+            role,
+            description: req.description,
+            created_at: now,
+            expires_at: ttl.map(|t| now + t),
+            max_uses,
+            uses: 0,
+            revoked: false,
+        };
+        let text = match role {
+            Role::Agent => JoinToken { secret, ca_fingerprint: self.ca_fingerprint.clone() }.encode(),
+            _ => format!("{}{secret}", token::API_PREFIX),
+        };
+        self.consensus.propose(Command::CreateToken(record.clone())).await??;
+        Ok(TokenCreated {
+            accessor: record.accessor,
+            role: role.to_string(),
+            token: text,
+            expires_at: record.expires_at.map(views::rfc3339),
+        })
+    }
+
+    /// Revokes a token by accessor.
+    pub async fn revoke_token(&self, accessor: &str) -> Result<(), OpError> {
+        self.consensus.propose(Command::RevokeToken { accessor: accessor.to_string() }).await??;
+        Ok(())
+    }
+
+    /// Every token, without secrets.
+    pub fn tokens(&self) -> Result<Vec<TokenView>, StoreError> {
+        let now = SystemTime::now();
+        let mut tokens: Vec<_> = self
+            .consensus
+            .store()
+            .tokens()?
+            .into_iter()
+            .map(|t| TokenView {
+                expired: t.expires_at.is_some_and(|at| now >= at),
+                accessor: t.accessor,
+                role: t.role.to_string(),
+                description: t.description,
+                created_at: views::rfc3339(t.created_at),
+                expires_at: t.expires_at.map(views::rfc3339),
+                max_uses: t.max_uses,
+                uses: t.uses,
+                revoked: t.revoked,
+            })
+            .collect();
+        tokens.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.accessor.cmp(&b.accessor)));
+        Ok(tokens)
+    }
+
+    // ---- hosts -------------------------------------------------------------------------------
+
+    /// Enrolls a host: checks its join token, signs its certificate request, records it.
+    pub async fn enroll(&self, req: EnrollRequest) -> EnrollResponse {
+        let refused = |reason: String| EnrollResponse::Refused { reason };
+        let out = async {
+            let hash = token::hash_secret(&req.token_secret);
+            let now = SystemTime::now();
+            // Check before signing so a bad token costs no signature; the command checks again.
+            let Some(token) = self.consensus.store().token(&hash)? else {
+                return Ok(refused(Rejection::UnknownToken.to_string()));
+            };
+            if token.role != Role::Agent {
+                return Ok(refused(Rejection::NotAJoinToken(token.role).to_string()));
+            }
+            if let Some(why) = token.refusal(now) {
+                return Ok(refused(why.to_string()));
+            }
+            let serial = tls::random_serial();
+            let cert_pem = match tls::sign_host_csr(&self.ca, &req.csr_pem, &req.name, &serial) {
+                Ok(pem) => pem,
+                Err(e) => return Ok(refused(format!("{e:#}"))),
+            };
+            let host = HostRecord {
+                name: req.name.clone(),
+                labels: req.labels.clone(),
+                serial: hex::encode(&serial),
+                enrolled_at: now,
+                token_accessor: token.accessor,
+            };
+            match self.consensus.propose(Command::EnrollHost { token_hash: hash, host, at: now }).await? {
+                Ok(Applied::Enrolled { replaced_serial }) => {
+                    if replaced_serial.is_some() {
+                        self.close_link(&req.name, close::REVOKED, "this host enrolled again; the old certificate is revoked");
+                    }
+                    Ok(EnrollResponse::Enrolled { cert_pem, ca_pem: self.ca.cert_pem.clone() })
+                }
+                Ok(other) => Ok(refused(format!("unexpected outcome {other:?}"))),
+                Err(rejection) => Ok(refused(rejection.to_string())),
+            }
+        }
+        .await;
+        let response = out.unwrap_or_else(|e: StoreError| {
+            tracing::error!(host = %req.name, error = %e, "enrollment failed on storage");
+            refused("the coordinator could not record the enrollment; try again".into())
+        });
+        match &response {
+            EnrollResponse::Enrolled { .. } => {
+                self.metrics.enrollments_ok.inc();
+                tracing::info!(host = %req.name, labels = %req.labels, "host enrolled");
+            }
+            EnrollResponse::Refused { reason } => {
+                self.metrics.enrollments_refused.inc();
+                tracing::warn!(host = %req.name, %reason, "enrollment refused");
+            }
+        }
+        response
+    }
+
+    /// Takes a link's identity from its verified certificate: the serial must belong to an
+    /// enrolled host and must not be revoked.
+    pub fn identify(&self, cert: &CertificateDer<'_>) -> Result<HostName, LinkRefusal> {
+        let serial = tls::cert_serial(cert)
+            .map_err(|e| LinkRefusal { code: close::UNKNOWN_HOST, reason: format!("{e:#}") })?;
+        let store = self.consensus.store();
+        let storage = |e: StoreError| LinkRefusal { code: close::UNKNOWN_HOST, reason: format!("coordinator storage: {e}") };
+        if let Some(r) = store.revocation(&serial).map_err(storage)? {
+            return Err(LinkRefusal {
+                code: close::REVOKED,
+                reason: format!(
+                    "certificate {serial} of host {} was revoked at {} ({})",
+                    r.host,
+                    views::rfc3339(r.at),
+                    r.reason
+                ),
+            });
+        }
+        match store.host_by_serial(&serial).map_err(storage)? {
+            Some(name) => Ok(name),
+            None => Err(LinkRefusal {
+                code: close::UNKNOWN_HOST,
+                reason: format!("certificate {serial} belongs to no enrolled host; enroll with `fifty-agent join`"),
+            }),
+        }
+    }
+
+    /// Removes a host: revokes its certificate and closes its link.
+    pub async fn remove_host(&self, name: &HostName) -> Result<String, OpError> {
+        let out = self.consensus.propose(Command::RemoveHost { name: name.clone(), at: SystemTime::now() }).await??;
+        let serial = match out {
+            Applied::Removed { serial } => serial,
+            other => return Err(OpError::BadRequest(format!("unexpected outcome {other:?}"))),
+        };
+        self.fleet.lock().expect("fleet lock").forget(name);
+        self.close_link(name, close::REVOKED, &format!("host {name} was removed and its certificate {serial} revoked"));
+        tracing::info!(host = %name, %serial, "host removed");
+        Ok(serial)
+    }
+
+    /// Records a heartbeat (soft state).
+    pub fn on_heartbeat(&self, host: &HostName, health: Health, agent_version: &str) {
+        let beat = Beat { at: Instant::now(), wall: SystemTime::now(), health, agent_version: agent_version.to_string() };
+        self.fleet.lock().expect("fleet lock").on_heartbeat(host, beat);
+        self.metrics.heartbeats.inc();
+    }
+
+    /// Registers a live agent link, closing any older link of the same host.
+    pub fn register_link(&self, host: &HostName, conn: quinn::Connection) -> u64 {
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let old = self.links.lock().expect("links lock").insert(host.clone(), (id, conn));
+        if let Some((_, old)) = old {
+            old.close(close::REPLACED.into(), b"a newer connection from this host replaced this one");
+        }
+        id
+    }
+
+    /// Forgets a link when it ends (unless a newer one replaced it).
+    pub fn unregister_link(&self, host: &HostName, id: u64) {
+        let mut links = self.links.lock().expect("links lock");
+        if links.get(host).is_some_and(|(cur, _)| *cur == id) {
+            links.remove(host);
+        }
+    }
+
+    fn close_link(&self, host: &HostName, code: u32, reason: &str) {
+        if let Some((_, conn)) = self.links.lock().expect("links lock").remove(host) {
+            conn.close(code.into(), reason.as_bytes());
+        }
+    }
+
+    /// Number of connected agents.
+    pub fn link_count(&self) -> usize {
+        self.links.lock().expect("links lock").len()
+    }
+
+    /// Every host with its live state, sorted by name.
+    pub fn hosts(&self) -> Result<Vec<HostView>, StoreError> {
+        let records = self.consensus.store().hosts()?;
+        let fleet = self.fleet.lock().expect("fleet lock");
+        let now = Instant::now();
+        Ok(records
+            .into_iter()
+            .map(|h| {
+                let beat = fleet.last(&h.name);
+                HostView {
+                    state: fleet.state(&h.name, now, self.config.down_after),
+                    cpu_percent: beat.map(|b| b.health.cpu_percent),
+                    load: beat.map(|b| b.health.load),
+                    mem_used_bytes: beat.map(|b| b.health.mem_used_bytes),
+                    mem_total_bytes: beat.map(|b| b.health.mem_total_bytes),
+                    disk_free_bytes: beat.map(|b| b.health.disk_free_bytes),
+                    agent_version: beat.map(|b| b.agent_version.clone()),
+                    last_seen: beat.map(|b| views::rfc3339(b.wall)),
+                    last_seen_secs_ago: beat.map(|b| now.saturating_duration_since(b.at).as_secs_f64()),
+                    enrolled_at: views::rfc3339(h.enrolled_at),
+                    cert_serial: h.serial,
+                    labels: h.labels.0,
+                    name: h.name.to_string(),
+                }
+            })
+            .collect())
+    }
+
+    /// The cluster summary.
+    pub fn status(&self) -> Result<StatusView, StoreError> {
+        let hosts = self.hosts()?;
+        let ready = hosts.iter().filter(|h| h.state == HostState::Ready).count();
+        Ok(StatusView {
+            version: fifty_shared::VERSION.to_string(),
+            cluster_created_at: views::rfc3339(self.cluster_created_at),
+            ca_fingerprint: self.ca_fingerprint.clone(),
+            http_addr: self.http_addr.to_string(),
+            quic_addr: self.quic_addr.to_string(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            agent_links: self.link_count(),
+            hosts: HostCounts { total: hosts.len(), ready, down: hosts.len() - ready },
+            heartbeat_interval: humantime::format_duration(self.config.heartbeat_interval).to_string(),
+            down_after: humantime::format_duration(self.config.down_after).to_string(),
+        })
+    }
+}

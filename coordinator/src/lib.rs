@@ -1,0 +1,21 @@
+//! `fifty`: the coordinator server and the admin/CI command-line client, in one binary (like
+//! `nomad` or `vault`).
+//!
+//! Architecture invariant: the state machine (`state`) knows nothing of QUIC, HTTP or time; it
+//! applies commands to the store. `store` is the only module that touches sled. The front doors
+//! (`api`, `quic`) call `coordinator`, which decides and proposes commands through `consensus`.
+//! The CLI (`cli`) talks to a coordinator only through the HTTPS API.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod consensus;
+pub mod coordinator;
+pub mod fleet;
+pub mod local;
+pub mod metrics;
+pub mod quic;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod views;

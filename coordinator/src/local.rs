@@ -1,0 +1,326 @@
+//! A cluster of real processes on this machine: one coordinator (`fifty server`) and any number
+//! of agents (`fifty-agent`), each with its own data dir under one directory, on free loopback
+//! ports. `fifty dev`, `fifty demo` and the end-to-end tests all start their clusters here.
+//!
+//! Children are killed when the cluster is dropped. Their output goes to `<dir>/logs/<name>.log`.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+use crate::cli::Client;
+use crate::views::{CreateToken, HostView};
+
+/// Timing knobs for a local coordinator.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Agents' heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a host is down.
+    pub down_after: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { heartbeat_interval: Duration::from_secs(1), down_after: Duration::from_secs(5) }
+    }
+}
+
+/// One agent of the cluster.
+pub struct LocalAgent {
+    /// Host name.
+    pub name: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// A coordinator and agents running as child processes.
+pub struct LocalCluster {
+    /// Everything lives under here.
+    pub dir: PathBuf,
+    /// Where `fifty` and `fifty-agent` are.
+    pub bin_dir: PathBuf,
+    /// HTTPS API address.
+    pub http: SocketAddr,
+    /// QUIC address.
+    pub quic: SocketAddr,
+    /// The bootstrap admin token.
+    pub admin_token: String,
+    /// The agents, in the order they were added.
+    pub agents: Vec<LocalAgent>,
+    coordinator: Option<Child>,
+    client: Option<Client>,
+}
+
+/// A port on 127.0.0.1 that is free for both TCP and UDP right now.
+pub fn free_port() -> Result<u16> {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("found no free loopback port")
+}
+
+/// The directory holding `fifty` and `fifty-agent`: `FIFTY_BIN_DIR`, or beside this executable
+/// (one level up for test binaries under `target/<profile>/deps`).
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FIFTY_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().context("find this executable")?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    for bin in ["fifty", "fifty-agent"] {
+        if !dir.join(bin).exists() {
+            bail!("{} not found in {}: build the workspace first (cargo build --workspace --bins)", bin, dir.display());
+        }
+    }
+    Ok(dir)
+}
+
+fn log_file(dir: &Path, name: &str) -> Result<std::fs::File> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))
+        .with_context(|| format!("open log for {name}"))
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `deadline` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if start.elapsed() > deadline {
+            let detail = last_error.map(|e| format!(" (last error: {e:#})")).unwrap_or_default();
+            bail!("timed out after {:?} waiting for {what}{detail}", deadline);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl LocalCluster {
+    /// Starts a coordinator in `dir` and waits until its API answers.
+    pub async fn start(dir: &Path, bin_dir: &Path, options: Options) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let quic: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let config = format!(
+            "data_dir = {data:?}\nhttp_addr = \"{http}\"\nquic_addr = \"{quic}\"\n\
+             heartbeat_interval = \"{hb}\"\ndown_after = \"{down}\"\nbootstrap_token_file = {tok:?}\n",
+            data = dir.join("coordinator"),
+            hb = humantime::format_duration(options.heartbeat_interval),
+            down = humantime::format_duration(options.down_after),
+            tok = dir.join("bootstrap-token"),
+        );
+        std::fs::write(dir.join("coordinator.toml"), config)?;
+        let mut cluster = Self {
+            dir: dir.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            http,
+            quic,
+            admin_token: String::new(),
+            agents: Vec::new(),
+            coordinator: None,
+            client: None,
+        };
+        cluster.start_coordinator().await?;
+        Ok(cluster)
+    }
+
+    /// (Re)starts the coordinator process and waits until its API answers.
+    pub async fn start_coordinator(&mut self) -> Result<()> {
+        let log = log_file(&self.dir, "coordinator")?;
+        let child = Command::new(self.bin_dir.join("fifty"))
+            .args(["server", "--config"])
+            .arg(self.dir.join("coordinator.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("start fifty server")?;
+        self.coordinator = Some(child);
+        let token_file = self.dir.join("bootstrap-token");
+        let token = wait_for("the bootstrap token", Duration::from_secs(60), || async {
+            Ok(std::fs::read_to_string(&token_file).ok().filter(|t| !t.trim().is_empty()))
+        })
+        .await?;
+        self.admin_token = token.trim().to_string();
+        let ca = wait_for("the cluster CA", Duration::from_secs(60), || async {
+            Ok(std::fs::read_to_string(self.ca_path()).ok().filter(|c| c.contains("END CERTIFICATE")))
+        })
+        .await?;
+        let client = Client::new(&self.addr(), Some(self.admin_token.clone()), &ca)?;
+        let check = client.clone();
+        wait_for("the coordinator's API", Duration::from_secs(60), || {
+            let c = check.clone();
+            async move { Ok(c.get::<serde_json::Value>("/v1/health").await.ok()) }
+        })
+        .await?;
+        self.client = Some(client);
+        Ok(())
+    }
+
+    /// Kills the coordinator with SIGKILL and waits for it to exit.
+    pub async fn kill_coordinator(&mut self) -> Result<()> {
+        if let Some(mut child) = self.coordinator.take() {
+            child.kill().await.context("kill coordinator")?;
+        }
+        Ok(())
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("https://{}", self.http)
+    }
+
+    /// The CA certificate (for `FIFTY_CACERT`).
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("coordinator").join("tls").join("ca.pem")
+    }
+
+    /// An admin client for the API.
+    pub fn client(&self) -> &Client {
+        self.client.as_ref().expect("the coordinator was started")
+    }
+
+    /// The `export` lines that point the CLI at this cluster.
+    pub fn env_lines(&self) -> String {
+        format!(
+            "export FIFTY_ADDR={}\nexport FIFTY_CACERT={}\nexport FIFTY_TOKEN={}\n",
+            self.addr(),
+            self.ca_path().display(),
+            self.admin_token
+        )
+    }
+
+    /// Creates a join token for `max_uses` hosts.
+    pub async fn join_token(&self, max_uses: u32) -> Result<String> {
+        let req = CreateToken { role: "agent".into(), ttl: Some("1h".into()), max_uses: Some(max_uses), description: "local cluster".into() };
+        let created: crate::views::TokenCreated = self.client().post("/v1/tokens", &req).await?;
+        Ok(created.token)
+    }
+
+    /// The data dir an agent named `name` uses.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("agents").join(name)
+    }
+
+    /// Runs `fifty-agent join` to completion and returns what it printed.
+    pub async fn join(&self, name: &str, labels: &str, token: &str) -> Result<Output> {
+        Command::new(self.bin_dir.join("fifty-agent"))
+            .args(["join", "--coordinator", &self.quic.to_string(), "--token", token, "--name", name, "--labels", labels])
+            .arg("--data-dir")
+            .arg(self.agent_dir(name))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("run fifty-agent join")
+    }
+
+    /// Joins an agent with a fresh token and starts it.
+    pub async fn add_agent(&mut self, name: &str, labels: &str) -> Result<()> {
+        let token = self.join_token(1).await?;
+        let out = self.join(name, labels, &token).await?;
+        if !out.status.success() {
+            bail!("fifty-agent join {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.adopt_agent(name);
+        self.start_agent(name)
+    }
+
+    /// Tracks an agent enrolled with [`LocalCluster::join`], so it can be started and killed.
+    pub fn adopt_agent(&mut self, name: &str) {
+        if !self.agents.iter().any(|a| a.name == name) {
+            self.agents.push(LocalAgent { name: name.to_string(), data_dir: self.agent_dir(name), child: None });
+        }
+    }
+
+    fn agent_mut(&mut self, name: &str) -> Result<&mut LocalAgent> {
+        self.agents.iter_mut().find(|a| a.name == name).with_context(|| format!("no local agent {name}"))
+    }
+
+    /// Starts (or restarts) an enrolled agent's `fifty-agent run`.
+    pub fn start_agent(&mut self, name: &str) -> Result<()> {
+        let log = log_file(&self.dir, name)?;
+        let bin = self.bin_dir.join("fifty-agent");
+        let agent = self.agent_mut(name)?;
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(agent.data_dir.join("agent.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start fifty-agent run for {name}"))?;
+        agent.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills an agent with SIGKILL and waits for it to exit.
+    pub async fn kill_agent(&mut self, name: &str) -> Result<()> {
+        if let Some(mut child) = self.agent_mut(name)?.child.take() {
+            child.kill().await.with_context(|| format!("kill agent {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for an agent process to exit by itself and returns its exit status.
+    pub async fn wait_agent_exit(&mut self, name: &str, deadline: Duration) -> Result<std::process::ExitStatus> {
+        let agent = self.agent_mut(name)?;
+        let child = agent.child.as_mut().with_context(|| format!("agent {name} is not running"))?;
+        match tokio::time::timeout(deadline, child.wait()).await {
+            Ok(status) => {
+                agent.child = None;
+                Ok(status?)
+            }
+            Err(_) => bail!("agent {name} still running after {deadline:?}"),
+        }
+    }
+
+    /// The hosts as the API shows them.
+    pub async fn hosts(&self) -> Result<Vec<HostView>> {
+        self.client().get("/v1/hosts").await
+    }
+
+    /// Waits until every host in `names` has `state` ("ready" or "down").
+    pub async fn wait_hosts(&self, names: &[&str], state: crate::fleet::HostState, deadline: Duration) -> Result<Vec<HostView>> {
+        let what = format!("{} to be {}", names.join(", "), state.as_str());
+        wait_for(&what, deadline, || async {
+            let hosts = self.hosts().await?;
+            let all = names.iter().all(|n| hosts.iter().any(|h| h.name == *n && h.state == state));
+            Ok(all.then_some(hosts))
+        })
+        .await
+    }
+
+    /// The last `lines` lines of a process's log, for error messages.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}

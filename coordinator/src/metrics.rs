@@ -1,0 +1,87 @@
+//! `/metrics`: the coordinator's Prometheus exposition, through `prometheus-client`. Counters
+//! live here and are bumped where things happen; gauges of the fleet are set at scrape time from
+//! the state the API would show.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The coordinator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Heartbeats received.
+    pub heartbeats: Counter,
+    /// Enrollments accepted.
+    pub enrollments_ok: Counter,
+    /// Enrollments refused.
+    pub enrollments_refused: Counter,
+    /// Agent links refused after the handshake (revoked, unknown).
+    pub links_refused: Counter,
+    hosts: Family<Vec<(String, String)>, Gauge>,
+    links: Gauge,
+    up_seconds: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("fifty");
+        let heartbeats = Counter::default();
+        let enrollments: Family<Vec<(String, String)>, Counter> = Family::default();
+        let links_refused = Counter::default();
+        let hosts = Family::<Vec<(String, String)>, Gauge>::default();
+        let links = Gauge::default();
+        let up_seconds = Gauge::default();
+        registry.register("heartbeats", "Heartbeats received from agents", heartbeats.clone());
+        registry.register("enrollments", "Host enrollments by result", enrollments.clone());
+        registry.register("agent_links_refused", "Agent links refused after the TLS handshake", links_refused.clone());
+        registry.register("hosts", "Enrolled hosts by state", hosts.clone());
+        registry.register("agent_links", "Agents connected now", links.clone());
+        registry.register("uptime_seconds", "Seconds since this coordinator started", up_seconds.clone());
+        let label = |v: &str| vec![("result".to_string(), v.to_string())];
+        let enrollments_ok = enrollments.get_or_create(&label("ok")).clone();
+        let enrollments_refused = enrollments.get_or_create(&label("refused")).clone();
+        Self {
+            enrollments_ok,
+            enrollments_refused,
+            registry,
+            heartbeats,
+            links_refused,
+            hosts,
+            links,
+            up_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    /// Renders the text exposition after setting the fleet gauges.
+    pub fn render(&self, ready: usize, down: usize, links: usize, uptime_secs: u64) -> String {
+        let state = |v: &str| vec![("state".to_string(), v.to_string())];
+        self.hosts.get_or_create(&state("ready")).set(ready as i64);
+        self.hosts.get_or_create(&state("down")).set(down as i64);
+        self.links.set(links as i64);
+        self.up_seconds.set(uptime_secs as i64);
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_hosts_by_state() {
+        let m = Metrics::default();
+        m.heartbeats.inc();
+        let text = m.render(3, 1, 3, 10);
+        assert!(text.contains("fifty_hosts{state=\"ready\"} 3"), "{text}");
+        assert!(text.contains("fifty_hosts{state=\"down\"} 1"), "{text}");
+        assert!(text.contains("fifty_heartbeats_total 1"), "{text}");
+        assert!(text.contains("# TYPE fifty_enrollments counter"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The coordinator's QUIC endpoint. One UDP socket, routed by ALPN:
+//! - `fifty-enroll/1`: one request, one answer, then the client closes.
+//! - `fifty-agent/1`: the agent's control link. The host is whoever its verified certificate
+//!   says; what it writes in messages is never trusted for identity.
+//!
+//! A malformed frame closes the link with `close::PROTOCOL` and a log line; nothing here panics on
+//! what a peer sends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fifty_shared::codec::{read_frame, write_frame, CodecError};
+use fifty_shared::ids::HostName;
+use fifty_shared::wire::{close, AgentMsg, CoordinatorMsg, EnrollRequest, ALPN_AGENT, ALPN_ENROLL};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::coordinator::Coordinator;
+
+/// How long a peer may take to send the frame we wait for at the start of a link.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(endpoint: quinn::Endpoint, coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let coordinator = coordinator.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!(%remote, error = %e, "QUIC handshake failed");
+                    return;
+                }
+            };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|d| d.protocol);
+            match alpn.as_deref() {
+                Some(ALPN_ENROLL) => enroll(conn, &coordinator).instrument(tracing::info_span!("enroll", %remote)).await,
+                Some(ALPN_AGENT) => agent_link(conn, coordinator).await,
+                _ => conn.close(close::PROTOCOL.into(), b"unknown ALPN"),
+            }
+        });
+    }
+    endpoint.close(close::DONE.into(), b"coordinator shutting down");
+}
+
+async fn enroll(conn: quinn::Connection, coordinator: &Coordinator) {
+    let (mut send, mut recv) = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        _ => return conn.close(close::PROTOCOL.into(), b"expected an enrollment request"),
+    };
+    let req = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame::<EnrollRequest, _>(&mut recv)).await {
+        Ok(Ok(Some(req))) => req,
+        Ok(Err(e)) => return refuse_frame(&conn, &e),
+        _ => return conn.close(close::PROTOCOL.into(), b"expected an enrollment request"),
+    };
+    let response = coordinator.enroll(req).await;
+    if write_frame(&mut send, &response).await.is_ok() {
+        let _ = send.finish();
+    }
+    // The client closes once it has read the answer; don't wait forever for it.
+    let _ = tokio::time::timeout(FIRST_FRAME_TIMEOUT, conn.closed()).await;
+}
+
+fn refuse_frame(conn: &quinn::Connection, e: &CodecError) {
+    warn!(remote = %conn.remote_address(), error = %e, "malformed frame; closing the link");
+    conn.close(close::PROTOCOL.into(), format!("malformed frame: {e}").as_bytes());
+}
+
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
+}
+
+async fn agent_link(conn: quinn::Connection, coordinator: Arc<Coordinator>) {
+    let remote = conn.remote_address();
+    let Some(cert) = peer_certificate(&conn) else {
+        coordinator.metrics.links_refused.inc();
+        warn!(%remote, "agent link without a client certificate refused");
+        return conn.close(close::NO_CERTIFICATE.into(), b"this link needs the host's certificate; enroll with `fifty-agent join`");
+    };
+    let host = match coordinator.identify(&cert) {
+        Ok(host) => host,
+        Err(refusal) => {
+            coordinator.metrics.links_refused.inc();
+            warn!(%remote, reason = %refusal.reason, "agent link refused");
+            return conn.close(refusal.code.into(), refusal.reason.as_bytes());
+        }
+    };
+    let span = tracing::info_span!("host", host = %host, %remote);
+    let id = coordinator.register_link(&host, conn.clone());
+    let result = control_stream(&conn, &coordinator, &host).instrument(span.clone()).await;
+    coordinator.unregister_link(&host, id);
+    let _guard = span.enter();
+    match result {
+        Ok(()) => info!("agent link closed"),
+        Err(LinkEnd::Connection(e)) => info!(reason = %e, "agent link ended"),
+        Err(LinkEnd::Frame(e)) => refuse_frame(&conn, &e),
+    }
+}
+
+enum LinkEnd {
+    Connection(quinn::ConnectionError),
+    Frame(CodecError),
+}
+
+impl From<quinn::ConnectionError> for LinkEnd {
+    fn from(e: quinn::ConnectionError) -> Self {
+        LinkEnd::Connection(e)
+    }
+}
+
+impl From<CodecError> for LinkEnd {
+    fn from(e: CodecError) -> Self {
+        LinkEnd::Frame(e)
+    }
+}
+
+async fn control_stream(conn: &quinn::Connection, coordinator: &Coordinator, host: &HostName) -> Result<(), LinkEnd> {
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let agent_version = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame::<AgentMsg, _>(&mut recv)).await {
+        Ok(Ok(Some(AgentMsg::Hello { agent_version }))) => agent_version,
+        Ok(Ok(Some(other))) => return Err(CodecError::Decode(format!("expected Hello first, got {other:?}")).into()),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(CodecError::Decode("no Hello within 10 s".into()).into()),
+    };
+    info!(%agent_version, "agent connected");
+    let welcome = CoordinatorMsg::Welcome { host: host.clone(), heartbeat_interval: coordinator.config.heartbeat_interval };
+    write_frame(&mut send, &welcome).await?;
+    loop {
+        match read_frame::<AgentMsg, _>(&mut recv).await {
+            Ok(Some(AgentMsg::Heartbeat(beat))) => {
+                debug!(seq = beat.seq, "heartbeat");
+                coordinator.on_heartbeat(host, beat.health, &agent_version);
+                write_frame(&mut send, &CoordinatorMsg::HeartbeatAck { seq: beat.seq }).await?;
+            }
+            Ok(Some(AgentMsg::Hello { .. })) => return Err(CodecError::Decode("Hello sent twice".into()).into()),
+            Ok(None) => return Ok(()),
+            Err(CodecError::Io(e)) => {
+                // A reset or closed connection surfaces as an I/O error on the stream.
+                return match conn.close_reason() {
+                    Some(reason) => Err(reason.into()),
+                    None => Err(CodecError::Io(e).into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

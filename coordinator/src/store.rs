@@ -1,0 +1,174 @@
+//! The only module that talks to sled. Everything the coordinator decides lives in one sled tree
+//! under typed keys; writes arrive as a [`Batch`] that is applied atomically, and are durable once
+//! [`Store::flush`] returns.
+//!
+//! Keys: `cluster`, `token/<hash>`, `host/<name>`, `serial/<hex>`, `revoked/<hex>`. Values are
+//! records encoded with the one codec (`fifty_shared::codec`).
+
+use std::path::Path;
+
+use bincode::{Decode, Encode};
+use fifty_shared::codec::{self, CodecError};
+
+use crate::state::{ClusterRecord, HostRecord, Revocation, TokenRecord};
+use fifty_shared::ids::HostName;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (disk full, I/O error, or a damaged database).
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record does not decode: the database is damaged or from an incompatible version.
+    #[error("stored record {key:?} does not decode: {source}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// What the codec said.
+        source: CodecError,
+    },
+    /// A record did not encode (larger than a frame): a bug, caught before writing.
+    #[error("record {key:?} does not encode: {source}")]
+    Encode {
+        /// The record's key.
+        key: String,
+        /// What the codec said.
+        source: CodecError,
+    },
+}
+
+/// The coordinator's durable state.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+/// A set of writes applied all at once.
+#[derive(Default)]
+pub struct Batch {
+    inner: sled::Batch,
+    error: Option<StoreError>,
+}
+
+impl Batch {
+    fn put<T: Encode>(&mut self, key: String, value: &T) {
+        match codec::to_bytes(value) {
+            Ok(bytes) => self.inner.insert(key.as_bytes(), bytes),
+            Err(source) => self.error = Some(StoreError::Encode { key, source }),
+        }
+    }
+
+    /// Records the cluster (CA) on first start.
+    pub fn put_cluster(&mut self, c: &ClusterRecord) {
+        self.put("cluster".into(), c);
+    }
+
+    /// Writes a token record.
+    pub fn put_token(&mut self, t: &TokenRecord) {
+        self.put(format!("token/{}", t.hash), t);
+    }
+
+    /// Writes a host record and the serial that identifies it.
+    pub fn put_host(&mut self, h: &HostRecord) {
+        self.put(format!("host/{}", h.name), h);
+        self.put(format!("serial/{}", h.serial), &h.name);
+    }
+
+    /// Deletes a host record and its serial mapping.
+    pub fn remove_host(&mut self, h: &HostRecord) {
+        self.inner.remove(format!("host/{}", h.name).as_bytes());
+        self.inner.remove(format!("serial/{}", h.serial).as_bytes());
+    }
+
+    /// Records a revoked certificate serial.
+    pub fn put_revocation(&mut self, r: &Revocation) {
+        self.put(format!("revoked/{}", r.serial), r);
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let tree = db.open_tree("state")?;
+        Ok(Self { db, tree })
+    }
+
+    fn get<T: Decode<()>>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => codec::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt { key: key.to_string(), source }),
+        }
+    }
+
+    fn scan<T: Decode<()>>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix.as_bytes()) {
+            let (key, bytes) = item?;
+            let value = codec::from_bytes(&bytes).map_err(|source| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                source,
+            })?;
+            out.push(value);
+        }
+        Ok(out)
+    }
+
+    /// The cluster record, once the cluster was initialised.
+    pub fn cluster(&self) -> Result<Option<ClusterRecord>, StoreError> {
+        self.get("cluster")
+    }
+
+    /// A token by the hash of its secret.
+    pub fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.get(&format!("token/{hash}"))
+    }
+
+    /// Every token record.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.scan("token/")
+    }
+
+    /// A host by name.
+    pub fn host(&self, name: &HostName) -> Result<Option<HostRecord>, StoreError> {
+        self.get(&format!("host/{name}"))
+    }
+
+    /// Every host, sorted by name.
+    pub fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.scan("host/")
+    }
+
+    /// The host whose current certificate has this serial.
+    pub fn host_by_serial(&self, serial: &str) -> Result<Option<HostName>, StoreError> {
+        self.get(&format!("serial/{serial}"))
+    }
+
+    /// The revocation of this serial, if it was revoked.
+    pub fn revocation(&self, serial: &str) -> Result<Option<Revocation>, StoreError> {
+        self.get(&format!("revoked/{serial}"))
+    }
+
+    /// Every revocation.
+    pub fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        self.scan("revoked/")
+    }
+
+    /// Applies `batch` atomically (not yet durable: see [`Store::flush`]).
+    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        if let Some(e) = batch.error {
+            return Err(e);
+        }
+        self.tree.apply_batch(batch.inner)?;
+        Ok(())
+    }
+
+    /// Makes every applied batch durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! The JSON bodies of the HTTPS API. The server builds them; the CLI reads them back with the
+//! same types, so `--json` output and the API never disagree.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::HostState;
+
+/// RFC 3339 text of a time, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// One host in `GET /v1/hosts`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HostView {
+    /// Host name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// `ready` or `down`.
+    pub state: HostState,
+    /// CPU use, percent of all cores.
+    pub cpu_percent: Option<f32>,
+    /// Load averages (1, 5, 15 min).
+    pub load: Option<[f32; 3]>,
+    /// Memory in use, bytes.
+    pub mem_used_bytes: Option<u64>,
+    /// Memory installed, bytes.
+    pub mem_total_bytes: Option<u64>,
+    /// Free disk under the agent's data dir, bytes.
+    pub disk_free_bytes: Option<u64>,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// Last heartbeat received by this coordinator, RFC 3339.
+    pub last_seen: Option<String>,
+    /// Seconds since then.
+    pub last_seen_secs_ago: Option<f64>,
+    /// When it enrolled, RFC 3339.
+    pub enrolled_at: String,
+    /// Serial of its certificate.
+    pub cert_serial: String,
+}
+
+/// Host counts in `GET /v1/status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostCounts {
+    /// All enrolled hosts.
+    pub total: usize,
+    /// Reporting.
+    pub ready: usize,
+    /// Not reporting.
+    pub down: usize,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    /// Coordinator version.
+    pub version: String,
+    /// When the cluster was created.
+    pub cluster_created_at: String,
+    /// SHA-256 of the cluster CA.
+    pub ca_fingerprint: String,
+    /// Address of the HTTPS API.
+    pub http_addr: String,
+    /// Address of the QUIC endpoint.
+    pub quic_addr: String,
+    /// Seconds since this coordinator started.
+    pub uptime_secs: u64,
+    /// Agents connected right now.
+    pub agent_links: usize,
+    /// Host counts.
+    pub hosts: HostCounts,
+    /// Heartbeat interval the agents are told to use, e.g. `1s`.
+    pub heartbeat_interval: String,
+    /// How long without a heartbeat makes a host down, e.g. `5s`.
+    pub down_after: String,
+}
+
+/// One token in `GET /v1/tokens` (never its secret).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenView {
+    /// Public id.
+    pub accessor: String,
+    /// Role.
+    pub role: String,
+    /// Note.
+    pub description: String,
+    /// Created, RFC 3339.
+    pub created_at: String,
+    /// Expires, RFC 3339.
+    pub expires_at: Option<String>,
+    /// Use limit (join tokens).
+    pub max_uses: Option<u32>,
+    /// Uses so far.
+    pub uses: u32,
+    /// Revoked by an admin.
+    pub revoked: bool,
+    /// Past its expiry now.
+    pub expired: bool,
+}
+
+/// `POST /v1/tokens` request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CreateToken {
+    /// `admin`, `ci`, `read` or `agent`.
+    pub role: String,
+    /// Lifetime, e.g. `1h`. Join tokens default to 1h; API tokens to no expiry.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Join tokens: how many hosts it may enroll (default 1). 0 means unlimited until expiry.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// A note.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `POST /v1/tokens` answer: the only time the secret is shown.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TokenCreated {
+    /// Public id.
+    pub accessor: String,
+    /// Role.
+    pub role: String,
+    /// The token to hand out.
+    pub token: String,
+    /// Expires, RFC 3339.
+    pub expires_at: Option<String>,
+}
+
+/// An error body.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+}

@@ -1,0 +1,142 @@
+//! Every message that crosses the network between agents and coordinators.
+//!
+//! Connections are QUIC with mutual TLS; the ALPN picks the protocol:
+//! - [`ALPN_ENROLL`]: a host without an identity yet opens one bi-stream, sends an
+//!   [`EnrollRequest`] and reads one [`EnrollResponse`]. The client has no certificate; it
+//!   authenticates the coordinator by the CA fingerprint its join token carries.
+//! - [`ALPN_AGENT`]: an enrolled host, with its certificate, opens one bi-stream (the control
+//!   stream), sends [`AgentMsg::Hello`], reads [`CoordinatorMsg::Welcome`], then heartbeats.
+//!
+//! A refusal after the handshake is a QUIC connection close with one of the [`close`] codes and
+//! a reason a person can read.
+
+use std::time::Duration;
+
+use bincode::{Decode, Encode};
+
+use crate::ids::{HostName, Labels};
+
+/// ALPN of the enrollment protocol (no client certificate).
+pub const ALPN_ENROLL: &[u8] = b"fifty-enroll/1";
+/// ALPN of the agent's control link (client certificate required).
+pub const ALPN_AGENT: &[u8] = b"fifty-agent/1";
+
+/// QUIC application close codes, with the reason carried beside them.
+pub mod close {
+    /// The session ended normally (shutdown on either side).
+    pub const DONE: u32 = 0;
+    /// The host's certificate was revoked (`fifty host remove`). The agent stops.
+    pub const REVOKED: u32 = 1;
+    /// The certificate is from this CA but names no host the coordinator knows.
+    pub const UNKNOWN_HOST: u32 = 2;
+    /// A frame was malformed or out of order.
+    pub const PROTOCOL: u32 = 3;
+    /// The client presented no certificate on a link that needs one.
+    pub const NO_CERTIFICATE: u32 = 4;
+    /// Another connection from the same host replaced this one.
+    pub const REPLACED: u32 = 5;
+}
+
+/// A host asks to join the cluster.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct EnrollRequest {
+    /// The secret part of the join token.
+    pub token_secret: String,
+    /// The name the host asks for.
+    pub name: HostName,
+    /// Labels to record for the host.
+    pub labels: Labels,
+    /// A PKCS#10 certificate request for the key pair the host made, PEM.
+    pub csr_pem: String,
+    /// The agent's version.
+    pub agent_version: String,
+}
+
+/// The coordinator's answer to an [`EnrollRequest`].
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum EnrollResponse {
+    /// The host is in: its signed certificate and the cluster CA, both PEM.
+    Enrolled {
+        /// The host's certificate, signed by the cluster CA.
+        cert_pem: String,
+        /// The cluster CA certificate.
+        ca_pem: String,
+    },
+    /// The host was not enrolled, and why.
+    Refused {
+        /// A sentence for the operator.
+        reason: String,
+    },
+}
+
+/// What a host measured about itself, sent with every heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
+pub struct Health {
+    /// CPU use over the last interval, percent of all cores (0-100).
+    pub cpu_percent: f32,
+    /// Load averages over 1, 5 and 15 minutes.
+    pub load: [f32; 3],
+    /// Memory in use.
+    pub mem_used_bytes: u64,
+    /// Memory installed.
+    pub mem_total_bytes: u64,
+    /// Free space on the disk holding the agent's data dir.
+    pub disk_free_bytes: u64,
+    /// Size of that disk.
+    pub disk_total_bytes: u64,
+    /// How long the agent process has run.
+    pub uptime: Duration,
+}
+
+/// A heartbeat: sequence number and health.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct Heartbeat {
+    /// Counts up from 1 per connection; echoed in [`CoordinatorMsg::HeartbeatAck`].
+    pub seq: u64,
+    /// The host's health now.
+    pub health: Health,
+}
+
+/// Agent → coordinator, on the control stream.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum AgentMsg {
+    /// First frame on the control stream.
+    Hello {
+        /// The agent's version.
+        agent_version: String,
+    },
+    /// Periodic health report.
+    Heartbeat(Heartbeat),
+}
+
+/// Coordinator → agent, on the control stream.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum CoordinatorMsg {
+    /// Answer to [`AgentMsg::Hello`]: who the coordinator takes the host to be (from its
+    /// certificate) and how often to report.
+    Welcome {
+        /// The host's name, as its certificate says.
+        host: HostName,
+        /// How often to send heartbeats.
+        heartbeat_interval: Duration,
+    },
+    /// The heartbeat with this sequence number was received.
+    HeartbeatAck {
+        /// The acknowledged sequence number.
+        seq: u64,
+    },
+}
+
+/// Decodes `bytes` as every wire type in turn and throws the results away. The codec's property
+/// test and the cargo-fuzz target call this so that every message type is exercised.
+#[doc(hidden)]
+pub fn decode_any_for_fuzzing(bytes: &[u8]) {
+    use crate::codec::{decode_frame, from_bytes};
+    let _ = decode_frame::<EnrollRequest>(bytes);
+    let _ = decode_frame::<EnrollResponse>(bytes);
+    let _ = decode_frame::<AgentMsg>(bytes);
+    let _ = decode_frame::<CoordinatorMsg>(bytes);
+    let _ = from_bytes::<EnrollRequest>(bytes);
+    let _ = from_bytes::<AgentMsg>(bytes);
+    let _ = from_bytes::<CoordinatorMsg>(bytes);
+}

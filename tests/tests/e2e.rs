@@ -1,0 +1,246 @@
+//! End-to-end tests: real `fifty server` and `fifty-agent` processes on loopback, real QUIC with
+//! real certificates, the real CLI. Each test waits for what a user would see, with generous
+//! deadlines, never for a fixed time.
+//!
+//! Run through `scripts/test`, which builds the binaries first.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use fifty::fleet::HostState;
+use fifty::local::{bin_dir, wait_for, LocalCluster, Options};
+use fifty::views::{HostView, TokenCreated, TokenView};
+use fifty_shared::token::JoinToken;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fifty-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs the real `fifty` CLI against the cluster with `token`.
+async fn cli(cluster: &LocalCluster, token: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(cluster.bin_dir.join("fifty"))
+        .args(args)
+        .env("FIFTY_ADDR", cluster.addr())
+        .env("FIFTY_CACERT", cluster.ca_path())
+        .env("FIFTY_TOKEN", token)
+        .output()
+        .await
+        .expect("run fifty")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn token(cluster: &LocalCluster, role: &str, ttl: Option<&str>) -> TokenCreated {
+    let mut args = vec!["token", "create", "--role", role, "--json"];
+    if let Some(ttl) = ttl {
+        args.extend(["--ttl", ttl]);
+    }
+    let out = cli(cluster, &cluster.admin_token, &args).await;
+    assert!(out.status.success(), "token create: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("token JSON")
+}
+
+/// Enrollment with good, reused, expired and forged tokens; identity at the TLS layer;
+/// removal and revocation; API roles; `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_identity_and_api_auth() {
+    let dir = test_dir("enroll");
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), Options::default()).await.unwrap();
+
+    // A good single-use token enrolls one host, which then reports.
+    let join = token(&cluster, "agent", None).await;
+    let out = cluster.join("web-1", "role=prod,pool=web", &join.token).await.unwrap();
+    assert!(out.status.success(), "join web-1: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("fifty-agent run --config"), "{}", text(&out.stdout));
+    cluster.adopt_agent("web-1");
+    cluster.start_agent("web-1").unwrap();
+    cluster.wait_hosts(&["web-1"], HostState::Ready, DEADLINE).await.unwrap();
+
+    // The CLI shows it, as a table and as JSON, with labels and health.
+    let out = cli(&cluster, &cluster.admin_token, &["hosts"]).await;
+    let table = text(&out.stdout);
+    assert!(out.status.success() && table.contains("web-1") && table.contains("ready"), "{table}");
+    assert!(table.contains("pool=web,role=prod"), "{table}");
+    let out = cli(&cluster, &cluster.admin_token, &["hosts", "--json"]).await;
+    let hosts: Vec<HostView> = serde_json::from_slice(&out.stdout).expect("hosts JSON");
+    let web1 = &hosts[0];
+    assert_eq!((web1.name.as_str(), web1.state), ("web-1", HostState::Ready));
+    assert!(web1.mem_total_bytes.unwrap() > 0 && web1.agent_version.is_some());
+
+    // The same single-use token again: refused, and the host is not created.
+    let out = cluster.join("web-2", "role=prod", &join.token).await.unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("token was already used"), "{}", text(&out.stderr));
+
+    // An expired token: refused with its expiry.
+    let short = token(&cluster, "agent", Some("1s")).await;
+    wait_for("the short token to expire", DEADLINE, || async {
+        let tokens: Vec<TokenView> = cluster.client().get("/v1/tokens").await?;
+        Ok(tokens.iter().any(|t| t.accessor == short.accessor && t.expired).then_some(()))
+    })
+    .await
+    .unwrap();
+    let out = cluster.join("web-2", "role=prod", &short.token).await.unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("token expired at"), "{}", text(&out.stderr));
+
+    // A forged secret with the right CA fingerprint: the coordinator does not know it.
+    let real = JoinToken::parse(&join.token).unwrap();
+    let forged = JoinToken { secret: fifty_shared::token::new_secret(), ca_fingerprint: real.ca_fingerprint.clone() };
+    let out = cluster.join("web-2", "role=prod", &forged.encode()).await.unwrap();
+    assert!(text(&out.stderr).contains("unknown token"), "{}", text(&out.stderr));
+
+    // A token naming another CA: the host refuses the coordinator before sending anything.
+    let good = JoinToken::parse(&token(&cluster, "agent", None).await.token).unwrap();
+    let wrong_ca = JoinToken { secret: good.secret.clone(), ca_fingerprint: "ab".repeat(32) };
+    let out = cluster.join("web-2", "role=prod", &wrong_ca.encode()).await.unwrap();
+    assert!(text(&out.stderr).contains("does not match the join token"), "{}", text(&out.stderr));
+    // ...and the secret was not spent: the right fingerprint still enrolls.
+    let out = cluster.join("web-2", "role=prod", &good.encode()).await.unwrap();
+    assert!(out.status.success(), "join web-2: {}", text(&out.stderr));
+    cluster.adopt_agent("web-2");
+    cluster.start_agent("web-2").unwrap();
+    cluster.wait_hosts(&["web-1", "web-2"], HostState::Ready, DEADLINE).await.unwrap();
+
+    // A client whose certificate comes from another CA fails the TLS handshake.
+    let err = connect_with_foreign_certificate(cluster.quic).await;
+    assert!(err.contains("invalid peer certificate"), "{err}");
+
+    // API roles: no token or a bad one is 401; a role that may not do a thing is 403.
+    let read = token(&cluster, "read", None).await;
+    let ci = token(&cluster, "ci", None).await;
+    let out = cli(&cluster, "", &["hosts"]).await;
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    let out = cli(&cluster, "fifty_0000", &["status"]).await;
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    let out = cli(&cluster, &read.token, &["status"]).await;
+    assert!(out.status.success() && text(&out.stdout).contains("2 ready"), "{}", text(&out.stdout));
+    let out = cli(&cluster, &read.token, &["token", "create", "--role", "read"]).await;
+    assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+    let out = cli(&cluster, &ci.token, &["host", "remove", "web-2"]).await;
+    assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+    let out = cli(&cluster, &join.token, &["hosts"]).await;
+    assert!(text(&out.stderr).contains("401"), "a join token is no API token: {}", text(&out.stderr));
+
+    // /metrics is Prometheus text with the fleet by state.
+    let metrics = cluster.client().get_text("/metrics").await.unwrap();
+    assert!(metrics.contains("fifty_hosts{state=\"ready\"} 2"), "{metrics}");
+    assert!(metrics.contains("fifty_enrollments_total{result=\"refused\"}"), "{metrics}");
+    check_exposition(&metrics);
+
+    // Removing a host revokes its certificate: its agent is cut off, told why, and stops.
+    let out = cli(&cluster, &cluster.admin_token, &["host", "remove", "web-2"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = cluster.wait_agent_exit("web-2", DEADLINE).await.unwrap();
+    assert!(!status.success());
+    assert!(cluster.log_tail("web-2", 5).contains("revoked"), "{}", cluster.log_tail("web-2", 5));
+    // Started again, it is refused again at once.
+    cluster.start_agent("web-2").unwrap();
+    let status = cluster.wait_agent_exit("web-2", DEADLINE).await.unwrap();
+    assert!(!status.success());
+    assert!(cluster.log_tail("coordinator", 50).contains("agent link refused"));
+    let hosts = cluster.hosts().await.unwrap();
+    assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["web-1"]);
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every non-comment line of an OpenMetrics exposition is `name{labels} value`.
+fn check_exposition(text: &str) {
+    assert!(text.trim_end().ends_with("# EOF"));
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(value.parse::<f64>().is_ok(), "value of {line}");
+        let name = series.split('{').next().unwrap();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "name of {line}");
+        assert_eq!(series.contains('{'), series.ends_with('}'), "labels of {line}");
+    }
+}
+
+/// Dials the agent link with a certificate from a CA the cluster never saw; returns the error.
+async fn connect_with_foreign_certificate(quic: std::net::SocketAddr) -> String {
+    use fifty_shared::ids::HostName;
+    use fifty_shared::tls;
+    let other_ca = tls::new_cluster_ca().unwrap();
+    let host = HostName::new("intruder").unwrap();
+    let (key_pem, csr) = tls::new_host_key_and_csr(&host).unwrap();
+    let cert_pem = tls::sign_host_csr(&other_ca, &csr, &host, &tls::random_serial()).unwrap();
+    // Trust the real server (to get as far as the client certificate), present the foreign one.
+    let cluster_ca = std::fs::read_to_string(
+        std::env::temp_dir().join(format!("fifty-e2e-enroll-{}", std::process::id())).join("coordinator/tls/ca.pem"),
+    )
+    .unwrap();
+    let config =
+        tls::quic_client_config(&cluster_ca, &tls::CertAndKey { cert_pem, key_pem }, fifty_shared::wire::ALPN_AGENT)
+            .unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    // TLS 1.3 lets the client finish first; the server then checks the client's certificate and
+    // closes the connection with a TLS alert before any application data is answered.
+    let attempt = async {
+        let conn = endpoint.connect(quic, tls::COORDINATOR_NAME)?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let hello = fifty_shared::wire::AgentMsg::Hello { agent_version: "x".into() };
+        let _ = fifty_shared::codec::write_frame(&mut send, &hello).await;
+        let reply = fifty_shared::codec::read_frame::<fifty_shared::wire::CoordinatorMsg, _>(&mut recv).await;
+        if let Ok(Some(reply)) = reply {
+            panic!("a foreign certificate got an answer: {reply:?}");
+        }
+        anyhow::Ok(conn.closed().await)
+    };
+    match tokio::time::timeout(DEADLINE, attempt).await.expect("the attempt ends") {
+        Ok(quinn::ConnectionError::ConnectionClosed(close)) => {
+            // Transport error codes 0x100-0x1ff are TLS alerts.
+            let code = u64::from(close.error_code);
+            assert!((0x100..0x200).contains(&code), "not a TLS alert: {close:?}");
+            String::from_utf8_lossy(&close.reason).into_owned()
+        }
+        Ok(other) => panic!("expected a TLS alert, got {other:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// A killed agent goes down within the timeout and comes back; a killed coordinator comes back
+/// from its disk with everything it acknowledged, and the agents reconnect by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_and_coordinator_restart() {
+    let dir = test_dir("liveness");
+    let options = Options { heartbeat_interval: Duration::from_millis(500), down_after: Duration::from_secs(2) };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    for name in ["app-1", "app-2"] {
+        cluster.add_agent(name, "role=prod").await.unwrap();
+    }
+    cluster.wait_hosts(&["app-1", "app-2"], HostState::Ready, DEADLINE).await.unwrap();
+
+    cluster.kill_agent("app-1").await.unwrap();
+    let hosts = cluster.wait_hosts(&["app-1"], HostState::Down, DEADLINE).await.unwrap();
+    assert_eq!(hosts.iter().find(|h| h.name == "app-2").unwrap().state, HostState::Ready);
+    cluster.start_agent("app-1").unwrap();
+    cluster.wait_hosts(&["app-1", "app-2"], HostState::Ready, DEADLINE).await.unwrap();
+
+    let extra = token(&cluster, "ci", None).await;
+    let tokens_before: Vec<TokenView> = cluster.client().get("/v1/tokens").await.unwrap();
+    cluster.kill_coordinator().await.unwrap();
+    cluster.start_coordinator().await.unwrap();
+    let hosts = cluster.wait_hosts(&["app-1", "app-2"], HostState::Ready, DEADLINE).await.unwrap();
+    assert_eq!(hosts.len(), 2);
+    assert_eq!(hosts[0].labels.get("role").map(String::as_str), Some("prod"));
+    let tokens_after: Vec<TokenView> = cluster.client().get("/v1/tokens").await.unwrap();
+    assert_eq!(tokens_after, tokens_before);
+    // The token made before the kill still authenticates.
+    let out = cli(&cluster, &extra.token, &["status", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Both agents kept running through the outage (neither was restarted).
+    assert!(cluster.log_tail("app-2", 40).contains("reconnecting") || cluster.log_tail("app-2", 40).contains("cannot reach"));
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
