@@ -44,13 +44,11 @@ pub fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint> {
     quinn::Endpoint::client(local).context("open a UDP socket")
 }
 
-/// Enrolls the host and writes its identity and an `agent.toml` into the data dir.
-pub async fn join(req: JoinRequest<'_>) -> Result<()> {
-    let token = JoinToken::parse(req.token)?;
-    let name = HostName::new(req.name)?;
-    let labels: Labels = req.labels.parse()?;
-    let (key_pem, csr_pem) = tls::new_host_key_and_csr(&name)?;
-    let addr = resolve(req.coordinator).await?;
+/// Asks the coordinator at `coordinator` to enroll `name`, and returns the identity it signed.
+/// Writes nothing: [`join`] keeps the result on disk; the capacity benchmark keeps it in memory.
+pub async fn enroll(coordinator: &str, token: &JoinToken, name: &HostName, labels: &Labels) -> Result<Identity> {
+    let (key_pem, csr_pem) = tls::new_host_key_and_csr(name)?;
+    let addr = resolve(coordinator).await?;
     let endpoint = client_endpoint(addr)?;
     let connecting = endpoint
         .connect_with(tls::enroll_client_config(&token.ca_fingerprint)?, addr, COORDINATOR_NAME)
@@ -75,16 +73,24 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
         .context("read enrollment answer")?
         .ok_or_else(|| anyhow!("the coordinator closed the stream without answering"))?;
     conn.close(close::DONE.into(), b"enrolled");
+    endpoint.wait_idle().await;
     let (cert_pem, ca_pem) = match response {
         EnrollResponse::Enrolled { cert_pem, ca_pem } => (cert_pem, ca_pem),
         EnrollResponse::Refused { reason } => bail!("the coordinator refused to enroll {name}: {reason}"),
     };
     tls::check_ca_fingerprint(&ca_pem, &token.ca_fingerprint).context("the CA the coordinator sent")?;
-    Identity { cert: CertAndKey { cert_pem, key_pem }, ca_pem }.save(req.data_dir)?;
+    Ok(Identity { cert: CertAndKey { cert_pem, key_pem }, ca_pem })
+}
+
+/// Enrolls the host and writes its identity and an `agent.toml` into the data dir.
+pub async fn join(req: JoinRequest<'_>) -> Result<()> {
+    let token = JoinToken::parse(req.token)?;
+    let name = HostName::new(req.name)?;
+    let labels: Labels = req.labels.parse()?;
+    enroll(req.coordinator, &token, &name, &labels).await?.save(req.data_dir)?;
     let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators: vec![req.coordinator.to_string()] };
     let config_path = req.data_dir.join("agent.toml");
     std::fs::write(&config_path, toml::to_string(&config)?).with_context(|| format!("write {}", config_path.display()))?;
-    endpoint.wait_idle().await;
     println!("Enrolled {name} ({labels}). Identity in {}.", req.data_dir.join("identity").display());
     println!("Start the agent with:\n\n    fifty-agent run --config {}", config_path.display());
     Ok(())

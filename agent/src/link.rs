@@ -71,8 +71,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let client_config =
         fifty_shared::tls::quic_client_config(&identity.ca_pem, &identity.cert, fifty_shared::wire::ALPN_AGENT)?;
     let first = resolve(&config.coordinators[0]).await?;
-    let mut endpoint = client_endpoint(first)?;
-    endpoint.set_default_client_config(client_config);
+    let endpoint = client_endpoint(first)?;
     let mut probe = HealthProbe::new(&config.data_dir);
     let mut health = move || probe.sample();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
@@ -81,7 +80,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         let target = &config.coordinators[next % config.coordinators.len()];
         next += 1;
         let end = match resolve(target).await {
-            Ok(addr) => session(&endpoint, addr, &mut health, None, &mut shutdown).await,
+            Ok(addr) => session(&endpoint, &client_config, addr, &mut health, None, &mut shutdown).await,
             Err(e) => SessionEnd::Unreachable(format!("{e:#}")),
         };
         match end {
@@ -123,12 +122,13 @@ fn refused_or(e: &quinn::ConnectionError, otherwise: impl FnOnce(String) -> Sess
 /// exactly the agent's code path.
 pub async fn session(
     endpoint: &quinn::Endpoint,
+    client_config: &quinn::ClientConfig,
     addr: SocketAddr,
     health: &mut (dyn FnMut() -> Health + Send),
     on_ack: Option<AckObserver>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let connecting = match endpoint.connect(addr, COORDINATOR_NAME) {
+    let connecting = match endpoint.connect_with(client_config.clone(), addr, COORDINATOR_NAME) {
         Ok(c) => c,
         Err(e) => return SessionEnd::Unreachable(e.to_string()),
     };
