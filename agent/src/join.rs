@@ -45,9 +45,43 @@ pub fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint> {
 }
 
 /// Asks the coordinator at `coordinator` to enroll `name`, and returns the identity it signed.
-/// Writes nothing: [`join`] keeps the result on disk; the capacity benchmark keeps it in memory.
+/// A coordinator that is not the leader points at the leader, which is asked next. Writes
+/// nothing: [`join`] keeps the result on disk; the capacity benchmark keeps it in memory.
 pub async fn enroll(coordinator: &str, token: &JoinToken, name: &HostName, labels: &Labels) -> Result<Identity> {
+        Ok(enroll_with_coordinators(coordinator, token, name, labels).await?.0)
+}
+
+/// [`enroll`], also returning every coordinator's QUIC address as the leader listed them.
+pub async fn enroll_with_coordinators(
+    coordinator: &str,
+    token: &JoinToken,
+    name: &HostName,
+    labels: &Labels,
+) -> Result<(Identity, Vec<String>)> {
     let (key_pem, csr_pem) = tls::new_host_key_and_csr(name)?;
+    let mut target = coordinator.to_string();
+    for _ in 0..5 {
+        match enroll_once(&target, token, name, labels, &csr_pem).await? {
+            Enrolled::Yes { cert_pem, ca_pem, coordinators } => {
+                return Ok((Identity { cert: CertAndKey { cert_pem, key_pem }, ca_pem }, coordinators))
+            }
+            Enrolled::AskLeader(leader) if !leader.is_empty() => target = leader,
+            Enrolled::AskLeader(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                target = coordinator.to_string();
+            }
+        }
+    }
+    bail!("no coordinator leader accepted the enrollment (tried {coordinator} and the leaders it named)")
+}
+
+enum Enrolled {
+    Yes { cert_pem: String, ca_pem: String, coordinators: Vec<String> },
+    AskLeader(String),
+}
+
+async fn enroll_once(coordinator: &str, token: &JoinToken, name: &HostName, labels: &Labels, csr_pem: &str) -> Result<Enrolled> {
+    let csr_pem = csr_pem.to_string();
     let addr = resolve(coordinator).await?;
     let endpoint = client_endpoint(addr)?;
     let connecting = endpoint
@@ -57,7 +91,16 @@ pub async fn enroll(coordinator: &str, token: &JoinToken, name: &HostName, label
         .await
         .map_err(|_| anyhow!("no answer from a coordinator at {addr} within 15 s"))?
         .map_err(|e| anyhow!("could not connect to the coordinator at {addr}: {e}"))?;
-    let (mut send, mut recv) = conn.open_bi().await.context("open enrollment stream")?;
+    let not_leader = |conn: &quinn::Connection| match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code.into_inner() as u32 == close::NOT_LEADER => {
+            Some(Enrolled::AskLeader(String::from_utf8_lossy(&c.reason).into_owned()))
+        }
+        _ => None,
+    };
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return not_leader(&conn).ok_or_else(|| anyhow!("open enrollment stream: {e}")),
+    };
     let request = EnrollRequest {
         token_secret: token.secret.clone(),
         name: name.clone(),
@@ -65,21 +108,27 @@ pub async fn enroll(coordinator: &str, token: &JoinToken, name: &HostName, label
         csr_pem,
         agent_version: fifty_shared::VERSION.to_string(),
     };
-    write_frame(&mut send, &request).await.context("send enrollment request")?;
+    let sent = write_frame(&mut send, &request).await;
     let _ = send.finish();
-    let response = tokio::time::timeout(Duration::from_secs(30), read_frame::<EnrollResponse, _>(&mut recv))
-        .await
-        .map_err(|_| anyhow!("the coordinator did not answer the enrollment within 30 s"))?
-        .context("read enrollment answer")?
-        .ok_or_else(|| anyhow!("the coordinator closed the stream without answering"))?;
+    let response = match sent {
+        Ok(()) => tokio::time::timeout(Duration::from_secs(30), read_frame::<EnrollResponse, _>(&mut recv))
+            .await
+            .map_err(|_| anyhow!("the coordinator did not answer the enrollment within 30 s"))?,
+        Err(e) => Err(e),
+    };
+    let response = match response {
+        Ok(Some(r)) => r,
+        Ok(None) => return not_leader(&conn).ok_or_else(|| anyhow!("the coordinator closed the stream without answering")),
+        Err(e) => return not_leader(&conn).ok_or_else(|| anyhow!("read enrollment answer: {e}")),
+    };
     conn.close(close::DONE.into(), b"enrolled");
     endpoint.wait_idle().await;
-    let (cert_pem, ca_pem) = match response {
-        EnrollResponse::Enrolled { cert_pem, ca_pem } => (cert_pem, ca_pem),
+    let (cert_pem, ca_pem, coordinators) = match response {
+        EnrollResponse::Enrolled { cert_pem, ca_pem, coordinators } => (cert_pem, ca_pem, coordinators),
         EnrollResponse::Refused { reason } => bail!("the coordinator refused to enroll {name}: {reason}"),
     };
     tls::check_ca_fingerprint(&ca_pem, &token.ca_fingerprint).context("the CA the coordinator sent")?;
-    Ok(Identity { cert: CertAndKey { cert_pem, key_pem }, ca_pem })
+    Ok(Enrolled::Yes { cert_pem, ca_pem, coordinators })
 }
 
 /// Enrolls the host and writes its identity and an `agent.toml` into the data dir.
@@ -87,8 +136,12 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
     let token = JoinToken::parse(req.token)?;
     let name = HostName::new(req.name)?;
     let labels: Labels = req.labels.parse()?;
-    enroll(req.coordinator, &token, &name, &labels).await?.save(req.data_dir)?;
-    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators: vec![req.coordinator.to_string()] };
+    let (identity, mut coordinators) = enroll_with_coordinators(req.coordinator, &token, &name, &labels).await?;
+    identity.save(req.data_dir)?;
+    // The address the operator gave first, then every coordinator the cluster listed.
+    coordinators.retain(|c| c != req.coordinator);
+    coordinators.insert(0, req.coordinator.to_string());
+    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators };
     let config_path = req.data_dir.join("agent.toml");
     std::fs::write(&config_path, toml::to_string(&config)?).with_context(|| format!("write {}", config_path.display()))?;
     println!("Enrolled {name} ({labels}). Identity in {}.", req.data_dir.join("identity").display());

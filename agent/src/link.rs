@@ -32,6 +32,8 @@ pub enum SessionEnd {
     Unreachable(String),
     /// The coordinator refused this host; retrying cannot help.
     Refused(String),
+    /// This coordinator is not the leader; the leader is at this address (empty if unknown).
+    Redirect(String),
 }
 
 /// Something that wants to know each heartbeat's round trip (the capacity benchmark does).
@@ -76,9 +78,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let mut health = move || probe.sample();
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     let mut next = 0;
+    let mut redirected: Option<String> = None;
+    let mut redirects_in_a_row = 0;
     loop {
-        let target = &config.coordinators[next % config.coordinators.len()];
-        next += 1;
+        let target = match redirected.take() {
+            Some(leader) => leader,
+            None => {
+                next += 1;
+                config.coordinators[(next - 1) % config.coordinators.len()].clone()
+            }
+        };
+        let target = &target;
         let end = match resolve(target).await {
             Ok(addr) => session(&endpoint, &client_config, addr, &mut health, None, &mut shutdown).await,
             Err(e) => SessionEnd::Unreachable(format!("{e:#}")),
@@ -99,7 +109,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             SessionEnd::Unreachable(reason) => {
                 warn!(coordinator = %target, %reason, "cannot reach the coordinator; will retry");
             }
+            SessionEnd::Redirect(leader) if !leader.is_empty() && redirects_in_a_row < 3 => {
+                info!(coordinator = %target, %leader, "not the leader; following to the leader");
+                redirects_in_a_row += 1;
+                redirected = Some(leader);
+                continue;
+            }
+            SessionEnd::Redirect(_) => {
+                info!(coordinator = %target, "no leader known yet; will retry");
+            }
         }
+        redirects_in_a_row = 0;
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -113,6 +133,9 @@ fn refused_or(e: &quinn::ConnectionError, otherwise: impl FnOnce(String) -> Sess
         let code = c.error_code.into_inner() as u32;
         if matches!(code, close::REVOKED | close::UNKNOWN_HOST | close::NO_CERTIFICATE) {
             return SessionEnd::Refused(String::from_utf8_lossy(&c.reason).into_owned());
+        }
+        if code == close::NOT_LEADER {
+            return SessionEnd::Redirect(String::from_utf8_lossy(&c.reason).into_owned());
         }
     }
     otherwise(e.to_string())

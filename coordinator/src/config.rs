@@ -1,7 +1,7 @@
 //! The coordinator's one `Config`: TOML file, then `FIFTY_*` environment, then flags; checked once
 //! at start.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +31,26 @@ pub struct Config {
     /// If set, the bootstrap admin token is also written to this file (mode 0600) on the
     /// cluster's first start, for automation. It is always printed once on standard output.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Form a new cluster once this many coordinators (this one included) have found each other
+    /// through `peers`. 1 (the default) forms a cluster of one at once.
+    pub bootstrap_expect: usize,
+    /// The other coordinators' QUIC addresses (`HOST:PORT`), for bootstrap.
+    pub peers: Vec<String>,
+    /// Join the running cluster this coordinator (`HOST:PORT`, QUIC) belongs to (`--join`).
+    pub join: Option<String>,
+    /// The address other coordinators and agents reach this one at, when it listens on
+    /// 0.0.0.0 or ::. Defaults to the listen address.
+    pub advertise_ip: Option<IpAddr>,
+    /// The cluster CA certificate (PEM). Coordinators of one cluster share it: make it once with
+    /// `fifty ca init`. A single coordinator without one creates its own on first start.
+    pub ca_cert: Option<PathBuf>,
+    /// The cluster CA key (PEM), beside `ca_cert`.
+    pub ca_key: Option<PathBuf>,
+    /// Snapshot the state and compact the Raft log past this many entries.
+    pub snapshot_threshold: u64,
+    /// Enables `POST /v1/debug/isolate` (admin only), which drops this node's peer traffic: for
+    /// partition tests. Never on in production.
+    pub fault_injection: bool,
 }
 
 impl Default for Config {
@@ -43,6 +63,14 @@ impl Default for Config {
             down_after: Duration::from_secs(5),
             tls_names: Vec::new(),
             bootstrap_token_file: None,
+            bootstrap_expect: 1,
+            peers: Vec::new(),
+            join: None,
+            advertise_ip: None,
+            ca_cert: None,
+            ca_key: None,
+            snapshot_threshold: 10_000,
+            fault_injection: false,
         }
     }
 }
@@ -65,6 +93,9 @@ pub struct Overrides {
     /// Write the bootstrap admin token to this file on first start.
     #[arg(long)]
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Join the running cluster of the coordinator at HOST:PORT (its QUIC address).
+    #[arg(long)]
+    pub join: Option<String>,
 }
 
 impl Config {
@@ -104,6 +135,12 @@ impl Config {
         if let Some(v) = &flags.bootstrap_token_file {
             cfg.bootstrap_token_file = Some(v.clone());
         }
+        if let Some(v) = env_var::<String>("FIFTY_JOIN")? {
+            cfg.join = Some(v);
+        }
+        if let Some(v) = &flags.join {
+            cfg.join = Some(v.clone());
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -120,7 +157,41 @@ impl Config {
                 self.heartbeat_interval
             );
         }
+        if self.bootstrap_expect == 0 {
+            bail!("config key bootstrap_expect: must be at least 1");
+        }
+        if self.bootstrap_expect > 1 && self.peers.len() + 1 < self.bootstrap_expect {
+            bail!(
+                "config key peers: bootstrap_expect = {} needs at least {} peer addresses, got {}",
+                self.bootstrap_expect,
+                self.bootstrap_expect - 1,
+                self.peers.len()
+            );
+        }
+        if self.ca_cert.is_some() != self.ca_key.is_some() {
+            bail!("config keys ca_cert and ca_key: set both or neither");
+        }
+        if self.snapshot_threshold < 10 {
+            bail!("config key snapshot_threshold: {} is too small (at least 10)", self.snapshot_threshold);
+        }
         Ok(())
+    }
+
+    /// Whether this coordinator is (or will be) one of several.
+    pub fn clustered(&self) -> bool {
+        self.bootstrap_expect > 1 || self.join.is_some() || !self.peers.is_empty()
+    }
+
+    /// The address others reach `bound` at.
+    pub fn advertised(&self, bound: SocketAddr) -> Result<SocketAddr> {
+        match (self.advertise_ip, bound.ip().is_unspecified()) {
+            (Some(ip), _) => Ok(SocketAddr::new(ip, bound.port())),
+            (None, false) => Ok(bound),
+            (None, true) if !self.clustered() => Ok(SocketAddr::new([127, 0, 0, 1].into(), bound.port())),
+            (None, true) => bail!(
+                "config key advertise_ip: this coordinator listens on {bound}; say which address other coordinators reach it at"
+            ),
+        }
     }
 
     /// This node's TLS files: `ca.pem` (public, for `FIFTY_CACERT`), `node.pem`, `node-key.pem`.

@@ -3,7 +3,6 @@
 //! [`Command`] through [`Consensus`]; soft state (heartbeats, live links) stays in memory here.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,7 +14,7 @@ use fifty_shared::wire::{close, EnrollRequest, EnrollResponse, Health};
 use rustls_pki_types::CertificateDer;
 
 use crate::config::Config;
-use crate::consensus::Consensus;
+use crate::consensus::{Consensus, ConsensusError};
 use crate::fleet::{Beat, Fleet, HostState};
 use crate::metrics::Metrics;
 use crate::state::{Applied, Command, HostRecord, Rejection, TokenRecord};
@@ -34,6 +33,9 @@ pub enum OpError {
     /// Storage failed (HTTP 500); logged where it is handled.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The cluster could not decide now (HTTP 503): no leader, lost quorum, timeout.
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
 }
 
 /// Why an agent's link was refused: a QUIC close code and a reason for the operator.
@@ -55,9 +57,6 @@ pub struct Coordinator {
     pub metrics: Metrics,
     ca: CertAndKey,
     ca_fingerprint: String,
-    cluster_created_at: SystemTime,
-    http_addr: SocketAddr,
-    quic_addr: SocketAddr,
     started: Instant,
     fleet: Mutex<Fleet>,
     links: Mutex<HashMap<HostName, (u64, quinn::Connection)>>,
@@ -65,10 +64,8 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Builds the coordinator over an initialised store.
-    pub fn new(config: Config, consensus: Consensus, http_addr: SocketAddr, quic_addr: SocketAddr) -> anyhow::Result<Self> {
-        let cluster = consensus.store().cluster()?.ok_or_else(|| anyhow::anyhow!("cluster is not initialised"))?;
-        let ca = CertAndKey { cert_pem: cluster.ca_cert_pem, key_pem: cluster.ca_key_pem };
+    /// Builds the coordinator; `ca` signs host certificates.
+    pub fn new(config: Config, consensus: Consensus, ca: CertAndKey) -> anyhow::Result<Self> {
         let ca_fingerprint = tls::fingerprint(&tls::cert_from_pem(&ca.cert_pem)?);
         Ok(Self {
             config,
@@ -76,9 +73,6 @@ impl Coordinator {
             metrics: Metrics::default(),
             ca,
             ca_fingerprint,
-            cluster_created_at: cluster.created_at,
-            http_addr,
-            quic_addr,
             started: Instant::now(),
             fleet: Mutex::default(),
             links: Mutex::default(),
@@ -89,6 +83,32 @@ impl Coordinator {
     /// The cluster CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.ca.cert_pem
+    }
+
+    /// Why this coordinator does not take agent links or enrollments now: the QUIC close
+    /// reason is the leader's address (empty when none is known), which the agent dials next.
+    pub fn redirect(&self) -> Option<String> {
+        if self.consensus.status().is_leader() {
+            return None;
+        }
+        Some(self.consensus.leader().map(|l| l.quic_addr).unwrap_or_default())
+    }
+
+    /// This node just became leader: it owns the fleet's soft state now, starting empty, with a
+    /// grace period for every host to find it.
+    pub fn on_became_leader(&self) {
+        let grace = Instant::now() + self.config.down_after * 2;
+        *self.fleet.lock().expect("fleet lock") = Fleet::with_grace(grace);
+    }
+
+    /// This node stopped leading: send its agents to the new leader.
+    pub fn on_lost_leadership(&self) {
+        let leader = self.consensus.leader().map(|l| l.quic_addr).unwrap_or_default();
+        let links: Vec<_> = self.links.lock().expect("links lock").drain().collect();
+        for (_, (_, conn)) in links {
+            conn.close(close::NOT_LEADER.into(), leader.as_bytes());
+        }
+        *self.fleet.lock().expect("fleet lock") = Fleet::default();
     }
 
     // ---- tokens ------------------------------------------------------------------------------
@@ -204,12 +224,18 @@ impl Coordinator {
                 enrolled_at: now,
                 token_accessor: token.accessor,
             };
-            match self.consensus.propose(Command::EnrollHost { token_hash: hash, host, at: now }).await? {
+            let proposed = match self.consensus.propose(Command::EnrollHost { token_hash: hash, host, at: now }).await {
+                Ok(out) => out,
+                Err(ConsensusError::Store(e)) => return Err(e),
+                Err(e) => return Ok(refused(format!("the cluster could not record the enrollment now ({e}); try again"))),
+            };
+            match proposed {
                 Ok(Applied::Enrolled { replaced_serial }) => {
                     if replaced_serial.is_some() {
                         self.close_link(&req.name, close::REVOKED, "this host enrolled again; the old certificate is revoked");
                     }
-                    Ok(EnrollResponse::Enrolled { cert_pem, ca_pem: self.ca.cert_pem.clone() })
+                    let coordinators = self.consensus.store().members()?.into_iter().map(|m| m.quic_addr).collect();
+                    Ok(EnrollResponse::Enrolled { cert_pem, ca_pem: self.ca.cert_pem.clone(), coordinators })
                 }
                 Ok(other) => Ok(refused(format!("unexpected outcome {other:?}"))),
                 Err(rejection) => Ok(refused(rejection.to_string())),
@@ -337,16 +363,52 @@ impl Coordinator {
             .collect())
     }
 
+    /// The coordinators as this node sees them.
+    pub fn cluster(&self) -> Result<views::ClusterView, StoreError> {
+        let raft = self.consensus.status();
+        let hex = |id: u64| format!("{id:016x}");
+        let members = self
+            .consensus
+            .store()
+            .members()?
+            .into_iter()
+            .map(|m| views::MemberView {
+                id: hex(m.id),
+                leader: m.id == raft.leader_id,
+                voter: raft.voters.contains(&m.id),
+                matched: raft.matched.iter().find(|(id, _)| *id == m.id).map(|(_, i)| *i),
+                quic_addr: m.quic_addr,
+                http_addr: m.http_addr,
+            })
+            .collect();
+        Ok(views::ClusterView {
+            node_id: hex(raft.id),
+            leader_id: (raft.leader_id != 0).then(|| hex(raft.leader_id)),
+            term: raft.term,
+            commit_index: raft.commit,
+            applied_index: raft.applied,
+            members,
+        })
+    }
+
     /// The cluster summary.
     pub fn status(&self) -> Result<StatusView, StoreError> {
         let hosts = self.hosts()?;
         let ready = hosts.iter().filter(|h| h.state == HostState::Ready).count();
+        let raft = self.consensus.status();
+        let me = self.consensus.me();
         Ok(StatusView {
             version: fifty_shared::VERSION.to_string(),
-            cluster_created_at: views::rfc3339(self.cluster_created_at),
+            cluster_created_at: self.consensus.store().cluster()?.map(|c| views::rfc3339(c.created_at)),
             ca_fingerprint: self.ca_fingerprint.clone(),
-            http_addr: self.http_addr.to_string(),
-            quic_addr: self.quic_addr.to_string(),
+            node_id: format!("{:016x}", raft.id),
+            leader_id: (raft.leader_id != 0).then(|| format!("{:016x}", raft.leader_id)),
+            term: raft.term,
+            commit_index: raft.commit,
+            applied_index: raft.applied,
+            coordinators: raft.voters.len(),
+            http_addr: me.http_addr.clone(),
+            quic_addr: me.quic_addr.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
             agent_links: self.link_count(),
             hosts: HostCounts { total: hosts.len(), ready, down: hosts.len() - ready },

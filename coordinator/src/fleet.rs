@@ -44,9 +44,17 @@ impl HostState {
 #[derive(Default)]
 pub struct Fleet {
     beats: HashMap<HostName, Beat>,
+    /// Until then, a host not heard from yet counts as ready: a new leader has no heartbeats
+    /// of its own, and agents need a moment to find it (Nomad's grace TTL after an election).
+    grace_until: Option<Instant>,
 }
 
 impl Fleet {
+    /// An empty fleet whose hosts are given until `until` to report.
+    pub fn with_grace(until: Instant) -> Self {
+        Self { beats: HashMap::new(), grace_until: Some(until) }
+    }
+
     /// Records a heartbeat.
     pub fn on_heartbeat(&mut self, host: &HostName, beat: Beat) {
         self.beats.insert(host.clone(), beat);
@@ -56,6 +64,7 @@ impl Fleet {
     pub fn state(&self, host: &HostName, now: Instant, down_after: Duration) -> HostState {
         match self.beats.get(host) {
             Some(b) if now.saturating_duration_since(b.at) <= down_after => HostState::Ready,
+            None if self.grace_until.is_some_and(|g| now < g) => HostState::Ready,
             _ => HostState::Down,
         }
     }
@@ -88,5 +97,14 @@ mod tests {
         assert_eq!(fleet.state(&web, t0 + Duration::from_millis(5001), down_after), HostState::Down);
         fleet.on_heartbeat(&web, beat(t0 + Duration::from_secs(9)));
         assert_eq!(fleet.state(&web, t0 + Duration::from_secs(10), down_after), HostState::Ready);
+    }
+
+    #[test]
+    fn a_new_leader_gives_silent_hosts_a_grace_period() {
+        let t0 = Instant::now();
+        let fleet = Fleet::with_grace(t0 + Duration::from_secs(10));
+        let web = HostName::new("web-1").unwrap();
+        assert_eq!(fleet.state(&web, t0 + Duration::from_secs(9), Duration::from_secs(5)), HostState::Ready);
+        assert_eq!(fleet.state(&web, t0 + Duration::from_secs(10), Duration::from_secs(5)), HostState::Down);
     }
 }

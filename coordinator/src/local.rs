@@ -317,6 +317,20 @@ impl LocalCluster {
         .await
     }
 
+    /// Waits until every host in `names` is ready *and* has reported to the current leader
+    /// (a new leader counts silent hosts as ready for a grace period; this waits for the real thing).
+    pub async fn wait_reporting(&self, names: &[&str], deadline: Duration) -> Result<Vec<HostView>> {
+        let what = format!("{} to report to the leader", names.join(", "));
+        wait_for(&what, deadline, || async {
+            let hosts = self.hosts().await?;
+            let all = names.iter().all(|n| {
+                hosts.iter().any(|h| h.name == *n && h.state == crate::fleet::HostState::Ready && h.last_seen.is_some())
+            });
+            Ok(all.then_some(hosts))
+        })
+        .await
+    }
+
     /// The last `lines` lines of a process's log, for error messages.
     pub fn log_tail(&self, name: &str, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log"))).unwrap_or_default();

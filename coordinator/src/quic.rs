@@ -2,6 +2,10 @@
 //! - `fifty-enroll/1`: one request, one answer, then the client closes.
 //! - `fifty-agent/1`: the agent's control link. The host is whoever its verified certificate
 //!   says; what it writes in messages is never trusted for identity.
+//! - `fifty-peer/1`: another coordinator (`consensus::transport`).
+//!
+//! Agents belong to the leader: a follower answers enrollments and agent links with a
+//! `close::NOT_LEADER` carrying the leader's address, and the agent dials that.
 //!
 //! A malformed frame closes the link with `close::PROTOCOL` and a log line; nothing here panics on
 //! what a peer sends.
@@ -11,7 +15,7 @@ use std::time::Duration;
 
 use fifty_shared::codec::{read_frame, write_frame, CodecError};
 use fifty_shared::ids::HostName;
-use fifty_shared::wire::{close, AgentMsg, CoordinatorMsg, EnrollRequest, ALPN_AGENT, ALPN_ENROLL};
+use fifty_shared::wire::{close, AgentMsg, CoordinatorMsg, EnrollRequest, ALPN_AGENT, ALPN_ENROLL, ALPN_PEER};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
@@ -43,7 +47,16 @@ pub async fn serve(endpoint: quinn::Endpoint, coordinator: Arc<Coordinator>, mut
                 .handshake_data()
                 .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|d| d.protocol);
+            let redirect = match alpn.as_deref() {
+                Some(ALPN_ENROLL | ALPN_AGENT) => coordinator.redirect(),
+                _ => None,
+            };
+            if let Some(leader) = redirect {
+                debug!(%remote, %leader, "not the leader; redirecting");
+                return conn.close(close::NOT_LEADER.into(), leader.as_bytes());
+            }
             match alpn.as_deref() {
+                Some(ALPN_PEER) => crate::consensus::transport::serve_peer(conn, coordinator.consensus.clone()).await,
                 Some(ALPN_ENROLL) => enroll(conn, &coordinator).instrument(tracing::info_span!("enroll", %remote)).await,
                 Some(ALPN_AGENT) => agent_link(conn, coordinator).await,
                 _ => conn.close(close::PROTOCOL.into(), b"unknown ALPN"),

@@ -1,70 +1,105 @@
-//! `fifty server`: opens the state, creates the cluster on first start, binds the QUIC endpoint
-//! and the HTTPS API, and serves both until told to stop.
+//! `fifty server`: opens the store, loads the cluster CA, binds the QUIC endpoint and the HTTPS
+//! API, forms or joins the Raft cluster, and serves until told to stop. Whichever coordinator
+//! first leads a new cluster records it (CA, bootstrap admin token) as the first decision.
 
-use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use fifty_shared::ids::Role;
-use fifty_shared::tls;
+use fifty_shared::tls::{self, CertAndKey};
 use fifty_shared::token;
-use fifty_shared::wire::{ALPN_AGENT, ALPN_ENROLL};
+use fifty_shared::wire::{PeerInfo, ALPN_AGENT, ALPN_ENROLL, ALPN_PEER};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{write_private, Config};
-use crate::consensus::Consensus;
+use crate::consensus::transport::Transport;
+use crate::consensus::{Consensus, Membership, Options};
 use crate::coordinator::Coordinator;
-use crate::state::{ClusterRecord, Command, TokenRecord};
+use crate::state::{ClusterRecord, Command, Rejection, TokenRecord};
+use crate::store::raft_log::RaftLog;
 use crate::store::Store;
-
-/// Where a running server listens (ports resolved, useful when configured with port 0).
-#[derive(Clone, Copy, Debug)]
-pub struct Bound {
-    /// HTTPS API.
-    pub http: SocketAddr,
-    /// QUIC endpoint.
-    pub quic: SocketAddr,
-}
 
 /// Runs a coordinator until `shutdown` turns true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
     std::fs::create_dir_all(config.tls_dir()).with_context(|| format!("create {}", config.tls_dir().display()))?;
     let store = Store::open(&config.state_dir()).with_context(|| format!("open state in {}", config.state_dir().display()))?;
-    let consensus = Consensus::new(store);
-    if consensus.store().cluster()?.is_none() {
-        bootstrap(&config, &consensus).await.context("create the cluster")?;
-    }
-    let cluster = consensus.store().cluster()?.context("cluster record missing after bootstrap")?;
-    let ca = tls::CertAndKey { cert_pem: cluster.ca_cert_pem.clone(), key_pem: cluster.ca_key_pem.clone() };
-    std::fs::write(config.ca_path(), &ca.cert_pem).with_context(|| format!("write {}", config.ca_path().display()))?;
+    let node_id = RaftLog::new(store.clone()).node_id()?;
+    let ca = load_or_create_ca(&config)?;
 
-    // This node's certificate is issued afresh at every start: it follows `tls_names` and needs
-    // no file of its own.
+    // This node's certificate is issued afresh at every start: it follows `tls_names`.
     let identity = tls::issue_coordinator_cert(&ca, &config.tls_names)?;
-    let quic_config = tls::quic_server_config(&identity, &ca.cert_pem, &[ALPN_ENROLL, ALPN_AGENT])?;
+    let quic_config = tls::quic_server_config(&identity, &ca.cert_pem, &[ALPN_ENROLL, ALPN_AGENT, ALPN_PEER])?;
     let endpoint = quinn::Endpoint::server(quic_config, config.quic_addr)
         .with_context(|| format!("bind QUIC endpoint on {}", config.quic_addr))?;
     let listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("bind HTTPS API on {}", config.http_addr))?;
-    let bound = Bound { http: listener.local_addr()?, quic: endpoint.local_addr()? };
+    let me = PeerInfo {
+        node_id,
+        quic_addr: config.advertised(endpoint.local_addr()?)?.to_string(),
+        http_addr: config.advertised(listener.local_addr()?)?.to_string(),
+    };
     let https_tls = tls::https_server_config(&identity, &ca.cert_pem)?;
+    let peer_client = tls::quic_client_config(&ca.cert_pem, &identity, ALPN_PEER)?;
+    let transport = Transport::new(endpoint.clone(), peer_client, store.clone());
+    let consensus = Consensus::new(store, me.clone(), transport);
 
-    let coordinator = Arc::new(Coordinator::new(config, consensus, bound.http, bound.quic)?);
-    tracing::info!(http = %bound.http, quic = %bound.quic, "coordinator listening");
+    let coordinator = Arc::new(Coordinator::new(config.clone(), consensus.clone(), ca.clone())?);
+    tracing::info!(node = format!("{node_id:016x}"), http = %me.http_addr, quic = %me.quic_addr, "coordinator listening");
     let router = crate::api::router(coordinator.clone());
-    tokio::join!(
-        crate::quic::serve(endpoint, coordinator.clone(), shutdown.clone()),
-        crate::api::serve(listener, https_tls, router, shutdown),
-    );
+    let quic = tokio::spawn(crate::quic::serve(endpoint, coordinator.clone(), shutdown.clone()));
+    let api = tokio::spawn(crate::api::serve(listener, https_tls, router, shutdown.clone()));
+
+    let membership = Membership { bootstrap_expect: config.bootstrap_expect, peers: config.peers.clone(), join: config.join.clone() };
+    let options = Options { snapshot_threshold: config.snapshot_threshold };
+    let started = tokio::select! {
+        started = consensus.start(membership, options) => started,
+        _ = wait_for(shutdown.clone()) => return Ok(()),
+    };
+    started.context("form or join the cluster")?;
+    tokio::spawn(leadership(coordinator.clone(), config.clone(), ca));
+
+    let _ = tokio::join!(quic, api);
     coordinator.consensus.store().flush().await?;
     tracing::info!("coordinator stopped");
     Ok(())
 }
 
-/// Creates the cluster CA and the bootstrap admin token, and shows the token once.
-async fn bootstrap(config: &Config, consensus: &Consensus) -> Result<()> {
-    let ca = tls::new_cluster_ca()?;
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Follows this node's role: a new leader takes over the fleet's soft state (with a grace
+/// period) and, in a brand-new cluster, records the cluster; a node that stops leading hands
+/// its agents over.
+async fn leadership(coordinator: Arc<Coordinator>, config: Config, ca: CertAndKey) {
+    let mut status = coordinator.consensus.watch();
+    let mut leading = false;
+    loop {
+        let now_leading = status.borrow_and_update().is_leader();
+        if now_leading && !leading {
+            tracing::info!(term = status.borrow().term, "this coordinator is now the leader");
+            coordinator.on_became_leader();
+            if let Err(e) = record_cluster(&coordinator, &config, &ca).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not record the new cluster yet; the next leader will");
+            }
+        } else if leading && !now_leading {
+            tracing::info!("this coordinator is no longer the leader");
+            coordinator.on_lost_leadership();
+        }
+        leading = now_leading;
+        if status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// In a new cluster: record the CA and a bootstrap admin token, and show the token once.
+async fn record_cluster(coordinator: &Coordinator, config: &Config, ca: &CertAndKey) -> Result<()> {
+    if coordinator.consensus.store().cluster()?.is_some() {
+        return Ok(());
+    }
     let now = SystemTime::now();
     let secret = token::new_secret();
     let bootstrap = TokenRecord {
@@ -78,25 +113,65 @@ async fn bootstrap(config: &Config, consensus: &Consensus) -> Result<()> {
         uses: 0,
         revoked: false,
     };
-    let cluster = ClusterRecord { ca_cert_pem: ca.cert_pem, ca_key_pem: ca.key_pem, created_at: now };
-    consensus.propose(Command::InitCluster { cluster, bootstrap }).await??;
+    let cluster = ClusterRecord { ca_cert_pem: ca.cert_pem.clone(), ca_key_pem: ca.key_pem.clone(), created_at: now };
+    match coordinator.consensus.propose(Command::InitCluster { cluster, bootstrap }).await? {
+        Ok(_) => {}
+        Err(Rejection::AlreadyInitialised) => return Ok(()),
+        Err(other) => bail!("{other}"),
+    }
     let text = format!("{}{secret}", token::API_PREFIX);
     if let Some(path) = &config.bootstrap_token_file {
         write_private(path, &format!("{text}\n")).with_context(|| format!("write bootstrap token to {}", path.display()))?;
     }
-    let host = match config.http_addr.ip() {
-        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
-        ip => ip.to_string(),
-    };
     println!(
         "==> Created a new Fifty cluster.\n\
          ==> Bootstrap admin token (shown once, stored only as a hash):\n\n    {text}\n\n\
          To use the CLI against this coordinator:\n\n    \
-         export FIFTY_ADDR=https://{host}:{port}\n    \
+         export FIFTY_ADDR=https://{http}\n    \
          export FIFTY_CACERT={ca}\n    \
          export FIFTY_TOKEN={text}\n",
-        port = config.http_addr.port(),
+        http = coordinator.consensus.me().http_addr,
         ca = config.ca_path().display(),
     );
+    Ok(())
+}
+
+/// The cluster CA: from `ca_cert`/`ca_key`, else from this node's data dir, else (a single
+/// coordinator's first start) made here. Its certificate is always copied to `tls/ca.pem` for
+/// `FIFTY_CACERT`.
+fn load_or_create_ca(config: &Config) -> Result<CertAndKey> {
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()));
+    let own_cert = config.tls_dir().join("ca.pem");
+    let own_key = config.tls_dir().join("ca-key.pem");
+    let ca = if let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) {
+        CertAndKey { cert_pem: read(cert)?, key_pem: read(key)? }
+    } else if own_key.exists() {
+        CertAndKey { cert_pem: read(&own_cert)?, key_pem: read(&own_key)? }
+    } else if config.clustered() {
+        bail!(
+            "config keys ca_cert and ca_key: coordinators of one cluster share a CA. Make it once with \
+             `fifty ca init --out DIR`, copy DIR to every coordinator, and point ca_cert and ca_key at it"
+        );
+    } else {
+        let ca = tls::new_cluster_ca()?;
+        write_private(&own_key, &ca.key_pem).with_context(|| format!("write {}", own_key.display()))?;
+        ca
+    };
+    tls::cert_from_pem(&ca.cert_pem).context("the CA certificate")?;
+    std::fs::write(&own_cert, &ca.cert_pem).with_context(|| format!("write {}", own_cert.display()))?;
+    Ok(ca)
+}
+
+/// `fifty ca init --out DIR`: a new cluster CA in `DIR/ca.pem` and `DIR/ca-key.pem`.
+pub fn ca_init(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    if cert.exists() || key.exists() {
+        bail!("{} already holds a CA; refusing to overwrite it", dir.display());
+    }
+    let ca = tls::new_cluster_ca()?;
+    std::fs::write(&cert, &ca.cert_pem)?;
+    write_private(&key, &ca.key_pem)?;
+    println!("Wrote {} and {}. Copy both to every coordinator and set ca_cert and ca_key.", cert.display(), key.display());
     Ok(())
 }

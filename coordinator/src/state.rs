@@ -95,7 +95,19 @@ pub struct Revocation {
     pub reason: String,
 }
 
-/// A decision to apply. Replicated as-is once there is a log.
+/// A coordinator of the cluster: its Raft id and where to reach it. Written when a
+/// configuration change that adds it is applied (or at bootstrap), removed with it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, serde::Serialize, serde::Deserialize)]
+pub struct MemberRecord {
+    /// Raft node id.
+    pub id: u64,
+    /// QUIC address (agents and peers).
+    pub quic_addr: String,
+    /// HTTPS API address.
+    pub http_addr: String,
+}
+
+/// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
 pub enum Command {
     /// Create the cluster: its CA and the bootstrap admin token.
@@ -163,6 +175,12 @@ pub enum Rejection {
     /// No host has this name.
     #[error("no host named {0}")]
     UnknownHost(HostName),
+    /// No coordinator has this id.
+    #[error("no coordinator with node id {0:016x}")]
+    UnknownMember(u64),
+    /// Removing this coordinator would leave no voter.
+    #[error("node {0:016x} is the last voter; a cluster cannot remove its only member")]
+    LastMember(u64),
 }
 
 /// What applying a command produced.
@@ -203,15 +221,17 @@ impl Machine {
         &self.store
     }
 
-    /// Checks `cmd` against the current state and writes its effects in one atomic batch.
-    pub fn apply(&mut self, cmd: &Command) -> ApplyResult {
-        let mut batch = Batch::default();
-        let applied = match self.decide(cmd, &mut batch)? {
-            Ok(applied) => applied,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
+    /// Checks `cmd` against the current state and writes its effects, with `extra` (the applied
+    /// index, say), in one atomic batch. A rejected command writes only `extra`.
+    pub fn apply(&mut self, cmd: &Command, extra: Batch) -> ApplyResult {
+        let mut batch = extra;
+        let mut effects = Batch::default();
+        let out = self.decide(cmd, &mut effects)?;
+        if out.is_ok() {
+            batch.merge(effects);
+        }
         self.store.apply(batch)?;
-        Ok(Ok(applied))
+        Ok(out)
     }
 
     fn decide(&self, cmd: &Command, batch: &mut Batch) -> ApplyResult {
@@ -329,13 +349,13 @@ mod tests {
     }
 
     fn enroll(m: &mut Machine, name: &str, serial: &str, at: SystemTime) -> Result<Applied, Rejection> {
-        m.apply(&Command::EnrollHost { token_hash: "h1".into(), host: host(name, serial), at }).unwrap()
+        m.apply(&Command::EnrollHost { token_hash: "h1".into(), host: host(name, serial), at }, Batch::default()).unwrap()
     }
 
     #[test]
     fn a_single_use_token_enrolls_once() {
         let (mut m, _d) = machine();
-        m.apply(&Command::CreateToken(join_token(Some(1), None))).unwrap().unwrap();
+        m.apply(&Command::CreateToken(join_token(Some(1), None)), Batch::default()).unwrap().unwrap();
         let now = SystemTime::now();
         assert!(enroll(&mut m, "web-1", "01", now).is_ok());
         assert_eq!(enroll(&mut m, "web-2", "02", now), Err(Rejection::TokenUsedUp { max: 1 }));
@@ -346,7 +366,7 @@ mod tests {
     fn an_expired_token_is_refused_by_the_command_time() {
         let (mut m, _d) = machine();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        m.apply(&Command::CreateToken(join_token(None, Some(t0)))).unwrap().unwrap();
+        m.apply(&Command::CreateToken(join_token(None, Some(t0))), Batch::default()).unwrap().unwrap();
         assert!(enroll(&mut m, "web-1", "01", t0 - Duration::from_secs(1)).is_ok());
         assert!(matches!(enroll(&mut m, "web-2", "02", t0), Err(Rejection::TokenExpired { .. })));
     }
@@ -354,10 +374,10 @@ mod tests {
     #[test]
     fn removing_a_host_revokes_its_serial() {
         let (mut m, _d) = machine();
-        m.apply(&Command::CreateToken(join_token(None, None))).unwrap().unwrap();
+        m.apply(&Command::CreateToken(join_token(None, None)), Batch::default()).unwrap().unwrap();
         enroll(&mut m, "web-1", "0a", SystemTime::now()).unwrap();
         let name = HostName::new("web-1").unwrap();
-        let out = m.apply(&Command::RemoveHost { name: name.clone(), at: SystemTime::now() }).unwrap();
+        let out = m.apply(&Command::RemoveHost { name: name.clone(), at: SystemTime::now() }, Batch::default()).unwrap();
         assert_eq!(out, Ok(Applied::Removed { serial: "0a".into() }));
         assert!(m.store().host(&name).unwrap().is_none());
         assert!(m.store().host_by_serial("0a").unwrap().is_none());
@@ -367,7 +387,7 @@ mod tests {
     #[test]
     fn re_enrolling_a_name_revokes_the_old_certificate() {
         let (mut m, _d) = machine();
-        m.apply(&Command::CreateToken(join_token(None, None))).unwrap().unwrap();
+        m.apply(&Command::CreateToken(join_token(None, None)), Batch::default()).unwrap().unwrap();
         enroll(&mut m, "web-1", "0a", SystemTime::now()).unwrap();
         let out = enroll(&mut m, "web-1", "0b", SystemTime::now());
         assert_eq!(out, Ok(Applied::Enrolled { replaced_serial: Some("0a".into()) }));

@@ -60,10 +60,22 @@ pub struct HostCounts {
 pub struct StatusView {
     /// Coordinator version.
     pub version: String,
-    /// When the cluster was created.
-    pub cluster_created_at: String,
+    /// When the cluster was created (none while it is still forming).
+    pub cluster_created_at: Option<String>,
     /// SHA-256 of the cluster CA.
     pub ca_fingerprint: String,
+    /// The answering coordinator's Raft id.
+    pub node_id: String,
+    /// The leader's Raft id, if one is known.
+    pub leader_id: Option<String>,
+    /// Raft term.
+    pub term: u64,
+    /// Raft commit index on the answering coordinator.
+    pub commit_index: u64,
+    /// Raft applied index on the answering coordinator.
+    pub applied_index: u64,
+    /// Voting coordinators.
+    pub coordinators: usize,
     /// Address of the HTTPS API.
     pub http_addr: String,
     /// Address of the QUIC endpoint.
@@ -130,6 +142,40 @@ pub struct TokenCreated {
     pub token: String,
     /// Expires, RFC 3339.
     pub expires_at: Option<String>,
+}
+
+/// One coordinator in `GET /v1/cluster/members`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberView {
+    /// Raft node id (16 hex digits).
+    pub id: String,
+    /// QUIC address.
+    pub quic_addr: String,
+    /// HTTPS API address.
+    pub http_addr: String,
+    /// Whether it leads.
+    pub leader: bool,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Highest log index known replicated to it (reported by the leader).
+    pub matched: Option<u64>,
+}
+
+/// `GET /v1/cluster/members`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClusterView {
+    /// The answering coordinator.
+    pub node_id: String,
+    /// The leader, if known.
+    pub leader_id: Option<String>,
+    /// Raft term.
+    pub term: u64,
+    /// Commit index on the answering coordinator.
+    pub commit_index: u64,
+    /// Applied index on the answering coordinator.
+    pub applied_index: u64,
+    /// The coordinators.
+    pub members: Vec<MemberView>,
 }
 
 /// An error body.

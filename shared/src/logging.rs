@@ -1,5 +1,7 @@
 //! One way to set up `tracing` for both binaries: `RUST_LOG`-style filters, logs on stderr.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `default` is the filter used when `RUST_LOG` is unset,
@@ -9,6 +11,7 @@ pub fn init(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -164,6 +164,15 @@ pub fn cert_serial(cert: &CertificateDer<'_>) -> Result<String> {
     Ok(hex::encode(parsed.tbs_certificate.raw_serial()))
 }
 
+/// Whether a DER certificate is a coordinator's (carries [`COORDINATOR_NAME`]). Only
+/// coordinators hold the CA key, so only they can issue such a certificate; host certificates
+/// name the host.
+pub fn is_coordinator_cert(cert: &CertificateDer<'_>) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return false };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else { return false };
+    san.value.general_names.iter().any(|n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == COORDINATOR_NAME))
+}
+
 fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
     roots.add(cert_from_pem(ca_pem)?).context("add cluster CA to trust roots")?;
@@ -343,6 +352,17 @@ mod tests {
         let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
         let cn = parsed.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string();
         assert_eq!(cn, "web-1");
+    }
+
+    #[test]
+    fn only_coordinator_certificates_pass_as_coordinators() {
+        let ca = new_cluster_ca().unwrap();
+        let coord = issue_coordinator_cert(&ca, &[]).unwrap();
+        assert!(is_coordinator_cert(&cert_from_pem(&coord.cert_pem).unwrap()));
+        let host = HostName::new("web-1").unwrap();
+        let (_k, csr) = new_host_key_and_csr(&host).unwrap();
+        let cert = sign_host_csr(&ca, &csr, &host, &random_serial()).unwrap();
+        assert!(!is_coordinator_cert(&cert_from_pem(&cert).unwrap()));
     }
 
     #[test]

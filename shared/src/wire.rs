@@ -20,6 +20,8 @@ use crate::ids::{HostName, Labels};
 pub const ALPN_ENROLL: &[u8] = b"fifty-enroll/1";
 /// ALPN of the agent's control link (client certificate required).
 pub const ALPN_AGENT: &[u8] = b"fifty-agent/1";
+/// ALPN of coordinator-to-coordinator links (a coordinator certificate required).
+pub const ALPN_PEER: &[u8] = b"fifty-peer/1";
 
 /// QUIC application close codes, with the reason carried beside them.
 pub mod close {
@@ -35,6 +37,11 @@ pub mod close {
     pub const NO_CERTIFICATE: u32 = 4;
     /// Another connection from the same host replaced this one.
     pub const REPLACED: u32 = 5;
+    /// This coordinator is not the leader; the reason holds the leader's QUIC address (empty if
+    /// no leader is known yet). The client dials it next.
+    pub const NOT_LEADER: u32 = 6;
+    /// A peer link from something that is not a coordinator.
+    pub const NOT_A_COORDINATOR: u32 = 7;
 }
 
 /// A host asks to join the cluster.
@@ -61,6 +68,8 @@ pub enum EnrollResponse {
         cert_pem: String,
         /// The cluster CA certificate.
         ca_pem: String,
+        /// Every coordinator's QUIC address, for the agent's config.
+        coordinators: Vec<String>,
     },
     /// The host was not enrolled, and why.
     Refused {
@@ -127,6 +136,70 @@ pub enum CoordinatorMsg {
     },
 }
 
+/// Coordinator → coordinator, on unidirectional streams: Raft traffic. Raft's own messages are
+/// carried as raft-rs encodes them (protobuf); a snapshot is streamed in chunks on a stream of
+/// its own so it never holds up heartbeats.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum PeerFrame {
+    /// One Raft message.
+    Raft(Vec<u8>),
+    /// A snapshot message without its data, and how many data bytes follow in chunks.
+    SnapshotStart {
+        /// The Raft message, its data emptied.
+        message: Vec<u8>,
+        /// Total bytes of snapshot data in the chunks that follow.
+        data_len: u64,
+    },
+    /// The next piece of snapshot data.
+    SnapshotChunk(Vec<u8>),
+}
+
+/// A coordinator as it introduces itself to another.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PeerInfo {
+    /// Raft node id.
+    pub node_id: u64,
+    /// Its QUIC address.
+    pub quic_addr: String,
+    /// Its HTTPS API address.
+    pub http_addr: String,
+}
+
+/// Coordinator → coordinator requests, one per bidirectional stream.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum PeerRequest {
+    /// Who are you, and do you belong to a cluster yet? (Bootstrap discovery.)
+    Hello(PeerInfo),
+    /// Add me to the cluster (a Raft configuration change).
+    Join(PeerInfo),
+}
+
+/// Answers to [`PeerRequest`].
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum PeerResponse {
+    /// The answering coordinator.
+    Hello {
+        /// Who it is.
+        info: PeerInfo,
+        /// Whether it already belongs to a cluster.
+        initialized: bool,
+        /// If it does, the cluster's coordinators.
+        members: Vec<PeerInfo>,
+    },
+    /// The configuration change that adds the node is committed.
+    Joined,
+    /// Ask the leader instead (its QUIC address, if one is known).
+    NotLeader {
+        /// The leader's QUIC address.
+        leader: Option<String>,
+    },
+    /// The request failed.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// Decodes `bytes` as every wire type in turn and throws the results away. The codec's property
 /// test and the cargo-fuzz target call this so that every message type is exercised.
 #[doc(hidden)]
@@ -136,6 +209,9 @@ pub fn decode_any_for_fuzzing(bytes: &[u8]) {
     let _ = decode_frame::<EnrollResponse>(bytes);
     let _ = decode_frame::<AgentMsg>(bytes);
     let _ = decode_frame::<CoordinatorMsg>(bytes);
+    let _ = decode_frame::<PeerFrame>(bytes);
+    let _ = decode_frame::<PeerRequest>(bytes);
+    let _ = decode_frame::<PeerResponse>(bytes);
     let _ = from_bytes::<EnrollRequest>(bytes);
     let _ = from_bytes::<AgentMsg>(bytes);
     let _ = from_bytes::<CoordinatorMsg>(bytes);

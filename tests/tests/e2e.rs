@@ -230,7 +230,7 @@ async fn liveness_and_coordinator_restart() {
     let tokens_before: Vec<TokenView> = cluster.client().get("/v1/tokens").await.unwrap();
     cluster.kill_coordinator().await.unwrap();
     cluster.start_coordinator().await.unwrap();
-    let hosts = cluster.wait_hosts(&["app-1", "app-2"], HostState::Ready, DEADLINE).await.unwrap();
+    let hosts = cluster.wait_reporting(&["app-1", "app-2"], DEADLINE).await.unwrap();
     assert_eq!(hosts.len(), 2);
     assert_eq!(hosts[0].labels.get("role").map(String::as_str), Some("prod"));
     let tokens_after: Vec<TokenView> = cluster.client().get("/v1/tokens").await.unwrap();

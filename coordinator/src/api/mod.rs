@@ -6,8 +6,14 @@
 //! | `GET /v1/status`, `GET /v1/hosts`, `GET /metrics` | read |
 //! | `GET /v1/tokens`, `POST /v1/tokens`, `DELETE /v1/tokens/{accessor}`, `DELETE /v1/hosts/{name}` | admin |
 //!
+//! | `GET /v1/cluster/members` | read |
+//! | `DELETE /v1/cluster/members/{id}` | admin |
+//! | `POST /v1/debug/isolate` | admin, and only with `fault_injection = true` |
+//!
 //! No token or an invalid one gets 401; a valid token whose role may not do the thing gets 403.
+//! Any coordinator may be asked: see `forward` for how followers hand requests to the leader.
 
+mod forward;
 mod https;
 
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use fifty_shared::ids::{HostName, Role};
 
@@ -27,7 +33,7 @@ use crate::store::StoreError;
 use crate::views::{CreateToken, ErrorBody};
 
 /// An API failure, rendered as `{"error": "..."}` with its status.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -51,6 +57,7 @@ impl From<OpError> for ApiError {
             }
             OpError::Rejected(r) => ApiError(StatusCode::CONFLICT, r.to_string()),
             OpError::Store(e) => e.into(),
+            OpError::Consensus(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
 }
@@ -84,8 +91,12 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/hosts/{name}", delete(remove_host))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{accessor}", delete(revoke_token))
+        .route("/v1/cluster/members", get(members))
+        .route("/v1/cluster/members/{id}", delete(remove_member))
+        .route("/v1/debug/isolate", post(isolate))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
+        .layer(axum::middleware::from_fn_with_state(coordinator.clone(), forward::to_leader))
         .with_state(coordinator)
 }
 
@@ -129,6 +140,33 @@ async fn revoke_token(State(c): Shared, headers: HeaderMap, Path(accessor): Path
     authorize(&c, &headers, Role::Admin)?;
     c.revoke_token(&accessor).await?;
     Ok(Json(serde_json::json!({ "revoked": accessor })))
+}
+
+async fn members(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.cluster()?))
+}
+
+async fn remove_member(State(c): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    let node = u64::from_str_radix(id.trim_start_matches("0x"), 16)
+        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id (16 hex digits, see `fifty cluster members`)")))?;
+    c.consensus.remove_member(node).await.map_err(OpError::from)?.map_err(OpError::from)?;
+    Ok(Json(serde_json::json!({ "removed": format!("{node:016x}") })))
+}
+
+#[derive(serde::Deserialize)]
+struct Isolate {
+    isolated: bool,
+}
+
+async fn isolate(State(c): Shared, headers: HeaderMap, Json(req): Json<Isolate>) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    if !c.config.fault_injection {
+        return Err(ApiError(StatusCode::FORBIDDEN, "fault injection is off on this coordinator (config key fault_injection)".into()));
+    }
+    c.consensus.transport().set_isolated(req.isolated);
+    Ok(Json(serde_json::json!({ "isolated": req.isolated })))
 }
 
 async fn metrics(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {

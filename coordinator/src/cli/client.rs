@@ -28,6 +28,10 @@ pub struct ClientOpts {
     /// The cluster CA certificate (PEM), `<data_dir>/tls/ca.pem` on a coordinator.
     #[arg(long, env = "FIFTY_CACERT", global = true)]
     pub cacert: Option<std::path::PathBuf>,
+    /// Let the coordinator asked answer reads from its own copy of the state, which may lag
+    /// the leader's (faster, and works without a leader).
+    #[arg(long, global = true)]
+    pub stale: bool,
 }
 
 /// An answer from the API that was not a success.
@@ -48,6 +52,7 @@ pub struct Client {
     server_name: ServerName<'static>,
     token: Option<String>,
     tls: TlsConnector,
+    stale: bool,
 }
 
 impl Client {
@@ -61,7 +66,28 @@ impl Client {
         let port = uri.port_u16().unwrap_or(7070);
         let server_name = ServerName::try_from(host.clone()).with_context(|| format!("{host:?} as a TLS name"))?;
         let tls = TlsConnector::from(Arc::new(fifty_shared::tls::https_client_config(ca_pem)?));
-        Ok(Self { host, port, server_name, token, tls })
+        Ok(Self { host, port, server_name, token, tls, stale: false })
+    }
+
+    /// A client for another coordinator's API at `http_addr` (`HOST:PORT`): it verifies the fixed
+    /// coordinator name, whatever the address.
+    pub fn to_coordinator(http_addr: &str, ca_pem: &str) -> Result<Self> {
+        let mut client = Self::new(&format!("https://{http_addr}"), None, ca_pem)?;
+        client.server_name = ServerName::try_from(fifty_shared::tls::COORDINATOR_NAME).expect("a valid DNS name");
+        Ok(client)
+    }
+
+    /// Sends a request as received from someone else (the follower-to-leader forwarding path):
+    /// method, path and query, the given headers and body; returns status, content type and body.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+        body: Bytes,
+    ) -> Result<(StatusCode, Option<hyper::header::HeaderValue>, Bytes)> {
+        let (status, content_type, bytes) = self.send(method, path_and_query, headers, body.to_vec()).await?;
+        Ok((status, content_type, bytes))
     }
 
     /// A client from flags and environment.
@@ -70,10 +96,29 @@ impl Client {
             "FIFTY_CACERT is not set: point it (or --cacert) at the cluster CA, <data_dir>/tls/ca.pem on a coordinator",
         )?;
         let ca = std::fs::read_to_string(path).with_context(|| format!("read FIFTY_CACERT {}", path.display()))?;
-        Self::new(&opts.addr, opts.token.clone(), &ca)
+        let mut client = Self::new(&opts.addr, opts.token.clone(), &ca)?;
+        client.stale = opts.stale;
+        Ok(client)
     }
 
     async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes)> {
+        let mut headers = vec![(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"))];
+        if let Some(token) = &self.token {
+            let value = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .context("FIFTY_TOKEN holds characters not allowed in a header")?;
+            headers.push((hyper::header::AUTHORIZATION, value));
+        }
+        let (status, _, bytes) = self.send(method, path, &headers, body.unwrap_or_default()).await?;
+        Ok((status, bytes))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Option<hyper::header::HeaderValue>, Bytes)> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("connect to the coordinator at {}:{}", self.host, self.port))?;
@@ -82,19 +127,16 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port))
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(token) = &self.token {
-            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {}", token.trim()));
+        let mut req = Request::builder().method(method).uri(path).header(hyper::header::HOST, format!("{}:{}", self.host, self.port));
+        for (name, value) in headers {
+            req = req.header(name, value);
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("build request")?;
+        let req = req.body(Full::new(Bytes::from(body))).context("build request")?;
         let resp = sender.send_request(req).await.context("send request")?;
         let status = resp.status();
+        let content_type = resp.headers().get(hyper::header::CONTENT_TYPE).cloned();
         let bytes = resp.into_body().collect().await.context("read response")?.to_bytes();
-        Ok((status, bytes))
+        Ok((status, content_type, bytes))
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T> {
@@ -108,8 +150,12 @@ impl Client {
         serde_json::from_slice(&bytes).with_context(|| format!("decode the answer to {path}"))
     }
 
-    /// `GET path`, decoded.
+    /// `GET path`, decoded (with `stale=true` if the client was asked for stale reads).
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        if self.stale {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            return self.call(Method::GET, &format!("{path}{sep}stale=true"), None).await;
+        }
         self.call(Method::GET, path, None).await
     }
 

@@ -70,7 +70,7 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     t.say("killed the coordinator (SIGKILL); agents keep running and retry with backoff");
     cluster.start_coordinator().await?;
     t.say("restarted the coordinator from its own disk");
-    let hosts = cluster.wait_hosts(&all, HostState::Ready, DEADLINE).await?;
+    let hosts = cluster.wait_reporting(&all, DEADLINE).await?;
     let tokens_after: Vec<TokenView> = cluster.client().get("/v1/tokens").await?;
     if hosts.len() != all.len() || tokens_after != tokens_before {
         bail!("state changed across the restart: {} hosts, tokens equal: {}", hosts.len(), tokens_after == tokens_before);

@@ -9,7 +9,7 @@ mod output;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::views::{CreateToken, HostView, StatusView, TokenCreated, TokenView};
+use crate::views::{ClusterView, CreateToken, HostView, StatusView, TokenCreated, TokenView};
 pub use client::{ApiFailure, Client, ClientOpts};
 
 /// Fifty: ship to production fifty times a day without breaking it.
@@ -58,6 +58,41 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// The coordinators: members, leader, Raft indexes.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// The cluster CA.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// List coordinators with the leader, term, commit and applied index.
+    Members {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a coordinator from the cluster (a Raft configuration change).
+    Remove {
+        /// Its node id, as `fifty cluster members` shows it.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a cluster CA to share among coordinators (ca.pem, ca-key.pem).
+    Init {
+        /// Directory to write into.
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -132,6 +167,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&cli.client, command).await,
+        Command::Cluster { command: ClusterCommand::Members { json } } => {
+            let view: ClusterView = Client::from_opts(&cli.client)?.get("/v1/cluster/members").await?;
+            output::print(json, &view, output::cluster)
+        }
+        Command::Cluster { command: ClusterCommand::Remove { node } } => {
+            let _: serde_json::Value = Client::from_opts(&cli.client)?.delete(&format!("/v1/cluster/members/{node}")).await?;
+            println!("Removed coordinator {node} from the cluster.");
+            Ok(())
+        }
+        Command::Ca { command: CaCommand::Init { out } } => crate::server::ca_init(&out),
     }
 }
 

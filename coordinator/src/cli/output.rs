@@ -5,7 +5,7 @@ use std::fmt::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::views::{HostView, StatusView, TokenCreated, TokenView};
+use crate::views::{ClusterView, HostView, StatusView, TokenCreated, TokenView};
 
 /// Prints `value` as JSON or through `human`.
 pub fn print<T: Serialize>(json: bool, value: &T, human: impl Fn(&T) -> String) -> Result<()> {
@@ -87,11 +87,18 @@ pub fn hosts(hosts: &[HostView]) -> String {
 pub fn status(s: &StatusView) -> String {
     format!(
         "Cluster      created {}, CA sha256:{}\n\
-         Coordinator  fifty {}, up {}s, API {}, QUIC {}\n\
+         Raft         {} coordinators, leader {}, term {}, commit {}, applied {}\n\
+         Coordinator  {} (fifty {}), up {}s, API {}, QUIC {}\n\
          Hosts        {} total, {} ready, {} down; {} agents connected\n\
          Heartbeats   every {}, down after {}\n",
-        s.cluster_created_at,
+        s.cluster_created_at.as_deref().unwrap_or("(forming)"),
         &s.ca_fingerprint[..16.min(s.ca_fingerprint.len())],
+        s.coordinators,
+        s.leader_id.as_deref().unwrap_or("none"),
+        s.term,
+        s.commit_index,
+        s.applied_index,
+        s.node_id,
         s.version,
         s.uptime_secs,
         s.http_addr,
@@ -102,6 +109,31 @@ pub fn status(s: &StatusView) -> String {
         s.agent_links,
         s.heartbeat_interval,
         s.down_after,
+    )
+}
+
+/// `fifty cluster members`.
+pub fn cluster(c: &ClusterView) -> String {
+    let rows: Vec<Vec<String>> = c
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                if m.leader { "leader" } else if m.voter { "follower" } else { "not voting" }.to_string(),
+                m.quic_addr.clone(),
+                m.http_addr.clone(),
+                m.matched.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    format!(
+        "{}\nterm {}, commit {}, applied {} (as seen by {})\n",
+        table(&["NODE", "ROLE", "QUIC", "API", "MATCHED"], &rows),
+        c.term,
+        c.commit_index,
+        c.applied_index,
+        c.node_id
     )
 }
 

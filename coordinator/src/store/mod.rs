@@ -1,16 +1,21 @@
-//! The only module that talks to sled. Everything the coordinator decides lives in one sled tree
-//! under typed keys; writes arrive as a [`Batch`] that is applied atomically, and are durable once
-//! [`Store::flush`] returns.
+//! The only module that talks to sled. Everything a coordinator keeps lives in one sled tree:
+//! the state machine's records under `sm/` and the Raft log and its metadata under `raft/`
+//! (see [`raft_log`]). Writes arrive as a [`Batch`] that is applied atomically — so an applied
+//! command and the applied index move together, and a snapshot replaces the whole state in one
+//! step — and are durable once [`Store::flush`] returns.
 //!
-//! Keys: `cluster`, `token/<hash>`, `host/<name>`, `serial/<hex>`, `revoked/<hex>`. Values are
-//! records encoded with the one codec (`fifty_shared::codec`).
+//! State keys: `sm/cluster`, `sm/token/<hash>`, `sm/host/<name>`, `sm/serial/<hex>`,
+//! `sm/revoked/<hex>`, `sm/member/<node id>`. Values are records encoded with the one codec
+//! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
+
+pub mod raft_log;
 
 use std::path::Path;
 
 use bincode::{Decode, Encode};
 use fifty_shared::codec::{self, CodecError};
 
-use crate::state::{ClusterRecord, HostRecord, Revocation, TokenRecord};
+use crate::state::{ClusterRecord, HostRecord, MemberRecord, Revocation, TokenRecord};
 use fifty_shared::ids::HostName;
 
 /// A storage failure.
@@ -47,16 +52,52 @@ pub struct Store {
 /// A set of writes applied all at once.
 #[derive(Default)]
 pub struct Batch {
-    inner: sled::Batch,
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     error: Option<StoreError>,
 }
 
+/// Prefix of the state machine's keys: everything a snapshot carries.
+pub const STATE_PREFIX: &str = "sm/";
+
 impl Batch {
     fn put<T: Encode>(&mut self, key: String, value: &T) {
+        let key = format!("{STATE_PREFIX}{key}");
         match codec::to_bytes(value) {
-            Ok(bytes) => self.inner.insert(key.as_bytes(), bytes),
+            Ok(bytes) => self.ops.push((key.into_bytes(), Some(bytes))),
             Err(source) => self.error = Some(StoreError::Encode { key, source }),
         }
+    }
+
+    fn remove(&mut self, key: String) {
+        self.ops.push((format!("{STATE_PREFIX}{key}").into_bytes(), None));
+    }
+
+    /// Writes raw bytes under a full key (Raft metadata and log entries).
+    pub(crate) fn put_raw(&mut self, key: &[u8], value: Vec<u8>) {
+        self.ops.push((key.to_vec(), Some(value)));
+    }
+
+    /// Deletes a full key.
+    pub(crate) fn remove_raw(&mut self, key: &[u8]) {
+        self.ops.push((key.to_vec(), None));
+    }
+
+    /// Appends another batch's writes after this one's.
+    pub fn merge(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+        if self.error.is_none() {
+            self.error = other.error;
+        }
+    }
+
+    /// Records a coordinator's addresses.
+    pub fn put_member(&mut self, m: &MemberRecord) {
+        self.put(format!("member/{:016x}", m.id), m);
+    }
+
+    /// Forgets a coordinator.
+    pub fn remove_member(&mut self, id: u64) {
+        self.remove(format!("member/{id:016x}"));
     }
 
     /// Records the cluster (CA) on first start.
@@ -77,8 +118,8 @@ impl Batch {
 
     /// Deletes a host record and its serial mapping.
     pub fn remove_host(&mut self, h: &HostRecord) {
-        self.inner.remove(format!("host/{}", h.name).as_bytes());
-        self.inner.remove(format!("serial/{}", h.serial).as_bytes());
+        self.remove(format!("host/{}", h.name));
+        self.remove(format!("serial/{}", h.serial));
     }
 
     /// Records a revoked certificate serial.
@@ -91,11 +132,12 @@ impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(dir).open()?;
-        let tree = db.open_tree("state")?;
+        let tree = db.open_tree("fifty")?;
         Ok(Self { db, tree })
     }
 
     fn get<T: Decode<()>>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let key = format!("{STATE_PREFIX}{key}");
         match self.tree.get(key.as_bytes())? {
             None => Ok(None),
             Some(bytes) => codec::from_bytes(&bytes)
@@ -106,7 +148,7 @@ impl Store {
 
     fn scan<T: Decode<()>>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix.as_bytes()) {
+        for item in self.tree.scan_prefix(format!("{STATE_PREFIX}{prefix}").as_bytes()) {
             let (key, bytes) = item?;
             let value = codec::from_bytes(&bytes).map_err(|source| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&key).into_owned(),
@@ -157,12 +199,24 @@ impl Store {
         self.scan("revoked/")
     }
 
+    /// Every coordinator in the cluster, by node id.
+    pub fn members(&self) -> Result<Vec<MemberRecord>, StoreError> {
+        self.scan("member/")
+    }
+
     /// Applies `batch` atomically (not yet durable: see [`Store::flush`]).
     pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if let Some(e) = batch.error {
             return Err(e);
         }
-        self.tree.apply_batch(batch.inner)?;
+        let mut sled_batch = sled::Batch::default();
+        for (key, value) in batch.ops {
+            match value {
+                Some(v) => sled_batch.insert(key, v),
+                None => sled_batch.remove(key),
+            }
+        }
+        self.tree.apply_batch(sled_batch)?;
         Ok(())
     }
 
@@ -170,5 +224,15 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Makes every applied batch durable, blocking the thread (for the Raft loop).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn raw_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self.tree.get(key)?)
     }
 }

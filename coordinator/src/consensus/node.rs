@@ -1,0 +1,416 @@
+//! The Raft loop, written out plainly after raft-rs's `five_mem_node`: one thread owns the
+//! `RawNode` and the state machine. Each turn it takes inputs (proposals, peer messages, reads),
+//! ticks every 100 ms, and handles a Ready in this order:
+//!
+//! 1. install a received snapshot (state, conf state and log replaced in one batch);
+//! 2. append new entries and the hard state;
+//! 3. **flush** — only then send this Ready's messages, so nothing we promised is lost by a crash;
+//! 4. apply committed entries (each command with its applied index, atomically), flush again,
+//!    and only then answer the clients waiting for them;
+//! 5. answer reads whose ReadIndex is applied; compact the log past the snapshot threshold.
+//!
+//! A storage failure stops the process: a node that cannot persist must not vote or lead.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, Entry, EntryType, Message};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use tokio::sync::{oneshot, watch};
+
+use super::transport::Transport;
+use super::{ApplyOutcome, ConsensusError, Input, RaftStatus};
+use crate::state::{Applied, Command, Machine, MemberRecord, Rejection};
+use crate::store::raft_log::RaftLog;
+use crate::store::{Batch, StoreError};
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// Tuning of the Raft loop.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Compact the log once it holds more than this many entries.
+    pub snapshot_threshold: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { snapshot_threshold: 10_000 }
+    }
+}
+
+type Reply = oneshot::Sender<Result<ApplyOutcome, ConsensusError>>;
+
+struct Node {
+    id: u64,
+    raw: RawNode<RaftLog>,
+    log: RaftLog,
+    machine: Machine,
+    transport: Arc<Transport>,
+    status: watch::Sender<RaftStatus>,
+    options: Options,
+    next_proposal: u64,
+    /// Proposals made here, by id, waiting for their entry to apply.
+    proposals: HashMap<u64, (Reply, Instant)>,
+    /// Reads waiting for their ReadIndex, by context.
+    reads: HashMap<Vec<u8>, (oneshot::Sender<Result<(), ConsensusError>>, Instant)>,
+    /// Reads whose index is known, waiting for it to apply.
+    ready_reads: Vec<(u64, oneshot::Sender<Result<(), ConsensusError>>)>,
+    /// Answers to send once the current batch of applied entries is flushed.
+    answers: Vec<(Reply, ApplyOutcome)>,
+}
+
+/// Starts the loop on its own thread.
+pub(super) fn spawn(
+    id: u64,
+    log: RaftLog,
+    inbox: Receiver<Input>,
+    status: watch::Sender<RaftStatus>,
+    transport: Arc<Transport>,
+    options: Options,
+) -> anyhow::Result<()> {
+    let config = raft::Config {
+        id,
+        election_tick: 10,
+        heartbeat_tick: 1,
+        applied: log.applied()?,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 512 * 1024,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    config.validate()?;
+    let logger = super::slog_bridge::logger(id);
+    let raw = RawNode::new(&config, log.clone(), &logger)?;
+    let machine = Machine::new(log.store().clone());
+    let mut node = Node {
+        id,
+        raw,
+        log,
+        machine,
+        transport,
+        status,
+        options,
+        next_proposal: 1,
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        ready_reads: Vec::new(),
+        answers: Vec::new(),
+    };
+    std::thread::Builder::new().name(format!("raft-{id:016x}")).spawn(move || {
+        if let Err(e) = node.run(inbox) {
+            tracing::error!(error = %e, "the Raft loop failed on storage; stopping this coordinator");
+            std::process::exit(70);
+        }
+    })?;
+    Ok(())
+}
+
+fn proposal_context(node: u64, proposal: u64, payload: &[u8]) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16 + payload.len());
+    ctx.extend_from_slice(&node.to_be_bytes());
+    ctx.extend_from_slice(&proposal.to_be_bytes());
+    ctx.extend_from_slice(payload);
+    ctx
+}
+
+/// Splits an entry's context into (node, proposal id, payload).
+fn parse_context(ctx: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let node = u64::from_be_bytes(ctx.get(..8)?.try_into().ok()?);
+    let proposal = u64::from_be_bytes(ctx.get(8..16)?.try_into().ok()?);
+    Some((node, proposal, &ctx[16..]))
+}
+
+impl Node {
+    fn run(&mut self, inbox: Receiver<Input>) -> Result<(), StoreError> {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(input) => self.handle(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            // Take whatever else is waiting, so one Ready (and one flush) serves them all.
+            for _ in 0..1024 {
+                match inbox.try_recv() {
+                    Ok(input) => self.handle(input),
+                    Err(_) => break,
+                }
+            }
+            if Instant::now() >= next_tick {
+                self.raw.tick();
+                next_tick = Instant::now() + TICK;
+                self.expire_waiters();
+            }
+            if self.raw.has_ready() {
+                self.on_ready()?;
+            }
+            self.publish_status();
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Propose { data, reply } => {
+                let id = self.next_proposal;
+                self.next_proposal += 1;
+                match self.raw.propose(proposal_context(self.id, id, &[]), data) {
+                    Ok(()) => {
+                        self.proposals.insert(id, (reply, Instant::now()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "proposal dropped");
+                        let _ = reply.send(Err(ConsensusError::NoLeader));
+                    }
+                }
+            }
+            Input::AddMember { member, reply } => {
+                let payload = match fifty_shared::codec::to_bytes(&member) {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+                let mut cc = ConfChange::default();
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = member.id;
+                self.propose_conf_change(cc, &payload, reply);
+            }
+            Input::RemoveMember { id, reply } => {
+                let voters = self.raw.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
+                if !voters.contains(&id) {
+                    let _ = reply.send(Ok(Err(Rejection::UnknownMember(id))));
+                    return;
+                }
+                if voters.len() == 1 {
+                    let _ = reply.send(Ok(Err(Rejection::LastMember(id))));
+                    return;
+                }
+                let mut cc = ConfChange::default();
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = id;
+                self.propose_conf_change(cc, &[], reply);
+            }
+            Input::ReadIndex { reply } => {
+                let id = self.next_proposal;
+                self.next_proposal += 1;
+                let ctx = proposal_context(self.id, id, &[]);
+                self.raw.read_index(ctx.clone());
+                self.reads.insert(ctx, (reply, Instant::now()));
+            }
+            Input::Step(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!(error = %e, "raft message not stepped");
+                }
+            }
+            Input::Unreachable(id) => self.raw.report_unreachable(id),
+            Input::SnapshotSent { to, ok } => {
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.raw.report_snapshot(to, status);
+            }
+        }
+    }
+
+    fn propose_conf_change(&mut self, cc: ConfChange, payload: &[u8], reply: Reply) {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        match self.raw.propose_conf_change(proposal_context(self.id, id, payload), cc) {
+            Ok(()) => {
+                self.proposals.insert(id, (reply, Instant::now()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "configuration change not proposed");
+                let _ = reply.send(Err(ConsensusError::NoLeader));
+            }
+        }
+    }
+
+    /// Drops waiters the caller has given up on (their oneshot is closed), so the maps stay small.
+    fn expire_waiters(&mut self) {
+        let limit = super::PROPOSE_TIMEOUT * 2;
+        self.proposals.retain(|_, (reply, at)| !reply.is_closed() && at.elapsed() < limit);
+        self.reads.retain(|_, (reply, at)| !reply.is_closed() && at.elapsed() < limit);
+    }
+
+    fn on_ready(&mut self) -> Result<(), StoreError> {
+        let mut ready = self.raw.ready();
+
+        if !ready.snapshot().is_empty() {
+            let hs = self.log.hard_state()?;
+            self.log.apply_snapshot(ready.snapshot(), &hs)?;
+            tracing::info!(index = ready.snapshot().get_metadata().index, "installed a snapshot from the leader");
+        }
+        let mut batch = Batch::default();
+        self.log.append(&mut batch, ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            RaftLog::set_hard_state(&mut batch, hs);
+        }
+        self.log.store().apply(batch)?;
+        self.log.store().flush_blocking()?;
+
+        self.send(ready.take_messages());
+        self.send(ready.take_persisted_messages());
+        for rs in ready.take_read_states() {
+            if let Some((reply, _)) = self.reads.remove(rs.request_ctx.as_slice()) {
+                self.ready_reads.push((rs.index, reply));
+            }
+        }
+        self.apply(ready.take_committed_entries())?;
+
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.log.hard_state()?;
+            hs.commit = commit;
+            let mut batch = Batch::default();
+            RaftLog::set_hard_state(&mut batch, &hs);
+            self.log.store().apply(batch)?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+
+        // Everything applied is on disk before anyone hears "done".
+        if !self.answers.is_empty() || !self.ready_reads.is_empty() {
+            self.log.store().flush_blocking()?;
+        }
+        for (reply, outcome) in self.answers.drain(..) {
+            let _ = reply.send(Ok(outcome));
+        }
+        let applied = self.raw.raft.raft_log.applied;
+        let (done, waiting): (Vec<_>, Vec<_>) = self.ready_reads.drain(..).partition(|(index, _)| *index <= applied);
+        self.ready_reads = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(Ok(()));
+        }
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn send(&self, messages: Vec<Message>) {
+        if !messages.is_empty() {
+            self.transport.send(messages);
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        for entry in entries {
+            let mut extra = Batch::default();
+            RaftLog::set_applied(&mut extra, entry.index);
+            let outcome = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    // A new leader's empty entry.
+                    self.log.store().apply(extra)?;
+                    continue;
+                }
+                EntryType::EntryNormal => match fifty_shared::codec::from_bytes::<Command>(&entry.data) {
+                    Ok(cmd) => self.machine.apply(&cmd, extra)?,
+                    Err(e) => {
+                        // Every node decodes the same bytes the same way, so every node skips it.
+                        tracing::error!(index = entry.index, error = %e, "committed entry does not decode; skipped");
+                        self.log.store().apply(extra)?;
+                        continue;
+                    }
+                },
+                EntryType::EntryConfChange => self.apply_conf_change(&entry, extra)?,
+                EntryType::EntryConfChangeV2 => {
+                    self.log.store().apply(extra)?;
+                    continue;
+                }
+            };
+            if let Some((node, proposal, _)) = parse_context(&entry.context) {
+                if node == self.id {
+                    if let Some((reply, _)) = self.proposals.remove(&proposal) {
+                        self.answers.push((reply, outcome));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry, mut batch: Batch) -> Result<ApplyOutcome, StoreError> {
+        let cc = match ConfChange::parse_from_bytes(&entry.data) {
+            Ok(cc) => cc,
+            Err(e) => {
+                tracing::error!(index = entry.index, error = %e, "committed configuration change does not decode; skipped");
+                self.log.store().apply(batch)?;
+                return Ok(Ok(Applied::Done));
+            }
+        };
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            Err(e) => {
+                tracing::warn!(index = entry.index, error = %e, "configuration change refused by raft");
+                self.log.store().apply(batch)?;
+                return Ok(Err(Rejection::UnknownMember(cc.node_id)));
+            }
+        };
+        RaftLog::set_conf_state(&mut batch, &cs);
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let payload = parse_context(&entry.context).map(|(_, _, p)| p).unwrap_or_default();
+                match fifty_shared::codec::from_bytes::<MemberRecord>(payload) {
+                    Ok(member) => {
+                        tracing::info!(node = format!("{:016x}", member.id), quic = %member.quic_addr, "coordinator added to the cluster");
+                        batch.put_member(&member);
+                    }
+                    Err(e) => tracing::error!(error = %e, "added member carries no addresses"),
+                }
+            }
+            ConfChangeType::RemoveNode => {
+                tracing::info!(node = format!("{:016x}", cc.node_id), "coordinator removed from the cluster");
+                batch.remove_member(cc.node_id);
+                if cc.node_id == self.id {
+                    tracing::warn!("this coordinator was removed from the cluster; it no longer votes or serves");
+                }
+            }
+        }
+        self.log.store().apply(batch)?;
+        Ok(Ok(Applied::Done))
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), StoreError> {
+        let threshold = self.options.snapshot_threshold;
+        if self.log.len()? <= threshold {
+            return Ok(());
+        }
+        // Keep a tail so followers slightly behind catch up from the log, not a snapshot.
+        let upto = self.raw.raft.raft_log.applied.saturating_sub(threshold / 4);
+        if upto > 0 {
+            self.log.compact(upto)?;
+            tracing::debug!(upto, "compacted the Raft log");
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let matched = if raft.state == StateRole::Leader {
+            raft.prs().iter().map(|(id, pr)| (*id, pr.matched)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+        voters.sort_unstable();
+        let status = RaftStatus {
+            id: self.id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            initialized: !voters.is_empty(),
+            voters,
+            matched,
+        };
+        self.status.send_if_modified(|s| {
+            if *s != status {
+                *s = status;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

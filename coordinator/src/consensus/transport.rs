@@ -1,0 +1,315 @@
+//! Coordinator-to-coordinator links over QUIC with mutual TLS (ALPN `fifty-peer/1`), on the same
+//! endpoint agents use. Raft messages go out on one long-lived unidirectional stream per peer;
+//! a snapshot goes on a stream of its own, in chunks, so heartbeats never wait behind it.
+//! Requests (bootstrap hellos, joins) use one bidirectional stream each.
+//!
+//! Only a client presenting a coordinator certificate from the cluster CA is heard. A fault hook
+//! (`set_isolated`) drops all Raft traffic in and out, for partition tests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use fifty_shared::codec::{read_frame, write_frame};
+use fifty_shared::tls::COORDINATOR_NAME;
+use fifty_shared::wire::{close, PeerFrame, PeerInfo, PeerRequest, PeerResponse};
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{Consensus, Input};
+use crate::state::MemberRecord;
+use crate::store::Store;
+
+/// Largest snapshot a peer may stream to us.
+const MAX_SNAPSHOT: u64 = 1 << 30;
+/// Snapshot data per frame.
+const CHUNK: usize = 256 * 1024;
+
+/// Outgoing peer links and the fault hook.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    store: Store,
+    runtime: tokio::runtime::Handle,
+    inbox: OnceLock<std::sync::mpsc::Sender<Input>>,
+    peers: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    /// Addresses learned before they are in the member table (bootstrap).
+    known: Mutex<HashMap<u64, String>>,
+    isolated: AtomicBool,
+}
+
+impl Transport {
+    /// A transport dialling from `endpoint` with `client_config` (ALPN `fifty-peer/1`, this
+    /// node's coordinator certificate).
+    pub fn new(endpoint: quinn::Endpoint, client_config: quinn::ClientConfig, store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            endpoint,
+            client_config,
+            store,
+            runtime: tokio::runtime::Handle::current(),
+            inbox: OnceLock::new(),
+            peers: Mutex::default(),
+            known: Mutex::default(),
+            isolated: AtomicBool::new(false),
+        })
+    }
+
+    /// Connects the transport to the Raft loop's inbox (for unreachable and snapshot reports).
+    pub(crate) fn attach(&self, inbox: std::sync::mpsc::Sender<Input>) {
+        let _ = self.inbox.set(inbox);
+    }
+
+    fn report(&self, input: Input) {
+        if let Some(inbox) = self.inbox.get() {
+            let _ = inbox.send(input);
+        }
+    }
+
+    /// Drops (or stops dropping) all Raft traffic, both ways: a network partition of this node.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::SeqCst);
+        if isolated {
+            // Cut live links too, so nothing buffered slips through.
+            self.peers.lock().expect("peers lock").clear();
+        }
+        warn!(isolated, "fault injection: peer traffic {}", if isolated { "dropped" } else { "restored" });
+    }
+
+    /// Whether the fault hook is dropping traffic.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+    }
+
+    /// Remembers a peer's address before it is in the member table.
+    pub fn learn(&self, id: u64, quic_addr: &str) {
+        self.known.lock().expect("known lock").insert(id, quic_addr.to_string());
+    }
+
+    fn address_of(&self, id: u64) -> Option<String> {
+        if let Ok(members) = self.store.members() {
+            if let Some(m) = members.into_iter().find(|m| m.id == id) {
+                return Some(m.quic_addr);
+            }
+        }
+        self.known.lock().expect("known lock").get(&id).cloned()
+    }
+
+    /// Sends Raft messages (called from the Raft thread; never blocks).
+    pub fn send(self: &Arc<Self>, messages: Vec<Message>) {
+        if self.is_isolated() {
+            return;
+        }
+        let mut peers = self.peers.lock().expect("peers lock");
+        for msg in messages {
+            let to = msg.to;
+            let sender = peers.entry(to).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.runtime.spawn(self.clone().peer_link(to, rx));
+                tx
+            });
+            if sender.send(msg).is_err() {
+                peers.remove(&to);
+            }
+        }
+    }
+
+    async fn dial(&self, addr: &str) -> Result<quinn::Connection> {
+        let sock = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| anyhow!("{addr} resolves to nothing"))?;
+        let connecting = self.endpoint.connect_with(self.client_config.clone(), sock, COORDINATOR_NAME)?;
+        Ok(tokio::time::timeout(Duration::from_secs(3), connecting).await.map_err(|_| anyhow!("no answer from {addr}"))??)
+    }
+
+    /// One peer's outgoing link: connect when needed, write each message as a frame.
+    async fn peer_link(self: Arc<Self>, to: u64, mut rx: mpsc::UnboundedReceiver<Message>) {
+        let mut link: Option<(quinn::Connection, quinn::SendStream)> = None;
+        let mut retry_at = Instant::now();
+        while let Some(msg) = rx.recv().await {
+            if self.is_isolated() {
+                continue;
+            }
+            if link.is_none() {
+                if Instant::now() < retry_at {
+                    self.report(Input::Unreachable(to));
+                    continue;
+                }
+                let opened = async {
+                    let addr = self.address_of(to).ok_or_else(|| anyhow!("no address for node {to:016x}"))?;
+                    let conn = self.dial(&addr).await?;
+                    let stream = conn.open_uni().await?;
+                    anyhow::Ok((conn, stream))
+                };
+                match opened.await {
+                    Ok(l) => link = Some(l),
+                    Err(e) => {
+                        debug!(peer = format!("{to:016x}"), error = %e, "peer unreachable");
+                        retry_at = Instant::now() + Duration::from_millis(300);
+                        self.report(Input::Unreachable(to));
+                        continue;
+                    }
+                }
+            }
+            let (conn, stream) = link.as_mut().expect("link was just opened");
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                tokio::spawn(self.clone().send_snapshot(conn.clone(), msg));
+                continue;
+            }
+            let frame = PeerFrame::Raft(msg.write_to_bytes().expect("encode a raft message"));
+            if let Err(e) = write_frame(stream, &frame).await {
+                debug!(peer = format!("{to:016x}"), error = %e, "peer link broke");
+                link = None;
+                self.report(Input::Unreachable(to));
+            }
+        }
+    }
+
+    async fn send_snapshot(self: Arc<Self>, conn: quinn::Connection, mut msg: Message) {
+        let to = msg.to;
+        let data = msg.mut_snapshot().take_data();
+        let sent = async {
+            let mut stream = conn.open_uni().await?;
+            let header = PeerFrame::SnapshotStart { message: msg.write_to_bytes()?, data_len: data.len() as u64 };
+            write_frame(&mut stream, &header).await?;
+            for chunk in data.chunks(CHUNK) {
+                write_frame(&mut stream, &PeerFrame::SnapshotChunk(chunk.to_vec())).await?;
+            }
+            stream.finish()?;
+            stream.stopped().await?;
+            anyhow::Ok(())
+        };
+        let ok = match sent.await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(peer = format!("{to:016x}"), error = %e, "sending a snapshot failed");
+                false
+            }
+        };
+        debug!(peer = format!("{to:016x}"), bytes = data.len(), ok, "snapshot sent");
+        self.report(Input::SnapshotSent { to, ok });
+    }
+
+    /// Sends one request to the coordinator at `addr` and reads its answer.
+    pub async fn request(&self, addr: &str, req: &PeerRequest) -> Result<PeerResponse> {
+        let conn = self.dial(addr).await.with_context(|| format!("dial coordinator {addr}"))?;
+        let answer = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_frame(&mut send, req).await?;
+            send.finish()?;
+            read_frame::<PeerResponse, _>(&mut recv).await?.ok_or_else(|| anyhow!("{addr} closed without answering"))
+        };
+        let out = tokio::time::timeout(Duration::from_secs(15), answer).await.map_err(|_| anyhow!("{addr} did not answer"))?;
+        conn.close(close::DONE.into(), b"done");
+        out
+    }
+}
+
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
+}
+
+/// Serves a peer connection accepted on the QUIC endpoint.
+pub async fn serve_peer(conn: quinn::Connection, consensus: Consensus) {
+    let remote = conn.remote_address();
+    if !peer_certificate(&conn).is_some_and(|c| fifty_shared::tls::is_coordinator_cert(&c)) {
+        warn!(%remote, "peer link without a coordinator certificate refused");
+        return conn.close(close::NOT_A_COORDINATOR.into(), b"peer links need a coordinator certificate");
+    }
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => match uni {
+                Ok(stream) => { tokio::spawn(read_raft(stream, consensus.clone())); }
+                Err(_) => return,
+            },
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => { tokio::spawn(answer(send, recv, consensus.clone())); }
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+async fn read_raft(mut stream: quinn::RecvStream, consensus: Consensus) {
+    let transport = consensus.transport().clone();
+    loop {
+        let frame = match read_frame::<PeerFrame, _>(&mut stream).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                debug!(error = %e, "peer stream ended");
+                return;
+            }
+        };
+        let msg = match frame {
+            PeerFrame::Raft(bytes) => Message::parse_from_bytes(&bytes).map_err(|e| anyhow!("raft message: {e}")),
+            PeerFrame::SnapshotStart { message, data_len } => read_snapshot(&mut stream, &message, data_len).await,
+            PeerFrame::SnapshotChunk(_) => Err(anyhow!("snapshot chunk without a start")),
+        };
+        match msg {
+            Ok(msg) if !transport.is_isolated() => consensus.step(msg),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "malformed peer frame; dropping the stream");
+                let _ = stream.stop(close::PROTOCOL.into());
+                return;
+            }
+        }
+    }
+}
+
+async fn read_snapshot(stream: &mut quinn::RecvStream, message: &[u8], data_len: u64) -> Result<Message> {
+    if data_len > MAX_SNAPSHOT {
+        return Err(anyhow!("snapshot of {data_len} bytes exceeds the {MAX_SNAPSHOT}-byte limit"));
+    }
+    let mut msg = Message::parse_from_bytes(message).map_err(|e| anyhow!("snapshot message: {e}"))?;
+    let mut data = Vec::with_capacity(data_len.min(64 << 20) as usize);
+    while (data.len() as u64) < data_len {
+        match read_frame::<PeerFrame, _>(stream).await? {
+            Some(PeerFrame::SnapshotChunk(chunk)) if data.len() as u64 + chunk.len() as u64 <= data_len => {
+                data.extend_from_slice(&chunk);
+            }
+            Some(_) => return Err(anyhow!("unexpected frame inside a snapshot")),
+            None => return Err(anyhow!("snapshot stream ended after {} of {data_len} bytes", data.len())),
+        }
+    }
+    msg.mut_snapshot().data = data.into();
+    debug!(bytes = data_len, "snapshot received");
+    Ok(msg)
+}
+
+async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consensus: Consensus) {
+    let req = match read_frame::<PeerRequest, _>(&mut recv).await {
+        Ok(Some(r)) => r,
+        _ => return,
+    };
+    let response = match req {
+        PeerRequest::Hello(info) => {
+            consensus.transport().learn(info.node_id, &info.quic_addr);
+            let members = consensus.store().members().unwrap_or_default();
+            PeerResponse::Hello {
+                info: consensus.me().clone(),
+                initialized: consensus.initialized(),
+                members: members.into_iter().map(|m| PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr }).collect(),
+            }
+        }
+        PeerRequest::Join(info) => {
+            let member = MemberRecord { id: info.node_id, quic_addr: info.quic_addr.clone(), http_addr: info.http_addr.clone() };
+            consensus.transport().learn(info.node_id, &info.quic_addr);
+            match consensus.add_member(member).await {
+                Ok(Ok(_)) => PeerResponse::Joined,
+                Ok(Err(rejection)) => PeerResponse::Refused { reason: rejection.to_string() },
+                Err(super::ConsensusError::NotLeader { leader }) => PeerResponse::NotLeader { leader: leader.map(|l| l.quic_addr) },
+                Err(super::ConsensusError::NoLeader) => PeerResponse::NotLeader { leader: None },
+                Err(e) => PeerResponse::Refused { reason: e.to_string() },
+            }
+        }
+    };
+    if write_frame(&mut send, &response).await.is_ok() {
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
+}
