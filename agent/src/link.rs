@@ -21,6 +21,10 @@ use crate::health::HealthProbe;
 use crate::identity::Identity;
 use crate::join::{client_endpoint, resolve};
 
+/// How long a QUIC handshake with a coordinator may take. A dead coordinator answers nothing,
+/// so this is what trying it costs before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How a session ended.
 #[derive(Debug)]
 pub enum SessionEnd {
@@ -80,12 +84,21 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let mut next = 0;
     let mut redirected: Option<String> = None;
     let mut redirects_in_a_row = 0;
+    let mut last_failed: Option<String> = None;
     loop {
         let target = match redirected.take() {
             Some(leader) => leader,
             None => {
+                // Round-robin over the coordinators, skipping the one that just failed (when
+                // there is another): a dead coordinator costs a connect timeout.
+                let n = config.coordinators.len();
+                let mut pick = config.coordinators[next % n].clone();
+                if n > 1 && last_failed.as_ref() == Some(&pick) {
+                    next += 1;
+                    pick = config.coordinators[next % n].clone();
+                }
                 next += 1;
-                config.coordinators[(next - 1) % config.coordinators.len()].clone()
+                pick
             }
         };
         let target = &target;
@@ -105,9 +118,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             SessionEnd::Lost(reason) => {
                 warn!(coordinator = %target, %reason, "link to the coordinator lost; reconnecting");
                 backoff.reset();
+                last_failed = Some(target.clone());
+                // Straight to another coordinator: the cluster may already have a new leader.
+                if config.coordinators.len() > 1 {
+                    continue;
+                }
             }
             SessionEnd::Unreachable(reason) => {
                 warn!(coordinator = %target, %reason, "cannot reach the coordinator; will retry");
+                last_failed = Some(target.clone());
             }
             SessionEnd::Redirect(leader) if !leader.is_empty() && redirects_in_a_row < 3 => {
                 info!(coordinator = %target, %leader, "not the leader; following to the leader");
@@ -155,10 +174,10 @@ pub async fn session(
         Ok(c) => c,
         Err(e) => return SessionEnd::Unreachable(e.to_string()),
     };
-    let conn = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return refused_or(&e, SessionEnd::Unreachable),
-        Err(_) => return SessionEnd::Unreachable(format!("no answer from {addr} within 10 s")),
+        Err(_) => return SessionEnd::Unreachable(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")),
     };
     let end = control_stream(&conn, health, on_ack, shutdown).await;
     if matches!(end, SessionEnd::Shutdown) {

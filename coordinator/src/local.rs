@@ -1,6 +1,7 @@
-//! A cluster of real processes on this machine: one coordinator (`fifty server`) and any number
-//! of agents (`fifty-agent`), each with its own data dir under one directory, on free loopback
-//! ports. `fifty dev`, `fifty demo` and the end-to-end tests all start their clusters here.
+//! A cluster of real processes on this machine: one or more coordinators (`fifty server`) and
+//! any number of agents (`fifty-agent`), each with its own data dir under one directory, on free
+//! loopback ports. `fifty dev`, `fifty demo` and the end-to-end tests all start their clusters
+//! here.
 //!
 //! Children are killed when the cluster is dropped. Their output goes to `<dir>/logs/<name>.log`.
 
@@ -13,20 +14,32 @@ use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 
 use crate::cli::Client;
-use crate::views::{CreateToken, HostView};
+use crate::views::{ClusterView, CreateToken, HostView};
 
-/// Timing knobs for a local coordinator.
+/// How the local cluster runs.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// How many coordinators (1, 3 or 5).
+    pub coordinators: usize,
     /// Agents' heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Silence after which a host is down.
     pub down_after: Duration,
+    /// Compact the Raft log past this many entries.
+    pub snapshot_threshold: u64,
+    /// Enable the partition fault hook (`POST /v1/debug/isolate`).
+    pub fault_injection: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { heartbeat_interval: Duration::from_secs(1), down_after: Duration::from_secs(5) }
+        Self {
+            coordinators: 1,
+            heartbeat_interval: Duration::from_secs(1),
+            down_after: Duration::from_secs(5),
+            snapshot_threshold: 10_000,
+            fault_injection: false,
+        }
     }
 }
 
@@ -39,22 +52,30 @@ pub struct LocalAgent {
     child: Option<Child>,
 }
 
-/// A coordinator and agents running as child processes.
+/// One coordinator of the cluster.
+pub struct LocalCoordinator {
+    /// `coord-1`, `coord-2`, ...
+    pub name: String,
+    /// HTTPS API address.
+    pub http: SocketAddr,
+    /// QUIC address.
+    pub quic: SocketAddr,
+    child: Option<Child>,
+}
+
+/// Coordinators and agents running as child processes.
 pub struct LocalCluster {
     /// Everything lives under here.
     pub dir: PathBuf,
     /// Where `fifty` and `fifty-agent` are.
     pub bin_dir: PathBuf,
-    /// HTTPS API address.
-    pub http: SocketAddr,
-    /// QUIC address.
-    pub quic: SocketAddr,
     /// The bootstrap admin token.
     pub admin_token: String,
+    /// The coordinators.
+    pub coordinators: Vec<LocalCoordinator>,
     /// The agents, in the order they were added.
     pub agents: Vec<LocalAgent>,
-    coordinator: Option<Child>,
-    client: Option<Client>,
+    ca_pem: String,
 }
 
 /// A port on 127.0.0.1 that is free for both TCP and UDP right now.
@@ -121,89 +142,169 @@ where
 }
 
 impl LocalCluster {
-    /// Starts a coordinator in `dir` and waits until its API answers.
+    /// Starts the coordinators in `dir` and waits until the cluster has a leader and answers.
     pub async fn start(dir: &Path, bin_dir: &Path, options: Options) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let quic: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let config = format!(
-            "data_dir = {data:?}\nhttp_addr = \"{http}\"\nquic_addr = \"{quic}\"\n\
-             heartbeat_interval = \"{hb}\"\ndown_after = \"{down}\"\nbootstrap_token_file = {tok:?}\n",
-            data = dir.join("coordinator"),
-            hb = humantime::format_duration(options.heartbeat_interval),
-            down = humantime::format_duration(options.down_after),
-            tok = dir.join("bootstrap-token"),
-        );
-        std::fs::write(dir.join("coordinator.toml"), config)?;
+        let n = options.coordinators.max(1);
+        let mut coordinators = Vec::new();
+        for i in 1..=n {
+            let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let quic: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            coordinators.push(LocalCoordinator { name: format!("coord-{i}"), http, quic, child: None });
+        }
+        let mut shared = String::new();
+        if n > 1 {
+            let out = Command::new(bin_dir.join("fifty")).args(["ca", "init", "--out"]).arg(dir.join("ca")).output().await?;
+            if !out.status.success() {
+                bail!("fifty ca init: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let peers: Vec<String> = coordinators.iter().map(|c| format!("\"{}\"", c.quic)).collect();
+            shared = format!(
+                "bootstrap_expect = {n}\npeers = [{}]\nca_cert = {:?}\nca_key = {:?}\n",
+                peers.join(", "),
+                dir.join("ca").join("ca.pem"),
+                dir.join("ca").join("ca-key.pem"),
+            );
+        }
+        for c in &coordinators {
+            let config = format!(
+                "data_dir = {data:?}\nhttp_addr = \"{http}\"\nquic_addr = \"{quic}\"\n\
+                 heartbeat_interval = \"{hb}\"\ndown_after = \"{down}\"\nbootstrap_token_file = {tok:?}\n\
+                 snapshot_threshold = {snap}\nfault_injection = {fault}\n{shared}",
+                data = dir.join(&c.name),
+                http = c.http,
+                quic = c.quic,
+                hb = humantime::format_duration(options.heartbeat_interval),
+                down = humantime::format_duration(options.down_after),
+                tok = dir.join("bootstrap-token"),
+                snap = options.snapshot_threshold,
+                fault = options.fault_injection,
+            );
+            std::fs::write(dir.join(format!("{}.toml", c.name)), config)?;
+        }
         let mut cluster = Self {
             dir: dir.to_path_buf(),
             bin_dir: bin_dir.to_path_buf(),
-            http,
-            quic,
             admin_token: String::new(),
+            coordinators,
             agents: Vec::new(),
-            coordinator: None,
-            client: None,
+            ca_pem: String::new(),
         };
-        cluster.start_coordinator().await?;
+        for i in 0..n {
+            cluster.spawn_coordinator(i, &[])?;
+        }
+        let token_file = dir.join("bootstrap-token");
+        let token = wait_for("the bootstrap token", Duration::from_secs(90), || async {
+            Ok(std::fs::read_to_string(&token_file).ok().filter(|t| !t.trim().is_empty()))
+        })
+        .await?;
+        cluster.admin_token = token.trim().to_string();
+        let ca_path = cluster.ca_path();
+        cluster.ca_pem = wait_for("the cluster CA", Duration::from_secs(60), || async {
+            Ok(std::fs::read_to_string(&ca_path).ok().filter(|c| c.contains("END CERTIFICATE")))
+        })
+        .await?;
+        cluster.wait_leader(Duration::from_secs(90)).await?;
         Ok(cluster)
     }
 
-    /// (Re)starts the coordinator process and waits until its API answers.
-    pub async fn start_coordinator(&mut self) -> Result<()> {
-        let log = log_file(&self.dir, "coordinator")?;
+    fn spawn_coordinator(&mut self, i: usize, extra_args: &[&str]) -> Result<()> {
+        let c = &self.coordinators[i];
+        let log = log_file(&self.dir, &c.name)?;
         let child = Command::new(self.bin_dir.join("fifty"))
             .args(["server", "--config"])
-            .arg(self.dir.join("coordinator.toml"))
+            .arg(self.dir.join(format!("{}.toml", c.name)))
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .context("start fifty server")?;
-        self.coordinator = Some(child);
-        let token_file = self.dir.join("bootstrap-token");
-        let token = wait_for("the bootstrap token", Duration::from_secs(60), || async {
-            Ok(std::fs::read_to_string(&token_file).ok().filter(|t| !t.trim().is_empty()))
-        })
-        .await?;
-        self.admin_token = token.trim().to_string();
-        let ca = wait_for("the cluster CA", Duration::from_secs(60), || async {
-            Ok(std::fs::read_to_string(self.ca_path()).ok().filter(|c| c.contains("END CERTIFICATE")))
-        })
-        .await?;
-        let client = Client::new(&self.addr(), Some(self.admin_token.clone()), &ca)?;
-        let check = client.clone();
-        wait_for("the coordinator's API", Duration::from_secs(60), || {
-            let c = check.clone();
-            async move { Ok(c.get::<serde_json::Value>("/v1/health").await.ok()) }
-        })
-        .await?;
-        self.client = Some(client);
+        self.coordinators[i].child = Some(child);
         Ok(())
     }
 
-    /// Kills the coordinator with SIGKILL and waits for it to exit.
-    pub async fn kill_coordinator(&mut self) -> Result<()> {
-        if let Some(mut child) = self.coordinator.take() {
+    /// (Re)starts coordinator `i` from its data dir and waits until the cluster has a leader.
+    pub async fn start_coordinator(&mut self, i: usize) -> Result<()> {
+        self.spawn_coordinator(i, &[])?;
+        self.wait_leader(Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    /// Wipes coordinator `i`'s data dir and starts it with `--join` through another
+    /// coordinator: it comes back as a new member.
+    pub async fn rejoin_wiped(&mut self, i: usize) -> Result<()> {
+        let data = self.dir.join(&self.coordinators[i].name);
+        std::fs::remove_dir_all(&data).with_context(|| format!("wipe {}", data.display()))?;
+        let via = self.running().into_iter().find(|j| *j != i).context("no other coordinator is running")?;
+        let via = self.coordinators[via].quic.to_string();
+        self.spawn_coordinator(i, &["--join", &via])
+    }
+
+    /// Kills coordinator `i` with SIGKILL and waits for it to exit.
+    pub async fn kill_coordinator(&mut self, i: usize) -> Result<()> {
+        if let Some(mut child) = self.coordinators[i].child.take() {
             child.kill().await.context("kill coordinator")?;
         }
         Ok(())
     }
 
-    /// `https://127.0.0.1:PORT`.
+    /// Indexes of the coordinators whose process runs.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.coordinators.len()).filter(|i| self.coordinators[*i].child.is_some()).collect()
+    }
+
+    /// An admin client for coordinator `i`'s API.
+    pub fn client_for(&self, i: usize) -> Client {
+        Client::new(&format!("https://{}", self.coordinators[i].http), Some(self.admin_token.clone()), &self.ca_pem)
+            .expect("a loopback address and the cluster CA make a valid client")
+    }
+
+    /// An admin client for the first running coordinator (any coordinator answers as the leader
+    /// would).
+    pub fn client(&self) -> Client {
+        self.client_for(self.running().first().copied().unwrap_or(0))
+    }
+
+    /// Each running coordinator's own view of the cluster (`?stale=true`), by index.
+    pub async fn views(&self) -> Vec<(usize, ClusterView)> {
+        let mut out = Vec::new();
+        for i in self.running() {
+            if let Ok(v) = self.client_for(i).get::<ClusterView>("/v1/cluster/members?stale=true").await {
+                out.push((i, v));
+            }
+        }
+        out
+    }
+
+    /// The index of the coordinator that leads, as the leader itself says.
+    pub async fn leader(&self) -> Option<usize> {
+        self.views().await.into_iter().find(|(_, v)| v.leader_id.as_deref() == Some(v.node_id.as_str())).map(|(i, _)| i)
+    }
+
+    /// Waits until a running coordinator leads and the API answers through it.
+    pub async fn wait_leader(&self, deadline: Duration) -> Result<usize> {
+        wait_for("a leader", deadline, || async {
+            let Some(i) = self.leader().await else { return Ok(None) };
+            Ok(self.client_for(i).get::<serde_json::Value>("/v1/status").await.ok().map(|_| i))
+        })
+        .await
+    }
+
+    /// `https://127.0.0.1:PORT` of the first running coordinator.
     pub fn addr(&self) -> String {
-        format!("https://{}", self.http)
+        format!("https://{}", self.coordinators[self.running().first().copied().unwrap_or(0)].http)
+    }
+
+    /// The first running coordinator's QUIC address.
+    pub fn quic(&self) -> SocketAddr {
+        self.coordinators[self.running().first().copied().unwrap_or(0)].quic
     }
 
     /// The CA certificate (for `FIFTY_CACERT`).
     pub fn ca_path(&self) -> PathBuf {
-        self.dir.join("coordinator").join("tls").join("ca.pem")
-    }
-
-    /// An admin client for the API.
-    pub fn client(&self) -> &Client {
-        self.client.as_ref().expect("the coordinator was started")
+        self.dir.join(&self.coordinators[0].name).join("tls").join("ca.pem")
     }
 
     /// The `export` lines that point the CLI at this cluster.
@@ -231,7 +332,7 @@ impl LocalCluster {
     /// Runs `fifty-agent join` to completion and returns what it printed.
     pub async fn join(&self, name: &str, labels: &str, token: &str) -> Result<Output> {
         Command::new(self.bin_dir.join("fifty-agent"))
-            .args(["join", "--coordinator", &self.quic.to_string(), "--token", token, "--name", name, "--labels", labels])
+            .args(["join", "--coordinator", &self.quic().to_string(), "--token", token, "--name", name, "--labels", labels])
             .arg("--data-dir")
             .arg(self.agent_dir(name))
             .stdin(Stdio::null())

@@ -41,7 +41,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         http_addr: config.advertised(listener.local_addr()?)?.to_string(),
     };
     let https_tls = tls::https_server_config(&identity, &ca.cert_pem)?;
-    let peer_client = tls::quic_client_config(&ca.cert_pem, &identity, ALPN_PEER)?;
+    let mut peer_client = tls::quic_client_config(&ca.cert_pem, &identity, ALPN_PEER)?;
+    peer_client.transport_config(tls::peer_transport_config());
     let transport = Transport::new(endpoint.clone(), peer_client, store.clone());
     let consensus = Consensus::new(store, me.clone(), transport);
 

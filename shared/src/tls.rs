@@ -187,6 +187,16 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// QUIC transport settings for coordinator-to-coordinator links: a dead peer must be noticed in
+/// about a second or two, not after the agents' 15 s, or the leader keeps writing into a
+/// connection nobody reads.
+pub fn peer_transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.max_idle_timeout(Some(Duration::from_secs(2).try_into().expect("2 s fits a QUIC varint")));
+    Arc::new(t)
+}
+
 /// The coordinator's QUIC server config: presents `identity` with the CA in its chain (so a host
 /// can match the CA against its join token's fingerprint), accepts `alpns`, and verifies client
 /// certificates against the cluster CA when one is presented. Links that need a client
