@@ -186,8 +186,11 @@ pub enum PeerResponse {
         /// If it does, the cluster's coordinators.
         members: Vec<PeerInfo>,
     },
-    /// The configuration change that adds the node is committed.
-    Joined,
+    /// The configuration change that adds the node is committed; here are the coordinators.
+    Joined {
+        /// Every coordinator, the new one included.
+        members: Vec<PeerInfo>,
+    },
     /// Ask the leader instead (its QUIC address, if one is known).
     NotLeader {
         /// The leader's QUIC address.

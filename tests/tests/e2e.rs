@@ -110,7 +110,7 @@ async fn enrollment_identity_and_api_auth() {
     cluster.wait_hosts(&["web-1", "web-2"], HostState::Ready, DEADLINE).await.unwrap();
 
     // A client whose certificate comes from another CA fails the TLS handshake.
-    let err = connect_with_foreign_certificate(cluster.quic).await;
+    let err = connect_with_foreign_certificate(cluster.quic()).await;
     assert!(err.contains("invalid peer certificate"), "{err}");
 
     // API roles: no token or a bad one is 401; a role that may not do a thing is 403.
@@ -145,7 +145,7 @@ async fn enrollment_identity_and_api_auth() {
     cluster.start_agent("web-2").unwrap();
     let status = cluster.wait_agent_exit("web-2", DEADLINE).await.unwrap();
     assert!(!status.success());
-    assert!(cluster.log_tail("coordinator", 50).contains("agent link refused"));
+    assert!(cluster.log_tail("coord-1", 50).contains("agent link refused"));
     let hosts = cluster.hosts().await.unwrap();
     assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["web-1"]);
 
@@ -175,7 +175,7 @@ async fn connect_with_foreign_certificate(quic: std::net::SocketAddr) -> String 
     let cert_pem = tls::sign_host_csr(&other_ca, &csr, &host, &tls::random_serial()).unwrap();
     // Trust the real server (to get as far as the client certificate), present the foreign one.
     let cluster_ca = std::fs::read_to_string(
-        std::env::temp_dir().join(format!("fifty-e2e-enroll-{}", std::process::id())).join("coordinator/tls/ca.pem"),
+        std::env::temp_dir().join(format!("fifty-e2e-enroll-{}", std::process::id())).join("coord-1/tls/ca.pem"),
     )
     .unwrap();
     let config =
@@ -213,7 +213,7 @@ async fn connect_with_foreign_certificate(quic: std::net::SocketAddr) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_and_coordinator_restart() {
     let dir = test_dir("liveness");
-    let options = Options { heartbeat_interval: Duration::from_millis(500), down_after: Duration::from_secs(2) };
+    let options = Options { heartbeat_interval: Duration::from_millis(500), down_after: Duration::from_secs(2), ..Options::default() };
     let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
     for name in ["app-1", "app-2"] {
         cluster.add_agent(name, "role=prod").await.unwrap();
@@ -228,8 +228,8 @@ async fn liveness_and_coordinator_restart() {
 
     let extra = token(&cluster, "ci", None).await;
     let tokens_before: Vec<TokenView> = cluster.client().get("/v1/tokens").await.unwrap();
-    cluster.kill_coordinator().await.unwrap();
-    cluster.start_coordinator().await.unwrap();
+    cluster.kill_coordinator(0).await.unwrap();
+    cluster.start_coordinator(0).await.unwrap();
     let hosts = cluster.wait_reporting(&["app-1", "app-2"], DEADLINE).await.unwrap();
     assert_eq!(hosts.len(), 2);
     assert_eq!(hosts[0].labels.get("role").map(String::as_str), Some("prod"));
@@ -240,6 +240,202 @@ async fn liveness_and_coordinator_restart() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     // Both agents kept running through the outage (neither was restarted).
     assert!(cluster.log_tail("app-2", 40).contains("reconnecting") || cluster.log_tail("app-2", 40).contains("cannot reach"));
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- the replicated coordinator ------------------------------------------------------------
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fifty::cli::Client;
+use fifty::views::{ClusterView, CreateToken};
+
+/// Streams token creations (descriptions `w-0`, `w-1`, ...) through every coordinator in turn
+/// until stopped; remembers which ones the API acknowledged.
+struct Writer {
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(clients: Vec<Client>) -> Self {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                // Bounded: at most 5,000 attempts, whatever happens.
+                for n in 0..5_000usize {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let client = &clients[n % clients.len()];
+                    let req = CreateToken { role: "read".into(), ttl: None, max_uses: None, description: format!("w-{n}") };
+                    let sent = tokio::time::timeout(Duration::from_secs(15), client.post::<TokenCreated>("/v1/tokens", &req)).await;
+                    if let Ok(Ok(_)) = sent {
+                        acked.lock().unwrap().push(format!("w-{n}"));
+                    }
+                }
+            })
+        };
+        Writer { acked, stop, task }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Token descriptions as coordinator `i` itself holds them (a stale, local read), with counts.
+async fn local_descriptions(cluster: &LocalCluster, i: usize) -> HashMap<String, usize> {
+    let tokens: Vec<TokenView> = cluster.client_for(i).get("/v1/tokens?stale=true").await.unwrap();
+    let mut counts = HashMap::new();
+    for t in tokens {
+        *counts.entry(t.description).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Waits until every running coordinator has applied everything the leader committed.
+async fn wait_converged(cluster: &LocalCluster) -> u64 {
+    wait_for("every coordinator to apply the leader's commit index", DEADLINE, || async {
+        let views = cluster.views().await;
+        let leader = views.iter().find(|(_, v)| v.leader_id.as_deref() == Some(v.node_id.as_str()));
+        let Some((_, leader)) = leader else { return Ok(None) };
+        let all = views.len() == cluster.running().len() && views.iter().all(|(_, v)| v.applied_index >= leader.commit_index);
+        Ok(all.then_some(leader.commit_index))
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_acked(writer: &Writer, at_least: usize) {
+    wait_for(&format!("{at_least} acknowledged writes"), DEADLINE, || async { Ok((writer.acked() >= at_least).then_some(())) })
+        .await
+        .unwrap();
+}
+
+/// Kill -9 the leader while a client streams writes: a new leader takes over, every
+/// acknowledged write survives on every node (and a full restart), none is applied twice; a
+/// wiped node rejoins as a new member through a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_writes_survive_leader_kill_restart_and_wipe() {
+    let dir = test_dir("raft");
+    let options = Options { coordinators: 3, snapshot_threshold: 40, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+
+    let clients: Vec<Client> = (0..3).map(|i| cluster.client_for(i)).collect();
+    let writer = Writer::start(clients);
+    wait_acked(&writer, 30).await;
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    cluster.kill_coordinator(leader).await.unwrap();
+    let before = writer.acked();
+    let new_leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    assert_ne!(new_leader, leader);
+    wait_acked(&writer, before + 30).await;
+    let acked = writer.finish().await;
+
+    wait_converged(&cluster).await;
+    for i in cluster.running() {
+        let held = local_descriptions(&cluster, i).await;
+        for d in &acked {
+            assert_eq!(held.get(d), Some(&1), "coordinator {i}: acknowledged write {d} missing or applied twice");
+        }
+        assert!(held.values().all(|n| *n == 1), "coordinator {i} applied a write twice");
+    }
+
+    // Everything stopped, everything restarted: nothing acknowledged is lost.
+    for i in cluster.running() {
+        cluster.kill_coordinator(i).await.unwrap();
+    }
+    for i in 0..3 {
+        cluster.start_coordinator(i).await.unwrap();
+    }
+    cluster.wait_leader(DEADLINE).await.unwrap();
+    wait_converged(&cluster).await;
+    for i in 0..3 {
+        let held = local_descriptions(&cluster, i).await;
+        assert!(acked.iter().all(|d| held.get(d) == Some(&1)), "coordinator {i} lost writes across a full restart");
+    }
+
+    // A follower loses its disk: removed as a member, it rejoins as a new one from a snapshot
+    // (the log was compacted long ago: snapshot_threshold is 40 entries).
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    let victim = (leader + 1) % 3;
+    let old_id = cluster.views().await.into_iter().find(|(i, _)| *i == victim).unwrap().1.node_id;
+    cluster.kill_coordinator(victim).await.unwrap();
+    let out = cli(&cluster, &cluster.admin_token, &["cluster", "remove", &old_id]).await;
+    assert!(out.status.success(), "cluster remove: {}", text(&out.stderr));
+    cluster.rejoin_wiped(victim).await.unwrap();
+    let commit = wait_converged(&cluster).await;
+    let members: ClusterView = cluster.client().get("/v1/cluster/members").await.unwrap();
+    assert_eq!(members.members.len(), 3, "{members:?}");
+    assert!(!members.members.iter().any(|m| m.id == old_id), "the wiped node came back under a new id");
+    let held = local_descriptions(&cluster, victim).await;
+    assert!(acked.iter().all(|d| held.get(d) == Some(&1)), "the rejoined node misses writes (commit {commit})");
+    let coord_log = std::fs::read_to_string(dir.join("logs").join(format!("coord-{}.log", victim + 1))).unwrap();
+    assert!(coord_log.contains("installed a snapshot from the leader"), "the wiped node did not catch up from a snapshot");
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Isolate the leader from its peers: the minority cannot commit, the majority elects a new
+/// leader and carries on, and after healing every node holds the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_cannot_commit_and_heals() {
+    let dir = test_dir("partition");
+    let options = Options { coordinators: 3, fault_injection: true, ..Options::default() };
+    let cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    let old = cluster.wait_leader(DEADLINE).await.unwrap();
+    let isolate = |on: bool| {
+        let client = cluster.client_for(old);
+        async move {
+            let body = serde_json::json!({ "isolated": on });
+            let _: serde_json::Value = client.post("/v1/debug/isolate", &body).await.unwrap();
+        }
+    };
+    isolate(true).await;
+
+    // The majority elects someone else.
+    let new = wait_for("a new leader on the majority side", DEADLINE, || async {
+        let views = cluster.views().await;
+        Ok(views.iter().find(|(i, v)| *i != old && v.leader_id.as_deref() == Some(v.node_id.as_str())).map(|(i, _)| *i))
+    })
+    .await
+    .unwrap();
+
+    // The isolated old leader cannot commit: a write sent straight to it fails.
+    let req = CreateToken { role: "read".into(), ttl: None, max_uses: None, description: "minority".into() };
+    let minority = cluster.client_for(old).post::<TokenCreated>("/v1/tokens", &req).await;
+    assert!(minority.is_err(), "the isolated node committed a write: {minority:?}");
+
+    // The majority carries on.
+    let req = CreateToken { role: "read".into(), ttl: None, max_uses: None, description: "majority".into() };
+    cluster.client_for(new).post::<TokenCreated>("/v1/tokens", &req).await.unwrap();
+
+    // Heal: the logs agree, the majority's write is everywhere, the minority's nowhere.
+    isolate(false).await;
+    wait_converged(&cluster).await;
+    let mut states = Vec::new();
+    for i in 0..3 {
+        let held = local_descriptions(&cluster, i).await;
+        assert_eq!(held.get("majority"), Some(&1), "coordinator {i}");
+        assert_eq!(held.get("minority"), None, "coordinator {i} kept an uncommitted write");
+        states.push(held);
+    }
+    assert!(states.windows(2).all(|w| w[0] == w[1]), "coordinators disagree after healing");
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

@@ -109,7 +109,11 @@ async fn join(addr: &str, me: &PeerInfo, transport: &Transport) -> Result<()> {
     let mut target = addr.to_string();
     for attempt in 1..=120 {
         match transport.request(&target, &PeerRequest::Join(me.clone())).await {
-            Ok(PeerResponse::Joined) => {
+            Ok(PeerResponse::Joined { members }) => {
+                // Until the snapshot brings the member table, this is how we reach the others.
+                for m in &members {
+                    transport.learn(m.node_id, &m.quic_addr);
+                }
                 info!(via = %target, "joined the cluster; waiting for the leader's snapshot");
                 return Ok(());
             }

@@ -300,7 +300,11 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
             let member = MemberRecord { id: info.node_id, quic_addr: info.quic_addr.clone(), http_addr: info.http_addr.clone() };
             consensus.transport().learn(info.node_id, &info.quic_addr);
             match consensus.add_member(member).await {
-                Ok(Ok(_)) => PeerResponse::Joined,
+                Ok(Ok(_)) => {
+                    let members = consensus.store().members().unwrap_or_default();
+                    let members = members.into_iter().map(|m| PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr }).collect();
+                    PeerResponse::Joined { members }
+                }
                 Ok(Err(rejection)) => PeerResponse::Refused { reason: rejection.to_string() },
                 Err(super::ConsensusError::NotLeader { leader }) => PeerResponse::NotLeader { leader: leader.map(|l| l.quic_addr) },
                 Err(super::ConsensusError::NoLeader) => PeerResponse::NotLeader { leader: None },
