@@ -69,6 +69,24 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Offline tools for a coordinator's data dir (run while that coordinator is stopped).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Check the Raft log and state for consistency; exits 1 if anything is wrong.
+    Check {
+        /// The coordinator's data dir (as in its config).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +195,31 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ca { command: CaCommand::Init { out } } => crate::server::ca_init(&out),
+        Command::Store { command: StoreCommand::Check { data_dir, json } } => {
+            let report = crate::store::check::check(&data_dir.join("state"))?;
+            output::print(json, &report, |r| {
+                format!(
+                    "log {}..={} ({} entries), term {}, commit {}, applied {}, {} voters\n\
+                     {} hosts, {} tokens, {} revocations, {} members\n{}\n",
+                    r.first_index,
+                    r.last_index,
+                    r.entries,
+                    r.term,
+                    r.commit,
+                    r.applied,
+                    r.voters,
+                    r.hosts,
+                    r.tokens,
+                    r.revocations,
+                    r.members,
+                    if r.problems.is_empty() { "consistent".to_string() } else { r.problems.join("\n") }
+                )
+            })?;
+            if !report.problems.is_empty() {
+                anyhow::bail!("{} problem(s) in {}", report.problems.len(), data_dir.display());
+            }
+            Ok(())
+        }
     }
 }
 

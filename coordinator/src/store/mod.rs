@@ -8,6 +8,7 @@
 //! `sm/revoked/<hex>`, `sm/member/<node id>`. Values are records encoded with the one codec
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
 
+pub mod check;
 pub mod raft_log;
 
 use std::path::Path;
