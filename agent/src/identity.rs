@@ -27,7 +27,10 @@ impl Identity {
                 format!("read {} (has this host joined? run `fifty-agent join` first)", d.join(name).display())
             })
         };
-        Ok(Self { cert: CertAndKey { cert_pem: read("cert.pem")?, key_pem: read("key.pem")? }, ca_pem: read("ca.pem")? })
+        Ok(Self {
+            cert: CertAndKey { cert_pem: read("cert.pem")?, key_pem: read("key.pem")? },
+            ca_pem: read("ca.pem")?,
+        })
     }
 
     /// Writes the identity into `data_dir`, replacing any earlier one.

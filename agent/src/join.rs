@@ -48,7 +48,7 @@ pub fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint> {
 /// A coordinator that is not the leader points at the leader, which is asked next. Writes
 /// nothing: [`join`] keeps the result on disk; the capacity benchmark keeps it in memory.
 pub async fn enroll(coordinator: &str, token: &JoinToken, name: &HostName, labels: &Labels) -> Result<Identity> {
-        Ok(enroll_with_coordinators(coordinator, token, name, labels).await?.0)
+    Ok(enroll_with_coordinators(coordinator, token, name, labels).await?.0)
 }
 
 /// [`enroll`], also returning every coordinator's QUIC address as the leader listed them.
@@ -80,7 +80,13 @@ enum Enrolled {
     AskLeader(String),
 }
 
-async fn enroll_once(coordinator: &str, token: &JoinToken, name: &HostName, labels: &Labels, csr_pem: &str) -> Result<Enrolled> {
+async fn enroll_once(
+    coordinator: &str,
+    token: &JoinToken,
+    name: &HostName,
+    labels: &Labels,
+    csr_pem: &str,
+) -> Result<Enrolled> {
     let csr_pem = csr_pem.to_string();
     let addr = resolve(coordinator).await?;
     let endpoint = client_endpoint(addr)?;
@@ -118,7 +124,9 @@ async fn enroll_once(coordinator: &str, token: &JoinToken, name: &HostName, labe
     };
     let response = match response {
         Ok(Some(r)) => r,
-        Ok(None) => return not_leader(&conn).ok_or_else(|| anyhow!("the coordinator closed the stream without answering")),
+        Ok(None) => {
+            return not_leader(&conn).ok_or_else(|| anyhow!("the coordinator closed the stream without answering"))
+        }
         Err(e) => return not_leader(&conn).ok_or_else(|| anyhow!("read enrollment answer: {e}")),
     };
     conn.close(close::DONE.into(), b"enrolled");
@@ -143,7 +151,8 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
     coordinators.insert(0, req.coordinator.to_string());
     let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators };
     let config_path = req.data_dir.join("agent.toml");
-    std::fs::write(&config_path, toml::to_string(&config)?).with_context(|| format!("write {}", config_path.display()))?;
+    std::fs::write(&config_path, toml::to_string(&config)?)
+        .with_context(|| format!("write {}", config_path.display()))?;
     println!("Enrolled {name} ({labels}). Identity in {}.", req.data_dir.join("identity").display());
     println!("Start the agent with:\n\n    fifty-agent run --config {}", config_path.display());
     Ok(())

@@ -201,13 +201,14 @@ async fn control_stream(
     if let Err(e) = write_frame(&mut send, &hello).await {
         return stream_error(conn, e);
     }
-    let (host, interval) = match tokio::time::timeout(Duration::from_secs(10), read_frame::<CoordinatorMsg, _>(&mut recv)).await {
-        Ok(Ok(Some(CoordinatorMsg::Welcome { host, heartbeat_interval }))) => (host, heartbeat_interval),
-        Ok(Ok(Some(other))) => return SessionEnd::Lost(format!("expected Welcome, got {other:?}")),
-        Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
-        Ok(Err(e)) => return stream_error(conn, e),
-        Err(_) => return SessionEnd::Lost("no Welcome within 10 s".into()),
-    };
+    let (host, interval) =
+        match tokio::time::timeout(Duration::from_secs(10), read_frame::<CoordinatorMsg, _>(&mut recv)).await {
+            Ok(Ok(Some(CoordinatorMsg::Welcome { host, heartbeat_interval }))) => (host, heartbeat_interval),
+            Ok(Ok(Some(other))) => return SessionEnd::Lost(format!("expected Welcome, got {other:?}")),
+            Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
+            Ok(Err(e)) => return stream_error(conn, e),
+            Err(_) => return SessionEnd::Lost("no Welcome within 10 s".into()),
+        };
     info!(%host, coordinator = %conn.remote_address(), ?interval, "connected to the coordinator");
 
     // Acks are read by their own task: reading a frame is not cancel-safe, so it must not sit in

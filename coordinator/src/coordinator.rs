@@ -124,11 +124,12 @@ impl Coordinator {
 
     /// Creates a token and returns its secret, the only time it is shown.
     pub async fn create_token(&self, req: CreateToken) -> Result<TokenCreated, OpError> {
-        let role: Role = req.role.parse().map_err(|e: fifty_shared::ids::IdError| OpError::BadRequest(e.to_string()))?;
+        let role: Role =
+            req.role.parse().map_err(|e: fifty_shared::ids::IdError| OpError::BadRequest(e.to_string()))?;
         let ttl = match (&req.ttl, role) {
-            (Some(text), _) => Some(
-                fifty_shared::config::parse_duration(text).map_err(|e| OpError::BadRequest(format!("ttl: {e}")))?,
-            ),
+            (Some(text), _) => {
+                Some(fifty_shared::config::parse_duration(text).map_err(|e| OpError::BadRequest(format!("ttl: {e}")))?)
+            }
             (None, Role::Agent) => Some(Duration::from_secs(3600)),
             (None, _) => None,
         };
@@ -227,12 +228,18 @@ impl Coordinator {
             let proposed = match self.consensus.propose(Command::EnrollHost { token_hash: hash, host, at: now }).await {
                 Ok(out) => out,
                 Err(ConsensusError::Store(e)) => return Err(e),
-                Err(e) => return Ok(refused(format!("the cluster could not record the enrollment now ({e}); try again"))),
+                Err(e) => {
+                    return Ok(refused(format!("the cluster could not record the enrollment now ({e}); try again")))
+                }
             };
             match proposed {
                 Ok(Applied::Enrolled { replaced_serial }) => {
                     if replaced_serial.is_some() {
-                        self.close_link(&req.name, close::REVOKED, "this host enrolled again; the old certificate is revoked");
+                        self.close_link(
+                            &req.name,
+                            close::REVOKED,
+                            "this host enrolled again; the old certificate is revoked",
+                        );
                     }
                     let coordinators = self.consensus.store().members()?.into_iter().map(|m| m.quic_addr).collect();
                     Ok(EnrollResponse::Enrolled { cert_pem, ca_pem: self.ca.cert_pem.clone(), coordinators })
@@ -262,10 +269,11 @@ impl Coordinator {
     /// Takes a link's identity from its verified certificate: the serial must belong to an
     /// enrolled host and must not be revoked.
     pub fn identify(&self, cert: &CertificateDer<'_>) -> Result<HostName, LinkRefusal> {
-        let serial = tls::cert_serial(cert)
-            .map_err(|e| LinkRefusal { code: close::UNKNOWN_HOST, reason: format!("{e:#}") })?;
+        let serial =
+            tls::cert_serial(cert).map_err(|e| LinkRefusal { code: close::UNKNOWN_HOST, reason: format!("{e:#}") })?;
         let store = self.consensus.store();
-        let storage = |e: StoreError| LinkRefusal { code: close::UNKNOWN_HOST, reason: format!("coordinator storage: {e}") };
+        let storage =
+            |e: StoreError| LinkRefusal { code: close::UNKNOWN_HOST, reason: format!("coordinator storage: {e}") };
         if let Some(r) = store.revocation(&serial).map_err(storage)? {
             return Err(LinkRefusal {
                 code: close::REVOKED,
@@ -301,7 +309,8 @@ impl Coordinator {
 
     /// Records a heartbeat (soft state).
     pub fn on_heartbeat(&self, host: &HostName, health: Health, agent_version: &str) {
-        let beat = Beat { at: Instant::now(), wall: SystemTime::now(), health, agent_version: agent_version.to_string() };
+        let beat =
+            Beat { at: Instant::now(), wall: SystemTime::now(), health, agent_version: agent_version.to_string() };
         self.fleet.lock().expect("fleet lock").on_heartbeat(host, beat);
         self.metrics.heartbeats.inc();
     }

@@ -154,7 +154,8 @@ impl LocalCluster {
         }
         let mut shared = String::new();
         if n > 1 {
-            let out = Command::new(bin_dir.join("fifty")).args(["ca", "init", "--out"]).arg(dir.join("ca")).output().await?;
+            let out =
+                Command::new(bin_dir.join("fifty")).args(["ca", "init", "--out"]).arg(dir.join("ca")).output().await?;
             if !out.status.success() {
                 bail!("fifty ca init: {}", String::from_utf8_lossy(&out.stderr));
             }
@@ -322,7 +323,12 @@ impl LocalCluster {
 
     /// Creates a join token for `max_uses` hosts.
     pub async fn join_token(&self, max_uses: u32) -> Result<String> {
-        let req = CreateToken { role: "agent".into(), ttl: Some("1h".into()), max_uses: Some(max_uses), description: "local cluster".into() };
+        let req = CreateToken {
+            role: "agent".into(),
+            ttl: Some("1h".into()),
+            max_uses: Some(max_uses),
+            description: "local cluster".into(),
+        };
         let created: crate::views::TokenCreated = self.client().post("/v1/tokens", &req).await?;
         Ok(created.token)
     }
@@ -335,7 +341,17 @@ impl LocalCluster {
     /// Runs `fifty-agent join` to completion and returns what it printed.
     pub async fn join(&self, name: &str, labels: &str, token: &str) -> Result<Output> {
         Command::new(self.bin_dir.join("fifty-agent"))
-            .args(["join", "--coordinator", &self.quic().to_string(), "--token", token, "--name", name, "--labels", labels])
+            .args([
+                "join",
+                "--coordinator",
+                &self.quic().to_string(),
+                "--token",
+                token,
+                "--name",
+                name,
+                "--labels",
+                labels,
+            ])
             .arg("--data-dir")
             .arg(self.agent_dir(name))
             .stdin(Stdio::null())
@@ -411,7 +427,12 @@ impl LocalCluster {
     }
 
     /// Waits until every host in `names` has `state` ("ready" or "down").
-    pub async fn wait_hosts(&self, names: &[&str], state: crate::fleet::HostState, deadline: Duration) -> Result<Vec<HostView>> {
+    pub async fn wait_hosts(
+        &self,
+        names: &[&str],
+        state: crate::fleet::HostState,
+        deadline: Duration,
+    ) -> Result<Vec<HostView>> {
         let what = format!("{} to be {}", names.join(", "), state.as_str());
         wait_for(&what, deadline, || async {
             let hosts = self.hosts().await?;

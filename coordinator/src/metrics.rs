@@ -42,16 +42,7 @@ impl Default for Metrics {
         let label = |v: &str| vec![("result".to_string(), v.to_string())];
         let enrollments_ok = enrollments.get_or_create(&label("ok")).clone();
         let enrollments_refused = enrollments.get_or_create(&label("refused")).clone();
-        Self {
-            enrollments_ok,
-            enrollments_refused,
-            registry,
-            heartbeats,
-            links_refused,
-            hosts,
-            links,
-            up_seconds,
-        }
+        Self { enrollments_ok, enrollments_refused, registry, heartbeats, links_refused, hosts, links, up_seconds }
     }
 }
 

@@ -57,7 +57,9 @@ pub async fn serve(endpoint: quinn::Endpoint, coordinator: Arc<Coordinator>, mut
             }
             match alpn.as_deref() {
                 Some(ALPN_PEER) => crate::consensus::transport::serve_peer(conn, coordinator.consensus.clone()).await,
-                Some(ALPN_ENROLL) => enroll(conn, &coordinator).instrument(tracing::info_span!("enroll", %remote)).await,
+                Some(ALPN_ENROLL) => {
+                    enroll(conn, &coordinator).instrument(tracing::info_span!("enroll", %remote)).await
+                }
                 Some(ALPN_AGENT) => agent_link(conn, coordinator).await,
                 _ => conn.close(close::PROTOCOL.into(), b"unknown ALPN"),
             }
@@ -99,7 +101,10 @@ async fn agent_link(conn: quinn::Connection, coordinator: Arc<Coordinator>) {
     let Some(cert) = peer_certificate(&conn) else {
         coordinator.metrics.links_refused.inc();
         warn!(%remote, "agent link without a client certificate refused");
-        return conn.close(close::NO_CERTIFICATE.into(), b"this link needs the host's certificate; enroll with `fifty-agent join`");
+        return conn.close(
+            close::NO_CERTIFICATE.into(),
+            b"this link needs the host's certificate; enroll with `fifty-agent join`",
+        );
     };
     let host = match coordinator.identify(&cert) {
         Ok(host) => host,
@@ -148,7 +153,8 @@ async fn control_stream(conn: &quinn::Connection, coordinator: &Coordinator, hos
         Err(_) => return Err(CodecError::Decode("no Hello within 10 s".into()).into()),
     };
     info!(%agent_version, "agent connected");
-    let welcome = CoordinatorMsg::Welcome { host: host.clone(), heartbeat_interval: coordinator.config.heartbeat_interval };
+    let welcome =
+        CoordinatorMsg::Welcome { host: host.clone(), heartbeat_interval: coordinator.config.heartbeat_interval };
     write_frame(&mut send, &welcome).await?;
     loop {
         match read_frame::<AgentMsg, _>(&mut recv).await {

@@ -25,7 +25,8 @@ use crate::store::Store;
 /// Runs a coordinator until `shutdown` turns true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
     std::fs::create_dir_all(config.tls_dir()).with_context(|| format!("create {}", config.tls_dir().display()))?;
-    let store = Store::open(&config.state_dir()).with_context(|| format!("open state in {}", config.state_dir().display()))?;
+    let store =
+        Store::open(&config.state_dir()).with_context(|| format!("open state in {}", config.state_dir().display()))?;
     let node_id = RaftLog::new(store.clone()).node_id()?;
     let ca = load_or_create_ca(&config)?;
 
@@ -34,7 +35,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let quic_config = tls::quic_server_config(&identity, &ca.cert_pem, &[ALPN_ENROLL, ALPN_AGENT, ALPN_PEER])?;
     let endpoint = quinn::Endpoint::server(quic_config, config.quic_addr)
         .with_context(|| format!("bind QUIC endpoint on {}", config.quic_addr))?;
-    let listener = TcpListener::bind(config.http_addr).await.with_context(|| format!("bind HTTPS API on {}", config.http_addr))?;
+    let listener =
+        TcpListener::bind(config.http_addr).await.with_context(|| format!("bind HTTPS API on {}", config.http_addr))?;
     let me = PeerInfo {
         node_id,
         quic_addr: config.advertised(endpoint.local_addr()?)?.to_string(),
@@ -52,7 +54,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let quic = tokio::spawn(crate::quic::serve(endpoint, coordinator.clone(), shutdown.clone()));
     let api = tokio::spawn(crate::api::serve(listener, https_tls, router, shutdown.clone()));
 
-    let membership = Membership { bootstrap_expect: config.bootstrap_expect, peers: config.peers.clone(), join: config.join.clone() };
+    let membership = Membership {
+        bootstrap_expect: config.bootstrap_expect,
+        peers: config.peers.clone(),
+        join: config.join.clone(),
+    };
     let options = Options { snapshot_threshold: config.snapshot_threshold };
     let started = tokio::select! {
         started = consensus.start(membership, options) => started,
@@ -122,7 +128,8 @@ async fn record_cluster(coordinator: &Coordinator, config: &Config, ca: &CertAnd
     }
     let text = format!("{}{secret}", token::API_PREFIX);
     if let Some(path) = &config.bootstrap_token_file {
-        write_private(path, &format!("{text}\n")).with_context(|| format!("write bootstrap token to {}", path.display()))?;
+        write_private(path, &format!("{text}\n"))
+            .with_context(|| format!("write bootstrap token to {}", path.display()))?;
     }
     println!(
         "==> Created a new Fifty cluster.\n\
@@ -173,6 +180,10 @@ pub fn ca_init(dir: &Path) -> Result<()> {
     let ca = tls::new_cluster_ca()?;
     std::fs::write(&cert, &ca.cert_pem)?;
     write_private(&key, &ca.key_pem)?;
-    println!("Wrote {} and {}. Copy both to every coordinator and set ca_cert and ca_key.", cert.display(), key.display());
+    println!(
+        "Wrote {} and {}. Copy both to every coordinator and set ca_cert and ca_key.",
+        cert.display(),
+        key.display()
+    );
     Ok(())
 }

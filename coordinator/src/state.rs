@@ -313,7 +313,8 @@ mod tests {
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new() -> Self {
-                let p = std::env::temp_dir().join(format!("fifty-state-{}-{}", std::process::id(), rand::random::<u64>()));
+                let p =
+                    std::env::temp_dir().join(format!("fifty-state-{}-{}", std::process::id(), rand::random::<u64>()));
                 Dir(p)
             }
         }
@@ -349,7 +350,8 @@ mod tests {
     }
 
     fn enroll(m: &mut Machine, name: &str, serial: &str, at: SystemTime) -> Result<Applied, Rejection> {
-        m.apply(&Command::EnrollHost { token_hash: "h1".into(), host: host(name, serial), at }, Batch::default()).unwrap()
+        m.apply(&Command::EnrollHost { token_hash: "h1".into(), host: host(name, serial), at }, Batch::default())
+            .unwrap()
     }
 
     #[test]
@@ -377,7 +379,8 @@ mod tests {
         m.apply(&Command::CreateToken(join_token(None, None)), Batch::default()).unwrap().unwrap();
         enroll(&mut m, "web-1", "0a", SystemTime::now()).unwrap();
         let name = HostName::new("web-1").unwrap();
-        let out = m.apply(&Command::RemoveHost { name: name.clone(), at: SystemTime::now() }, Batch::default()).unwrap();
+        let out =
+            m.apply(&Command::RemoveHost { name: name.clone(), at: SystemTime::now() }, Batch::default()).unwrap();
         assert_eq!(out, Ok(Applied::Removed { serial: "0a".into() }));
         assert!(m.store().host(&name).unwrap().is_none());
         assert!(m.store().host_by_serial("0a").unwrap().is_none());

@@ -49,8 +49,7 @@ pub enum CodecError {
 
 /// Encodes `msg` as a message body (no prefix), e.g. for storage.
 pub fn to_bytes<T: Encode>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let body = bincode::encode_to_vec(msg, bincode_config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let body = bincode::encode_to_vec(msg, bincode_config()).map_err(|e| CodecError::Encode(e.to_string()))?;
     if body.len() > MAX_FRAME {
         return Err(CodecError::TooLarge { len: body.len(), max: MAX_FRAME });
     }
@@ -62,8 +61,8 @@ pub fn from_bytes<T: Decode<()>>(body: &[u8]) -> Result<T, CodecError> {
     if body.len() > MAX_FRAME {
         return Err(CodecError::TooLarge { len: body.len(), max: MAX_FRAME });
     }
-    let (msg, used) = bincode::decode_from_slice(body, bincode_config())
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (msg, used) =
+        bincode::decode_from_slice(body, bincode_config()).map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Trailing(body.len() - used));
     }

@@ -32,7 +32,8 @@ where
 
 /// Parses a duration written like `"500ms"`, `"5s"` or `"1h"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\""))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\""))
 }
 
 /// Serde adapter for `Duration` fields written as human durations.

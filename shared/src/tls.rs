@@ -159,8 +159,8 @@ pub fn sign_host_csr(ca: &CertAndKey, csr_pem: &str, host: &HostName, serial: &[
 
 /// The serial number of a DER certificate, lower-case hex.
 pub fn cert_serial(cert: &CertificateDer<'_>) -> Result<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| anyhow!("parse peer certificate: {e}"))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| anyhow!("parse peer certificate: {e}"))?;
     Ok(hex::encode(parsed.tbs_certificate.raw_serial()))
 }
 
@@ -170,7 +170,10 @@ pub fn cert_serial(cert: &CertificateDer<'_>) -> Result<String> {
 pub fn is_coordinator_cert(cert: &CertificateDer<'_>) -> bool {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return false };
     let Ok(Some(san)) = parsed.subject_alternative_name() else { return false };
-    san.value.general_names.iter().any(|n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == COORDINATOR_NAME))
+    san.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == COORDINATOR_NAME))
 }
 
 fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>> {
@@ -248,7 +251,8 @@ fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
 /// certificate for [`COORDINATOR_NAME`].
 pub fn enroll_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(PinnedCaVerifier { fingerprint: ca_fingerprint.to_lowercase(), provider: provider.clone() });
+    let verifier =
+        Arc::new(PinnedCaVerifier { fingerprint: ca_fingerprint.to_lowercase(), provider: provider.clone() });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3")?
@@ -379,6 +383,12 @@ mod tests {
     fn a_tampered_csr_is_refused() {
         let ca = new_cluster_ca().unwrap();
         let host = HostName::new("web-1").unwrap();
-        assert!(sign_host_csr(&ca, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", &host, &random_serial()).is_err());
+        assert!(sign_host_csr(
+            &ca,
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            &host,
+            &random_serial()
+        )
+        .is_err());
     }
 }

@@ -213,7 +213,11 @@ async fn connect_with_foreign_certificate(quic: std::net::SocketAddr) -> String 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_and_coordinator_restart() {
     let dir = test_dir("liveness");
-    let options = Options { heartbeat_interval: Duration::from_millis(500), down_after: Duration::from_secs(2), ..Options::default() };
+    let options = Options {
+        heartbeat_interval: Duration::from_millis(500),
+        down_after: Duration::from_secs(2),
+        ..Options::default()
+    };
     let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
     for name in ["app-1", "app-2"] {
         cluster.add_agent(name, "role=prod").await.unwrap();
@@ -239,7 +243,10 @@ async fn liveness_and_coordinator_restart() {
     let out = cli(&cluster, &extra.token, &["status", "--json"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     // Both agents kept running through the outage (neither was restarted).
-    assert!(cluster.log_tail("app-2", 40).contains("reconnecting") || cluster.log_tail("app-2", 40).contains("cannot reach"));
+    assert!(
+        cluster.log_tail("app-2", 40).contains("reconnecting")
+            || cluster.log_tail("app-2", 40).contains("cannot reach")
+    );
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
@@ -275,8 +282,11 @@ impl Writer {
                         return;
                     }
                     let client = &clients[n % clients.len()];
-                    let req = CreateToken { role: "read".into(), ttl: None, max_uses: None, description: format!("w-{n}") };
-                    let sent = tokio::time::timeout(Duration::from_secs(15), client.post::<TokenCreated>("/v1/tokens", &req)).await;
+                    let req =
+                        CreateToken { role: "read".into(), ttl: None, max_uses: None, description: format!("w-{n}") };
+                    let sent =
+                        tokio::time::timeout(Duration::from_secs(15), client.post::<TokenCreated>("/v1/tokens", &req))
+                            .await;
                     if let Ok(Ok(_)) = sent {
                         acked.lock().unwrap().push(format!("w-{n}"));
                     }
@@ -313,7 +323,8 @@ async fn wait_converged(cluster: &LocalCluster) -> u64 {
         let views = cluster.views().await;
         let leader = views.iter().find(|(_, v)| v.leader_id.as_deref() == Some(v.node_id.as_str()));
         let Some((_, leader)) = leader else { return Ok(None) };
-        let all = views.len() == cluster.running().len() && views.iter().all(|(_, v)| v.applied_index >= leader.commit_index);
+        let all =
+            views.len() == cluster.running().len() && views.iter().all(|(_, v)| v.applied_index >= leader.commit_index);
         Ok(all.then_some(leader.commit_index))
     })
     .await
@@ -321,9 +332,11 @@ async fn wait_converged(cluster: &LocalCluster) -> u64 {
 }
 
 async fn wait_acked(writer: &Writer, at_least: usize) {
-    wait_for(&format!("{at_least} acknowledged writes"), DEADLINE, || async { Ok((writer.acked() >= at_least).then_some(())) })
-        .await
-        .unwrap();
+    wait_for(&format!("{at_least} acknowledged writes"), DEADLINE, || async {
+        Ok((writer.acked() >= at_least).then_some(()))
+    })
+    .await
+    .unwrap();
 }
 
 /// Kill -9 the leader while a client streams writes: a new leader takes over, every
@@ -385,7 +398,10 @@ async fn replicated_writes_survive_leader_kill_restart_and_wipe() {
     let held = local_descriptions(&cluster, victim).await;
     assert!(acked.iter().all(|d| held.get(d) == Some(&1)), "the rejoined node misses writes (commit {commit})");
     let coord_log = std::fs::read_to_string(dir.join("logs").join(format!("coord-{}.log", victim + 1))).unwrap();
-    assert!(coord_log.contains("installed a snapshot from the leader"), "the wiped node did not catch up from a snapshot");
+    assert!(
+        coord_log.contains("installed a snapshot from the leader"),
+        "the wiped node did not catch up from a snapshot"
+    );
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

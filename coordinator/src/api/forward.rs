@@ -38,14 +38,16 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
         return next.run(req).await;
     }
     match c.consensus.read_barrier().await {
-        Ok(()) => return next.run(req).await,
+        Ok(()) => next.run(req).await,
         Err(ConsensusError::NotLeader { leader: Some(leader) }) if !req.headers().contains_key(FORWARDED) => {
             match forward(&c, &leader.http_addr, req).await {
                 Ok(resp) => resp,
                 Err(e) => e.into_response(),
             }
         }
-        Err(ConsensusError::NotLeader { .. }) => unavailable("leadership changed while the request was forwarded; retry").into_response(),
+        Err(ConsensusError::NotLeader { .. }) => {
+            unavailable("leadership changed while the request was forwarded; retry").into_response()
+        }
         Err(e) => unavailable(e).into_response(),
     }
 }

@@ -12,7 +12,12 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// Serves `router` on `listener` with `tls` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, router: Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     loop {
         let (tcp, remote) = tokio::select! {

@@ -78,7 +78,9 @@ fn authorize(coordinator: &Coordinator, headers: &HeaderMap, needed: Role) -> Re
     match coordinator.authenticate(bearer)? {
         None => Err(unauthorized("invalid, expired or revoked token")),
         Some(role) if role.allows(needed) => Ok(()),
-        Some(role) => Err(ApiError(StatusCode::FORBIDDEN, format!("a {role} token may not do this; it needs {needed}"))),
+        Some(role) => {
+            Err(ApiError(StatusCode::FORBIDDEN, format!("a {role} token may not do this; it needs {needed}")))
+        }
     }
 }
 
@@ -114,7 +116,11 @@ async fn hosts(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse
     Ok(Json(c.hosts()?))
 }
 
-async fn remove_host(State(c): Shared, headers: HeaderMap, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn remove_host(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Admin)?;
     let name = HostName::new(&name).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let serial = c.remove_host(&name).await?;
@@ -136,7 +142,11 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(c.create_token(req).await?)))
 }
 
-async fn revoke_token(State(c): Shared, headers: HeaderMap, Path(accessor): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn revoke_token(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(accessor): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Admin)?;
     c.revoke_token(&accessor).await?;
     Ok(Json(serde_json::json!({ "revoked": accessor })))
@@ -147,10 +157,18 @@ async fn members(State(c): Shared, headers: HeaderMap) -> Result<impl IntoRespon
     Ok(Json(c.cluster()?))
 }
 
-async fn remove_member(State(c): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+async fn remove_member(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Admin)?;
-    let node = u64::from_str_radix(id.trim_start_matches("0x"), 16)
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id (16 hex digits, see `fifty cluster members`)")))?;
+    let node = u64::from_str_radix(id.trim_start_matches("0x"), 16).map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a node id (16 hex digits, see `fifty cluster members`)"),
+        )
+    })?;
     c.consensus.remove_member(node).await.map_err(OpError::from)?.map_err(OpError::from)?;
     Ok(Json(serde_json::json!({ "removed": format!("{node:016x}") })))
 }
@@ -160,10 +178,17 @@ struct Isolate {
     isolated: bool,
 }
 
-async fn isolate(State(c): Shared, headers: HeaderMap, Json(req): Json<Isolate>) -> Result<impl IntoResponse, ApiError> {
+async fn isolate(
+    State(c): Shared,
+    headers: HeaderMap,
+    Json(req): Json<Isolate>,
+) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Admin)?;
     if !c.config.fault_injection {
-        return Err(ApiError(StatusCode::FORBIDDEN, "fault injection is off on this coordinator (config key fault_injection)".into()));
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "fault injection is off on this coordinator (config key fault_injection)".into(),
+        ));
     }
     c.consensus.transport().set_isolated(req.isolated);
     Ok(Json(serde_json::json!({ "isolated": req.isolated })))

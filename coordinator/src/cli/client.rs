@@ -102,7 +102,8 @@ impl Client {
     }
 
     async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes)> {
-        let mut headers = vec![(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"))];
+        let mut headers =
+            vec![(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"))];
         if let Some(token) = &self.token {
             let value = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
                 .context("FIFTY_TOKEN holds characters not allowed in a header")?;
@@ -122,12 +123,17 @@ impl Client {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .with_context(|| format!("connect to the coordinator at {}:{}", self.host, self.port))?;
-        let tls = self.tls.connect(self.server_name.clone(), tcp).await.context("TLS handshake with the coordinator")?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("HTTP handshake")?;
+        let tls =
+            self.tls.connect(self.server_name.clone(), tcp).await.context("TLS handshake with the coordinator")?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("HTTP handshake")?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::builder().method(method).uri(path).header(hyper::header::HOST, format!("{}:{}", self.host, self.port));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port));
         for (name, value) in headers {
             req = req.header(name, value);
         }

@@ -98,7 +98,10 @@ async fn story(dir: &std::path::Path) -> Result<()> {
         })
     })
     .await?;
-    t.say(&format!("restarted {} from its own disk: it rejoined as a follower, applied index {caught_up}", cluster.coordinators[old].name));
+    t.say(&format!(
+        "restarted {} from its own disk: it rejoined as a follower, applied index {caught_up}",
+        cluster.coordinators[old].name
+    ));
 
     let members: ClusterView = cluster.client().get("/v1/cluster/members").await?;
     print!("{}", indent(&super::output::cluster(&members)));

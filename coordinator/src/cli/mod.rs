@@ -190,7 +190,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             output::print(json, &view, output::cluster)
         }
         Command::Cluster { command: ClusterCommand::Remove { node } } => {
-            let _: serde_json::Value = Client::from_opts(&cli.client)?.delete(&format!("/v1/cluster/members/{node}")).await?;
+            let _: serde_json::Value =
+                Client::from_opts(&cli.client)?.delete(&format!("/v1/cluster/members/{node}")).await?;
             println!("Removed coordinator {node} from the cluster.");
             Ok(())
         }
@@ -227,7 +228,8 @@ async fn token(opts: &ClientOpts, command: TokenCommand) -> Result<()> {
     let client = Client::from_opts(opts)?;
     match command {
         TokenCommand::Create { role, ttl, max_uses, description, json } => {
-            let created: TokenCreated = client.post("/v1/tokens", &CreateToken { role, ttl, max_uses, description }).await?;
+            let created: TokenCreated =
+                client.post("/v1/tokens", &CreateToken { role, ttl, max_uses, description }).await?;
             output::print(json, &created, output::token_created)
         }
         TokenCommand::List { json } => {
@@ -244,7 +246,8 @@ async fn token(opts: &ClientOpts, command: TokenCommand) -> Result<()> {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -57,7 +57,8 @@ fn or_dash<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
 /// `fifty hosts`.
 pub fn hosts(hosts: &[HostView]) -> String {
     if hosts.is_empty() {
-        return "No hosts. Enroll one with `fifty-agent join` (make a token with `fifty token create --role agent`).\n".into();
+        return "No hosts. Enroll one with `fifty-agent join` (make a token with `fifty token create --role agent`).\n"
+            .into();
     }
     let rows: Vec<Vec<String>> = hosts
         .iter()
@@ -120,7 +121,14 @@ pub fn cluster(c: &ClusterView) -> String {
         .map(|m| {
             vec![
                 m.id.clone(),
-                if m.leader { "leader" } else if m.voter { "follower" } else { "not voting" }.to_string(),
+                if m.leader {
+                    "leader"
+                } else if m.voter {
+                    "follower"
+                } else {
+                    "not voting"
+                }
+                .to_string(),
                 m.quic_addr.clone(),
                 m.http_addr.clone(),
                 m.matched.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),

@@ -13,6 +13,9 @@
 //! Genesis sits at index 1 with the log compacted there, so a node added later can never replay
 //! the log from scratch without the initial configuration: it must take a snapshot first.
 
+// raft-rs's protobuf types are built field by field, as its own examples do.
+#![allow(clippy::field_reassign_with_default)]
+
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -98,7 +101,11 @@ fn genesis(log: &RaftLog, members: &[PeerInfo]) -> Result<(), StoreError> {
     RaftLog::set_applied(&mut batch, 1);
     RaftLog::set_compacted(&mut batch, 1, 1);
     for m in members {
-        batch.put_member(&MemberRecord { id: m.node_id, quic_addr: m.quic_addr.clone(), http_addr: m.http_addr.clone() });
+        batch.put_member(&MemberRecord {
+            id: m.node_id,
+            quic_addr: m.quic_addr.clone(),
+            http_addr: m.http_addr.clone(),
+        });
     }
     log.store().apply(batch)?;
     log.store().flush_blocking()

@@ -197,7 +197,11 @@ impl Consensus {
         }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, ConsensusError>>) -> Input, timeout: Duration) -> Result<T, ConsensusError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ConsensusError>>) -> Input,
+        timeout: Duration,
+    ) -> Result<T, ConsensusError> {
         let (tx, rx) = oneshot::channel();
         self.inner.inbox.send(make(tx)).map_err(|_| ConsensusError::Stopped)?;
         match tokio::time::timeout(timeout, rx).await {

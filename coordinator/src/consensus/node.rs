@@ -43,6 +43,7 @@ impl Default for Options {
 }
 
 type Reply = oneshot::Sender<Result<ApplyOutcome, ConsensusError>>;
+type ReadReply = oneshot::Sender<Result<(), ConsensusError>>;
 
 struct Node {
     id: u64,
@@ -56,9 +57,9 @@ struct Node {
     /// Proposals made here, by id, waiting for their entry to apply.
     proposals: HashMap<u64, (Reply, Instant)>,
     /// Reads waiting for their ReadIndex, by context.
-    reads: HashMap<Vec<u8>, (oneshot::Sender<Result<(), ConsensusError>>, Instant)>,
+    reads: HashMap<Vec<u8>, (ReadReply, Instant)>,
     /// Reads whose index is known, waiting for it to apply.
-    ready_reads: Vec<(u64, oneshot::Sender<Result<(), ConsensusError>>)>,
+    ready_reads: Vec<(u64, ReadReply)>,
     /// Answers to send once the current batch of applied entries is flushed.
     answers: Vec<(Reply, ApplyOutcome)>,
 }
@@ -373,7 +374,7 @@ impl Node {
 
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
         let threshold = self.options.snapshot_threshold;
-        if self.log.len()? <= threshold {
+        if self.log.entry_count()? <= threshold {
             return Ok(());
         }
         // Keep a tail so followers slightly behind catch up from the log, not a snapshot.

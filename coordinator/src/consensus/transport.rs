@@ -121,7 +121,9 @@ impl Transport {
     async fn dial(&self, addr: &str) -> Result<quinn::Connection> {
         let sock = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| anyhow!("{addr} resolves to nothing"))?;
         let connecting = self.endpoint.connect_with(self.client_config.clone(), sock, COORDINATOR_NAME)?;
-        Ok(tokio::time::timeout(Duration::from_secs(3), connecting).await.map_err(|_| anyhow!("no answer from {addr}"))??)
+        Ok(tokio::time::timeout(Duration::from_secs(3), connecting)
+            .await
+            .map_err(|_| anyhow!("no answer from {addr}"))??)
     }
 
     /// One peer's outgoing link: connect when needed, write each message as a frame.
@@ -201,7 +203,9 @@ impl Transport {
             send.finish()?;
             read_frame::<PeerResponse, _>(&mut recv).await?.ok_or_else(|| anyhow!("{addr} closed without answering"))
         };
-        let out = tokio::time::timeout(Duration::from_secs(15), answer).await.map_err(|_| anyhow!("{addr} did not answer"))?;
+        let out = tokio::time::timeout(Duration::from_secs(15), answer)
+            .await
+            .map_err(|_| anyhow!("{addr} did not answer"))?;
         conn.close(close::DONE.into(), b"done");
         out
     }
@@ -293,20 +297,29 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
             PeerResponse::Hello {
                 info: consensus.me().clone(),
                 initialized: consensus.initialized(),
-                members: members.into_iter().map(|m| PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr }).collect(),
+                members: members
+                    .into_iter()
+                    .map(|m| PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr })
+                    .collect(),
             }
         }
         PeerRequest::Join(info) => {
-            let member = MemberRecord { id: info.node_id, quic_addr: info.quic_addr.clone(), http_addr: info.http_addr.clone() };
+            let member =
+                MemberRecord { id: info.node_id, quic_addr: info.quic_addr.clone(), http_addr: info.http_addr.clone() };
             consensus.transport().learn(info.node_id, &info.quic_addr);
             match consensus.add_member(member).await {
                 Ok(Ok(_)) => {
                     let members = consensus.store().members().unwrap_or_default();
-                    let members = members.into_iter().map(|m| PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr }).collect();
+                    let members = members
+                        .into_iter()
+                        .map(|m| PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr })
+                        .collect();
                     PeerResponse::Joined { members }
                 }
                 Ok(Err(rejection)) => PeerResponse::Refused { reason: rejection.to_string() },
-                Err(super::ConsensusError::NotLeader { leader }) => PeerResponse::NotLeader { leader: leader.map(|l| l.quic_addr) },
+                Err(super::ConsensusError::NotLeader { leader }) => {
+                    PeerResponse::NotLeader { leader: leader.map(|l| l.quic_addr) }
+                }
                 Err(super::ConsensusError::NoLeader) => PeerResponse::NotLeader { leader: None },
                 Err(e) => PeerResponse::Refused { reason: e.to_string() },
             }

@@ -98,7 +98,9 @@ pub fn check(dir: &Path) -> Result<Report, StoreError> {
     for h in &hosts {
         match store.host_by_serial(&h.serial)? {
             Some(name) if name == h.name => {}
-            other => problems.push(format!("host {} has serial {} but the serial index says {other:?}", h.name, h.serial)),
+            other => {
+                problems.push(format!("host {} has serial {} but the serial index says {other:?}", h.name, h.serial))
+            }
         }
     }
     let tokens = store.tokens()?;

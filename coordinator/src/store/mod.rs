@@ -151,10 +151,8 @@ impl Store {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(format!("{STATE_PREFIX}{prefix}").as_bytes()) {
             let (key, bytes) = item?;
-            let value = codec::from_bytes(&bytes).map_err(|source| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                source,
-            })?;
+            let value = codec::from_bytes(&bytes)
+                .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(&key).into_owned(), source })?;
             out.push(value);
         }
         Ok(out)

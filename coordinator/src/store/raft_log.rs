@@ -8,6 +8,9 @@
 //! the index and term it was compacted at. Snapshots are made on demand from the state at the
 //! applied index: the state machine's records (`sm/...`) as a sequence of codec frames.
 
+// raft-rs's protobuf types are built field by field, as its own examples do.
+#![allow(clippy::field_reassign_with_default)]
+
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -50,10 +53,8 @@ fn store_err(e: StoreError) -> raft::Error {
 }
 
 fn decode<M: protobuf::Message>(bytes: &[u8], what: &str) -> Result<M, StoreError> {
-    M::parse_from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        key: what.to_string(),
-        source: codec::CodecError::Decode(e.to_string()),
-    })
+    M::parse_from_bytes(bytes)
+        .map_err(|e| StoreError::Corrupt { key: what.to_string(), source: codec::CodecError::Decode(e.to_string()) })
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
@@ -216,7 +217,7 @@ impl RaftLog {
     }
 
     /// Number of entries in the log.
-    pub fn len(&self) -> Result<u64, StoreError> {
+    pub fn entry_count(&self) -> Result<u64, StoreError> {
         Ok((self.last()? + 1).saturating_sub(self.first()?))
     }
 
@@ -278,7 +279,13 @@ impl raft::Storage for RaftLog {
         Ok(RaftState::new(self.hard_state().map_err(store_err)?, self.conf_state().map_err(store_err)?))
     }
 
-    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
         let first = self.first().map_err(store_err)?;
         if low < first {
             return Err(raft::Error::Store(StorageError::Compacted));
@@ -398,7 +405,11 @@ mod tests {
         let (a, dir_a) = log();
         let (b, dir_b) = log();
         let mut batch = Batch::default();
-        batch.put_member(&crate::state::MemberRecord { id: 7, quic_addr: "127.0.0.1:1".into(), http_addr: "127.0.0.1:2".into() });
+        batch.put_member(&crate::state::MemberRecord {
+            id: 7,
+            quic_addr: "127.0.0.1:1".into(),
+            http_addr: "127.0.0.1:2".into(),
+        });
         append(&a, &[entry(1, 1), entry(2, 1)]);
         RaftLog::set_applied(&mut batch, 2);
         let mut cs = ConfState::default();
