@@ -30,6 +30,7 @@ pub async fn serve(
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {

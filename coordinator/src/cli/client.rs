@@ -44,7 +44,11 @@ pub struct ApiFailure {
     pub message: String,
 }
 
-/// A client for one coordinator.
+type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A client for one coordinator. It keeps its connection open between requests; clones share
+/// that connection, so requests through one client (and its clones) go one at a time — make one
+/// client per concurrent caller.
 #[derive(Clone)]
 pub struct Client {
     host: String,
@@ -53,6 +57,7 @@ pub struct Client {
     token: Option<String>,
     tls: TlsConnector,
     stale: bool,
+    conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
 }
 
 impl Client {
@@ -66,7 +71,7 @@ impl Client {
         let port = uri.port_u16().unwrap_or(7070);
         let server_name = ServerName::try_from(host.clone()).with_context(|| format!("{host:?} as a TLS name"))?;
         let tls = TlsConnector::from(Arc::new(fifty_shared::tls::https_client_config(ca_pem)?));
-        Ok(Self { host, port, server_name, token, tls, stale: false })
+        Ok(Self { host, port, server_name, token, tls, stale: false, conn: Arc::default() })
     }
 
     /// A client for another coordinator's API at `http_addr` (`HOST:PORT`): it verifies the fixed
@@ -120,16 +125,16 @@ impl Client {
         headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
         body: Vec<u8>,
     ) -> Result<(StatusCode, Option<hyper::header::HeaderValue>, Bytes)> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .with_context(|| format!("connect to the coordinator at {}:{}", self.host, self.port))?;
-        let tls =
-            self.tls.connect(self.server_name.clone(), tcp).await.context("TLS handshake with the coordinator")?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("HTTP handshake")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut conn = self.conn.lock().await;
+        // Reuse the open connection if it is still usable; otherwise open a new one.
+        let reusable = match conn.as_mut() {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            *conn = Some(self.connect().await?);
+        }
+        let sender = conn.as_mut().expect("a connection was just ensured");
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -138,7 +143,13 @@ impl Client {
             req = req.header(name, value);
         }
         let req = req.body(Full::new(Bytes::from(body))).context("build request")?;
-        let resp = sender.send_request(req).await.context("send request")?;
+        let resp = match sender.send_request(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                *conn = None;
+                return Err(e).context("send request");
+            }
+        };
         let status = resp.status();
         let content_type = resp.headers().get(hyper::header::CONTENT_TYPE).cloned();
         let bytes = resp.into_body().collect().await.context("read response")?.to_bytes();
@@ -154,6 +165,21 @@ impl Client {
             return Err(ApiFailure { status, message }.into());
         }
         serde_json::from_slice(&bytes).with_context(|| format!("decode the answer to {path}"))
+    }
+
+    async fn connect(&self) -> Result<Connection> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("connect to the coordinator at {}:{}", self.host, self.port))?;
+        tcp.set_nodelay(true)?;
+        let tls =
+            self.tls.connect(self.server_name.clone(), tcp).await.context("TLS handshake with the coordinator")?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("HTTP handshake")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
     }
 
     /// `GET path`, decoded (with `stale=true` if the client was asked for stale reads).
