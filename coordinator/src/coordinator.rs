@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use fifty_shared::ids::{HostName, Role};
+use fifty_shared::ids::{HostName, RepoName, Role};
 use fifty_shared::tls::{self, CertAndKey};
 use fifty_shared::token::{self, JoinToken};
 use fifty_shared::wire::{close, EnrollRequest, EnrollResponse, Health};
@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::consensus::{Consensus, ConsensusError};
 use crate::fleet::{Beat, Fleet, HostState};
 use crate::metrics::Metrics;
-use crate::state::{Applied, Command, HostRecord, Rejection, TokenRecord};
+use crate::state::{Applied, Command, GateRecord, HostRecord, Rejection, RepoRecord, TokenRecord};
 use crate::store::StoreError;
 use crate::views::{self, CreateToken, HostCounts, HostView, StatusView, TokenCreated, TokenView};
 
@@ -113,13 +113,100 @@ impl Coordinator {
 
     // ---- tokens ------------------------------------------------------------------------------
 
-    /// The role of an API bearer token, if it is valid now.
-    pub fn authenticate(&self, bearer: &str) -> Result<Option<Role>, StoreError> {
+    /// The API token behind a bearer secret, if it is valid now.
+    pub fn authenticate(&self, bearer: &str) -> Result<Option<TokenRecord>, StoreError> {
         let hash = token::hash_secret(token::api_secret(bearer));
         Ok(match self.consensus.store().token(&hash)? {
-            Some(t) if t.role != Role::Agent && t.refusal(SystemTime::now()).is_none() => Some(t.role),
+            Some(t) if t.role != Role::Agent && t.refusal(SystemTime::now()).is_none() => Some(t),
             _ => None,
         })
+    }
+
+    // ---- repositories and gates -------------------------------------------------------------
+
+    fn repo_view(r: RepoRecord) -> views::RepoView {
+        views::RepoView {
+            name: r.name.to_string(),
+            url: r.url,
+            branch: r.branch,
+            fix_marker: r.fix_marker,
+            added_at: views::rfc3339(r.added_at),
+        }
+    }
+
+    /// Adds (or updates) a repository.
+    pub async fn add_repo(&self, req: views::AddRepo) -> Result<views::RepoView, OpError> {
+        let name = RepoName::new(&req.name).map_err(|e| OpError::BadRequest(e.to_string()))?;
+        if req.url.trim().is_empty() {
+            return Err(OpError::BadRequest("url: give the git URL build hosts fetch (a local path works)".into()));
+        }
+        let record = RepoRecord {
+            name,
+            url: req.url.trim().to_string(),
+            branch: req.branch.unwrap_or_else(|| "main".into()),
+            fix_marker: req.fix_marker.unwrap_or_else(|| "[fix]".into()),
+            added_at: SystemTime::now(),
+        };
+        self.consensus.propose(Command::PutRepo(record.clone())).await??;
+        Ok(Self::repo_view(record))
+    }
+
+    /// Every repository.
+    pub fn repos(&self) -> Result<Vec<views::RepoView>, StoreError> {
+        Ok(self.consensus.store().repos()?.into_iter().map(Self::repo_view).collect())
+    }
+
+    fn repo(&self, name: &str) -> Result<RepoRecord, OpError> {
+        let name = RepoName::new(name).map_err(|e| OpError::BadRequest(e.to_string()))?;
+        self.consensus.store().repo(&name)?.ok_or(OpError::Rejected(Rejection::UnknownRepo(name)))
+    }
+
+    /// A branch's gate, and what a push with `message` would meet there.
+    pub fn gate(&self, repo: &str, branch: Option<&str>, message: Option<&str>) -> Result<views::GateView, OpError> {
+        let repo = self.repo(repo)?;
+        let branch = branch.unwrap_or(&repo.branch).to_string();
+        let record = self.consensus.store().gate(&repo.name, &branch)?;
+        let closure = record.as_ref().and_then(|g| g.closed.clone());
+        let verdict = crate::gate::check(closure.as_ref(), message, &repo.fix_marker);
+        Ok(views::GateView {
+            repo: repo.name.to_string(),
+            branch,
+            open: closure.is_none(),
+            verdict,
+            reason: closure.as_ref().map(|c| c.reason.clone()),
+            cause: closure.as_ref().map(|c| c.cause.clone()),
+            since: closure.as_ref().map(|c| views::rfc3339(c.since)),
+            changed_by: record.map(|g| g.changed_by),
+            fix_marker: repo.fix_marker,
+        })
+    }
+
+    /// Opens or closes a branch's gate by hand; `by` names the caller.
+    pub async fn set_gate(
+        &self,
+        repo: &str,
+        change: views::GateChange,
+        close: bool,
+        by: &str,
+    ) -> Result<views::GateView, OpError> {
+        let record = self.repo(repo)?;
+        let branch = change.branch.clone().unwrap_or_else(|| record.branch.clone());
+        let now = SystemTime::now();
+        let closed = close.then(|| crate::gate::Closure {
+            reason: change.reason.clone().unwrap_or_else(|| "closed by an admin".into()),
+            cause: crate::gate::Cause::Manual { by: by.to_string() },
+            since: now,
+        });
+        let gate = GateRecord {
+            repo: record.name.clone(),
+            branch: branch.clone(),
+            closed,
+            changed_at: now,
+            changed_by: by.to_string(),
+        };
+        self.consensus.propose(Command::SetGate(gate)).await??;
+        tracing::info!(repo = %record.name, %branch, closed = close, %by, "gate changed by hand");
+        self.gate(repo, Some(&branch), None)
     }
 
     /// Creates a token and returns its secret, the only time it is shown.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod consensus;
 pub mod coordinator;
 pub mod fleet;
+pub mod gate;
 pub mod local;
 pub mod metrics;
 pub mod quic;

@@ -9,7 +9,9 @@
 use std::time::SystemTime;
 
 use bincode::{Decode, Encode};
-use fifty_shared::ids::{HostName, Labels, Role};
+use fifty_shared::ids::{HostName, Labels, RepoName, Role};
+
+use crate::gate::Closure;
 
 use crate::store::{Batch, Store, StoreError};
 
@@ -107,6 +109,36 @@ pub struct MemberRecord {
     pub http_addr: String,
 }
 
+/// A repository Fifty watches.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct RepoRecord {
+    /// Its name in Fifty.
+    pub name: RepoName,
+    /// Where build hosts fetch it from.
+    pub url: String,
+    /// The branch whose gate and pipeline Fifty runs.
+    pub branch: String,
+    /// What a commit message carries to pass a gate closed by a red build.
+    pub fix_marker: String,
+    /// When it was added.
+    pub added_at: SystemTime,
+}
+
+/// The gate of one branch of a repository. No record, or `closed: None`, is an open gate.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct GateRecord {
+    /// The repository.
+    pub repo: RepoName,
+    /// The branch.
+    pub branch: String,
+    /// Set while the gate is closed.
+    pub closed: Option<Closure>,
+    /// When it last changed, and who changed it.
+    pub changed_at: SystemTime,
+    /// Who opened or closed it last.
+    pub changed_by: String,
+}
+
 /// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
 pub enum Command {
@@ -140,6 +172,10 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
+    /// Add (or update) a repository.
+    PutRepo(RepoRecord),
+    /// Open or close a branch's gate.
+    SetGate(GateRecord),
 }
 
 /// Why a command was not applied. Deterministic: every node rejects the same commands.
@@ -178,6 +214,9 @@ pub enum Rejection {
     /// No coordinator has this id.
     #[error("no coordinator with node id {0:016x}")]
     UnknownMember(u64),
+    /// No repository has this name.
+    #[error("no repository named {0}; add it with `fifty repo add`")]
+    UnknownRepo(RepoName),
     /// Removing this coordinator would leave no voter.
     #[error("node {0:016x} is the last voter; a cluster cannot remove its only member")]
     LastMember(u64),
@@ -294,6 +333,17 @@ impl Machine {
                     reason: "host removed".into(),
                 });
                 Ok(Applied::Removed { serial: host.serial })
+            }
+            Command::PutRepo(repo) => {
+                batch.put_repo(repo);
+                Ok(Applied::Done)
+            }
+            Command::SetGate(gate) => {
+                if store.repo(&gate.repo)?.is_none() {
+                    return Ok(Err(Rejection::UnknownRepo(gate.repo.clone())));
+                }
+                batch.put_gate(gate);
+                Ok(Applied::Done)
             }
         })
     }

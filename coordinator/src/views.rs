@@ -178,6 +178,70 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
 }
 
+/// One repository in `GET /v1/repos`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RepoView {
+    /// Name in Fifty.
+    pub name: String,
+    /// Git URL build hosts fetch.
+    pub url: String,
+    /// The branch Fifty gates and deploys.
+    pub branch: String,
+    /// What a commit message carries to pass a gate closed by a red build.
+    pub fix_marker: String,
+    /// When it was added.
+    pub added_at: String,
+}
+
+/// `POST /v1/repos`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AddRepo {
+    /// Name in Fifty.
+    pub name: String,
+    /// Git URL.
+    pub url: String,
+    /// Branch (default `main`).
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Fix marker (default `[fix]`).
+    #[serde(default)]
+    pub fix_marker: Option<String>,
+}
+
+/// `GET /v1/repos/{repo}/gate`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GateView {
+    /// Repository.
+    pub repo: String,
+    /// Branch.
+    pub branch: String,
+    /// Whether the gate is open.
+    pub open: bool,
+    /// For the message given (if any): `open`, `fix_allowed` or `closed`.
+    pub verdict: crate::gate::Verdict,
+    /// Why it is closed.
+    pub reason: Option<String>,
+    /// What closed it.
+    pub cause: Option<crate::gate::Cause>,
+    /// Closed since, RFC 3339.
+    pub since: Option<String>,
+    /// Who changed it last.
+    pub changed_by: Option<String>,
+    /// The repository's fix marker.
+    pub fix_marker: String,
+}
+
+/// `POST /v1/repos/{repo}/gate/close` and `/open`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GateChange {
+    /// Branch (default: the repository's).
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Why (closing).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// An error body.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {

@@ -16,6 +16,9 @@ pub enum IdError {
     /// Labels are written `key=value[,key=value...]`.
     #[error("invalid label {0:?}: write labels as key=value[,key=value...] with keys and values of a-z, A-Z, 0-9, '.', '_', '-'")]
     Label(String),
+    /// Repository names are simple identifiers.
+    #[error("invalid repository name {0:?}: use 1-100 characters a-z, A-Z, 0-9, '.', '_' and '-'")]
+    RepoName(String),
     /// Roles are a fixed set.
     #[error("unknown role {0:?}: expected one of admin, ci, read, agent")]
     Role(String),
@@ -80,6 +83,65 @@ impl TryFrom<String> for HostName {
 impl From<HostName> for String {
     fn from(h: HostName) -> String {
         h.0
+    }
+}
+
+/// The name a repository is registered under, e.g. `shop`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RepoName(String);
+
+impl RepoName {
+    /// Checks `name` and wraps it.
+    pub fn new(name: &str) -> Result<Self, IdError> {
+        let ok = !name.is_empty()
+            && name.len() <= 100
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !name.starts_with('.');
+        if ok {
+            Ok(Self(name.to_string()))
+        } else {
+            Err(IdError::RepoName(name.to_string()))
+        }
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<C> Decode<C> for RepoName {
+    fn decode<D: bincode::de::Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        let s = String::decode(d)?;
+        RepoName::new(&s).map_err(|e| bincode::error::DecodeError::OtherString(e.to_string()))
+    }
+}
+bincode::impl_borrow_decode!(RepoName);
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for RepoName {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for RepoName {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<RepoName> for String {
+    fn from(r: RepoName) -> String {
+        r.0
     }
 }
 

@@ -456,3 +456,106 @@ async fn a_partitioned_leader_cannot_commit_and_heals() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- the commit gate -------------------------------------------------------------------------
+
+/// Runs git in `dir` with an identity of its own (CI machines have none).
+async fn git(dir: &std::path::Path, args: &[&str]) -> Output {
+    tokio::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Fifty Test")
+        .env("GIT_AUTHOR_EMAIL", "test@fifty.invalid")
+        .env("GIT_COMMITTER_NAME", "Fifty Test")
+        .env("GIT_COMMITTER_EMAIL", "test@fifty.invalid")
+        .output()
+        .await
+        .expect("run git")
+}
+
+async fn commit_and_push(work: &std::path::Path, file: &str, message: &str) -> Output {
+    std::fs::write(work.join(file), message).unwrap();
+    let out = git(work, &["add", file]).await;
+    assert!(out.status.success(), "git add: {}", text(&out.stderr));
+    let out = git(work, &["commit", "-q", "-m", message]).await;
+    assert!(out.status.success(), "git commit: {}", text(&out.stderr));
+    git(work, &["push", "-q", "origin", "HEAD:main"]).await
+}
+
+/// Real pushes through the real pre-receive hook: an open gate lets them in; an admin's closure
+/// refuses them, with the reason, even with the fix marker; reopened, they go in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_gate_refuses_pushes_while_closed() {
+    let dir = test_dir("gate");
+    let cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), Options::default()).await.unwrap();
+    let bare = dir.join("shop.git");
+    let work = dir.join("work");
+    let out = git(&dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]).await;
+    assert!(out.status.success(), "git init: {}", text(&out.stderr));
+    let hook = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/hooks/pre-receive");
+    std::fs::copy(&hook, bare.join("hooks/pre-receive")).unwrap();
+    let out = cli(&cluster, &cluster.admin_token, &["repo", "add", "shop", "--url", bare.to_str().unwrap()]).await;
+    assert!(out.status.success(), "repo add: {}", text(&out.stderr));
+    let ci = token(&cluster, "ci", None).await;
+    let fifty_bin = cluster.bin_dir.join("fifty");
+    for (key, value) in [
+        ("fifty.repo", "shop".to_string()),
+        ("fifty.addr", cluster.addr()),
+        ("fifty.token", ci.token.clone()),
+        ("fifty.cacert", cluster.ca_path().display().to_string()),
+        ("fifty.bin", fifty_bin.display().to_string()),
+    ] {
+        assert!(git(&bare, &["config", key, &value]).await.status.success());
+    }
+    let out = git(&dir, &["clone", "-q", bare.to_str().unwrap(), work.to_str().unwrap()]).await;
+    assert!(out.status.success(), "git clone: {}", text(&out.stderr));
+
+    // Open: the push goes in.
+    let out = commit_and_push(&work, "a.txt", "first feature").await;
+    assert!(out.status.success(), "push to an open gate: {}", text(&out.stderr));
+
+    // Closed by an admin: refused, and the pusher reads why.
+    let out =
+        cli(&cluster, &cluster.admin_token, &["gate", "close", "shop", "--reason", "trunk is red: investigating"])
+            .await;
+    assert!(out.status.success() && text(&out.stdout).contains("CLOSED"), "{}", text(&out.stderr));
+    let out = commit_and_push(&work, "b.txt", "second feature").await;
+    assert!(!out.status.success(), "a push got through a closed gate");
+    let said = text(&out.stderr);
+    assert!(said.contains("refused") && said.contains("trunk is red: investigating"), "{said}");
+    assert!(said.contains("bootstrap admin token"), "the pusher should see who closed it: {said}");
+
+    // The fix marker does not pass a manual closure.
+    let out = commit_and_push(&work, "c.txt", "[fix] restore trunk").await;
+    assert!(!out.status.success(), "a [fix] push got through a manual closure");
+    let out = cli(&cluster, &ci.token, &["gate", "check", "shop", "--message", "[fix] x"]).await;
+    assert_eq!(out.status.code(), Some(1));
+
+    // Status, as JSON, says who and since when.
+    let out = cli(&cluster, &ci.token, &["gate", "status", "shop", "--json"]).await;
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["open"], false);
+    assert_eq!(view["cause"]["kind"], "manual");
+    assert!(view["since"].as_str().is_some());
+
+    // Only admins open and close gates; unknown repositories are named.
+    let out = cli(&cluster, &ci.token, &["gate", "open", "shop"]).await;
+    assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+    let out = cli(&cluster, &ci.token, &["gate", "check", "nosuch"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no repository named nosuch"), "{}", text(&out.stderr));
+
+    // Reopened: the waiting commits go in.
+    let out = cli(&cluster, &cluster.admin_token, &["gate", "open", "shop"]).await;
+    assert!(out.status.success() && text(&out.stdout).contains("OPEN"), "{}", text(&out.stderr));
+    let out = git(&work, &["push", "-q", "origin", "HEAD:main"]).await;
+    assert!(out.status.success(), "push after reopening: {}", text(&out.stderr));
+    let out = git(&bare, &["log", "--format=%s", "main"]).await;
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        ["[fix] restore trunk", "second feature", "first feature"]
+    );
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,6 +6,8 @@
 //! | `GET /v1/status`, `GET /v1/hosts`, `GET /metrics` | read |
 //! | `GET /v1/tokens`, `POST /v1/tokens`, `DELETE /v1/tokens/{accessor}`, `DELETE /v1/hosts/{name}` | admin |
 //!
+//! | `GET /v1/repos`, `GET /v1/repos/{repo}/gate?branch=&message=` | read |
+//! | `POST /v1/repos`, `POST /v1/repos/{repo}/gate/close`, `POST /v1/repos/{repo}/gate/open` | admin |
 //! | `GET /v1/cluster/members` | read |
 //! | `DELETE /v1/cluster/members/{id}` | admin |
 //! | `POST /v1/debug/isolate` | admin, and only with `fault_injection = true` |
@@ -18,7 +20,7 @@ mod https;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -30,7 +32,7 @@ pub use https::serve;
 use crate::coordinator::{Coordinator, OpError};
 use crate::state::Rejection;
 use crate::store::StoreError;
-use crate::views::{CreateToken, ErrorBody};
+use crate::views::{AddRepo, CreateToken, ErrorBody, GateChange, GateView};
 
 /// An API failure, rendered as `{"error": "..."}` with its status.
 pub struct ApiError(pub StatusCode, pub String);
@@ -52,9 +54,9 @@ impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         match e {
             OpError::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
-            OpError::Rejected(r @ (Rejection::UnknownHost(_) | Rejection::UnknownAccessor(_))) => {
-                ApiError(StatusCode::NOT_FOUND, r.to_string())
-            }
+            OpError::Rejected(
+                r @ (Rejection::UnknownHost(_) | Rejection::UnknownAccessor(_) | Rejection::UnknownRepo(_)),
+            ) => ApiError(StatusCode::NOT_FOUND, r.to_string()),
             OpError::Rejected(r) => ApiError(StatusCode::CONFLICT, r.to_string()),
             OpError::Store(e) => e.into(),
             OpError::Consensus(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -64,8 +66,9 @@ impl From<OpError> for ApiError {
 
 type Shared = State<Arc<Coordinator>>;
 
-/// Checks the bearer token in `headers` against the role `needed`.
-fn authorize(coordinator: &Coordinator, headers: &HeaderMap, needed: Role) -> Result<(), ApiError> {
+/// Checks the bearer token in `headers` against the role `needed`; returns who is calling
+/// (the token's accessor and description), for records such as who closed a gate.
+fn authorize(coordinator: &Coordinator, headers: &HeaderMap, needed: Role) -> Result<String, ApiError> {
     let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
     let value = headers
         .get(header::AUTHORIZATION)
@@ -77,9 +80,12 @@ fn authorize(coordinator: &Coordinator, headers: &HeaderMap, needed: Role) -> Re
         .ok_or_else(|| unauthorized("malformed Authorization header: expected `Bearer <token>`"))?;
     match coordinator.authenticate(bearer)? {
         None => Err(unauthorized("invalid, expired or revoked token")),
-        Some(role) if role.allows(needed) => Ok(()),
-        Some(role) => {
-            Err(ApiError(StatusCode::FORBIDDEN, format!("a {role} token may not do this; it needs {needed}")))
+        Some(t) if t.role.allows(needed) => Ok(match t.description.as_str() {
+            "" => format!("token {}", t.accessor),
+            d => format!("token {} ({d})", t.accessor),
+        }),
+        Some(t) => {
+            Err(ApiError(StatusCode::FORBIDDEN, format!("a {} token may not do this; it needs {needed}", t.role)))
         }
     }
 }
@@ -93,6 +99,10 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/hosts/{name}", delete(remove_host))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{accessor}", delete(revoke_token))
+        .route("/v1/repos", get(list_repos).post(add_repo))
+        .route("/v1/repos/{repo}/gate", get(gate))
+        .route("/v1/repos/{repo}/gate/close", post(close_gate))
+        .route("/v1/repos/{repo}/gate/open", post(open_gate))
         .route("/v1/cluster/members", get(members))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/debug/isolate", post(isolate))
@@ -150,6 +160,66 @@ async fn revoke_token(
     authorize(&c, &headers, Role::Admin)?;
     c.revoke_token(&accessor).await?;
     Ok(Json(serde_json::json!({ "revoked": accessor })))
+}
+
+async fn list_repos(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.repos()?))
+}
+
+async fn add_repo(
+    State(c): Shared,
+    headers: HeaderMap,
+    body: Result<Json<AddRepo>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    let Json(req) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text())))?;
+    Ok((StatusCode::CREATED, Json(c.add_repo(req).await?)))
+}
+
+#[derive(serde::Deserialize)]
+struct GateQuery {
+    branch: Option<String>,
+    message: Option<String>,
+}
+
+async fn gate(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(repo): Path<String>,
+    Query(q): Query<GateQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.gate(&repo, q.branch.as_deref(), q.message.as_deref())?))
+}
+
+async fn change_gate(
+    c: Arc<Coordinator>,
+    headers: HeaderMap,
+    repo: String,
+    body: Option<GateChange>,
+    close: bool,
+) -> Result<Json<GateView>, ApiError> {
+    let by = authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.set_gate(&repo, body.unwrap_or_default(), close, &by).await?))
+}
+
+async fn close_gate(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(repo): Path<String>,
+    body: Option<Json<GateChange>>,
+) -> Result<impl IntoResponse, ApiError> {
+    change_gate(c, headers, repo, body.map(|Json(b)| b), true).await
+}
+
+async fn open_gate(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(repo): Path<String>,
+    body: Option<Json<GateChange>>,
+) -> Result<impl IntoResponse, ApiError> {
+    change_gate(c, headers, repo, body.map(|Json(b)| b), false).await
 }
 
 async fn members(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {

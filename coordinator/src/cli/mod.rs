@@ -7,9 +7,12 @@ mod dev;
 mod output;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::views::{ClusterView, CreateToken, HostView, StatusView, TokenCreated, TokenView};
+use crate::gate::Verdict;
+use crate::views::{
+    AddRepo, ClusterView, CreateToken, GateChange, GateView, HostView, RepoView, StatusView, TokenCreated, TokenView,
+};
 pub use client::{ApiFailure, Client, ClientOpts};
 
 /// Fifty: ship to production fifty times a day without breaking it.
@@ -59,6 +62,16 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Repositories Fifty watches.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// The commit gate of a repository's branch.
+    Gate {
+        #[command(subcommand)]
+        command: GateCommand,
+    },
     /// The coordinators: members, leader, Raft indexes.
     Cluster {
         #[command(subcommand)]
@@ -86,6 +99,72 @@ enum StoreCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    /// Register a repository.
+    Add {
+        /// Its name in Fifty.
+        name: String,
+        /// The git URL build hosts fetch (a local path works).
+        #[arg(long)]
+        url: String,
+        /// The branch Fifty gates.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// What a commit message carries to pass a gate closed by a red build.
+        #[arg(long, default_value = "[fix]")]
+        fix_marker: String,
+    },
+    /// List repositories.
+    List {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct GateTarget {
+    /// The repository.
+    repo: String,
+    /// The branch (default: the repository's).
+    #[arg(long)]
+    branch: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum GateCommand {
+    /// Show whether the gate is open, and why not.
+    Status {
+        #[command(flatten)]
+        target: GateTarget,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if a push may go in, 1 if the gate is closed to it, 2 if it could not be checked.
+    Check {
+        #[command(flatten)]
+        target: GateTarget,
+        /// The pushed commit's message (the fix marker passes a closure by a red build).
+        #[arg(long)]
+        message: Option<String>,
+    },
+    /// Close the gate by hand (the fix marker does not pass this).
+    Close {
+        #[command(flatten)]
+        target: GateTarget,
+        /// Why, shown to everyone whose push is refused.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Open the gate.
+    Open {
+        #[command(flatten)]
+        target: GateTarget,
     },
 }
 
@@ -185,6 +264,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&cli.client, command).await,
+        Command::Repo { command } => repo(&cli.client, command).await,
+        Command::Gate { command } => gate(&cli.client, command).await,
         Command::Cluster { command: ClusterCommand::Members { json } } => {
             let view: ClusterView = Client::from_opts(&cli.client)?.get("/v1/cluster/members").await?;
             output::print(json, &view, output::cluster)
@@ -239,6 +320,84 @@ async fn token(opts: &ClientOpts, command: TokenCommand) -> Result<()> {
         TokenCommand::Revoke { accessor } => {
             let _: serde_json::Value = client.delete(&format!("/v1/tokens/{accessor}")).await?;
             println!("Revoked token {accessor}.");
+            Ok(())
+        }
+    }
+}
+
+async fn repo(opts: &ClientOpts, command: RepoCommand) -> Result<()> {
+    let client = Client::from_opts(opts)?;
+    match command {
+        RepoCommand::Add { name, url, branch, fix_marker } => {
+            let req = AddRepo { name, url, branch: Some(branch), fix_marker: Some(fix_marker) };
+            let repo: RepoView = client.post("/v1/repos", &req).await?;
+            println!("Added repository {} ({}, branch {}).", repo.name, repo.url, repo.branch);
+            Ok(())
+        }
+        RepoCommand::List { json } => {
+            let repos: Vec<RepoView> = client.get("/v1/repos").await?;
+            output::print(json, &repos, |r| output::repos(r))
+        }
+    }
+}
+
+fn gate_path(target: &GateTarget, action: &str) -> String {
+    format!("/v1/repos/{}/gate{action}", target.repo)
+}
+
+fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let parts: Vec<String> =
+        pairs.iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", output::url_encode(v)))).collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+async fn gate(opts: &ClientOpts, command: GateCommand) -> Result<()> {
+    let client = Client::from_opts(opts)?;
+    match command {
+        GateCommand::Status { target, json } => {
+            let path = format!("{}{}", gate_path(&target, ""), query(&[("branch", target.branch.as_deref())]));
+            let view: GateView = client.get(&path).await?;
+            output::print(json, &view, output::gate)
+        }
+        GateCommand::Check { target, message } => {
+            // Exit codes for hooks: 0 let in, 1 gate closed, 2 could not check.
+            let q = query(&[("branch", target.branch.as_deref()), ("message", message.as_deref())]);
+            let view: GateView = match client.get(&format!("{}{q}", gate_path(&target, ""))).await {
+                Ok(view) => view,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            match view.verdict {
+                Verdict::Open => Ok(()),
+                Verdict::FixAllowed => {
+                    println!(
+                        "Gate of {}/{} is closed, but this is a fix ({}): let in.",
+                        view.repo, view.branch, view.fix_marker
+                    );
+                    Ok(())
+                }
+                Verdict::Closed => {
+                    print!("{}", output::gate(&view));
+                    std::process::exit(1);
+                }
+            }
+        }
+        GateCommand::Close { target, reason } => {
+            let change = GateChange { branch: target.branch.clone(), reason: Some(reason) };
+            let view: GateView = client.post(&gate_path(&target, "/close"), &change).await?;
+            print!("{}", output::gate(&view));
+            Ok(())
+        }
+        GateCommand::Open { target } => {
+            let change = GateChange { branch: target.branch.clone(), reason: None };
+            let view: GateView = client.post(&gate_path(&target, "/open"), &change).await?;
+            print!("{}", output::gate(&view));
             Ok(())
         }
     }

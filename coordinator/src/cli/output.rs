@@ -5,7 +5,7 @@ use std::fmt::Write;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::views::{ClusterView, HostView, StatusView, TokenCreated, TokenView};
+use crate::views::{ClusterView, GateView, HostView, RepoView, StatusView, TokenCreated, TokenView};
 
 /// Prints `value` as JSON or through `human`.
 pub fn print<T: Serialize>(json: bool, value: &T, human: impl Fn(&T) -> String) -> Result<()> {
@@ -143,6 +143,48 @@ pub fn cluster(c: &ClusterView) -> String {
         c.applied_index,
         c.node_id
     )
+}
+
+/// `fifty repo list`.
+pub fn repos(repos: &[RepoView]) -> String {
+    let rows: Vec<Vec<String>> =
+        repos.iter().map(|r| vec![r.name.clone(), r.branch.clone(), r.url.clone(), r.fix_marker.clone()]).collect();
+    table(&["NAME", "BRANCH", "URL", "FIX MARKER"], &rows)
+}
+
+/// `fifty gate status` (and a refused `gate check`).
+pub fn gate(g: &GateView) -> String {
+    if g.open {
+        return format!("Gate of {}/{} is OPEN.\n", g.repo, g.branch);
+    }
+    let cause = match &g.cause {
+        Some(crate::gate::Cause::Build { sha }) => {
+            format!(
+                "the build of {} is red; a push whose message carries {} is let in",
+                &sha[..sha.len().min(12)],
+                g.fix_marker
+            )
+        }
+        Some(crate::gate::Cause::Manual { by }) => format!("closed by {by}"),
+        None => "closed".into(),
+    };
+    format!(
+        "Gate of {}/{} is CLOSED since {}: {}\n({cause})\n",
+        g.repo,
+        g.branch,
+        g.since.as_deref().unwrap_or("?"),
+        g.reason.as_deref().unwrap_or("no reason given"),
+    )
+}
+
+/// Percent-encodes a query value.
+pub fn url_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `fifty token create`.

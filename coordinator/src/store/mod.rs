@@ -16,8 +16,9 @@ use std::path::Path;
 use bincode::{Decode, Encode};
 use fifty_shared::codec::{self, CodecError};
 
-use crate::state::{ClusterRecord, HostRecord, MemberRecord, Revocation, TokenRecord};
+use crate::state::{ClusterRecord, GateRecord, HostRecord, MemberRecord, RepoRecord, Revocation, TokenRecord};
 use fifty_shared::ids::HostName;
+use fifty_shared::ids::RepoName;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,16 @@ impl Batch {
         self.remove(format!("serial/{}", h.serial));
     }
 
+    /// Writes a repository.
+    pub fn put_repo(&mut self, r: &RepoRecord) {
+        self.put(format!("repo/{}", r.name), r);
+    }
+
+    /// Writes a branch's gate.
+    pub fn put_gate(&mut self, g: &GateRecord) {
+        self.put(format!("gate/{}/{}", g.repo, g.branch), g);
+    }
+
     /// Records a revoked certificate serial.
     pub fn put_revocation(&mut self, r: &Revocation) {
         self.put(format!("revoked/{}", r.serial), r);
@@ -196,6 +207,26 @@ impl Store {
     /// Every revocation.
     pub fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
         self.scan("revoked/")
+    }
+
+    /// A repository by name.
+    pub fn repo(&self, name: &RepoName) -> Result<Option<RepoRecord>, StoreError> {
+        self.get(&format!("repo/{name}"))
+    }
+
+    /// Every repository, sorted by name.
+    pub fn repos(&self) -> Result<Vec<RepoRecord>, StoreError> {
+        self.scan("repo/")
+    }
+
+    /// A branch's gate, if it was ever set.
+    pub fn gate(&self, repo: &RepoName, branch: &str) -> Result<Option<GateRecord>, StoreError> {
+        self.get(&format!("gate/{repo}/{branch}"))
+    }
+
+    /// Every gate ever set for `repo`.
+    pub fn gates(&self, repo: &RepoName) -> Result<Vec<GateRecord>, StoreError> {
+        self.scan(&format!("gate/{repo}/"))
     }
 
     /// Every coordinator in the cluster, by node id.
