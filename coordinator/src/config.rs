@@ -2,7 +2,7 @@
 //! at start.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -210,15 +210,7 @@ impl Config {
     }
 }
 
-/// Writes `text` to `path` readable by the owner only.
-pub fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
-}
+pub use fifty_shared::config::write_private;
 
 #[cfg(test)]
 mod tests {

@@ -91,7 +91,8 @@ fn refuse_frame(conn: &quinn::Connection, e: &CodecError) {
     conn.close(close::PROTOCOL.into(), format!("malformed frame: {e}").as_bytes());
 }
 
-fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+/// The certificate a QUIC peer presented (verified against the cluster CA in the handshake).
+pub(crate) fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
     certs.first().cloned()
 }

@@ -16,7 +16,6 @@ mod node;
 mod slog_bridge;
 pub mod transport;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,7 +114,6 @@ struct Inner {
     status: watch::Receiver<RaftStatus>,
     status_tx: watch::Sender<RaftStatus>,
     transport: Arc<transport::Transport>,
-    started: AtomicBool,
 }
 
 impl Consensus {
@@ -135,7 +133,6 @@ impl Consensus {
                 status,
                 status_tx,
                 transport,
-                started: AtomicBool::new(false),
             }),
         }
     }
@@ -147,7 +144,6 @@ impl Consensus {
         bootstrap::prepare(&log, &self.inner.me, &membership, &self.inner.transport).await?;
         let rx = self.inner.inbox_rx.lock().expect("inbox lock").take().expect("start is called once");
         node::spawn(self.inner.id, log, rx, self.inner.status_tx.clone(), self.inner.transport.clone(), options)?;
-        self.inner.started.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -252,10 +248,10 @@ impl Consensus {
         let _ = self.inner.inbox.send(Input::Step(Box::new(msg)));
     }
 
-    /// Whether this node belongs to a cluster yet (for bootstrap discovery).
+    /// Whether this node belongs to a cluster yet (for bootstrap discovery): its conf state,
+    /// written at genesis or by a snapshot, is on disk.
     pub fn initialized(&self) -> bool {
-        self.inner.started.load(Ordering::SeqCst) && self.status().initialized
-            || RaftLog::new(self.inner.store.clone()).initialized().unwrap_or(false)
+        RaftLog::new(self.inner.store.clone()).initialized().unwrap_or(false)
     }
 }
 

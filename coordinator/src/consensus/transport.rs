@@ -17,7 +17,6 @@ use fifty_shared::tls::COORDINATOR_NAME;
 use fifty_shared::wire::{close, PeerFrame, PeerInfo, PeerRequest, PeerResponse};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -211,15 +210,10 @@ impl Transport {
     }
 }
 
-fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
-    let certs = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    certs.first().cloned()
-}
-
 /// Serves a peer connection accepted on the QUIC endpoint.
 pub async fn serve_peer(conn: quinn::Connection, consensus: Consensus) {
     let remote = conn.remote_address();
-    if !peer_certificate(&conn).is_some_and(|c| fifty_shared::tls::is_coordinator_cert(&c)) {
+    if !crate::quic::peer_certificate(&conn).is_some_and(|c| fifty_shared::tls::is_coordinator_cert(&c)) {
         warn!(%remote, "peer link without a coordinator certificate refused");
         return conn.close(close::NOT_A_COORDINATOR.into(), b"peer links need a coordinator certificate");
     }
