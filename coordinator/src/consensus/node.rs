@@ -4,7 +4,8 @@
 //!
 //! 1. install a received snapshot (state, conf state and log replaced in one batch);
 //! 2. append new entries and the hard state;
-//! 3. **flush** — only then send this Ready's messages, so nothing we promised is lost by a crash;
+//! 3. **flush** (when there are entries, a snapshot, or a new term or vote) — only then send this
+//!    Ready's messages, so nothing we promised is lost by a crash;
 //! 4. apply committed entries (each command with its applied index, atomically), then answer
 //!    the clients waiting for them — a committed entry is already flushed here and on a quorum;
 //! 5. answer reads whose ReadIndex is applied; compact the log past the snapshot threshold.
@@ -60,8 +61,10 @@ struct Node {
     reads: HashMap<Vec<u8>, (ReadReply, Instant)>,
     /// Reads whose index is known, waiting for it to apply.
     ready_reads: Vec<(u64, ReadReply)>,
-    /// Answers to send once the current batch of applied entries is flushed.
+    /// Answers to send once the current batch of entries is applied.
     answers: Vec<(Reply, ApplyOutcome)>,
+    /// The term and vote last flushed to disk.
+    synced_term_vote: (u64, u64),
 }
 
 /// Starts the loop on its own thread.
@@ -104,6 +107,7 @@ pub(super) fn spawn(
         reads: HashMap::new(),
         ready_reads: Vec::new(),
         answers: Vec::new(),
+        synced_term_vote: (0, 0),
     };
     std::thread::Builder::new().name(format!("raft-{id:016x}")).spawn(move || {
         if let Err(e) = node.run(inbox) {
@@ -241,18 +245,30 @@ impl Node {
     fn on_ready(&mut self) -> Result<(), StoreError> {
         let mut ready = self.raw.ready();
 
+        // What must be on disk before this Ready's messages go out: new entries, a snapshot, and
+        // the term and vote. A hard state that only moves the commit index is written but need
+        // not be waited for (Raft recovers the commit index from its peers), which spares an
+        // fsync per acknowledgement.
+        let mut must_sync = !ready.entries().is_empty();
         if !ready.snapshot().is_empty() {
             let hs = self.log.hard_state()?;
             self.log.apply_snapshot(ready.snapshot(), &hs)?;
+            must_sync = true;
             tracing::info!(index = ready.snapshot().get_metadata().index, "installed a snapshot from the leader");
         }
         let mut batch = Batch::default();
         self.log.append(&mut batch, ready.entries())?;
         if let Some(hs) = ready.hs() {
+            if (hs.term, hs.vote) != self.synced_term_vote {
+                must_sync = true;
+                self.synced_term_vote = (hs.term, hs.vote);
+            }
             RaftLog::set_hard_state(&mut batch, hs);
         }
         self.log.store().apply(batch)?;
-        self.log.store().flush_blocking()?;
+        if must_sync {
+            self.log.store().flush_blocking()?;
+        }
 
         self.send(ready.take_messages());
         self.send(ready.take_persisted_messages());
