@@ -275,7 +275,8 @@ async fn control_stream(
                     },
                 };
             }
-            _ = shutdown.wait_for(|s| *s) => {
+            // Wrapped in its own future so `session` stays `Send` (the guard `wait_for` returns is not).
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
                 reader.abort();
                 return SessionEnd::Shutdown;
             }
