@@ -39,8 +39,14 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr> {
 }
 
 /// A client endpoint on an ephemeral port of the right address family.
+/// A coordinator on loopback gets a socket bound to loopback too, so nothing listens beyond it.
 pub fn client_endpoint(peer: SocketAddr) -> Result<quinn::Endpoint> {
-    let local: SocketAddr = if peer.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+    let local: SocketAddr = match (peer.is_ipv6(), peer.ip().is_loopback()) {
+        (false, true) => "127.0.0.1:0".parse()?,
+        (true, true) => "[::1]:0".parse()?,
+        (false, false) => "0.0.0.0:0".parse()?,
+        (true, false) => "[::]:0".parse()?,
+    };
     quinn::Endpoint::client(local).context("open a UDP socket")
 }
 
