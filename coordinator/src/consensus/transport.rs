@@ -98,9 +98,22 @@ impl Transport {
         self.known.lock().expect("known lock").get(&id).cloned()
     }
 
+    /// A message that will not be sent. A snapshot must be reported as failed, or Raft waits for
+    /// it forever and never replicates to that peer again; anything else Raft resends by itself.
+    fn dropped(&self, msg: &Message) {
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            self.report(Input::SnapshotSent { to: msg.to, ok: false });
+        } else {
+            self.report(Input::Unreachable(msg.to));
+        }
+    }
+
     /// Sends Raft messages (called from the Raft thread; never blocks).
     pub fn send(self: &Arc<Self>, messages: Vec<Message>) {
         if self.is_isolated() {
+            for msg in &messages {
+                self.dropped(msg);
+            }
             return;
         }
         let mut peers = self.peers.lock().expect("peers lock");
@@ -131,11 +144,12 @@ impl Transport {
         let mut retry_at = Instant::now();
         while let Some(msg) = rx.recv().await {
             if self.is_isolated() {
+                self.dropped(&msg);
                 continue;
             }
             if link.is_none() {
                 if Instant::now() < retry_at {
-                    self.report(Input::Unreachable(to));
+                    self.dropped(&msg);
                     continue;
                 }
                 let opened = async {
@@ -149,7 +163,7 @@ impl Transport {
                     Err(e) => {
                         debug!(peer = format!("{to:016x}"), error = %e, "peer unreachable");
                         retry_at = Instant::now() + Duration::from_millis(300);
-                        self.report(Input::Unreachable(to));
+                        self.dropped(&msg);
                         continue;
                     }
                 }
@@ -163,7 +177,7 @@ impl Transport {
             if let Err(e) = write_frame(stream, &frame).await {
                 debug!(peer = format!("{to:016x}"), error = %e, "peer link broke");
                 link = None;
-                self.report(Input::Unreachable(to));
+                self.dropped(&msg);
             }
         }
     }
@@ -179,7 +193,11 @@ impl Transport {
                 write_frame(&mut stream, &PeerFrame::SnapshotChunk(chunk.to_vec())).await?;
             }
             stream.finish()?;
-            stream.stopped().await?;
+            // Bounded: a peer that never acknowledges must not hold the snapshot (and with it
+            // all replication to that peer) forever.
+            tokio::time::timeout(Duration::from_secs(30), stream.stopped())
+                .await
+                .map_err(|_| anyhow!("the peer did not acknowledge the snapshot within 30 s"))??;
             anyhow::Ok(())
         };
         let ok = match sent.await {
