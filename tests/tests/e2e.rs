@@ -276,8 +276,13 @@ impl Writer {
         let task = {
             let (acked, stop) = (acked.clone(), stop.clone());
             tokio::spawn(async move {
-                // Bounded: at most 5,000 attempts, whatever happens.
-                for n in 0..5_000usize {
+                // Bounded: at most 20,000 attempts and 5 minutes, whatever happens. A failed
+                // attempt waits 20 ms, so a failover's instant refusals cannot use up the budget.
+                let started = std::time::Instant::now();
+                for n in 0..20_000usize {
+                    if started.elapsed() > Duration::from_secs(300) {
+                        return;
+                    }
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
@@ -287,8 +292,9 @@ impl Writer {
                     let sent =
                         tokio::time::timeout(Duration::from_secs(15), client.post::<TokenCreated>("/v1/tokens", &req))
                             .await;
-                    if let Ok(Ok(_)) = sent {
-                        acked.lock().unwrap().push(format!("w-{n}"));
+                    match sent {
+                        Ok(Ok(_)) => acked.lock().unwrap().push(format!("w-{n}")),
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
                     }
                 }
             })
