@@ -1,6 +1,7 @@
 //! Any coordinator answers the API as the leader would. Requests that need the leader — every
 //! write, and every read unless `?stale=true` — are forwarded to it by a follower, and the
-//! leader confirms it still leads (Raft ReadIndex) before serving a read. `/v1/health`,
+//! leader confirms it still leads (Raft ReadIndex) before serving a read; a write is ordered by
+//! its own commit. `/v1/health`,
 //! `/metrics` and `/v1/debug/...` are always answered by the node asked.
 
 use std::sync::Arc;
@@ -37,7 +38,10 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
     if answered_locally(&req) {
         return next.run(req).await;
     }
-    match c.consensus.read_barrier().await {
+    // A read confirms leadership first (ReadIndex); a write needs only to reach the leader, since
+    // committing it through Raft already orders it.
+    let here = if req.method() == Method::GET { c.consensus.read_barrier().await } else { c.consensus.ensure_leader() };
+    match here {
         Ok(()) => next.run(req).await,
         Err(ConsensusError::NotLeader { leader: Some(leader) }) if !req.headers().contains_key(FORWARDED) => {
             match forward(&c, &leader.http_addr, req).await {

@@ -74,8 +74,6 @@ pub struct RaftStatus {
     pub voters: Vec<u64>,
     /// On the leader: each peer's matched index.
     pub matched: Vec<(u64, u64)>,
-    /// Whether this node has joined a cluster yet.
-    pub initialized: bool,
 }
 
 impl RaftStatus {
@@ -186,10 +184,13 @@ impl Consensus {
         self.inner.store.members().ok()?.into_iter().find(|m| m.id == status.leader_id)
     }
 
-    fn not_leader(&self) -> ConsensusError {
-        match self.status().leader_id {
-            0 => ConsensusError::NoLeader,
-            _ => ConsensusError::NotLeader { leader: self.leader() },
+    /// `Ok` if this node leads now; otherwise who does (if anyone).
+    pub fn ensure_leader(&self) -> Result<(), ConsensusError> {
+        let status = self.status();
+        match status.leader_id {
+            _ if status.is_leader() => Ok(()),
+            0 => Err(ConsensusError::NoLeader),
+            _ => Err(ConsensusError::NotLeader { leader: self.leader() }),
         }
     }
 
@@ -210,9 +211,7 @@ impl Consensus {
     /// Proposes `cmd` on the leader and returns the state machine's answer once the entry is
     /// committed, applied here and flushed to disk.
     pub async fn propose(&self, cmd: Command) -> Result<Result<Applied, Rejection>, ConsensusError> {
-        if !self.status().is_leader() {
-            return Err(self.not_leader());
-        }
+        self.ensure_leader()?;
         let data = fifty_shared::codec::to_bytes(&cmd)
             .map_err(|source| StoreError::Encode { key: "command".into(), source })?;
         self.ask(|reply| Input::Propose { data, reply }, PROPOSE_TIMEOUT).await
@@ -221,25 +220,19 @@ impl Consensus {
     /// Waits until this node's state reflects every write committed before the call (Raft
     /// ReadIndex: the leader confirms with a quorum that it still leads).
     pub async fn read_barrier(&self) -> Result<(), ConsensusError> {
-        if !self.status().is_leader() {
-            return Err(self.not_leader());
-        }
+        self.ensure_leader()?;
         self.ask(|reply| Input::ReadIndex { reply }, READ_TIMEOUT).await
     }
 
     /// Adds a coordinator as a voter (a Raft configuration change), on the leader.
     pub async fn add_member(&self, member: MemberRecord) -> Result<Result<Applied, Rejection>, ConsensusError> {
-        if !self.status().is_leader() {
-            return Err(self.not_leader());
-        }
+        self.ensure_leader()?;
         self.ask(|reply| Input::AddMember { member, reply }, PROPOSE_TIMEOUT).await
     }
 
     /// Removes a coordinator from the configuration, on the leader.
     pub async fn remove_member(&self, id: u64) -> Result<Result<Applied, Rejection>, ConsensusError> {
-        if !self.status().is_leader() {
-            return Err(self.not_leader());
-        }
+        self.ensure_leader()?;
         self.ask(|reply| Input::RemoveMember { id, reply }, PROPOSE_TIMEOUT).await
     }
 

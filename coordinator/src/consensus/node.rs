@@ -420,7 +420,6 @@ impl Node {
             term: raft.term,
             commit: raft.raft_log.committed,
             applied: raft.raft_log.applied,
-            initialized: !voters.is_empty(),
             voters,
             matched,
         };
