@@ -1,7 +1,8 @@
 //! The agent's link to the coordinator: connect with the host's certificate, say hello, then
 //! send a heartbeat every interval the coordinator asked for. When the link drops, try again
 //! with exponential backoff and jitter, forever, while the host keeps running; only a refusal of
-//! the host itself (its certificate revoked or unknown) stops the agent.
+//! the host itself (its certificate revoked or unknown) stops the agent. The same control
+//! stream carries jobs to the `jobs` runner and their output and results back.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -13,12 +14,14 @@ use fifty_shared::codec::{read_frame, write_frame, CodecError};
 use fifty_shared::tls::COORDINATOR_NAME;
 use fifty_shared::wire::{close, AgentMsg, CoordinatorMsg, Health, Heartbeat};
 use rand::Rng;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::health::HealthProbe;
 use crate::identity::Identity;
+use crate::jobs::Jobs;
 use crate::join::{client_endpoint, resolve};
 
 /// How long a QUIC handshake with a coordinator may take. A dead coordinator answers nothing,
@@ -80,6 +83,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let endpoint = client_endpoint(first)?;
     let mut probe = HealthProbe::new(&config.data_dir);
     let mut health = move || probe.sample();
+    let jobs = Jobs::new(&config.data_dir);
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     let mut next = 0;
     let mut redirected: Option<String> = None;
@@ -103,7 +107,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         };
         let target = &target;
         let end = match resolve(target).await {
-            Ok(addr) => session(&endpoint, &client_config, addr, &mut health, None, &mut shutdown).await,
+            Ok(addr) => session(&endpoint, &client_config, addr, &mut health, None, Some(&jobs), &mut shutdown).await,
             Err(e) => SessionEnd::Unreachable(format!("{e:#}")),
         };
         match end {
@@ -160,14 +164,15 @@ fn refused_or(e: &quinn::ConnectionError, otherwise: impl FnOnce(String) -> Sess
     otherwise(e.to_string())
 }
 
-/// One link: connect, hello, heartbeats until it drops. Public so the capacity benchmark drives
-/// exactly the agent's code path.
+/// One link: connect, hello, heartbeats until it drops; jobs (when `jobs` is given) run and
+/// report over it. Public so the capacity benchmark drives exactly the agent's code path.
 pub async fn session(
     endpoint: &quinn::Endpoint,
     client_config: &quinn::ClientConfig,
     addr: SocketAddr,
     health: &mut (dyn FnMut() -> Health + Send),
     on_ack: Option<AckObserver>,
+    jobs: Option<&Jobs>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     let connecting = match endpoint.connect_with(client_config.clone(), addr, COORDINATOR_NAME) {
@@ -179,7 +184,10 @@ pub async fn session(
         Ok(Err(e)) => return refused_or(&e, SessionEnd::Unreachable),
         Err(_) => return SessionEnd::Unreachable(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")),
     };
-    let end = control_stream(&conn, health, on_ack, shutdown).await;
+    let end = control_stream(&conn, health, on_ack, jobs, shutdown).await;
+    if let Some(jobs) = jobs {
+        jobs.detach();
+    }
     if matches!(end, SessionEnd::Shutdown) {
         conn.close(close::DONE.into(), b"agent shutting down");
     }
@@ -190,6 +198,7 @@ async fn control_stream(
     conn: &quinn::Connection,
     health: &mut (dyn FnMut() -> Health + Send),
     on_ack: Option<AckObserver>,
+    jobs: Option<&Jobs>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     let lost = |e: quinn::ConnectionError| refused_or(&e, SessionEnd::Lost);
@@ -211,11 +220,14 @@ async fn control_stream(
         };
     info!(%host, coordinator = %conn.remote_address(), ?interval, "connected to the coordinator");
 
-    // Acks are read by their own task: reading a frame is not cancel-safe, so it must not sit in
-    // a select! beside the ticker.
+    // Results not yet acknowledged go out first; then live output and new results.
+    let mut outbox = jobs.map(Jobs::attach);
+    // The coordinator's frames are read by their own task: reading a frame is not cancel-safe,
+    // so it must not sit in a select! beside the ticker.
     let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
     let mut reader = {
         let sent = sent.clone();
+        let jobs = jobs.cloned();
         tokio::spawn(async move {
             loop {
                 match read_frame::<CoordinatorMsg, _>(&mut recv).await {
@@ -230,6 +242,15 @@ async fn control_stream(
                                 observe(at.elapsed());
                             }
                         }
+                    }
+                    Ok(Some(CoordinatorMsg::RunJob(spec))) if jobs.is_some() => {
+                        jobs.as_ref().expect("checked").start(spec)
+                    }
+                    Ok(Some(CoordinatorMsg::CancelJob(job))) if jobs.is_some() => {
+                        jobs.as_ref().expect("checked").cancel(job)
+                    }
+                    Ok(Some(CoordinatorMsg::JobDoneAck(job))) if jobs.is_some() => {
+                        jobs.as_ref().expect("checked").acked(job)
                     }
                     Ok(Some(other)) => return Err(CodecError::Decode(format!("unexpected {other:?}"))),
                     Ok(None) => return Ok(()),
@@ -253,7 +274,8 @@ async fn control_stream(
                     return SessionEnd::Lost(format!("no heartbeat acknowledged for {:.1}s", waited.as_secs_f64()));
                 }
                 seq += 1;
-                let beat = AgentMsg::Heartbeat(Heartbeat { seq, health: health() });
+                let held = jobs.map(Jobs::held).unwrap_or_default();
+                let beat = AgentMsg::Heartbeat(Heartbeat { seq, health: health(), jobs: held });
                 {
                     let mut sent = sent.lock().expect("sent lock");
                     sent.push_back((seq, Instant::now()));
@@ -264,6 +286,19 @@ async fn control_stream(
                 if let Err(e) = write_frame(&mut send, &beat).await {
                     reader.abort();
                     return stream_error(conn, e);
+                }
+            }
+            Some(msg) = next_message(&mut outbox) => {
+                let output = match &msg {
+                    AgentMsg::JobOutput { data, .. } => data.len(),
+                    _ => 0,
+                };
+                if let Err(e) = write_frame(&mut send, &msg).await {
+                    reader.abort();
+                    return stream_error(conn, e);
+                }
+                if let (Some(jobs), true) = (jobs, output > 0) {
+                    jobs.output_sent(output);
                 }
             }
             done = &mut reader => {
@@ -281,6 +316,14 @@ async fn control_stream(
                 return SessionEnd::Shutdown;
             }
         }
+    }
+}
+
+/// The next message for the coordinator from the job runner, if this link has one.
+async fn next_message(outbox: &mut Option<mpsc::UnboundedReceiver<AgentMsg>>) -> Option<AgentMsg> {
+    match outbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

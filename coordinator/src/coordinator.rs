@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use fifty_shared::ids::{HostName, RepoName, Role};
 use fifty_shared::tls::{self, CertAndKey};
 use fifty_shared::token::{self, JoinToken};
-use fifty_shared::wire::{close, EnrollRequest, EnrollResponse, Health};
+use fifty_shared::wire::{close, CoordinatorMsg, EnrollRequest, EnrollResponse, Health};
 use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::consensus::{Consensus, ConsensusError};
@@ -27,6 +28,9 @@ pub enum OpError {
     /// The request itself is wrong (HTTP 400).
     #[error("{0}")]
     BadRequest(String),
+    /// What the request names does not exist (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
     /// The state machine refused the decision (HTTP 404 for unknown things, 409 otherwise).
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -47,6 +51,17 @@ pub struct LinkRefusal {
     pub reason: String,
 }
 
+/// A live agent link: its id (a newer link replaces an older one), the connection, and the queue
+/// of frames its writer sends.
+pub struct Link {
+    /// Distinguishes this link from an earlier one of the same host.
+    pub id: u64,
+    /// The QUIC connection.
+    pub conn: quinn::Connection,
+    /// Frames to the agent.
+    pub tx: mpsc::UnboundedSender<CoordinatorMsg>,
+}
+
 /// The coordinator: configuration, the decision log, and the soft state.
 pub struct Coordinator {
     /// How it runs.
@@ -59,8 +74,12 @@ pub struct Coordinator {
     ca_fingerprint: String,
     started: Instant,
     fleet: Mutex<Fleet>,
-    links: Mutex<HashMap<HostName, (u64, quinn::Connection)>>,
+    links: Mutex<HashMap<HostName, Link>>,
     next_link: AtomicU64,
+    /// CI soft state (leader only).
+    pub(crate) ci: Mutex<crate::ci::live::Live>,
+    /// Wakes the CI dispatcher (a commit arrived, a job finished, an agent came).
+    pub(crate) ci_wake: tokio::sync::Notify,
 }
 
 impl Coordinator {
@@ -77,6 +96,8 @@ impl Coordinator {
             fleet: Mutex::default(),
             links: Mutex::default(),
             next_link: AtomicU64::new(1),
+            ci: Mutex::default(),
+            ci_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -99,14 +120,16 @@ impl Coordinator {
     pub fn on_became_leader(&self) {
         let grace = Instant::now() + self.config.down_after * 2;
         *self.fleet.lock().expect("fleet lock") = Fleet::with_grace(grace);
+        *self.ci.lock().expect("ci lock") = Default::default();
+        self.ci_wake.notify_one();
     }
 
     /// This node stopped leading: send its agents to the new leader.
     pub fn on_lost_leadership(&self) {
         let leader = self.consensus.leader().map(|l| l.quic_addr).unwrap_or_default();
         let links: Vec<_> = self.links.lock().expect("links lock").drain().collect();
-        for (_, (_, conn)) in links {
-            conn.close(close::NOT_LEADER.into(), leader.as_bytes());
+        for (_, link) in links {
+            link.conn.close(close::NOT_LEADER.into(), leader.as_bytes());
         }
         *self.fleet.lock().expect("fleet lock") = Fleet::default();
     }
@@ -130,6 +153,7 @@ impl Coordinator {
             url: r.url,
             branch: r.branch,
             fix_marker: r.fix_marker,
+            webhook: r.webhook_secret.is_some(),
             added_at: views::rfc3339(r.added_at),
         }
     }
@@ -145,6 +169,7 @@ impl Coordinator {
             url: req.url.trim().to_string(),
             branch: req.branch.unwrap_or_else(|| "main".into()),
             fix_marker: req.fix_marker.unwrap_or_else(|| "[fix]".into()),
+            webhook_secret: req.webhook_secret.filter(|s| !s.is_empty()),
             added_at: SystemTime::now(),
         };
         self.consensus.propose(Command::PutRepo(record.clone())).await??;
@@ -156,7 +181,7 @@ impl Coordinator {
         Ok(self.consensus.store().repos()?.into_iter().map(Self::repo_view).collect())
     }
 
-    fn repo(&self, name: &str) -> Result<RepoRecord, OpError> {
+    pub(crate) fn repo(&self, name: &str) -> Result<RepoRecord, OpError> {
         let name = RepoName::new(name).map_err(|e| OpError::BadRequest(e.to_string()))?;
         self.consensus.store().repo(&name)?.ok_or(OpError::Rejected(Rejection::UnknownRepo(name)))
     }
@@ -203,6 +228,7 @@ impl Coordinator {
             closed,
             changed_at: now,
             changed_by: by.to_string(),
+            last_finished_seq: 0,
         };
         self.consensus.propose(Command::SetGate(gate)).await??;
         tracing::info!(repo = %record.name, %branch, closed = close, %by, "gate changed by hand");
@@ -403,27 +429,51 @@ impl Coordinator {
     }
 
     /// Registers a live agent link, closing any older link of the same host.
-    pub fn register_link(&self, host: &HostName, conn: quinn::Connection) -> u64 {
+    pub fn register_link(
+        &self,
+        host: &HostName,
+        conn: quinn::Connection,
+        tx: mpsc::UnboundedSender<CoordinatorMsg>,
+    ) -> u64 {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
-        let old = self.links.lock().expect("links lock").insert(host.clone(), (id, conn));
-        if let Some((_, old)) = old {
-            old.close(close::REPLACED.into(), b"a newer connection from this host replaced this one");
+        let old = self.links.lock().expect("links lock").insert(host.clone(), Link { id, conn, tx });
+        if let Some(old) = old {
+            old.conn.close(close::REPLACED.into(), b"a newer connection from this host replaced this one");
         }
+        self.ci_wake.notify_one();
         id
     }
 
     /// Forgets a link when it ends (unless a newer one replaced it).
     pub fn unregister_link(&self, host: &HostName, id: u64) {
         let mut links = self.links.lock().expect("links lock");
-        if links.get(host).is_some_and(|(cur, _)| *cur == id) {
+        if links.get(host).is_some_and(|l| l.id == id) {
             links.remove(host);
         }
     }
 
     fn close_link(&self, host: &HostName, code: u32, reason: &str) {
-        if let Some((_, conn)) = self.links.lock().expect("links lock").remove(host) {
-            conn.close(code.into(), reason.as_bytes());
+        if let Some(link) = self.links.lock().expect("links lock").remove(host) {
+            link.conn.close(code.into(), reason.as_bytes());
         }
+    }
+
+    /// Sends a frame to a host's agent; false if it has no link.
+    pub(crate) fn send_to(&self, host: &HostName, msg: CoordinatorMsg) -> bool {
+        match self.links.lock().expect("links lock").get(host) {
+            Some(link) => link.tx.send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Hosts with a live link.
+    pub(crate) fn linked_hosts(&self) -> Vec<HostName> {
+        self.links.lock().expect("links lock").keys().cloned().collect()
+    }
+
+    /// Whether `host` reports (heartbeats within `down_after`, or the new leader's grace).
+    pub(crate) fn host_ready(&self, host: &HostName) -> bool {
+        self.fleet.lock().expect("fleet lock").state(host, Instant::now(), self.config.down_after) == HostState::Ready
     }
 
     /// Number of connected agents.

@@ -7,6 +7,7 @@
 //! The CLI (`cli`) talks to a coordinator only through the HTTPS API.
 
 pub mod api;
+pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod consensus;
@@ -16,6 +17,7 @@ pub mod gate;
 pub mod local;
 pub mod metrics;
 pub mod quic;
+pub mod sample_app;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -19,6 +19,12 @@ pub struct Metrics {
     pub enrollments_refused: Counter,
     /// Agent links refused after the handshake (revoked, unknown).
     pub links_refused: Counter,
+    /// Webhook deliveries refused for a bad signature.
+    pub webhooks_refused: Counter,
+    /// CI jobs given to build agents.
+    pub jobs_dispatched: Counter,
+    /// CI jobs queued or running now, by state (set by the leader's dispatcher).
+    pub ci_jobs: Family<Vec<(String, String)>, Gauge>,
     hosts: Family<Vec<(String, String)>, Gauge>,
     links: Gauge,
     up_seconds: Gauge,
@@ -33,6 +39,16 @@ impl Default for Metrics {
         let hosts = Family::<Vec<(String, String)>, Gauge>::default();
         let links = Gauge::default();
         let up_seconds = Gauge::default();
+        let webhooks_refused = Counter::default();
+        let jobs_dispatched = Counter::default();
+        let ci_jobs = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "webhooks_refused",
+            "Webhook deliveries refused for a bad signature",
+            webhooks_refused.clone(),
+        );
+        registry.register("ci_jobs_dispatched", "CI jobs given to build agents", jobs_dispatched.clone());
+        registry.register("ci_jobs", "CI jobs queued or running now (leader only)", ci_jobs.clone());
         registry.register("heartbeats", "Heartbeats received from agents", heartbeats.clone());
         registry.register("enrollments", "Host enrollments by result", enrollments.clone());
         registry.register("agent_links_refused", "Agent links refused after the TLS handshake", links_refused.clone());
@@ -42,7 +58,19 @@ impl Default for Metrics {
         let label = |v: &str| vec![("result".to_string(), v.to_string())];
         let enrollments_ok = enrollments.get_or_create(&label("ok")).clone();
         let enrollments_refused = enrollments.get_or_create(&label("refused")).clone();
-        Self { enrollments_ok, enrollments_refused, registry, heartbeats, links_refused, hosts, links, up_seconds }
+        Self {
+            enrollments_ok,
+            enrollments_refused,
+            registry,
+            heartbeats,
+            links_refused,
+            webhooks_refused,
+            jobs_dispatched,
+            ci_jobs,
+            hosts,
+            links,
+            up_seconds,
+        }
     }
 }
 

@@ -116,9 +116,7 @@ async fn agent_link(conn: quinn::Connection, coordinator: Arc<Coordinator>) {
         }
     };
     let span = tracing::info_span!("host", host = %host, %remote);
-    let id = coordinator.register_link(&host, conn.clone());
     let result = control_stream(&conn, &coordinator, &host).instrument(span.clone()).await;
-    coordinator.unregister_link(&host, id);
     let _guard = span.enter();
     match result {
         Ok(()) => info!("agent link closed"),
@@ -144,7 +142,11 @@ impl From<CodecError> for LinkEnd {
     }
 }
 
-async fn control_stream(conn: &quinn::Connection, coordinator: &Coordinator, host: &HostName) -> Result<(), LinkEnd> {
+async fn control_stream(
+    conn: &quinn::Connection,
+    coordinator: &Arc<Coordinator>,
+    host: &HostName,
+) -> Result<(), LinkEnd> {
     let (mut send, mut recv) = conn.accept_bi().await?;
     let agent_version = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame::<AgentMsg, _>(&mut recv)).await {
         Ok(Ok(Some(AgentMsg::Hello { agent_version }))) => agent_version,
@@ -157,12 +159,47 @@ async fn control_stream(conn: &quinn::Connection, coordinator: &Coordinator, hos
     let welcome =
         CoordinatorMsg::Welcome { host: host.clone(), heartbeat_interval: coordinator.config.heartbeat_interval };
     write_frame(&mut send, &welcome).await?;
+    // Everything else to the agent (acks, jobs) goes through one writer, fed by a queue that the
+    // CI dispatcher can reach through the link registry.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<CoordinatorMsg>();
+    let writer = tokio::spawn(
+        async move {
+            while let Some(msg) = rx.recv().await {
+                if let Err(e) = write_frame(&mut send, &msg).await {
+                    debug!(error = %e, "agent link writer stopped");
+                    return;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    let id = coordinator.register_link(host, conn.clone(), tx.clone());
+    let result = read_agent(conn, coordinator, host, &agent_version, &mut recv, &tx).await;
+    coordinator.unregister_link(host, id);
+    writer.abort();
+    result
+}
+
+async fn read_agent(
+    conn: &quinn::Connection,
+    coordinator: &Arc<Coordinator>,
+    host: &HostName,
+    agent_version: &str,
+    recv: &mut quinn::RecvStream,
+    tx: &tokio::sync::mpsc::UnboundedSender<CoordinatorMsg>,
+) -> Result<(), LinkEnd> {
     loop {
-        match read_frame::<AgentMsg, _>(&mut recv).await {
+        match read_frame::<AgentMsg, _>(recv).await {
             Ok(Some(AgentMsg::Heartbeat(beat))) => {
                 debug!(seq = beat.seq, "heartbeat");
-                coordinator.on_heartbeat(host, beat.health, &agent_version);
-                write_frame(&mut send, &CoordinatorMsg::HeartbeatAck { seq: beat.seq }).await?;
+                coordinator.on_heartbeat(host, beat.health, agent_version);
+                coordinator.on_job_report(host, beat.jobs);
+                let _ = tx.send(CoordinatorMsg::HeartbeatAck { seq: beat.seq });
+            }
+            Ok(Some(AgentMsg::JobOutput { job, offset, data })) => coordinator.on_job_output(job, offset, &data),
+            Ok(Some(AgentMsg::JobDone(done))) => {
+                let (coordinator, host, tx) = (coordinator.clone(), host.clone(), tx.clone());
+                tokio::spawn(async move { coordinator.on_job_done(&host, done, &tx).await }.in_current_span());
             }
             Ok(Some(AgentMsg::Hello { .. })) => return Err(CodecError::Decode("Hello sent twice".into()).into()),
             Ok(None) => return Ok(()),

@@ -66,6 +66,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     };
     started.context("form or join the cluster")?;
     tokio::spawn(leadership(coordinator.clone(), config.clone(), ca));
+    tokio::spawn(crate::ci::dispatch::run(coordinator.clone(), shutdown.clone()));
 
     let _ = tokio::join!(quic, api);
     coordinator.consensus.store().flush().await?;

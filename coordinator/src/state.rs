@@ -11,6 +11,13 @@ use std::time::SystemTime;
 use bincode::{Decode, Encode};
 use fifty_shared::ids::{HostName, Labels, RepoName, Role};
 
+use fifty_shared::wire::{JobExit, JobKind, JobRef};
+
+use crate::ci::outcome;
+use crate::ci::{
+    Attempt, AttemptEnd, CommitRecord, CommitState, JobRecord, JobReport, JobState, NewCommit, TestOutcome,
+    MAX_DURATIONS,
+};
 use crate::gate::Closure;
 
 use crate::store::{Batch, Store, StoreError};
@@ -120,6 +127,8 @@ pub struct RepoRecord {
     pub branch: String,
     /// What a commit message carries to pass a gate closed by a red build.
     pub fix_marker: String,
+    /// The shared secret GitHub-style webhooks sign their payloads with (HMAC-SHA256), if set.
+    pub webhook_secret: Option<String>,
     /// When it was added.
     pub added_at: SystemTime,
 }
@@ -137,7 +146,24 @@ pub struct GateRecord {
     pub changed_at: SystemTime,
     /// Who opened or closed it last.
     pub changed_by: String,
+    /// Sequence number of the newest finished commit of the branch: the gate follows it.
+    pub last_finished_seq: u64,
 }
+
+/// Numbers the state machine hands out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Counters {
+    /// The next commit's sequence number (from 1).
+    pub next_commit_seq: u64,
+    /// The next job id (from 1).
+    pub next_job: u64,
+}
+
+/// How many times a job's agent may be lost before the job fails.
+pub const MAX_LOST: usize = 5;
+
+/// Most failed attempts a plan job may have (a fetch can fail for a moment).
+pub const PLAN_MAX_FAILURES: u32 = 2;
 
 /// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
@@ -176,6 +202,61 @@ pub enum Command {
     PutRepo(RepoRecord),
     /// Open or close a branch's gate.
     SetGate(GateRecord),
+    /// Commits were pushed: record the new ones and queue their plan jobs.
+    NotifyCommits {
+        /// The repository.
+        repo: RepoName,
+        /// The branch.
+        branch: String,
+        /// Oldest first.
+        commits: Vec<NewCommit>,
+        /// A webhook's delivery id: a delivery seen before changes nothing.
+        delivery: Option<String>,
+        /// When.
+        at: SystemTime,
+    },
+    /// Give queued jobs to build agents.
+    AssignJobs {
+        /// Job id and agent.
+        jobs: Vec<(u64, HostName)>,
+        /// When.
+        at: SystemTime,
+    },
+    /// An attempt finished on its agent.
+    FinishJob {
+        /// Job and attempt.
+        job: JobRef,
+        /// The agent that reported it (must be the attempt's).
+        host: HostName,
+        /// What it found.
+        report: JobReport,
+        /// The tail of its output.
+        log_tail: Vec<u8>,
+        /// When.
+        at: SystemTime,
+    },
+    /// An attempt's agent is lost: queue the job again.
+    RequeueJob {
+        /// Job and attempt.
+        job: JobRef,
+        /// Why the agent counts as lost.
+        why: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// Quarantine a test (its failures stop failing commits) or release it.
+    SetQuarantine {
+        /// The repository.
+        repo: RepoName,
+        /// The test, as JUnit names it.
+        test: String,
+        /// Quarantine (true) or release (false).
+        on: bool,
+        /// Who.
+        by: String,
+        /// When.
+        at: SystemTime,
+    },
 }
 
 /// Why a command was not applied. Deterministic: every node rejects the same commands.
@@ -217,6 +298,12 @@ pub enum Rejection {
     /// No repository has this name.
     #[error("no repository named {0}; add it with `fifty repo add`")]
     UnknownRepo(RepoName),
+    /// The job's attempt is not the one running (it finished, or was given to another agent).
+    #[error("{0} is not running (it finished or was given to another agent)")]
+    StaleJob(JobRef),
+    /// The test is not quarantined.
+    #[error("test {0:?} is not quarantined")]
+    NotQuarantined(String),
     /// Removing this coordinator would leave no voter.
     #[error("node {0:016x} is the last voter; a cluster cannot remove its only member")]
     LastMember(u64),
@@ -238,6 +325,15 @@ pub enum Applied {
         /// The revoked serial.
         serial: String,
     },
+    /// Commits were notified.
+    Notified {
+        /// SHAs new to Fifty (the others were known already).
+        new: Vec<String>,
+        /// The webhook delivery was seen before; nothing changed.
+        duplicate: bool,
+    },
+    /// Jobs were given out (jobs no longer queued are left out).
+    Assigned(Vec<JobRef>),
 }
 
 /// Applies commands to the store.
@@ -342,10 +438,325 @@ impl Machine {
                 if store.repo(&gate.repo)?.is_none() {
                     return Ok(Err(Rejection::UnknownRepo(gate.repo.clone())));
                 }
-                batch.put_gate(gate);
+                let mut gate = gate.clone();
+                gate.last_finished_seq = store.gate(&gate.repo, &gate.branch)?.map_or(0, |g| g.last_finished_seq);
+                batch.put_gate(&gate);
+                Ok(Applied::Done)
+            }
+            Command::NotifyCommits { repo, branch, commits, delivery, at } => {
+                self.notify_commits(repo, branch, commits, delivery.as_deref(), *at, batch)?
+            }
+            Command::AssignJobs { jobs, at } => {
+                let mut assigned = Vec::new();
+                for (id, host) in jobs {
+                    let Some(mut job) = store.job(*id)? else { continue };
+                    if job.state != JobState::Queued {
+                        continue;
+                    }
+                    let n = job.attempts.len() as u32 + 1;
+                    job.attempts.push(Attempt {
+                        n,
+                        host: host.clone(),
+                        started_at: *at,
+                        finished_at: None,
+                        end: AttemptEnd::Running,
+                        exit: None,
+                        tests: Vec::new(),
+                        notes: Vec::new(),
+                        log_bytes: 0,
+                    });
+                    job.state = JobState::Running;
+                    batch.put_job(&job);
+                    assigned.push(JobRef { job: *id, attempt: n });
+                }
+                Ok(Applied::Assigned(assigned))
+            }
+            Command::FinishJob { job, host, report, log_tail, at } => {
+                self.finish_job(*job, host, report, log_tail, *at, batch)?
+            }
+            Command::RequeueJob { job: r, why, at } => {
+                let Some(mut job) = self.running_attempt(*r, None)? else {
+                    return Ok(Err(Rejection::StaleJob(*r)));
+                };
+                let lost = job.attempts.iter().filter(|a| matches!(a.end, AttemptEnd::Lost { .. })).count() + 1;
+                let attempt = job.attempts.last_mut().expect("running_attempt has one");
+                attempt.finished_at = Some(*at);
+                if lost >= MAX_LOST {
+                    attempt.end = AttemptEnd::Failed { why: format!("its agent was lost {lost} times; last: {why}") };
+                    job.state = JobState::Failed;
+                } else {
+                    attempt.end = AttemptEnd::Lost { why: why.clone() };
+                    job.state = JobState::Queued;
+                }
+                batch.put_job(&job);
+                if job.state == JobState::Failed {
+                    self.finish_commit_if_done(&job, *at, batch)?;
+                }
+                Ok(Applied::Done)
+            }
+            Command::SetQuarantine { repo, test, on, by, at } => {
+                if store.repo(repo)?.is_none() {
+                    return Ok(Err(Rejection::UnknownRepo(repo.clone())));
+                }
+                let mut book = store.tests(repo)?;
+                if *on {
+                    book.quarantined.insert(test.clone(), (by.clone(), *at));
+                } else if book.quarantined.remove(test).is_none() {
+                    return Ok(Err(Rejection::NotQuarantined(test.clone())));
+                }
+                batch.put_tests(repo, &book);
                 Ok(Applied::Done)
             }
         })
+    }
+
+    fn notify_commits(
+        &self,
+        repo: &RepoName,
+        branch: &str,
+        commits: &[NewCommit],
+        delivery: Option<&str>,
+        at: SystemTime,
+        batch: &mut Batch,
+    ) -> ApplyResult {
+        let store = &self.store;
+        if store.repo(repo)?.is_none() {
+            return Ok(Err(Rejection::UnknownRepo(repo.clone())));
+        }
+        if let Some(id) = delivery {
+            if store.delivery(id)?.is_some() {
+                return Ok(Ok(Applied::Notified { new: Vec::new(), duplicate: true }));
+            }
+            batch.put_delivery(id, at);
+        }
+        let mut counters = store.counters()?;
+        let mut new = Vec::new();
+        for c in commits {
+            if new.contains(&c.sha) || store.commit_by_sha(repo, &c.sha)?.is_some() {
+                continue;
+            }
+            counters.next_commit_seq += 1;
+            counters.next_job += 1;
+            let (seq, job) = (counters.next_commit_seq, counters.next_job);
+            batch.put_commit(&CommitRecord {
+                seq,
+                repo: repo.clone(),
+                branch: branch.to_string(),
+                sha: c.sha.clone(),
+                subject: c.subject.clone(),
+                author: c.author.clone(),
+                notified_at: at,
+                finished_at: None,
+                state: CommitState::Planning,
+                error: None,
+                plan: None,
+                jobs: vec![job],
+                flaky: Vec::new(),
+            });
+            batch.put_job(&JobRecord {
+                id: job,
+                repo: repo.clone(),
+                sha: c.sha.clone(),
+                commit_seq: seq,
+                kind: JobKind::Plan,
+                state: JobState::Queued,
+                max_failures: PLAN_MAX_FAILURES,
+                avoid: Vec::new(),
+                attempts: Vec::new(),
+                queued_at: at,
+            });
+            new.push(c.sha.clone());
+        }
+        batch.put_counters(&counters);
+        Ok(Ok(Applied::Notified { new, duplicate: false }))
+    }
+
+    /// The job whose running attempt is `r` (on `host`, when given).
+    fn running_attempt(&self, r: JobRef, host: Option<&HostName>) -> Result<Option<JobRecord>, StoreError> {
+        let Some(job) = self.store.job(r.job)? else { return Ok(None) };
+        let ok = job.state == JobState::Running
+            && job.current().is_some_and(|a| a.n == r.attempt && host.is_none_or(|h| *h == a.host));
+        Ok(ok.then_some(job))
+    }
+
+    fn finish_job(
+        &self,
+        r: JobRef,
+        host: &HostName,
+        report: &JobReport,
+        log_tail: &[u8],
+        at: SystemTime,
+        batch: &mut Batch,
+    ) -> ApplyResult {
+        let store = &self.store;
+        let Some(mut job) = self.running_attempt(r, Some(host))? else {
+            return Ok(Err(Rejection::StaleJob(r)));
+        };
+        let Some(mut commit) = store.commit(&job.repo, job.commit_seq)? else {
+            return Ok(Err(Rejection::StaleJob(r)));
+        };
+        batch.put_log(r.job, r.attempt, log_tail);
+        let attempt = job.attempts.last_mut().expect("running_attempt has one");
+        attempt.finished_at = Some(at);
+        match report {
+            JobReport::Plan { subject, author, outcome } => {
+                if commit.subject.is_empty() {
+                    commit.subject = subject.clone();
+                }
+                if commit.author.is_empty() {
+                    commit.author = author.clone();
+                }
+                attempt.exit = Some(JobExit::Exited(0));
+                match outcome {
+                    Ok((plan, shards)) => {
+                        attempt.end = AttemptEnd::Passed;
+                        job.state = JobState::Passed;
+                        let mut counters = store.counters()?;
+                        let count = shards.len() as u32;
+                        for (index, tests) in shards.iter().enumerate() {
+                            counters.next_job += 1;
+                            let shard = JobRecord {
+                                id: counters.next_job,
+                                repo: job.repo.clone(),
+                                sha: job.sha.clone(),
+                                commit_seq: commit.seq,
+                                kind: JobKind::Shard {
+                                    index: index as u32,
+                                    count,
+                                    tests: tests.clone(),
+                                    command: plan.command.clone(),
+                                    timeout: plan.timeout,
+                                    junit: plan.junit.clone(),
+                                },
+                                state: JobState::Queued,
+                                max_failures: 1 + plan.retries,
+                                avoid: Vec::new(),
+                                attempts: Vec::new(),
+                                queued_at: at,
+                            };
+                            commit.jobs.push(shard.id);
+                            batch.put_job(&shard);
+                        }
+                        batch.put_counters(&counters);
+                        commit.plan = Some(plan.clone());
+                        commit.state = CommitState::Testing;
+                        batch.put_job(&job);
+                        batch.put_commit(&commit);
+                    }
+                    Err(why) => {
+                        attempt.end = AttemptEnd::Failed { why: why.clone() };
+                        job.state = JobState::Failed;
+                        batch.put_job(&job);
+                        commit.state = CommitState::Failed;
+                        commit.error = Some(why.clone());
+                        commit.finished_at = Some(at);
+                        batch.put_commit(&commit);
+                        self.gate_follows(&commit, at, batch)?;
+                    }
+                }
+            }
+            JobReport::Shard { exit, tests, notes, log_bytes } => {
+                let mut book = store.tests(&job.repo)?;
+                let verdict = outcome::shard_verdict(exit, tests, &book.quarantined);
+                attempt.exit = Some(exit.clone());
+                attempt.tests = tests.clone();
+                attempt.notes = notes.clone();
+                attempt.log_bytes = *log_bytes;
+                for t in tests.iter().filter(|t| t.outcome == TestOutcome::Passed) {
+                    if book.durations.len() < MAX_DURATIONS || book.durations.contains_key(&t.name) {
+                        book.durations.insert(t.name.clone(), t.duration);
+                    }
+                }
+                match verdict {
+                    Ok(()) => {
+                        attempt.end = AttemptEnd::Passed;
+                        job.state = JobState::Passed;
+                    }
+                    Err(why) => {
+                        attempt.end = AttemptEnd::Failed { why };
+                        let failures =
+                            job.attempts.iter().filter(|a| matches!(a.end, AttemptEnd::Failed { .. })).count() as u32;
+                        if failures < job.max_failures {
+                            job.state = JobState::Queued;
+                            if !job.avoid.contains(host) {
+                                job.avoid.push(host.clone());
+                            }
+                        } else {
+                            job.state = JobState::Failed;
+                        }
+                    }
+                }
+                batch.put_tests(&job.repo, &book);
+                batch.put_job(&job);
+                self.finish_commit_if_done(&job, at, batch)?;
+            }
+        }
+        Ok(Ok(Applied::Done))
+    }
+
+    /// After `changed` (already in `batch`) reached a final state: if every job of its commit is
+    /// done, the commit passes or fails and the gate follows.
+    fn finish_commit_if_done(&self, changed: &JobRecord, at: SystemTime, batch: &mut Batch) -> Result<(), StoreError> {
+        let store = &self.store;
+        let Some(mut commit) = store.commit(&changed.repo, changed.commit_seq)? else { return Ok(()) };
+        if commit.state.finished() {
+            return Ok(());
+        }
+        let mut jobs = Vec::new();
+        for id in &commit.jobs {
+            if *id == changed.id {
+                jobs.push(changed.clone());
+            } else if let Some(j) = store.job(*id)? {
+                jobs.push(j);
+            }
+        }
+        if jobs.iter().any(|j| matches!(j.state, JobState::Queued | JobState::Running)) {
+            return Ok(());
+        }
+        let failed = jobs.iter().any(|j| j.state == JobState::Failed);
+        commit.state = if failed { CommitState::Failed } else { CommitState::Passed };
+        if failed {
+            commit.error = Some(outcome::failure_summary(&jobs));
+        }
+        commit.flaky = outcome::flaky(&jobs);
+        commit.finished_at = Some(at);
+        if !commit.flaky.is_empty() {
+            let mut book = store.tests(&commit.repo)?;
+            for t in &commit.flaky {
+                book.flaky.insert(t.clone(), (commit.sha.clone(), at));
+            }
+            batch.put_tests(&commit.repo, &book);
+        }
+        batch.put_commit(&commit);
+        self.gate_follows(&commit, at, batch)
+    }
+
+    /// Moves the branch's gate after `commit` finished.
+    fn gate_follows(&self, commit: &CommitRecord, at: SystemTime, batch: &mut Batch) -> Result<(), StoreError> {
+        let current = self.store.gate(&commit.repo, &commit.branch)?;
+        let closed = current.as_ref().and_then(|g| g.closed.clone());
+        let last = current.as_ref().map_or(0, |g| g.last_finished_seq);
+        let change = outcome::gate_after(commit, closed.as_ref(), last, at);
+        if commit.seq < last {
+            return Ok(());
+        }
+        let (closed, changed_at, changed_by) = match change {
+            Some(next) if next != closed => (next, at, "fifty ci".to_string()),
+            _ => (
+                closed,
+                current.as_ref().map_or(at, |g| g.changed_at),
+                current.map_or_else(|| "fifty ci".into(), |g| g.changed_by),
+            ),
+        };
+        batch.put_gate(&GateRecord {
+            repo: commit.repo.clone(),
+            branch: commit.branch.clone(),
+            closed,
+            changed_at,
+            changed_by,
+            last_finished_seq: commit.seq,
+        });
+        Ok(())
     }
 }
 

@@ -189,6 +189,8 @@ pub struct RepoView {
     pub branch: String,
     /// What a commit message carries to pass a gate closed by a red build.
     pub fix_marker: String,
+    /// Whether GitHub-style webhooks are accepted (a secret is set).
+    pub webhook: bool,
     /// When it was added.
     pub added_at: String,
 }
@@ -206,6 +208,9 @@ pub struct AddRepo {
     /// Fix marker (default `[fix]`).
     #[serde(default)]
     pub fix_marker: Option<String>,
+    /// Secret for GitHub-style webhooks (HMAC-SHA256); none: webhooks are refused.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 /// `GET /v1/repos/{repo}/gate`.
@@ -240,6 +245,164 @@ pub struct GateChange {
     /// Why (closing).
     #[serde(default)]
     pub reason: Option<String>,
+}
+
+/// `POST /v1/repos/{repo}/commits`: commits pushed to a branch, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NotifyCommits {
+    /// The branch they were pushed to (default: the repository's).
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The commits.
+    pub commits: Vec<crate::ci::NewCommit>,
+}
+
+/// The answer to a notification.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Notified {
+    /// Repository.
+    pub repo: String,
+    /// Branch.
+    pub branch: String,
+    /// SHAs queued for testing.
+    pub queued: Vec<String>,
+    /// SHAs Fifty already knew.
+    pub known: Vec<String>,
+    /// Why nothing was queued, when nothing was (another branch, a repeated delivery).
+    pub ignored: Option<String>,
+}
+
+/// One commit in `GET /v1/commits`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CommitSummary {
+    /// Repository.
+    pub repo: String,
+    /// Notification order.
+    pub seq: u64,
+    /// Full SHA.
+    pub sha: String,
+    /// Branch.
+    pub branch: String,
+    /// Subject line.
+    pub subject: String,
+    /// Author.
+    pub author: String,
+    /// `planning`, `testing`, `passed` or `failed`.
+    pub state: crate::ci::CommitState,
+    /// Why it failed, in a line.
+    pub error: Option<String>,
+    /// Shards planned.
+    pub shards: usize,
+    /// Shards passed.
+    pub shards_passed: usize,
+    /// Notified, RFC 3339.
+    pub notified_at: String,
+    /// Finished, RFC 3339.
+    pub finished_at: Option<String>,
+    /// From notification to result.
+    pub duration_secs: Option<f64>,
+    /// Tests that failed and then passed on it.
+    pub flaky: Vec<String>,
+}
+
+/// One attempt of a job in `GET /v1/commits/{sha}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AttemptView {
+    /// From 1.
+    pub attempt: u32,
+    /// The build agent.
+    pub host: String,
+    /// Started, RFC 3339.
+    pub started_at: String,
+    /// How long it ran (so far, while running).
+    pub duration_secs: f64,
+    /// How it ended.
+    pub end: crate::ci::AttemptEnd,
+    /// How its process ended: `exit 0`, `timed out`, ...
+    pub exit: Option<String>,
+    /// Tests that passed.
+    pub tests_passed: usize,
+    /// Tests that failed.
+    pub tests_failed: usize,
+    /// Notes on its reports.
+    pub notes: Vec<String>,
+    /// Bytes of output.
+    pub log_bytes: u64,
+}
+
+/// One job of a commit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobView {
+    /// Job id.
+    pub id: u64,
+    /// Shard index; none for the plan.
+    pub shard: Option<u32>,
+    /// `queued`, `running`, `passed` or `failed`.
+    pub state: crate::ci::JobState,
+    /// Tests assigned to it.
+    pub tests: usize,
+    /// Its attempts.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// A failed test of a commit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FailedTest {
+    /// Name.
+    pub name: String,
+    /// Shard.
+    pub shard: u32,
+    /// Attempt.
+    pub attempt: u32,
+    /// Agent.
+    pub host: String,
+    /// Failure message.
+    pub message: String,
+    /// Quarantined: reported, not failing the commit.
+    pub quarantined: bool,
+    /// Passed on a later attempt.
+    pub flaky: bool,
+}
+
+/// `GET /v1/commits/{sha}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CommitView {
+    /// The summary.
+    #[serde(flatten)]
+    pub summary: CommitSummary,
+    /// Its jobs: the plan, then the shards.
+    pub jobs: Vec<JobView>,
+    /// Every failed test, every attempt.
+    pub failed_tests: Vec<FailedTest>,
+}
+
+/// `GET /v1/repos/{repo}/tests`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TestsView {
+    /// Repository.
+    pub repo: String,
+    /// Tests with a known duration.
+    pub known: usize,
+    /// Sum of their durations.
+    pub total_secs: f64,
+    /// Quarantined: name, by whom, since.
+    pub quarantined: Vec<(String, String, String)>,
+    /// Seen flaky: name, last commit, when.
+    pub flaky: Vec<(String, String, String)>,
+}
+
+/// `POST /v1/repos/{repo}/quarantine`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Quarantine {
+    /// The test, as its JUnit names it.
+    pub test: String,
+    /// Quarantine (default) or release.
+    #[serde(default = "yes")]
+    pub on: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An error body.

@@ -154,6 +154,7 @@ mod tests {
                 disk_total_bytes: 100 << 30,
                 uptime: Duration::from_secs(5),
             },
+            jobs: vec![crate::wire::JobRef { job: 3, attempt: 1 }],
         })
     }
 

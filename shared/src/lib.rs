@@ -12,6 +12,7 @@ pub mod codec;
 pub mod config;
 pub mod ids;
 pub mod logging;
+pub mod pipeline;
 pub mod tls;
 pub mod token;
 pub mod wire;

@@ -6,6 +6,8 @@
 //!   authenticates the coordinator by the CA fingerprint its join token carries.
 //! - [`ALPN_AGENT`]: an enrolled host, with its certificate, opens one bi-stream (the control
 //!   stream), sends [`AgentMsg::Hello`], reads [`CoordinatorMsg::Welcome`], then heartbeats.
+//!   On the same stream the coordinator hands build hosts jobs ([`CoordinatorMsg::RunJob`]) and
+//!   the agent streams their output and reports each result until it is acknowledged.
 //!
 //! A refusal after the handshake is a QUIC connection close with one of the [`close`] codes and
 //! a reason a person can read.
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use bincode::{Decode, Encode};
 
-use crate::ids::{HostName, Labels};
+use crate::ids::{HostName, Labels, RepoName};
 
 /// ALPN of the enrollment protocol (no client certificate).
 pub const ALPN_ENROLL: &[u8] = b"fifty-enroll/1";
@@ -97,13 +99,120 @@ pub struct Health {
     pub uptime: Duration,
 }
 
-/// A heartbeat: sequence number and health.
+/// A heartbeat: sequence number, health, and the jobs the agent holds.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct Heartbeat {
     /// Counts up from 1 per connection; echoed in [`CoordinatorMsg::HeartbeatAck`].
     pub seq: u64,
     /// The host's health now.
     pub health: Health,
+    /// Jobs running here, or finished with their result not yet acknowledged. The coordinator
+    /// re-queues a job it gave this host that is missing from the list.
+    pub jobs: Vec<JobRef>,
+}
+
+/// One attempt at one job: the job's id and the attempt's number. A result names both, so a
+/// late result of an attempt the coordinator gave up on is recognised and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct JobRef {
+    /// The job (a commit's plan, or one shard of its tests).
+    pub job: u64,
+    /// Which attempt, from 1.
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for JobRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {} attempt {}", self.job, self.attempt)
+    }
+}
+
+/// What a build agent is asked to do with a commit.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum JobKind {
+    /// Check the commit out, read `fifty.toml`, and collect the test list (`[test] list`).
+    Plan,
+    /// Run the test command for one shard.
+    Shard {
+        /// This shard, from 0.
+        index: u32,
+        /// How many shards the commit has.
+        count: u32,
+        /// Tests assigned to this shard (empty: the command splits by index/count itself).
+        tests: Vec<String>,
+        /// The shell command.
+        command: String,
+        /// How long it may run before its process tree is killed.
+        timeout: Duration,
+        /// Glob of the JUnit XML files it writes, relative to the repository root.
+        junit: Option<String>,
+    },
+}
+
+/// A job for a build agent.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct JobSpec {
+    /// Which job and attempt.
+    pub job: JobRef,
+    /// The repository's name (the agent keeps one cached clone per name).
+    pub repo: RepoName,
+    /// Where to fetch it.
+    pub url: String,
+    /// The commit to check out.
+    pub sha: String,
+    /// What to do.
+    pub kind: JobKind,
+}
+
+/// How a job's process ended.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum JobExit {
+    /// It exited with this code (a signal counts as 128 + its number).
+    Exited(i32),
+    /// It ran past its timeout and its process tree was killed.
+    TimedOut,
+    /// It could not be run at all (fetch, checkout or spawn failed), and why.
+    Failed(String),
+}
+
+/// What a plan job found at the commit.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct PlanFound {
+    /// The commit's subject line.
+    pub subject: String,
+    /// Its author.
+    pub author: String,
+    /// The text of `fifty.toml`, if the commit has one.
+    pub pipeline: Option<String>,
+    /// The test names `[test] list` printed (empty without `list`).
+    pub tests: Vec<String>,
+}
+
+/// Most bytes of JUnit XML one shard may report.
+pub const MAX_JUNIT_BYTES: usize = 512 * 1024;
+
+/// Most bytes of output kept with a job's result (its tail).
+pub const MAX_LOG_TAIL_BYTES: usize = 128 * 1024;
+
+/// Agent → coordinator: a job's result.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct JobDone {
+    /// Which job and attempt.
+    pub job: JobRef,
+    /// How it ended.
+    pub exit: JobExit,
+    /// How long it ran.
+    pub duration: Duration,
+    /// For a plan: what it found.
+    pub plan: Option<PlanFound>,
+    /// JUnit XML files the shard left, as (path, text); at most [`MAX_JUNIT_BYTES`] in all.
+    pub junit: Vec<(String, String)>,
+    /// A note when reports were skipped (too large, unreadable).
+    pub junit_note: Option<String>,
+    /// The last [`MAX_LOG_TAIL_BYTES`] of its output.
+    pub log_tail: Vec<u8>,
+    /// How many bytes of output it wrote in all.
+    pub log_bytes: u64,
 }
 
 /// Agent → coordinator, on the control stream.
@@ -116,6 +225,18 @@ pub enum AgentMsg {
     },
     /// Periodic health report.
     Heartbeat(Heartbeat),
+    /// Output a running job wrote, from byte `offset` of its output (live view only: a chunk
+    /// may be dropped when the link is slow; the result carries the tail).
+    JobOutput {
+        /// Which job and attempt.
+        job: JobRef,
+        /// Where in the job's output this chunk starts.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A job finished; sent again on every new link until acknowledged.
+    JobDone(JobDone),
 }
 
 /// Coordinator → agent, on the control stream.
@@ -134,6 +255,12 @@ pub enum CoordinatorMsg {
         /// The acknowledged sequence number.
         seq: u64,
     },
+    /// Run this job.
+    RunJob(JobSpec),
+    /// Stop this job if it runs (it was given to another host); report nothing for it.
+    CancelJob(JobRef),
+    /// The result of this job is recorded; forget it.
+    JobDoneAck(JobRef),
 }
 
 /// Coordinator → coordinator, on unidirectional streams: Raft traffic. Raft's own messages are

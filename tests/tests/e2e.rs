@@ -565,3 +565,231 @@ async fn the_commit_gate_refuses_pushes_while_closed() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- CI: every commit tested, sharded, and the gate following the branch ----------------------
+
+use fifty::ci::{AttemptEnd, CommitState};
+use fifty::sample_app::SampleRepo;
+use fifty::views::CommitView;
+
+/// Waits until commit `sha` has finished and returns it.
+async fn wait_finished(cluster: &LocalCluster, sha: &str, deadline: Duration) -> CommitView {
+    let client = cluster.client();
+    let path = format!("/v1/commits/{sha}");
+    wait_for(&format!("commit {} to finish", &sha[..10]), deadline, || {
+        let (client, path) = (client.clone(), path.clone());
+        async move {
+            let view: CommitView = client.get(&path).await?;
+            Ok(view.summary.state.finished().then_some(view))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn hosts_of(view: &CommitView) -> Vec<String> {
+    let mut hosts: Vec<String> = view
+        .jobs
+        .iter()
+        .filter(|j| j.shard.is_some())
+        .flat_map(|j| j.attempts.iter().map(|a| a.host.clone()))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+fn said(out: &Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+async fn webhook(cluster: &LocalCluster, secret: &str, delivery: &str, body: &str) -> (u16, String) {
+    use hyper::header::{HeaderName, HeaderValue};
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let sig = format!("sha256={}", hex::encode(ring::hmac::sign(&key, body.as_bytes()).as_ref()));
+    let client =
+        fifty::cli::Client::new(&cluster.addr(), None, &std::fs::read_to_string(cluster.ca_path()).unwrap()).unwrap();
+    let headers = [
+        (HeaderName::from_static("x-hub-signature-256"), HeaderValue::from_str(&sig).unwrap()),
+        (HeaderName::from_static("x-github-delivery"), HeaderValue::from_str(delivery).unwrap()),
+        (HeaderName::from_static("x-github-event"), HeaderValue::from_static("push")),
+        (HeaderName::from_static("content-type"), HeaderValue::from_static("application/json")),
+    ];
+    let (status, _, bytes) = client
+        .forward(hyper::Method::POST, "/v1/webhooks/github?repo=shop", &headers, body.as_bytes().to_vec().into())
+        .await
+        .unwrap();
+    (status.as_u16(), text(&bytes))
+}
+
+/// The CI story with a real bare repository, the real hooks, two build agents and the sample
+/// shop's real test suite writing JUnit: green commits spread over both agents; a red one closes
+/// the gate and the next push is refused; a `[fix]` push gets in and reopens it; a flaky test is
+/// caught; a quarantined test stops failing commits; a build agent killed mid-shard has its job
+/// re-run on the other; a bad `fifty.toml` fails its commit by name; webhooks are signed and
+/// deduplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_commit_is_tested_sharded_and_gates_the_branch() {
+    let dir = test_dir("ci");
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), Options::default()).await.unwrap();
+    for name in ["build-1", "build-2"] {
+        cluster.add_agent(name, "role=build,slots=2").await.unwrap();
+    }
+    cluster.wait_reporting(&["build-1", "build-2"], DEADLINE).await.unwrap();
+    let ci = token(&cluster, "ci", None).await;
+    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, Some("s3cret")).await.unwrap();
+    let marks = dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let deadline = Duration::from_secs(120);
+
+    // 1. A good commit: the post-receive hook queues it; green, its two shards on both agents.
+    let good = repo.git_head().await;
+    let out = repo.push().await.unwrap();
+    assert!(out.status.success(), "first push: {}", said(&out));
+    assert!(said(&out).contains("Queued"), "the post-receive hook should queue the commit: {}", said(&out));
+    let view = wait_finished(&cluster, &good, deadline).await;
+    assert_eq!(view.summary.state, CommitState::Passed, "{view:#?}");
+    assert_eq!(view.summary.shards, 2);
+    assert_eq!(hosts_of(&view), ["build-1", "build-2"], "shards should spread over both agents: {view:#?}");
+    assert_eq!(view.jobs.iter().map(|j| j.tests).sum::<usize>(), 5, "every listed test assigned once");
+    let out = cli(&cluster, &ci.token, &["commit", "log", &good[..8], "--shard", "0"]).await;
+    assert!(text(&out.stdout).contains("ok    test_"), "shard output: {}", said(&out));
+
+    // 2. A breaking commit goes red (its failing shard retried on the other agent) and closes the gate.
+    repo.edit("app/shop.sh", "pear) echo 55", "pear) echo 50").unwrap();
+    let red = repo.commit("Cheaper pears").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let view = wait_finished(&cluster, &red, deadline).await;
+    assert_eq!(view.summary.state, CommitState::Failed);
+    let failed = view.failed_tests.iter().find(|t| t.name == "test_total").expect("test_total failed");
+    assert!(failed.message.contains("3 pears cost 150, expected 165"), "{failed:?}");
+    let retried = view.jobs.iter().find(|j| j.attempts.len() == 2).expect("the red shard was retried");
+    assert_ne!(retried.attempts[0].host, retried.attempts[1].host, "a retry goes to another agent");
+    let out = cli(&cluster, &ci.token, &["commit", "show", &red[..8]]).await;
+    assert!(text(&out.stdout).contains("test_total") && text(&out.stdout).contains("FAILED"), "{}", said(&out));
+
+    // 3. The next ordinary push is refused, with the reason.
+    repo.write("NOTES.md", "more features\n").unwrap();
+    repo.commit("More features").await.unwrap();
+    let out = repo.push().await.unwrap();
+    assert!(!out.status.success(), "a push got through a red gate");
+    assert!(said(&out).contains("build red") && said(&out).contains(&red[..10]), "{}", said(&out));
+    repo.undo_commit().await.unwrap();
+
+    // 4. A [fix] push gets in and goes green — and a test that fails once, then passes on the
+    // retry, is caught as flaky. The gate reopens.
+    repo.edit("app/shop.sh", "pear) echo 50", "pear) echo 55").unwrap();
+    let flaky = format!(
+        "mark={}/flaky-$FIFTY_COMMIT\nif [ -e \"$mark\" ]; then exit 0; fi\ntouch \"$mark\"\necho 'first run fails'\nexit 1\n",
+        marks.display()
+    );
+    repo.write("tests/test_flaky.sh", &flaky).unwrap();
+    let fix = repo.commit("[fix] Pears cost 55 again").await.unwrap();
+    let out = repo.push().await.unwrap();
+    assert!(out.status.success(), "a [fix] push was refused: {}", said(&out));
+    let view = wait_finished(&cluster, &fix, deadline).await;
+    assert_eq!(view.summary.state, CommitState::Passed, "{view:#?}");
+    assert_eq!(view.summary.flaky, ["test_flaky"]);
+    let out = cli(&cluster, &ci.token, &["gate", "check", "shop"]).await;
+    assert_eq!(out.status.code(), Some(0), "the gate should reopen after a green commit: {}", said(&out));
+    let out = cli(&cluster, &ci.token, &["test", "list", "shop"]).await;
+    assert!(text(&out.stdout).contains("test_flaky"), "{}", said(&out));
+
+    // 5. A quarantined test's failure is reported but does not fail the commit.
+    let out = cli(&cluster, &cluster.admin_token, &["test", "quarantine", "shop", "test_receipt"]).await;
+    assert!(out.status.success(), "{}", said(&out));
+    repo.edit("app/shop.sh", "'%s x%s  %d.%02d\\n'", "'%s * %s  %d.%02d\\n'").unwrap();
+    let quarantined = repo.commit("Receipts use *").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let view = wait_finished(&cluster, &quarantined, deadline).await;
+    assert_eq!(view.summary.state, CommitState::Passed, "{view:#?}");
+    assert!(view.failed_tests.iter().any(|t| t.name == "test_receipt" && t.quarantined), "{view:#?}");
+
+    // 6. A build agent killed mid-shard: its job is re-queued and passes on the other agent.
+    // The slow test holds while `hold` exists, so it is running when its agent is killed.
+    let hold = marks.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let slow = format!(
+        "pwd > {m}/started-$FIFTY_COMMIT-$$\ni=0\nwhile [ -e {m}/hold ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n[ ! -e {m}/hold ]\n",
+        m = marks.display()
+    );
+    repo.write("tests/test_slow.sh", &slow).unwrap();
+    let killed = repo.commit("A slow test").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let victim = wait_for("the slow test to start", deadline, || {
+        let marks = marks.clone();
+        let killed = killed.clone();
+        async move {
+            for entry in std::fs::read_dir(&marks)? {
+                let name = entry?.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("started-{killed}")) {
+                    let pwd = std::fs::read_to_string(marks.join(&name))?;
+                    let agent = ["build-1", "build-2"].into_iter().find(|a| pwd.contains(&format!("/agents/{a}/")));
+                    return Ok(agent.map(str::to_string));
+                }
+            }
+            Ok(None)
+        }
+    })
+    .await
+    .unwrap();
+    cluster.kill_agent(&victim).await.unwrap();
+    std::fs::remove_file(&hold).unwrap();
+    let view = wait_finished(&cluster, &killed, deadline).await;
+    assert_eq!(view.summary.state, CommitState::Passed, "{view:#?}");
+    let lost = view
+        .jobs
+        .iter()
+        .find(|j| j.attempts.iter().any(|a| matches!(a.end, AttemptEnd::Lost { .. })))
+        .unwrap_or_else(|| panic!("no attempt was lost: {view:#?}"));
+    assert_eq!(lost.attempts[0].host, victim);
+    assert_ne!(lost.attempts.last().unwrap().host, victim, "the job re-ran on the other agent");
+    cluster.start_agent(&victim).unwrap();
+
+    // 7. A bad fifty.toml fails its commit with the key and the problem, and closes the gate.
+    repo.edit("fifty.toml", "shards  = 2", "shards  = \"two\"").unwrap();
+    let bad = repo.commit("Typo in the pipeline").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let view = wait_finished(&cluster, &bad, deadline).await;
+    assert_eq!(view.summary.state, CommitState::Failed);
+    let error = view.summary.error.clone().unwrap_or_default();
+    assert!(error.contains("fifty.toml") && error.contains("shards"), "{error}");
+    let out = cli(&cluster, &ci.token, &["gate", "check", "shop"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+
+    // 8. Webhooks: a wrong signature is refused; a signed push is queued once per delivery.
+    repo.edit("fifty.toml", "shards  = \"two\"", "shards  = 2").unwrap();
+    let hooked = repo.commit("[fix] shards is a number").await.unwrap();
+    // Update the bare repository without its hooks, as a GitHub-hosted repository would be.
+    let out =
+        fifty::sample_app::git(&repo.bare, &["fetch", "-q", repo.work.to_str().unwrap(), "+HEAD:refs/heads/main"])
+            .await
+            .unwrap();
+    assert!(out.status.success(), "{}", said(&out));
+    let body = serde_json::json!({
+        "ref": "refs/heads/main",
+        "after": hooked,
+        "repository": { "name": "shop", "clone_url": repo.bare.display().to_string() },
+        "commits": [{ "id": hooked, "message": "[fix] shards is a number", "author": { "name": "Dev" } }],
+    })
+    .to_string();
+    let (status, said_) = webhook(&cluster, "not the secret", "d-1", &body).await;
+    assert_eq!(status, 401, "{said_}");
+    let (status, said_) = webhook(&cluster, "s3cret", "d-2", &body).await;
+    assert_eq!(status, 200, "{said_}");
+    assert!(said_.contains(&hooked), "{said_}");
+    let (status, said_) = webhook(&cluster, "s3cret", "d-2", &body).await;
+    assert!(status == 200 && said_.contains("received before"), "{status} {said_}");
+    let view = wait_finished(&cluster, &hooked, deadline).await;
+    assert_eq!(view.summary.state, CommitState::Passed, "{view:#?}");
+    assert_eq!(view.summary.author, "Dev");
+    let out = cli(&cluster, &ci.token, &["gate", "check", "shop"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+
+    let out = cli(&cluster, &ci.token, &["commits", "--repo", "shop"]).await;
+    let listing = text(&out.stdout);
+    assert_eq!(listing.lines().count(), 1 + 7, "header and 7 commits: {listing}");
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

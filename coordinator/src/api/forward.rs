@@ -66,7 +66,8 @@ async fn forward(c: &Coordinator, leader_http: &str, req: Request) -> Result<Res
         header::HeaderName::from_static(FORWARDED),
         HeaderValue::from_str(&format!("{:016x}", c.consensus.id())).expect("hex is a valid header value"),
     )];
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+    let webhook = super::webhook::HEADERS.iter().map(|h| header::HeaderName::from_static(h));
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE].into_iter().chain(webhook) {
         if let Some(v) = parts.headers.get(&name) {
             headers.push((name, v.clone()));
         }

@@ -8,6 +8,11 @@
 //!
 //! | `GET /v1/repos`, `GET /v1/repos/{repo}/gate?branch=&message=` | read |
 //! | `POST /v1/repos`, `POST /v1/repos/{repo}/gate/close`, `POST /v1/repos/{repo}/gate/open` | admin |
+//! | `GET /v1/commits?repo=&limit=`, `GET /v1/commits/{sha}?repo=`, `GET /v1/commits/{sha}/log?shard=&attempt=` | read |
+//! | `GET /v1/repos/{repo}/tests` | read |
+//! | `POST /v1/repos/{repo}/commits` | ci |
+//! | `POST /v1/repos/{repo}/quarantine` | admin |
+//! | `POST /v1/webhooks/github` | none: an HMAC-SHA256 signature with the repository's secret (`webhook`) |
 //! | `GET /v1/cluster/members` | read |
 //! | `DELETE /v1/cluster/members/{id}` | admin |
 //! | `POST /v1/debug/isolate` | admin, and only with `fault_injection = true` |
@@ -17,6 +22,7 @@
 
 mod forward;
 mod https;
+mod webhook;
 
 use std::sync::Arc;
 
@@ -32,7 +38,7 @@ pub use https::serve;
 use crate::coordinator::{Coordinator, OpError};
 use crate::state::Rejection;
 use crate::store::StoreError;
-use crate::views::{AddRepo, CreateToken, ErrorBody, GateChange, GateView};
+use crate::views::{AddRepo, CreateToken, ErrorBody, GateChange, GateView, NotifyCommits, Quarantine};
 
 /// An API failure, rendered as `{"error": "..."}` with its status.
 pub struct ApiError(pub StatusCode, pub String);
@@ -54,6 +60,7 @@ impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         match e {
             OpError::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            OpError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
             OpError::Rejected(
                 r @ (Rejection::UnknownHost(_) | Rejection::UnknownAccessor(_) | Rejection::UnknownRepo(_)),
             ) => ApiError(StatusCode::NOT_FOUND, r.to_string()),
@@ -103,6 +110,13 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/repos/{repo}/gate", get(gate))
         .route("/v1/repos/{repo}/gate/close", post(close_gate))
         .route("/v1/repos/{repo}/gate/open", post(open_gate))
+        .route("/v1/repos/{repo}/commits", post(notify_commits))
+        .route("/v1/repos/{repo}/tests", get(tests))
+        .route("/v1/repos/{repo}/quarantine", post(quarantine))
+        .route("/v1/commits", get(commits))
+        .route("/v1/commits/{sha}", get(commit))
+        .route("/v1/commits/{sha}/log", get(commit_log))
+        .route("/v1/webhooks/github", post(webhook::github))
         .route("/v1/cluster/members", get(members))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/debug/isolate", post(isolate))
@@ -220,6 +234,76 @@ async fn open_gate(
     body: Option<Json<GateChange>>,
 ) -> Result<impl IntoResponse, ApiError> {
     change_gate(c, headers, repo, body.map(|Json(b)| b), false).await
+}
+
+fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text())))
+}
+
+async fn notify_commits(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(repo): Path<String>,
+    body: Result<Json<NotifyCommits>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Ci)?;
+    let req = json_body(body)?;
+    Ok(Json(c.notify_commits(&repo, req.branch, req.commits, None).await?))
+}
+
+async fn tests(State(c): Shared, headers: HeaderMap, Path(repo): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.tests_view(&repo)?))
+}
+
+async fn quarantine(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(repo): Path<String>,
+    body: Result<Json<Quarantine>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = authorize(&c, &headers, Role::Admin)?;
+    let req = json_body(body)?;
+    c.quarantine(&repo, &req.test, req.on, &by).await?;
+    Ok(Json(c.tests_view(&repo)?))
+}
+
+#[derive(serde::Deserialize)]
+struct CommitsQuery {
+    repo: Option<String>,
+    limit: Option<usize>,
+    shard: Option<u32>,
+    attempt: Option<u32>,
+}
+
+async fn commits(
+    State(c): Shared,
+    headers: HeaderMap,
+    Query(q): Query<CommitsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.commits(q.repo.as_deref(), q.limit.unwrap_or(20).clamp(1, 1000))?))
+}
+
+async fn commit(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+    Query(q): Query<CommitsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.commit_view(&sha, q.repo.as_deref())?))
+}
+
+async fn commit_log(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+    Query(q): Query<CommitsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    let bytes = c.commit_log(&sha, q.repo.as_deref(), q.shard, q.attempt)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes))
 }
 
 async fn members(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {

@@ -9,9 +9,11 @@ mod output;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::ci::NewCommit;
 use crate::gate::Verdict;
 use crate::views::{
-    AddRepo, ClusterView, CreateToken, GateChange, GateView, HostView, RepoView, StatusView, TokenCreated, TokenView,
+    AddRepo, ClusterView, CommitSummary, CommitView, CreateToken, GateChange, GateView, HostView, Notified,
+    NotifyCommits, Quarantine, RepoView, StatusView, TestsView, TokenCreated, TokenView,
 };
 pub use client::{ApiFailure, Client, ClientOpts};
 
@@ -67,6 +69,28 @@ enum Command {
         #[command(subcommand)]
         command: RepoCommand,
     },
+    /// Commits Fifty tested or is testing, newest first.
+    Commits {
+        /// Only this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One commit: its shards, their agents and results, failed and flaky tests, output.
+    Commit {
+        #[command(subcommand)]
+        command: CommitCommand,
+    },
+    /// A repository's tests: durations, flaky tests, quarantine.
+    Test {
+        #[command(subcommand)]
+        command: TestCommand,
+    },
     /// The commit gate of a repository's branch.
     Gate {
         #[command(subcommand)]
@@ -86,6 +110,73 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CommitCommand {
+    /// Show a commit (SHA or a prefix of 4+ digits).
+    Show {
+        /// The commit.
+        sha: String,
+        /// Its repository, if the prefix is ambiguous.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shard's output (live while it runs); without --shard, the plan job's.
+    Log {
+        /// The commit.
+        sha: String,
+        /// The shard, from 0.
+        #[arg(long)]
+        shard: Option<u32>,
+        /// The attempt (default: the last).
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Its repository, if the prefix is ambiguous.
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// Tell Fifty about pushed commits (what scripts/hooks/post-receive runs). Subjects and
+    /// authors are read from the git repository in the current directory when there is one.
+    Notify {
+        /// The repository's name in Fifty.
+        repo: String,
+        /// The branch they were pushed to (default: the repository's).
+        #[arg(long)]
+        branch: Option<String>,
+        /// Full SHAs, oldest first.
+        #[arg(required = true)]
+        shas: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TestCommand {
+    /// Quarantine a test: its failures are still reported but no longer fail commits.
+    Quarantine {
+        /// The repository.
+        repo: String,
+        /// The test, as its JUnit report names it.
+        test: String,
+    },
+    /// Release a quarantined test.
+    Unquarantine {
+        /// The repository.
+        repo: String,
+        /// The test.
+        test: String,
+    },
+    /// Known tests, quarantined and flaky ones.
+    List {
+        /// The repository.
+        repo: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -117,6 +208,10 @@ enum RepoCommand {
         /// What a commit message carries to pass a gate closed by a red build.
         #[arg(long, default_value = "[fix]")]
         fix_marker: String,
+        /// Secret for GitHub-style push webhooks (POST /v1/webhooks/github); without one they
+        /// are refused.
+        #[arg(long, env = "FIFTY_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
     },
     /// List repositories.
     List {
@@ -266,6 +361,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token { command } => token(&cli.client, command).await,
         Command::Repo { command } => repo(&cli.client, command).await,
         Command::Gate { command } => gate(&cli.client, command).await,
+        Command::Commits { repo, limit, json } => {
+            let q = query(&[("repo", repo.as_deref()), ("limit", Some(&limit.to_string()))]);
+            let commits: Vec<CommitSummary> = Client::from_opts(&cli.client)?.get(&format!("/v1/commits{q}")).await?;
+            output::print(json, &commits, |c| output::commits(c))
+        }
+        Command::Commit { command } => commit(&cli.client, command).await,
+        Command::Test { command } => test(&cli.client, command).await,
         Command::Cluster { command: ClusterCommand::Members { json } } => {
             let view: ClusterView = Client::from_opts(&cli.client)?.get("/v1/cluster/members").await?;
             output::print(json, &view, output::cluster)
@@ -328,8 +430,8 @@ async fn token(opts: &ClientOpts, command: TokenCommand) -> Result<()> {
 async fn repo(opts: &ClientOpts, command: RepoCommand) -> Result<()> {
     let client = Client::from_opts(opts)?;
     match command {
-        RepoCommand::Add { name, url, branch, fix_marker } => {
-            let req = AddRepo { name, url, branch: Some(branch), fix_marker: Some(fix_marker) };
+        RepoCommand::Add { name, url, branch, fix_marker, webhook_secret } => {
+            let req = AddRepo { name, url, branch: Some(branch), fix_marker: Some(fix_marker), webhook_secret };
             let repo: RepoView = client.post("/v1/repos", &req).await?;
             println!("Added repository {} ({}, branch {}).", repo.name, repo.url, repo.branch);
             Ok(())
@@ -337,6 +439,78 @@ async fn repo(opts: &ClientOpts, command: RepoCommand) -> Result<()> {
         RepoCommand::List { json } => {
             let repos: Vec<RepoView> = client.get("/v1/repos").await?;
             output::print(json, &repos, |r| output::repos(r))
+        }
+    }
+}
+
+async fn commit(opts: &ClientOpts, command: CommitCommand) -> Result<()> {
+    let client = Client::from_opts(opts)?;
+    match command {
+        CommitCommand::Show { sha, repo, json } => {
+            let view: CommitView =
+                client.get(&format!("/v1/commits/{sha}{}", query(&[("repo", repo.as_deref())]))).await?;
+            output::print(json, &view, output::commit)
+        }
+        CommitCommand::Log { sha, shard, attempt, repo } => {
+            let (shard, attempt) = (shard.map(|s| s.to_string()), attempt.map(|a| a.to_string()));
+            let q = query(&[("shard", shard.as_deref()), ("attempt", attempt.as_deref()), ("repo", repo.as_deref())]);
+            let text = client.get_text(&format!("/v1/commits/{sha}/log{q}")).await?;
+            print!("{text}");
+            Ok(())
+        }
+        CommitCommand::Notify { repo, branch, shas } => {
+            let commits = shas.iter().map(|sha| describe_commit(sha.trim())).collect();
+            let answer: Notified =
+                client.post(&format!("/v1/repos/{repo}/commits"), &NotifyCommits { branch, commits }).await?;
+            if let Some(why) = &answer.ignored {
+                println!("Nothing queued: {why}.");
+            }
+            for sha in &answer.queued {
+                println!("Queued {} of {}/{} for testing.", &sha[..10.min(sha.len())], answer.repo, answer.branch);
+            }
+            for sha in &answer.known {
+                println!("Already known: {}.", &sha[..10.min(sha.len())]);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A commit with its subject and author, when the git repository in the current directory (a
+/// hook's) has it.
+fn describe_commit(sha: &str) -> NewCommit {
+    let out = std::process::Command::new("git")
+        .args(["log", "-1", "--format=%s%x1f%an", sha, "--"])
+        .stderr(std::process::Stdio::null())
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim_end().to_string(),
+        _ => String::new(),
+    };
+    let (subject, author) = text.split_once('\u{1f}').unwrap_or((&text, ""));
+    NewCommit { sha: sha.to_string(), subject: subject.to_string(), author: author.to_string() }
+}
+
+async fn test(opts: &ClientOpts, command: TestCommand) -> Result<()> {
+    let client = Client::from_opts(opts)?;
+    match command {
+        TestCommand::Quarantine { repo, test } => {
+            let _: TestsView = client
+                .post(&format!("/v1/repos/{repo}/quarantine"), &Quarantine { test: test.clone(), on: true })
+                .await?;
+            println!("Quarantined {test} in {repo}: its failures are reported but no longer fail commits.");
+            Ok(())
+        }
+        TestCommand::Unquarantine { repo, test } => {
+            let _: TestsView = client
+                .post(&format!("/v1/repos/{repo}/quarantine"), &Quarantine { test: test.clone(), on: false })
+                .await?;
+            println!("Released {test} in {repo}: its failures fail commits again.");
+            Ok(())
+        }
+        TestCommand::List { repo, json } => {
+            let view: TestsView = client.get(&format!("/v1/repos/{repo}/tests")).await?;
+            output::print(json, &view, output::tests)
         }
     }
 }

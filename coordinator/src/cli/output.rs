@@ -233,3 +233,157 @@ mod tests {
         assert_eq!(t, "A     BB\nlong  x\n");
     }
 }
+
+fn secs(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    }
+}
+
+fn state_word(s: crate::ci::CommitState) -> &'static str {
+    match s {
+        crate::ci::CommitState::Planning => "planning",
+        crate::ci::CommitState::Testing => "testing",
+        crate::ci::CommitState::Passed => "passed",
+        crate::ci::CommitState::Failed => "FAILED",
+    }
+}
+
+/// `fifty commits`.
+pub fn commits(commits: &[crate::views::CommitSummary]) -> String {
+    if commits.is_empty() {
+        return "No commits yet. Wire scripts/hooks/post-receive into the repository, or run `fifty commit notify`.\n"
+            .into();
+    }
+    let rows: Vec<Vec<String>> = commits
+        .iter()
+        .map(|c| {
+            vec![
+                c.sha[..c.sha.len().min(10)].to_string(),
+                format!("{}/{}", c.repo, c.branch),
+                state_word(c.state).to_string(),
+                if c.shards == 0 { "-".into() } else { format!("{}/{}", c.shards_passed, c.shards) },
+                or_dash(c.duration_secs, secs),
+                c.author.clone(),
+                c.subject.clone(),
+            ]
+        })
+        .collect();
+    table(&["COMMIT", "REPO", "STATE", "SHARDS", "TOOK", "AUTHOR", "SUBJECT"], &rows)
+}
+
+/// `fifty commit show`.
+pub fn commit(c: &crate::views::CommitView) -> String {
+    let s = &c.summary;
+    let mut out = format!(
+        "commit {}  {}/{}  {}{}\n",
+        s.sha,
+        s.repo,
+        s.branch,
+        state_word(s.state),
+        s.duration_secs.map(|d| format!(" in {}", secs(d))).unwrap_or_default()
+    );
+    if !s.subject.is_empty() {
+        let _ = writeln!(
+            out,
+            "  \"{}\"{}",
+            s.subject,
+            if s.author.is_empty() { String::new() } else { format!(" by {}", s.author) }
+        );
+    }
+    if let Some(e) = &s.error {
+        let _ = writeln!(out, "  {e}");
+    }
+    out.push('\n');
+    let mut rows = Vec::new();
+    for j in &c.jobs {
+        let name = j.shard.map(|n| n.to_string()).unwrap_or_else(|| "plan".into());
+        let tests = if j.shard.is_some() { j.tests.to_string() } else { "-".into() };
+        if j.attempts.is_empty() {
+            rows.push(vec![
+                name.clone(),
+                format!("{:?}", j.state).to_lowercase(),
+                tests.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "waiting for a build agent".into(),
+            ]);
+        }
+        for a in &j.attempts {
+            let result = match &a.end {
+                crate::ci::AttemptEnd::Running => "running".to_string(),
+                crate::ci::AttemptEnd::Passed => a.exit.clone().unwrap_or_else(|| "passed".into()),
+                crate::ci::AttemptEnd::Failed { why } => format!("failed: {why}"),
+                crate::ci::AttemptEnd::Lost { why } => format!("lost, re-queued: {why}"),
+            };
+            rows.push(vec![
+                name.clone(),
+                format!("{:?}", j.state).to_lowercase(),
+                tests.clone(),
+                a.attempt.to_string(),
+                a.host.clone(),
+                secs(a.duration_secs),
+                result,
+            ]);
+        }
+    }
+    out.push_str(&table(&["SHARD", "STATE", "TESTS", "ATTEMPT", "AGENT", "TOOK", "RESULT"], &rows));
+    if !c.failed_tests.is_empty() {
+        out.push_str("\nFailed tests:\n");
+        for t in &c.failed_tests {
+            let mut tags = Vec::new();
+            if t.quarantined {
+                tags.push("quarantined");
+            }
+            if t.flaky {
+                tags.push("flaky: passed on retry");
+            }
+            let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(", ")) };
+            let _ = writeln!(out, "  {} (shard {}, attempt {}, {}){tags}", t.name, t.shard, t.attempt, t.host);
+            for line in t.message.lines().take(6) {
+                let _ = writeln!(out, "      {line}");
+            }
+        }
+    }
+    if !s.flaky.is_empty() {
+        let _ = writeln!(out, "\nFlaky tests (failed, then passed): {}", s.flaky.join(", "));
+    }
+    for j in &c.jobs {
+        for a in &j.attempts {
+            for n in &a.notes {
+                let _ = writeln!(
+                    out,
+                    "note (shard {}): {n}",
+                    j.shard.map(|s| s.to_string()).unwrap_or_else(|| "plan".into())
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `fifty test list`.
+pub fn tests(t: &crate::views::TestsView) -> String {
+    let mut out = format!("{}: {} tests with a known duration, {} in all\n", t.repo, t.known, secs(t.total_secs));
+    if t.quarantined.is_empty() {
+        out.push_str("No quarantined tests.\n");
+    } else {
+        out.push_str("\nQuarantined (failures reported, not failing commits):\n");
+        let rows: Vec<Vec<String>> =
+            t.quarantined.iter().map(|(n, by, at)| vec![n.clone(), by.clone(), at.clone()]).collect();
+        out.push_str(&table(&["TEST", "BY", "SINCE"], &rows));
+    }
+    if !t.flaky.is_empty() {
+        out.push_str("\nSeen flaky:\n");
+        let rows: Vec<Vec<String>> = t
+            .flaky
+            .iter()
+            .map(|(n, sha, at)| vec![n.clone(), sha[..sha.len().min(10)].to_string(), at.clone()])
+            .collect();
+        out.push_str(&table(&["TEST", "LAST COMMIT", "WHEN"], &rows));
+    }
+    out
+}

@@ -5,7 +5,10 @@
 //! step — and are durable once [`Store::flush`] returns.
 //!
 //! State keys: `sm/cluster`, `sm/token/<hash>`, `sm/host/<name>`, `sm/serial/<hex>`,
-//! `sm/revoked/<hex>`, `sm/member/<node id>`. Values are records encoded with the one codec
+//! `sm/revoked/<hex>`, `sm/member/<node id>`, `sm/repo/<name>`, `sm/gate/<repo>/<branch>`; CI:
+//! `sm/counters`, `sm/commit/<repo>/<seq>`, `sm/sha/<repo>/<sha>` (→ seq), `sm/job/<id>`,
+//! `sm/active/<id>` (jobs queued or running), `sm/log/<id>/<attempt>`, `sm/tests/<repo>`,
+//! `sm/delivery/<id>` (webhook deliveries seen). Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
 
 pub mod check;
@@ -16,7 +19,10 @@ use std::path::Path;
 use bincode::{Decode, Encode};
 use fifty_shared::codec::{self, CodecError};
 
-use crate::state::{ClusterRecord, GateRecord, HostRecord, MemberRecord, RepoRecord, Revocation, TokenRecord};
+use crate::ci::{CommitRecord, JobRecord, JobState, TestBook};
+use crate::state::{
+    ClusterRecord, Counters, GateRecord, HostRecord, MemberRecord, RepoRecord, Revocation, TokenRecord,
+};
 use fifty_shared::ids::HostName;
 use fifty_shared::ids::RepoName;
 
@@ -138,6 +144,41 @@ impl Batch {
     pub fn put_revocation(&mut self, r: &Revocation) {
         self.put(format!("revoked/{}", r.serial), r);
     }
+
+    /// Writes the counters.
+    pub fn put_counters(&mut self, c: &Counters) {
+        self.put("counters".into(), c);
+    }
+
+    /// Writes a commit and its SHA index.
+    pub fn put_commit(&mut self, c: &CommitRecord) {
+        self.put(format!("commit/{}/{:016x}", c.repo, c.seq), c);
+        self.put(format!("sha/{}/{}", c.repo, c.sha), &c.seq);
+    }
+
+    /// Writes a job, keeping the index of unfinished jobs.
+    pub fn put_job(&mut self, j: &JobRecord) {
+        self.put(format!("job/{:016x}", j.id), j);
+        match j.state {
+            JobState::Queued | JobState::Running => self.put(format!("active/{:016x}", j.id), &j.id),
+            JobState::Passed | JobState::Failed => self.remove(format!("active/{:016x}", j.id)),
+        }
+    }
+
+    /// Keeps the output tail of one attempt.
+    pub fn put_log(&mut self, job: u64, attempt: u32, tail: &[u8]) {
+        self.put(format!("log/{job:016x}/{attempt:08x}"), &tail.to_vec());
+    }
+
+    /// Writes a repository's test history.
+    pub fn put_tests(&mut self, repo: &RepoName, book: &TestBook) {
+        self.put(format!("tests/{repo}"), book);
+    }
+
+    /// Records a webhook delivery id as seen.
+    pub fn put_delivery(&mut self, id: &str, at: std::time::SystemTime) {
+        self.put(format!("delivery/{id}"), &at);
+    }
 }
 
 impl Store {
@@ -227,6 +268,80 @@ impl Store {
     /// Every gate ever set for `repo`.
     pub fn gates(&self, repo: &RepoName) -> Result<Vec<GateRecord>, StoreError> {
         self.scan(&format!("gate/{repo}/"))
+    }
+
+    /// The counters (zero before the first CI decision).
+    pub fn counters(&self) -> Result<Counters, StoreError> {
+        Ok(self.get("counters")?.unwrap_or_default())
+    }
+
+    /// A commit by repository and sequence number.
+    pub fn commit(&self, repo: &RepoName, seq: u64) -> Result<Option<CommitRecord>, StoreError> {
+        self.get(&format!("commit/{repo}/{seq:016x}"))
+    }
+
+    /// A commit by repository and full SHA.
+    pub fn commit_by_sha(&self, repo: &RepoName, sha: &str) -> Result<Option<CommitRecord>, StoreError> {
+        match self.get::<u64>(&format!("sha/{repo}/{sha}"))? {
+            Some(seq) => self.commit(repo, seq),
+            None => Ok(None),
+        }
+    }
+
+    /// Commits of `repo` whose SHA starts with `prefix`.
+    pub fn commits_by_prefix(&self, repo: &RepoName, prefix: &str) -> Result<Vec<CommitRecord>, StoreError> {
+        let seqs: Vec<u64> = self.scan(&format!("sha/{repo}/{prefix}"))?;
+        let mut out = Vec::new();
+        for seq in seqs {
+            out.extend(self.commit(repo, seq)?);
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` commits of `repo`, newest first.
+    pub fn recent_commits(&self, repo: &RepoName, limit: usize) -> Result<Vec<CommitRecord>, StoreError> {
+        let prefix = format!("{STATE_PREFIX}commit/{repo}/");
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix.as_bytes()).rev().take(limit) {
+            let (key, bytes) = item?;
+            out.push(
+                codec::from_bytes(&bytes).map_err(|source| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// A job by id.
+    pub fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        self.get(&format!("job/{id:016x}"))
+    }
+
+    /// Every job queued or running, oldest first.
+    pub fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let ids: Vec<u64> = self.scan("active/")?;
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(self.job(id)?);
+        }
+        Ok(out)
+    }
+
+    /// The output tail of one attempt.
+    pub fn log(&self, job: u64, attempt: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&format!("log/{job:016x}/{attempt:08x}"))
+    }
+
+    /// A repository's test history.
+    pub fn tests(&self, repo: &RepoName) -> Result<TestBook, StoreError> {
+        Ok(self.get(&format!("tests/{repo}"))?.unwrap_or_default())
+    }
+
+    /// When a webhook delivery was first seen.
+    pub fn delivery(&self, id: &str) -> Result<Option<std::time::SystemTime>, StoreError> {
+        self.get(&format!("delivery/{id}"))
     }
 
     /// Every coordinator in the cluster, by node id.

@@ -1,0 +1,283 @@
+//! CI: every commit of a watched branch is tested, sharded across build agents.
+//!
+//! A commit's life, every step a replicated decision (`state::Command`):
+//! 1. **notified** (`NotifyCommits`, from `fifty commit notify` or a webhook): a commit record in
+//!    state *planning* and a queued *plan* job;
+//! 2. the leader's dispatcher (`dispatch`) gives queued jobs to build agents with free slots
+//!    (`AssignJobs`), pure choice in `scheduler`, and sends each agent its job over QUIC;
+//! 3. the plan job reads `fifty.toml` and lists the tests; its result (`FinishJob`) either fails
+//!    the commit with the file's error or queues one job per shard, the tests split by their past
+//!    durations (`shard`);
+//! 4. each shard's result (`FinishJob`, its JUnit parsed by `junit`) passes the shard, fails it,
+//!    or queues a retry on another agent (`[test] retries`); a job whose agent is lost is queued
+//!    again (`RequeueJob`), without using up a retry;
+//! 5. when every shard is done the commit passes or fails, flaky tests are noted, and the
+//!    branch's gate follows the newest finished commit.
+//!
+//! The records below are what the state machine keeps; `outcome` holds the pure rules it applies.
+
+pub mod dispatch;
+pub mod junit;
+pub mod live;
+pub mod ops;
+pub mod outcome;
+pub mod scheduler;
+pub mod shard;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use bincode::{Decode, Encode};
+use fifty_shared::ids::{HostName, RepoName};
+use fifty_shared::wire::{JobExit, JobKind};
+use serde::{Deserialize, Serialize};
+
+/// Where a commit is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitState {
+    /// Waiting for, or running, its plan job.
+    Planning,
+    /// Its shards are queued or running.
+    Testing,
+    /// Every shard passed.
+    Passed,
+    /// A shard failed, or the commit could not be tested (its `error` says why).
+    Failed,
+}
+
+impl CommitState {
+    /// Whether the commit is done.
+    pub fn finished(self) -> bool {
+        matches!(self, CommitState::Passed | CommitState::Failed)
+    }
+}
+
+/// What `[test]` of the commit's `fifty.toml` said, as the shards need it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct TestPlan {
+    /// The command.
+    pub command: String,
+    /// Per-shard timeout.
+    pub timeout: Duration,
+    /// JUnit glob.
+    pub junit: Option<String>,
+    /// Retries per shard.
+    pub retries: u32,
+}
+
+/// One commit under test.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct CommitRecord {
+    /// Order of notification, across the cluster: the gate follows the highest finished one.
+    pub seq: u64,
+    /// The repository.
+    pub repo: RepoName,
+    /// The branch it was pushed to.
+    pub branch: String,
+    /// Full SHA.
+    pub sha: String,
+    /// Subject line (from the notification, else from the plan job).
+    pub subject: String,
+    /// Author.
+    pub author: String,
+    /// When Fifty heard of it.
+    pub notified_at: SystemTime,
+    /// When it passed or failed.
+    pub finished_at: Option<SystemTime>,
+    /// Where it is.
+    pub state: CommitState,
+    /// Why it failed other than by a test: a bad `fifty.toml`, a plan that could not run.
+    pub error: Option<String>,
+    /// From `fifty.toml`, once planned.
+    pub plan: Option<TestPlan>,
+    /// Its jobs: the plan, then one per shard in shard order.
+    pub jobs: Vec<u64>,
+    /// Tests that failed and then passed on this commit.
+    pub flaky: Vec<String>,
+}
+
+/// Where a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a build agent.
+    Queued,
+    /// Given to the agent of its last attempt.
+    Running,
+    /// Done, passed.
+    Passed,
+    /// Done, failed (after its retries).
+    Failed,
+}
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AttemptEnd {
+    /// Still running.
+    Running,
+    /// Passed.
+    Passed,
+    /// Failed, and why in a few words.
+    Failed {
+        /// Why.
+        why: String,
+    },
+    /// Its agent was lost; the job was queued again.
+    Lost {
+        /// Why the agent counts as lost.
+        why: String,
+    },
+}
+
+/// A test's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestOutcome {
+    /// Passed.
+    Passed,
+    /// Failed or errored.
+    Failed,
+    /// Skipped.
+    Skipped,
+}
+
+/// One test in one attempt, from JUnit.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct TestResult {
+    /// As JUnit names it.
+    pub name: String,
+    /// What happened.
+    pub outcome: TestOutcome,
+    /// How long it took.
+    #[serde(with = "fifty_shared::config::duration")]
+    pub duration: Duration,
+    /// The failure message (truncated).
+    pub message: String,
+}
+
+/// One attempt at a job.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct Attempt {
+    /// From 1.
+    pub n: u32,
+    /// The agent.
+    pub host: HostName,
+    /// When it was given out.
+    pub started_at: SystemTime,
+    /// When its result was recorded.
+    pub finished_at: Option<SystemTime>,
+    /// How it ended.
+    pub end: AttemptEnd,
+    /// How the process ended, once known.
+    pub exit: Option<JobExit>,
+    /// Tests from its JUnit.
+    pub tests: Vec<TestResult>,
+    /// Notes on its reports (missing or unparsable JUnit).
+    pub notes: Vec<String>,
+    /// Bytes of output it wrote.
+    pub log_bytes: u64,
+}
+
+/// A plan or shard job.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct JobRecord {
+    /// Cluster-wide id.
+    pub id: u64,
+    /// The repository.
+    pub repo: RepoName,
+    /// The commit.
+    pub sha: String,
+    /// The commit's sequence number.
+    pub commit_seq: u64,
+    /// What to run.
+    pub kind: JobKind,
+    /// Where it is.
+    pub state: JobState,
+    /// Runs it may have that end in failure (1 + retries).
+    pub max_failures: u32,
+    /// Agents it already failed on (a retry prefers another).
+    pub avoid: Vec<HostName>,
+    /// Every attempt so far.
+    pub attempts: Vec<Attempt>,
+    /// When it was queued first.
+    pub queued_at: SystemTime,
+}
+
+impl JobRecord {
+    /// The attempt now running, if any.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.end == AttemptEnd::Running)
+    }
+
+    /// Shard index, or None for the plan.
+    pub fn shard(&self) -> Option<u32> {
+        match &self.kind {
+            JobKind::Plan => None,
+            JobKind::Shard { index, .. } => Some(*index),
+        }
+    }
+}
+
+/// What a repository's history says about its tests.
+#[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
+pub struct TestBook {
+    /// Last passing duration of each test: the sharding input.
+    pub durations: BTreeMap<String, Duration>,
+    /// Tests whose failures do not fail commits: name → who quarantined it, and when.
+    pub quarantined: BTreeMap<String, (String, SystemTime)>,
+    /// Tests seen flaky: name → the last commit where it was, and when.
+    pub flaky: BTreeMap<String, (String, SystemTime)>,
+}
+
+/// Most tests whose durations a repository keeps.
+pub const MAX_DURATIONS: usize = 50_000;
+
+/// A commit named in a notification.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct NewCommit {
+    /// Full SHA (40 hex digits).
+    pub sha: String,
+    /// Subject line, if the notifier knows it (the plan job fills it in otherwise).
+    #[serde(default)]
+    pub subject: String,
+    /// Author, if known.
+    #[serde(default)]
+    pub author: String,
+}
+
+/// What a finished job reports, as the leader made it ready for the log.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum JobReport {
+    /// A plan job's result.
+    Plan {
+        /// Subject line of the commit.
+        subject: String,
+        /// Its author.
+        author: String,
+        /// The test plan and its shards, or why the commit cannot be tested.
+        outcome: Result<(TestPlan, Vec<Vec<String>>), String>,
+    },
+    /// A shard's result.
+    Shard {
+        /// How its process ended.
+        exit: JobExit,
+        /// Its tests.
+        tests: Vec<TestResult>,
+        /// Notes on its reports.
+        notes: Vec<String>,
+        /// Bytes of output.
+        log_bytes: u64,
+    },
+}
+
+/// Whether `sha` looks like a full commit id.
+pub fn valid_sha(sha: &str) -> bool {
+    sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// A short form for people.
+pub fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(10)]
+}
