@@ -793,3 +793,63 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With three coordinators and one single-slot build agent: a second commit's jobs queue while
+/// the agent is busy; the leader is killed while a shard runs; the new leader keeps both commits
+/// and the running job, and both finish green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_jobs_queue_and_survive_a_leader_failover() {
+    let dir = test_dir("ci-failover");
+    let options = Options { coordinators: 3, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    cluster.add_agent("build-1", "role=build,slots=1").await.unwrap();
+    cluster.wait_reporting(&["build-1"], DEADLINE).await.unwrap();
+    let ci = token(&cluster, "ci", None).await;
+    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, None).await.unwrap();
+    // The push that creates the branch tests its head; the later one tests each commit.
+    let base = repo.git_head().await;
+    assert!(repo.push().await.unwrap().status.success());
+    wait_finished(&cluster, &base, Duration::from_secs(120)).await;
+    let marks = dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let hold = marks.join("hold");
+    std::fs::write(&hold, "").unwrap();
+    let slow = format!(
+        "touch {m}/started-$FIFTY_COMMIT\ni=0\nwhile [ -e {m}/hold ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n[ ! -e {m}/hold ]\n",
+        m = marks.display()
+    );
+    repo.write("tests/test_slow.sh", &slow).unwrap();
+    let first = repo.commit("A slow test").await.unwrap();
+    repo.write("NOTES.md", "second\n").unwrap();
+    let second = repo.commit("Notes").await.unwrap();
+    let out = repo.push().await.unwrap();
+    assert!(out.status.success(), "{}", said(&out));
+
+    // The slow shard of the first commit runs; the second commit waits for the only slot.
+    wait_for("the slow test to start", DEADLINE, || {
+        let started = marks.join(format!("started-{first}"));
+        async move { Ok(started.exists().then_some(())) }
+    })
+    .await
+    .unwrap();
+    let view: CommitView = cluster.client().get(&format!("/v1/commits/{second}")).await.unwrap();
+    assert!(!view.summary.state.finished(), "the second commit cannot have run yet: {view:#?}");
+
+    // Kill the leader mid-shard; the cluster elects another and keeps every commit and job.
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    cluster.kill_coordinator(leader).await.unwrap();
+    let new_leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    assert_ne!(new_leader, leader);
+    std::fs::remove_file(&hold).unwrap();
+    for sha in [&first, &second] {
+        let view = wait_finished(&cluster, sha, Duration::from_secs(120)).await;
+        assert_eq!(view.summary.state, CommitState::Passed, "{view:#?}");
+    }
+    // The slow shard was not lost: its one attempt on build-1 reported to the new leader.
+    let view: CommitView = cluster.client().get(&format!("/v1/commits/{first}")).await.unwrap();
+    let attempts: usize = view.jobs.iter().map(|j| j.attempts.len()).sum();
+    assert_eq!(attempts, view.jobs.len(), "no job needed a second attempt: {view:#?}");
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,8 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::ci::{short, CommitState};
 use crate::fleet::HostState;
 use crate::local::{bin_dir, LocalCluster, Options};
+use crate::sample_app::SampleRepo;
+use crate::views::CommitView;
 use crate::views::{ClusterView, StatusView, TokenView};
 
 const BUILD: [&str; 2] = ["build-1", "build-2"];
@@ -57,6 +60,75 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     t.say("all 8 hosts ready, reporting health to the leader over mutual-TLS QUIC:");
     print!("{}", indent(&super::output::hosts(&hosts)));
 
+    // CI and the commit gate.
+    let ci: crate::views::TokenCreated = cluster
+        .client()
+        .post(
+            "/v1/tokens",
+            &crate::views::CreateToken {
+                role: "ci".into(),
+                ttl: None,
+                max_uses: None,
+                description: "git hooks".into(),
+            },
+        )
+        .await?;
+    let repo = SampleRepo::create(dir, &cluster, "shop", &ci.token, None).await?;
+    t.say("created the shop's git repository with Fifty's pre-receive and post-receive hooks");
+    let good = repo.git_head().await;
+    pushed(&repo, true).await?;
+    let view = wait_commit(&cluster, &good).await?;
+    if view.summary.state != CommitState::Passed {
+        bail!("the first commit did not pass:\n{}", super::output::commit(&view));
+    }
+    t.say(&format!(
+        "pushed {}: the post-receive hook queued it; its {} shards ran on {}: green",
+        short(&good),
+        view.summary.shards,
+        shard_hosts(&view).join(" and ")
+    ));
+    print!("{}", indent(&super::output::commit(&view)));
+
+    repo.edit("app/shop.sh", "pear) echo 55", "pear) echo 50")?;
+    let red = repo.commit("Cheaper pears").await?;
+    pushed(&repo, true).await?;
+    let view = wait_commit(&cluster, &red).await?;
+    if view.summary.state != CommitState::Failed {
+        bail!("the breaking commit did not fail:\n{}", super::output::commit(&view));
+    }
+    let gate: crate::views::GateView = cluster.client().get("/v1/repos/shop/gate").await?;
+    if gate.open {
+        bail!("the gate stayed open after a red build");
+    }
+    t.say(&format!(
+        "pushed {} \"Cheaper pears\": a test fails (retried on the other agent, still red); the gate closed:",
+        short(&red)
+    ));
+    print!("{}", indent(&super::output::commit(&view)));
+    print!("{}", indent(&super::output::gate(&gate)));
+
+    repo.write("NOTES.md", "an unrelated change\n")?;
+    repo.commit("Unrelated change").await?;
+    let refused = pushed(&repo, false).await?;
+    t.say("the next ordinary push is refused by the pre-receive hook; the pusher reads:");
+    print!("{}", indent(&refused));
+    repo.undo_commit().await?;
+
+    repo.edit("app/shop.sh", "pear) echo 50", "pear) echo 55")?;
+    let fix = repo.commit("[fix] Pears cost 55 again").await?;
+    pushed(&repo, true).await?;
+    let view = wait_commit(&cluster, &fix).await?;
+    let gate: crate::views::GateView = cluster.client().get("/v1/repos/shop/gate").await?;
+    if view.summary.state != CommitState::Passed || !gate.open {
+        bail!("the fix did not pass or the gate did not reopen:\n{}", super::output::commit(&view));
+    }
+    t.say(&format!(
+        "pushed {} \"[fix] Pears cost 55 again\": the fix marker let it through; green; the gate reopened",
+        short(&fix)
+    ));
+    let commits: Vec<crate::views::CommitSummary> = cluster.client().get("/v1/commits?repo=shop").await?;
+    print!("{}", indent(&super::output::commits(&commits)));
+
     cluster.kill_agent("web-3").await?;
     t.say("killed the agent on web-3 (SIGKILL)");
     cluster.wait_hosts(&["web-3"], HostState::Down, DEADLINE).await?;
@@ -65,11 +137,14 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     cluster.wait_reporting(&all, DEADLINE).await?;
     t.say("restarted web-3: it reconnected and is ready again");
 
+    repo.write("NOTES.md", "pushed just before the leader dies\n")?;
+    let last = repo.commit("Notes").await?;
+    pushed(&repo, true).await?;
     let tokens_before: Vec<TokenView> = cluster.client().get("/v1/tokens").await?;
     let old = cluster.wait_leader(DEADLINE).await?;
     let killed_at = Instant::now();
     cluster.kill_coordinator(old).await?;
-    t.say(&format!("killed the leader, {} (SIGKILL)", cluster.coordinators[old].name));
+    t.say(&format!("pushed {}, then killed the leader, {} (SIGKILL)", short(&last), cluster.coordinators[old].name));
     let new = cluster.wait_leader(DEADLINE).await?;
     t.say(&format!(
         "{} leads now ({:.1} s after the kill); writes and reads go on through any coordinator",
@@ -86,6 +161,11 @@ async fn story(dir: &std::path::Path) -> Result<()> {
         bail!("{} hosts after the failover, expected {}", hosts.len(), all.len());
     }
     t.say("all 8 hosts re-attached to the new leader by themselves; every token and host kept");
+    let view = wait_commit(&cluster, &last).await?;
+    if view.summary.state != CommitState::Passed {
+        bail!("the commit pushed before the failover did not pass:\n{}", super::output::commit(&view));
+    }
+    t.say(&format!("{} (pushed before the kill) is green: no commit or job was lost", short(&last)));
 
     cluster.start_coordinator(old).await?;
     let caught_up = crate::local::wait_for("the old leader to catch up", DEADLINE, || async {
@@ -108,6 +188,42 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     let status: StatusView = cluster.client().get("/v1/status").await.context("read status")?;
     print!("{}", indent(&super::output::status(&status)));
     Ok(())
+}
+
+/// Pushes the shop's working clone; `Ok` with what the hooks said when the push went as
+/// `expect_ok` says.
+async fn pushed(repo: &SampleRepo, expect_ok: bool) -> Result<String> {
+    let out = repo.push().await?;
+    let said: String = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with("remote:"))
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect();
+    if out.status.success() != expect_ok {
+        bail!("git push {}: {said}", if expect_ok { "was refused" } else { "got through a closed gate" });
+    }
+    Ok(said)
+}
+
+async fn wait_commit(cluster: &LocalCluster, sha: &str) -> Result<CommitView> {
+    let client = cluster.client();
+    crate::local::wait_for(&format!("commit {} to finish", short(sha)), Duration::from_secs(120), || async {
+        let view: CommitView = client.get(&format!("/v1/commits/{sha}")).await?;
+        Ok(view.summary.state.finished().then_some(view))
+    })
+    .await
+}
+
+fn shard_hosts(view: &CommitView) -> Vec<String> {
+    let mut hosts: Vec<String> = view
+        .jobs
+        .iter()
+        .filter(|j| j.shard.is_some())
+        .flat_map(|j| j.attempts.iter().map(|a| a.host.clone()))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 fn indent(text: &str) -> String {
