@@ -53,8 +53,10 @@ struct Inner {
 }
 
 impl Jobs {
-    /// A runner keeping its clones and work trees under `data_dir`.
+    /// A runner keeping its clones and work trees under `data_dir`. Work trees left by an
+    /// earlier run of the agent belong to no job now and are removed.
     pub fn new(data_dir: &Path) -> Self {
+        let _ = std::fs::remove_dir_all(data_dir.join("work"));
         Self {
             inner: Arc::default(),
             data_dir: data_dir.to_path_buf(),

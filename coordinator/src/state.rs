@@ -490,7 +490,7 @@ impl Machine {
                 }
                 batch.put_job(&job);
                 if job.state == JobState::Failed {
-                    self.finish_commit_if_done(&job, *at, batch)?;
+                    self.finish_commit_if_done(&job, None, *at, batch)?;
                 }
                 Ok(Applied::Done)
             }
@@ -686,20 +686,35 @@ impl Machine {
                         }
                     }
                 }
-                batch.put_tests(&job.repo, &book);
                 batch.put_job(&job);
-                self.finish_commit_if_done(&job, at, batch)?;
+                // The commit may finish here and add flaky tests to the same book.
+                self.finish_commit_if_done(&job, Some(book), at, batch)?;
             }
         }
         Ok(Ok(Applied::Done))
     }
 
     /// After `changed` (already in `batch`) reached a final state: if every job of its commit is
-    /// done, the commit passes or fails and the gate follows.
-    fn finish_commit_if_done(&self, changed: &JobRecord, at: SystemTime, batch: &mut Batch) -> Result<(), StoreError> {
+    /// done, the commit passes or fails and the gate follows. `book` is the repository's test
+    /// history as this command already changed it (written here, once), if it did.
+    fn finish_commit_if_done(
+        &self,
+        changed: &JobRecord,
+        book: Option<crate::ci::TestBook>,
+        at: SystemTime,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
         let store = &self.store;
+        let book_changed = book.is_some();
+        let mut book = match book {
+            Some(b) => b,
+            None => store.tests(&changed.repo)?,
+        };
         let Some(mut commit) = store.commit(&changed.repo, changed.commit_seq)? else { return Ok(()) };
         if commit.state.finished() {
+            if book_changed {
+                batch.put_tests(&changed.repo, &book);
+            }
             return Ok(());
         }
         let mut jobs = Vec::new();
@@ -711,6 +726,9 @@ impl Machine {
             }
         }
         if jobs.iter().any(|j| matches!(j.state, JobState::Queued | JobState::Running)) {
+            if book_changed {
+                batch.put_tests(&changed.repo, &book);
+            }
             return Ok(());
         }
         let failed = jobs.iter().any(|j| j.state == JobState::Failed);
@@ -720,11 +738,10 @@ impl Machine {
         }
         commit.flaky = outcome::flaky(&jobs);
         commit.finished_at = Some(at);
-        if !commit.flaky.is_empty() {
-            let mut book = store.tests(&commit.repo)?;
-            for t in &commit.flaky {
-                book.flaky.insert(t.clone(), (commit.sha.clone(), at));
-            }
+        for t in &commit.flaky {
+            book.flaky.insert(t.clone(), (commit.sha.clone(), at));
+        }
+        if book_changed || !commit.flaky.is_empty() {
             batch.put_tests(&commit.repo, &book);
         }
         batch.put_commit(&commit);
@@ -846,6 +863,121 @@ mod tests {
         assert!(m.store().host(&name).unwrap().is_none());
         assert!(m.store().host_by_serial("0a").unwrap().is_none());
         assert_eq!(m.store().revocation("0a").unwrap().unwrap().host, name);
+    }
+
+    mod ci {
+        use super::*;
+        use crate::ci::{JobReport, TestPlan, TestResult};
+
+        fn b(name: &str) -> HostName {
+            HostName::new(name).unwrap()
+        }
+
+        fn apply(m: &mut Machine, cmd: Command) -> Result<Applied, Rejection> {
+            m.apply(&cmd, Batch::default()).unwrap()
+        }
+
+        fn repo() -> RepoName {
+            RepoName::new("shop").unwrap()
+        }
+
+        fn finish(m: &mut Machine, job: JobRef, host: &str, report: JobReport) -> Result<Applied, Rejection> {
+            let cmd =
+                Command::FinishJob { job, host: b(host), report, log_tail: b"out".to_vec(), at: SystemTime::now() };
+            apply(m, cmd)
+        }
+
+        fn assign(m: &mut Machine, job: u64, host: &str) -> JobRef {
+            match apply(m, Command::AssignJobs { jobs: vec![(job, b(host))], at: SystemTime::now() }) {
+                Ok(Applied::Assigned(refs)) if refs.len() == 1 => refs[0],
+                other => panic!("assign {job} to {host}: {other:?}"),
+            }
+        }
+
+        fn shard(exit: i32, tests: &[(&str, TestOutcome)]) -> JobReport {
+            JobReport::Shard {
+                exit: JobExit::Exited(exit),
+                tests: tests
+                    .iter()
+                    .map(|(n, o)| TestResult {
+                        name: n.to_string(),
+                        outcome: *o,
+                        duration: Duration::from_millis(10),
+                        message: String::new(),
+                    })
+                    .collect(),
+                notes: vec![],
+                log_bytes: 3,
+            }
+        }
+
+        /// A commit's whole life through the state machine alone: a lost plan attempt is
+        /// re-queued without using a retry, stale results are refused, a failed shard is retried
+        /// away from its agent, a test that failed then passed is flaky, and the gate records the
+        /// commit.
+        #[test]
+        fn a_commit_is_planned_sharded_retried_and_finished() {
+            let (mut m, _d) = machine();
+            let added = SystemTime::now();
+            let record = RepoRecord {
+                name: repo(),
+                url: "/srv/shop.git".into(),
+                branch: "main".into(),
+                fix_marker: "[fix]".into(),
+                webhook_secret: None,
+                added_at: added,
+            };
+            apply(&mut m, Command::PutRepo(record)).unwrap();
+            let sha = "a".repeat(40);
+            let notify = Command::NotifyCommits {
+                repo: repo(),
+                branch: "main".into(),
+                commits: vec![NewCommit { sha: sha.clone(), subject: "s".into(), author: "a".into() }],
+                delivery: Some("d1".into()),
+                at: added,
+            };
+            assert_eq!(
+                apply(&mut m, notify.clone()),
+                Ok(Applied::Notified { new: vec![sha.clone()], duplicate: false })
+            );
+            assert_eq!(apply(&mut m, notify), Ok(Applied::Notified { new: vec![], duplicate: true }));
+
+            let plan = assign(&mut m, 1, "build-1");
+            let lost = Command::RequeueJob { job: plan, why: "agent lost".into(), at: SystemTime::now() };
+            apply(&mut m, lost).unwrap();
+            let plan_report = || JobReport::Plan {
+                subject: String::new(),
+                author: String::new(),
+                outcome: Ok((
+                    TestPlan { command: "t".into(), timeout: Duration::from_secs(60), junit: None, retries: 1 },
+                    vec![vec!["t1".into()], vec!["t2".into()]],
+                )),
+            };
+            assert_eq!(finish(&mut m, plan, "build-1", plan_report()), Err(Rejection::StaleJob(plan)));
+            let plan = assign(&mut m, 1, "build-2");
+            assert_eq!(plan.attempt, 2);
+            assert_eq!(finish(&mut m, plan, "build-1", plan_report()), Err(Rejection::StaleJob(plan)), "wrong host");
+            finish(&mut m, plan, "build-2", plan_report()).unwrap();
+            let commit = m.store().commit_by_sha(&repo(), &sha).unwrap().unwrap();
+            assert_eq!((commit.state, commit.jobs.len()), (CommitState::Testing, 3));
+
+            let (s0, s1) = (assign(&mut m, 2, "build-1"), assign(&mut m, 3, "build-2"));
+            finish(&mut m, s0, "build-1", shard(1, &[("t1", TestOutcome::Failed)])).unwrap();
+            let retry = m.store().job(2).unwrap().unwrap();
+            assert_eq!((retry.state, retry.avoid.clone()), (JobState::Queued, vec![b("build-1")]));
+            finish(&mut m, s1, "build-2", shard(0, &[("t2", TestOutcome::Passed)])).unwrap();
+            let s0 = assign(&mut m, 2, "build-2");
+            finish(&mut m, s0, "build-2", shard(0, &[("t1", TestOutcome::Passed)])).unwrap();
+
+            let commit = m.store().commit_by_sha(&repo(), &sha).unwrap().unwrap();
+            assert_eq!(commit.state, CommitState::Passed);
+            assert_eq!(commit.flaky, ["t1"]);
+            let gate = m.store().gate(&repo(), "main").unwrap().unwrap();
+            assert_eq!((gate.closed, gate.last_finished_seq), (None, commit.seq));
+            assert_eq!(m.store().tests(&repo()).unwrap().durations.len(), 2);
+            assert!(m.store().active_jobs().unwrap().is_empty());
+            assert_eq!(m.store().log(2, 2).unwrap().unwrap(), b"out");
+        }
     }
 
     #[test]
