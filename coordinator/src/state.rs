@@ -15,8 +15,8 @@ use fifty_shared::wire::{JobExit, JobKind, JobRef};
 
 use crate::ci::outcome;
 use crate::ci::{
-    Attempt, AttemptEnd, CommitRecord, CommitState, JobRecord, JobReport, JobState, NewCommit, TestOutcome,
-    MAX_DURATIONS,
+    Attempt, AttemptEnd, CommitRecord, CommitState, JobRecord, JobReport, JobState, NewCommit, TestOutcome, TestResult,
+    MAX_FLAKY, MAX_TEST_NAME,
 };
 use crate::gate::Closure;
 
@@ -461,7 +461,9 @@ impl Machine {
                         finished_at: None,
                         end: AttemptEnd::Running,
                         exit: None,
-                        tests: Vec::new(),
+                        passed: 0,
+                        failed: 0,
+                        skipped: 0,
                         notes: Vec::new(),
                         log_bytes: 0,
                     });
@@ -490,7 +492,7 @@ impl Machine {
                 }
                 batch.put_job(&job);
                 if job.state == JobState::Failed {
-                    self.finish_commit_if_done(&job, None, *at, batch)?;
+                    self.finish_commit_if_done(&job, None, None, *at, batch)?;
                 }
                 Ok(Applied::Done)
             }
@@ -656,16 +658,18 @@ impl Machine {
                 }
             }
             JobReport::Shard { exit, tests, notes, log_bytes } => {
-                let mut book = store.tests(&job.repo)?;
+                let book = store.tests(&job.repo)?;
                 let verdict = outcome::shard_verdict(exit, tests, &book.quarantined);
+                let count = |o| tests.iter().filter(|t| t.outcome == o).count() as u32;
                 attempt.exit = Some(exit.clone());
-                attempt.tests = tests.clone();
+                attempt.passed = count(TestOutcome::Passed);
+                attempt.failed = count(TestOutcome::Failed);
+                attempt.skipped = count(TestOutcome::Skipped);
                 attempt.notes = notes.clone();
                 attempt.log_bytes = *log_bytes;
-                for t in tests.iter().filter(|t| t.outcome == TestOutcome::Passed) {
-                    if book.durations.len() < MAX_DURATIONS || book.durations.contains_key(&t.name) {
-                        book.durations.insert(t.name.clone(), t.duration);
-                    }
+                batch.put_results(r.job, r.attempt, tests);
+                for t in tests.iter().filter(|t| t.outcome == TestOutcome::Passed && t.name.len() <= MAX_TEST_NAME) {
+                    batch.put_duration(&job.repo, &t.name, t.duration);
                 }
                 match verdict {
                     Ok(()) => {
@@ -687,34 +691,27 @@ impl Machine {
                     }
                 }
                 batch.put_job(&job);
-                // The commit may finish here and add flaky tests to the same book.
-                self.finish_commit_if_done(&job, Some(book), at, batch)?;
+                self.finish_commit_if_done(&job, Some((r.attempt, tests.as_slice())), Some(book), at, batch)?;
             }
         }
         Ok(Ok(Applied::Done))
     }
 
-    /// After `changed` (already in `batch`) reached a final state: if every job of its commit is
-    /// done, the commit passes or fails and the gate follows. `book` is the repository's test
-    /// history as this command already changed it (written here, once), if it did.
+    /// After `changed` (already in `batch`) changed state: if every job of its commit is done,
+    /// the commit passes or fails, its flaky tests are noted, and the gate follows. `current` is
+    /// the attempt just recorded with its results (not yet in the store), `book` the repository's
+    /// test book if the caller read it.
     fn finish_commit_if_done(
         &self,
         changed: &JobRecord,
+        current: Option<(u32, &[TestResult])>,
         book: Option<crate::ci::TestBook>,
         at: SystemTime,
         batch: &mut Batch,
     ) -> Result<(), StoreError> {
         let store = &self.store;
-        let book_changed = book.is_some();
-        let mut book = match book {
-            Some(b) => b,
-            None => store.tests(&changed.repo)?,
-        };
         let Some(mut commit) = store.commit(&changed.repo, changed.commit_seq)? else { return Ok(()) };
         if commit.state.finished() {
-            if book_changed {
-                batch.put_tests(&changed.repo, &book);
-            }
             return Ok(());
         }
         let mut jobs = Vec::new();
@@ -726,9 +723,6 @@ impl Machine {
             }
         }
         if jobs.iter().any(|j| matches!(j.state, JobState::Queued | JobState::Running)) {
-            if book_changed {
-                batch.put_tests(&changed.repo, &book);
-            }
             return Ok(());
         }
         let failed = jobs.iter().any(|j| j.state == JobState::Failed);
@@ -736,12 +730,31 @@ impl Machine {
         if failed {
             commit.error = Some(outcome::failure_summary(&jobs));
         }
-        commit.flaky = outcome::flaky(&jobs);
-        commit.finished_at = Some(at);
-        for t in &commit.flaky {
-            book.flaky.insert(t.clone(), (commit.sha.clone(), at));
+        let mut results = Vec::new();
+        for j in &jobs {
+            let mut attempts = Vec::new();
+            for a in &j.attempts {
+                attempts.push(match current {
+                    Some((n, tests)) if j.id == changed.id && a.n == n => tests.to_vec(),
+                    _ => store.results(j.id, a.n)?,
+                });
+            }
+            results.push(attempts);
         }
-        if book_changed || !commit.flaky.is_empty() {
+        commit.flaky = outcome::flaky(&results);
+        commit.finished_at = Some(at);
+        if !commit.flaky.is_empty() {
+            let mut book = match book {
+                Some(b) => b,
+                None => store.tests(&commit.repo)?,
+            };
+            for t in &commit.flaky {
+                book.flaky.insert(t.clone(), (commit.sha.clone(), at));
+            }
+            while book.flaky.len() > MAX_FLAKY {
+                let oldest = book.flaky.iter().min_by_key(|(_, (_, seen))| *seen).map(|(n, _)| n.clone());
+                book.flaky.remove(&oldest.expect("not empty"));
+            }
             batch.put_tests(&commit.repo, &book);
         }
         batch.put_commit(&commit);
@@ -974,7 +987,8 @@ mod tests {
             assert_eq!(commit.flaky, ["t1"]);
             let gate = m.store().gate(&repo(), "main").unwrap().unwrap();
             assert_eq!((gate.closed, gate.last_finished_seq), (None, commit.seq));
-            assert_eq!(m.store().tests(&repo()).unwrap().durations.len(), 2);
+            assert_eq!(m.store().durations(&repo()).unwrap().len(), 2);
+            assert_eq!(m.store().results(2, 1).unwrap()[0].outcome, TestOutcome::Failed);
             assert!(m.store().active_jobs().unwrap().is_empty());
             assert_eq!(m.store().log(2, 2).unwrap().unwrap(), b"out");
         }

@@ -252,7 +252,7 @@ impl Coordinator {
                         Some(text) => match Pipeline::parse(&text) {
                             Err(e) => Err(e),
                             Ok(p) => {
-                                let history = self.consensus.store().tests(repo)?.durations;
+                                let history = self.consensus.store().durations(repo)?;
                                 let shards = shard::split(&found.tests, &history, p.test.shards);
                                 let plan = TestPlan {
                                     command: p.test.command,

@@ -9,6 +9,14 @@ use super::{TestOutcome, TestResult};
 /// Most bytes of one test's failure message kept.
 const MAX_MESSAGE: usize = 2048;
 
+/// Most bytes of test results one attempt records (names, messages and a little per test): the
+/// record travels in one Raft entry and is stored as one value, both under the 1 MiB frame cap.
+pub const MAX_REPORT_BYTES: usize = 512 * 1024;
+
+fn weight(t: &TestResult) -> usize {
+    t.name.len() + t.message.len() + 16
+}
+
 /// Parses every `(path, xml)` file. Files that do not parse are named in the returned notes; the
 /// rest still count.
 pub fn parse(files: &[(String, String)]) -> (Vec<TestResult>, Vec<String>) {
@@ -23,6 +31,31 @@ pub fn parse(files: &[(String, String)]) -> (Vec<TestResult>, Vec<String>) {
             }
             Err(e) => notes.push(format!("{path}: not JUnit XML ({e})")),
         }
+    }
+    let total: usize = tests.iter().map(weight).sum();
+    if total > MAX_REPORT_BYTES {
+        // Keep failures first: they decide the result and are what people read.
+        let (failed, others): (Vec<TestResult>, Vec<TestResult>) =
+            tests.into_iter().partition(|t| t.outcome == TestOutcome::Failed);
+        let mut kept = Vec::new();
+        let mut used = 0;
+        let mut dropped = 0;
+        for mut t in failed.into_iter().chain(others) {
+            if used + weight(&t) > MAX_REPORT_BYTES {
+                if t.outcome == TestOutcome::Failed && used + t.name.len() + 16 <= MAX_REPORT_BYTES {
+                    t.message.clear();
+                } else {
+                    dropped += 1;
+                    continue;
+                }
+            }
+            used += weight(&t);
+            kept.push(t);
+        }
+        if dropped > 0 {
+            notes.push(format!("{dropped} test results beyond the {MAX_REPORT_BYTES}-byte budget were not recorded"));
+        }
+        tests = kept;
     }
     (tests, notes)
 }
@@ -96,6 +129,19 @@ mod tests {
         assert_eq!(by("test_skip").outcome, TestOutcome::Skipped);
         assert_eq!(by("test_err").outcome, TestOutcome::Failed);
         assert_eq!(by("test_err").message, "boom");
+    }
+
+    #[test]
+    fn a_huge_report_keeps_its_failures_within_the_budget() {
+        let mut xml = String::from("<testsuite>");
+        for i in 0..40_000 {
+            xml.push_str(&format!("<testcase name=\"test_number_{i:06}\" time=\"0.001\"/>"));
+        }
+        xml.push_str("<testcase name=\"the_broken_one\"><failure message=\"boom\"/></testcase></testsuite>");
+        let (tests, notes) = parse(&[("big.xml".into(), xml)]);
+        assert!(tests.iter().map(weight).sum::<usize>() <= MAX_REPORT_BYTES);
+        assert_eq!(tests[0].name, "the_broken_one");
+        assert!(notes.iter().any(|n| n.contains("not recorded")), "{notes:?}");
     }
 
     #[test]

@@ -172,8 +172,12 @@ pub struct Attempt {
     pub end: AttemptEnd,
     /// How the process ended, once known.
     pub exit: Option<JobExit>,
-    /// Tests from its JUnit.
-    pub tests: Vec<TestResult>,
+    /// Tests its JUnit reported passed (each test's result is kept apart: `Store::results`).
+    pub passed: u32,
+    /// Tests reported failed.
+    pub failed: u32,
+    /// Tests reported skipped.
+    pub skipped: u32,
     /// Notes on its reports (missing or unparsable JUnit).
     pub notes: Vec<String>,
     /// Bytes of output it wrote.
@@ -220,19 +224,21 @@ impl JobRecord {
     }
 }
 
-/// What a repository's history says about its tests.
+/// What a repository's history says about its tests, besides their durations (one record per
+/// test: `Store::durations`, the sharding input).
 #[derive(Clone, Debug, Default, PartialEq, Encode, Decode)]
 pub struct TestBook {
-    /// Last passing duration of each test: the sharding input.
-    pub durations: BTreeMap<String, Duration>,
     /// Tests whose failures do not fail commits: name → who quarantined it, and when.
     pub quarantined: BTreeMap<String, (String, SystemTime)>,
     /// Tests seen flaky: name → the last commit where it was, and when.
     pub flaky: BTreeMap<String, (String, SystemTime)>,
 }
 
-/// Most tests whose durations a repository keeps.
-pub const MAX_DURATIONS: usize = 50_000;
+/// Most flaky tests a repository remembers (the oldest sightings go first).
+pub const MAX_FLAKY: usize = 1000;
+
+/// Longest test name whose duration is kept.
+pub const MAX_TEST_NAME: usize = 1024;
 
 /// A commit named in a notification.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]

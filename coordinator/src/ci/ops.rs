@@ -167,7 +167,6 @@ impl Coordinator {
         for j in &jobs {
             let mut attempts = Vec::new();
             for a in &j.attempts {
-                let count = |o| a.tests.iter().filter(|t| t.outcome == o).count();
                 attempts.push(AttemptView {
                     attempt: a.n,
                     host: a.host.to_string(),
@@ -180,12 +179,16 @@ impl Coordinator {
                         .as_secs_f64(),
                     end: a.end.clone(),
                     exit: a.exit.as_ref().map(exit_text),
-                    tests_passed: count(TestOutcome::Passed),
-                    tests_failed: count(TestOutcome::Failed),
+                    tests_passed: a.passed as usize,
+                    tests_failed: a.failed as usize,
                     notes: a.notes.clone(),
                     log_bytes: a.log_bytes,
                 });
-                for t in a.tests.iter().filter(|t| t.outcome == TestOutcome::Failed) {
+                if a.failed == 0 {
+                    continue;
+                }
+                let results = self.consensus.store().results(j.id, a.n)?;
+                for t in results.iter().filter(|t| t.outcome == TestOutcome::Failed) {
                     failed_tests.push(FailedTest {
                         name: t.name.clone(),
                         shard: j.shard().unwrap_or(0),
@@ -277,10 +280,11 @@ impl Coordinator {
     pub fn tests_view(&self, repo: &str) -> Result<TestsView, OpError> {
         let record = self.repo(repo)?;
         let book = self.consensus.store().tests(&record.name)?;
+        let durations = self.consensus.store().durations(&record.name)?;
         Ok(TestsView {
             repo: record.name.to_string(),
-            known: book.durations.len(),
-            total_secs: book.durations.values().map(|d| d.as_secs_f64()).sum(),
+            known: durations.len(),
+            total_secs: durations.values().map(|d| d.as_secs_f64()).sum(),
             quarantined: book.quarantined.into_iter().map(|(name, (by, at))| (name, by, views::rfc3339(at))).collect(),
             flaky: book.flaky.into_iter().map(|(name, (sha, at))| (name, sha, views::rfc3339(at))).collect(),
         })

@@ -41,13 +41,14 @@ fn tests_failed(names: &[&str]) -> String {
     format!("{} test{plural} failed: {}{tail}", names.len(), shown.join(", "))
 }
 
-/// Tests of these jobs that failed in one attempt and passed in a later one.
-pub fn flaky(jobs: &[JobRecord]) -> Vec<String> {
+/// Tests that failed in one attempt of a job and passed in a later one: `jobs` holds, per job,
+/// each attempt's results in order.
+pub fn flaky(jobs: &[Vec<Vec<TestResult>>]) -> Vec<String> {
     let mut out = BTreeSet::new();
-    for job in jobs {
+    for attempts in jobs {
         let mut failed_before = BTreeSet::new();
-        for attempt in &job.attempts {
-            for t in &attempt.tests {
+        for tests in attempts {
+            for t in tests {
                 match t.outcome {
                     TestOutcome::Failed => {
                         failed_before.insert(t.name.clone());
@@ -109,9 +110,8 @@ pub fn gate_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ci::{Attempt, CommitState, JobState};
-    use fifty_shared::ids::{HostName, RepoName};
-    use fifty_shared::wire::JobKind;
+    use crate::ci::CommitState;
+    use fifty_shared::ids::RepoName;
     use std::time::Duration;
 
     fn test(name: &str, outcome: TestOutcome) -> TestResult {
@@ -132,42 +132,14 @@ mod tests {
         assert!(shard_verdict(&JobExit::Exited(0), &tests, &none).is_err());
     }
 
-    fn job(attempts: Vec<Vec<TestResult>>) -> JobRecord {
-        JobRecord {
-            id: 1,
-            repo: RepoName::new("shop").unwrap(),
-            sha: "a".repeat(40),
-            commit_seq: 1,
-            kind: JobKind::Plan,
-            state: JobState::Passed,
-            max_failures: 2,
-            avoid: vec![],
-            attempts: attempts
-                .into_iter()
-                .enumerate()
-                .map(|(i, tests)| Attempt {
-                    n: i as u32 + 1,
-                    host: HostName::new("build-1").unwrap(),
-                    started_at: SystemTime::UNIX_EPOCH,
-                    finished_at: None,
-                    end: AttemptEnd::Passed,
-                    exit: None,
-                    tests,
-                    notes: vec![],
-                    log_bytes: 0,
-                })
-                .collect(),
-            queued_at: SystemTime::UNIX_EPOCH,
-        }
-    }
-
     #[test]
     fn a_test_that_fails_then_passes_is_flaky() {
-        let j = job(vec![
+        let job = vec![
             vec![test("a", TestOutcome::Failed), test("b", TestOutcome::Failed)],
             vec![test("a", TestOutcome::Passed), test("b", TestOutcome::Failed)],
-        ]);
-        assert_eq!(flaky(&[j]), ["a"]);
+        ];
+        let other = vec![vec![test("a", TestOutcome::Passed)]];
+        assert_eq!(flaky(&[job, other]), ["a"]);
     }
 
     fn commit(seq: u64, state: CommitState) -> CommitRecord {

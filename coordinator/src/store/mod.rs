@@ -7,7 +7,8 @@
 //! State keys: `sm/cluster`, `sm/token/<hash>`, `sm/host/<name>`, `sm/serial/<hex>`,
 //! `sm/revoked/<hex>`, `sm/member/<node id>`, `sm/repo/<name>`, `sm/gate/<repo>/<branch>`; CI:
 //! `sm/counters`, `sm/commit/<repo>/<seq>`, `sm/sha/<repo>/<sha>` (→ seq), `sm/job/<id>`,
-//! `sm/active/<id>` (jobs queued or running), `sm/log/<id>/<attempt>`, `sm/tests/<repo>`,
+//! `sm/active/<id>` (jobs queued or running), `sm/log/<id>/<attempt>`, `sm/results/<id>/<attempt>`
+//! (an attempt's test results), `sm/tests/<repo>`, `sm/duration/<repo>/<test>`,
 //! `sm/delivery/<id>` (webhook deliveries seen). Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
 
@@ -19,7 +20,7 @@ use std::path::Path;
 use bincode::{Decode, Encode};
 use fifty_shared::codec::{self, CodecError};
 
-use crate::ci::{CommitRecord, JobRecord, JobState, TestBook};
+use crate::ci::{CommitRecord, JobRecord, JobState, TestBook, TestResult};
 use crate::state::{
     ClusterRecord, Counters, GateRecord, HostRecord, MemberRecord, RepoRecord, Revocation, TokenRecord,
 };
@@ -168,6 +169,16 @@ impl Batch {
     /// Keeps the output tail of one attempt.
     pub fn put_log(&mut self, job: u64, attempt: u32, tail: &[u8]) {
         self.put(format!("log/{job:016x}/{attempt:08x}"), &tail.to_vec());
+    }
+
+    /// Keeps the test results of one attempt.
+    pub fn put_results(&mut self, job: u64, attempt: u32, tests: &[TestResult]) {
+        self.put(format!("results/{job:016x}/{attempt:08x}"), &tests.to_vec());
+    }
+
+    /// Records a test's last passing duration.
+    pub fn put_duration(&mut self, repo: &RepoName, test: &str, d: std::time::Duration) {
+        self.put(format!("duration/{repo}/{test}"), &(test.to_string(), d));
     }
 
     /// Writes a repository's test history.
@@ -332,6 +343,20 @@ impl Store {
     /// The output tail of one attempt.
     pub fn log(&self, job: u64, attempt: u32) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(&format!("log/{job:016x}/{attempt:08x}"))
+    }
+
+    /// The test results of one attempt (empty if it reported none).
+    pub fn results(&self, job: u64, attempt: u32) -> Result<Vec<TestResult>, StoreError> {
+        Ok(self.get(&format!("results/{job:016x}/{attempt:08x}"))?.unwrap_or_default())
+    }
+
+    /// Every recorded test duration of `repo`.
+    pub fn durations(
+        &self,
+        repo: &RepoName,
+    ) -> Result<std::collections::BTreeMap<String, std::time::Duration>, StoreError> {
+        let pairs: Vec<(String, std::time::Duration)> = self.scan(&format!("duration/{repo}/"))?;
+        Ok(pairs.into_iter().collect())
     }
 
     /// A repository's test history.
