@@ -16,6 +16,26 @@ pub struct Config {
     /// Coordinators' QUIC addresses, `HOST:PORT`; tried in turn (`FIFTY_COORDINATORS`,
     /// comma-separated).
     pub coordinators: Vec<String>,
+    /// `[service]`: values a release's `run`, `restart` and health URL refer to as `{name}`,
+    /// e.g. `port = 18081`.
+    #[serde(default)]
+    pub service: std::collections::BTreeMap<String, toml::Value>,
+}
+
+impl Config {
+    /// `[service]` as text, for filling `{name}` placeholders.
+    pub fn service_vars(&self) -> std::collections::BTreeMap<String, String> {
+        self.service
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
 }
 
 impl Config {

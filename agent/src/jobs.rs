@@ -4,7 +4,9 @@
 //!    repository, fetches serialised) and checks the exact commit out into a fresh work tree
 //!    (`<data_dir>/work/job-<id>-<attempt>`), removed afterwards;
 //! 2. for a plan, reads `fifty.toml` and runs `[test] list`; for a shard, runs `[test] command`
-//!    with `FIFTY_COMMIT`, `FIFTY_SHARD_INDEX`, `FIFTY_SHARD_COUNT` and `FIFTY_TESTS_FILE`;
+//!    with `FIFTY_COMMIT`, `FIFTY_SHARD_INDEX`, `FIFTY_SHARD_COUNT` and `FIFTY_TESTS_FILE`; for a
+//!    package job, runs `[package] command` and keeps the artifact (`<data_dir>/artifacts/`), which
+//!    is uploaded in chunks just before the result, every time the result is sent;
 //! 3. streams the output to the coordinator while it runs, and keeps the result until the
 //!    coordinator acknowledges it — across reconnects, so a result finished while no coordinator
 //!    answered is not lost.
@@ -21,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fifty_shared::pipeline::{self, Pipeline};
-use fifty_shared::wire::{AgentMsg, JobDone, JobExit, JobKind, JobRef, JobSpec, PlanFound};
-use fifty_shared::wire::{MAX_JUNIT_BYTES, MAX_LOG_TAIL_BYTES};
+use fifty_shared::wire::{AgentMsg, ArtifactInfo, JobDone, JobExit, JobKind, JobRef, JobSpec, PlanFound};
+use fifty_shared::wire::{ARTIFACT_CHUNK, MAX_ARTIFACT_BYTES, MAX_JUNIT_BYTES, MAX_LOG_TAIL_BYTES};
+use sha2::Digest;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
@@ -65,17 +68,15 @@ impl Jobs {
         }
     }
 
-    /// A new link is up: messages for the coordinator go to the returned receiver, starting with
-    /// every result not yet acknowledged.
-    pub fn attach(&self) -> mpsc::UnboundedReceiver<AgentMsg> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A new link is up: messages for the coordinator go to `tx`, starting with every result not
+    /// yet acknowledged.
+    pub fn attach(&self, tx: mpsc::UnboundedSender<AgentMsg>) {
         let mut inner = self.inner.lock().expect("jobs lock");
         for done in inner.done.values() {
-            let _ = tx.send(AgentMsg::JobDone(done.clone()));
+            send_result(&self.data_dir, &tx, done);
         }
         inner.link = Some(tx);
         self.queued_output.store(0, Ordering::Relaxed);
-        rx
     }
 
     /// The link is down: hold messages until the next one.
@@ -115,7 +116,7 @@ impl Jobs {
                 }
                 info!(exit = ?done.exit, secs = done.duration.as_secs_f64(), "job finished");
                 if let Some(link) = &inner.link {
-                    let _ = link.send(AgentMsg::JobDone(done.clone()));
+                    send_result(&this.data_dir, link, &done);
                 }
                 inner.done.insert(job, done);
             }
@@ -135,6 +136,7 @@ impl Jobs {
     /// The coordinator recorded this result.
     pub fn acked(&self, job: JobRef) {
         self.inner.lock().expect("jobs lock").done.remove(&job);
+        let _ = std::fs::remove_file(artifact_path(&self.data_dir, job));
     }
 
     fn send_output(&self, job: JobRef, offset: u64, data: &[u8]) {
@@ -167,6 +169,7 @@ impl Jobs {
             junit_note: None,
             log_tail: Vec::new(),
             log_bytes: 0,
+            artifact: None,
         };
         let checkout = tokio::select! {
             r = self.checkout(&spec, &work) => r,
@@ -182,6 +185,25 @@ impl Jobs {
                     let (exit, plan) = plan(&work, &mut log, &mut cancel).await;
                     done.exit = exit;
                     done.plan = Some(plan);
+                }
+                JobKind::Package { command, artifact, timeout } => {
+                    let env = [("FIFTY_COMMIT", spec.sha.clone()), ("FIFTY_REPO", spec.repo.to_string())];
+                    done.exit = run_command(command, &work, &env, *timeout, &mut log, None, &mut cancel).await;
+                    if done.exit == JobExit::Exited(0) {
+                        match keep_artifact(&work.join(artifact), &artifact_path(&self.data_dir, spec.job)) {
+                            Ok(info) => {
+                                log.note(&format!(
+                                    "fifty-agent: artifact {artifact}: {} bytes, sha256 {}\n",
+                                    info.size, info.digest
+                                ));
+                                done.artifact = Some(info);
+                            }
+                            Err(e) => {
+                                log.note(&format!("fifty-agent: {e}\n"));
+                                done.exit = JobExit::Failed(e);
+                            }
+                        }
+                    }
                 }
                 JobKind::Shard { index, count, tests, command, timeout, junit } => {
                     let tests_file = work.with_extension("tests");
@@ -270,8 +292,51 @@ impl Jobs {
 fn kind_name(kind: &JobKind) -> &'static str {
     match kind {
         JobKind::Plan => "plan",
+        JobKind::Package { .. } => "package",
         JobKind::Shard { .. } => "shard",
     }
+}
+
+/// Where a package job's artifact waits until its result is acknowledged.
+fn artifact_path(data_dir: &Path, job: JobRef) -> PathBuf {
+    data_dir.join("artifacts").join(format!("job-{}-{}", job.job, job.attempt))
+}
+
+/// Checks the artifact a package command left and moves it out of the work tree; returns its
+/// digest and size.
+fn keep_artifact(from: &Path, to: &Path) -> Result<ArtifactInfo, String> {
+    let meta = std::fs::metadata(from).map_err(|e| format!("the artifact {} is missing: {e}", from.display()))?;
+    if !meta.is_file() {
+        return Err(format!("the artifact {} is not a file", from.display()));
+    }
+    if meta.len() > MAX_ARTIFACT_BYTES {
+        return Err(format!("the artifact is {} bytes; the limit is {MAX_ARTIFACT_BYTES}", meta.len()));
+    }
+    std::fs::create_dir_all(to.parent().expect("artifacts have a directory")).map_err(|e| e.to_string())?;
+    std::fs::copy(from, to).map_err(|e| format!("keep the artifact: {e}"))?;
+    let bytes = std::fs::read(to).map_err(|e| format!("read the artifact: {e}"))?;
+    Ok(ArtifactInfo { digest: hex_digest(&bytes), size: bytes.len() as u64 })
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends a result: for a package job, the artifact's chunks first (the coordinator needs them
+/// before it can record the result), then the result.
+fn send_result(data_dir: &Path, link: &mpsc::UnboundedSender<AgentMsg>, done: &JobDone) {
+    if done.artifact.is_some() {
+        match std::fs::read(artifact_path(data_dir, done.job)) {
+            Ok(bytes) => {
+                for (i, chunk) in bytes.chunks(ARTIFACT_CHUNK).enumerate() {
+                    let offset = (i * ARTIFACT_CHUNK) as u64;
+                    let _ = link.send(AgentMsg::ArtifactChunk { job: done.job, offset, data: chunk.to_vec() });
+                }
+            }
+            Err(e) => warn!(job = done.job.job, error = %e, "the kept artifact is gone; the result will be refused"),
+        }
+    }
+    let _ = link.send(AgentMsg::JobDone(done.clone()));
 }
 
 fn short(sha: &str) -> &str {
@@ -537,6 +602,12 @@ mod tests {
         }
     }
 
+    fn attach(jobs: &Jobs) -> mpsc::UnboundedReceiver<AgentMsg> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        jobs.attach(tx);
+        rx
+    }
+
     async fn wait_done(jobs: &Jobs, rx: &mut mpsc::UnboundedReceiver<AgentMsg>) -> JobDone {
         loop {
             match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("a result within 60 s") {
@@ -559,7 +630,7 @@ mod tests {
         ]);
         let data = src.join("agent");
         let jobs = Jobs::new(&data);
-        let mut rx = jobs.attach();
+        let mut rx = attach(&jobs);
         jobs.start(spec(&src, &sha, JobKind::Plan));
         let done = wait_done(&jobs, &mut rx).await;
         assert_eq!(done.exit, JobExit::Exited(0), "{}", String::from_utf8_lossy(&done.log_tail));
@@ -579,7 +650,7 @@ mod tests {
                       echo to-stderr >&2; exit 3";
         let (src, sha) = repo(&[("README", "x")]);
         let jobs = Jobs::new(&src.join("agent"));
-        let mut rx = jobs.attach();
+        let mut rx = attach(&jobs);
         let kind = JobKind::Shard {
             index: 1,
             count: 2,
@@ -605,7 +676,7 @@ mod tests {
         // The grandchild would outlive a kill of the shell alone.
         let script = format!("sh -c 'echo $$ > {}; exec sleep 600' & wait", pidfile.display());
         let jobs = Jobs::new(&src.join("agent"));
-        let mut rx = jobs.attach();
+        let mut rx = attach(&jobs);
         let kind = JobKind::Shard {
             index: 0,
             count: 1,
@@ -637,7 +708,7 @@ mod tests {
     async fn a_missing_commit_fails_with_a_reason() {
         let (src, _) = repo(&[("README", "x")]);
         let jobs = Jobs::new(&src.join("agent"));
-        let mut rx = jobs.attach();
+        let mut rx = attach(&jobs);
         jobs.start(spec(&src, "0123456789012345678901234567890123456789", JobKind::Plan));
         let done = wait_done(&jobs, &mut rx).await;
         assert!(matches!(&done.exit, JobExit::Failed(e) if e.contains("not on any branch")), "{:?}", done.exit);

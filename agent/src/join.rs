@@ -27,6 +27,8 @@ pub struct JoinRequest<'a> {
     pub labels: &'a str,
     /// Where to keep the identity.
     pub data_dir: &'a Path,
+    /// `[service]` settings for agent.toml, `k=v,...` (e.g. `port=18081`).
+    pub service: &'a str,
 }
 
 /// Resolves `HOST:PORT`.
@@ -155,7 +157,18 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
     // The address the operator gave first, then every coordinator the cluster listed.
     coordinators.retain(|c| c != req.coordinator);
     coordinators.insert(0, req.coordinator.to_string());
-    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators };
+    let mut service = std::collections::BTreeMap::new();
+    for kv in req.service.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--service {kv:?}: expected key=value, e.g. port=18081");
+        };
+        let value = match v.trim().parse::<i64>() {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => toml::Value::String(v.trim().to_string()),
+        };
+        service.insert(k.trim().to_string(), value);
+    }
+    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators, service };
     let config_path = req.data_dir.join("agent.toml");
     std::fs::write(&config_path, toml::to_string(&config)?)
         .with_context(|| format!("write {}", config_path.display()))?;

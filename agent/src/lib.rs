@@ -11,8 +11,10 @@
 //! working while no coordinator answers.
 
 pub mod config;
+pub mod deploy;
 pub mod health;
 pub mod identity;
 pub mod jobs;
 pub mod join;
 pub mod link;
+pub mod service;

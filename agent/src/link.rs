@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::deploy::Deployer;
 use crate::health::HealthProbe;
 use crate::identity::Identity;
 use crate::jobs::Jobs;
@@ -84,6 +85,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let mut probe = HealthProbe::new(&config.data_dir);
     let mut health = move || probe.sample();
     let jobs = Jobs::new(&config.data_dir);
+    let deployer = Deployer::new(&config.data_dir, config.service_vars());
+    deployer.resume().await;
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     let mut next = 0;
     let mut redirected: Option<String> = None;
@@ -107,7 +110,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         };
         let target = &target;
         let end = match resolve(target).await {
-            Ok(addr) => session(&endpoint, &client_config, addr, &mut health, None, Some(&jobs), &mut shutdown).await,
+            Ok(addr) => {
+                let work = Work { jobs: Some(&jobs), deployer: Some(&deployer) };
+                session(&endpoint, &client_config, addr, &mut health, None, work, &mut shutdown).await
+            }
             Err(e) => SessionEnd::Unreachable(format!("{e:#}")),
         };
         match end {
@@ -164,15 +170,26 @@ fn refused_or(e: &quinn::ConnectionError, otherwise: impl FnOnce(String) -> Sess
     otherwise(e.to_string())
 }
 
-/// One link: connect, hello, heartbeats until it drops; jobs (when `jobs` is given) run and
-/// report over it. Public so the capacity benchmark drives exactly the agent's code path.
+/// What a link carries besides heartbeats: build jobs and deploy orders (the capacity benchmark's
+/// simulated agents have neither).
+#[derive(Clone, Copy, Default)]
+pub struct Work<'a> {
+    /// The job runner.
+    pub jobs: Option<&'a Jobs>,
+    /// The release applier.
+    pub deployer: Option<&'a Deployer>,
+}
+
+/// One link: connect, hello, heartbeats until it drops; jobs and deploy orders (when `work` has
+/// their handlers) run and report over it. Public so the capacity benchmark drives exactly the
+/// agent's code path.
 pub async fn session(
     endpoint: &quinn::Endpoint,
     client_config: &quinn::ClientConfig,
     addr: SocketAddr,
     health: &mut (dyn FnMut() -> Health + Send),
     on_ack: Option<AckObserver>,
-    jobs: Option<&Jobs>,
+    work: Work<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
     let connecting = match endpoint.connect_with(client_config.clone(), addr, COORDINATOR_NAME) {
@@ -184,9 +201,12 @@ pub async fn session(
         Ok(Err(e)) => return refused_or(&e, SessionEnd::Unreachable),
         Err(_) => return SessionEnd::Unreachable(format!("no answer from {addr} within {CONNECT_TIMEOUT:?}")),
     };
-    let end = control_stream(&conn, health, on_ack, jobs, shutdown).await;
-    if let Some(jobs) = jobs {
+    let end = control_stream(&conn, health, on_ack, work, shutdown).await;
+    if let Some(jobs) = work.jobs {
         jobs.detach();
+    }
+    if let Some(deployer) = work.deployer {
+        deployer.detach();
     }
     if matches!(end, SessionEnd::Shutdown) {
         conn.close(close::DONE.into(), b"agent shutting down");
@@ -198,9 +218,10 @@ async fn control_stream(
     conn: &quinn::Connection,
     health: &mut (dyn FnMut() -> Health + Send),
     on_ack: Option<AckObserver>,
-    jobs: Option<&Jobs>,
+    work: Work<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
+    let Work { jobs, deployer } = work;
     let lost = |e: quinn::ConnectionError| refused_or(&e, SessionEnd::Lost);
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
@@ -210,9 +231,11 @@ async fn control_stream(
     if let Err(e) = write_frame(&mut send, &hello).await {
         return stream_error(conn, e);
     }
-    let (host, interval) =
+    let (host, interval, release_key) =
         match tokio::time::timeout(Duration::from_secs(10), read_frame::<CoordinatorMsg, _>(&mut recv)).await {
-            Ok(Ok(Some(CoordinatorMsg::Welcome { host, heartbeat_interval }))) => (host, heartbeat_interval),
+            Ok(Ok(Some(CoordinatorMsg::Welcome { host, heartbeat_interval, release_key }))) => {
+                (host, heartbeat_interval, release_key)
+            }
             Ok(Ok(Some(other))) => return SessionEnd::Lost(format!("expected Welcome, got {other:?}")),
             Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
             Ok(Err(e)) => return stream_error(conn, e),
@@ -221,13 +244,22 @@ async fn control_stream(
     info!(%host, coordinator = %conn.remote_address(), ?interval, "connected to the coordinator");
 
     // Results not yet acknowledged go out first; then live output and new results.
-    let mut outbox = jobs.map(Jobs::attach);
+    let (tx, rx) = mpsc::unbounded_channel();
+    if let Some(jobs) = jobs {
+        jobs.attach(tx.clone());
+    }
+    if let Some(deployer) = deployer {
+        deployer.attach(tx.clone(), release_key);
+    }
+    drop(tx);
+    let mut outbox = Some(rx);
     // The coordinator's frames are read by their own task: reading a frame is not cancel-safe,
     // so it must not sit in a select! beside the ticker.
     let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
     let mut reader = {
         let sent = sent.clone();
         let jobs = jobs.cloned();
+        let deployer = deployer.cloned();
         tokio::spawn(async move {
             loop {
                 match read_frame::<CoordinatorMsg, _>(&mut recv).await {
@@ -252,6 +284,12 @@ async fn control_stream(
                     Ok(Some(CoordinatorMsg::JobDoneAck(job))) if jobs.is_some() => {
                         jobs.as_ref().expect("checked").acked(job)
                     }
+                    Ok(Some(CoordinatorMsg::Deploy(order))) if deployer.is_some() => {
+                        deployer.as_ref().expect("checked").deploy(order)
+                    }
+                    Ok(Some(msg @ CoordinatorMsg::ArtifactData { .. })) if deployer.is_some() => {
+                        deployer.as_ref().expect("checked").on_artifact_data(msg)
+                    }
                     Ok(Some(other)) => return Err(CodecError::Decode(format!("unexpected {other:?}"))),
                     Ok(None) => return Ok(()),
                     Err(e) => return Err(e),
@@ -275,7 +313,8 @@ async fn control_stream(
                 }
                 seq += 1;
                 let held = jobs.map(Jobs::held).unwrap_or_default();
-                let beat = AgentMsg::Heartbeat(Heartbeat { seq, health: health(), jobs: held });
+                let release = deployer.map(Deployer::report).unwrap_or_default();
+                let beat = AgentMsg::Heartbeat(Heartbeat { seq, health: health(), jobs: held, release });
                 {
                     let mut sent = sent.lock().expect("sent lock");
                     sent.push_back((seq, Instant::now()));

@@ -29,6 +29,10 @@ enum Command {
         /// Where to keep the identity and agent.toml.
         #[arg(long, env = "FIFTY_DATA_DIR", default_value = "/var/lib/fifty-agent")]
         data_dir: PathBuf,
+        /// `[service]` settings a release's commands and health URL refer to as `{name}`,
+        /// e.g. port=18081 (written to agent.toml; edit it there later).
+        #[arg(long, default_value = "")]
+        service: String,
     },
     /// Run the agent.
     Run {
@@ -44,7 +48,7 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("start the tokio runtime");
     let result = runtime.block_on(async {
         match Cli::parse().command {
-            Command::Join { coordinator, token, name, labels, data_dir } => {
+            Command::Join { coordinator, token, name, labels, data_dir, service } => {
                 let coordinator = if coordinator.contains(':') { coordinator } else { format!("{coordinator}:7071") };
                 fifty_agent::join::join(fifty_agent::join::JoinRequest {
                     coordinator: &coordinator,
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
                     name: &name,
                     labels: &labels,
                     data_dir: &data_dir,
+                    service: &service,
                 })
                 .await
             }

@@ -441,7 +441,9 @@ async fn run_link(
                 stats.on_ack(rtt);
             })
         };
-        let end = session(&endpoint, &client_config, addr, &mut health, Some(observer), None, &mut shutdown).await;
+        let end =
+            session(&endpoint, &client_config, addr, &mut health, Some(observer), Default::default(), &mut shutdown)
+                .await;
         if up.swap(true, Ordering::Relaxed) {
             stats.up.fetch_sub(1, Ordering::Relaxed);
         }

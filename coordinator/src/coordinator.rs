@@ -80,6 +80,10 @@ pub struct Coordinator {
     pub(crate) ci: Mutex<crate::ci::live::Live>,
     /// Wakes the CI dispatcher (a commit arrived, a job finished, an agent came).
     pub(crate) ci_wake: tokio::sync::Notify,
+    /// Deploy soft state (leader only).
+    pub(crate) deploy: Mutex<crate::deploy::dispatch::Live>,
+    /// Wakes the deploy loop (a release, a report that changed, a command).
+    pub(crate) deploy_wake: tokio::sync::Notify,
 }
 
 impl Coordinator {
@@ -98,6 +102,8 @@ impl Coordinator {
             next_link: AtomicU64::new(1),
             ci: Mutex::default(),
             ci_wake: tokio::sync::Notify::new(),
+            deploy: Mutex::default(),
+            deploy_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -121,7 +127,9 @@ impl Coordinator {
         let grace = Instant::now() + self.config.down_after * 2;
         *self.fleet.lock().expect("fleet lock") = Fleet::with_grace(grace);
         *self.ci.lock().expect("ci lock") = Default::default();
+        *self.deploy.lock().expect("deploy lock") = Default::default();
         self.ci_wake.notify_one();
+        self.deploy_wake.notify_one();
     }
 
     /// This node stopped leading: send its agents to the new leader.
@@ -421,11 +429,36 @@ impl Coordinator {
     }
 
     /// Records a heartbeat (soft state).
-    pub fn on_heartbeat(&self, host: &HostName, health: Health, agent_version: &str) {
-        let beat =
-            Beat { at: Instant::now(), wall: SystemTime::now(), health, agent_version: agent_version.to_string() };
+    pub fn on_heartbeat(
+        &self,
+        host: &HostName,
+        health: Health,
+        release: fifty_shared::wire::ReleaseReport,
+        agent_version: &str,
+    ) {
+        let changed = self.release_report(host) != release;
+        let beat = Beat {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+            health,
+            agent_version: agent_version.to_string(),
+            release,
+        };
         self.fleet.lock().expect("fleet lock").on_heartbeat(host, beat);
         self.metrics.heartbeats.inc();
+        if changed {
+            self.deploy_wake.notify_one();
+        }
+    }
+
+    /// Whether this node has had a heartbeat from `host` since it became leader.
+    pub(crate) fn fleet_has_beat(&self, host: &HostName) -> bool {
+        self.fleet.lock().expect("fleet lock").last(host).is_some()
+    }
+
+    /// The last release report of a host (empty if none arrived since this node leads).
+    pub fn release_report(&self, host: &HostName) -> fifty_shared::wire::ReleaseReport {
+        self.fleet.lock().expect("fleet lock").last(host).map(|b| b.release.clone()).unwrap_or_default()
     }
 
     /// Registers a live agent link, closing any older link of the same host.

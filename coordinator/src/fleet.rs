@@ -18,6 +18,8 @@ pub struct Beat {
     pub health: Health,
     /// The agent's version, from its hello.
     pub agent_version: String,
+    /// Where its deployed service stands.
+    pub release: fifty_shared::wire::ReleaseReport,
 }
 
 /// Whether a host is reporting.
@@ -91,7 +93,13 @@ mod tests {
         let t0 = Instant::now();
         let down_after = Duration::from_secs(5);
         assert_eq!(fleet.state(&web, t0, down_after), HostState::Down);
-        let beat = |at| Beat { at, wall: SystemTime::now(), health: Health::default(), agent_version: "0".into() };
+        let beat = |at| Beat {
+            at,
+            wall: SystemTime::now(),
+            health: Health::default(),
+            agent_version: "0".into(),
+            release: Default::default(),
+        };
         fleet.on_heartbeat(&web, beat(t0));
         assert_eq!(fleet.state(&web, t0 + Duration::from_secs(5), down_after), HostState::Ready);
         assert_eq!(fleet.state(&web, t0 + Duration::from_millis(5001), down_after), HostState::Down);

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod consensus;
 pub mod coordinator;
+pub mod deploy;
 pub mod fleet;
 pub mod gate;
 pub mod local;

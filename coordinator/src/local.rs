@@ -340,6 +340,11 @@ impl LocalCluster {
 
     /// Runs `fifty-agent join` to completion and returns what it printed.
     pub async fn join(&self, name: &str, labels: &str, token: &str) -> Result<Output> {
+        self.join_with(name, labels, token, "").await
+    }
+
+    /// `join` with `[service]` settings (`--service port=18081`).
+    pub async fn join_with(&self, name: &str, labels: &str, token: &str, service: &str) -> Result<Output> {
         Command::new(self.bin_dir.join("fifty-agent"))
             .args([
                 "join",
@@ -351,6 +356,8 @@ impl LocalCluster {
                 name,
                 "--labels",
                 labels,
+                "--service",
+                service,
             ])
             .arg("--data-dir")
             .arg(self.agent_dir(name))
@@ -362,8 +369,13 @@ impl LocalCluster {
 
     /// Joins an agent with a fresh token and starts it.
     pub async fn add_agent(&mut self, name: &str, labels: &str) -> Result<()> {
+        self.add_agent_with(name, labels, "").await
+    }
+
+    /// Joins an agent with `[service]` settings (e.g. `port=18081`) and starts it.
+    pub async fn add_agent_with(&mut self, name: &str, labels: &str, service: &str) -> Result<()> {
         let token = self.join_token(1).await?;
-        let out = self.join(name, labels, &token).await?;
+        let out = self.join_with(name, labels, &token, service).await?;
         if !out.status.success() {
             bail!("fifty-agent join {name} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -386,8 +398,14 @@ impl LocalCluster {
     pub fn start_agent(&mut self, name: &str) -> Result<()> {
         let log = log_file(&self.dir, name)?;
         let bin = self.bin_dir.join("fifty-agent");
+        // Build agents package the sample shop with this binary (coordinator/sample-app).
+        let sample = self.bin_dir.join("fifty-sample-service");
         let agent = self.agent_mut(name)?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        if sample.exists() {
+            command.env("FIFTY_SAMPLE_SERVICE", sample);
+        }
+        let child = command
             .args(["run", "--config"])
             .arg(agent.data_dir.join("agent.toml"))
             .stdin(Stdio::null())

@@ -156,8 +156,11 @@ async fn control_stream(
         Err(_) => return Err(CodecError::Decode("no Hello within 10 s".into()).into()),
     };
     info!(%agent_version, "agent connected");
-    let welcome =
-        CoordinatorMsg::Welcome { host: host.clone(), heartbeat_interval: coordinator.config.heartbeat_interval };
+    let welcome = CoordinatorMsg::Welcome {
+        host: host.clone(),
+        heartbeat_interval: coordinator.config.heartbeat_interval,
+        release_key: coordinator.release_public_key(),
+    };
     write_frame(&mut send, &welcome).await?;
     // Everything else to the agent (acks, jobs) goes through one writer, fed by a queue that the
     // CI dispatcher can reach through the link registry.
@@ -192,11 +195,17 @@ async fn read_agent(
         match read_frame::<AgentMsg, _>(recv).await {
             Ok(Some(AgentMsg::Heartbeat(beat))) => {
                 debug!(seq = beat.seq, "heartbeat");
-                coordinator.on_heartbeat(host, beat.health, agent_version);
+                coordinator.on_heartbeat(host, beat.health, beat.release, agent_version);
                 coordinator.on_job_report(host, beat.jobs);
                 let _ = tx.send(CoordinatorMsg::HeartbeatAck { seq: beat.seq });
             }
             Ok(Some(AgentMsg::JobOutput { job, offset, data })) => coordinator.on_job_output(job, offset, &data),
+            Ok(Some(AgentMsg::ArtifactChunk { job, offset, data })) => {
+                coordinator.on_artifact_chunk(job, offset, &data)
+            }
+            Ok(Some(AgentMsg::FetchArtifact { digest, offset })) => {
+                let _ = tx.send(coordinator.serve_artifact(&digest, offset));
+            }
             Ok(Some(AgentMsg::JobDone(done))) => {
                 let (coordinator, host, tx) = (coordinator.clone(), host.clone(), tx.clone());
                 tokio::spawn(async move { coordinator.on_job_done(&host, done, &tx).await }.in_current_span());

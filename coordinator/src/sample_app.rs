@@ -17,6 +17,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("README.md", include_str!("../sample-app/README.md")),
     ("app/shop.sh", include_str!("../sample-app/app/shop.sh")),
     ("scripts/list-tests.sh", include_str!("../sample-app/scripts/list-tests.sh")),
+    ("scripts/package.sh", include_str!("../sample-app/scripts/package.sh")),
+    ("release/README", include_str!("../sample-app/release/README")),
     ("scripts/run-tests.sh", include_str!("../sample-app/scripts/run-tests.sh")),
     ("tests/test_discount.sh", include_str!("../sample-app/tests/test_discount.sh")),
     ("tests/test_prices.sh", include_str!("../sample-app/tests/test_prices.sh")),
@@ -66,13 +68,15 @@ async fn git_ok(dir: &Path, args: &[&str]) -> Result<String> {
 impl SampleRepo {
     /// Creates `<dir>/<name>.git` with the hooks pointing at `cluster` (with `ci_token`), a
     /// clone holding the sample app (committed, not pushed), and registers it as `name`, branch
-    /// `main`, with `webhook_secret` if given.
+    /// `main`, with `webhook_secret` if given. Without `deploy`, its `fifty.toml` keeps only
+    /// `[test]` (green commits are not packaged or deployed).
     pub async fn create(
         dir: &Path,
         cluster: &LocalCluster,
         name: &str,
         ci_token: &str,
         webhook_secret: Option<&str>,
+        deploy: bool,
     ) -> Result<Self> {
         let bare = dir.join(format!("{name}.git"));
         let work = dir.join(format!("{name}-work"));
@@ -98,6 +102,10 @@ impl SampleRepo {
         git_ok(&work, &["remote", "add", "origin", &bare.display().to_string()]).await?;
         let repo = Self { name: name.to_string(), bare, work };
         for (path, text) in FILES {
+            let text = match (*path, deploy) {
+                ("fifty.toml", false) => text.split("\n[package]").next().unwrap_or(text),
+                _ => text,
+            };
             repo.write(path, text)?;
         }
         repo.commit("Add the shop").await?;

@@ -67,6 +67,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     started.context("form or join the cluster")?;
     tokio::spawn(leadership(coordinator.clone(), config.clone(), ca));
     tokio::spawn(crate::ci::dispatch::run(coordinator.clone(), shutdown.clone()));
+    tokio::spawn(crate::deploy::dispatch::run(coordinator.clone(), shutdown.clone()));
 
     let _ = tokio::join!(quic, api);
     coordinator.consensus.store().flush().await?;
@@ -121,7 +122,14 @@ async fn record_cluster(coordinator: &Coordinator, config: &Config, ca: &CertAnd
         uses: 0,
         revoked: false,
     };
-    let cluster = ClusterRecord { ca_cert_pem: ca.cert_pem.clone(), ca_key_pem: ca.key_pem.clone(), created_at: now };
+    let release_key = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("could not generate the release-signing key"))?;
+    let cluster = ClusterRecord {
+        ca_cert_pem: ca.cert_pem.clone(),
+        ca_key_pem: ca.key_pem.clone(),
+        release_key_pkcs8: release_key.as_ref().to_vec(),
+        created_at: now,
+    };
     match coordinator.consensus.propose(Command::InitCluster { cluster, bootstrap }).await? {
         Ok(_) => {}
         Err(Rejection::AlreadyInitialised) => return Ok(()),

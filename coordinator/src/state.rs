@@ -29,6 +29,8 @@ pub struct ClusterRecord {
     pub ca_cert_pem: String,
     /// The CA private key, PEM. Never leaves the coordinators.
     pub ca_key_pem: String,
+    /// The ed25519 key releases are signed with (PKCS#8). Never leaves the coordinators.
+    pub release_key_pkcs8: Vec<u8>,
     /// When the cluster was created.
     pub created_at: SystemTime,
 }
@@ -157,6 +159,8 @@ pub struct Counters {
     pub next_commit_seq: u64,
     /// The next job id (from 1).
     pub next_job: u64,
+    /// The last rollout id handed out.
+    pub last_rollout: u64,
 }
 
 /// How many times a job's agent may be lost before the job fails.
@@ -244,6 +248,35 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
+    /// Store one chunk of an artifact, content-addressed.
+    PutBlob {
+        /// SHA-256 of the whole artifact, hex.
+        digest: String,
+        /// Chunk number.
+        index: u32,
+        /// The whole artifact's size.
+        total: u64,
+        /// At most `wire::ARTIFACT_CHUNK` bytes.
+        data: Vec<u8>,
+    },
+    /// Start a rollout (a rollback supersedes the active one; a deploy waits for it).
+    StartRollout {
+        /// Its first step.
+        rollout: crate::deploy::Rollout,
+        /// Hosts and the release each should run.
+        targets: Vec<(HostName, u64)>,
+        /// When.
+        at: SystemTime,
+    },
+    /// The next state of a rollout (its version one higher than the stored one).
+    StepRollout {
+        /// The new state.
+        rollout: crate::deploy::Rollout,
+        /// Hosts whose target release changes.
+        targets: Vec<(HostName, u64)>,
+        /// When.
+        at: SystemTime,
+    },
     /// Quarantine a test (its failures stop failing commits) or release it.
     SetQuarantine {
         /// The repository.
@@ -301,6 +334,12 @@ pub enum Rejection {
     /// The job's attempt is not the one running (it finished, or was given to another agent).
     #[error("{0} is not running (it finished or was given to another agent)")]
     StaleJob(JobRef),
+    /// The rollout changed since this step was decided.
+    #[error("rollout {0} changed meanwhile; try again")]
+    RolloutConflict(u64),
+    /// Another rollout is in progress for this target.
+    #[error("rollout {0} is in progress for this repository")]
+    RolloutBusy(u64),
     /// The test is not quarantined.
     #[error("test {0:?} is not quarantined")]
     NotQuarantined(String),
@@ -496,6 +535,48 @@ impl Machine {
                 }
                 Ok(Applied::Done)
             }
+            Command::PutBlob { digest, index, total, data } => {
+                batch.put_blob_chunk(digest, *index, *total, data);
+                Ok(Applied::Done)
+            }
+            Command::StartRollout { rollout, targets, at } => {
+                let mut counters = store.counters()?;
+                if rollout.id != counters.last_rollout + 1 {
+                    return Ok(Err(Rejection::RolloutConflict(rollout.id)));
+                }
+                let mut target = store.target(&rollout.repo)?;
+                if let Some(active) = target.active {
+                    let Some(current) = store.rollout(active)? else {
+                        return Ok(Err(Rejection::RolloutConflict(active)));
+                    };
+                    if !current.finished() {
+                        if rollout.kind != crate::deploy::Kind::Rollback {
+                            return Ok(Err(Rejection::RolloutBusy(active)));
+                        }
+                        batch.put_rollout(&current.supersede(rollout.id, *at).rollout);
+                    }
+                }
+                counters.last_rollout = rollout.id;
+                batch.put_counters(&counters);
+                target.active = (!rollout.finished()).then_some(rollout.id);
+                if target.queued.is_some_and(|q| q <= rollout.release) {
+                    target.queued = None;
+                }
+                self.record_rollout(rollout, targets, &mut target, *at, batch);
+                Ok(Applied::Done)
+            }
+            Command::StepRollout { rollout, targets, at } => {
+                let stored = store.rollout(rollout.id)?;
+                if stored.as_ref().map(|r| r.version + 1) != Some(rollout.version) {
+                    return Ok(Err(Rejection::RolloutConflict(rollout.id)));
+                }
+                let mut target = store.target(&rollout.repo)?;
+                if rollout.finished() && target.active == Some(rollout.id) {
+                    target.active = None;
+                }
+                self.record_rollout(rollout, targets, &mut target, *at, batch);
+                Ok(Applied::Done)
+            }
             Command::SetQuarantine { repo, test, on, by, at } => {
                 if store.repo(repo)?.is_none() {
                     return Ok(Err(Rejection::UnknownRepo(repo.clone())));
@@ -510,6 +591,30 @@ impl Machine {
                 Ok(Applied::Done)
             }
         })
+    }
+
+    /// Writes a rollout, its hosts' new targets and its target record.
+    fn record_rollout(
+        &self,
+        rollout: &crate::deploy::Rollout,
+        targets: &[(HostName, u64)],
+        target: &mut crate::deploy::TargetRecord,
+        at: SystemTime,
+        batch: &mut Batch,
+    ) {
+        if rollout.outcome == Some(crate::deploy::Outcome::Succeeded) {
+            target.last_good = Some(rollout.release);
+        }
+        for (host, release) in targets {
+            batch.put_host_target(&crate::deploy::HostTarget {
+                host: host.clone(),
+                repo: rollout.repo.clone(),
+                release: *release,
+                since: at,
+            });
+        }
+        batch.put_rollout(rollout);
+        batch.put_target(&rollout.repo, target);
     }
 
     fn notify_commits(
@@ -554,6 +659,8 @@ impl Machine {
                 plan: None,
                 jobs: vec![job],
                 flaky: Vec::new(),
+                release: None,
+                release_error: None,
             });
             batch.put_job(&JobRecord {
                 id: job,
@@ -657,6 +764,32 @@ impl Machine {
                     }
                 }
             }
+            JobReport::Package { outcome } => {
+                attempt.exit = Some(JobExit::Exited(0));
+                match outcome {
+                    Ok(release) => {
+                        attempt.end = AttemptEnd::Passed;
+                        job.state = JobState::Passed;
+                        commit.release = Some(release.id);
+                        batch.put_release(release);
+                        if release.plan.auto {
+                            let mut target = store.target(&release.repo)?;
+                            // The newest green commit supersedes any older one still waiting.
+                            if target.queued.is_none_or(|q| q < release.id) {
+                                target.queued = Some(release.id);
+                            }
+                            batch.put_target(&release.repo, &target);
+                        }
+                    }
+                    Err(why) => {
+                        attempt.end = AttemptEnd::Failed { why: why.clone() };
+                        job.state = JobState::Failed;
+                        commit.release_error = Some(why.clone());
+                    }
+                }
+                batch.put_job(&job);
+                batch.put_commit(&commit);
+            }
             JobReport::Shard { exit, tests, notes, log_bytes } => {
                 let book = store.tests(&job.repo)?;
                 let verdict = outcome::shard_verdict(exit, tests, &book.quarantined);
@@ -743,6 +876,32 @@ impl Machine {
         }
         commit.flaky = outcome::flaky(&results);
         commit.finished_at = Some(at);
+        // A green commit that deploys is packaged next.
+        if let (CommitState::Passed, Some(plan)) = (commit.state, &commit.plan) {
+            if let (Some(pkg), Some(_)) = (&plan.package, &plan.deploy) {
+                let mut counters = store.counters()?;
+                counters.next_job += 1;
+                batch.put_counters(&counters);
+                let package = JobRecord {
+                    id: counters.next_job,
+                    repo: commit.repo.clone(),
+                    sha: commit.sha.clone(),
+                    commit_seq: commit.seq,
+                    kind: JobKind::Package {
+                        command: pkg.command.clone(),
+                        artifact: pkg.artifact.clone(),
+                        timeout: pkg.timeout,
+                    },
+                    state: JobState::Queued,
+                    max_failures: 2,
+                    avoid: Vec::new(),
+                    attempts: Vec::new(),
+                    queued_at: at,
+                };
+                commit.jobs.push(package.id);
+                batch.put_job(&package);
+            }
+        }
         if !commit.flaky.is_empty() {
             let mut book = match book {
                 Some(b) => b,
@@ -962,7 +1121,15 @@ mod tests {
                 subject: String::new(),
                 author: String::new(),
                 outcome: Ok((
-                    TestPlan { command: "t".into(), timeout: Duration::from_secs(60), junit: None, retries: 1 },
+                    TestPlan {
+                        command: "t".into(),
+                        timeout: Duration::from_secs(60),
+                        junit: None,
+                        retries: 1,
+                        package: None,
+                        deploy: None,
+                        service: None,
+                    },
                     vec![vec!["t1".into()], vec!["t2".into()]],
                 )),
             };

@@ -335,7 +335,9 @@ pub struct AttemptView {
 pub struct JobView {
     /// Job id.
     pub id: u64,
-    /// Shard index; none for the plan.
+    /// `plan`, `shard` or `package`.
+    pub kind: String,
+    /// Shard index; none for the plan and the package job.
     pub shard: Option<u32>,
     /// `queued`, `running`, `passed` or `failed`.
     pub state: crate::ci::JobState,
@@ -370,8 +372,12 @@ pub struct CommitView {
     /// The summary.
     #[serde(flatten)]
     pub summary: CommitSummary,
-    /// Its jobs: the plan, then the shards.
+    /// Its jobs: the plan, then the shards, then the package job.
     pub jobs: Vec<JobView>,
+    /// The release built from it.
+    pub release: Option<u64>,
+    /// Why packaging failed, if it did.
+    pub release_error: Option<String>,
     /// Every failed test, every attempt.
     pub failed_tests: Vec<FailedTest>,
 }
@@ -410,4 +416,105 @@ fn yes() -> bool {
 pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
+}
+
+/// One release in `GET /v1/releases`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReleaseView {
+    /// Release id.
+    pub id: u64,
+    /// Repository.
+    pub repo: String,
+    /// Commit.
+    pub sha: String,
+    /// Commit subject.
+    pub subject: String,
+    /// SHA-256 of the artifact.
+    pub digest: String,
+    /// Artifact size, bytes.
+    pub size: u64,
+    /// Recorded, RFC 3339.
+    pub created_at: String,
+    /// `rolling out`, `live` (the last release that reached every host), `previous` or `-`.
+    pub state: String,
+    /// Hosts running it now.
+    pub hosts: Vec<String>,
+}
+
+/// One host of a rollout.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RolloutHostView {
+    /// Host.
+    pub host: String,
+    /// The wave (from 1) that reaches it.
+    pub wave: usize,
+    /// The release it should run.
+    pub target: Option<u64>,
+    /// The release it runs.
+    pub current: Option<u64>,
+    /// Its last health check passed.
+    pub healthy: bool,
+    /// Reporting.
+    pub up: bool,
+    /// A release being applied and the bytes downloaded.
+    pub applying: Option<(u64, u64)>,
+    /// The last release that failed there, and why.
+    pub failed: Option<(u64, String)>,
+}
+
+/// One wave of a rollout.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WaveView {
+    /// As written: `1`, `25%`, `manual`.
+    pub step: String,
+    /// Hosts it reaches in all.
+    pub reach: usize,
+}
+
+/// `GET /v1/rollouts/current` and the answer to steering commands.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RolloutView {
+    /// Rollout id.
+    pub id: u64,
+    /// Repository.
+    pub repo: String,
+    /// `deploy` or `rollback`.
+    pub kind: crate::deploy::Kind,
+    /// The release rolling out.
+    pub release: u64,
+    /// The release it goes back to on failure.
+    pub previous: Option<u64>,
+    /// Phase.
+    pub phase: crate::deploy::Phase,
+    /// Paused by a person.
+    pub paused: bool,
+    /// Current wave, from 1.
+    pub wave: usize,
+    /// The waves.
+    pub waves: Vec<WaveView>,
+    /// Bake per wave, e.g. `60s`.
+    pub bake: String,
+    /// Seconds into the current phase.
+    pub phase_secs: f64,
+    /// Started, RFC 3339.
+    pub started_at: String,
+    /// Finished, RFC 3339.
+    pub finished_at: Option<String>,
+    /// How it ended.
+    pub outcome: Option<crate::deploy::Outcome>,
+    /// Its hosts, in wave order.
+    pub hosts: Vec<RolloutHostView>,
+    /// What happened: (RFC 3339, line).
+    pub events: Vec<(String, String)>,
+}
+
+/// `POST /v1/rollback`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RollbackRequest {
+    /// Repository (default: the only one that deploys).
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// Release to go back to (default: the last known-good one).
+    #[serde(default)]
+    pub to: Option<u64>,
 }

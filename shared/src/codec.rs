@@ -155,6 +155,7 @@ mod tests {
                 uptime: Duration::from_secs(5),
             },
             jobs: vec![crate::wire::JobRef { job: 3, attempt: 1 }],
+            release: crate::wire::ReleaseReport { current: Some(2), healthy: true, applying: None, failed: None },
         })
     }
 

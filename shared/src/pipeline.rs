@@ -38,6 +38,207 @@ pub const MAX_RETRIES: u32 = 5;
 pub struct Pipeline {
     /// How the commit is tested.
     pub test: TestStep,
+    /// How a green commit becomes an artifact (needed to deploy).
+    #[serde(default)]
+    pub package: Option<PackageStep>,
+    /// How a release rolls out.
+    #[serde(default)]
+    pub deploy: Option<DeployStep>,
+}
+
+/// `[package]`: runs on a build agent after the tests pass.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageStep {
+    /// Shell command that builds the artifact, at the repository root.
+    pub command: String,
+    /// Path of the artifact it leaves, relative to the repository root: a `.tar.gz`.
+    pub artifact: String,
+    /// How long it may run (default 10m).
+    #[serde(default = "ten_minutes", with = "crate::config::duration")]
+    pub timeout: Duration,
+}
+
+/// How many hosts a wave reaches, or a stop for a person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wave {
+    /// This many hosts in all (cumulative).
+    Hosts(u32),
+    /// This percent of the target hosts in all, rounded up.
+    Percent(u32),
+    /// Wait for `fifty rollout promote` before the next wave.
+    Manual,
+}
+
+impl std::str::FromStr for Wave {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "manual" {
+            return Ok(Wave::Manual);
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            return match p.trim().parse::<u32>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(Wave::Percent(p)),
+                _ => Err(format!("{s:?} is not a percentage from 1% to 100%")),
+            };
+        }
+        match s.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(Wave::Hosts(n)),
+            _ => Err(format!("{s:?} is not a host count, a percentage (\"25%\") or \"manual\"")),
+        }
+    }
+}
+
+impl Wave {
+    /// How many of `total` hosts this wave reaches (cumulative), `None` for a manual stop.
+    pub fn reach(self, total: usize) -> Option<usize> {
+        match self {
+            Wave::Hosts(n) => Some((n as usize).min(total)),
+            Wave::Percent(p) => Some((total * p as usize).div_ceil(100).min(total)),
+            Wave::Manual => None,
+        }
+    }
+}
+
+/// How the service is checked after each switch.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// URL that answers 2xx when the service is healthy; `{name}` filled from the host's
+    /// `[service]` settings.
+    pub url: String,
+    /// How long a new release has to become healthy (default 10s).
+    #[serde(default = "ten_seconds", with = "crate::config::duration")]
+    pub timeout: Duration,
+}
+
+/// `[deploy]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployStep {
+    /// Label selector of the target hosts, e.g. `role=prod` or `role=prod,pool=web`.
+    pub hosts: String,
+    /// The waves, canary first, e.g. `["1", "25%", "100%"]`; `"manual"` waits for a person.
+    #[serde(default = "default_waves")]
+    pub waves: Vec<String>,
+    /// How long each wave must stay healthy before the next (default 60s).
+    #[serde(default = "sixty_seconds", with = "crate::config::duration")]
+    pub bake: Duration,
+    /// Deploy every green commit of the branch (default true).
+    #[serde(default = "yes")]
+    pub auto: bool,
+    /// Command the agent runs and supervises, in the release's directory.
+    #[serde(default)]
+    pub run: Option<String>,
+    /// Or: command that restarts a service managed elsewhere, after the switch.
+    #[serde(default)]
+    pub restart: Option<String>,
+    /// The health check.
+    pub health: HealthCheck,
+    /// Releases kept on each host (default 5).
+    #[serde(default = "five")]
+    pub keep_releases: u32,
+    /// Hosts that may be unhealthy at once during a rollout: a count or a percentage (default
+    /// "10%", at least 1).
+    #[serde(default = "ten_percent")]
+    pub max_unavailable: String,
+    /// How long one wave may take to become healthy before the rollout fails (default 10m).
+    #[serde(default = "ten_minutes", with = "crate::config::duration")]
+    pub progress_deadline: Duration,
+}
+
+impl DeployStep {
+    /// The waves, parsed (checked by [`Pipeline::parse`]).
+    pub fn parsed_waves(&self) -> Vec<Wave> {
+        self.waves.iter().filter_map(|w| w.parse().ok()).collect()
+    }
+
+    /// How many of `total` hosts may be unavailable at once (at least 1).
+    pub fn unavailable_of(&self, total: usize) -> usize {
+        parse_unavailable(&self.max_unavailable).map(|u| u.of(total)).unwrap_or(1).max(1)
+    }
+}
+
+/// `max_unavailable`: a count or a percentage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Hosts.
+    Hosts(u32),
+    /// Percent of the target, rounded down (at least 1 host).
+    Percent(u32),
+}
+
+impl Unavailable {
+    /// Of `total` hosts.
+    pub fn of(self, total: usize) -> usize {
+        match self {
+            Unavailable::Hosts(n) => n as usize,
+            Unavailable::Percent(p) => total * p as usize / 100,
+        }
+    }
+}
+
+fn parse_unavailable(s: &str) -> Result<Unavailable, String> {
+    let s = s.trim();
+    match s.strip_suffix('%') {
+        Some(p) => match p.parse::<u32>() {
+            Ok(p) if p <= 100 => Ok(Unavailable::Percent(p)),
+            _ => Err(format!("{s:?} is not a percentage from 0% to 100%")),
+        },
+        None => {
+            s.parse::<u32>().map(Unavailable::Hosts).map_err(|_| format!("{s:?} is not a host count or a percentage"))
+        }
+    }
+}
+
+fn default_waves() -> Vec<String> {
+    vec!["1".into(), "25%".into(), "100%".into()]
+}
+
+fn sixty_seconds() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn five() -> u32 {
+    5
+}
+
+fn ten_percent() -> String {
+    "10%".into()
+}
+
+/// Fills `{name}` placeholders from `vars`; a placeholder with no value is an error naming it.
+pub fn fill(template: &str, vars: &std::collections::BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('}') else {
+            return Err(format!("unclosed {{ in {template:?}"));
+        };
+        let name = &rest[start + 1..start + len];
+        match vars.get(name) {
+            Some(v) => out.push_str(v),
+            None => {
+                return Err(format!(
+                    "{template:?} needs {{{name}}}, which this host's agent.toml does not set (add `{name} = ...` under [service])"
+                ))
+            }
+        }
+        rest = &rest[start + len + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// `[test]`.
@@ -96,9 +297,58 @@ impl Pipeline {
         if p.test.retries > MAX_RETRIES {
             return bad("test.retries", format!("{} is out of range (0 to {MAX_RETRIES})", p.test.retries));
         }
+        let inside =
+            |path: &str| !(path.trim().is_empty() || path.starts_with('/') || path.split('/').any(|part| part == ".."));
         if let Some(glob) = &p.test.junit {
-            if glob.trim().is_empty() || glob.starts_with('/') || glob.split('/').any(|part| part == "..") {
+            if !inside(glob) {
                 return bad("test.junit", format!("{glob:?} must be a relative path inside the repository"));
+            }
+        }
+        if let Some(pkg) = &p.package {
+            if pkg.command.trim().is_empty() {
+                return bad("package.command", "is empty; give the command that builds the artifact".into());
+            }
+            if !inside(&pkg.artifact) {
+                return bad(
+                    "package.artifact",
+                    format!("{:?} must be a relative path inside the repository", pkg.artifact),
+                );
+            }
+        }
+        if let Some(d) = &p.deploy {
+            if p.package.is_none() {
+                return bad("deploy", "needs a [package] section: a release is the artifact it builds".into());
+            }
+            if d.hosts.trim().is_empty() || d.hosts.split(',').any(|kv| !kv.contains('=')) {
+                return bad("deploy.hosts", format!("{:?} is not a label selector like \"role=prod\"", d.hosts));
+            }
+            if d.waves.is_empty() {
+                return bad("deploy.waves", "is empty; e.g. [\"1\", \"25%\", \"100%\"]".into());
+            }
+            for w in &d.waves {
+                if let Err(e) = w.parse::<Wave>() {
+                    return bad("deploy.waves", e);
+                }
+            }
+            if d.waves.last().and_then(|w| w.parse::<Wave>().ok()).and_then(|w| w.reach(100)) != Some(100) {
+                return bad("deploy.waves", "the last wave must reach every host (\"100%\")".into());
+            }
+            match (&d.run, &d.restart) {
+                (Some(_), Some(_)) => return bad("deploy.run", "give run or restart, not both".into()),
+                (None, None) => return bad("deploy.run", "give run (the agent supervises it) or restart".into()),
+                _ => {}
+            }
+            if let Err(e) = parse_unavailable(&d.max_unavailable) {
+                return bad("deploy.max_unavailable", e);
+            }
+            if d.keep_releases < 2 {
+                return bad(
+                    "deploy.keep_releases",
+                    "must be at least 2 (the current release and one to go back to)".into(),
+                );
+            }
+            if !d.health.url.starts_with("http://") {
+                return bad("deploy.health.url", format!("{:?} must be an http:// URL", d.health.url));
             }
         }
         Ok(p)
@@ -121,6 +371,37 @@ mod tests {
         let p = Pipeline::parse("[test]\ncommand = \"make test\"\n").unwrap();
         assert_eq!((p.test.shards, p.test.timeout, p.test.retries), (1, Duration::from_secs(600), 0));
         assert_eq!(p.test.junit, None);
+    }
+
+    const DEPLOY: &str = "[test]\ncommand = \"t\"\n[package]\ncommand = \"p\"\nartifact = \"dist/app.tar.gz\"\n\
+        [deploy]\nhosts = \"role=prod\"\nwaves = [\"1\", \"manual\", \"50%\", \"100%\"]\nbake = \"5s\"\n\
+        run = \"bin/app --port {port}\"\nhealth = { url = \"http://127.0.0.1:{port}/health\", timeout = \"3s\" }\n";
+
+    #[test]
+    fn deploy_sections_parse_with_waves_and_defaults() {
+        let p = Pipeline::parse(DEPLOY).unwrap();
+        let d = p.deploy.unwrap();
+        assert_eq!(d.parsed_waves(), [Wave::Hosts(1), Wave::Manual, Wave::Percent(50), Wave::Percent(100)]);
+        assert_eq!(Wave::Percent(50).reach(6), Some(3));
+        assert_eq!(Wave::Percent(25).reach(6), Some(2));
+        assert_eq!(Wave::Hosts(1).reach(6), Some(1));
+        assert_eq!((d.keep_releases, d.auto, d.unavailable_of(6)), (5, true, 1));
+        assert_eq!(d.health.timeout, Duration::from_secs(3));
+        let vars = std::collections::BTreeMap::from([("port".to_string(), "18081".to_string())]);
+        assert_eq!(fill(d.run.as_deref().unwrap(), &vars).unwrap(), "bin/app --port 18081");
+        assert!(fill("x {host}", &vars).unwrap_err().contains("{host}"));
+    }
+
+    #[test]
+    fn deploy_errors_name_the_key() {
+        let err = Pipeline::parse(&DEPLOY.replace("\"100%\"]", "\"50%\"]")).unwrap_err();
+        assert!(err.contains("deploy.waves") && err.contains("last wave"), "{err}");
+        let err = Pipeline::parse(&DEPLOY.replace("\"manual\"", "\"soon\"")).unwrap_err();
+        assert!(err.contains("deploy.waves") && err.contains("soon"), "{err}");
+        let err = Pipeline::parse(&DEPLOY.replace("role=prod", "prod")).unwrap_err();
+        assert!(err.contains("deploy.hosts"), "{err}");
+        let err = Pipeline::parse(&DEPLOY.replace("run = ", "restart = \"x\"\nrun = ")).unwrap_err();
+        assert!(err.contains("deploy.run"), "{err}");
     }
 
     #[test]

@@ -109,6 +109,81 @@ pub struct Heartbeat {
     /// Jobs running here, or finished with their result not yet acknowledged. The coordinator
     /// re-queues a job it gave this host that is missing from the list.
     pub jobs: Vec<JobRef>,
+    /// Where the host's deployed service stands.
+    pub release: ReleaseReport,
+}
+
+/// A host's deployed service, as its agent reports it with every heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct ReleaseReport {
+    /// The release the `current` link points to.
+    pub current: Option<u64>,
+    /// Whether the current release passed its last health check.
+    pub healthy: bool,
+    /// A release being downloaded or applied now, with bytes downloaded so far.
+    pub applying: Option<(u64, u64)>,
+    /// The last release that failed to apply here, and why (the host went back to `current`).
+    pub failed: Option<(u64, String)>,
+}
+
+/// What a release runs and how it is checked, signed as part of its manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ServiceOrder {
+    /// Command the agent supervises, in the release's directory (`{name}` from `[service]`).
+    pub run: Option<String>,
+    /// Or a command that restarts a service managed elsewhere.
+    pub restart: Option<String>,
+    /// Health check URL (`{name}` from `[service]`).
+    pub health_url: String,
+    /// How long a new release has to pass it.
+    pub health_timeout: Duration,
+    /// Releases kept on the host.
+    pub keep_releases: u32,
+}
+
+/// A release, as the cluster signs it (ed25519, the cluster's release key). Agents verify the
+/// signature, then the artifact's digest and size, before applying anything.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ReleaseManifest {
+    /// Release id.
+    pub release: u64,
+    /// The repository.
+    pub repo: RepoName,
+    /// The commit it was built from.
+    pub sha: String,
+    /// SHA-256 of the artifact (a `.tar.gz`), hex.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// What to run.
+    pub service: ServiceOrder,
+}
+
+/// Coordinator → agent: make this release the host's current one. `manifest` is a
+/// [`ReleaseManifest`] as the codec encodes it, exactly the bytes that were signed.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct DeployOrder {
+    /// The release id (also inside the manifest).
+    pub release: u64,
+    /// The encoded manifest.
+    pub manifest: Vec<u8>,
+    /// Ed25519 signature of `manifest`.
+    pub signature: Vec<u8>,
+}
+
+/// Bytes of artifact per chunk, up and down.
+pub const ARTIFACT_CHUNK: usize = 256 * 1024;
+
+/// Largest artifact accepted.
+pub const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
+
+/// What a package job built.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ArtifactInfo {
+    /// SHA-256, hex.
+    pub digest: String,
+    /// Bytes.
+    pub size: u64,
 }
 
 /// One attempt at one job: the job's id and the attempt's number. A result names both, so a
@@ -132,6 +207,15 @@ impl std::fmt::Display for JobRef {
 pub enum JobKind {
     /// Check the commit out, read `fifty.toml`, and collect the test list (`[test] list`).
     Plan,
+    /// Build the artifact (`[package]`) after the tests passed, and upload it.
+    Package {
+        /// The shell command.
+        command: String,
+        /// Path of the artifact it leaves, relative to the repository root.
+        artifact: String,
+        /// How long it may run.
+        timeout: Duration,
+    },
     /// Run the test command for one shard.
     Shard {
         /// This shard, from 0.
@@ -213,6 +297,9 @@ pub struct JobDone {
     pub log_tail: Vec<u8>,
     /// How many bytes of output it wrote in all.
     pub log_bytes: u64,
+    /// For a package job: the artifact, whose bytes were sent just before in
+    /// [`AgentMsg::ArtifactChunk`]s.
+    pub artifact: Option<ArtifactInfo>,
 }
 
 /// Agent → coordinator, on the control stream.
@@ -237,18 +324,36 @@ pub enum AgentMsg {
     },
     /// A job finished; sent again on every new link until acknowledged.
     JobDone(JobDone),
+    /// A piece of a package job's artifact, sent in order before its [`JobDone`].
+    ArtifactChunk {
+        /// Which job and attempt.
+        job: JobRef,
+        /// Where in the artifact this piece starts.
+        offset: u64,
+        /// At most [`ARTIFACT_CHUNK`] bytes.
+        data: Vec<u8>,
+    },
+    /// Send me this artifact from `offset` (a download, resumable).
+    FetchArtifact {
+        /// Its SHA-256, hex.
+        digest: String,
+        /// Where to start.
+        offset: u64,
+    },
 }
 
 /// Coordinator → agent, on the control stream.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub enum CoordinatorMsg {
     /// Answer to [`AgentMsg::Hello`]: who the coordinator takes the host to be (from its
-    /// certificate) and how often to report.
+    /// certificate), how often to report, and the key releases are signed with.
     Welcome {
         /// The host's name, as its certificate says.
         host: HostName,
         /// How often to send heartbeats.
         heartbeat_interval: Duration,
+        /// The cluster's ed25519 release-signing public key (32 bytes).
+        release_key: Vec<u8>,
     },
     /// The heartbeat with this sequence number was received.
     HeartbeatAck {
@@ -261,6 +366,22 @@ pub enum CoordinatorMsg {
     CancelJob(JobRef),
     /// The result of this job is recorded; forget it.
     JobDoneAck(JobRef),
+    /// Make this release current on the host.
+    Deploy(DeployOrder),
+    /// Artifact bytes, answering [`AgentMsg::FetchArtifact`].
+    ArtifactData {
+        /// Its SHA-256, hex.
+        digest: String,
+        /// Where these bytes start.
+        offset: u64,
+        /// The artifact's whole size.
+        total: u64,
+        /// At most [`ARTIFACT_CHUNK`] bytes (empty: the coordinator does not have it; see
+        /// `missing`).
+        data: Vec<u8>,
+        /// Why there is no data, if there is none.
+        missing: Option<String>,
+    },
 }
 
 /// Coordinator → coordinator, on unidirectional streams: Raft traffic. Raft's own messages are

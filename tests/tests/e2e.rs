@@ -637,7 +637,7 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
     }
     cluster.wait_reporting(&["build-1", "build-2"], DEADLINE).await.unwrap();
     let ci = token(&cluster, "ci", None).await;
-    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, Some("s3cret")).await.unwrap();
+    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, Some("s3cret"), false).await.unwrap();
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let deadline = Duration::from_secs(120);
@@ -805,7 +805,7 @@ async fn ci_jobs_queue_and_survive_a_leader_failover() {
     cluster.add_agent("build-1", "role=build,slots=1").await.unwrap();
     cluster.wait_reporting(&["build-1"], DEADLINE).await.unwrap();
     let ci = token(&cluster, "ci", None).await;
-    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, None).await.unwrap();
+    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, false).await.unwrap();
     // The push that creates the branch tests its head; the later one tests each commit.
     let base = repo.git_head().await;
     assert!(repo.push().await.unwrap().status.success());
@@ -849,6 +849,176 @@ async fn ci_jobs_queue_and_survive_a_leader_failover() {
     let view: CommitView = cluster.client().get(&format!("/v1/commits/{first}")).await.unwrap();
     let attempts: usize = view.jobs.iter().map(|j| j.attempts.len()).sum();
     assert_eq!(attempts, view.jobs.len(), "no job needed a second attempt: {view:#?}");
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- safe deploy: packages, signed releases, waves, health checks --------------------------
+
+use fifty::deploy::{Outcome, Phase};
+use fifty::views::{ReleaseView, RolloutView};
+
+/// Waits until commit `sha` has a release, and returns its id.
+async fn wait_release(cluster: &LocalCluster, sha: &str) -> u64 {
+    let client = cluster.client();
+    wait_for(&format!("a release of {}", &sha[..10]), Duration::from_secs(120), || {
+        let client = client.clone();
+        let path = format!("/v1/commits/{sha}");
+        async move {
+            let view: CommitView = client.get(&path).await?;
+            if let Some(e) = &view.release_error {
+                anyhow::bail!("packaging failed: {e}");
+            }
+            Ok(view.release)
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the rollout of `release` is in `phase` (or finished, if `phase` is Done).
+async fn wait_rollout(cluster: &LocalCluster, release: u64, phase: Phase) -> RolloutView {
+    let client = cluster.client();
+    wait_for(&format!("the rollout of release {release} to reach {phase:?}"), Duration::from_secs(120), || {
+        let client = client.clone();
+        async move {
+            let view: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
+            Ok((view.release == release && view.phase == phase).then_some(view))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// What the shop on `port` says its version is.
+async fn served_version(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_string())
+}
+
+/// Waits until every port in `ports` serves version `v` (a commit's first 10 digits).
+async fn wait_serving(ports: &[u16], v: &str) {
+    for &port in ports {
+        wait_for(&format!("port {port} to serve {v}"), Duration::from_secs(60), || async move {
+            Ok((served_version(port).await.as_deref() == Some(v)).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+}
+
+/// A green commit becomes a signed release that rolls out 1 → 50% → 100% over four real agents
+/// supervising the real sample service; a leader killed mid-rollout changes nothing; a release
+/// that fails its health check stops at the canary and is rolled back; manual waves, pause,
+/// resume, promote, abort and `rollback --to` do what they say; a host away during a rollout
+/// converges when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
+    let dir = test_dir("deploy");
+    let options = Options { coordinators: 3, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    cluster.add_agent("build-1", "role=build,slots=2").await.unwrap();
+    let mut ports = Vec::new();
+    for i in 1..=4 {
+        let port = fifty::local::free_port().unwrap();
+        ports.push(port);
+        cluster.add_agent_with(&format!("web-{i}"), "role=prod", &format!("port={port}")).await.unwrap();
+    }
+    cluster.wait_reporting(&["build-1", "web-1", "web-2", "web-3", "web-4"], DEADLINE).await.unwrap();
+    let ci = token(&cluster, "ci", None).await;
+    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, true).await.unwrap();
+    let admin = cluster.admin_token.clone();
+
+    // 1. The first green commit: packaged, signed, rolled out in three waves.
+    let first = repo.git_head().await;
+    assert!(repo.push().await.unwrap().status.success());
+    let r1 = wait_release(&cluster, &first).await;
+    let done = wait_rollout(&cluster, r1, Phase::Done).await;
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
+    assert_eq!(done.waves.iter().map(|w| w.reach).collect::<Vec<_>>(), [1, 2, 4]);
+    wait_serving(&ports, &first[..10]).await;
+    let releases: Vec<ReleaseView> = cluster.client().get("/v1/releases").await.unwrap();
+    assert_eq!(releases[0].state, "live");
+    assert_eq!(releases[0].hosts.len(), 4, "{releases:#?}");
+    assert!(releases[0].digest.len() == 64 && releases[0].size > 0);
+
+    // 2. The next one, with web-4 away and the leader killed mid-rollout: the same rollout
+    // finishes, and web-4 converges when it comes back.
+    cluster.kill_agent("web-4").await.unwrap();
+    repo.write("NOTES.md", "second\n").unwrap();
+    let second = repo.commit("Second release").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r2 = wait_release(&cluster, &second).await;
+    let baking = wait_rollout(&cluster, r2, Phase::Baking).await;
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    cluster.kill_coordinator(leader).await.unwrap();
+    cluster.wait_leader(DEADLINE).await.unwrap();
+    let done = wait_rollout(&cluster, r2, Phase::Done).await;
+    assert_eq!(done.id, baking.id, "the rollout resumed, not restarted");
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
+    wait_serving(&ports[..3], &second[..10]).await;
+    cluster.start_agent("web-4").unwrap();
+    wait_serving(&ports[3..], &second[..10]).await;
+
+    // 3. A release whose service fails its health check: the canary goes back by itself, the
+    // rollout fails and stops there; every host keeps serving the previous release.
+    repo.write("release/UNHEALTHY", "").unwrap();
+    let sick = repo.commit("A broken release").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r3 = wait_release(&cluster, &sick).await;
+    let done = wait_rollout(&cluster, r3, Phase::Done).await;
+    match &done.outcome {
+        Some(Outcome::Failed { why }) => assert!(why.contains("health"), "{why}"),
+        other => panic!("the unhealthy release should fail: {other:?}\n{done:#?}"),
+    }
+    assert!(done.hosts.iter().filter(|h| h.failed.as_ref().is_some_and(|(r, _)| *r == r3)).count() == 1, "{done:#?}");
+    wait_serving(&ports, &second[..10]).await;
+
+    // 4. A manual wave: it waits for a person; pause and resume hold it; promote lets it go.
+    repo.edit("fifty.toml", "waves    = [\"1\", \"50%\", \"100%\"]", "waves    = [\"1\", \"manual\", \"100%\"]")
+        .unwrap();
+    std::fs::remove_file(repo.work.join("release/UNHEALTHY")).unwrap();
+    let manual = repo.commit("Healthy again, with a manual wave").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r4 = wait_release(&cluster, &manual).await;
+    wait_rollout(&cluster, r4, Phase::AwaitingPromotion).await;
+    let out = cli(&cluster, &admin, &["rollout", "pause"]).await;
+    assert!(out.status.success() && text(&out.stdout).contains("PAUSED"), "{}", said(&out));
+    let out = cli(&cluster, &admin, &["rollout", "resume"]).await;
+    assert!(out.status.success(), "{}", said(&out));
+    let out = cli(&cluster, &admin, &["rollout", "promote"]).await;
+    assert!(out.status.success(), "{}", said(&out));
+    let done = wait_rollout(&cluster, r4, Phase::Done).await;
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
+    wait_serving(&ports, &manual[..10]).await;
+
+    // 5. Abort at the manual wave: the canary goes back to the previous release.
+    repo.write("NOTES.md", "fifth\n").unwrap();
+    let aborted = repo.commit("To be aborted").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r5 = wait_release(&cluster, &aborted).await;
+    wait_rollout(&cluster, r5, Phase::AwaitingPromotion).await;
+    let out = cli(&cluster, &admin, &["rollout", "abort"]).await;
+    assert!(out.status.success(), "{}", said(&out));
+    let done = wait_rollout(&cluster, r5, Phase::Done).await;
+    assert!(matches!(done.outcome, Some(Outcome::Aborted { .. })), "{done:#?}");
+    wait_serving(&ports, &manual[..10]).await;
+
+    // 6. `fifty rollback --to` the second release: every host at once, no canary, no bake.
+    let out = cli(&cluster, &admin, &["rollback", "--to", &r2.to_string()]).await;
+    assert!(out.status.success(), "{}", said(&out));
+    let done = wait_rollout(&cluster, r2, Phase::Done).await;
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
+    assert_eq!(done.waves.len(), 1);
+    wait_serving(&ports, &second[..10]).await;
+    let out = cli(&cluster, &ci.token, &["releases"]).await;
+    assert!(text(&out.stdout).contains("live"), "{}", said(&out));
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

@@ -13,6 +13,8 @@
 //! | `POST /v1/repos/{repo}/commits` | ci |
 //! | `POST /v1/repos/{repo}/quarantine` | admin |
 //! | `POST /v1/webhooks/github` | none: an HMAC-SHA256 signature with the repository's secret (`webhook`) |
+//! | `GET /v1/releases?repo=`, `GET /v1/rollouts/current?repo=` | read |
+//! | `POST /v1/rollouts/current/{promote,pause,resume,abort}?repo=`, `POST /v1/rollback` | admin |
 //! | `GET /v1/cluster/members` | read |
 //! | `DELETE /v1/cluster/members/{id}` | admin |
 //! | `POST /v1/debug/isolate` | admin, and only with `fault_injection = true` |
@@ -117,6 +119,10 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/commits/{sha}", get(commit))
         .route("/v1/commits/{sha}/log", get(commit_log))
         .route("/v1/webhooks/github", post(webhook::github))
+        .route("/v1/releases", get(releases))
+        .route("/v1/rollouts/current", get(rollout))
+        .route("/v1/rollouts/current/{action}", post(steer_rollout))
+        .route("/v1/rollback", post(rollback))
         .route("/v1/cluster/members", get(members))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/debug/isolate", post(isolate))
@@ -273,6 +279,7 @@ struct CommitsQuery {
     repo: Option<String>,
     limit: Option<usize>,
     shard: Option<u32>,
+    package: Option<bool>,
     attempt: Option<u32>,
 }
 
@@ -302,8 +309,53 @@ async fn commit_log(
     Query(q): Query<CommitsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Read)?;
-    let bytes = c.commit_log(&sha, q.repo.as_deref(), q.shard, q.attempt)?;
+    let bytes = c.commit_log(&sha, q.repo.as_deref(), q.shard, q.package.unwrap_or(false), q.attempt)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes))
+}
+
+#[derive(serde::Deserialize)]
+struct RepoQuery {
+    repo: Option<String>,
+}
+
+async fn releases(
+    State(c): Shared,
+    headers: HeaderMap,
+    Query(q): Query<RepoQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.releases(q.repo.as_deref())?))
+}
+
+async fn rollout(
+    State(c): Shared,
+    headers: HeaderMap,
+    Query(q): Query<RepoQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.rollout_view(q.repo.as_deref())?))
+}
+
+async fn steer_rollout(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(action): Path<String>,
+    Query(q): Query<RepoQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = authorize(&c, &headers, Role::Admin)?;
+    let rollout = c.steer_rollout(q.repo.as_deref(), &action, &by).await?;
+    Ok(Json(c.view_of(&rollout)?))
+}
+
+async fn rollback(
+    State(c): Shared,
+    headers: HeaderMap,
+    body: Option<Json<crate::views::RollbackRequest>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = authorize(&c, &headers, Role::Admin)?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let rollout = c.rollback(req.repo.as_deref(), req.to, &by).await?;
+    Ok(Json(c.view_of(&rollout)?))
 }
 
 async fn members(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {

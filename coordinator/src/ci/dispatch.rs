@@ -153,6 +153,7 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
         c.metrics.jobs_dispatched.inc();
         let what = match &record.kind {
             JobKind::Plan => "plan".to_string(),
+            JobKind::Package { .. } => "package".to_string(),
             JobKind::Shard { index, count, .. } => format!("shard {index}/{count}"),
         };
         info!(%host, job = job.job, attempt = job.attempt, repo = %record.repo, sha = short(&record.sha), %what, "job dispatched");
@@ -196,9 +197,21 @@ impl Coordinator {
             let _ = tx.send(CoordinatorMsg::JobDoneAck(job));
             return;
         };
-        let report = match self.job_report(&record.kind, &record.repo, &record.sha, &done) {
-            Ok(r) => r,
-            Err(e) => return warn!(error = %e, "cannot read the test history"),
+        let report = if matches!(record.kind, JobKind::Package { .. }) {
+            match self.package_report(&record, &done).await {
+                Ok(outcome) => {
+                    if let Err(why) = &outcome {
+                        warn!(job = job.job, %why, "packaging failed");
+                    }
+                    JobReport::Package { outcome }
+                }
+                Err(e) => return warn!(error = %e, "could not record the artifact yet; the agent will send it again"),
+            }
+        } else {
+            match self.job_report(&record.kind, &record.repo, &record.sha, &done) {
+                Ok(r) => r,
+                Err(e) => return warn!(error = %e, "cannot read the test history"),
+            }
         };
         let command =
             Command::FinishJob { job, host: host.clone(), report, log_tail: done.log_tail, at: SystemTime::now() };
@@ -254,11 +267,34 @@ impl Coordinator {
                             Ok(p) => {
                                 let history = self.consensus.store().durations(repo)?;
                                 let shards = shard::split(&found.tests, &history, p.test.shards);
+                                let service = p.deploy.as_ref().map(|d| fifty_shared::wire::ServiceOrder {
+                                    run: d.run.clone(),
+                                    restart: d.restart.clone(),
+                                    health_url: d.health.url.clone(),
+                                    health_timeout: d.health.timeout,
+                                    keep_releases: d.keep_releases,
+                                });
+                                let deploy = p.deploy.as_ref().map(|d| crate::deploy::DeployPlan {
+                                    hosts: d.hosts.clone(),
+                                    waves: d.parsed_waves().into_iter().map(Into::into).collect(),
+                                    bake: d.bake,
+                                    auto: d.auto,
+                                    max_unavailable: d.max_unavailable.clone(),
+                                    progress_deadline: d.progress_deadline,
+                                });
+                                let package = p.package.as_ref().map(|k| super::PackagePlan {
+                                    command: k.command.clone(),
+                                    artifact: k.artifact.clone(),
+                                    timeout: k.timeout,
+                                });
                                 let plan = TestPlan {
                                     command: p.test.command,
                                     timeout: p.test.timeout,
                                     junit: p.test.junit,
                                     retries: p.test.retries,
+                                    package,
+                                    deploy,
+                                    service,
                                 };
                                 Ok((plan, shards))
                             }
@@ -267,6 +303,7 @@ impl Coordinator {
                 };
                 JobReport::Plan { subject, author, outcome }
             }
+            JobKind::Package { .. } => unreachable!("package results are handled by package_report"),
             JobKind::Shard { .. } => {
                 let (tests, mut notes) = junit::parse(&done.junit);
                 notes.extend(done.junit_note.clone());

@@ -64,6 +64,23 @@ pub struct TestPlan {
     pub junit: Option<String>,
     /// Retries per shard.
     pub retries: u32,
+    /// `[package]`, when the commit deploys.
+    pub package: Option<PackagePlan>,
+    /// `[deploy]`.
+    pub deploy: Option<crate::deploy::DeployPlan>,
+    /// What `[deploy]` says the hosts run, for the release manifest.
+    pub service: Option<fifty_shared::wire::ServiceOrder>,
+}
+
+/// What `[package]` said.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct PackagePlan {
+    /// The command.
+    pub command: String,
+    /// The artifact's path.
+    pub artifact: String,
+    /// Its timeout.
+    pub timeout: Duration,
 }
 
 /// One commit under test.
@@ -95,6 +112,10 @@ pub struct CommitRecord {
     pub jobs: Vec<u64>,
     /// Tests that failed and then passed on this commit.
     pub flaky: Vec<String>,
+    /// The release built from it.
+    pub release: Option<u64>,
+    /// Why no release could be built, if packaging failed.
+    pub release_error: Option<String>,
 }
 
 /// Where a job is.
@@ -218,8 +239,17 @@ impl JobRecord {
     /// Shard index, or None for the plan.
     pub fn shard(&self) -> Option<u32> {
         match &self.kind {
-            JobKind::Plan => None,
+            JobKind::Plan | JobKind::Package { .. } => None,
             JobKind::Shard { index, .. } => Some(*index),
+        }
+    }
+
+    /// `plan`, `shard` or `package`.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.kind {
+            JobKind::Plan => "plan",
+            JobKind::Package { .. } => "package",
+            JobKind::Shard { .. } => "shard",
         }
     }
 }
@@ -264,6 +294,11 @@ pub enum JobReport {
         author: String,
         /// The test plan and its shards, or why the commit cannot be tested.
         outcome: Result<(TestPlan, Vec<Vec<String>>), String>,
+    },
+    /// A package job's result: the release (artifact stored, manifest signed), or why not.
+    Package {
+        /// The release, or why there is none.
+        outcome: Result<crate::deploy::ReleaseRecord, String>,
     },
     /// A shard's result.
     Shard {

@@ -202,11 +202,24 @@ impl Coordinator {
             }
             let tests = match &j.kind {
                 fifty_shared::wire::JobKind::Shard { tests, .. } => tests.len(),
-                fifty_shared::wire::JobKind::Plan => 0,
+                _ => 0,
             };
-            views_.push(JobView { id: j.id, shard: j.shard(), state: j.state, tests, attempts });
+            views_.push(JobView {
+                id: j.id,
+                kind: j.kind_name().into(),
+                shard: j.shard(),
+                state: j.state,
+                tests,
+                attempts,
+            });
         }
-        Ok(CommitView { summary: self.summary(&c)?, jobs: views_, failed_tests })
+        Ok(CommitView {
+            summary: self.summary(&c)?,
+            jobs: views_,
+            failed_tests,
+            release: c.release,
+            release_error: c.release_error.clone(),
+        })
     }
 
     /// A job's output: live from this leader while it runs, else the recorded tail. `shard`
@@ -216,17 +229,24 @@ impl Coordinator {
         sha: &str,
         repo: Option<&str>,
         shard: Option<u32>,
+        package: bool,
         attempt: Option<u32>,
     ) -> Result<Vec<u8>, OpError> {
         let c = self.find_commit(sha, repo)?;
         let jobs = self.jobs_of(&c)?;
-        let Some(job) = jobs.iter().find(|j| j.shard() == shard) else {
+        let wanted = |j: &&JobRecord| match (package, shard) {
+            (true, _) => j.kind_name() == "package",
+            (false, None) => j.kind_name() == "plan",
+            (false, Some(n)) => j.shard() == Some(n),
+        };
+        let Some(job) = jobs.iter().find(wanted) else {
             return Err(OpError::NotFound(match shard {
                 Some(n) => format!(
                     "commit {} has no shard {n} (it has {})",
                     super::short(&c.sha),
                     jobs.len().saturating_sub(1)
                 ),
+                None if package => format!("commit {} has no package job (yet)", super::short(&c.sha)),
                 None => format!("commit {} has no plan job", super::short(&c.sha)),
             }));
         };

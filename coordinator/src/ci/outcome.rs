@@ -157,6 +157,8 @@ mod tests {
             plan: None,
             jobs: vec![],
             flaky: vec![],
+            release: None,
+            release_error: None,
         }
     }
 

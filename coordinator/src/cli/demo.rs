@@ -73,7 +73,7 @@ async fn story(dir: &std::path::Path) -> Result<()> {
             },
         )
         .await?;
-    let repo = SampleRepo::create(dir, &cluster, "shop", &ci.token, None).await?;
+    let repo = SampleRepo::create(dir, &cluster, "shop", &ci.token, None, true).await?;
     t.say("created the shop's git repository with Fifty's pre-receive and post-receive hooks");
     let good = repo.git_head().await;
     pushed(&repo, true).await?;

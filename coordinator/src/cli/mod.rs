@@ -15,6 +15,7 @@ use crate::views::{
     AddRepo, ClusterView, CommitSummary, CommitView, CreateToken, GateChange, GateView, HostView, Notified,
     NotifyCommits, Quarantine, RepoView, StatusView, TestsView, TokenCreated, TokenView,
 };
+use crate::views::{ReleaseView, RollbackRequest, RolloutView};
 pub use client::{ApiFailure, Client, ClientOpts};
 
 /// Fifty: ship to production fifty times a day without breaking it.
@@ -86,6 +87,29 @@ enum Command {
         #[command(subcommand)]
         command: CommitCommand,
     },
+    /// Releases: id, commit, digest, size, state, where each runs.
+    Releases {
+        /// Only this repository.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The rollout in progress (or the last one): watch and steer it.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Return every host to a known-good release at once (no canary, no bake).
+    Rollback {
+        /// The release (default: the one before the current, or the active rollout's previous).
+        #[arg(long)]
+        to: Option<u64>,
+        /// The repository, if several deploy.
+        #[arg(long)]
+        repo: Option<String>,
+    },
     /// A repository's tests: durations, flaky tests, quarantine.
     Test {
         #[command(subcommand)]
@@ -136,6 +160,9 @@ enum CommitCommand {
         /// The attempt (default: the last).
         #[arg(long)]
         attempt: Option<u32>,
+        /// The package job's output instead.
+        #[arg(long, conflicts_with = "shard")]
+        package: bool,
         /// Its repository, if the prefix is ambiguous.
         #[arg(long)]
         repo: Option<String>,
@@ -151,6 +178,49 @@ enum CommitCommand {
         /// Full SHAs, oldest first.
         #[arg(required = true)]
         shas: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Waves, hosts and what happened, once.
+    Status {
+        /// The repository, if several deploy.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the rollout until it ends (progress bars on a terminal, plain lines when piped).
+    Watch {
+        /// The repository, if several deploy.
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// Skip the rest of the bake, or pass a manual wave.
+    Promote {
+        /// The repository, if several deploy.
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// Hold the rollout where it is.
+    Pause {
+        /// The repository, if several deploy.
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// Go on after a pause (the bake starts again).
+    Resume {
+        /// The repository, if several deploy.
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// Stop and put every host it touched back on the previous release.
+    Abort {
+        /// The repository, if several deploy.
+        #[arg(long)]
+        repo: Option<String>,
     },
 }
 
@@ -368,6 +438,23 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Commit { command } => commit(&cli.client, command).await,
         Command::Test { command } => test(&cli.client, command).await,
+        Command::Releases { repo, json } => {
+            let releases: Vec<ReleaseView> = Client::from_opts(&cli.client)?
+                .get(&format!("/v1/releases{}", query(&[("repo", repo.as_deref())])))
+                .await?;
+            output::print(json, &releases, |r| output::releases(r))
+        }
+        Command::Rollout { command } => rollout(&cli.client, command).await,
+        Command::Rollback { to, repo } => {
+            let view: RolloutView =
+                Client::from_opts(&cli.client)?.post("/v1/rollback", &RollbackRequest { repo, to }).await?;
+            println!(
+                "Rolling every host of {} back to release {} (rollout {}), no canary, no bake.",
+                view.repo, view.release, view.id
+            );
+            println!("Follow it with `fifty rollout watch`.");
+            Ok(())
+        }
         Command::Cluster { command: ClusterCommand::Members { json } } => {
             let view: ClusterView = Client::from_opts(&cli.client)?.get("/v1/cluster/members").await?;
             output::print(json, &view, output::cluster)
@@ -451,9 +538,15 @@ async fn commit(opts: &ClientOpts, command: CommitCommand) -> Result<()> {
                 client.get(&format!("/v1/commits/{sha}{}", query(&[("repo", repo.as_deref())]))).await?;
             output::print(json, &view, output::commit)
         }
-        CommitCommand::Log { sha, shard, attempt, repo } => {
+        CommitCommand::Log { sha, shard, attempt, package, repo } => {
             let (shard, attempt) = (shard.map(|s| s.to_string()), attempt.map(|a| a.to_string()));
-            let q = query(&[("shard", shard.as_deref()), ("attempt", attempt.as_deref()), ("repo", repo.as_deref())]);
+            let package = package.then_some("true");
+            let q = query(&[
+                ("shard", shard.as_deref()),
+                ("attempt", attempt.as_deref()),
+                ("package", package),
+                ("repo", repo.as_deref()),
+            ]);
             let text = client.get_text(&format!("/v1/commits/{sha}/log{q}")).await?;
             print!("{text}");
             Ok(())
@@ -489,6 +582,67 @@ fn describe_commit(sha: &str) -> NewCommit {
     };
     let (subject, author) = text.split_once('\u{1f}').unwrap_or((&text, ""));
     NewCommit { sha: sha.to_string(), subject: subject.to_string(), author: author.to_string() }
+}
+
+async fn rollout(opts: &ClientOpts, command: RolloutCommand) -> Result<()> {
+    let client = Client::from_opts(opts)?;
+    let path = |repo: &Option<String>, action: &str| {
+        format!("/v1/rollouts/current{action}{}", query(&[("repo", repo.as_deref())]))
+    };
+    let steer = |repo: Option<String>, action: &'static str| {
+        let client = client.clone();
+        let p = path(&repo, &format!("/{action}"));
+        async move {
+            let view: RolloutView = client.post(&p, &serde_json::json!({})).await?;
+            print!("{}", output::rollout(&view));
+            anyhow::Ok(())
+        }
+    };
+    match command {
+        RolloutCommand::Status { repo, json } => {
+            let view: RolloutView = client.get(&path(&repo, "")).await?;
+            output::print(json, &view, output::rollout)
+        }
+        RolloutCommand::Watch { repo } => {
+            use std::io::IsTerminal;
+            let terminal = std::io::stdout().is_terminal();
+            let mut printed = 0;
+            let mut last_id = None;
+            loop {
+                let view: RolloutView = client.get(&path(&repo, "")).await?;
+                if last_id != Some(view.id) {
+                    printed = 0;
+                    last_id = Some(view.id);
+                }
+                if terminal {
+                    // Redraw in place: clear the screen, then the status with progress bars.
+                    print!("\x1b[2J\x1b[H{}", output::rollout_bars(&view));
+                } else {
+                    for (at, what) in view.events.iter().skip(printed) {
+                        println!("{at}  rollout {}: {what}", view.id);
+                    }
+                }
+                printed = view.events.len();
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                if view.finished_at.is_some() {
+                    if !terminal {
+                        print!("{}", output::rollout(&view));
+                    }
+                    return match &view.outcome {
+                        Some(crate::deploy::Outcome::Succeeded) => Ok(()),
+                        Some(other) => Err(anyhow::anyhow!("rollout {} ended: {other:?}", view.id)),
+                        None => Ok(()),
+                    };
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        RolloutCommand::Promote { repo } => steer(repo, "promote").await,
+        RolloutCommand::Pause { repo } => steer(repo, "pause").await,
+        RolloutCommand::Resume { repo } => steer(repo, "resume").await,
+        RolloutCommand::Abort { repo } => steer(repo, "abort").await,
+    }
 }
 
 async fn test(opts: &ClientOpts, command: TestCommand) -> Result<()> {

@@ -299,7 +299,7 @@ pub fn commit(c: &crate::views::CommitView) -> String {
     out.push('\n');
     let mut rows = Vec::new();
     for j in &c.jobs {
-        let name = j.shard.map(|n| n.to_string()).unwrap_or_else(|| "plan".into());
+        let name = j.shard.map(|n| n.to_string()).unwrap_or_else(|| j.kind.clone());
         let tests = if j.shard.is_some() { j.tests.to_string() } else { "-".into() };
         if j.attempts.is_empty() {
             rows.push(vec![
@@ -385,5 +385,121 @@ pub fn tests(t: &crate::views::TestsView) -> String {
             .collect();
         out.push_str(&table(&["TEST", "LAST COMMIT", "WHEN"], &rows));
     }
+    out
+}
+
+/// `fifty releases`.
+pub fn releases(releases: &[crate::views::ReleaseView]) -> String {
+    if releases.is_empty() {
+        return "No releases yet: a green commit of a repository with [package] and [deploy] makes one.\n".into();
+    }
+    let rows: Vec<Vec<String>> = releases
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.repo.clone(),
+                r.sha[..r.sha.len().min(10)].to_string(),
+                format!("sha256:{}", &r.digest[..r.digest.len().min(12)]),
+                format!("{:.1} MiB", r.size as f64 / (1 << 20) as f64),
+                r.state.clone(),
+                if r.hosts.is_empty() { "-".into() } else { r.hosts.join(",") },
+                r.subject.clone(),
+            ]
+        })
+        .collect();
+    table(&["RELEASE", "REPO", "COMMIT", "DIGEST", "SIZE", "STATE", "RUNS ON", "SUBJECT"], &rows)
+}
+
+fn rollout_header(r: &crate::views::RolloutView) -> String {
+    let phase = match (&r.outcome, r.phase) {
+        (Some(crate::deploy::Outcome::Succeeded), crate::deploy::Phase::Done) => "SUCCEEDED".to_string(),
+        (Some(crate::deploy::Outcome::Failed { why }), _) => format!("FAILED: {why}"),
+        (Some(crate::deploy::Outcome::Aborted { by }), _) => format!("ABORTED by {by}"),
+        (Some(crate::deploy::Outcome::Superseded { by }), _) => format!("superseded by rollout {by}"),
+        (_, p) => format!("{p:?}").to_lowercase().replace('_', " "),
+    };
+    let rolling_back = if r.phase == crate::deploy::Phase::RollingBack { " (rolling back)" } else { "" };
+    let paused = if r.paused { " PAUSED" } else { "" };
+    let what = match r.kind {
+        crate::deploy::Kind::Deploy => "rollout",
+        crate::deploy::Kind::Rollback => "rollback",
+    };
+    format!(
+        "{what} {} of {}: release {}{}, wave {}/{} ({}), {phase}{rolling_back}{paused}\n",
+        r.id,
+        r.repo,
+        r.release,
+        r.previous.map(|p| format!(" (from {p})")).unwrap_or_default(),
+        r.wave,
+        r.waves.len(),
+        r.waves.iter().map(|w| w.step.clone()).collect::<Vec<_>>().join(" → "),
+    )
+}
+
+fn host_rows(r: &crate::views::RolloutView) -> String {
+    let rows: Vec<Vec<String>> = r
+        .hosts
+        .iter()
+        .map(|h| {
+            let state = if !h.up {
+                "down".to_string()
+            } else if let Some((rel, bytes)) = h.applying {
+                format!("applying {rel} ({:.1} MiB)", bytes as f64 / (1 << 20) as f64)
+            } else if h.current == h.target && h.healthy {
+                "healthy".into()
+            } else if h.current == h.target {
+                "unhealthy".into()
+            } else {
+                "waiting".into()
+            };
+            vec![
+                h.host.clone(),
+                h.wave.to_string(),
+                or_dash(h.target, |t| t.to_string()),
+                or_dash(h.current, |c| c.to_string()),
+                state,
+                h.failed.as_ref().map(|(rel, why)| format!("{rel}: {why}")).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["HOST", "WAVE", "TARGET", "RUNS", "STATE", "LAST FAILURE"], &rows)
+}
+
+/// `fifty rollout status`.
+pub fn rollout(r: &crate::views::RolloutView) -> String {
+    let mut out = rollout_header(r);
+    out.push_str(&host_rows(r));
+    out.push('\n');
+    for (at, what) in r.events.iter().rev().take(8).rev() {
+        let _ = writeln!(out, "{at}  {what}");
+    }
+    out
+}
+
+/// `fifty rollout watch` on a terminal: the status with a progress bar per wave.
+pub fn rollout_bars(r: &crate::views::RolloutView) -> String {
+    let mut out = rollout_header(r);
+    let total = r.hosts.len().max(1);
+    let mut before = 0;
+    for (i, w) in r.waves.iter().enumerate() {
+        let hosts: Vec<&crate::views::RolloutHostView> =
+            r.hosts.iter().skip(before).take(w.reach.saturating_sub(before)).collect();
+        let done = hosts.iter().filter(|h| h.current == Some(r.release) && h.healthy).count();
+        let size = hosts.len();
+        let width = 30 * size / total;
+        let filled = if size == 0 { 0 } else { width * done / size };
+        let _ = writeln!(
+            out,
+            "  wave {} {:>6}  [{}{}] {done}/{size}",
+            i + 1,
+            w.step,
+            "#".repeat(filled),
+            ".".repeat(width - filled)
+        );
+        before = w.reach.max(before);
+    }
+    out.push('\n');
+    out.push_str(&host_rows(r));
     out
 }

@@ -9,7 +9,9 @@
 //! `sm/counters`, `sm/commit/<repo>/<seq>`, `sm/sha/<repo>/<sha>` (→ seq), `sm/job/<id>`,
 //! `sm/active/<id>` (jobs queued or running), `sm/log/<id>/<attempt>`, `sm/results/<id>/<attempt>`
 //! (an attempt's test results), `sm/tests/<repo>`, `sm/duration/<repo>/<test>`,
-//! `sm/delivery/<id>` (webhook deliveries seen). Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
+//! `sm/delivery/<id>` (webhook deliveries seen); deploy: `sm/blob/<digest>/<chunk>` and
+//! `sm/blobsize/<digest>` (artifacts, content-addressed), `sm/release/<id>`, `sm/rollout/<id>`,
+//! `sm/target/<repo>`, `sm/hosttarget/<host>`. Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
 
 pub mod check;
@@ -21,6 +23,7 @@ use bincode::{Decode, Encode};
 use fifty_shared::codec::{self, CodecError};
 
 use crate::ci::{CommitRecord, JobRecord, JobState, TestBook, TestResult};
+use crate::deploy::{HostTarget, ReleaseRecord, Rollout, TargetRecord};
 use crate::state::{
     ClusterRecord, Counters, GateRecord, HostRecord, MemberRecord, RepoRecord, Revocation, TokenRecord,
 };
@@ -179,6 +182,32 @@ impl Batch {
     /// Records a test's last passing duration.
     pub fn put_duration(&mut self, repo: &RepoName, test: &str, d: std::time::Duration) {
         self.put(format!("duration/{repo}/{test}"), &(test.to_string(), d));
+    }
+
+    /// Stores one chunk of an artifact, and its total size.
+    pub fn put_blob_chunk(&mut self, digest: &str, index: u32, total: u64, data: &[u8]) {
+        self.put(format!("blob/{digest}/{index:08x}"), &data.to_vec());
+        self.put(format!("blobsize/{digest}"), &total);
+    }
+
+    /// Writes a release.
+    pub fn put_release(&mut self, r: &ReleaseRecord) {
+        self.put(format!("release/{:016x}", r.id), r);
+    }
+
+    /// Writes a rollout.
+    pub fn put_rollout(&mut self, r: &Rollout) {
+        self.put(format!("rollout/{:016x}", r.id), r);
+    }
+
+    /// Writes a deploy target.
+    pub fn put_target(&mut self, repo: &RepoName, t: &TargetRecord) {
+        self.put(format!("target/{repo}"), t);
+    }
+
+    /// Writes the release a host should run.
+    pub fn put_host_target(&mut self, t: &HostTarget) {
+        self.put(format!("hosttarget/{}", t.host), t);
     }
 
     /// Writes a repository's test history.
@@ -357,6 +386,46 @@ impl Store {
     ) -> Result<std::collections::BTreeMap<String, std::time::Duration>, StoreError> {
         let pairs: Vec<(String, std::time::Duration)> = self.scan(&format!("duration/{repo}/"))?;
         Ok(pairs.into_iter().collect())
+    }
+
+    /// One chunk of an artifact.
+    pub fn blob_chunk(&self, digest: &str, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&format!("blob/{digest}/{index:08x}"))
+    }
+
+    /// An artifact's size, once any chunk of it is stored.
+    pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, StoreError> {
+        self.get(&format!("blobsize/{digest}"))
+    }
+
+    /// A release by id.
+    pub fn release(&self, id: u64) -> Result<Option<ReleaseRecord>, StoreError> {
+        self.get(&format!("release/{id:016x}"))
+    }
+
+    /// Every release, oldest first.
+    pub fn releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.scan("release/")
+    }
+
+    /// A rollout by id.
+    pub fn rollout(&self, id: u64) -> Result<Option<Rollout>, StoreError> {
+        self.get(&format!("rollout/{id:016x}"))
+    }
+
+    /// Every rollout, oldest first.
+    pub fn rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        self.scan("rollout/")
+    }
+
+    /// A repository's deploy target (empty if it never deployed).
+    pub fn target(&self, repo: &RepoName) -> Result<TargetRecord, StoreError> {
+        Ok(self.get(&format!("target/{repo}"))?.unwrap_or_default())
+    }
+
+    /// The release each host should run.
+    pub fn host_targets(&self) -> Result<Vec<HostTarget>, StoreError> {
+        self.scan("hosttarget/")
     }
 
     /// A repository's test history.

@@ -1,0 +1,553 @@
+//! The release applier: makes the release the coordinator orders current on this host, and
+//! keeps the deployed service running.
+//!
+//! For each `CoordinatorMsg::Deploy` (one at a time; a newer order waits for the one applying):
+//! 1. verify the manifest's ed25519 signature with the cluster's release key (from `Welcome`);
+//! 2. download the artifact from the coordinator into `downloads/<digest>.part`, resuming where a
+//!    dropped link left off, and check its size and SHA-256 against the signed manifest;
+//! 3. unpack it (`tar -xzf`) into `releases/<id>/`, keep the order beside it (`releases/<id>.order`);
+//! 4. switch the `current` link atomically (a new symlink renamed over the old one);
+//! 5. restart the service (`run`: supervised here; `restart`: a command for a service managed
+//!    elsewhere) and wait for its health check to pass within the deadline.
+//! If anything fails the host goes back to the release it ran before, by itself, and reports why.
+//! Nothing is applied from a manifest whose signature, size or digest is wrong.
+//!
+//! On start the agent brings the current release's service back up from disk, so a restarted
+//! agent, or one that cannot reach any coordinator, keeps serving.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fifty_shared::codec;
+use fifty_shared::pipeline::fill;
+use fifty_shared::wire::{AgentMsg, CoordinatorMsg, DeployOrder, ReleaseManifest, ReleaseReport};
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::service::{http_get, ServiceSpec, Supervisor};
+
+/// How long one download request may wait for its answer before it is sent again.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a download may wait for a link to the coordinator.
+const LINK_WAIT: Duration = Duration::from_secs(600);
+/// How often the current release's health is checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// How long a `restart` command may run.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The deployed service on this host.
+#[derive(Clone)]
+pub struct Deployer {
+    inner: Arc<Mutex<Inner>>,
+    data_dir: PathBuf,
+    vars: BTreeMap<String, String>,
+    supervisor: Supervisor,
+}
+
+#[derive(Default)]
+struct Inner {
+    report: ReleaseReport,
+    /// The manifest of the current release.
+    current: Option<ReleaseManifest>,
+    /// An order waiting for the one applying.
+    next: Option<DeployOrder>,
+    busy: bool,
+    key: Vec<u8>,
+    link: Option<mpsc::UnboundedSender<AgentMsg>>,
+    /// Answers to download requests.
+    chunks: Option<mpsc::UnboundedSender<CoordinatorMsg>>,
+}
+
+impl Deployer {
+    /// A deployer keeping releases under `data_dir`, filling `{name}` in commands and URLs from
+    /// `vars` (the agent's `[service]` settings).
+    pub fn new(data_dir: &Path, vars: BTreeMap<String, String>) -> Self {
+        Self {
+            inner: Arc::default(),
+            data_dir: data_dir.to_path_buf(),
+            vars,
+            supervisor: Supervisor::new(data_dir.join("service.log")),
+        }
+    }
+
+    /// Brings the current release (if any) back up, then checks its health every few seconds.
+    /// Call once, at start. A service an earlier run of the agent left running (it was killed)
+    /// is stopped first, so the new one can take its port.
+    pub async fn resume(&self) {
+        let orphans = kill_orphans(&self.data_dir.join("releases"));
+        if orphans > 0 {
+            warn!(processes = orphans, "stopped service processes an earlier agent left running");
+        }
+        if let Some((id, manifest)) = self.read_current() {
+            info!(release = id, "starting the current release's service");
+            self.inner.lock().expect("deploy lock").report.current = Some(id);
+            if let Err(e) = self.start_service(&manifest, &self.release_dir(id)).await {
+                warn!(release = id, error = %e, "could not start the current release's service");
+            }
+            self.inner.lock().expect("deploy lock").current = Some(manifest);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEALTH_EVERY).await;
+                let (manifest, busy) = {
+                    let inner = this.inner.lock().expect("deploy lock");
+                    (inner.current.clone(), inner.busy)
+                };
+                if let (Some(m), false) = (manifest, busy) {
+                    let running = m.service.run.is_none() || this.supervisor.status().running;
+                    let healthy = running && this.healthy_once(&m).await.is_ok();
+                    let mut inner = this.inner.lock().expect("deploy lock");
+                    if !inner.busy {
+                        inner.report.healthy = healthy;
+                    }
+                }
+            }
+        });
+    }
+
+    /// A link is up: requests go to `tx`; `key` is the cluster's release key.
+    pub fn attach(&self, tx: mpsc::UnboundedSender<AgentMsg>, key: Vec<u8>) {
+        let mut inner = self.inner.lock().expect("deploy lock");
+        inner.link = Some(tx);
+        if !key.is_empty() {
+            inner.key = key;
+        }
+    }
+
+    /// The link is down.
+    pub fn detach(&self) {
+        self.inner.lock().expect("deploy lock").link = None;
+    }
+
+    /// What the heartbeat says about the service.
+    pub fn report(&self) -> ReleaseReport {
+        self.inner.lock().expect("deploy lock").report.clone()
+    }
+
+    /// An answer to a download request.
+    pub fn on_artifact_data(&self, msg: CoordinatorMsg) {
+        if let Some(tx) = &self.inner.lock().expect("deploy lock").chunks {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// The coordinator orders a release.
+    pub fn deploy(&self, order: DeployOrder) {
+        {
+            let mut inner = self.inner.lock().expect("deploy lock");
+            if inner.report.current == Some(order.release) && !inner.busy {
+                return;
+            }
+            if inner.report.applying.is_some_and(|(r, _)| r == order.release) {
+                return;
+            }
+            if inner.busy {
+                inner.next = Some(order);
+                return;
+            }
+            inner.busy = true;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut order = order;
+            loop {
+                let release = order.release;
+                let span = tracing::info_span!("release", release);
+                let _enter = span.enter();
+                drop(_enter);
+                match this.apply(&order).await {
+                    Ok(()) => info!(release, "release applied and healthy"),
+                    Err(why) => {
+                        warn!(release, %why, "release not applied; the host keeps its previous release");
+                        this.inner.lock().expect("deploy lock").report.failed = Some((release, why));
+                    }
+                }
+                let mut inner = this.inner.lock().expect("deploy lock");
+                inner.report.applying = None;
+                match inner.next.take() {
+                    Some(next) if inner.report.current != Some(next.release) => order = next,
+                    _ => {
+                        inner.busy = false;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn release_dir(&self, id: u64) -> PathBuf {
+        self.data_dir.join("releases").join(id.to_string())
+    }
+
+    fn order_path(&self, id: u64) -> PathBuf {
+        self.data_dir.join("releases").join(format!("{id}.order"))
+    }
+
+    /// The release the `current` link points to, with its manifest.
+    fn read_current(&self) -> Option<(u64, ReleaseManifest)> {
+        let target = std::fs::read_link(self.data_dir.join("current")).ok()?;
+        let id: u64 = target.file_name()?.to_str()?.parse().ok()?;
+        let bytes = std::fs::read(self.order_path(id)).ok()?;
+        let order: DeployOrder = codec::from_bytes(&bytes).ok()?;
+        let manifest: ReleaseManifest = codec::from_bytes(&order.manifest).ok()?;
+        Some((id, manifest))
+    }
+
+    /// Verifies, downloads, unpacks, switches, restarts and checks one release; on failure after
+    /// the switch, puts the previous release back.
+    async fn apply(&self, order: &DeployOrder) -> Result<(), String> {
+        let key = self.inner.lock().expect("deploy lock").key.clone();
+        let manifest = verify(order, &key)?;
+        let id = manifest.release;
+        self.inner.lock().expect("deploy lock").report.applying = Some((id, 0));
+        info!(release = id, digest = %manifest.digest, size = manifest.size, "applying release");
+        let file = self.download(&manifest).await?;
+        let dir = self.release_dir(id);
+        unpack(&file, &dir).await?;
+        let _ = std::fs::remove_file(&file);
+        let order_bytes = codec::to_bytes(order).map_err(|e| format!("encode the order: {e}"))?;
+        std::fs::write(self.order_path(id), order_bytes).map_err(|e| format!("keep the order: {e}"))?;
+
+        let previous = self.read_current();
+        self.switch(id)?;
+        self.inner.lock().expect("deploy lock").report.healthy = false;
+        let started = self.start_service(&manifest, &dir).await;
+        let healthy = match started {
+            Ok(()) => self.wait_healthy(&manifest).await,
+            Err(e) => Err(e),
+        };
+        match healthy {
+            Ok(()) => {
+                let mut inner = self.inner.lock().expect("deploy lock");
+                inner.report.current = Some(id);
+                inner.report.healthy = true;
+                inner.current = Some(manifest.clone());
+                drop(inner);
+                self.prune(manifest.service.keep_releases, id);
+                Ok(())
+            }
+            Err(why) => {
+                match previous {
+                    Some((prev, prev_manifest)) => {
+                        warn!(release = id, previous = prev, %why, "new release unhealthy; going back");
+                        self.switch(prev)?;
+                        if let Err(e) = self.start_service(&prev_manifest, &self.release_dir(prev)).await {
+                            warn!(release = prev, error = %e, "the previous release did not start again");
+                        }
+                        let healthy = self.wait_healthy(&prev_manifest).await.is_ok();
+                        let mut inner = self.inner.lock().expect("deploy lock");
+                        inner.report.current = Some(prev);
+                        inner.report.healthy = healthy;
+                        inner.current = Some(prev_manifest);
+                    }
+                    None => {
+                        // Nothing to go back to: stop what does not work.
+                        self.supervisor.stop().await;
+                        let _ = std::fs::remove_file(self.data_dir.join("current"));
+                        let mut inner = self.inner.lock().expect("deploy lock");
+                        inner.report.current = None;
+                        inner.report.healthy = false;
+                        inner.current = None;
+                    }
+                }
+                Err(why)
+            }
+        }
+    }
+
+    /// Downloads the artifact (resuming a partial download) and checks it against the manifest.
+    async fn download(&self, m: &ReleaseManifest) -> Result<PathBuf, String> {
+        let dir = self.data_dir.join("downloads");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let path = dir.join(format!("{}.part", m.digest));
+        let mut offset = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
+        if offset > m.size {
+            let _ = std::fs::remove_file(&path);
+            offset = 0;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| format!("open {}: {e}", path.display()))?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.inner.lock().expect("deploy lock").chunks = Some(tx);
+        let since = Instant::now();
+        while offset < m.size {
+            let link = self.inner.lock().expect("deploy lock").link.clone();
+            let Some(link) = link else {
+                if since.elapsed() > LINK_WAIT {
+                    return Err("no link to a coordinator to download the artifact from".into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let _ = link.send(AgentMsg::FetchArtifact { digest: m.digest.clone(), offset });
+            let answer = match tokio::time::timeout(FETCH_TIMEOUT, rx.recv()).await {
+                Ok(Some(a)) => a,
+                _ => continue, // the link may have changed; ask again from where we are
+            };
+            let CoordinatorMsg::ArtifactData { digest, offset: at, total, data, missing } = answer else { continue };
+            if digest != m.digest || at != offset {
+                continue; // an answer to an earlier request
+            }
+            if let Some(why) = missing {
+                return Err(format!("the coordinator cannot serve the artifact: {why}"));
+            }
+            if total != m.size {
+                return Err(format!(
+                    "the coordinator's artifact is {total} bytes; the signed manifest says {}",
+                    m.size
+                ));
+            }
+            if data.is_empty() {
+                return Err("the coordinator sent an empty piece of the artifact".into());
+            }
+            let take = data.len().min((m.size - offset) as usize);
+            file.write_all(&data[..take]).await.map_err(|e| format!("write {}: {e}", path.display()))?;
+            offset += take as u64;
+            self.inner.lock().expect("deploy lock").report.applying = Some((m.release, offset));
+        }
+        file.flush().await.map_err(|e| e.to_string())?;
+        drop(file);
+        self.inner.lock().expect("deploy lock").chunks = None;
+        check_artifact(&path, m)?;
+        Ok(path)
+    }
+
+    /// Points `current` at release `id`, atomically.
+    fn switch(&self, id: u64) -> Result<(), String> {
+        let link = self.data_dir.join("current");
+        let tmp = self.data_dir.join("current.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(id.to_string()), &tmp)
+            .map_err(|e| format!("link {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &link).map_err(|e| format!("switch {}: {e}", link.display()))?;
+        Ok(())
+    }
+
+    async fn start_service(&self, m: &ReleaseManifest, dir: &Path) -> Result<(), String> {
+        let env =
+            vec![("FIFTY_RELEASE".to_string(), m.release.to_string()), ("FIFTY_COMMIT".to_string(), m.sha.clone())];
+        if let Some(run) = &m.service.run {
+            let command = fill(run, &self.vars)?;
+            self.supervisor.start(ServiceSpec { command, dir: dir.to_path_buf(), env }).await;
+            return Ok(());
+        }
+        if let Some(restart) = &m.service.restart {
+            let command = fill(restart, &self.vars)?;
+            let out = tokio::time::timeout(
+                RESTART_TIMEOUT,
+                tokio::process::Command::new("sh").arg("-c").arg(&command).current_dir(dir).envs(env).output(),
+            )
+            .await
+            .map_err(|_| format!("`{command}` took longer than {RESTART_TIMEOUT:?}"))?
+            .map_err(|e| format!("run `{command}`: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("`{command}` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn healthy_once(&self, m: &ReleaseManifest) -> Result<(), String> {
+        let url = fill(&m.service.health_url, &self.vars)?;
+        match http_get(&url, Duration::from_secs(2)).await {
+            Ok(r) if (200..300).contains(&r.status) => Ok(()),
+            Ok(r) => Err(format!("health check {url}: HTTP {}", r.status)),
+            Err(e) => Err(format!("health check: {e}")),
+        }
+    }
+
+    /// Polls the health check until it passes or the manifest's deadline passes. A supervised
+    /// service that exits meanwhile fails it, whatever answers on its port.
+    async fn wait_healthy(&self, m: &ReleaseManifest) -> Result<(), String> {
+        let deadline = Instant::now() + m.service.health_timeout;
+        loop {
+            let last = self.healthy_once(m).await;
+            if m.service.run.is_some() {
+                let status = self.supervisor.status();
+                if status.restarts > 0 {
+                    let exit = status.last_exit.unwrap_or_else(|| "exited".into());
+                    return Err(format!("the service did not stay up ({exit}); see service.log"));
+                }
+            }
+            if last.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let why = last.err().unwrap_or_default();
+                return Err(format!("not healthy within {:?}: {why}", m.service.health_timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Keeps the newest `keep` releases (always the current one).
+    fn prune(&self, keep: u32, current: u64) {
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("releases")) else { return };
+        let mut ids: Vec<u64> =
+            entries.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in ids.into_iter().skip(keep.max(2) as usize).filter(|id| *id != current) {
+            let _ = std::fs::remove_dir_all(self.release_dir(id));
+            let _ = std::fs::remove_file(self.order_path(id));
+        }
+    }
+}
+
+/// Kills every process whose working directory is under `releases` (services an earlier run of
+/// the agent started); returns how many. Linux `/proc`.
+fn kill_orphans(releases: &Path) -> usize {
+    let Ok(releases) = releases.canonicalize() else { return 0 };
+    let me = std::process::id();
+    let mut killed = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if pid as u32 == me {
+            continue;
+        }
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else { continue };
+        if cwd.starts_with(&releases) {
+            // SAFETY: a plain syscall on a process running in this agent's own release directory.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Checks an order's signature with `key` and returns its manifest.
+pub fn verify(order: &DeployOrder, key: &[u8]) -> Result<ReleaseManifest, String> {
+    if key.is_empty() {
+        return Err("no release key from the coordinator yet; cannot verify the release".into());
+    }
+    let public = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key);
+    public
+        .verify(&order.manifest, &order.signature)
+        .map_err(|_| format!("release {}: bad signature on the manifest; refused", order.release))?;
+    let manifest: ReleaseManifest = codec::from_bytes(&order.manifest)
+        .map_err(|e| format!("release {}: manifest does not decode: {e}", order.release))?;
+    if manifest.release != order.release {
+        return Err(format!("the order names release {} but its manifest release {}", order.release, manifest.release));
+    }
+    Ok(manifest)
+}
+
+/// Checks a downloaded artifact's size and digest against the manifest; a bad file is deleted.
+fn check_artifact(path: &Path, m: &ReleaseManifest) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    let bad = |why: String| {
+        let _ = std::fs::remove_file(path);
+        Err(why)
+    };
+    if bytes.len() as u64 != m.size {
+        return bad(format!("artifact truncated: {} of {} bytes", bytes.len(), m.size));
+    }
+    let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    if digest != m.digest {
+        return bad(format!("artifact digest {digest} does not match the signed manifest's {}", m.digest));
+    }
+    Ok(())
+}
+
+/// Unpacks a `.tar.gz` into `dir` (replacing it), through a temporary directory.
+async fn unpack(file: &Path, dir: &Path) -> Result<(), String> {
+    let tmp = dir.with_extension("unpacking");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    let out = tokio::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(file)
+        .arg("-C")
+        .arg(&tmp)
+        .output()
+        .await
+        .map_err(|e| format!("run tar: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(format!("unpack the artifact: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(|e| format!("move {} into place: {e}", dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fifty_shared::ids::RepoName;
+    use fifty_shared::wire::ServiceOrder;
+    use ring::signature::KeyPair;
+
+    fn key() -> ring::signature::Ed25519KeyPair {
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn manifest(release: u64) -> ReleaseManifest {
+        ReleaseManifest {
+            release,
+            repo: RepoName::new("shop").unwrap(),
+            sha: "a".repeat(40),
+            digest: "00".repeat(32),
+            size: 10,
+            service: ServiceOrder {
+                run: Some("bin/app".into()),
+                restart: None,
+                health_url: "http://127.0.0.1:1/health".into(),
+                health_timeout: Duration::from_secs(1),
+                keep_releases: 3,
+            },
+        }
+    }
+
+    fn order(k: &ring::signature::Ed25519KeyPair, m: &ReleaseManifest) -> DeployOrder {
+        let bytes = codec::to_bytes(m).unwrap();
+        DeployOrder { release: m.release, signature: k.sign(&bytes).as_ref().to_vec(), manifest: bytes }
+    }
+
+    #[test]
+    fn only_a_manifest_signed_by_the_cluster_key_is_accepted() {
+        let (k, other) = (key(), key());
+        let public = k.public_key().as_ref().to_vec();
+        let good = order(&k, &manifest(3));
+        assert_eq!(verify(&good, &public).unwrap().release, 3);
+        let forged = order(&other, &manifest(3));
+        assert!(verify(&forged, &public).unwrap_err().contains("bad signature"));
+        let mut tampered = good.clone();
+        tampered.manifest[5] ^= 1;
+        assert!(verify(&tampered, &public).unwrap_err().contains("bad signature"));
+        let mut relabelled = good.clone();
+        relabelled.release = 4;
+        assert!(verify(&relabelled, &public).unwrap_err().contains("names release 4"));
+        assert!(verify(&good, &[]).unwrap_err().contains("no release key"));
+    }
+
+    #[test]
+    fn a_truncated_or_altered_artifact_is_refused_and_deleted() {
+        let dir = std::env::temp_dir().join(format!("fifty-deploy-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = b"0123456789".to_vec();
+        let mut m = manifest(1);
+        m.digest = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.join("a.part");
+        std::fs::write(&path, &bytes).unwrap();
+        check_artifact(&path, &m).unwrap();
+        std::fs::write(&path, &bytes[..7]).unwrap();
+        assert!(check_artifact(&path, &m).unwrap_err().contains("truncated: 7 of 10"));
+        assert!(!path.exists());
+        std::fs::write(&path, b"0123456780").unwrap();
+        assert!(check_artifact(&path, &m).unwrap_err().contains("does not match"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

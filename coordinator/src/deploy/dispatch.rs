@@ -1,0 +1,536 @@
+//! The leader's deploy loop, the I/O shell around `rollout`: each round (on a wake-up, else every
+//! half second) it steps every active rollout with what the hosts report, starts the queued
+//! release of an idle target, and sends each host whose target release differs from what it runs
+//! the signed order to switch. Also here: turning a package job's upload into a release, serving
+//! artifacts to agents, and the operations behind `fifty rollout ...` and `fifty rollback`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fifty_shared::codec;
+use fifty_shared::ids::{HostName, RepoName};
+use fifty_shared::wire::{
+    ArtifactInfo, CoordinatorMsg, DeployOrder, JobDone, JobExit, JobRef, ReleaseManifest, ARTIFACT_CHUNK,
+    MAX_ARTIFACT_BYTES,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::rollout::{HostView, Kind, Rollout, Step};
+use super::{selects, ReleaseRecord};
+use crate::ci::{CommitRecord, JobRecord};
+use crate::coordinator::{Coordinator, OpError};
+use crate::state::{Command, Rejection};
+use crate::store::StoreError;
+
+/// How often the loop runs without a wake-up.
+const ROUND: Duration = Duration::from_millis(500);
+/// How long before an order not yet acted on is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(10);
+
+/// The leader's soft deploy state: uploads in progress and orders sent.
+#[derive(Default)]
+pub struct Live {
+    /// Artifact bytes received so far, by package job attempt.
+    pub uploads: HashMap<JobRef, Vec<u8>>,
+    /// The last order sent to each host, and when.
+    pub sent: HashMap<HostName, (u64, Instant)>,
+}
+
+/// Runs the deploy loop until `shutdown`; it acts only while this node leads.
+pub async fn run(coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = coordinator.deploy_wake.notified() => {}
+            _ = tokio::time::sleep(ROUND) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if !coordinator.consensus.status().is_leader() {
+            continue;
+        }
+        if let Err(e) = round(&coordinator).await {
+            warn!(error = %format!("{e:#}"), "deploy round failed; retrying");
+        }
+    }
+}
+
+fn log_events(before: Option<&Rollout>, after: &Rollout) {
+    let seen = before.map(|r| r.events.len()).unwrap_or(0);
+    for (_, what) in after.events.iter().skip(seen) {
+        info!(rollout = after.id, repo = %after.repo, release = after.release, "{what}");
+    }
+}
+
+async fn round(c: &Coordinator) -> anyhow::Result<()> {
+    let store = c.consensus.store();
+    let views = c.host_views()?;
+    let now = SystemTime::now();
+    for repo in store.repos()? {
+        let target = store.target(&repo.name)?;
+        if let Some(id) = target.active {
+            let Some(rollout) = store.rollout(id)? else { continue };
+            if let Some(step) = rollout.step(&views, now) {
+                log_events(Some(&rollout), &step.rollout);
+                let cmd = Command::StepRollout { rollout: step.rollout, targets: step.targets, at: now };
+                if let Err(e) = c.consensus.propose(cmd).await? {
+                    warn!(error = %e, "rollout step not applied");
+                }
+            }
+        } else if let Some(release) = target.queued {
+            match c.start_rollout(release, Kind::Deploy, None).await {
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, release, "could not start the rollout"),
+            }
+        }
+    }
+    converge(c, &views)?;
+    Ok(())
+}
+
+/// Sends every host whose target release differs from what it runs (and is not already applying,
+/// and did not already fail) the order to switch.
+fn converge(c: &Coordinator, views: &HashMap<HostName, HostView>) -> Result<(), StoreError> {
+    let store = c.consensus.store();
+    for t in store.host_targets()? {
+        let Some(view) = views.get(&t.host) else { continue };
+        let report = c.release_report(&t.host);
+        if !view.up
+            || report.current == Some(t.release)
+            || report.applying.is_some_and(|(r, _)| r == t.release)
+            || report.failed.as_ref().is_some_and(|(r, _)| *r == t.release)
+        {
+            continue;
+        }
+        let recently = c
+            .deploy
+            .lock()
+            .expect("deploy lock")
+            .sent
+            .get(&t.host)
+            .is_some_and(|(r, at)| *r == t.release && at.elapsed() < RESEND_AFTER);
+        if recently {
+            continue;
+        }
+        let Some(release) = store.release(t.release)? else { continue };
+        let order = DeployOrder { release: release.id, manifest: release.manifest, signature: release.signature };
+        if c.send_to(&t.host, CoordinatorMsg::Deploy(order)) {
+            info!(host = %t.host, release = t.release, "deploy order sent");
+            c.deploy.lock().expect("deploy lock").sent.insert(t.host.clone(), (t.release, Instant::now()));
+        }
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    /// What the leader sees of every enrolled host now.
+    pub(crate) fn host_views(&self) -> Result<HashMap<HostName, HostView>, StoreError> {
+        let mut out = HashMap::new();
+        for h in self.consensus.store().hosts()? {
+            let r = self.release_report(&h.name);
+            let view = HostView {
+                up: self.host_ready(&h.name),
+                reported: self.fleet_has_beat(&h.name),
+                current: r.current,
+                healthy: r.healthy,
+                failed: r.failed,
+            };
+            out.insert(h.name, view);
+        }
+        Ok(out)
+    }
+
+    /// Starts a rollout of `release` (`Kind::Rollback`: every host at once, superseding the
+    /// active rollout); `by` names who asked, if a person did.
+    pub async fn start_rollout(&self, release: u64, kind: Kind, by: Option<&str>) -> Result<Rollout, OpError> {
+        let store = self.consensus.store();
+        let Some(record) = store.release(release)? else {
+            return Err(OpError::NotFound(format!("no release {release}; see `fifty releases`")));
+        };
+        let target = store.target(&record.repo)?;
+        let active = match target.active {
+            Some(id) => store.rollout(id)?.filter(|r| !r.finished()),
+            None => None,
+        };
+        let previous = match (kind, &active) {
+            (Kind::Deploy, _) => target.last_good.filter(|g| *g != release),
+            (Kind::Rollback, Some(a)) => Some(a.release),
+            (Kind::Rollback, None) => target.last_good,
+        }
+        .filter(|p| *p != release);
+        let mut hosts: Vec<HostName> =
+            store.hosts()?.into_iter().filter(|h| selects(&record.plan.hosts, &h.labels)).map(|h| h.name).collect();
+        hosts.sort();
+        let unavailable = parse_unavailable(&record.plan.max_unavailable, hosts.len());
+        let id = store.counters()?.last_rollout + 1;
+        let now = SystemTime::now();
+        let Step { rollout, targets } = Rollout::start(
+            id,
+            record.repo.clone(),
+            kind,
+            release,
+            previous,
+            hosts,
+            record.plan.waves.clone(),
+            record.plan.bake,
+            unavailable,
+            record.plan.progress_deadline,
+            now,
+        );
+        self.consensus.propose(Command::StartRollout { rollout: rollout.clone(), targets, at: now }).await??;
+        if let Some(by) = by {
+            info!(rollout = id, release, %by, "{kind:?} started by hand");
+        }
+        log_events(None, &rollout);
+        self.deploy_wake.notify_one();
+        Ok(rollout)
+    }
+
+    /// The active rollout of `repo` (or of the only repository that has one).
+    pub(crate) fn active_rollout(&self, repo: Option<&str>) -> Result<Rollout, OpError> {
+        let store = self.consensus.store();
+        let repos: Vec<RepoName> = match repo {
+            Some(r) => vec![self.repo(r)?.name],
+            None => store.repos()?.into_iter().map(|r| r.name).collect(),
+        };
+        let mut active = Vec::new();
+        for r in repos {
+            if let Some(id) = store.target(&r)?.active {
+                active.extend(store.rollout(id)?.filter(|r| !r.finished()));
+            }
+        }
+        match active.len() {
+            0 => Err(OpError::NotFound("no rollout is in progress".into())),
+            1 => Ok(active.remove(0)),
+            _ => Err(OpError::BadRequest("rollouts are in progress for several repositories; give --repo".into())),
+        }
+    }
+
+    /// `promote`, `pause`, `resume` or `abort` on the active rollout.
+    pub async fn steer_rollout(&self, repo: Option<&str>, action: &str, by: &str) -> Result<Rollout, OpError> {
+        let rollout = self.active_rollout(repo)?;
+        let now = SystemTime::now();
+        let step = match action {
+            "promote" => rollout.promote(by, now),
+            "pause" => rollout.set_paused(true, by, now),
+            "resume" => rollout.set_paused(false, by, now),
+            "abort" => rollout.abort(by, now),
+            other => return Err(OpError::BadRequest(format!("unknown rollout action {other:?}"))),
+        }
+        .map_err(OpError::BadRequest)?;
+        log_events(Some(&rollout), &step.rollout);
+        let cmd = Command::StepRollout { rollout: step.rollout.clone(), targets: step.targets, at: now };
+        self.consensus.propose(cmd).await??;
+        self.deploy_wake.notify_one();
+        Ok(step.rollout)
+    }
+
+    /// `fifty rollback [--to RELEASE]`: every host of the repository to a known-good release at
+    /// once. Without `to`: the release the active rollout started from, else the last release that
+    /// fully rolled out before the current one.
+    pub async fn rollback(&self, repo: Option<&str>, to: Option<u64>, by: &str) -> Result<Rollout, OpError> {
+        let store = self.consensus.store();
+        let release = match to {
+            Some(r) => r,
+            None => {
+                if let Ok(active) = self.active_rollout(repo) {
+                    active.previous.ok_or_else(|| {
+                        OpError::BadRequest("the rollout in progress has no previous release to go back to".into())
+                    })?
+                } else {
+                    let repo = match repo {
+                        Some(r) => self.repo(r)?.name,
+                        None => {
+                            let with_target: Vec<RepoName> = store
+                                .repos()?
+                                .into_iter()
+                                .map(|r| r.name)
+                                .filter(|r| store.target(r).is_ok_and(|t| t.last_good.is_some()))
+                                .collect();
+                            match with_target.as_slice() {
+                                [one] => one.clone(),
+                                [] => return Err(OpError::NotFound("nothing was deployed yet".into())),
+                                _ => {
+                                    return Err(OpError::BadRequest("several repositories deploy; give --repo".into()))
+                                }
+                            }
+                        }
+                    };
+                    let current = store.target(&repo)?.last_good;
+                    let earlier = store
+                        .rollouts()?
+                        .into_iter()
+                        .rev()
+                        .filter(|r| r.repo == repo && r.outcome == Some(super::Outcome::Succeeded))
+                        .map(|r| r.release)
+                        .find(|r| Some(*r) != current);
+                    earlier
+                        .ok_or_else(|| OpError::NotFound("no earlier good release to roll back to; give --to".into()))?
+                }
+            }
+        };
+        self.start_rollout(release, Kind::Rollback, Some(by)).await
+    }
+
+    /// A chunk of a package job's artifact.
+    pub fn on_artifact_chunk(&self, job: JobRef, offset: u64, data: &[u8]) {
+        let mut live = self.deploy.lock().expect("deploy lock");
+        if offset == 0 {
+            live.uploads.insert(job, Vec::new());
+        }
+        let Some(buf) = live.uploads.get_mut(&job) else { return };
+        if buf.len() as u64 == offset && (buf.len() + data.len()) as u64 <= MAX_ARTIFACT_BYTES {
+            buf.extend_from_slice(data);
+        } else {
+            // Out of order or too large: drop it; the result will say the upload is incomplete.
+            live.uploads.remove(&job);
+        }
+    }
+
+    /// Answers an agent's download request with the next piece of an artifact.
+    pub fn serve_artifact(&self, digest: &str, offset: u64) -> CoordinatorMsg {
+        let missing = |why: String| CoordinatorMsg::ArtifactData {
+            digest: digest.to_string(),
+            offset,
+            total: 0,
+            data: Vec::new(),
+            missing: Some(why),
+        };
+        let store = self.consensus.store();
+        let total = match store.blob_size(digest) {
+            Ok(Some(t)) => t,
+            Ok(None) => return missing(format!("no artifact {digest} is stored")),
+            Err(e) => return missing(format!("storage: {e}")),
+        };
+        if offset >= total {
+            return missing(format!("offset {offset} is past the end of the artifact ({total} bytes)"));
+        }
+        let index = (offset / ARTIFACT_CHUNK as u64) as u32;
+        let within = (offset % ARTIFACT_CHUNK as u64) as usize;
+        match store.blob_chunk(digest, index) {
+            Ok(Some(chunk)) if within < chunk.len() => CoordinatorMsg::ArtifactData {
+                digest: digest.to_string(),
+                offset,
+                total,
+                data: chunk[within..].to_vec(),
+                missing: None,
+            },
+            Ok(_) => missing(format!("chunk {index} of artifact {digest} is not stored")),
+            Err(e) => missing(format!("storage: {e}")),
+        }
+    }
+
+    /// Turns a package job's result into a release: checks the uploaded bytes against the
+    /// digest, stores them through Raft (a quorum holds every chunk before the release is
+    /// recorded), and signs the manifest.
+    pub(crate) async fn package_report(
+        &self,
+        job: &JobRecord,
+        done: &JobDone,
+    ) -> Result<Result<ReleaseRecord, String>, OpError> {
+        let uploaded = self.deploy.lock().expect("deploy lock").uploads.remove(&done.job);
+        match &done.exit {
+            JobExit::Exited(0) => {}
+            JobExit::Exited(code) => return Ok(Err(format!("the package command exited with status {code}"))),
+            JobExit::TimedOut => return Ok(Err("the package command timed out".into())),
+            JobExit::Failed(why) => return Ok(Err(why.clone())),
+        }
+        let Some(ArtifactInfo { digest, size }) = done.artifact.clone() else {
+            return Ok(Err("the package job reported no artifact".into()));
+        };
+        let bytes = uploaded.unwrap_or_default();
+        if bytes.len() as u64 != size {
+            return Ok(Err(format!("artifact upload incomplete: {} of {size} bytes arrived", bytes.len())));
+        }
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != digest {
+            return Ok(Err(format!("artifact digest mismatch: the agent said {digest}, the bytes hash to {actual}")));
+        }
+        let store = self.consensus.store();
+        let Some(commit): Option<CommitRecord> = store.commit(&job.repo, job.commit_seq)? else {
+            return Ok(Err("the commit is gone".into()));
+        };
+        let Some(plan) = &commit.plan else { return Ok(Err("the commit has no plan".into())) };
+        let (Some(deploy), Some(service)) = (plan.deploy.clone(), plan.service.clone()) else {
+            return Ok(Err("the commit's fifty.toml has no [deploy]".into()));
+        };
+        for (index, chunk) in bytes.chunks(ARTIFACT_CHUNK).enumerate() {
+            if store.blob_chunk(&digest, index as u32)?.is_some() {
+                continue;
+            }
+            let cmd =
+                Command::PutBlob { digest: digest.clone(), index: index as u32, total: size, data: chunk.to_vec() };
+            self.consensus.propose(cmd).await??;
+        }
+        let manifest = ReleaseManifest {
+            release: commit.seq,
+            repo: job.repo.clone(),
+            sha: job.sha.clone(),
+            digest: digest.clone(),
+            size,
+            service,
+        };
+        let manifest = codec::to_bytes(&manifest).map_err(|e| OpError::BadRequest(format!("manifest: {e}")))?;
+        let signature = self.sign_release(&manifest)?;
+        Ok(Ok(ReleaseRecord {
+            id: commit.seq,
+            repo: job.repo.clone(),
+            sha: job.sha.clone(),
+            subject: commit.subject.clone(),
+            digest,
+            size,
+            manifest,
+            signature,
+            plan: deploy,
+            created_at: SystemTime::now(),
+        }))
+    }
+
+    fn release_key(&self) -> Result<Option<ring::signature::Ed25519KeyPair>, StoreError> {
+        Ok(self
+            .consensus
+            .store()
+            .cluster()?
+            .and_then(|c| ring::signature::Ed25519KeyPair::from_pkcs8(&c.release_key_pkcs8).ok()))
+    }
+
+    fn sign_release(&self, manifest: &[u8]) -> Result<Vec<u8>, OpError> {
+        match self.release_key()? {
+            Some(key) => Ok(key.sign(manifest).as_ref().to_vec()),
+            None => Err(OpError::Rejected(Rejection::RolloutConflict(0))),
+        }
+    }
+
+    /// The cluster's release-signing public key (empty before the cluster is recorded).
+    pub fn release_public_key(&self) -> Vec<u8> {
+        use ring::signature::KeyPair;
+        self.release_key().ok().flatten().map(|k| k.public_key().as_ref().to_vec()).unwrap_or_default()
+    }
+}
+
+fn parse_unavailable(text: &str, total: usize) -> usize {
+    let text = text.trim();
+    let n = match text.strip_suffix('%') {
+        Some(p) => p.trim().parse::<usize>().map(|p| total * p / 100).unwrap_or(1),
+        None => text.parse::<usize>().unwrap_or(1),
+    };
+    n.max(1)
+}
+
+impl Coordinator {
+    /// Every release, newest first, with where it runs.
+    pub fn releases(&self, repo: Option<&str>) -> Result<Vec<crate::views::ReleaseView>, OpError> {
+        let store = self.consensus.store();
+        let only = repo.map(|r| self.repo(r)).transpose()?.map(|r| r.name);
+        let views = self.host_views()?;
+        let mut out = Vec::new();
+        for r in store.releases()?.into_iter().rev() {
+            if only.as_ref().is_some_and(|o| *o != r.repo) {
+                continue;
+            }
+            let target = store.target(&r.repo)?;
+            let active = target.active.map(|id| store.rollout(id)).transpose()?.flatten();
+            let mut hosts: Vec<String> =
+                views.iter().filter(|(_, v)| v.current == Some(r.id)).map(|(h, _)| h.to_string()).collect();
+            hosts.sort();
+            let state = if active.as_ref().is_some_and(|a| a.release == r.id) {
+                "rolling out"
+            } else if target.last_good == Some(r.id) {
+                "live"
+            } else if !hosts.is_empty() {
+                "running"
+            } else {
+                "-"
+            };
+            out.push(crate::views::ReleaseView {
+                id: r.id,
+                repo: r.repo.to_string(),
+                sha: r.sha,
+                subject: r.subject,
+                digest: r.digest,
+                size: r.size,
+                created_at: crate::views::rfc3339(r.created_at),
+                state: state.into(),
+                hosts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The active rollout of `repo`, else its latest one, as people read it.
+    pub fn rollout_view(&self, repo: Option<&str>) -> Result<crate::views::RolloutView, OpError> {
+        let rollout = match self.active_rollout(repo) {
+            Ok(r) => r,
+            Err(OpError::NotFound(_)) => {
+                let store = self.consensus.store();
+                let only = repo.map(|r| self.repo(r)).transpose()?.map(|r| r.name);
+                store
+                    .rollouts()?
+                    .into_iter()
+                    .rev()
+                    .find(|r| only.as_ref().is_none_or(|o| *o == r.repo))
+                    .ok_or_else(|| OpError::NotFound("no rollout yet".into()))?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(self.view_of(&rollout)?)
+    }
+
+    pub(crate) fn view_of(&self, r: &Rollout) -> Result<crate::views::RolloutView, StoreError> {
+        let views = self.host_views()?;
+        let targets: HashMap<HostName, u64> =
+            self.consensus.store().host_targets()?.into_iter().map(|t| (t.host, t.release)).collect();
+        let wave_of = |i: usize| (0..r.waves.len()).find(|w| r.reach(*w) > i).map(|w| w + 1).unwrap_or(r.waves.len());
+        let hosts = r
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let v = views.get(h).cloned().unwrap_or_default();
+                let report = self.release_report(h);
+                crate::views::RolloutHostView {
+                    host: h.to_string(),
+                    wave: wave_of(i),
+                    target: targets.get(h).copied(),
+                    current: v.current,
+                    healthy: v.healthy,
+                    up: v.up,
+                    applying: report.applying,
+                    failed: v.failed,
+                }
+            })
+            .collect();
+        let waves = r
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(i, w)| crate::views::WaveView {
+                step: match w {
+                    super::WaveStep::Hosts(n) => n.to_string(),
+                    super::WaveStep::Percent(p) => format!("{p}%"),
+                    super::WaveStep::Manual => "manual".into(),
+                },
+                reach: r.reach(i),
+            })
+            .collect();
+        Ok(crate::views::RolloutView {
+            id: r.id,
+            repo: r.repo.to_string(),
+            kind: r.kind,
+            release: r.release,
+            previous: r.previous,
+            phase: r.phase,
+            paused: r.paused,
+            wave: r.wave + 1,
+            waves,
+            bake: humantime::format_duration(r.bake).to_string(),
+            phase_secs: SystemTime::now().duration_since(r.phase_since).unwrap_or_default().as_secs_f64(),
+            started_at: crate::views::rfc3339(r.started_at),
+            finished_at: r.finished_at.map(crate::views::rfc3339),
+            outcome: r.outcome.clone(),
+            hosts,
+            events: r.events.iter().map(|(t, e)| (crate::views::rfc3339(*t), e.clone())).collect(),
+        })
+    }
+}

@@ -1,0 +1,661 @@
+//! The rollout controller: a plain state machine. Its state is a replicated record
+//! ([`Rollout`]); the leader feeds it what the hosts report and `now`, and it answers with its
+//! next state and the release each host should run ([`Step`]), which the leader records through
+//! Raft before acting on it. Nothing here does I/O or reads a clock.
+//!
+//! A rollout walks its waves in order. Entering a wave targets its new hosts at the release;
+//! the wave is healthy when every host of it (minus at most `max_unavailable` that are down)
+//! runs the release and passes its health check; it then bakes for `bake`, staying healthy, and
+//! the next wave starts (a `manual` wave waits for `promote`). A host that fails the release, a
+//! wave that is not healthy within `progress_deadline`, or more hosts down than
+//! `max_unavailable` fails the rollout: every host it touched goes back to the previous release
+//! at once. `abort` does the same by hand. A rollback is a rollout of one wave (every host), with
+//! no bake.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use bincode::{Decode, Encode};
+use fifty_shared::ids::{HostName, RepoName};
+use serde::{Deserialize, Serialize};
+
+/// One entry of `[deploy] waves`, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WaveStep {
+    /// This many hosts in all.
+    Hosts(u32),
+    /// This percent of the hosts in all, rounded up.
+    Percent(u32),
+    /// Wait for a person (`fifty rollout promote`).
+    Manual,
+}
+
+impl From<fifty_shared::pipeline::Wave> for WaveStep {
+    fn from(w: fifty_shared::pipeline::Wave) -> Self {
+        use fifty_shared::pipeline::Wave;
+        match w {
+            Wave::Hosts(n) => WaveStep::Hosts(n),
+            Wave::Percent(p) => WaveStep::Percent(p),
+            Wave::Manual => WaveStep::Manual,
+        }
+    }
+}
+
+impl WaveStep {
+    fn reach(self, total: usize) -> Option<usize> {
+        match self {
+            WaveStep::Hosts(n) => Some((n as usize).min(total)),
+            WaveStep::Percent(p) => Some((total * p as usize).div_ceil(100).min(total)),
+            WaveStep::Manual => None,
+        }
+    }
+}
+
+/// A normal rollout or a rollback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Waves and bake, as `[deploy]` says.
+    Deploy,
+    /// Every host at once, no bake (`fifty rollback`).
+    Rollback,
+}
+
+/// Where the rollout is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The current wave's hosts are switching; waiting for them to be healthy.
+    Deploying,
+    /// The current wave is healthy and must stay so for `bake`.
+    Baking,
+    /// Waiting for `fifty rollout promote` before the next wave.
+    AwaitingPromotion,
+    /// Putting the touched hosts back on the previous release.
+    RollingBack,
+    /// Finished; see `outcome`.
+    Done,
+}
+
+/// How a rollout ended.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every host runs the release.
+    Succeeded,
+    /// It failed and was rolled back.
+    Failed {
+        /// Why.
+        why: String,
+    },
+    /// Someone aborted it and it was rolled back.
+    Aborted {
+        /// Who.
+        by: String,
+    },
+    /// A rollback or a newer rollout took over.
+    Superseded {
+        /// By which rollout.
+        by: u64,
+    },
+}
+
+/// A rollout, as replicated.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Rollout {
+    /// Rollout id.
+    pub id: u64,
+    /// Bumped by every step; a step recorded against another version is refused.
+    pub version: u64,
+    /// The repository (the deploy target).
+    pub repo: RepoName,
+    /// Deploy or rollback.
+    pub kind: Kind,
+    /// The release rolling out.
+    pub release: u64,
+    /// The release the hosts go back to on failure (None: the first release).
+    pub previous: Option<u64>,
+    /// Target hosts, in wave order.
+    pub hosts: Vec<HostName>,
+    /// The waves.
+    pub waves: Vec<WaveStep>,
+    /// Bake per wave.
+    pub bake: Duration,
+    /// Hosts that may be down at once.
+    pub max_unavailable: usize,
+    /// Time a wave has to become healthy.
+    pub progress_deadline: Duration,
+    /// Index into `waves` of the current wave.
+    pub wave: usize,
+    /// Where it is.
+    pub phase: Phase,
+    /// When `phase` began (for bake and the progress deadline).
+    pub phase_since: SystemTime,
+    /// Paused by a person: nothing advances.
+    pub paused: bool,
+    /// When it started.
+    pub started_at: SystemTime,
+    /// When it finished.
+    pub finished_at: Option<SystemTime>,
+    /// How it ended.
+    pub outcome: Option<Outcome>,
+    /// What happened, one line per event, for `fifty rollout status`.
+    pub events: Vec<(SystemTime, String)>,
+}
+
+/// What the leader sees of one host now (soft state).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// Reporting heartbeats (or, just after an election, not yet known to be down).
+    pub up: bool,
+    /// This leader has heard from it: without a report nothing is decided about it (a new
+    /// leader starts with none).
+    pub reported: bool,
+    /// The release it runs.
+    pub current: Option<u64>,
+    /// Whether that release passed its health check.
+    pub healthy: bool,
+    /// The last release that failed to apply there, and why.
+    pub failed: Option<(u64, String)>,
+}
+
+/// A decision: the rollout's next state and the hosts whose target release changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The next state (version bumped).
+    pub rollout: Rollout,
+    /// Host → release it should run from now on.
+    pub targets: Vec<(HostName, u64)>,
+}
+
+/// Most events a rollout keeps.
+const MAX_EVENTS: usize = 200;
+
+impl Rollout {
+    /// A rollout of `release` over `hosts` (sorted by the caller), starting now: returns its
+    /// first step (the first wave targeted).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        id: u64,
+        repo: RepoName,
+        kind: Kind,
+        release: u64,
+        previous: Option<u64>,
+        hosts: Vec<HostName>,
+        waves: Vec<WaveStep>,
+        bake: Duration,
+        max_unavailable: usize,
+        progress_deadline: Duration,
+        now: SystemTime,
+    ) -> Step {
+        let (waves, bake) = match kind {
+            Kind::Deploy => (waves, bake),
+            Kind::Rollback => (vec![WaveStep::Percent(100)], Duration::ZERO),
+        };
+        let mut r = Rollout {
+            id,
+            version: 0,
+            repo,
+            kind,
+            release,
+            previous,
+            hosts,
+            waves,
+            bake,
+            max_unavailable: max_unavailable.max(1),
+            progress_deadline,
+            wave: 0,
+            phase: Phase::Deploying,
+            phase_since: now,
+            paused: false,
+            started_at: now,
+            finished_at: None,
+            outcome: None,
+            events: Vec::new(),
+        };
+        let what = match kind {
+            Kind::Deploy => format!("rollout of release {release} to {} hosts started", r.hosts.len()),
+            Kind::Rollback => format!("rollback of {} hosts to release {release} started", r.hosts.len()),
+        };
+        r.say(now, what);
+        if r.hosts.is_empty() {
+            r.finish(now, Outcome::Failed { why: "no host matches the deploy selector".into() });
+            return Step { rollout: r, targets: vec![] };
+        }
+        let mut targets = Vec::new();
+        r.enter_wave(0, now, &mut targets);
+        Step { rollout: r, targets }
+    }
+
+    /// Whether it has finished.
+    pub fn finished(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// How many hosts the wave at `index` reaches in all (the last non-manual wave at or before it).
+    pub fn reach(&self, index: usize) -> usize {
+        self.waves[..=index.min(self.waves.len().saturating_sub(1))]
+            .iter()
+            .rev()
+            .find_map(|w| w.reach(self.hosts.len()))
+            .unwrap_or(0)
+    }
+
+    /// The hosts of the current wave and every earlier one.
+    pub fn touched(&self) -> &[HostName] {
+        &self.hosts[..self.reach(self.wave)]
+    }
+
+    fn say(&mut self, now: SystemTime, what: String) {
+        self.events.push((now, what));
+        if self.events.len() > MAX_EVENTS {
+            self.events.remove(1);
+        }
+    }
+
+    fn finish(&mut self, now: SystemTime, outcome: Outcome) {
+        let what = match &outcome {
+            Outcome::Succeeded => format!("release {} runs on all {} hosts", self.release, self.hosts.len()),
+            Outcome::Failed { why } => format!("failed: {why}"),
+            Outcome::Aborted { by } => format!("aborted by {by}"),
+            Outcome::Superseded { by } => format!("superseded by rollout {by}"),
+        };
+        self.say(now, what);
+        self.phase = Phase::Done;
+        self.phase_since = now;
+        self.finished_at = Some(now);
+        self.outcome = Some(outcome);
+    }
+
+    /// Moves to wave `index` (skipping nothing: a manual wave is entered as a stop).
+    fn enter_wave(&mut self, index: usize, now: SystemTime, targets: &mut Vec<(HostName, u64)>) {
+        let before = if index == 0 { 0 } else { self.reach(index - 1) };
+        self.wave = index;
+        self.phase_since = now;
+        if self.waves[index] == WaveStep::Manual {
+            self.phase = Phase::AwaitingPromotion;
+            self.say(now, format!("wave {} waits for `fifty rollout promote`", index + 1));
+            return;
+        }
+        self.phase = Phase::Deploying;
+        let reach = self.reach(index);
+        for h in &self.hosts[before..reach] {
+            targets.push((h.clone(), self.release));
+        }
+        self.say(
+            now,
+            format!("wave {}: {} of {} hosts on release {}", index + 1, reach, self.hosts.len(), self.release),
+        );
+    }
+
+    /// Fails the rollout and sends every touched host back to the previous release.
+    fn fail(&mut self, now: SystemTime, outcome: Outcome, targets: &mut Vec<(HostName, u64)>) {
+        match self.previous {
+            Some(prev) => {
+                for h in self.touched().to_vec() {
+                    targets.push((h, prev));
+                }
+                let what = match &outcome {
+                    Outcome::Failed { why } => {
+                        format!("failing ({why}); rolling {} hosts back to release {prev}", self.touched().len())
+                    }
+                    Outcome::Aborted { by } => {
+                        format!("aborted by {by}; rolling {} hosts back to release {prev}", self.touched().len())
+                    }
+                    _ => format!("rolling back to release {prev}"),
+                };
+                self.say(now, what);
+                self.phase = Phase::RollingBack;
+                self.phase_since = now;
+                self.outcome = Some(outcome);
+            }
+            None => {
+                self.say(now, "no previous release to go back to; hosts keep what they run".into());
+                self.finish(now, outcome);
+            }
+        }
+    }
+
+    fn bumped(&self) -> Rollout {
+        let mut r = self.clone();
+        r.version += 1;
+        r
+    }
+
+    /// The next step given what the hosts report at `now`, or `None` when nothing changes.
+    pub fn step(&self, hosts: &HashMap<HostName, HostView>, now: SystemTime) -> Option<Step> {
+        if self.finished() || (self.paused && self.phase != Phase::RollingBack) {
+            return None;
+        }
+        let mut r = self.bumped();
+        let mut targets = Vec::new();
+        let view = |h: &HostName| hosts.get(h).cloned().unwrap_or_default();
+        let elapsed = now.duration_since(self.phase_since).unwrap_or_default();
+        match self.phase {
+            Phase::Deploying | Phase::Baking => {
+                let wave: Vec<HostName> = self.touched().to_vec();
+                if wave.iter().any(|h| {
+                    let v = view(h);
+                    v.up && !v.reported
+                }) {
+                    return None;
+                }
+                // A host that failed this release fails the rollout.
+                if let Some((h, why)) = wave.iter().find_map(|h| match view(h).failed {
+                    Some((rel, why)) if rel == self.release => Some((h.clone(), why)),
+                    _ => None,
+                }) {
+                    r.fail(
+                        now,
+                        Outcome::Failed { why: format!("{h} could not run release {}: {why}", self.release) },
+                        &mut targets,
+                    );
+                    return Some(Step { rollout: r, targets });
+                }
+                let down: Vec<&HostName> = wave.iter().filter(|h| !view(h).up).collect();
+                if down.len() > self.max_unavailable {
+                    let names: Vec<String> = down.iter().map(|h| h.to_string()).collect();
+                    let why = format!(
+                        "{} hosts down ({}), more than max_unavailable {}",
+                        down.len(),
+                        names.join(", "),
+                        self.max_unavailable
+                    );
+                    r.fail(now, Outcome::Failed { why }, &mut targets);
+                    return Some(Step { rollout: r, targets });
+                }
+                let ready = |h: &&HostName| {
+                    let v = view(h);
+                    v.up && v.current == Some(self.release) && v.healthy
+                };
+                let healthy = wave.iter().filter(ready).count();
+                let all_healthy = healthy + down.len() >= wave.len();
+                if self.phase == Phase::Baking {
+                    if !all_healthy {
+                        let sick: Vec<String> =
+                            wave.iter().filter(|h| view(h).up && !ready(h)).map(|h| h.to_string()).collect();
+                        let why = format!("{} unhealthy while baking wave {}", sick.join(", "), self.wave + 1);
+                        r.fail(now, Outcome::Failed { why }, &mut targets);
+                        return Some(Step { rollout: r, targets });
+                    }
+                    if elapsed < self.bake {
+                        return None;
+                    }
+                    r.advance(now, &mut targets);
+                    return Some(Step { rollout: r, targets });
+                }
+                if all_healthy {
+                    if self.bake.is_zero() {
+                        r.say(now, format!("wave {} healthy", self.wave + 1));
+                        r.advance(now, &mut targets);
+                    } else {
+                        r.phase = Phase::Baking;
+                        r.phase_since = now;
+                        r.say(
+                            now,
+                            format!(
+                                "wave {} healthy; baking for {}",
+                                self.wave + 1,
+                                humantime::format_duration(self.bake)
+                            ),
+                        );
+                    }
+                    return Some(Step { rollout: r, targets });
+                }
+                if elapsed > self.progress_deadline {
+                    let why = format!(
+                        "wave {} not healthy within the progress deadline ({}): {healthy} of {} hosts ready",
+                        self.wave + 1,
+                        humantime::format_duration(self.progress_deadline),
+                        wave.len()
+                    );
+                    r.fail(now, Outcome::Failed { why }, &mut targets);
+                    return Some(Step { rollout: r, targets });
+                }
+                None
+            }
+            Phase::RollingBack => {
+                let prev = self.previous?;
+                let back = self.touched().iter().all(|h| {
+                    let v = view(h);
+                    !v.up || v.current == Some(prev)
+                });
+                if !back {
+                    return None;
+                }
+                let outcome = self.outcome.clone().unwrap_or(Outcome::Failed { why: "rolled back".into() });
+                r.say(now, format!("every touched host is back on release {prev}"));
+                r.finish(now, outcome);
+                Some(Step { rollout: r, targets })
+            }
+            Phase::AwaitingPromotion | Phase::Done => None,
+        }
+    }
+
+    /// After a baked (or manual) wave: the next wave, or success.
+    fn advance(&mut self, now: SystemTime, targets: &mut Vec<(HostName, u64)>) {
+        if self.wave + 1 >= self.waves.len() {
+            self.finish(now, Outcome::Succeeded);
+        } else {
+            self.enter_wave(self.wave + 1, now, targets);
+        }
+    }
+
+    /// `fifty rollout promote`: skips the rest of a bake, or passes a manual wave.
+    pub fn promote(&self, by: &str, now: SystemTime) -> Result<Step, String> {
+        let mut r = self.bumped();
+        let mut targets = Vec::new();
+        match self.phase {
+            Phase::Baking | Phase::AwaitingPromotion => {
+                r.say(now, format!("wave {} promoted by {by}", self.wave + 1));
+                r.advance(now, &mut targets);
+                Ok(Step { rollout: r, targets })
+            }
+            Phase::Deploying => Err(format!("wave {} is not healthy yet; nothing to promote", self.wave + 1)),
+            Phase::RollingBack | Phase::Done => Err("the rollout is over".into()),
+        }
+    }
+
+    /// `fifty rollout pause` / `resume`.
+    pub fn set_paused(&self, paused: bool, by: &str, now: SystemTime) -> Result<Step, String> {
+        if matches!(self.phase, Phase::Done | Phase::RollingBack) {
+            return Err("the rollout is over".into());
+        }
+        if self.paused == paused {
+            return Err(if paused { "already paused".into() } else { "not paused".into() });
+        }
+        let mut r = self.bumped();
+        r.paused = paused;
+        // The bake and the progress deadline start again after a pause.
+        r.phase_since = now;
+        r.say(now, format!("{} by {by}", if paused { "paused" } else { "resumed" }));
+        Ok(Step { rollout: r, targets: vec![] })
+    }
+
+    /// `fifty rollout abort`: every touched host back to the previous release.
+    pub fn abort(&self, by: &str, now: SystemTime) -> Result<Step, String> {
+        if matches!(self.phase, Phase::Done | Phase::RollingBack) {
+            return Err("the rollout is over".into());
+        }
+        let mut r = self.bumped();
+        r.paused = false;
+        let mut targets = Vec::new();
+        r.fail(now, Outcome::Aborted { by: by.to_string() }, &mut targets);
+        Ok(Step { rollout: r, targets })
+    }
+
+    /// Ends this rollout because rollout `by` (a rollback) takes over; its hosts' targets are
+    /// the new rollout's business.
+    pub fn supersede(&self, by: u64, now: SystemTime) -> Step {
+        let mut r = self.bumped();
+        r.finish(now, Outcome::Superseded { by });
+        Step { rollout: r, targets: vec![] }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(i: usize) -> HostName {
+        HostName::new(&format!("web-{i}")).unwrap()
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    fn start(waves: Vec<WaveStep>, previous: Option<u64>) -> Step {
+        Rollout::start(
+            1,
+            RepoName::new("shop").unwrap(),
+            Kind::Deploy,
+            7,
+            previous,
+            (1..=6).map(h).collect(),
+            waves,
+            Duration::from_secs(60),
+            1,
+            Duration::from_secs(600),
+            t(0),
+        )
+    }
+
+    fn fleet(release: u64, on: &[usize]) -> HashMap<HostName, HostView> {
+        (1..=6)
+            .map(|i| {
+                let current = if on.contains(&i) { Some(release) } else { Some(6) };
+                (h(i), HostView { up: true, reported: true, current, healthy: true, failed: None })
+            })
+            .collect()
+    }
+
+    fn hosts_of(targets: &[(HostName, u64)]) -> Vec<String> {
+        targets.iter().map(|(h, _)| h.to_string()).collect()
+    }
+
+    #[test]
+    fn waves_bake_and_finish() {
+        let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(50), WaveStep::Percent(100)];
+        let first = start(waves, Some(6));
+        assert_eq!(hosts_of(&first.targets), ["web-1"]);
+        let r = first.rollout;
+        // Not there yet: nothing changes.
+        assert_eq!(r.step(&fleet(7, &[]), t(5)), None);
+        // The canary is healthy: bake.
+        let s = r.step(&fleet(7, &[1]), t(10)).unwrap();
+        assert_eq!(s.rollout.phase, Phase::Baking);
+        let r = s.rollout;
+        assert_eq!(r.step(&fleet(7, &[1]), t(69)), None, "still baking");
+        let s = r.step(&fleet(7, &[1]), t(70)).unwrap();
+        assert_eq!(hosts_of(&s.targets), ["web-2", "web-3"]);
+        assert_eq!((s.rollout.wave, s.rollout.phase), (1, Phase::Deploying));
+        let r = s.rollout.step(&fleet(7, &[1, 2, 3]), t(80)).unwrap().rollout;
+        let s = r.step(&fleet(7, &[1, 2, 3]), t(140)).unwrap();
+        assert_eq!(hosts_of(&s.targets), ["web-4", "web-5", "web-6"]);
+        let r = s.rollout.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), t(150)).unwrap().rollout;
+        let done = r.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), t(210)).unwrap().rollout;
+        assert_eq!(done.outcome, Some(Outcome::Succeeded));
+        assert!(done.finished());
+        assert_eq!(done.version, 6);
+    }
+
+    #[test]
+    fn a_failing_canary_rolls_back_and_stops() {
+        let r = start(vec![WaveStep::Hosts(1), WaveStep::Percent(100)], Some(6)).rollout;
+        let mut hosts = fleet(7, &[]);
+        hosts.get_mut(&h(1)).unwrap().failed = Some((7, "health check: 503".into()));
+        let s = r.step(&hosts, t(10)).unwrap();
+        assert_eq!(s.targets, vec![(h(1), 6)]);
+        assert_eq!(s.rollout.phase, Phase::RollingBack);
+        // web-1 is back on 6: done, failed.
+        let done = s.rollout.step(&fleet(7, &[]), t(12)).unwrap().rollout;
+        assert!(matches!(&done.outcome, Some(Outcome::Failed { why }) if why.contains("health check: 503")));
+    }
+
+    #[test]
+    fn an_unhealthy_host_during_bake_fails_the_rollout() {
+        let r = start(vec![WaveStep::Hosts(2), WaveStep::Percent(100)], Some(6)).rollout;
+        let r = r.step(&fleet(7, &[1, 2]), t(10)).unwrap().rollout;
+        let mut sick = fleet(7, &[1, 2]);
+        sick.get_mut(&h(2)).unwrap().healthy = false;
+        let s = r.step(&sick, t(20)).unwrap();
+        assert_eq!(s.targets.len(), 2);
+        assert!(matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("web-2 unhealthy")));
+    }
+
+    #[test]
+    fn down_hosts_count_against_max_unavailable() {
+        let r = start(vec![WaveStep::Hosts(3), WaveStep::Percent(100)], Some(6)).rollout;
+        let mut one_down = fleet(7, &[1, 2]);
+        one_down.get_mut(&h(3)).unwrap().up = false;
+        assert_eq!(r.step(&one_down, t(10)).unwrap().rollout.phase, Phase::Baking, "one down is within budget");
+        let mut two_down = one_down.clone();
+        two_down.get_mut(&h(2)).unwrap().up = false;
+        let s = r.step(&two_down, t(10)).unwrap();
+        assert!(matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("max_unavailable")));
+    }
+
+    #[test]
+    fn nothing_is_decided_about_a_host_not_heard_from() {
+        let r = start(vec![WaveStep::Hosts(2), WaveStep::Percent(100)], Some(6)).rollout;
+        let r = r.step(&fleet(7, &[1, 2]), t(10)).unwrap().rollout;
+        // A new leader: web-2 counts as up (grace) but has not reported.
+        let mut fresh = fleet(7, &[1]);
+        let web2 = fresh.get_mut(&h(2)).unwrap();
+        web2.reported = false;
+        web2.current = None;
+        web2.healthy = false;
+        assert_eq!(r.step(&fresh, t(20)), None);
+    }
+
+    #[test]
+    fn the_progress_deadline_fails_a_stuck_wave() {
+        let r = start(vec![WaveStep::Hosts(1), WaveStep::Percent(100)], Some(6)).rollout;
+        assert_eq!(r.step(&fleet(7, &[]), t(600)), None);
+        let s = r.step(&fleet(7, &[]), t(601)).unwrap();
+        assert!(matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("progress deadline")));
+    }
+
+    #[test]
+    fn manual_waves_promote_pause_resume_and_abort() {
+        let r = start(vec![WaveStep::Hosts(1), WaveStep::Manual, WaveStep::Percent(100)], Some(6)).rollout;
+        let r = r.step(&fleet(7, &[1]), t(10)).unwrap().rollout;
+        // Promote skips the rest of the bake, into the manual stop.
+        let r = r.promote("admin", t(11)).unwrap().rollout;
+        assert_eq!(r.phase, Phase::AwaitingPromotion);
+        assert_eq!(r.step(&fleet(7, &[1]), t(1000)), None, "a manual wave waits for a person");
+        let s = r.promote("admin", t(1001)).unwrap();
+        assert_eq!(s.targets.len(), 5);
+        let r = s.rollout;
+        let paused = r.set_paused(true, "admin", t(1002)).unwrap().rollout;
+        assert_eq!(paused.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), t(1003)), None, "paused");
+        let resumed = paused.set_paused(false, "admin", t(1004)).unwrap().rollout;
+        let aborted = resumed.abort("admin", t(1005)).unwrap();
+        assert_eq!(aborted.targets.len(), 6, "every touched host goes back");
+        assert!(aborted.targets.iter().all(|(_, rel)| *rel == 6));
+        assert!(matches!(aborted.rollout.outcome, Some(Outcome::Aborted { .. })));
+        assert!(aborted.rollout.abort("admin", t(1006)).is_err());
+    }
+
+    #[test]
+    fn a_rollback_is_one_wave_without_bake() {
+        let s = Rollout::start(
+            2,
+            RepoName::new("shop").unwrap(),
+            Kind::Rollback,
+            6,
+            Some(7),
+            (1..=6).map(h).collect(),
+            vec![WaveStep::Hosts(1), WaveStep::Percent(100)],
+            Duration::from_secs(60),
+            1,
+            Duration::from_secs(600),
+            t(0),
+        );
+        assert_eq!(s.targets.len(), 6, "every host at once");
+        let done = s.rollout.step(&fleet(6, &[1, 2, 3, 4, 5, 6]), t(3)).unwrap().rollout;
+        assert_eq!(done.outcome, Some(Outcome::Succeeded));
+    }
+}
