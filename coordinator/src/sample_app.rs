@@ -43,6 +43,19 @@ pub struct SampleRepo {
     pub work: PathBuf,
 }
 
+/// What the shop served on 127.0.0.1:`port` says its version is (`GET /version`), if it answers.
+pub async fn served_version(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let mut s = tokio::time::timeout(std::time::Duration::from_secs(2), connect).await.ok()?.ok()?;
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(2), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.trim().to_string())
+}
+
 /// Runs git in `dir` with its own identity.
 pub async fn git(dir: &Path, args: &[&str]) -> Result<Output> {
     tokio::process::Command::new("git")

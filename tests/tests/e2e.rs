@@ -857,6 +857,7 @@ async fn ci_jobs_queue_and_survive_a_leader_failover() {
 // ---- safe deploy: packages, signed releases, waves, health checks --------------------------
 
 use fifty::deploy::{Outcome, Phase};
+use fifty::sample_app::served_version;
 use fifty::views::{ReleaseView, RolloutView};
 
 /// Waits until commit `sha` has a release, and returns its id.
@@ -889,17 +890,6 @@ async fn wait_rollout(cluster: &LocalCluster, release: u64, phase: Phase) -> Rol
     })
     .await
     .unwrap()
-}
-
-/// What the shop on `port` says its version is.
-async fn served_version(port: u16) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_string())
 }
 
 /// Waits until every port in `ports` serves version `v` (a commit's first 10 digits).

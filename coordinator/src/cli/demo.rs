@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::ci::{short, CommitState};
+use crate::deploy::{Outcome, Phase};
 use crate::fleet::HostState;
 use crate::local::{bin_dir, LocalCluster, Options};
 use crate::sample_app::SampleRepo;
-use crate::views::CommitView;
 use crate::views::{ClusterView, StatusView, TokenView};
+use crate::views::{CommitView, RolloutView};
 
 const BUILD: [&str; 2] = ["build-1", "build-2"];
 const PROD: [&str; 6] = ["web-1", "web-2", "web-3", "web-4", "web-5", "web-6"];
@@ -51,8 +52,11 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     for name in BUILD {
         cluster.add_agent(name, "role=build,slots=2").await?;
     }
+    let mut ports = Vec::new();
     for name in PROD {
-        cluster.add_agent(name, "role=prod,pool=web").await?;
+        let port = crate::local::free_port()?;
+        ports.push(port);
+        cluster.add_agent_with(name, "role=prod,pool=web", &format!("port={port}")).await?;
     }
     t.say("enrolled 2 build hosts and 6 production hosts (each made its own key; the coordinators signed it)");
     let all: Vec<&str> = BUILD.iter().chain(PROD.iter()).copied().collect();
@@ -88,6 +92,15 @@ async fn story(dir: &std::path::Path) -> Result<()> {
         shard_hosts(&view).join(" and ")
     ));
     print!("{}", indent(&super::output::commit(&view)));
+    let release = wait_release(&cluster, &good).await?;
+    t.say(&format!("a build agent packaged it: release {release}, stored on every coordinator, manifest signed"));
+    let done = wait_rollout(&cluster, release, Phase::Done).await?;
+    if done.outcome != Some(Outcome::Succeeded) {
+        bail!("the first rollout did not succeed:\n{}", super::output::rollout(&done));
+    }
+    wait_serving(&ports, &good[..10]).await?;
+    t.say(&format!("rolled out 1 host → 50% → 100%, baking each wave; all 6 web hosts serve {}:", short(&good)));
+    print!("{}", indent(&super::output::rollout(&done)));
 
     repo.edit("app/shop.sh", "pear) echo 55", "pear) echo 50")?;
     let red = repo.commit("Cheaper pears").await?;
@@ -128,6 +141,13 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     ));
     let commits: Vec<crate::views::CommitSummary> = cluster.client().get("/v1/commits?repo=shop").await?;
     print!("{}", indent(&super::output::commits(&commits)));
+    let release = wait_release(&cluster, &fix).await?;
+    let done = wait_rollout(&cluster, release, Phase::Done).await?;
+    if done.outcome != Some(Outcome::Succeeded) {
+        bail!("the fix's rollout did not succeed:\n{}", super::output::rollout(&done));
+    }
+    wait_serving(&ports, &fix[..10]).await?;
+    t.say(&format!("the fix rolled out as release {release}; all 6 web hosts serve {}", short(&fix)));
 
     cluster.kill_agent("web-3").await?;
     t.say("killed the agent on web-3 (SIGKILL)");
@@ -140,11 +160,17 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     repo.write("NOTES.md", "pushed just before the leader dies\n")?;
     let last = repo.commit("Notes").await?;
     pushed(&repo, true).await?;
+    let release = wait_release(&cluster, &last).await?;
+    let baking = wait_rollout(&cluster, release, Phase::Baking).await?;
     let tokens_before: Vec<TokenView> = cluster.client().get("/v1/tokens").await?;
     let old = cluster.wait_leader(DEADLINE).await?;
     let killed_at = Instant::now();
     cluster.kill_coordinator(old).await?;
-    t.say(&format!("pushed {}, then killed the leader, {} (SIGKILL)", short(&last), cluster.coordinators[old].name));
+    t.say(&format!(
+        "pushed {} (release {release}); while its canary baked, killed the leader, {} (SIGKILL)",
+        short(&last),
+        cluster.coordinators[old].name
+    ));
     let new = cluster.wait_leader(DEADLINE).await?;
     t.say(&format!(
         "{} leads now ({:.1} s after the kill); writes and reads go on through any coordinator",
@@ -165,7 +191,18 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     if view.summary.state != CommitState::Passed {
         bail!("the commit pushed before the failover did not pass:\n{}", super::output::commit(&view));
     }
-    t.say(&format!("{} (pushed before the kill) is green: no commit or job was lost", short(&last)));
+    let done = wait_rollout(&cluster, release, Phase::Done).await?;
+    if done.outcome != Some(Outcome::Succeeded) || done.id != baking.id {
+        bail!("the rollout did not carry on across the failover:\n{}", super::output::rollout(&done));
+    }
+    wait_serving(&ports, &last[..10]).await?;
+    t.say(&format!(
+        "rollout {} carried on under the new leader, no wave restarted: all 6 web hosts serve {}",
+        done.id,
+        short(&last)
+    ));
+    let releases: Vec<crate::views::ReleaseView> = cluster.client().get("/v1/releases").await?;
+    print!("{}", indent(&super::output::releases(&releases)));
 
     cluster.start_coordinator(old).await?;
     let caught_up = crate::local::wait_for("the old leader to catch up", DEADLINE, || async {
@@ -203,6 +240,41 @@ async fn pushed(repo: &SampleRepo, expect_ok: bool) -> Result<String> {
         bail!("git push {}: {said}", if expect_ok { "was refused" } else { "got through a closed gate" });
     }
     Ok(said)
+}
+
+async fn wait_release(cluster: &LocalCluster, sha: &str) -> Result<u64> {
+    let client = cluster.client();
+    crate::local::wait_for(&format!("a release of {}", short(sha)), Duration::from_secs(120), || async {
+        let view: CommitView = client.get(&format!("/v1/commits/{sha}")).await?;
+        if let Some(e) = &view.release_error {
+            bail!("packaging {} failed: {e}", short(sha));
+        }
+        Ok(view.release)
+    })
+    .await
+}
+
+async fn wait_rollout(cluster: &LocalCluster, release: u64, phase: Phase) -> Result<RolloutView> {
+    let client = cluster.client();
+    crate::local::wait_for(
+        &format!("the rollout of release {release} to reach {phase:?}"),
+        Duration::from_secs(120),
+        || async {
+            let view: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
+            Ok((view.release == release && view.phase == phase).then_some(view))
+        },
+    )
+    .await
+}
+
+async fn wait_serving(ports: &[u16], version: &str) -> Result<()> {
+    for &port in ports {
+        crate::local::wait_for(&format!("127.0.0.1:{port} to serve {version}"), DEADLINE, || async move {
+            Ok((crate::sample_app::served_version(port).await.as_deref() == Some(version)).then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 async fn wait_commit(cluster: &LocalCluster, sha: &str) -> Result<CommitView> {
