@@ -30,6 +30,8 @@ use tracing::{info, warn};
 
 use crate::service::{http_get, ServiceSpec, Supervisor};
 
+/// Download requests kept in flight (each answered with up to one 256 KiB chunk).
+const FETCH_WINDOW: u64 = 8;
 /// How long one download request may wait for its answer before it is sent again.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a download may wait for a link to the coordinator.
@@ -46,6 +48,8 @@ pub struct Deployer {
     data_dir: PathBuf,
     vars: BTreeMap<String, String>,
     supervisor: Supervisor,
+    /// Signalled when the report changes, so the link sends it at once, not at the next beat.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -71,7 +75,17 @@ impl Deployer {
             data_dir: data_dir.to_path_buf(),
             vars,
             supervisor: Supervisor::new(data_dir.join("service.log")),
+            changed: Arc::default(),
         }
+    }
+
+    /// Resolves when the report changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    fn touch(&self) {
+        self.changed.notify_one();
     }
 
     /// Brings the current release (if any) back up, then checks its health every few seconds.
@@ -102,8 +116,10 @@ impl Deployer {
                     let running = m.service.run.is_none() || this.supervisor.status().running;
                     let healthy = running && this.healthy_once(&m).await.is_ok();
                     let mut inner = this.inner.lock().expect("deploy lock");
-                    if !inner.busy {
+                    if !inner.busy && inner.report.healthy != healthy {
                         inner.report.healthy = healthy;
+                        drop(inner);
+                        this.touch();
                     }
                 }
             }
@@ -167,6 +183,7 @@ impl Deployer {
                         this.inner.lock().expect("deploy lock").report.failed = Some((release, why));
                     }
                 }
+                this.touch();
                 let mut inner = this.inner.lock().expect("deploy lock");
                 inner.report.applying = None;
                 match inner.next.take() {
@@ -205,8 +222,18 @@ impl Deployer {
         let manifest = verify(order, &key)?;
         let id = manifest.release;
         self.inner.lock().expect("deploy lock").report.applying = Some((id, 0));
+        self.touch();
         info!(release = id, digest = %manifest.digest, size = manifest.size, "applying release");
+        let downloading = Instant::now();
         let file = self.download(&manifest).await?;
+        let secs = downloading.elapsed().as_secs_f64();
+        info!(
+            release = id,
+            bytes = manifest.size,
+            secs,
+            mib_per_s = manifest.size as f64 / 1048576.0 / secs.max(1e-9),
+            "artifact downloaded and verified"
+        );
         let dir = self.release_dir(id);
         unpack(&file, &dir).await?;
         let _ = std::fs::remove_file(&file);
@@ -279,6 +306,11 @@ impl Deployer {
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.inner.lock().expect("deploy lock").chunks = Some(tx);
         let since = Instant::now();
+        // Requests go out ahead, up to FETCH_WINDOW chunks past what has arrived; answers come
+        // back in order on the link. `asked` is where the next request starts (chunk-aligned
+        // after the first, which may resume mid-chunk).
+        let chunk = fifty_shared::wire::ARTIFACT_CHUNK as u64;
+        let mut asked = offset;
         while offset < m.size {
             let link = self.inner.lock().expect("deploy lock").link.clone();
             let Some(link) = link else {
@@ -286,12 +318,20 @@ impl Deployer {
                     return Err("no link to a coordinator to download the artifact from".into());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                asked = offset;
                 continue;
             };
-            let _ = link.send(AgentMsg::FetchArtifact { digest: m.digest.clone(), offset });
+            while asked < m.size && asked < offset + FETCH_WINDOW * chunk {
+                let _ = link.send(AgentMsg::FetchArtifact { digest: m.digest.clone(), offset: asked });
+                asked = (asked / chunk + 1) * chunk;
+            }
             let answer = match tokio::time::timeout(FETCH_TIMEOUT, rx.recv()).await {
                 Ok(Some(a)) => a,
-                _ => continue, // the link may have changed; ask again from where we are
+                _ => {
+                    // The link may have changed: ask again from where we are.
+                    asked = offset;
+                    continue;
+                }
             };
             let CoordinatorMsg::ArtifactData { digest, offset: at, total, data, missing } = answer else { continue };
             if digest != m.digest || at != offset {

@@ -327,6 +327,10 @@ async fn control_stream(
                     return stream_error(conn, e);
                 }
             }
+            // A release report that changed goes out now, not at the next beat.
+            _ = async { match deployer { Some(d) => d.changed().await, None => std::future::pending().await } } => {
+                ticker.reset_immediately();
+            }
             Some(msg) = next_message(&mut outbox) => {
                 let output = match &msg {
                     AgentMsg::JobOutput { data, .. } => data.len(),
