@@ -911,7 +911,7 @@ async fn wait_serving(ports: &[u16], v: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     let dir = test_dir("deploy");
-    let options = Options { coordinators: 3, ..Options::default() };
+    let options = Options { coordinators: 3, fault_injection: true, ..Options::default() };
     let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
     cluster.add_agent("build-1", "role=build,slots=2").await.unwrap();
     let mut ports = Vec::new();
@@ -929,6 +929,20 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     let first = repo.git_head().await;
     assert!(repo.push().await.unwrap().status.success());
     let r1 = wait_release(&cluster, &first).await;
+    // `fifty rollout watch`, piped: one line per event, until the rollout succeeds.
+    wait_for("the first rollout to start", DEADLINE, || {
+        let client = cluster.client();
+        async move { Ok(client.get::<RolloutView>("/v1/rollouts/current?repo=shop").await.ok().filter(|v| v.release == r1)) }
+    })
+    .await
+    .unwrap();
+    let watched = cli(&cluster, &ci.token, &["rollout", "watch"]).await;
+    assert!(watched.status.success(), "{}", said(&watched));
+    assert!(
+        text(&watched.stdout).contains("wave 3: 4 of 4 hosts") && text(&watched.stdout).contains("SUCCEEDED"),
+        "{}",
+        said(&watched)
+    );
     let done = wait_rollout(&cluster, r1, Phase::Done).await;
     assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
     assert_eq!(done.waves.iter().map(|w| w.reach).collect::<Vec<_>>(), [1, 2, 4]);
@@ -1009,6 +1023,26 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     wait_serving(&ports, &second[..10]).await;
     let out = cli(&cluster, &ci.token, &["releases"]).await;
     assert!(text(&out.stdout).contains("live"), "{}", said(&out));
+
+    // 7. Tampered orders are refused and the host keeps its release: a broken signature, and an
+    // artifact whose stored bytes no longer match the signed digest.
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    for (release, tamper, expect) in [(r4, "signature", "bad signature"), (r5, "artifact", "does not match")] {
+        let body = serde_json::json!({ "host": "web-1", "release": release, "tamper": tamper });
+        let _: serde_json::Value = cluster.client_for(leader).post("/v1/debug/deploy", &body).await.unwrap();
+        let why = wait_for(&format!("web-1 to refuse the {tamper}-tampered release {release}"), DEADLINE, || {
+            let client = cluster.client();
+            async move {
+                let view: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
+                let web1 = view.hosts.iter().find(|h| h.host == "web-1").cloned();
+                Ok(web1.and_then(|h| h.failed).filter(|(r, _)| *r == release).map(|(_, why)| why))
+            }
+        })
+        .await
+        .unwrap();
+        assert!(why.contains(expect), "{tamper}: {why}");
+        assert_eq!(served_version(ports[0]).await.as_deref(), Some(&second[..10]), "web-1 kept its release");
+    }
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

@@ -17,7 +17,7 @@
 //! | `POST /v1/rollouts/current/{promote,pause,resume,abort}?repo=`, `POST /v1/rollback` | admin |
 //! | `GET /v1/cluster/members` | read |
 //! | `DELETE /v1/cluster/members/{id}` | admin |
-//! | `POST /v1/debug/isolate` | admin, and only with `fault_injection = true` |
+//! | `POST /v1/debug/isolate`, `POST /v1/debug/deploy` | admin, and only with `fault_injection = true` |
 //!
 //! No token or an invalid one gets 401; a valid token whose role may not do the thing gets 403.
 //! Any coordinator may be asked: see `forward` for how followers hand requests to the leader.
@@ -126,6 +126,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/cluster/members", get(members))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/debug/isolate", post(isolate))
+        .route("/v1/debug/deploy", post(debug_deploy))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
         .layer(axum::middleware::from_fn_with_state(coordinator.clone(), forward::to_leader))
@@ -398,6 +399,30 @@ async fn isolate(
     }
     c.consensus.transport().set_isolated(req.isolated);
     Ok(Json(serde_json::json!({ "isolated": req.isolated })))
+}
+
+#[derive(serde::Deserialize)]
+struct DebugDeploy {
+    host: String,
+    release: u64,
+    tamper: String,
+}
+
+async fn debug_deploy(
+    State(c): Shared,
+    headers: HeaderMap,
+    Json(req): Json<DebugDeploy>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    if !c.config.fault_injection {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "fault injection is off on this coordinator (config key fault_injection)".into(),
+        ));
+    }
+    let host = HostName::new(&req.host).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    c.debug_deploy(&host, req.release, &req.tamper).await?;
+    Ok(Json(serde_json::json!({ "sent": true })))
 }
 
 async fn metrics(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {

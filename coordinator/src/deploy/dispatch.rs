@@ -387,6 +387,36 @@ impl Coordinator {
         }))
     }
 
+    /// Fault injection (`POST /v1/debug/deploy`, only with `fault_injection = true`): sends `host`
+    /// an order for `release` whose signature is broken (`tamper = "signature"`), or first
+    /// overwrites the stored artifact's first chunk with garbage through Raft, so every
+    /// coordinator serves corrupted bytes under the signed digest (`tamper = "artifact"`).
+    pub async fn debug_deploy(&self, host: &HostName, release: u64, tamper: &str) -> Result<(), OpError> {
+        let store = self.consensus.store();
+        let Some(record) = store.release(release)? else {
+            return Err(OpError::NotFound(format!("no release {release}")));
+        };
+        let mut order = DeployOrder { release, manifest: record.manifest.clone(), signature: record.signature.clone() };
+        match tamper {
+            "signature" => order.signature[0] ^= 0xff,
+            "artifact" => {
+                let chunk = store.blob_chunk(&record.digest, 0)?.unwrap_or_default();
+                let garbage = vec![0x5a; chunk.len()];
+                let cmd =
+                    Command::PutBlob { digest: record.digest.clone(), index: 0, total: record.size, data: garbage };
+                self.consensus.propose(cmd).await??;
+            }
+            other => {
+                return Err(OpError::BadRequest(format!("tamper: {other:?} is not \"signature\" or \"artifact\"")))
+            }
+        }
+        if !self.send_to(host, CoordinatorMsg::Deploy(order)) {
+            return Err(OpError::NotFound(format!("{host} has no link to this coordinator")));
+        }
+        warn!(%host, release, tamper, "fault injection: sent a tampered deploy order");
+        Ok(())
+    }
+
     fn release_key(&self) -> Result<Option<ring::signature::Ed25519KeyPair>, StoreError> {
         Ok(self
             .consensus
