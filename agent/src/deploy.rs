@@ -224,21 +224,32 @@ impl Deployer {
         self.inner.lock().expect("deploy lock").report.applying = Some((id, 0));
         self.touch();
         info!(release = id, digest = %manifest.digest, size = manifest.size, "applying release");
-        let downloading = Instant::now();
-        let file = self.download(&manifest).await?;
-        let secs = downloading.elapsed().as_secs_f64();
-        info!(
-            release = id,
-            bytes = manifest.size,
-            secs,
-            mib_per_s = manifest.size as f64 / 1048576.0 / secs.max(1e-9),
-            "artifact downloaded and verified"
-        );
         let dir = self.release_dir(id);
-        unpack(&file, &dir).await?;
-        let _ = std::fs::remove_file(&file);
-        let order_bytes = codec::to_bytes(order).map_err(|e| format!("encode the order: {e}"))?;
-        std::fs::write(self.order_path(id), order_bytes).map_err(|e| format!("keep the order: {e}"))?;
+        // A release still unpacked here (its order is written last) is switched back to as it is.
+        let kept = dir.is_dir()
+            && std::fs::read(self.order_path(id))
+                .ok()
+                .and_then(|b| codec::from_bytes::<DeployOrder>(&b).ok())
+                .and_then(|o| codec::from_bytes::<ReleaseManifest>(&o.manifest).ok())
+                .is_some_and(|kept| kept.digest == manifest.digest);
+        if kept {
+            info!(release = id, "release already unpacked here; switching to it");
+        } else {
+            let downloading = Instant::now();
+            let file = self.download(&manifest).await?;
+            let secs = downloading.elapsed().as_secs_f64();
+            info!(
+                release = id,
+                bytes = manifest.size,
+                secs,
+                mib_per_s = manifest.size as f64 / 1048576.0 / secs.max(1e-9),
+                "artifact downloaded and verified"
+            );
+            unpack(&file, &dir).await?;
+            let _ = std::fs::remove_file(&file);
+            let order_bytes = codec::to_bytes(order).map_err(|e| format!("encode the order: {e}"))?;
+            std::fs::write(self.order_path(id), order_bytes).map_err(|e| format!("keep the order: {e}"))?;
+        }
 
         let previous = self.read_current();
         self.switch(id)?;

@@ -593,6 +593,28 @@ impl Machine {
         })
     }
 
+    /// Keeps the artifacts of the newest `KEEP_ARTIFACTS` releases of `newest`'s repository and of
+    /// every release a host is targeted at; drops the others' chunks (their records stay).
+    fn drop_old_artifacts(&self, newest: &crate::deploy::ReleaseRecord, batch: &mut Batch) -> Result<(), StoreError> {
+        let store = &self.store;
+        let targeted: Vec<u64> = store.host_targets()?.into_iter().map(|t| t.release).collect();
+        let mut releases: Vec<crate::deploy::ReleaseRecord> =
+            store.releases()?.into_iter().filter(|r| r.repo == newest.repo && r.id != newest.id).collect();
+        releases.sort_by(|a, b| b.id.cmp(&a.id));
+        let mut keep_digests: Vec<String> = vec![newest.digest.clone()];
+        for (i, r) in releases.iter().enumerate() {
+            if i + 1 < crate::deploy::KEEP_ARTIFACTS || targeted.contains(&r.id) {
+                keep_digests.push(r.digest.clone());
+            }
+        }
+        for r in releases.iter().skip(crate::deploy::KEEP_ARTIFACTS - 1) {
+            if !keep_digests.contains(&r.digest) && store.blob_size(&r.digest)?.is_some() {
+                batch.remove_blob(&r.digest, r.size);
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a rollout, its hosts' new targets and its target record.
     fn record_rollout(
         &self,
@@ -772,6 +794,7 @@ impl Machine {
                         job.state = JobState::Passed;
                         commit.release = Some(release.id);
                         batch.put_release(release);
+                        self.drop_old_artifacts(release, batch)?;
                         if release.plan.auto {
                             let mut target = store.target(&release.repo)?;
                             // The newest green commit supersedes any older one still waiting.
@@ -1035,6 +1058,52 @@ mod tests {
         assert!(m.store().host(&name).unwrap().is_none());
         assert!(m.store().host_by_serial("0a").unwrap().is_none());
         assert_eq!(m.store().revocation("0a").unwrap().unwrap().host, name);
+    }
+
+    #[test]
+    fn old_artifacts_are_dropped_unless_a_host_runs_them() {
+        let (m, _d) = machine();
+        let repo = RepoName::new("shop").unwrap();
+        let release = |id: u64| crate::deploy::ReleaseRecord {
+            id,
+            repo: repo.clone(),
+            sha: "a".repeat(40),
+            subject: String::new(),
+            digest: format!("{id:064x}"),
+            size: 10,
+            manifest: vec![],
+            signature: vec![],
+            plan: crate::deploy::DeployPlan {
+                hosts: "role=prod".into(),
+                waves: vec![],
+                bake: Duration::ZERO,
+                auto: true,
+                max_unavailable: "1".into(),
+                progress_deadline: Duration::from_secs(60),
+            },
+            created_at: SystemTime::UNIX_EPOCH,
+        };
+        let mut b = Batch::default();
+        for id in 1..=12 {
+            b.put_release(&release(id));
+            b.put_blob_chunk(&format!("{id:064x}"), 0, 10, b"0123456789");
+        }
+        b.put_host_target(&crate::deploy::HostTarget {
+            host: HostName::new("web-1").unwrap(),
+            repo: repo.clone(),
+            release: 1,
+            since: SystemTime::UNIX_EPOCH,
+        });
+        m.store().apply(b).unwrap();
+        let mut b = Batch::default();
+        m.drop_old_artifacts(&release(12), &mut b).unwrap();
+        m.store().apply(b).unwrap();
+        let kept = |id: u64| m.store().blob_size(&format!("{id:064x}")).unwrap().is_some();
+        assert!(kept(1), "a host is targeted at release 1");
+        assert!(!kept(2), "release 2 is older than the newest ten");
+        assert!((3..=12).all(kept), "the newest ten are kept");
+        assert!(m.store().blob_chunk(&format!("{:064x}", 2), 0).unwrap().is_none());
+        assert!(m.store().release(2).unwrap().is_some(), "the record stays");
     }
 
     mod ci {

@@ -79,6 +79,10 @@ pub struct TargetRecord {
     pub last_good: Option<u64>,
 }
 
+/// Releases per repository whose artifacts the coordinators keep (besides any release a host
+/// is targeted at); older artifacts are dropped, their release records stay.
+pub const KEEP_ARTIFACTS: usize = 10;
+
 /// The release a host should run.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct HostTarget {

@@ -190,6 +190,15 @@ impl Batch {
         self.put(format!("blobsize/{digest}"), &total);
     }
 
+    /// Drops an artifact's chunks.
+    pub fn remove_blob(&mut self, digest: &str, size: u64) {
+        let chunks = size.div_ceil(fifty_shared::wire::ARTIFACT_CHUNK as u64).max(1);
+        for index in 0..chunks {
+            self.remove(format!("blob/{digest}/{index:08x}"));
+        }
+        self.remove(format!("blobsize/{digest}"));
+    }
+
     /// Writes a release.
     pub fn put_release(&mut self, r: &ReleaseRecord) {
         self.put(format!("release/{:016x}", r.id), r);
