@@ -301,6 +301,12 @@ impl LocalCluster {
         format!("https://{}", self.coordinators[self.running().first().copied().unwrap_or(0)].http)
     }
 
+    /// Every coordinator's API address, comma-separated (for `FIFTY_ADDR` and git hooks that
+    /// must outlive any one coordinator).
+    pub fn all_addrs(&self) -> String {
+        self.coordinators.iter().map(|c| format!("https://{}", c.http)).collect::<Vec<_>>().join(",")
+    }
+
     /// The first running coordinator's QUIC address.
     pub fn quic(&self) -> SocketAddr {
         self.coordinators[self.running().first().copied().unwrap_or(0)].quic

@@ -104,7 +104,7 @@ impl SampleRepo {
         let fifty = cluster.bin_dir.join("fifty").display().to_string();
         for (key, value) in [
             ("fifty.repo", name.to_string()),
-            ("fifty.addr", cluster.addr()),
+            ("fifty.addr", cluster.all_addrs()),
             ("fifty.token", ci_token.to_string()),
             ("fifty.cacert", cluster.ca_path().display().to_string()),
             ("fifty.bin", fifty),

@@ -19,7 +19,8 @@ use crate::views::ErrorBody;
 /// Where the coordinator is and how to authenticate, from flags or `FIFTY_*` variables.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientOpts {
-    /// Coordinator API address.
+    /// Coordinator API address; several, comma-separated, are tried in turn when one does not
+    /// answer (any coordinator serves every request).
     #[arg(long, env = "FIFTY_ADDR", default_value = "https://127.0.0.1:7070", global = true)]
     pub addr: String,
     /// API token.
@@ -46,14 +47,21 @@ pub struct ApiFailure {
 
 type Connection = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-/// A client for one coordinator. It keeps its connection open between requests; clones share
-/// that connection, so requests through one client (and its clones) go one at a time — make one
-/// client per concurrent caller.
-#[derive(Clone)]
-pub struct Client {
+/// One coordinator address.
+#[derive(Clone, Debug)]
+struct Target {
     host: String,
     port: u16,
     server_name: ServerName<'static>,
+}
+
+/// A client for the coordinators. It keeps its connection open between requests; clones share
+/// that connection, so requests through one client (and its clones) go one at a time — make one
+/// client per concurrent caller. Given several addresses, it connects to the first that answers.
+#[derive(Clone)]
+pub struct Client {
+    targets: Arc<Vec<Target>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
     tls: TlsConnector,
     stale: bool,
@@ -61,25 +69,38 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `addr` (`https://host:port`) that trusts `ca_pem`.
+    /// A client for `addr` (`https://host:port`, or several comma-separated) that trusts `ca_pem`.
     pub fn new(addr: &str, token: Option<String>, ca_pem: &str) -> Result<Self> {
-        let uri: Uri = addr.parse().with_context(|| format!("FIFTY_ADDR {addr:?} is not a URL"))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(anyhow!("FIFTY_ADDR {addr:?} must start with https://"));
+        let mut targets = Vec::new();
+        for one in addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let uri: Uri = one.parse().with_context(|| format!("FIFTY_ADDR {one:?} is not a URL"))?;
+            if uri.scheme_str() != Some("https") {
+                return Err(anyhow!("FIFTY_ADDR {one:?} must start with https://"));
+            }
+            let host = uri.host().context("FIFTY_ADDR has no host")?.trim_matches(['[', ']']).to_string();
+            let port = uri.port_u16().unwrap_or(7070);
+            let server_name = ServerName::try_from(host.clone()).with_context(|| format!("{host:?} as a TLS name"))?;
+            targets.push(Target { host, port, server_name });
         }
-        let host = uri.host().context("FIFTY_ADDR has no host")?.trim_matches(['[', ']']).to_string();
-        let port = uri.port_u16().unwrap_or(7070);
-        let server_name = ServerName::try_from(host.clone()).with_context(|| format!("{host:?} as a TLS name"))?;
+        if targets.is_empty() {
+            return Err(anyhow!("FIFTY_ADDR is empty: give a coordinator's https:// address"));
+        }
         let tls = TlsConnector::from(Arc::new(fifty_shared::tls::https_client_config(ca_pem)?));
-        Ok(Self { host, port, server_name, token, tls, stale: false, conn: Arc::default() })
+        Ok(Self { targets: Arc::new(targets), current: Arc::default(), token, tls, stale: false, conn: Arc::default() })
     }
 
     /// A client for another coordinator's API at `http_addr` (`HOST:PORT`): it verifies the fixed
     /// coordinator name, whatever the address.
     pub fn to_coordinator(http_addr: &str, ca_pem: &str) -> Result<Self> {
         let mut client = Self::new(&format!("https://{http_addr}"), None, ca_pem)?;
-        client.server_name = ServerName::try_from(fifty_shared::tls::COORDINATOR_NAME).expect("a valid DNS name");
+        let name = ServerName::try_from(fifty_shared::tls::COORDINATOR_NAME).expect("a valid DNS name");
+        client.targets =
+            Arc::new(client.targets.iter().cloned().map(|t| Target { server_name: name.clone(), ..t }).collect());
         Ok(client)
+    }
+
+    fn target(&self) -> &Target {
+        &self.targets[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.targets.len()]
     }
 
     /// Sends a request as received from someone else (the follower-to-leader forwarding path):
@@ -138,7 +159,7 @@ impl Client {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, format!("{}:{}", self.host, self.port));
+            .header(hyper::header::HOST, format!("{}:{}", self.target().host, self.target().port));
         for (name, value) in headers {
             req = req.header(name, value);
         }
@@ -167,13 +188,33 @@ impl Client {
         serde_json::from_slice(&bytes).with_context(|| format!("decode the answer to {path}"))
     }
 
+    /// Connects to the current address, else to the next one that answers.
     async fn connect(&self) -> Result<Connection> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        let n = self.targets.len();
+        let first = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for i in 0..n {
+            let index = (first + i) % n;
+            match self.connect_to(&self.targets[index]).await {
+                Ok(conn) => {
+                    self.current.store(index, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                Err(e) if n == 1 => return Err(e),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        Err(anyhow!("no coordinator answered: {}", errors.join("; ")))
+    }
+
+    async fn connect_to(&self, t: &Target) -> Result<Connection> {
+        let connect = TcpStream::connect((t.host.as_str(), t.port));
+        let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
             .await
-            .with_context(|| format!("connect to the coordinator at {}:{}", self.host, self.port))?;
+            .map_err(|_| anyhow!("no answer from {}:{} within 5 s", t.host, t.port))?
+            .with_context(|| format!("connect to the coordinator at {}:{}", t.host, t.port))?;
         tcp.set_nodelay(true)?;
-        let tls =
-            self.tls.connect(self.server_name.clone(), tcp).await.context("TLS handshake with the coordinator")?;
+        let tls = self.tls.connect(t.server_name.clone(), tcp).await.context("TLS handshake with the coordinator")?;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("HTTP handshake")?;
         tokio::spawn(async move {
