@@ -322,6 +322,8 @@ impl Deployer {
         // after the first, which may resume mid-chunk).
         let chunk = fifty_shared::wire::ARTIFACT_CHUNK as u64;
         let mut asked = offset;
+        let mut asked_on: Option<mpsc::UnboundedSender<AgentMsg>> = None;
+        let mut progress = Instant::now();
         while offset < m.size {
             let link = self.inner.lock().expect("deploy lock").link.clone();
             let Some(link) = link else {
@@ -329,20 +331,22 @@ impl Deployer {
                     return Err("no link to a coordinator to download the artifact from".into());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                asked = offset;
                 continue;
             };
+            // A new link (the old one dropped, or another coordinator leads) or a long silence:
+            // the requests in flight are lost; ask again from what has arrived.
+            if !asked_on.as_ref().is_some_and(|l| l.same_channel(&link)) || progress.elapsed() > FETCH_TIMEOUT {
+                asked = offset;
+                progress = Instant::now();
+                asked_on = Some(link.clone());
+            }
             while asked < m.size && asked < offset + FETCH_WINDOW * chunk {
                 let _ = link.send(AgentMsg::FetchArtifact { digest: m.digest.clone(), offset: asked });
                 asked = (asked / chunk + 1) * chunk;
             }
-            let answer = match tokio::time::timeout(FETCH_TIMEOUT, rx.recv()).await {
+            let answer = match tokio::time::timeout(Duration::from_millis(250), rx.recv()).await {
                 Ok(Some(a)) => a,
-                _ => {
-                    // The link may have changed: ask again from where we are.
-                    asked = offset;
-                    continue;
-                }
+                _ => continue,
             };
             let CoordinatorMsg::ArtifactData { digest, offset: at, total, data, missing } = answer else { continue };
             if digest != m.digest || at != offset {
@@ -362,6 +366,7 @@ impl Deployer {
             }
             let take = data.len().min((m.size - offset) as usize);
             file.write_all(&data[..take]).await.map_err(|e| format!("write {}: {e}", path.display()))?;
+            progress = Instant::now();
             offset += take as u64;
             self.inner.lock().expect("deploy lock").report.applying = Some((m.release, offset));
         }
@@ -582,6 +587,66 @@ mod tests {
         relabelled.release = 4;
         assert!(verify(&relabelled, &public).unwrap_err().contains("names release 4"));
         assert!(verify(&good, &[]).unwrap_err().contains("no release key"));
+    }
+
+    /// Answers download requests from `rx` with `bytes`, `limit` answers at most; returns how many
+    /// it answered and the offset of the first request.
+    async fn serve(
+        d: &Deployer,
+        rx: &mut mpsc::UnboundedReceiver<AgentMsg>,
+        bytes: &[u8],
+        limit: usize,
+    ) -> (usize, Option<u64>) {
+        let chunk = fifty_shared::wire::ARTIFACT_CHUNK as u64;
+        let (mut served, mut first) = (0, None);
+        while served < limit {
+            let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else { break };
+            let AgentMsg::FetchArtifact { digest, offset } = msg else { continue };
+            first.get_or_insert(offset);
+            let end = ((offset / chunk + 1) * chunk).min(bytes.len() as u64);
+            let data = bytes[offset as usize..end as usize].to_vec();
+            let total = bytes.len() as u64;
+            d.on_artifact_data(CoordinatorMsg::ArtifactData { digest, offset, total, data, missing: None });
+            served += 1;
+        }
+        (served, first)
+    }
+
+    #[tokio::test]
+    async fn a_download_resumes_on_a_new_link_and_from_a_partial_file() {
+        let dir = std::env::temp_dir().join(format!("fifty-download-{}-{}", std::process::id(), rand::random::<u32>()));
+        let d = Deployer::new(&dir, BTreeMap::new());
+        let bytes: Vec<u8> =
+            (0..(5 * fifty_shared::wire::ARTIFACT_CHUNK + 1234)).map(|i| (i * 7 % 251) as u8).collect();
+        let mut m = manifest(9);
+        m.size = bytes.len() as u64;
+        m.digest = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        // A partial download from an earlier attempt: 1000 bytes.
+        std::fs::create_dir_all(dir.join("downloads")).unwrap();
+        std::fs::write(dir.join("downloads").join(format!("{}.part", m.digest)), &bytes[..1000]).unwrap();
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        d.attach(tx, vec![1]);
+        let download = tokio::spawn({
+            let (d, m) = (d.clone(), m.clone());
+            async move { d.download(&m).await }
+        });
+        // The first link answers two requests, then drops.
+        let (served, first) = serve(&d, &mut rx, &bytes, 2).await;
+        assert_eq!((served, first), (2, Some(1000)), "the download resumed from the partial file");
+        d.detach();
+        drop(rx);
+        // A new link serves the rest.
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        d.attach(tx, vec![1]);
+        let server = tokio::spawn({
+            let (d, bytes) = (d.clone(), bytes.clone());
+            async move { serve(&d, &mut rx, &bytes, usize::MAX).await }
+        });
+        let path = tokio::time::timeout(Duration::from_secs(60), download).await.unwrap().unwrap().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "every byte arrived once, in order");
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
