@@ -301,6 +301,46 @@ impl LocalCluster {
         format!("https://{}", self.coordinators[self.running().first().copied().unwrap_or(0)].http)
     }
 
+    /// Waits until commit `sha` has finished testing.
+    pub async fn wait_commit(&self, sha: &str, deadline: Duration) -> Result<crate::views::CommitView> {
+        let client = self.client();
+        wait_for(&format!("commit {} to finish", crate::ci::short(sha)), deadline, || async {
+            let view: crate::views::CommitView = client.get(&format!("/v1/commits/{sha}")).await?;
+            Ok(view.summary.state.finished().then_some(view))
+        })
+        .await
+    }
+
+    /// Waits until commit `sha` has a release and returns its id; fails if packaging failed.
+    pub async fn wait_release(&self, sha: &str, deadline: Duration) -> Result<u64> {
+        let client = self.client();
+        wait_for(&format!("a release of {}", crate::ci::short(sha)), deadline, || async {
+            let view: crate::views::CommitView = client.get(&format!("/v1/commits/{sha}")).await?;
+            if let Some(e) = &view.release_error {
+                bail!("packaging {} failed: {e}", crate::ci::short(sha));
+            }
+            Ok(view.release)
+        })
+        .await
+    }
+
+    /// Waits until the rollout of `release` of `repo` is in `phase`.
+    pub async fn wait_rollout(
+        &self,
+        repo: &str,
+        release: u64,
+        phase: crate::deploy::Phase,
+        deadline: Duration,
+    ) -> Result<crate::views::RolloutView> {
+        let client = self.client();
+        let path = format!("/v1/rollouts/current?repo={repo}");
+        wait_for(&format!("the rollout of release {release} to reach {phase:?}"), deadline, || async {
+            let view: crate::views::RolloutView = client.get(&path).await?;
+            Ok((view.release == release && view.phase == phase).then_some(view))
+        })
+        .await
+    }
+
     /// Every coordinator's API address, comma-separated (for `FIFTY_ADDR` and git hooks that
     /// must outlive any one coordinator).
     pub fn all_addrs(&self) -> String {

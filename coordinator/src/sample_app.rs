@@ -56,6 +56,17 @@ pub async fn served_version(port: u16) -> Option<String> {
     head.starts_with("HTTP/1.1 200").then(|| body.trim().to_string())
 }
 
+/// Waits until the shop on every port in `ports` serves `version` (a commit's first 10 digits).
+pub async fn wait_serving(ports: &[u16], version: &str, deadline: std::time::Duration) -> Result<()> {
+    for &port in ports {
+        crate::local::wait_for(&format!("127.0.0.1:{port} to serve {version}"), deadline, || async move {
+            Ok((served_version(port).await.as_deref() == Some(version)).then_some(()))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// Runs git in `dir` with its own identity.
 pub async fn git(dir: &Path, args: &[&str]) -> Result<Output> {
     tokio::process::Command::new("git")

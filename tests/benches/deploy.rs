@@ -26,20 +26,7 @@ use fifty::views::{CommitView, RollbackRequest, RolloutView};
 const PROD: [&str; 6] = ["web-1", "web-2", "web-3", "web-4", "web-5", "web-6"];
 
 async fn release_of(cluster: &LocalCluster, sha: &str) -> u64 {
-    let client = cluster.client();
-    wait_for("a release", Duration::from_secs(300), || {
-        let client = client.clone();
-        let path = format!("/v1/commits/{sha}");
-        async move {
-            let v: CommitView = client.get(&path).await?;
-            if let Some(e) = v.release_error {
-                anyhow::bail!("packaging failed: {e}");
-            }
-            Ok(v.release)
-        }
-    })
-    .await
-    .unwrap()
+    cluster.wait_release(sha, Duration::from_secs(300)).await.unwrap()
 }
 
 /// Polls the rollout of `release` every 20 ms until it is done; returns when each wave started,

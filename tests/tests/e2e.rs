@@ -574,17 +574,7 @@ use fifty::views::CommitView;
 
 /// Waits until commit `sha` has finished and returns it.
 async fn wait_finished(cluster: &LocalCluster, sha: &str, deadline: Duration) -> CommitView {
-    let client = cluster.client();
-    let path = format!("/v1/commits/{sha}");
-    wait_for(&format!("commit {} to finish", &sha[..10]), deadline, || {
-        let (client, path) = (client.clone(), path.clone());
-        async move {
-            let view: CommitView = client.get(&path).await?;
-            Ok(view.summary.state.finished().then_some(view))
-        }
-    })
-    .await
-    .unwrap()
+    cluster.wait_commit(sha, deadline).await.unwrap()
 }
 
 fn hosts_of(view: &CommitView) -> Vec<String> {
@@ -862,45 +852,17 @@ use fifty::views::{ReleaseView, RolloutView};
 
 /// Waits until commit `sha` has a release, and returns its id.
 async fn wait_release(cluster: &LocalCluster, sha: &str) -> u64 {
-    let client = cluster.client();
-    wait_for(&format!("a release of {}", &sha[..10]), Duration::from_secs(120), || {
-        let client = client.clone();
-        let path = format!("/v1/commits/{sha}");
-        async move {
-            let view: CommitView = client.get(&path).await?;
-            if let Some(e) = &view.release_error {
-                anyhow::bail!("packaging failed: {e}");
-            }
-            Ok(view.release)
-        }
-    })
-    .await
-    .unwrap()
+    cluster.wait_release(sha, Duration::from_secs(120)).await.unwrap()
 }
 
-/// Waits until the rollout of `release` is in `phase` (or finished, if `phase` is Done).
+/// Waits until the shop's rollout of `release` is in `phase`.
 async fn wait_rollout(cluster: &LocalCluster, release: u64, phase: Phase) -> RolloutView {
-    let client = cluster.client();
-    wait_for(&format!("the rollout of release {release} to reach {phase:?}"), Duration::from_secs(120), || {
-        let client = client.clone();
-        async move {
-            let view: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
-            Ok((view.release == release && view.phase == phase).then_some(view))
-        }
-    })
-    .await
-    .unwrap()
+    cluster.wait_rollout("shop", release, phase, Duration::from_secs(120)).await.unwrap()
 }
 
 /// Waits until every port in `ports` serves version `v` (a commit's first 10 digits).
 async fn wait_serving(ports: &[u16], v: &str) {
-    for &port in ports {
-        wait_for(&format!("port {port} to serve {v}"), Duration::from_secs(60), || async move {
-            Ok((served_version(port).await.as_deref() == Some(v)).then_some(()))
-        })
-        .await
-        .unwrap();
-    }
+    fifty::sample_app::wait_serving(ports, v, DEADLINE).await.unwrap()
 }
 
 /// A green commit becomes a signed release that rolls out 1 → 50% → 100% over four real agents

@@ -11,11 +11,13 @@ use crate::fleet::HostState;
 use crate::local::{bin_dir, LocalCluster, Options};
 use crate::sample_app::SampleRepo;
 use crate::views::{ClusterView, StatusView, TokenView};
-use crate::views::{CommitView, RolloutView};
+use crate::views::CommitView;
 
 const BUILD: [&str; 2] = ["build-1", "build-2"];
 const PROD: [&str; 6] = ["web-1", "web-2", "web-3", "web-4", "web-5", "web-6"];
 const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a commit, a release or a rollout step may take.
+const WAIT: Duration = Duration::from_secs(120);
 
 struct Timeline {
     start: Instant,
@@ -81,7 +83,7 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     t.say("created the shop's git repository with Fifty's pre-receive and post-receive hooks");
     let good = repo.git_head().await;
     pushed(&repo, true).await?;
-    let view = wait_commit(&cluster, &good).await?;
+    let view = cluster.wait_commit(&good, WAIT).await?;
     if view.summary.state != CommitState::Passed {
         bail!("the first commit did not pass:\n{}", super::output::commit(&view));
     }
@@ -92,20 +94,20 @@ async fn story(dir: &std::path::Path) -> Result<()> {
         shard_hosts(&view).join(" and ")
     ));
     print!("{}", indent(&super::output::commit(&view)));
-    let release = wait_release(&cluster, &good).await?;
+    let release = cluster.wait_release(&good, WAIT).await?;
     t.say(&format!("a build agent packaged it: release {release}, stored on every coordinator, manifest signed"));
-    let done = wait_rollout(&cluster, release, Phase::Done).await?;
+    let done = cluster.wait_rollout("shop", release, Phase::Done, WAIT).await?;
     if done.outcome != Some(Outcome::Succeeded) {
         bail!("the first rollout did not succeed:\n{}", super::output::rollout(&done));
     }
-    wait_serving(&ports, &good[..10]).await?;
+    crate::sample_app::wait_serving(&ports, &good[..10], DEADLINE).await?;
     t.say(&format!("rolled out 1 host → 50% → 100%, baking each wave; all 6 web hosts serve {}:", short(&good)));
     print!("{}", indent(&super::output::rollout(&done)));
 
     repo.edit("app/shop.sh", "pear) echo 55", "pear) echo 50")?;
     let red = repo.commit("Cheaper pears").await?;
     pushed(&repo, true).await?;
-    let view = wait_commit(&cluster, &red).await?;
+    let view = cluster.wait_commit(&red, WAIT).await?;
     if view.summary.state != CommitState::Failed {
         bail!("the breaking commit did not fail:\n{}", super::output::commit(&view));
     }
@@ -130,7 +132,7 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     repo.edit("app/shop.sh", "pear) echo 50", "pear) echo 55")?;
     let fix = repo.commit("[fix] Pears cost 55 again").await?;
     pushed(&repo, true).await?;
-    let view = wait_commit(&cluster, &fix).await?;
+    let view = cluster.wait_commit(&fix, WAIT).await?;
     let gate: crate::views::GateView = cluster.client().get("/v1/repos/shop/gate").await?;
     if view.summary.state != CommitState::Passed || !gate.open {
         bail!("the fix did not pass or the gate did not reopen:\n{}", super::output::commit(&view));
@@ -141,12 +143,12 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     ));
     let commits: Vec<crate::views::CommitSummary> = cluster.client().get("/v1/commits?repo=shop").await?;
     print!("{}", indent(&super::output::commits(&commits)));
-    let release = wait_release(&cluster, &fix).await?;
-    let done = wait_rollout(&cluster, release, Phase::Done).await?;
+    let release = cluster.wait_release(&fix, WAIT).await?;
+    let done = cluster.wait_rollout("shop", release, Phase::Done, WAIT).await?;
     if done.outcome != Some(Outcome::Succeeded) {
         bail!("the fix's rollout did not succeed:\n{}", super::output::rollout(&done));
     }
-    wait_serving(&ports, &fix[..10]).await?;
+    crate::sample_app::wait_serving(&ports, &fix[..10], DEADLINE).await?;
     t.say(&format!("the fix rolled out as release {release}; all 6 web hosts serve {}", short(&fix)));
 
     cluster.kill_agent("web-3").await?;
@@ -160,8 +162,8 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     repo.write("NOTES.md", "pushed just before the leader dies\n")?;
     let last = repo.commit("Notes").await?;
     pushed(&repo, true).await?;
-    let release = wait_release(&cluster, &last).await?;
-    let baking = wait_rollout(&cluster, release, Phase::Baking).await?;
+    let release = cluster.wait_release(&last, WAIT).await?;
+    let baking = cluster.wait_rollout("shop", release, Phase::Baking, WAIT).await?;
     let tokens_before: Vec<TokenView> = cluster.client().get("/v1/tokens").await?;
     let old = cluster.wait_leader(DEADLINE).await?;
     let killed_at = Instant::now();
@@ -187,15 +189,15 @@ async fn story(dir: &std::path::Path) -> Result<()> {
         bail!("{} hosts after the failover, expected {}", hosts.len(), all.len());
     }
     t.say("all 8 hosts re-attached to the new leader by themselves; every token and host kept");
-    let view = wait_commit(&cluster, &last).await?;
+    let view = cluster.wait_commit(&last, WAIT).await?;
     if view.summary.state != CommitState::Passed {
         bail!("the commit pushed before the failover did not pass:\n{}", super::output::commit(&view));
     }
-    let done = wait_rollout(&cluster, release, Phase::Done).await?;
+    let done = cluster.wait_rollout("shop", release, Phase::Done, WAIT).await?;
     if done.outcome != Some(Outcome::Succeeded) || done.id != baking.id {
         bail!("the rollout did not carry on across the failover:\n{}", super::output::rollout(&done));
     }
-    wait_serving(&ports, &last[..10]).await?;
+    crate::sample_app::wait_serving(&ports, &last[..10], DEADLINE).await?;
     t.say(&format!(
         "rollout {} carried on under the new leader, no wave restarted: all 6 web hosts serve {}",
         done.id,
@@ -240,50 +242,6 @@ async fn pushed(repo: &SampleRepo, expect_ok: bool) -> Result<String> {
         bail!("git push {}: {said}", if expect_ok { "was refused" } else { "got through a closed gate" });
     }
     Ok(said)
-}
-
-async fn wait_release(cluster: &LocalCluster, sha: &str) -> Result<u64> {
-    let client = cluster.client();
-    crate::local::wait_for(&format!("a release of {}", short(sha)), Duration::from_secs(120), || async {
-        let view: CommitView = client.get(&format!("/v1/commits/{sha}")).await?;
-        if let Some(e) = &view.release_error {
-            bail!("packaging {} failed: {e}", short(sha));
-        }
-        Ok(view.release)
-    })
-    .await
-}
-
-async fn wait_rollout(cluster: &LocalCluster, release: u64, phase: Phase) -> Result<RolloutView> {
-    let client = cluster.client();
-    crate::local::wait_for(
-        &format!("the rollout of release {release} to reach {phase:?}"),
-        Duration::from_secs(120),
-        || async {
-            let view: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
-            Ok((view.release == release && view.phase == phase).then_some(view))
-        },
-    )
-    .await
-}
-
-async fn wait_serving(ports: &[u16], version: &str) -> Result<()> {
-    for &port in ports {
-        crate::local::wait_for(&format!("127.0.0.1:{port} to serve {version}"), DEADLINE, || async move {
-            Ok((crate::sample_app::served_version(port).await.as_deref() == Some(version)).then_some(()))
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-async fn wait_commit(cluster: &LocalCluster, sha: &str) -> Result<CommitView> {
-    let client = cluster.client();
-    crate::local::wait_for(&format!("commit {} to finish", short(sha)), Duration::from_secs(120), || async {
-        let view: CommitView = client.get(&format!("/v1/commits/{sha}")).await?;
-        Ok(view.summary.state.finished().then_some(view))
-    })
-    .await
 }
 
 fn shard_hosts(view: &CommitView) -> Vec<String> {
