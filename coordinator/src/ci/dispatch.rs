@@ -62,7 +62,15 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
             .map(|(j, a)| {
                 let job = JobRef { job: j.id, attempt: a.n };
                 let sent = live.sent.get(&job).copied().unwrap_or(live.since);
-                Running { job, host: a.host.clone(), since: sent.max(live.since) }
+                let timeout = match &j.kind {
+                    JobKind::Shard { timeout, .. } | JobKind::Package { timeout, .. } => *timeout,
+                    // `[test] list` is bounded by the agent (2 minutes).
+                    JobKind::Plan => Duration::from_secs(120),
+                };
+                let overdue = SystemTime::now()
+                    .duration_since(a.started_at)
+                    .is_ok_and(|ran| ran > timeout + scheduler::OVERDUE_GRACE);
+                Running { job, host: a.host.clone(), since: sent.max(live.since), overdue }
             })
             .collect();
         (running, live.reports.clone())

@@ -56,7 +56,15 @@ pub struct Running {
     pub host: HostName,
     /// When this leader sent it there, or took over leadership, whichever is later.
     pub since: Instant,
+    /// It has run past its own timeout by more than [`OVERDUE_GRACE`]: its agent, which should
+    /// have killed it and reported, is hung.
+    pub overdue: bool,
 }
+
+/// How long past a job's timeout its agent has to report before the job counts as lost: the
+/// timeout covers the command only, and the checkout before it may take up to 10 minutes (two git
+/// commands of at most 5 each).
+pub const OVERDUE_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// What one agent said in its last heartbeat.
 #[derive(Clone, Debug)]
@@ -71,13 +79,17 @@ pub struct Report {
 pub const REPORT_MARGIN: Duration = Duration::from_secs(3);
 
 /// Running jobs whose agent is lost, with why: the agent is down (no heartbeat for
-/// `down_after`, `down` holds such hosts), or its heartbeats, well after the job was sent, do not
-/// list it (it restarted, or never got it).
+/// `down_after`, `down` holds such hosts), its heartbeats, well after the job was sent, do not
+/// list it (it restarted, or never got it), or the job is overdue (the agent hangs).
 pub fn lost(running: &[Running], down: &[HostName], reports: &HashMap<HostName, Report>) -> Vec<(JobRef, String)> {
     let mut out = Vec::new();
     for r in running {
         if down.contains(&r.host) {
             out.push((r.job, format!("agent {} lost: no heartbeat", r.host)));
+            continue;
+        }
+        if r.overdue {
+            out.push((r.job, format!("agent {} did not report it within its timeout", r.host)));
             continue;
         }
         if let Some(report) = reports.get(&r.host) {
@@ -124,7 +136,7 @@ mod tests {
     fn jobs_of_down_or_forgetful_agents_are_lost() {
         let t0 = Instant::now();
         let job = JobRef { job: 1, attempt: 1 };
-        let running = [Running { job, host: h("build-1"), since: t0 }];
+        let running = [Running { job, host: h("build-1"), since: t0, overdue: false }];
         assert_eq!(lost(&running, &[h("build-1")], &HashMap::new()).len(), 1);
         let report = |secs, jobs: Vec<JobRef>| {
             HashMap::from([(h("build-1"), Report { at: t0 + Duration::from_secs(secs), jobs })])
@@ -134,5 +146,8 @@ mod tests {
         assert!(lost(&running, &[], &report(10, vec![job])).is_empty());
         let gone = lost(&running, &[], &report(10, vec![]));
         assert!(gone[0].1.contains("not running it"), "{gone:?}");
+        // Listed, but far past its timeout: the agent hangs.
+        let hung = [Running { overdue: true, ..running[0].clone() }];
+        assert!(lost(&hung, &[], &report(10, vec![job]))[0].1.contains("within its timeout"));
     }
 }

@@ -10,8 +10,8 @@ use crate::deploy::{Outcome, Phase};
 use crate::fleet::HostState;
 use crate::local::{bin_dir, LocalCluster, Options};
 use crate::sample_app::SampleRepo;
-use crate::views::{ClusterView, StatusView, TokenView};
 use crate::views::CommitView;
+use crate::views::{ClusterView, StatusView, TokenView};
 
 const BUILD: [&str; 2] = ["build-1", "build-2"];
 const PROD: [&str; 6] = ["web-1", "web-2", "web-3", "web-4", "web-5", "web-6"];
