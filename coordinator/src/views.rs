@@ -382,6 +382,21 @@ pub struct CommitView {
     pub failed_tests: Vec<FailedTest>,
 }
 
+impl CommitView {
+    /// The build agents its shards ran on (every attempt), sorted, each once.
+    pub fn shard_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|j| j.shard.is_some())
+            .flat_map(|j| j.attempts.iter().map(|a| a.host.clone()))
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+}
+
 /// `GET /v1/repos/{repo}/tests`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TestsView {

@@ -577,18 +577,6 @@ async fn wait_finished(cluster: &LocalCluster, sha: &str, deadline: Duration) ->
     cluster.wait_commit(sha, deadline).await.unwrap()
 }
 
-fn hosts_of(view: &CommitView) -> Vec<String> {
-    let mut hosts: Vec<String> = view
-        .jobs
-        .iter()
-        .filter(|j| j.shard.is_some())
-        .flat_map(|j| j.attempts.iter().map(|a| a.host.clone()))
-        .collect();
-    hosts.sort();
-    hosts.dedup();
-    hosts
-}
-
 fn said(out: &Output) -> String {
     format!("{}{}", text(&out.stdout), text(&out.stderr))
 }
@@ -640,7 +628,7 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
     let view = wait_finished(&cluster, &good, deadline).await;
     assert_eq!(view.summary.state, CommitState::Passed, "{view:#?}");
     assert_eq!(view.summary.shards, 2);
-    assert_eq!(hosts_of(&view), ["build-1", "build-2"], "shards should spread over both agents: {view:#?}");
+    assert_eq!(view.shard_hosts(), ["build-1", "build-2"], "shards should spread over both agents: {view:#?}");
     assert_eq!(view.jobs.iter().map(|j| j.tests).sum::<usize>(), 5, "every listed test assigned once");
     let out = cli(&cluster, &ci.token, &["commit", "log", &good[..8], "--shard", "0"]).await;
     assert!(text(&out.stdout).contains("ok    test_"), "shard output: {}", said(&out));

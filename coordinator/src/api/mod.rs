@@ -169,7 +169,7 @@ async fn create_token(
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Admin)?;
-    let Json(req) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text())))?;
+    let req = json_body(body)?;
     Ok((StatusCode::CREATED, Json(c.create_token(req).await?)))
 }
 
@@ -194,7 +194,7 @@ async fn add_repo(
     body: Result<Json<AddRepo>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Admin)?;
-    let Json(req) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text())))?;
+    let req = json_body(body)?;
     Ok((StatusCode::CREATED, Json(c.add_repo(req).await?)))
 }
 

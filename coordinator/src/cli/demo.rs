@@ -10,7 +10,6 @@ use crate::deploy::{Outcome, Phase};
 use crate::fleet::HostState;
 use crate::local::{bin_dir, LocalCluster, Options};
 use crate::sample_app::SampleRepo;
-use crate::views::CommitView;
 use crate::views::{ClusterView, StatusView, TokenView};
 
 const BUILD: [&str; 2] = ["build-1", "build-2"];
@@ -91,7 +90,7 @@ async fn story(dir: &std::path::Path) -> Result<()> {
         "pushed {}: the post-receive hook queued it; its {} shards ran on {}: green",
         short(&good),
         view.summary.shards,
-        shard_hosts(&view).join(" and ")
+        view.shard_hosts().join(" and ")
     ));
     print!("{}", indent(&super::output::commit(&view)));
     let release = cluster.wait_release(&good, WAIT).await?;
@@ -242,18 +241,6 @@ async fn pushed(repo: &SampleRepo, expect_ok: bool) -> Result<String> {
         bail!("git push {}: {said}", if expect_ok { "was refused" } else { "got through a closed gate" });
     }
     Ok(said)
-}
-
-fn shard_hosts(view: &CommitView) -> Vec<String> {
-    let mut hosts: Vec<String> = view
-        .jobs
-        .iter()
-        .filter(|j| j.shard.is_some())
-        .flat_map(|j| j.attempts.iter().map(|a| a.host.clone()))
-        .collect();
-    hosts.sort();
-    hosts.dedup();
-    hosts
 }
 
 fn indent(text: &str) -> String {
