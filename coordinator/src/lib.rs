@@ -15,6 +15,7 @@ pub mod coordinator;
 pub mod deploy;
 pub mod fleet;
 pub mod gate;
+pub mod immune;
 pub mod local;
 pub mod metrics;
 pub mod quic;

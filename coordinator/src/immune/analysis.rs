@@ -1,0 +1,1648 @@
+//! Canary analysis: is the new release worse than the old one on one metric? Pure: observations in,
+//! verdicts out; no clock, no I/O, no randomness.
+//!
+//! A [`Monitor`] holds one metric's evidence for one wave. The caller feeds it each scrape interval's
+//! per-host deltas ([`Monitor::observe`], one call = one look) and asks for a [`MetricResult`] at any
+//! time ([`Monitor::verdict`]). The model and why it stays valid are in the module doc of
+//! [`crate::immune`]; in short:
+//!
+//! 1. Each host is summarised on a scale where the release effect is a shift: its rate relative to
+//!    the pooled rate (ratios), its probability of being slower than the baseline's requests (the
+//!    Mann-Whitney AUC, histograms) or its mean relative to the fleet (gauges).
+//! 2. The canary-minus-baseline contrast gets a variance with two parts: the sampling noise
+//!    (quasi-Poisson with a dispersion estimated from the intervals; the Mann-Whitney variance with
+//!    tie correction; the intervals' spread) and a **between-host** spread estimated from how much the
+//!    hosts on each side differ beyond their sampling noise (for ratios, at least
+//!    `Settings::ratio_host_spread`). The second part is what stops a healthy but unusual canary host
+//!    from being reverted; it is estimated from few hosts, so the statistic is referred to Student's t
+//!    with Welch-Satterthwaite degrees of freedom. Ratios measure the sampling evidence with the
+//!    continuity-corrected root of the Poisson likelihood ratio, calibrated at small counts.
+//! 3. That one-sided t is turned into a normal score and into a one-sided normal-mixture likelihood
+//!    ratio (mSPRT); the running minimum of its inverse is an always-valid p-value, so looking at every
+//!    interval does not inflate false reverts.
+//!
+//! Invariants: a `Fail` needs the always-valid p-value at or below this monitor's share of alpha AND a
+//! relative effect of at least `min_effect` in the bad direction; once failed, a monitor stays failed
+//! and keeps the evidence of the failing look. No data, too little data or a host spread that cannot
+//! be measured is `Inconclusive`, never `Pass`. A `Pass` needs an observed change below `min_effect`
+//! and the data to rule out (at `pass_confidence`) a regression larger than `pass_bound`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
+
+/// Which direction of change is a regression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bad {
+    /// Larger is worse (error rate, latency, CPU).
+    Increase,
+    /// Smaller is worse (purchases per request, cache hit rate).
+    Decrease,
+}
+
+impl Bad {
+    /// +1 when an increase is bad, −1 when a decrease is.
+    fn sign(self) -> f64 {
+        match self {
+            Bad::Increase => 1.0,
+            Bad::Decrease => -1.0,
+        }
+    }
+}
+
+/// How a metric is reported and therefore tested.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricKind {
+    /// A ratio of two counters' deltas (5xx / requests, purchases / requests).
+    Ratio,
+    /// A Prometheus histogram with these finite, strictly increasing `le` bounds (the `+Inf` bucket is
+    /// the count).
+    Histogram {
+        /// The finite bucket bounds, in the metric's unit (seconds for `*_seconds`).
+        bounds: Vec<f64>,
+    },
+    /// A per-interval value (CPU %, resident memory).
+    Gauge,
+}
+
+/// One metric the immune system watches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricSpec {
+    /// Its name, as shown in verdicts (`error_rate`, `http_request_duration_seconds`).
+    pub name: String,
+    /// How it is reported.
+    pub kind: MetricKind,
+    /// Which direction is a regression.
+    pub bad: Bad,
+}
+
+/// The statistical settings of a rollout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// The false-revert probability the whole rollout may spend, shared by [`Budget`] (e.g. 0.01).
+    pub alpha: f64,
+    /// Regressions smaller than this relative change are ignored (0.2 = 20 %); a `Fail` needs at least
+    /// this much in the bad direction.
+    pub min_effect: f64,
+    /// A `Pass` needs the data to rule out a regression larger than this relative change.
+    pub pass_bound: f64,
+    /// The one-sided confidence with which a `Pass` rules out `pass_bound` (e.g. 0.9).
+    pub pass_confidence: f64,
+    /// Ratios and histograms: fewer than this many denominator events (requests) on either side is
+    /// too little data and gives `Inconclusive`.
+    pub min_denominator: f64,
+    /// The spread (one standard deviation, relative) of the regressions the sequential test is tuned
+    /// for. Any value keeps the test valid; it trades early detection of large regressions against
+    /// detection of small ones.
+    pub mixture_scale: f64,
+    /// Ratio metrics: the host-to-host spread (coefficient of variation of healthy hosts' rates) taken
+    /// as at least this, whatever the data say. A handful of hosts with a few events each cannot rule
+    /// out a large spread, and a quiet-looking baseline would otherwise let an unusual canary host
+    /// fail; the spread the data show above it is still estimated and its uncertainty counted.
+    pub ratio_host_spread: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            alpha: 0.01,
+            min_effect: 0.2,
+            pass_bound: 0.5,
+            pass_confidence: 0.9,
+            min_denominator: 100.0,
+            mixture_scale: 0.5,
+            ratio_host_spread: 0.2,
+        }
+    }
+}
+
+/// A setting or metric spec that cannot be used.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    /// `alpha` must be in (0, 1).
+    #[error("alpha must be in (0, 1), got {0}")]
+    Alpha(f64),
+    /// `min_effect` must be finite and ≥ 0.
+    #[error("min_effect must be finite and >= 0, got {0}")]
+    MinEffect(f64),
+    /// `pass_bound` must be finite and > 0.
+    #[error("pass_bound must be finite and > 0, got {0}")]
+    PassBound(f64),
+    /// `pass_confidence` must be in (0.5, 1).
+    #[error("pass_confidence must be in (0.5, 1), got {0}")]
+    PassConfidence(f64),
+    /// `min_denominator` must be finite and ≥ 0.
+    #[error("min_denominator must be finite and >= 0, got {0}")]
+    MinDenominator(f64),
+    /// `mixture_scale` must be finite and > 0.
+    #[error("mixture_scale must be finite and > 0, got {0}")]
+    MixtureScale(f64),
+    /// `ratio_host_spread` must be finite and ≥ 0.
+    #[error("ratio_host_spread must be finite and >= 0, got {0}")]
+    RatioHostSpread(f64),
+    /// The budget must count at least one metric and one wave.
+    #[error("the alpha budget needs at least one metric and one wave")]
+    Budget,
+    /// A histogram's bounds must be finite and strictly increasing.
+    #[error("histogram {0}: bounds must be non-empty, finite and strictly increasing")]
+    Bounds(String),
+}
+
+impl Settings {
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(SettingsError::Alpha(self.alpha));
+        }
+        if !(self.min_effect.is_finite() && self.min_effect >= 0.0) {
+            return Err(SettingsError::MinEffect(self.min_effect));
+        }
+        if !(self.pass_bound.is_finite() && self.pass_bound > 0.0) {
+            return Err(SettingsError::PassBound(self.pass_bound));
+        }
+        if !(self.pass_confidence > 0.5 && self.pass_confidence < 1.0) {
+            return Err(SettingsError::PassConfidence(self.pass_confidence));
+        }
+        if !(self.min_denominator.is_finite() && self.min_denominator >= 0.0) {
+            return Err(SettingsError::MinDenominator(self.min_denominator));
+        }
+        if !(self.mixture_scale.is_finite() && self.mixture_scale > 0.0) {
+            return Err(SettingsError::MixtureScale(self.mixture_scale));
+        }
+        if !(self.ratio_host_spread.is_finite() && self.ratio_host_spread >= 0.0) {
+            return Err(SettingsError::RatioHostSpread(self.ratio_host_spread));
+        }
+        Ok(())
+    }
+}
+
+/// How many tests share `Settings::alpha` (Bonferroni): every metric of every wave of one rollout. A
+/// rollout that reverts on the first failing metric of any wave then reverts a healthy release with
+/// probability at most `alpha`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Metrics watched in each wave.
+    pub metrics: usize,
+    /// Waves of the rollout that are analysed (including a final comparison against an earlier
+    /// window, if the caller runs one).
+    pub waves: usize,
+}
+
+impl Budget {
+    /// The alpha of one metric in one wave.
+    pub fn alpha_each(&self, alpha: f64) -> f64 {
+        alpha / (self.metrics.max(1) * self.waves.max(1)) as f64
+    }
+}
+
+/// One host's deltas for one interval, of the metric's kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sample {
+    /// Numerator and denominator deltas. An absent numerator series (Prometheus does not export a
+    /// labelled counter that never moved, e.g. `code="500"` on a healthy host) is `num = 0`.
+    Ratio {
+        /// Bad (or counted) events, e.g. 5xx responses.
+        num: f64,
+        /// All events, e.g. requests.
+        den: f64,
+    },
+    /// Histogram deltas: `buckets[i]` counts observations `<= bounds[i]` (cumulative, as Prometheus
+    /// gives them; a trailing `+Inf` bucket may be included), plus the `_sum` and `_count` deltas.
+    Histogram {
+        /// Cumulative bucket deltas.
+        buckets: Vec<f64>,
+        /// `_sum` delta.
+        sum: f64,
+        /// `_count` delta.
+        count: f64,
+    },
+    /// The gauge's value over the interval.
+    Gauge(f64),
+}
+
+/// One host's observation for one interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// The host.
+    pub host: String,
+    /// The interval's sequence number; a host's repeated or older interval is ignored (a retried
+    /// report must not count twice).
+    pub interval: u64,
+    /// The deltas.
+    pub sample: Sample,
+}
+
+/// A metric's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The observed change is below `min_effect` and the data rule out a regression larger than
+    /// `pass_bound`.
+    Pass,
+    /// A significant regression of at least `min_effect`: revert.
+    Fail,
+    /// Neither: too little data, or not precise enough to pass. At the end of the bake a person decides.
+    Inconclusive,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Inconclusive => "inconclusive",
+        })
+    }
+}
+
+/// What a verdict rests on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evidence {
+    /// The baseline's value: pooled rate, mean of the histogram (`_sum / _count`), mean gauge value.
+    pub baseline: f64,
+    /// The canary's value, on the same scale.
+    pub canary: f64,
+    /// Relative change, canary / baseline − 1 (signed; `+inf` when the baseline is zero and the canary
+    /// is not).
+    pub effect: f64,
+    /// The one-sided statistic in the bad direction (Student's t with `df` degrees of freedom).
+    pub statistic: f64,
+    /// Its degrees of freedom (Welch-Satterthwaite; infinite when every variance part is known).
+    pub df: f64,
+    /// The always-valid p-value: the smallest over all looks so far. Compare with `alpha`.
+    pub p_value: f64,
+    /// This monitor's share of the rollout's alpha.
+    pub alpha: f64,
+    /// The upper confidence bound (at `pass_confidence`) of the relative effect in the bad direction,
+    /// when it can be computed; a `Pass` needs it at or below `pass_bound`.
+    pub bad_effect_upper: Option<f64>,
+    /// Baseline sample size: requests (ratio), observations (histogram) or host-intervals (gauge).
+    pub baseline_n: u64,
+    /// Canary sample size, as `baseline_n`.
+    pub canary_n: u64,
+    /// Baseline hosts with data.
+    pub baseline_hosts: usize,
+    /// Canary hosts with data.
+    pub canary_hosts: usize,
+    /// Looks (calls to `observe`) so far.
+    pub looks: u64,
+    /// Why the verdict is what it is, when that is not obvious (too little data, assumptions made).
+    pub note: Option<String>,
+}
+
+/// One metric's verdict with its evidence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricResult {
+    /// The metric's name.
+    pub metric: String,
+    /// How its values are shown.
+    kind: ShownAs,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What it rests on.
+    pub evidence: Evidence,
+    /// Whether this is the verdict at the end of the bake.
+    pub final_look: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShownAs {
+    Percent,
+    Seconds,
+    Plain,
+}
+
+impl MetricResult {
+    /// Whether the caller must hold the wave for a person: inconclusive at the end of the bake.
+    pub fn holds_wave(&self) -> bool {
+        self.final_look && self.verdict == Verdict::Inconclusive
+    }
+
+    /// One line for a gate or incident reason, e.g. `error_rate 0.41% → 3.9% (+850%, p=2.1e-05)`.
+    pub fn summary(&self) -> String {
+        let e = &self.evidence;
+        let shown = |v: f64| match self.kind {
+            ShownAs::Percent => format!("{}%", sig(v * 100.0, 2)),
+            ShownAs::Seconds if v.abs() < 1.0 => format!("{}ms", sig(v * 1000.0, 3)),
+            ShownAs::Seconds => format!("{}s", sig(v, 3)),
+            ShownAs::Plain => sig(v, 3),
+        };
+        let effect = if e.effect.is_infinite() {
+            "new".to_string()
+        } else if e.effect.is_nan() {
+            "n/a".to_string()
+        } else {
+            let pct = sig(e.effect * 100.0, 2);
+            if e.effect >= 0.0 {
+                format!("+{pct}%")
+            } else {
+                format!("{pct}%")
+            }
+        };
+        let mut line = format!(
+            "{} {} → {} ({}, p={})",
+            self.metric,
+            shown(e.baseline),
+            shown(e.canary),
+            effect,
+            sig(e.p_value, 2)
+        );
+        if self.verdict == Verdict::Inconclusive {
+            if let Some(note) = &e.note {
+                line.push_str(": ");
+                line.push_str(note);
+            }
+        }
+        line
+    }
+}
+
+impl fmt::Display for MetricResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.verdict, self.summary())
+    }
+}
+
+/// What the caller does with a wave, given every metric's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaveAction {
+    /// A metric failed: revert the release.
+    Revert,
+    /// Mid-bake and nothing failed: keep baking.
+    KeepBaking,
+    /// End of the bake and some metric is inconclusive: hold the wave for a person.
+    Hold,
+    /// End of the bake and every metric passed: go on to the next wave.
+    Promote,
+}
+
+/// Decides a wave from its metrics' results: any `Fail` reverts; at the end of the bake every metric
+/// must `Pass` to promote, else the wave is held. An empty list holds (no evidence is not a pass).
+pub fn decide_wave(results: &[MetricResult], final_look: bool) -> WaveAction {
+    if results.iter().any(|r| r.verdict == Verdict::Fail) {
+        WaveAction::Revert
+    } else if !final_look {
+        WaveAction::KeepBaking
+    } else if !results.is_empty() && results.iter().all(|r| r.verdict == Verdict::Pass) {
+        WaveAction::Promote
+    } else {
+        WaveAction::Hold
+    }
+}
+
+/// The sequential state of one metric over one wave: feed it each interval's observations, ask for a
+/// verdict at any time.
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    spec: MetricSpec,
+    settings: Settings,
+    alpha: f64,
+    baseline: Side,
+    canary: Side,
+    looks: u64,
+    min_p: f64,
+    last: Option<Look>,
+    failed: Option<MetricResult>,
+    rejected: u64,
+}
+
+impl Monitor {
+    /// A monitor for `spec` in a rollout whose alpha is shared by `budget`.
+    pub fn new(spec: &MetricSpec, settings: &Settings, budget: Budget) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        if budget.metrics == 0 || budget.waves == 0 {
+            return Err(SettingsError::Budget);
+        }
+        if let MetricKind::Histogram { bounds } = &spec.kind {
+            let increasing = bounds.windows(2).all(|w| w[0] < w[1]);
+            if bounds.is_empty() || !increasing || bounds.iter().any(|b| !b.is_finite()) {
+                return Err(SettingsError::Bounds(spec.name.clone()));
+            }
+        }
+        Ok(Monitor {
+            spec: spec.clone(),
+            settings: settings.clone(),
+            alpha: budget.alpha_each(settings.alpha),
+            baseline: Side::default(),
+            canary: Side::default(),
+            looks: 0,
+            min_p: 1.0,
+            last: None,
+            failed: None,
+            rejected: 0,
+        })
+    }
+
+    /// A monitor for the last wave, when every host runs the new release and no baseline is left: the
+    /// baseline is the previous release's fleet in an earlier window (`earlier`), loaded here without
+    /// counting a look; then call `observe(&[], canary)` each interval.
+    ///
+    /// Assumption: the metric does not move between that window and the bake for reasons other than
+    /// the release (no deploy of a dependency, no traffic-mix change, no daily cycle). Unlike the
+    /// in-wave comparison, common drift does not cancel here, so choose a window just before the
+    /// rollout and of about the bake's length.
+    pub fn against_window(
+        spec: &MetricSpec,
+        settings: &Settings,
+        budget: Budget,
+        earlier: &[Observation],
+    ) -> Result<Self, SettingsError> {
+        let mut monitor = Monitor::new(spec, settings, budget)?;
+        for o in earlier {
+            monitor.ingest(o, true);
+        }
+        Ok(monitor)
+    }
+
+    /// Adds one interval's observations (baseline hosts on the old release, canary hosts on the new
+    /// one, over the same interval) and takes one look. Malformed observations (wrong kind, negative
+    /// or non-finite values, bucket counts that go down) are dropped and counted in the note.
+    pub fn observe(&mut self, baseline: &[Observation], canary: &[Observation]) {
+        for o in baseline {
+            self.ingest(o, true);
+        }
+        for o in canary {
+            self.ingest(o, false);
+        }
+        self.looks += 1;
+        let look = self.look();
+        if let Some(stat) = &look.stat {
+            self.min_p = self.min_p.min(stat.p_now);
+        }
+        self.last = Some(look);
+        if self.failed.is_none() {
+            let result = self.result(false);
+            if result.verdict == Verdict::Fail {
+                self.failed = Some(result);
+            }
+        }
+    }
+
+    /// The verdict now; `final_look` says the bake has ended (an `Inconclusive` then holds the wave).
+    pub fn verdict(&self, final_look: bool) -> MetricResult {
+        match &self.failed {
+            Some(failed) => MetricResult { final_look, ..failed.clone() },
+            None => self.result(final_look),
+        }
+    }
+
+    /// The always-valid p-value so far (1 before any usable look).
+    pub fn p_value(&self) -> f64 {
+        self.min_p
+    }
+
+    fn ingest(&mut self, o: &Observation, baseline: bool) {
+        let Some(delta) = Delta::parse(&self.spec.kind, &o.sample) else {
+            self.rejected += 1;
+            return;
+        };
+        let side = if baseline { &mut self.baseline } else { &mut self.canary };
+        let host = side.hosts.entry(o.host.clone()).or_default();
+        if host.last_interval.is_some_and(|last| o.interval <= last) {
+            return;
+        }
+        host.last_interval = Some(o.interval);
+        host.add(&delta);
+    }
+
+    fn result(&self, final_look: bool) -> MetricResult {
+        let shown = match self.spec.kind {
+            MetricKind::Ratio => ShownAs::Percent,
+            MetricKind::Histogram { .. } if self.spec.name.ends_with("_seconds") => ShownAs::Seconds,
+            _ => ShownAs::Plain,
+        };
+        let look = self.last.clone().unwrap_or_else(|| Look::insufficient("no data yet".into()));
+        let mut notes: Vec<String> = Vec::new();
+        let verdict = match &look.stat {
+            None => Verdict::Inconclusive,
+            Some(stat) => {
+                let significant = self.min_p <= self.alpha;
+                if significant && look.bad_effect >= self.settings.min_effect {
+                    Verdict::Fail
+                } else if look.bad_effect >= self.settings.min_effect {
+                    notes.push(format!(
+                        "a change of {} but not significant (p {} > {})",
+                        signed_pct(look.bad_effect * self.spec.bad.sign()),
+                        sig(self.min_p, 2),
+                        sig(self.alpha, 2)
+                    ));
+                    Verdict::Inconclusive
+                } else {
+                    match stat.bad_effect_upper {
+                        Some(upper) if upper <= self.settings.pass_bound => Verdict::Pass,
+                        Some(upper) => {
+                            let sign = self.spec.bad.sign();
+                            notes.push(format!(
+                                "cannot yet rule out a regression of {} (a pass rules out {} at {:.0}% confidence)",
+                                signed_pct(upper * sign),
+                                signed_pct(self.settings.pass_bound * sign),
+                                self.settings.pass_confidence * 100.0
+                            ));
+                            Verdict::Inconclusive
+                        }
+                        None => {
+                            notes.push("the size of the regression cannot be bounded".into());
+                            Verdict::Inconclusive
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(note) = &look.note {
+            notes.insert(0, note.clone());
+        }
+        if self.rejected > 0 {
+            notes.push(format!("{} malformed observations dropped", self.rejected));
+        }
+        if final_look && verdict == Verdict::Inconclusive {
+            notes.push("end of bake: hold the wave for a person".into());
+        }
+        let stat = look.stat.as_ref();
+        MetricResult {
+            metric: self.spec.name.clone(),
+            kind: shown,
+            verdict,
+            evidence: Evidence {
+                baseline: look.baseline,
+                canary: look.canary,
+                effect: look.effect,
+                statistic: stat.map_or(f64::NAN, |s| s.t),
+                df: stat.map_or(f64::NAN, |s| s.df),
+                p_value: self.min_p,
+                alpha: self.alpha,
+                bad_effect_upper: stat.and_then(|s| s.bad_effect_upper),
+                baseline_n: look.baseline_n.round() as u64,
+                canary_n: look.canary_n.round() as u64,
+                baseline_hosts: look.baseline_hosts,
+                canary_hosts: look.canary_hosts,
+                looks: self.looks,
+                note: if notes.is_empty() { None } else { Some(notes.join("; ")) },
+            },
+            final_look,
+        }
+    }
+
+    fn look(&self) -> Look {
+        let base = self.baseline.active();
+        let can = self.canary.active();
+        let mut look = match &self.spec.kind {
+            MetricKind::Ratio => self.ratio_look(&base, &can),
+            MetricKind::Histogram { .. } => self.histogram_look(&base, &can),
+            MetricKind::Gauge => self.gauge_look(&base, &can),
+        };
+        look.baseline_hosts = base.len();
+        look.canary_hosts = can.len();
+        look
+    }
+
+    /// Ratio: quasi-Poisson counts with a between-host spread (see the module doc of `immune`).
+    fn ratio_look(&self, base: &[&Host], can: &[&Host]) -> Look {
+        let totals = |hosts: &[&Host]| hosts.iter().fold((0.0, 0.0), |(n, d), h| (n + h.num, d + h.den));
+        let (nb, db) = totals(base);
+        let (nc, dc) = totals(can);
+        let mut look = Look::insufficient(String::new());
+        look.baseline_n = db;
+        look.canary_n = dc;
+        look.baseline = if db > 0.0 { nb / db } else { f64::NAN };
+        look.canary = if dc > 0.0 { nc / dc } else { f64::NAN };
+        let min = self.settings.min_denominator;
+        if base.is_empty() || can.is_empty() || db < min.max(f64::MIN_POSITIVE) || dc < min.max(f64::MIN_POSITIVE) {
+            look.note = Some(too_little(base.len(), can.len(), db, dc, min, "events in the denominator"));
+            return look;
+        }
+        let (rb, rc) = (nb / db, nc / dc);
+        look.effect = relative(rc, rb);
+        look.bad_effect = bad_relative(rc, rb, self.spec.bad);
+        look.note = None;
+        if nb + nc <= 0.0 {
+            // Nothing counted anywhere: no regression to see, and a zero rate cannot grow unseen.
+            look.stat = Some(Stat { t: 0.0, df: f64::INFINITY, p_now: 1.0, bad_effect_upper: Some(0.0) });
+            look.note = Some("no events on either side".into());
+            return look;
+        }
+        let p0 = (nb + nc) / (db + dc);
+        // Between-interval dispersion (Pearson, each host around its own rate), at least Poisson.
+        let (mut pearson, mut pearson_df) = (0.0, 0.0);
+        for h in base.iter().chain(can.iter()) {
+            if h.num > 0.0 && h.intervals >= 2 {
+                let r = h.num / h.den;
+                pearson += ((h.num_sq_over_den - h.num * h.num / h.den) / r).max(0.0);
+                pearson_df += (h.intervals - 1) as f64;
+            }
+        }
+        let phi_hat = if pearson_df > 0.0 { pearson / pearson_df } else { 1.0 };
+        let (phi, phi_df) = if phi_hat > 1.0 { (phi_hat, pearson_df) } else { (1.0, f64::INFINITY) };
+        let units = |hosts: &[&Host], rate: f64| -> Vec<Unit> {
+            hosts
+                .iter()
+                .map(|h| Unit {
+                    x: h.num / h.den / p0,
+                    v_null: phi / (h.den * p0),
+                    v_own: phi * rate / (h.den * p0 * p0),
+                    w: h.den,
+                })
+                .collect()
+        };
+        let c =
+            Contrast::estimate(&units(can, rc), &units(base, rb), Spread::Relative, self.settings.ratio_host_spread);
+        // The sampling part is tested with the signed root of the Poisson likelihood ratio (continuity
+        // corrected), which keeps its tail at small counts where the score z's normal tail is far too
+        // thin; the host spread then shrinks it as it would shrink Δ/√B to Δ/√(A + B).
+        let z_sampling = signed_root_lr(nc, dc, nb, db) / phi.sqrt();
+        let shrink = (c.null.sampling / c.null.total()).sqrt();
+        let mut stat =
+            self.score(self.spec.bad.sign() * z_sampling * shrink, &c.null, phi_df, self.settings.mixture_scale);
+        // Upper bound of the bad relative effect: the x scale is relative to p0, the effect to rb.
+        stat.bad_effect_upper = if rb > 0.0 {
+            let q = t_quantile(self.settings.pass_confidence, c.own.df(phi_df));
+            Some((self.spec.bad.sign() * c.delta + q * c.own.total().sqrt()) * p0 / rb)
+        } else {
+            None
+        };
+        if !c.measured {
+            look.note = Some(format!(
+                "host-to-host spread not measurable (one host per side): assumed {}",
+                signed_pct(self.settings.ratio_host_spread).trim_start_matches('+')
+            ));
+        }
+        look.stat = Some(stat);
+        look
+    }
+
+    /// Histogram: each host's Mann-Whitney AUC against the baseline's requests, with a between-host
+    /// spread.
+    fn histogram_look(&self, base: &[&Host], can: &[&Host]) -> Look {
+        let count = |hosts: &[&Host]| hosts.iter().map(|h| h.den).sum::<f64>();
+        let sum = |hosts: &[&Host]| hosts.iter().map(|h| h.num).sum::<f64>();
+        let (cb, cc) = (count(base), count(can));
+        let mut look = Look::insufficient(String::new());
+        look.baseline_n = cb;
+        look.canary_n = cc;
+        look.baseline = if cb > 0.0 { sum(base) / cb } else { f64::NAN };
+        look.canary = if cc > 0.0 { sum(can) / cc } else { f64::NAN };
+        let min = self.settings.min_denominator.max(1.0);
+        if base.is_empty() || can.is_empty() || cb < min || cc < min {
+            look.note = Some(too_little(base.len(), can.len(), cb, cc, min, "observations"));
+            return look;
+        }
+        look.effect = relative(look.canary, look.baseline);
+        look.bad_effect = bad_relative(look.canary, look.baseline, self.spec.bad);
+        let buckets = base[0].buckets.len();
+        let mut pooled = vec![0.0; buckets];
+        for h in base {
+            for (p, c) in pooled.iter_mut().zip(&h.buckets) {
+                *p += c;
+            }
+        }
+        let auc_unit = |h: &Host, reference: &[f64]| -> Unit {
+            let (auc, var) = mann_whitney_auc(&h.buckets, reference);
+            Unit { x: auc, v_null: var, v_own: var, w: 1.0 }
+        };
+        let can_units: Vec<Unit> = can.iter().map(|h| auc_unit(h, &pooled)).collect();
+        let base_units: Vec<Unit> = if base.len() == 1 {
+            vec![Unit { x: 0.5, v_null: 0.0, v_own: 0.0, w: 1.0 }]
+        } else {
+            base.iter()
+                .map(|h| {
+                    let others: Vec<f64> = pooled.iter().zip(&h.buckets).map(|(p, c)| p - c).collect();
+                    auc_unit(h, &others)
+                })
+                .collect()
+        };
+        let c = Contrast::estimate(&can_units, &base_units, Spread::Absolute, 0.0);
+        if !c.measured {
+            look.note = Some(needs_hosts());
+            return look;
+        }
+        let scale = self.settings.mixture_scale * AUC_PER_RELATIVE;
+        let mut stat = self.sequential(self.spec.bad.sign() * c.delta, &c.null, f64::INFINITY, scale);
+        // The bound on the relative change of the mean comes from the hosts' means.
+        let mean_b = look.baseline;
+        stat.bad_effect_upper = if mean_b > 0.0 {
+            let means = |hosts: &[&Host]| -> Vec<Unit> {
+                hosts.iter().map(|h| Unit { x: h.num / h.den / mean_b, v_null: 0.0, v_own: 0.0, w: 1.0 }).collect()
+            };
+            let m = Contrast::estimate(&means(can), &means(base), Spread::Absolute, 0.0);
+            let q = t_quantile(self.settings.pass_confidence, m.own.df(f64::INFINITY));
+            Some(self.spec.bad.sign() * m.delta + q * m.own.total().sqrt())
+        } else {
+            None
+        };
+        look.stat = Some(stat);
+        look
+    }
+
+    /// Gauge: each host's mean over its intervals, relative to the fleet, with a between-host spread.
+    fn gauge_look(&self, base: &[&Host], can: &[&Host]) -> Look {
+        let mean = |hosts: &[&Host]| hosts.iter().map(|h| h.num / h.intervals as f64).sum::<f64>() / hosts.len() as f64;
+        let intervals = |hosts: &[&Host]| hosts.iter().map(|h| h.intervals as f64).sum::<f64>();
+        let mut look = Look::insufficient(String::new());
+        look.baseline_n = intervals(base);
+        look.canary_n = intervals(can);
+        if base.is_empty() || can.is_empty() {
+            look.note = Some(too_little(base.len(), can.len(), look.baseline_n, look.canary_n, 1.0, "intervals"));
+            return look;
+        }
+        let (mb, mc) = (mean(base), mean(can));
+        look.baseline = mb;
+        look.canary = mc;
+        look.effect = relative(mc, mb);
+        look.bad_effect = bad_relative(mc, mb, self.spec.bad);
+        let fleet = (mb + mc) / 2.0;
+        let scale = if fleet.abs() > 0.0 { fleet.abs() } else { 1.0 };
+        let units = |hosts: &[&Host]| -> Vec<Unit> {
+            hosts
+                .iter()
+                .map(|h| {
+                    let n = h.intervals as f64;
+                    let m = h.num / n;
+                    let var = if n >= 2.0 { ((h.num_sq_over_den - n * m * m) / (n - 1.0)).max(0.0) } else { 0.0 };
+                    let v = var / n / (scale * scale);
+                    Unit { x: m / scale, v_null: v, v_own: v, w: 1.0 }
+                })
+                .collect()
+        };
+        let c = Contrast::estimate(&units(can), &units(base), Spread::Absolute, 0.0);
+        if !c.measured {
+            look.note = Some(needs_hosts());
+            return look;
+        }
+        let sampling_df = (intervals(base) + intervals(can) - (base.len() + can.len()) as f64).max(1.0);
+        let mut stat =
+            self.sequential(self.spec.bad.sign() * c.delta, &c.null, sampling_df, self.settings.mixture_scale);
+        stat.bad_effect_upper = if mb.abs() > 0.0 {
+            let q = t_quantile(self.settings.pass_confidence, c.own.df(sampling_df));
+            Some((self.spec.bad.sign() * c.delta + q * c.own.total().sqrt()) * scale / mb.abs())
+        } else {
+            None
+        };
+        look.stat = Some(stat);
+        look
+    }
+
+    /// The sequential step: one-sided t in the bad direction → normal score → mixture likelihood ratio.
+    fn sequential(&self, bad_delta: f64, var: &Variance, sampling_df: f64, prior_sd: f64) -> Stat {
+        let total = var.total();
+        if total <= 0.0 || !total.is_finite() {
+            // No noise at all: only an exact tie can be told apart from a regression.
+            let t = if bad_delta > 0.0 {
+                f64::INFINITY
+            } else if bad_delta < 0.0 {
+                -f64::INFINITY
+            } else {
+                0.0
+            };
+            return self.score(t, var, sampling_df, prior_sd);
+        }
+        self.score(bad_delta / total.sqrt(), var, sampling_df, prior_sd)
+    }
+
+    /// From a one-sided statistic `t` (Student's t with the variance's Satterthwaite degrees of
+    /// freedom) to the always-valid p-value of this look.
+    fn score(&self, t: f64, var: &Variance, sampling_df: f64, prior_sd: f64) -> Stat {
+        let df = var.df(sampling_df);
+        let z = normal_isf(t_sf(t, df));
+        let total = var.total();
+        let ratio = if total > 0.0 { (prior_sd * prior_sd / total).min(MAX_RATIO) } else { MAX_RATIO };
+        let p_now = (-mixture_log_lr(z, ratio)).exp().min(1.0);
+        Stat { t, df, p_now, bad_effect_upper: None }
+    }
+}
+
+/// The prior spread of AUC shifts per unit of relative regression: a latency distribution with a
+/// log-scale spread of about 0.6 moves its AUC by about 0.4 × the log of the change.
+const AUC_PER_RELATIVE: f64 = 0.4;
+/// Normal scores are capped here (p ≈ 1e-300).
+const MAX_Z: f64 = 37.0;
+/// Prior-to-estimate variance ratios are capped here, so a noise-free look stays finite.
+const MAX_RATIO: f64 = 1e12;
+
+fn needs_hosts() -> String {
+    "host-to-host spread not measurable: needs two or more hosts on one side (three in all)".into()
+}
+
+fn too_little(base_hosts: usize, can_hosts: usize, base: f64, can: f64, min: f64, what: &str) -> String {
+    if base_hosts == 0 && can_hosts == 0 {
+        "no data".into()
+    } else if base_hosts == 0 {
+        "no baseline data".into()
+    } else if can_hosts == 0 {
+        "no canary data".into()
+    } else {
+        format!("too little data: baseline {base:.0}, canary {can:.0} {what} (needs {min:.0} each)")
+    }
+}
+
+fn relative(canary: f64, baseline: f64) -> f64 {
+    if baseline != 0.0 {
+        canary / baseline - 1.0
+    } else if canary == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY * canary.signum()
+    }
+}
+
+fn bad_relative(canary: f64, baseline: f64, bad: Bad) -> f64 {
+    if baseline != 0.0 {
+        bad.sign() * (canary - baseline) / baseline.abs()
+    } else if canary == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY * (bad.sign() * canary).signum()
+    }
+}
+
+fn signed_pct(x: f64) -> String {
+    if x.is_infinite() {
+        return if x > 0.0 { "+inf%".into() } else { "-inf%".into() };
+    }
+    let s = sig(x * 100.0, 2);
+    if x >= 0.0 {
+        format!("+{s}%")
+    } else {
+        format!("{s}%")
+    }
+}
+
+/// `v` with `digits` significant digits, plainly (`0.0041`, `3.9`, `850`), or in exponent form below
+/// 1e-4.
+fn sig(v: f64, digits: i32) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    if magnitude < -4 {
+        return format!("{:.*e}", (digits - 1).max(0) as usize, v);
+    }
+    let decimals = (digits - 1 - magnitude).max(0) as usize;
+    format!("{v:.decimals$}")
+}
+
+/// One usable look's statistics.
+#[derive(Clone, Debug, PartialEq)]
+struct Stat {
+    t: f64,
+    df: f64,
+    p_now: f64,
+    bad_effect_upper: Option<f64>,
+}
+
+/// What one look saw; `stat` is `None` when the data do not allow a test.
+#[derive(Clone, Debug, PartialEq)]
+struct Look {
+    baseline: f64,
+    canary: f64,
+    effect: f64,
+    bad_effect: f64,
+    baseline_n: f64,
+    canary_n: f64,
+    baseline_hosts: usize,
+    canary_hosts: usize,
+    stat: Option<Stat>,
+    note: Option<String>,
+}
+
+impl Look {
+    fn insufficient(note: String) -> Look {
+        Look {
+            baseline: f64::NAN,
+            canary: f64::NAN,
+            effect: f64::NAN,
+            bad_effect: f64::NAN,
+            baseline_n: 0.0,
+            canary_n: 0.0,
+            baseline_hosts: 0,
+            canary_hosts: 0,
+            stat: None,
+            note: if note.is_empty() { None } else { Some(note) },
+        }
+    }
+}
+
+/// A validated delta, in the form hosts add up.
+enum Delta {
+    Ratio { num: f64, den: f64 },
+    Histogram { counts: Vec<f64>, sum: f64, count: f64 },
+    Gauge(f64),
+}
+
+impl Delta {
+    /// Checks a sample against the metric's kind; `None` when it is malformed.
+    fn parse(kind: &MetricKind, sample: &Sample) -> Option<Delta> {
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        match (kind, sample) {
+            (MetricKind::Ratio, Sample::Ratio { num, den }) if ok(*num) && ok(*den) => {
+                Some(Delta::Ratio { num: *num, den: *den })
+            }
+            (MetricKind::Histogram { bounds }, Sample::Histogram { buckets, sum, count })
+                if ok(*sum) && ok(*count) && buckets.iter().all(|b| ok(*b)) =>
+            {
+                let finite = match buckets.len() {
+                    n if n == bounds.len() => buckets.as_slice(),
+                    n if n == bounds.len() + 1 => &buckets[..bounds.len()],
+                    _ => return None,
+                };
+                let mut counts = Vec::with_capacity(bounds.len() + 1);
+                let mut below = 0.0;
+                for &cumulative in finite.iter().chain(std::iter::once(count)) {
+                    if cumulative < below {
+                        return None;
+                    }
+                    counts.push(cumulative - below);
+                    below = cumulative;
+                }
+                Some(Delta::Histogram { counts, sum: *sum, count: *count })
+            }
+            (MetricKind::Gauge, Sample::Gauge(v)) if v.is_finite() => Some(Delta::Gauge(*v)),
+            _ => None,
+        }
+    }
+}
+
+/// One host's running totals. Ratio: `num`, `den`, Σ num²/den. Histogram: `num` = Σ sum, `den` =
+/// Σ count, per-bucket counts. Gauge: `num` = Σ value, `num_sq_over_den` = Σ value².
+#[derive(Clone, Debug, Default)]
+struct Host {
+    last_interval: Option<u64>,
+    intervals: u64,
+    num: f64,
+    den: f64,
+    num_sq_over_den: f64,
+    buckets: Vec<f64>,
+}
+
+impl Host {
+    fn add(&mut self, delta: &Delta) {
+        match delta {
+            Delta::Ratio { num, den } => {
+                if *den > 0.0 {
+                    self.intervals += 1;
+                    self.num += num;
+                    self.den += den;
+                    self.num_sq_over_den += num * num / den;
+                }
+            }
+            Delta::Histogram { counts, sum, count } => {
+                if *count > 0.0 {
+                    self.intervals += 1;
+                    self.num += sum;
+                    self.den += count;
+                    if self.buckets.is_empty() {
+                        self.buckets = vec![0.0; counts.len()];
+                    }
+                    for (b, c) in self.buckets.iter_mut().zip(counts) {
+                        *b += c;
+                    }
+                }
+            }
+            Delta::Gauge(v) => {
+                self.intervals += 1;
+                self.num += v;
+                self.num_sq_over_den += v * v;
+            }
+        }
+    }
+}
+
+/// One side (baseline or canary) of a comparison.
+#[derive(Clone, Debug, Default)]
+struct Side {
+    hosts: BTreeMap<String, Host>,
+}
+
+impl Side {
+    /// Hosts that contributed data.
+    fn active(&self) -> Vec<&Host> {
+        self.hosts.values().filter(|h| h.intervals > 0).collect()
+    }
+}
+
+/// One host's summary on the test's scale.
+#[derive(Clone, Copy, Debug)]
+struct Unit {
+    /// The host's estimate.
+    x: f64,
+    /// Its sampling variance if the release had no effect.
+    v_null: f64,
+    /// Its sampling variance around its own side's level.
+    v_own: f64,
+    /// Its weight in its side's mean.
+    w: f64,
+}
+
+/// How the between-host spread scales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spread {
+    /// Proportional to the side's level (host effects multiply a rate).
+    Relative,
+    /// The same on both sides.
+    Absolute,
+}
+
+/// A variance with an estimated between-host part (`spread`, `spread_df` degrees of freedom) and a
+/// sampling part.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Variance {
+    spread: f64,
+    spread_df: f64,
+    sampling: f64,
+}
+
+impl Variance {
+    fn total(&self) -> f64 {
+        self.spread + self.sampling
+    }
+
+    /// Welch-Satterthwaite degrees of freedom, the sampling part having `sampling_df`.
+    fn df(&self, sampling_df: f64) -> f64 {
+        let term = |v: f64, df: f64| if df.is_finite() && df > 0.0 { v * v / df } else { 0.0 };
+        let denom = term(self.spread, self.spread_df) + term(self.sampling, sampling_df);
+        if denom > 0.0 {
+            self.total() * self.total() / denom
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+/// The canary-minus-baseline contrast of host summaries under a random host effect.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Contrast {
+    /// Weighted canary mean minus weighted baseline mean.
+    delta: f64,
+    /// Its variance if the release had no effect (for the test).
+    null: Variance,
+    /// Its variance around the observed levels (for the confidence bound).
+    own: Variance,
+    /// Whether the data could measure the spread (two hosts or more on some side).
+    measured: bool,
+}
+
+impl Contrast {
+    /// Estimates the between-host variance by moments, pooled within sides (the DerSimonian-Laird
+    /// estimator with a mean per side): with weights `w`, `Q = Σ w (x − x̄_w)²` has expectation
+    /// `Σ w v − Σ w² v / W + τ² (W − Σ w² / W)`, so `τ² = Σ (Q − noise) / Σ (W − Σ w² / W)` over the
+    /// sides with two hosts or more. Relative spreads are measured on `x / x̄` of each side and weigh each
+    /// host by its precision `1 / v` (a side of low-count hosts then says little); absolute spreads
+    /// weigh hosts equally. The spread is at least `floor²` (see `Settings::ratio_host_spread`).
+    fn estimate(canary: &[Unit], baseline: &[Unit], spread: Spread, floor: f64) -> Contrast {
+        let (mut excess, mut scale_sum, mut tau_df) = (0.0, 0.0, 0.0);
+        for side in [canary, baseline] {
+            if side.len() < 2 {
+                continue;
+            }
+            let (xs, vs): (Vec<f64>, Vec<f64>) = match spread {
+                Spread::Absolute => side.iter().map(|u| (u.x, u.v_own)).unzip(),
+                Spread::Relative => {
+                    let w: f64 = side.iter().map(|u| u.w).sum();
+                    let m = side.iter().map(|u| u.w * u.x).sum::<f64>() / w;
+                    if m <= 0.0 {
+                        continue;
+                    }
+                    side.iter().map(|u| (u.x / m, u.v_own / (m * m))).unzip()
+                }
+            };
+            let precision = spread == Spread::Relative && vs.iter().all(|v| *v > 0.0);
+            let ws: Vec<f64> = vs.iter().map(|v| if precision { 1.0 / v } else { 1.0 }).collect();
+            let w: f64 = ws.iter().sum();
+            let w2: f64 = ws.iter().map(|w| w * w).sum();
+            let mean = ws.iter().zip(&xs).map(|(w, x)| w * x).sum::<f64>() / w;
+            let q = ws.iter().zip(&xs).map(|(w, x)| w * (x - mean) * (x - mean)).sum::<f64>();
+            let noise = ws.iter().zip(&vs).map(|(wh, v)| wh * v - wh * wh * v / w).sum::<f64>();
+            excess += q - noise;
+            scale_sum += w - w2 / w;
+            tau_df += (side.len() - 1) as f64;
+        }
+        let estimate = if tau_df > 0.0 && scale_sum > 0.0 { (excess / scale_sum).max(0.0) } else { 0.0 };
+        // Below the floor the spread is taken as known; above it only the excess is uncertain, which
+        // Satterthwaite sees as (K·excess)²/df = (K·τ²)²/df_eff.
+        let floor2 = floor * floor;
+        let (tau2, spread_df) = if estimate <= floor2 {
+            (floor2, if floor2 > 0.0 { f64::INFINITY } else { tau_df })
+        } else if floor2 > 0.0 {
+            (estimate, tau_df * (estimate / (estimate - floor2)).powi(2))
+        } else {
+            (estimate, tau_df)
+        };
+        let mean = |side: &[Unit]| {
+            let w: f64 = side.iter().map(|u| u.w).sum();
+            side.iter().map(|u| u.w * u.x).sum::<f64>() / w
+        };
+        // Σ (w/W)² and Σ (w/W)² v for one side.
+        let sums = |side: &[Unit], v: fn(&Unit) -> f64| {
+            let w: f64 = side.iter().map(|u| u.w).sum();
+            let k = side.iter().map(|u| (u.w / w).powi(2)).sum::<f64>();
+            let s = side.iter().map(|u| (u.w / w).powi(2) * v(u)).sum::<f64>();
+            (k, s)
+        };
+        let (xc, xb) = (mean(canary), mean(baseline));
+        let (kc, sc0) = sums(canary, |u| u.v_null);
+        let (kb, sb0) = sums(baseline, |u| u.v_null);
+        let (_, sc1) = sums(canary, |u| u.v_own);
+        let (_, sb1) = sums(baseline, |u| u.v_own);
+        let own_spread = match spread {
+            Spread::Relative => tau2 * (xc * xc * kc + xb * xb * kb),
+            Spread::Absolute => tau2 * (kc + kb),
+        };
+        Contrast {
+            delta: xc - xb,
+            null: Variance { spread: tau2 * (kc + kb), spread_df, sampling: sc0 + sb0 },
+            own: Variance { spread: own_spread, spread_df, sampling: sc1 + sb1 },
+            measured: tau_df > 0.0,
+        }
+    }
+}
+
+/// The Mann-Whitney AUC of `host` against `reference`, both as per-bucket counts over the same
+/// buckets: P(host's observation > reference's) + ½·P(tie). Returns it with its variance if both came
+/// from one distribution, tie-corrected: σ²(U) = n₁n₂/12 · (N + 1 − Σ(t³ − t)/(N(N − 1))), over
+/// (n₁n₂)².
+fn mann_whitney_auc(host: &[f64], reference: &[f64]) -> (f64, f64) {
+    let (mut below, mut u, mut ties) = (0.0, 0.0, 0.0);
+    let n1: f64 = host.iter().sum();
+    let n2: f64 = reference.iter().sum();
+    for (&h, &r) in host.iter().zip(reference) {
+        u += h * (below + 0.5 * r);
+        below += r;
+        let t = h + r;
+        ties += t * t * t - t;
+    }
+    let n = n1 + n2;
+    if n1 <= 0.0 || n2 <= 0.0 || n < 2.0 {
+        return (0.5, 0.0);
+    }
+    let var_u = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    (u / (n1 * n2), var_u.max(0.0) / (n1 * n2).powi(2))
+}
+
+/// The signed root of the likelihood-ratio statistic for two Poisson rates (`n1` events over `d1`
+/// exposure against `n2` over `d2`), with a continuity correction of one half: each count moved half
+/// an event towards its expectation under equal rates. Positive when the first rate is higher.
+fn signed_root_lr(n1: f64, d1: f64, n2: f64, d2: f64) -> f64 {
+    let total = n1 + n2;
+    let e1 = total * d1 / (d1 + d2);
+    let gap = n1 - e1;
+    if total <= 0.0 || gap.abs() <= 0.5 {
+        return 0.0;
+    }
+    let c1 = n1 - 0.5 * gap.signum();
+    let c2 = total - c1;
+    let e2 = total - e1;
+    let term = |n: f64, e: f64| if n > 0.0 { n * (n / e).ln() } else { 0.0 };
+    let deviance = 2.0 * (term(c1, e1) + term(c2, e2));
+    gap.signum() * deviance.max(0.0).sqrt()
+}
+
+/// P(T ≥ t) for Student's t with `df` degrees of freedom; the normal's when `df` is infinite or huge.
+fn t_sf(t: f64, df: f64) -> f64 {
+    if t.is_nan() {
+        return 1.0;
+    }
+    if !df.is_finite() || df > 1e7 {
+        return Normal::standard().sf(t);
+    }
+    match StudentsT::new(0.0, 1.0, df.max(1e-3)) {
+        Ok(dist) => dist.sf(t),
+        Err(_) => 1.0,
+    }
+}
+
+/// The `p` quantile of Student's t with `df` degrees of freedom (the normal's when infinite).
+fn t_quantile(p: f64, df: f64) -> f64 {
+    if !df.is_finite() || df > 1e7 {
+        return Normal::standard().inverse_cdf(p);
+    }
+    match StudentsT::new(0.0, 1.0, df.max(1e-3)) {
+        Ok(dist) => dist.inverse_cdf(p),
+        Err(_) => f64::INFINITY,
+    }
+}
+
+/// The z with P(Z ≥ z) = p, capped at ±`MAX_Z`.
+fn normal_isf(p: f64) -> f64 {
+    if p <= 0.0 {
+        return MAX_Z;
+    }
+    if p >= 1.0 {
+        return -MAX_Z;
+    }
+    (-Normal::standard().inverse_cdf(p)).clamp(-MAX_Z, MAX_Z)
+}
+
+/// ln Λ of the one-sided normal mixture: for a normal score `z` whose estimate has variance V, and a
+/// half-normal prior on the effect with variance σ² (`ratio` = σ²/V),
+/// Λ = ∫₀^∞ exp(θS − θ²I/2) 2φ(θ/σ)/σ dθ = 2/√(1+r) · exp(z²r/(2(1+r))) · Φ(z√(r/(1+r))),
+/// with I = 1/V and S = z√I. Under no regression Λ is a nonnegative martingale in the looks, so
+/// P(sup Λ ≥ 1/α) ≤ α (Ville).
+fn mixture_log_lr(z: f64, ratio: f64) -> f64 {
+    let r = ratio.max(0.0);
+    let shrink = r / (1.0 + r);
+    let tail = Normal::standard().cdf(z * shrink.sqrt());
+    std::f64::consts::LN_2 - 0.5 * (1.0 + r).ln() + 0.5 * z * z * shrink + tail.max(f64::MIN_POSITIVE).ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Reference values: `python3 scripts/reference/immune_reference.py` (numpy 2.4.6, scipy 1.17.1).
+    // Distributions come from scipy.stats, the mixture from scipy.integrate.quad, Mann-Whitney from
+    // scipy.stats.mannwhitneyu, and whole looks from a numpy re-implementation of the module doc.
+
+    fn close(got: f64, want: f64, rel: f64) {
+        assert!((got - want).abs() <= rel * want.abs().max(1e-300), "got {got}, want {want} (rel {rel})");
+    }
+
+    #[test]
+    fn normal_and_t_tails_match_scipy() {
+        close(normal_isf(0.0025), 2.8070337683438042, 1e-9);
+        close(normal_isf(1e-6), 4.753424308822899, 1e-9);
+        close(normal_isf(1e-12), 7.034483825301131, 1e-8);
+        close(t_sf(2.5, 4.0), 0.03338327240599407, 1e-9);
+        close(t_sf(7.0, 4.0), 0.0010960649033464694, 1e-8);
+        close(t_sf(12.0, 3.5), 0.0002872670964280638, 1e-7);
+        close(t_sf(4.0, 28.3), 0.0002069726987377386, 1e-7);
+        close(t_sf(30.0, 2.0), 0.0005546313409798295, 1e-7);
+        close(t_sf(-1.0, 6.0), 0.822041158125209, 1e-9);
+        close(t_quantile(0.9, 5.5), 1.4559770334640723, 1e-7);
+        close(t_quantile(0.9, f64::INFINITY), 1.2815515655446004, 1e-9);
+    }
+
+    #[test]
+    fn mixture_likelihood_ratio_matches_numerical_integration() {
+        close(mixture_log_lr(2.0, 1.0), 1.264658727398098, 1e-8);
+        close(mixture_log_lr(4.0, 25.0), 6.756362753183592, 1e-8);
+        close(mixture_log_lr(-1.0, 4.0), -1.3960205343828018, 1e-7);
+        close(mixture_log_lr(6.5, 0.3), 5.436068032551893, 1e-8);
+    }
+
+    #[test]
+    fn mann_whitney_matches_scipy_asymptotic_with_ties() {
+        // The example on which statrs' exact path is wrong; every value in its own bucket.
+        let bounds = [1.0, 2.0, 2.5, 3.5, 4.0, 5.2, 6.0, 7.1, 8.0, 9.3];
+        let bucket = |values: &[f64]| {
+            let mut counts = vec![0.0; bounds.len() + 1];
+            for v in values {
+                let i = bounds.iter().position(|b| v <= b).unwrap_or(bounds.len());
+                counts[i] += 1.0;
+            }
+            counts
+        };
+        let (auc, var) = mann_whitney_auc(&bucket(&[1.0, 2.0, 3.5, 4.0, 5.2]), &bucket(&[2.5, 6.0, 7.1, 8.0, 9.3]));
+        close(auc * 25.0, 3.0, 1e-12); // U1
+        close(2.0 * Normal::standard().cdf((auc - 0.5) / var.sqrt()), 0.04720176769014221, 1e-9);
+        // Heavy ties: the values are bucket indices.
+        let (auc, var) = mann_whitney_auc(&[3.0, 10.0, 25.0, 9.0, 2.0, 1.0], &[6.0, 15.0, 20.0, 5.0, 1.0, 0.0]);
+        close(auc * 50.0 * 47.0, 1450.5, 1e-12);
+        close(Normal::standard().sf((auc - 0.5) / var.sqrt()), 0.01696959578441313, 1e-9);
+    }
+
+    fn error_rate() -> MetricSpec {
+        MetricSpec { name: "error_rate".into(), kind: MetricKind::Ratio, bad: Bad::Increase }
+    }
+
+    fn latency() -> MetricSpec {
+        MetricSpec {
+            name: "http_request_duration_seconds".into(),
+            kind: MetricKind::Histogram { bounds: vec![0.05, 0.1, 0.25, 0.5] },
+            bad: Bad::Increase,
+        }
+    }
+
+    fn monitor(spec: &MetricSpec) -> Monitor {
+        Monitor::new(spec, &Settings::default(), Budget { metrics: 2, waves: 1 }).expect("valid settings")
+    }
+
+    /// A monitor whose alpha share is so small (1e-9) that it never fails: its evidence is always the
+    /// latest look's, to compare with the reference looks.
+    fn watcher(spec: &MetricSpec) -> Monitor {
+        Monitor::new(spec, &Settings::default(), Budget { metrics: 10_000, waves: 1_000 }).expect("valid settings")
+    }
+
+    fn ratio(host: &str, interval: u64, num: f64, den: f64) -> Observation {
+        Observation { host: host.into(), interval, sample: Sample::Ratio { num, den } }
+    }
+
+    /// Feeds `intervals` looks of `hosts` baseline and canary hosts with the given counts per interval.
+    fn feed_ratio(m: &mut Monitor, intervals: u64, baseline: &[(f64, f64)], canary: &[(f64, f64)]) {
+        for k in 0..intervals {
+            let b: Vec<_> = baseline.iter().enumerate().map(|(i, (n, d))| ratio(&format!("b{i}"), k, *n, *d)).collect();
+            let c: Vec<_> = canary.iter().enumerate().map(|(i, (n, d))| ratio(&format!("c{i}"), k, *n, *d)).collect();
+            m.observe(&b, &c);
+        }
+    }
+
+    #[test]
+    fn a_ratio_look_matches_the_reference() {
+        let base = [
+            [(2.0, 400.0), (1.0, 380.0), (3.0, 410.0)],
+            [(0.0, 390.0), (2.0, 420.0), (1.0, 405.0)],
+            [(4.0, 415.0), (1.0, 395.0), (2.0, 400.0)],
+        ];
+        let can = [[(6.0, 400.0), (9.0, 410.0), (7.0, 390.0)], [(5.0, 380.0), (8.0, 400.0), (4.0, 395.0)]];
+        let look = |k: usize| -> (Vec<Observation>, Vec<Observation>) {
+            let side = |prefix: &str, hosts: &[[(f64, f64); 3]]| -> Vec<Observation> {
+                hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| ratio(&format!("{prefix}{i}"), k as u64, h[k].0, h[k].1))
+                    .collect()
+            };
+            (side("b", &base), side("c", &can))
+        };
+        let gate_budget = Budget { metrics: 1, waves: 1 };
+        let mut gate = Monitor::new(&error_rate(), &Settings::default(), gate_budget).expect("valid settings");
+        let mut watch = watcher(&error_rate());
+        let mut results = Vec::new();
+        for k in 0..3 {
+            let (b, c) = look(k);
+            watch.observe(&b, &c);
+            gate.observe(&b, &c);
+            results.push((watch.verdict(false), gate.verdict(false)));
+        }
+        let first = &results[0].0.evidence;
+        close(first.statistic, 1.647908091719474, 1e-9);
+        close(first.df, 222.86104385044155, 1e-9);
+        close(first.p_value, 0.42830629251547286, 1e-7);
+        close(results[1].0.evidence.p_value, 0.014920353446401451, 1e-7);
+        let last = &results[2].0.evidence;
+        close(last.baseline, 0.004426002766251729, 1e-12);
+        close(last.canary, 0.016421052631578947, 1e-12);
+        close(last.statistic, 3.7933006337465858, 1e-9);
+        assert!(last.df.is_infinite(), "the host spread is at its floor");
+        close(last.p_value, 0.006077985695401691, 1e-7);
+        close(last.bad_effect_upper.expect("bounded"), 3.7855031092072564, 1e-8);
+        // With all of alpha = 0.01 on this one metric, the third look fails.
+        assert_eq!(results[1].1.verdict, Verdict::Inconclusive);
+        assert_eq!(results[2].1.verdict, Verdict::Fail);
+        assert_eq!(results[2].1.summary(), "error_rate 0.44% → 1.6% (+271%, p=0.0061)");
+    }
+
+    #[test]
+    fn the_poisson_likelihood_ratio_matches_the_reference() {
+        close(signed_root_lr(11.0, 1000.0, 20.0, 5000.0), 2.3262043626074904, 1e-12);
+        close(signed_root_lr(20.0, 3000.0, 0.0, 3000.0), 4.801001276493953, 1e-12);
+        close(signed_root_lr(150.0, 3000.0, 75.0, 15000.0), 16.6176745645707, 1e-12);
+        close(signed_root_lr(3.0, 400.0, 30.0, 2000.0), -0.9890173888866991, 1e-12);
+        assert_eq!(signed_root_lr(5.0, 1000.0, 5.2, 1000.0), 0.0, "within half an event of equal rates");
+    }
+
+    #[test]
+    fn a_histogram_look_matches_the_reference() {
+        let base: [[[f64; 5]; 2]; 3] = [
+            [[20.0, 50.0, 25.0, 4.0, 1.0], [18.0, 52.0, 26.0, 3.0, 1.0]],
+            [[22.0, 47.0, 27.0, 3.0, 1.0], [25.0, 45.0, 24.0, 5.0, 1.0]],
+            [[19.0, 51.0, 26.0, 3.0, 1.0], [21.0, 49.0, 25.0, 4.0, 1.0]],
+        ];
+        let base_sums = [[9.1, 9.3], [9.0, 9.2], [9.2, 9.1]];
+        let can = [[8.0, 35.0, 45.0, 10.0, 2.0], [7.0, 33.0, 47.0, 11.0, 2.0]];
+        let can_sums = [14.8, 15.2];
+        let obs = |host: &str, k: u64, counts: &[f64; 5], sum: f64| {
+            let mut cumulative = Vec::new();
+            let mut running = 0.0;
+            for c in &counts[..4] {
+                running += c;
+                cumulative.push(running);
+            }
+            let count = counts.iter().sum();
+            Observation {
+                host: host.into(),
+                interval: k,
+                sample: Sample::Histogram { buckets: cumulative, sum, count },
+            }
+        };
+        let mut m = watcher(&latency());
+        let mut results = Vec::new();
+        for k in 0..2 {
+            let b: Vec<_> = (0..3).map(|i| obs(&format!("b{i}"), k as u64, &base[i][k], base_sums[i][k])).collect();
+            m.observe(&b, &[obs("c0", k as u64, &can[k], can_sums[k])]);
+            results.push(m.verdict(false));
+        }
+        close(results[0].evidence.statistic, 4.252954603750974, 1e-9);
+        close(results[0].evidence.p_value, 0.0004407226583591762, 1e-7);
+        let last = &results[1].evidence;
+        close(last.baseline, 0.0915, 1e-12);
+        close(last.canary, 0.15, 1e-12);
+        close(last.statistic, 6.352791612303349, 1e-9);
+        close(last.p_value, 9.373969146822534e-09, 1e-6);
+        close(last.bad_effect_upper.expect("bounded"), 0.6512422088295481, 1e-9);
+        assert_eq!(results[1].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
+        assert_eq!(
+            results[1].summary(),
+            "http_request_duration_seconds 91.5ms → 150ms (+64%, p=9.4e-9): a change of +64% but not significant \
+             (p 9.4e-9 > 1.0e-9)"
+        );
+    }
+
+    #[test]
+    fn a_gauge_look_matches_the_reference() {
+        let spec = MetricSpec { name: "cpu_percent".into(), kind: MetricKind::Gauge, bad: Bad::Increase };
+        let base = [[41.0, 43.0, 40.0], [45.0, 44.0, 47.0], [38.0, 40.0, 39.0], [42.0, 41.0, 44.0]];
+        let can = [[55.0, 58.0, 54.0], [60.0, 57.0, 59.0]];
+        let gauge = |host: String, k: usize, v: f64| Observation { host, interval: k as u64, sample: Sample::Gauge(v) };
+        let mut m = watcher(&spec);
+        let mut results = Vec::new();
+        for k in 0..3 {
+            let b: Vec<_> = base.iter().enumerate().map(|(i, h)| gauge(format!("b{i}"), k, h[k])).collect();
+            let c: Vec<_> = can.iter().enumerate().map(|(i, h)| gauge(format!("c{i}"), k, h[k])).collect();
+            m.observe(&b, &c);
+            results.push(m.verdict(false));
+        }
+        close(results[0].evidence.statistic, 6.033977866125207, 1e-9);
+        close(results[0].evidence.df, 4.0, 1e-9);
+        close(results[0].evidence.p_value, 0.07486591463563265, 1e-7);
+        close(results[1].evidence.df, 7.833714118252916, 1e-9);
+        close(results[1].evidence.p_value, 0.0015863726740597813, 1e-7);
+        let last = &results[2].evidence;
+        close(last.statistic, 6.8814114947526805, 1e-9);
+        close(last.df, 5.463599170634333, 1e-9);
+        // The always-valid p-value is the smallest so far (look 2's).
+        close(last.p_value, 0.0015863726740597813, 1e-7);
+        close(last.bad_effect_upper.expect("bounded"), 0.43758422654822454, 1e-8);
+        assert_eq!(results[2].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
+        assert!(results[2].summary().starts_with("cpu_percent 42.0 → 57.2 (+36%, p=0.0016): a change of +36%"));
+    }
+
+    #[test]
+    fn errors_against_a_baseline_without_any_are_a_fail() {
+        let mut m = monitor(&error_rate());
+        // Five baseline hosts with no errors at all (no 5xx series), one canary at 1 %.
+        feed_ratio(&mut m, 15, &[(0.0, 200.0); 5], &[(2.0, 200.0)]);
+        let r = m.verdict(false);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.evidence.effect.is_infinite());
+        assert!(r.summary().starts_with("error_rate 0% → 1.0% (new, p="), "{}", r.summary());
+    }
+
+    #[test]
+    fn a_single_error_against_a_zero_baseline_is_not_enough_to_fail() {
+        let mut m = monitor(&error_rate());
+        feed_ratio(&mut m, 1, &[(0.0, 200.0); 5], &[(1.0, 200.0)]);
+        assert_ne!(m.verdict(false).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn no_data_is_inconclusive_and_holds_the_wave_at_the_end() {
+        let mut m = monitor(&error_rate());
+        let r = m.verdict(true);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.holds_wave());
+        m.observe(&[], &[]);
+        let r = m.verdict(true);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.evidence.note.as_deref().is_some_and(|n| n.starts_with("no data")), "{r:?}");
+        assert_eq!(decide_wave(&[r], true), WaveAction::Hold);
+        // No baseline: errors on the canary alone cannot be judged.
+        let mut m = monitor(&error_rate());
+        feed_ratio(&mut m, 10, &[], &[(20.0, 200.0)]);
+        let r = m.verdict(true);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.summary().contains("no baseline data"), "{}", r.summary());
+    }
+
+    #[test]
+    fn too_little_traffic_is_inconclusive_not_a_pass() {
+        let mut m = monitor(&error_rate());
+        feed_ratio(&mut m, 3, &[(0.0, 10.0); 5], &[(0.0, 10.0)]);
+        let r = m.verdict(true);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.summary().contains("too little data: baseline 150, canary 30"), "{}", r.summary());
+    }
+
+    #[test]
+    fn a_clear_regression_fails_and_a_clear_improvement_passes() {
+        let mut worse = monitor(&error_rate());
+        feed_ratio(&mut worse, 15, &[(1.0, 200.0); 5], &[(10.0, 200.0)]);
+        let r = worse.verdict(false);
+        assert_eq!(r.verdict, Verdict::Fail);
+        assert_eq!(decide_wave(std::slice::from_ref(&r), false), WaveAction::Revert);
+        assert!(r.summary().starts_with("error_rate 0.50% → 5.0% (+900%, p="), "{}", r.summary());
+
+        let mut better = monitor(&error_rate());
+        feed_ratio(&mut better, 30, &[(10.0, 1000.0); 5], &[(2.0, 1000.0)]);
+        let r = better.verdict(true);
+        assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
+        assert_eq!(decide_wave(&[r], true), WaveAction::Promote);
+    }
+
+    #[test]
+    fn a_small_but_significant_change_below_min_effect_does_not_fail() {
+        // No host spread assumed, so that +10 % on a lot of traffic is highly significant.
+        let settings = Settings { ratio_host_spread: 0.0, ..Settings::default() };
+        let mut m = Monitor::new(&error_rate(), &settings, Budget { metrics: 2, waves: 1 }).expect("valid settings");
+        feed_ratio(&mut m, 30, &[(100.0, 10_000.0); 5], &[(550.0, 50_000.0); 5]);
+        let r = m.verdict(true);
+        assert!(r.evidence.p_value < 1e-6, "{r:?}");
+        assert_eq!(r.verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn an_unusual_but_healthy_host_is_judged_against_the_spread_of_the_baseline_hosts() {
+        // Baseline hosts' own rates range from 0.2 % to 1.0 %; a canary at 2.0 % is unusual, not damning.
+        let base = [(2.0, 1000.0), (4.0, 1000.0), (6.0, 1000.0), (8.0, 1000.0), (10.0, 1000.0)];
+        let mut m = monitor(&error_rate());
+        feed_ratio(&mut m, 30, &base, &[(20.0, 1000.0)]);
+        let r = m.verdict(true);
+        assert_eq!(r.verdict, Verdict::Inconclusive, "{r:?}");
+        // Against five baseline hosts that all run at 0.6 %, the same canary is a regression.
+        let mut m = monitor(&error_rate());
+        feed_ratio(&mut m, 30, &[(6.0, 1000.0); 5], &[(20.0, 1000.0)]);
+        assert_eq!(m.verdict(true).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn a_drop_fails_when_a_decrease_is_bad() {
+        let purchases =
+            MetricSpec { name: "purchases_per_request".into(), kind: MetricKind::Ratio, bad: Bad::Decrease };
+        let mut m = monitor(&purchases);
+        feed_ratio(&mut m, 30, &[(20.0, 1000.0); 3], &[(8.0, 1000.0); 3]);
+        let r = m.verdict(false);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.summary().starts_with("purchases_per_request 2.0% → 0.80% (-60%, p="), "{}", r.summary());
+        let mut m = monitor(&purchases);
+        feed_ratio(&mut m, 30, &[(20.0, 1000.0); 3], &[(40.0, 1000.0); 3]);
+        assert_eq!(m.verdict(true).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_fail_is_kept_with_the_evidence_of_the_failing_look() {
+        let mut m = monitor(&error_rate());
+        feed_ratio(&mut m, 15, &[(1.0, 200.0); 5], &[(10.0, 200.0)]);
+        let failed = m.verdict(false);
+        assert_eq!(failed.verdict, Verdict::Fail);
+        feed_ratio(&mut m, 30, &[(1.0, 200.0); 5], &[(1.0, 200.0)]);
+        let later = m.verdict(true);
+        assert_eq!(later.verdict, Verdict::Fail);
+        assert_eq!(later.evidence, failed.evidence);
+    }
+
+    #[test]
+    fn malformed_and_repeated_observations_are_dropped() {
+        let mut m = monitor(&error_rate());
+        let b: Vec<_> = (0..5).map(|i| ratio(&format!("b{i}"), 0, 1.0, 200.0)).collect();
+        let bad = [
+            ratio("c0", 0, -1.0, 200.0),
+            ratio("c0", 0, f64::NAN, 200.0),
+            Observation { host: "c0".into(), interval: 0, sample: Sample::Gauge(1.0) },
+        ];
+        m.observe(&b, &bad);
+        m.observe(&[], &[ratio("c0", 1, 1.0, 200.0), ratio("c0", 1, 50.0, 200.0), ratio("c0", 0, 50.0, 200.0)]);
+        let r = m.verdict(false);
+        assert_eq!(r.evidence.canary_n, 200, "the repeated interval 1 and the older interval 0 are ignored");
+        assert!(r.evidence.note.as_deref().is_some_and(|n| n.contains("3 malformed observations dropped")), "{r:?}");
+        let spec = MetricSpec { kind: MetricKind::Histogram { bounds: vec![0.1, 0.2] }, ..latency() };
+        let mut m = monitor(&spec);
+        let going_down = Sample::Histogram { buckets: vec![5.0, 3.0], sum: 1.0, count: 6.0 };
+        m.observe(&[Observation { host: "b".into(), interval: 0, sample: going_down }], &[]);
+        assert!(m.verdict(false).evidence.note.as_deref().is_some_and(|n| n.contains("1 malformed")));
+    }
+
+    #[test]
+    fn the_last_wave_compares_with_an_earlier_window_of_the_old_release() {
+        let earlier: Vec<_> =
+            (0..30).flat_map(|k| (0..6).map(move |h| ratio(&format!("h{h}"), k, 1.0, 200.0))).collect();
+        let budget = Budget { metrics: 2, waves: 3 };
+        let mut m = Monitor::against_window(&error_rate(), &Settings::default(), budget, &earlier).expect("valid");
+        for k in 100..115 {
+            let now: Vec<_> = (0..6).map(|h| ratio(&format!("h{h}"), k, 6.0, 200.0)).collect();
+            m.observe(&[], &now);
+        }
+        let r = m.verdict(false);
+        assert_eq!(r.verdict, Verdict::Fail);
+        close(r.evidence.alpha, 0.01 / 6.0, 1e-12);
+        assert_eq!((r.evidence.baseline_hosts, r.evidence.canary_hosts), (6, 6));
+    }
+
+    #[test]
+    fn a_histogram_or_gauge_needs_three_hosts_to_measure_their_spread() {
+        let spec = MetricSpec { name: "cpu_percent".into(), kind: MetricKind::Gauge, bad: Bad::Increase };
+        let mut m = monitor(&spec);
+        for k in 0..30 {
+            let b = [Observation { host: "b".into(), interval: k, sample: Sample::Gauge(40.0 + (k % 3) as f64) }];
+            let c = [Observation { host: "c".into(), interval: k, sample: Sample::Gauge(90.0 + (k % 3) as f64) }];
+            m.observe(&b, &c);
+        }
+        let r = m.verdict(true);
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.summary().contains("host-to-host spread not measurable"), "{}", r.summary());
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let bad = Settings { alpha: 0.0, ..Settings::default() };
+        assert_eq!(
+            Monitor::new(&error_rate(), &bad, Budget { metrics: 1, waves: 1 }).err(),
+            Some(SettingsError::Alpha(0.0))
+        );
+        let unsorted = MetricSpec { kind: MetricKind::Histogram { bounds: vec![0.2, 0.1] }, ..latency() };
+        assert!(matches!(
+            Monitor::new(&unsorted, &Settings::default(), Budget { metrics: 1, waves: 1 }),
+            Err(SettingsError::Bounds(_))
+        ));
+        assert_eq!(
+            Monitor::new(&error_rate(), &Settings::default(), Budget { metrics: 0, waves: 1 }).err(),
+            Some(SettingsError::Budget)
+        );
+    }
+}

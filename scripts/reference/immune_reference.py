@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Reference values for coordinator/src/immune (the canary analysis), computed independently.
+
+Run: python3 scripts/reference/immune_reference.py   (needs numpy and scipy: pip install numpy scipy)
+
+It prints the constants the Rust tests in coordinator/src/immune/analysis.rs check against:
+- normal and Student's t tails and quantiles (scipy.stats),
+- the one-sided normal-mixture likelihood ratio, by numerical integration (scipy.integrate.quad)
+  rather than by the closed form the Rust code uses,
+- Mann-Whitney U and asymptotic, tie-corrected p-values (scipy.stats.mannwhitneyu) on samples expanded
+  from bucket counts,
+- the continuity-corrected signed root likelihood ratio of two Poisson rates, against scipy's exact
+  conditional binomial test (scipy.stats.binomtest) to show how it is calibrated,
+- whole looks of the three metric kinds (ratio, histogram, gauge) on small fixed data sets, recomputed
+  here from the formulas in the module doc with numpy/scipy.
+"""
+
+import math
+
+import numpy as np
+from scipy import integrate, stats
+
+np.set_printoptions(precision=17)
+
+
+def show(label, value):
+    print(f"{label} = {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Distributions
+print("# normal and t")
+show("norm.isf(0.0025)", stats.norm.isf(0.0025))
+show("norm.isf(1e-6)", stats.norm.isf(1e-6))
+show("norm.isf(1e-12)", stats.norm.isf(1e-12))
+for t, df in [(2.5, 4.0), (7.0, 4.0), (12.0, 3.5), (4.0, 28.3), (30.0, 2.0), (-1.0, 6.0)]:
+    show(f"t.sf({t}, {df})", stats.t.sf(t, df))
+show("t.ppf(0.9, 5.5)", stats.t.ppf(0.9, 5.5))
+show("norm.ppf(0.9)", stats.norm.ppf(0.9))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The mixture likelihood ratio, by integration: V = 1, sigma^2 = r, S = z.
+def mixture_log_lr_quad(z, r):
+    var = 1.0
+    info = 1.0 / var
+    s = z * math.sqrt(info)
+    sigma = math.sqrt(r * var)
+
+    def integrand(theta):
+        return math.exp(theta * s - theta * theta * info / 2.0) * 2.0 * stats.norm.pdf(theta / sigma) / sigma
+
+    value, _ = integrate.quad(integrand, 0.0, np.inf, epsabs=0, epsrel=1e-13, limit=500)
+    return math.log(value)
+
+
+print("# mixture ln(Lambda)")
+for z, r in [(2.0, 1.0), (4.0, 25.0), (-1.0, 4.0), (6.5, 0.3)]:
+    show(f"mixture_log_lr({z}, {r})", mixture_log_lr_quad(z, r))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mann-Whitney
+print("# Mann-Whitney (asymptotic, tie-corrected, no continuity correction)")
+x = [1, 2, 3.5, 4, 5.2]
+y = [2.5, 6, 7.1, 8, 9.3]
+r = stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic", use_continuity=False)
+show("U1(x, y)", r.statistic)
+show("p two-sided", r.pvalue)
+show("p two-sided, scipy default (exact)", stats.mannwhitneyu(x, y).pvalue)
+
+
+def expand(counts):
+    return np.repeat(np.arange(len(counts)), np.asarray(counts, dtype=int))
+
+
+a = [3, 10, 25, 9, 2, 1]
+b = [6, 15, 20, 5, 1, 0]
+r = stats.mannwhitneyu(expand(a), expand(b), alternative="greater", method="asymptotic", use_continuity=False)
+show("U1(a, b) ties", r.statistic)
+show("p greater ties", r.pvalue)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole looks, recomputed from the module doc's formulas.
+def satterthwaite(spread, spread_df, sampling, sampling_df):
+    terms = 0.0
+    if spread_df > 0 and math.isfinite(spread_df):
+        terms += spread**2 / spread_df
+    if sampling_df > 0 and math.isfinite(sampling_df):
+        terms += sampling**2 / sampling_df
+    total = spread + sampling
+    return total**2 / terms if terms > 0 else math.inf
+
+
+def t_sf(t, df):
+    return stats.norm.sf(t) if not math.isfinite(df) else stats.t.sf(t, df)
+
+
+def t_ppf(p, df):
+    return stats.norm.ppf(p) if not math.isfinite(df) else stats.t.ppf(p, df)
+
+
+def mixture_p(t, df, total, prior_sd):
+    z = stats.norm.isf(t_sf(t, df))
+    r = prior_sd**2 / total
+    return min(1.0, math.exp(-mixture_log_lr_quad(z, r)))
+
+
+def spread_estimate(sides, relative, floor=0.0):
+    """sides: list of (x, v_own, w) arrays. DerSimonian-Laird moments pooled within sides; relative
+    spreads are measured on x / (weighted side mean) with precision weights 1/v, absolute ones with
+    equal weights. Returns (tau2, its Satterthwaite df, measured)."""
+    excess, scale, df = 0.0, 0.0, 0.0
+    for xs, vs, ws in sides:
+        n = len(xs)
+        if n < 2:
+            continue
+        if relative:
+            m = np.sum(ws * xs) / np.sum(ws)
+            if m <= 0:
+                continue
+            xs, vs = xs / m, vs / m**2
+            weights = 1 / vs if np.all(vs > 0) else np.ones(n)
+        else:
+            weights = np.ones(n)
+        W = weights.sum()
+        mean = np.sum(weights * xs) / W
+        q = np.sum(weights * (xs - mean) ** 2)
+        noise = np.sum(weights * vs) - np.sum(weights**2 * vs) / W
+        excess += q - noise
+        scale += W - np.sum(weights**2) / W
+        df += n - 1
+    estimate = max(excess / scale, 0.0) if df > 0 and scale > 0 else 0.0
+    f2 = floor * floor
+    if estimate <= f2:
+        return f2, (math.inf if f2 > 0 else df), df > 0
+    if f2 > 0:
+        return estimate, df * (estimate / (estimate - f2)) ** 2, True
+    return estimate, df, True
+
+
+def signed_root_lr(n1, d1, n2, d2):
+    """Signed root of the two-Poisson likelihood ratio, each count moved half an event towards its
+    expectation under equal rates."""
+    total = n1 + n2
+    e1 = total * d1 / (d1 + d2)
+    gap = n1 - e1
+    if total <= 0 or abs(gap) <= 0.5:
+        return 0.0
+    c1 = n1 - 0.5 * math.copysign(1.0, gap)
+    c2 = total - c1
+    e2 = total - e1
+    dev = 2 * sum(n * math.log(n / e) for n, e in [(c1, e1), (c2, e2)] if n > 0)
+    return math.copysign(math.sqrt(max(dev, 0.0)), gap)
+
+
+def ratio_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9, host_floor=0.2):
+    """base/can: {host: [(num, den), ...]} cumulative so far."""
+    def agg(side):
+        out = []
+        for ivs in side.values():
+            n = sum(i[0] for i in ivs)
+            d = sum(i[1] for i in ivs)
+            q = sum(i[0] ** 2 / i[1] for i in ivs)
+            out.append((n, d, q, len(ivs)))
+        return out
+
+    B, C = agg(base), agg(can)
+    nb, db = sum(h[0] for h in B), sum(h[1] for h in B)
+    nc, dc = sum(h[0] for h in C), sum(h[1] for h in C)
+    rb, rc = nb / db, nc / dc
+    p0 = (nb + nc) / (db + dc)
+    pear, pdf = 0.0, 0.0
+    for n, d, q, T in B + C:
+        if n > 0 and T >= 2:
+            pear += max((q - n * n / d) / (n / d), 0.0)
+            pdf += T - 1
+    phi_hat = pear / pdf if pdf > 0 else 1.0
+    phi, phi_df = (phi_hat, pdf) if phi_hat > 1 else (1.0, math.inf)
+
+    def units(side, rate):
+        x = np.array([n / d / p0 for n, d, _, _ in side])
+        v0 = np.array([phi / (d * p0) for _, d, _, _ in side])
+        v1 = np.array([phi * rate / (d * p0 * p0) for _, d, _, _ in side])
+        w = np.array([d for _, d, _, _ in side])
+        return x, v0, v1, w
+
+    xc, v0c, v1c, wc = units(C, rc)
+    xb, v0b, v1b, wb = units(B, rb)
+    tau2, tau_df, _ = spread_estimate([(xc, v1c, wc), (xb, v1b, wb)], relative=True, floor=host_floor)
+    wc, wb = wc / wc.sum(), wb / wb.sum()
+    mc, mb = np.sum(wc * xc), np.sum(wb * xb)
+    delta = mc - mb
+    kc, kb = np.sum(wc**2), np.sum(wb**2)
+    null_spread = tau2 * (kc + kb)
+    null_sampling = np.sum(wc**2 * v0c) + np.sum(wb**2 * v0b)
+    own_spread = tau2 * (mc * mc * kc + mb * mb * kb)
+    own_sampling = np.sum(wc**2 * v1c) + np.sum(wb**2 * v1b)
+    total = null_spread + null_sampling
+    df = satterthwaite(null_spread, tau_df, null_sampling, phi_df)
+    z_sampling = signed_root_lr(nc, dc, nb, db) / math.sqrt(phi)
+    t = bad * z_sampling * math.sqrt(null_sampling / total)
+    p = mixture_p(t, df, total, mixture_scale)
+    df_own = satterthwaite(own_spread, tau_df, own_sampling, phi_df)
+    upper = (bad * delta + t_ppf(confidence, df_own) * math.sqrt(own_spread + own_sampling)) * p0 / rb
+    return dict(baseline=rb, canary=rc, phi=phi, tau2=tau2, t=t, df=df, p=p, upper=upper)
+
+
+def auc(host, ref):
+    host, ref = np.asarray(host, float), np.asarray(ref, float)
+    n1, n2 = host.sum(), ref.sum()
+    below = np.concatenate([[0.0], np.cumsum(ref)[:-1]])
+    u = np.sum(host * (below + 0.5 * ref))
+    t = host + ref
+    n = n1 + n2
+    var_u = n1 * n2 / 12 * ((n + 1) - np.sum(t**3 - t) / (n * (n - 1)))
+    return u / (n1 * n2), var_u / (n1 * n2) ** 2
+
+
+def histogram_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
+    """base/can: {host: (per-bucket counts, sum, count)} cumulative so far."""
+    pooled = np.sum([np.asarray(c, float) for c, _, _ in base.values()], axis=0)
+    cb = sum(c for _, _, c in base.values())
+    cc = sum(c for _, _, c in can.values())
+    mean_b = sum(s for _, s, _ in base.values()) / cb
+    mean_c = sum(s for _, s, _ in can.values()) / cc
+    can_u = [auc(c, pooled) for c, _, _ in can.values()]
+    base_u = [auc(c, pooled - np.asarray(c, float)) for c, _, _ in base.values()]
+    xc, vc = np.array([u[0] for u in can_u]), np.array([u[1] for u in can_u])
+    xb, vb = np.array([u[0] for u in base_u]), np.array([u[1] for u in base_u])
+    tau2, tau_df, _ = spread_estimate([(xc, vc, None), (xb, vb, None)], relative=False)
+    nc, nb = len(xc), len(xb)
+    delta = xc.mean() - xb.mean()
+    spread = tau2 * (1 / nc + 1 / nb)
+    sampling = vc.sum() / nc**2 + vb.sum() / nb**2
+    total = spread + sampling
+    df = satterthwaite(spread, tau_df, sampling, math.inf)
+    t = bad * delta / math.sqrt(total)
+    p = mixture_p(t, df, total, mixture_scale * 0.4)
+    # Upper bound on the relative change of the mean, from the hosts' means.
+    yc = np.array([s / c / mean_b for _, s, c in can.values()])
+    yb = np.array([s / c / mean_b for _, s, c in base.values()])
+    tau2y, dfy, _ = spread_estimate([(yc, np.zeros(nc), None), (yb, np.zeros(nb), None)], relative=False)
+    spread_y = tau2y * (1 / nc + 1 / nb)
+    upper = bad * (yc.mean() - yb.mean()) + t_ppf(confidence, dfy) * math.sqrt(spread_y)
+    return dict(baseline=mean_b, canary=mean_c, tau2=tau2, t=t, df=df, p=p, upper=upper)
+
+
+def gauge_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
+    """base/can: {host: [values...]} so far."""
+    mb = np.mean([np.mean(v) for v in base.values()])
+    mc = np.mean([np.mean(v) for v in can.values()])
+    scale = abs((mb + mc) / 2)
+
+    def units(side):
+        x = np.array([np.mean(v) / scale for v in side.values()])
+        v = np.array([(np.var(v, ddof=1) if len(v) >= 2 else 0.0) / len(v) / scale**2 for v in side.values()])
+        return x, v
+
+    xc, vc = units(can)
+    xb, vb = units(base)
+    tau2, tau_df, _ = spread_estimate([(xc, vc, None), (xb, vb, None)], relative=False)
+    nc, nb = len(xc), len(xb)
+    delta = xc.mean() - xb.mean()
+    spread = tau2 * (1 / nc + 1 / nb)
+    sampling = vc.sum() / nc**2 + vb.sum() / nb**2
+    sampling_df = max(sum(len(v) for v in base.values()) + sum(len(v) for v in can.values()) - nc - nb, 1)
+    total = spread + sampling
+    df = satterthwaite(spread, tau_df, sampling, sampling_df)
+    t = bad * delta / math.sqrt(total)
+    p = mixture_p(t, df, total, mixture_scale)
+    upper = (bad * delta + t_ppf(confidence, df) * math.sqrt(total)) * scale / abs(mb)
+    return dict(baseline=mb, canary=mc, tau2=tau2, t=t, df=df, p=p, upper=upper)
+
+
+print("# two-Poisson signed root LR (continuity corrected) vs the exact conditional binomial test")
+for n1, d1, n2, d2 in [(11, 1000, 20, 5000), (20, 3000, 0, 3000), (150, 3000, 75, 15000), (3, 400, 30, 2000)]:
+    z = signed_root_lr(n1, d1, n2, d2)
+    exact = stats.binomtest(n1, n1 + n2, d1 / (d1 + d2), alternative="greater").pvalue
+    show(f"signed_root_lr({n1}, {d1}, {n2}, {d2})", z)
+    print(f"    normal tail {stats.norm.sf(z)!r}, exact binomial tail {exact!r}")
+
+print("# ratio look (3 baseline hosts, 2 canary hosts, 3 intervals); p is the minimum over the looks")
+RATIO_BASE = {
+    "b1": [(2, 400), (1, 380), (3, 410)],
+    "b2": [(0, 390), (2, 420), (1, 405)],
+    "b3": [(4, 415), (1, 395), (2, 400)],
+}
+RATIO_CAN = {
+    "c1": [(6, 400), (9, 410), (7, 390)],
+    "c2": [(5, 380), (8, 400), (4, 395)],
+}
+p_min = 1.0
+for k in range(1, 4):
+    look = ratio_look({h: v[:k] for h, v in RATIO_BASE.items()}, {h: v[:k] for h, v in RATIO_CAN.items()})
+    p_min = min(p_min, look["p"])
+    print(f"look {k}: " + ", ".join(f"{key}={val!r}" for key, val in look.items()) + f", p_min={p_min!r}")
+
+print("# histogram look (3 baseline hosts, 1 canary, 2 intervals)")
+HIST_BASE = {
+    "b1": ([[20, 50, 25, 4, 1], [18, 52, 26, 3, 1]], [9.1, 9.3]),
+    "b2": ([[22, 47, 27, 3, 1], [25, 45, 24, 5, 1]], [9.0, 9.2]),
+    "b3": ([[19, 51, 26, 3, 1], [21, 49, 25, 4, 1]], [9.2, 9.1]),
+}
+HIST_CAN = {"c1": ([[8, 35, 45, 10, 2], [7, 33, 47, 11, 2]], [14.8, 15.2])}
+
+
+def hist_so_far(side, k):
+    out = {}
+    for h, (ivs, sums) in side.items():
+        counts = np.sum(np.asarray(ivs[:k], float), axis=0)
+        out[h] = (counts, sum(sums[:k]), counts.sum())
+    return out
+
+
+p_min = 1.0
+for k in range(1, 3):
+    look = histogram_look(hist_so_far(HIST_BASE, k), hist_so_far(HIST_CAN, k))
+    p_min = min(p_min, look["p"])
+    print(f"look {k}: " + ", ".join(f"{key}={val!r}" for key, val in look.items()) + f", p_min={p_min!r}")
+
+print("# gauge look (4 baseline hosts, 2 canary hosts, 3 intervals), bad = increase")
+GAUGE_BASE = {"b1": [41, 43, 40], "b2": [45, 44, 47], "b3": [38, 40, 39], "b4": [42, 41, 44]}
+GAUGE_CAN = {"c1": [55, 58, 54], "c2": [60, 57, 59]}
+p_min = 1.0
+for k in range(1, 4):
+    look = gauge_look({h: v[:k] for h, v in GAUGE_BASE.items()}, {h: v[:k] for h, v in GAUGE_CAN.items()})
+    p_min = min(p_min, look["p"])
+    print(f"look {k}: " + ", ".join(f"{key}={val!r}" for key, val in look.items()) + f", p_min={p_min!r}")
