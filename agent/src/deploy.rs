@@ -140,6 +140,27 @@ impl Deployer {
         self.inner.lock().expect("deploy lock").link = None;
     }
 
+    /// What to scrape now, if the current release asks (`[immune]`): its id, the order, and the
+    /// scrape URL with `{name}` filled (or why it cannot be). Nothing while a release is applied.
+    pub fn metrics_target(&self) -> Option<(u64, fifty_shared::wire::MetricsOrder, Result<String, String>)> {
+        let inner = self.inner.lock().expect("deploy lock");
+        if inner.busy {
+            return None;
+        }
+        let manifest = inner.current.as_ref()?;
+        let order = manifest.service.metrics.clone()?;
+        let url = fifty_shared::pipeline::fill(&order.scrape_url, &self.vars);
+        Some((manifest.release, order, url))
+    }
+
+    /// Sends `msg` on the link; false when there is none.
+    pub fn send(&self, msg: AgentMsg) -> bool {
+        match &self.inner.lock().expect("deploy lock").link {
+            Some(tx) => tx.send(msg).is_ok(),
+            None => false,
+        }
+    }
+
     /// What the heartbeat says about the service.
     pub fn report(&self) -> ReleaseReport {
         self.inner.lock().expect("deploy lock").report.clone()
@@ -563,6 +584,7 @@ mod tests {
                 health_url: "http://127.0.0.1:1/health".into(),
                 health_timeout: Duration::from_secs(1),
                 keep_releases: 3,
+                metrics: None,
             },
         }
     }

@@ -170,7 +170,24 @@ impl Jobs {
             log_tail: Vec::new(),
             log_bytes: 0,
             artifact: None,
+            revert: None,
         };
+        if let JobKind::Revert { revert, branch, reason } = &spec.kind {
+            let result = tokio::select! {
+                r = self.revert(&spec, revert, branch, reason, &work, &mut log) => r,
+                _ = async { let _ = cancel.wait_for(|c| *c).await; } => Err("cancelled".into()),
+            };
+            match &result {
+                Ok(sha) => log.note(&format!("fifty-agent: pushed revert {} to {branch}\n", short(sha))),
+                Err(e) => log.note(&format!("fifty-agent: no revert: {e}\n")),
+            }
+            done.revert = Some(result);
+            self.remove_work_tree(&spec, &work).await;
+            done.duration = started.elapsed();
+            done.log_bytes = log.total;
+            done.log_tail = log.tail.into_iter().collect();
+            return done;
+        }
         let checkout = tokio::select! {
             r = self.checkout(&spec, &work) => r,
             _ = async { let _ = cancel.wait_for(|c| *c).await; } => Err("cancelled".into()),
@@ -205,6 +222,7 @@ impl Jobs {
                         }
                     }
                 }
+                JobKind::Revert { .. } => unreachable!("revert jobs are run above"),
                 JobKind::Shard { index, count, tests, command, timeout, junit } => {
                     let tests_file = work.with_extension("tests");
                     let mut body = tests.join("\n");
@@ -276,6 +294,60 @@ impl Jobs {
         Ok(())
     }
 
+    /// Reverts `bad` on the tip of `branch` and pushes the revert, with a `Fifty-Revert: <sha>`
+    /// trailer (the one push a gate closed by the immune system lets in). A push that loses a race
+    /// with another push is made again on the new tip, a few times. Returns the revert's sha.
+    async fn revert(
+        &self,
+        spec: &JobSpec,
+        bad: &str,
+        branch: &str,
+        reason: &str,
+        work: &Path,
+        log: &mut Log,
+    ) -> Result<String, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let tip = JobSpec { sha: format!("refs/heads/{branch}"), ..spec.clone() };
+            self.checkout_fresh(&tip, work).await?;
+            if git(work, &["merge-base", "--is-ancestor", bad, "HEAD"]).await.is_err() {
+                return Err(format!("commit {} is not on {branch}", short(bad)));
+            }
+            let subject = git(work, &["log", "-1", "--format=%s", bad]).await.unwrap_or_default();
+            log.note(&format!("$ git revert --no-edit {bad}\n"));
+            if let Err(e) = git_as_fifty(work, &["revert", "--no-edit", bad]).await {
+                let _ = git(work, &["revert", "--abort"]).await;
+                return Err(format!("{} cannot be reverted cleanly on {branch}: {e}", short(bad)));
+            }
+            let message = format!(
+                "Revert \"{}\"\n\nThis reverts commit {bad}.\n\nThe cluster immune system reverted its release: {reason}\n\nFifty-Revert: {bad}\n",
+                subject.trim()
+            );
+            git_as_fifty(work, &["commit", "--amend", "-q", "-m", &message]).await?;
+            let sha = git(work, &["rev-parse", "HEAD"]).await?.trim().to_string();
+            log.note(&format!("$ git push {} HEAD:refs/heads/{branch}\n", spec.url));
+            match git(work, &["push", "-q", &spec.url, &format!("HEAD:refs/heads/{branch}")]).await {
+                Ok(_) => return Ok(sha),
+                Err(e) => {
+                    log.note(&format!("fifty-agent: push refused: {e}\n"));
+                    last = e;
+                }
+            }
+        }
+        Err(format!("the revert could not be pushed to {branch}: {last}"))
+    }
+
+    /// Fetches the repository (whatever the cache holds) and checks `spec.sha` (a ref) out.
+    async fn checkout_fresh(&self, spec: &JobSpec, work: &Path) -> Result<(), String> {
+        let cache = self.data_dir.join("repos").join(format!("{}.git", spec.repo));
+        if cache.join("HEAD").exists() {
+            git(&cache, &["fetch", "-q", "--prune", "--no-tags", &spec.url, "+refs/heads/*:refs/heads/*"])
+                .await
+                .map_err(|e| format!("fetch {}: {e}", spec.url))?;
+        }
+        self.checkout(spec, work).await
+    }
+
     async fn remove_work_tree(&self, spec: &JobSpec, work: &Path) {
         let cache = self.data_dir.join("repos").join(format!("{}.git", spec.repo));
         let _ = std::fs::remove_dir_all(work);
@@ -294,6 +366,7 @@ fn kind_name(kind: &JobKind) -> &'static str {
         JobKind::Plan => "plan",
         JobKind::Package { .. } => "package",
         JobKind::Shard { .. } => "shard",
+        JobKind::Revert { .. } => "revert",
     }
 }
 
@@ -385,6 +458,13 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     } else {
         Err(format!("git {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr).trim()))
     }
+}
+
+/// Runs `git` as Fifty's own identity (reverts are Fifty's commits, whoever runs the agent).
+async fn git_as_fifty(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let mut full = vec!["-c", "user.name=Fifty immune system", "-c", "user.email=fifty@fifty.invalid"];
+    full.extend_from_slice(args);
+    git(dir, &full).await
 }
 
 /// Reads `fifty.toml` and the commit's subject and author; runs `[test] list` if there is one.

@@ -17,4 +17,5 @@ pub mod identity;
 pub mod jobs;
 pub mod join;
 pub mod link;
+pub mod metrics;
 pub mod service;

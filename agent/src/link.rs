@@ -87,6 +87,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let jobs = Jobs::new(&config.data_dir);
     let deployer = Deployer::new(&config.data_dir, config.service_vars());
     deployer.resume().await;
+    tokio::spawn(crate::metrics::run(deployer.clone()));
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     let mut next = 0;
     let mut redirected: Option<String> = None;

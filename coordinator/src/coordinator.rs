@@ -84,6 +84,10 @@ pub struct Coordinator {
     pub(crate) deploy: Mutex<crate::deploy::dispatch::Live>,
     /// Wakes the deploy loop (a release, a report that changed, a command).
     pub(crate) deploy_wake: tokio::sync::Notify,
+    /// The immune system's soft state (leader only): metric reports and the waves' analyses.
+    pub(crate) immune: Mutex<crate::immune::Live>,
+    /// Wakes the notification loop.
+    pub(crate) notify_wake: tokio::sync::Notify,
 }
 
 impl Coordinator {
@@ -104,6 +108,8 @@ impl Coordinator {
             ci_wake: tokio::sync::Notify::new(),
             deploy: Mutex::default(),
             deploy_wake: tokio::sync::Notify::new(),
+            immune: Mutex::default(),
+            notify_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -194,13 +200,20 @@ impl Coordinator {
         self.consensus.store().repo(&name)?.ok_or(OpError::Rejected(Rejection::UnknownRepo(name)))
     }
 
-    /// A branch's gate, and what a push with `message` would meet there.
-    pub fn gate(&self, repo: &str, branch: Option<&str>, message: Option<&str>) -> Result<views::GateView, OpError> {
+    /// A branch's gate, and what a push with `message` would meet there; `reverts` is the commit
+    /// the hook checked the push to undo exactly, if any.
+    pub fn gate(
+        &self,
+        repo: &str,
+        branch: Option<&str>,
+        message: Option<&str>,
+        reverts: Option<&str>,
+    ) -> Result<views::GateView, OpError> {
         let repo = self.repo(repo)?;
         let branch = branch.unwrap_or(&repo.branch).to_string();
         let record = self.consensus.store().gate(&repo.name, &branch)?;
         let closure = record.as_ref().and_then(|g| g.closed.clone());
-        let verdict = crate::gate::check(closure.as_ref(), message, &repo.fix_marker);
+        let verdict = crate::gate::check(closure.as_ref(), message, reverts, &repo.fix_marker);
         Ok(views::GateView {
             repo: repo.name.to_string(),
             branch,
@@ -240,7 +253,7 @@ impl Coordinator {
         };
         self.consensus.propose(Command::SetGate(gate)).await??;
         tracing::info!(repo = %record.name, %branch, closed = close, %by, "gate changed by hand");
-        self.gate(repo, Some(&branch), None)
+        self.gate(repo, Some(&branch), None, None)
     }
 
     /// Creates a token and returns its secret, the only time it is shown.

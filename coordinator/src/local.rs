@@ -527,3 +527,70 @@ impl LocalCluster {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
+
+/// A webhook receiver on loopback for the demo and the tests: answers every POST with 200 (or
+/// with 500 to the first `fail_first` ones, to show retries) and keeps the bodies it accepted.
+pub struct WebhookReceiver {
+    addr: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every request seen, accepted or not: (X-Fifty-Delivery, answered status).
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>,
+}
+
+impl WebhookReceiver {
+    /// Starts it on a free port of 127.0.0.1; it lives as long as the process.
+    pub fn start() -> Result<Self> {
+        Self::start_failing(0)
+    }
+
+    /// Starts one that answers 500 to its first `fail_first` requests.
+    pub fn start_failing(fail_first: usize) -> Result<Self> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>> = Default::default();
+        let (b, s) = (bodies.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut reader = BufReader::new(&stream);
+                let (mut length, mut delivery) = (0usize, String::new());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim() != "" {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0).min(1 << 20);
+                    }
+                    if lower.starts_with("x-fifty-delivery:") {
+                        delivery = line[17..].trim().to_string();
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let status = if s.lock().expect("seen").len() < fail_first { 500 } else { 200 };
+                s.lock().expect("seen").push((delivery, status));
+                if status == 200 {
+                    b.lock().expect("bodies").push(String::from_utf8_lossy(&body).into_owned());
+                }
+                let _ = (&stream).write_all(
+                    format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+                );
+            }
+        });
+        Ok(Self { addr, bodies, seen })
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// The bodies accepted so far.
+    pub fn received(&self) -> Vec<String> {
+        self.bodies.lock().expect("bodies").clone()
+    }
+}

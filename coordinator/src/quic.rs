@@ -210,6 +210,7 @@ async fn read_agent(
                 let (coordinator, host, tx) = (coordinator.clone(), host.clone(), tx.clone());
                 tokio::spawn(async move { coordinator.on_job_done(&host, done, &tx).await }.in_current_span());
             }
+            Ok(Some(AgentMsg::Metrics(report))) => coordinator.on_metrics(host, report),
             Ok(Some(AgentMsg::Hello { .. })) => return Err(CodecError::Decode("Hello sent twice".into()).into()),
             Ok(None) => return Ok(()),
             Err(CodecError::Io(e)) => {

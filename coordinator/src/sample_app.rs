@@ -19,6 +19,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("scripts/list-tests.sh", include_str!("../sample-app/scripts/list-tests.sh")),
     ("scripts/package.sh", include_str!("../sample-app/scripts/package.sh")),
     ("release/README", include_str!("../sample-app/release/README")),
+    ("release/ERROR_RATE", include_str!("../sample-app/release/ERROR_RATE")),
     ("scripts/run-tests.sh", include_str!("../sample-app/scripts/run-tests.sh")),
     ("tests/test_discount.sh", include_str!("../sample-app/tests/test_discount.sh")),
     ("tests/test_prices.sh", include_str!("../sample-app/tests/test_prices.sh")),
@@ -32,6 +33,17 @@ pub const HOOKS: &[(&str, &str)] = &[
     ("pre-receive", include_str!("../../scripts/hooks/pre-receive")),
     ("post-receive", include_str!("../../scripts/hooks/post-receive")),
 ];
+
+/// How much of the sample app's `fifty.toml` a repository keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Steps {
+    /// `[test]` only: green commits are not packaged or deployed.
+    Test,
+    /// `[test]`, `[package]` and `[deploy]`: green commits roll out, unwatched.
+    Deploy,
+    /// All of it: rollouts are watched by the immune system (`[immune]`).
+    Immune,
+}
 
 /// A bare repository with Fifty's hooks, registered with the cluster, and a clone to push from.
 pub struct SampleRepo {
@@ -92,15 +104,14 @@ async fn git_ok(dir: &Path, args: &[&str]) -> Result<String> {
 impl SampleRepo {
     /// Creates `<dir>/<name>.git` with the hooks pointing at `cluster` (with `ci_token`), a
     /// clone holding the sample app (committed, not pushed), and registers it as `name`, branch
-    /// `main`, with `webhook_secret` if given. Without `deploy`, its `fifty.toml` keeps only
-    /// `[test]` (green commits are not packaged or deployed).
+    /// `main`, with `webhook_secret` if given; its `fifty.toml` keeps the sections `steps` says.
     pub async fn create(
         dir: &Path,
         cluster: &LocalCluster,
         name: &str,
         ci_token: &str,
         webhook_secret: Option<&str>,
-        deploy: bool,
+        steps: Steps,
     ) -> Result<Self> {
         let bare = dir.join(format!("{name}.git"));
         let work = dir.join(format!("{name}-work"));
@@ -126,8 +137,9 @@ impl SampleRepo {
         git_ok(&work, &["remote", "add", "origin", &bare.display().to_string()]).await?;
         let repo = Self { name: name.to_string(), bare, work };
         for (path, text) in FILES {
-            let text = match (*path, deploy) {
-                ("fifty.toml", false) => text.split("\n[package]").next().unwrap_or(text),
+            let text = match (*path, steps) {
+                ("fifty.toml", Steps::Test) => text.split("\n[package]").next().unwrap_or(text),
+                ("fifty.toml", Steps::Deploy) => text.split("\n# The cluster immune system").next().unwrap_or(text),
                 _ => text,
             };
             repo.write(path, text)?;
@@ -180,5 +192,58 @@ impl SampleRepo {
     /// Drops the last commit from the working clone (after a refused push).
     pub async fn undo_commit(&self) -> Result<()> {
         git_ok(&self.work, &["reset", "-q", "--hard", "HEAD~1"]).await.map(|_| ())
+    }
+}
+
+/// Traffic for the shops: one thread per port sends `GET /` at `per_second`, until dropped. What
+/// the immune system's metrics count; the demo and the tests run it while releases roll out.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts sending to 127.0.0.1:`port` for each of `ports`.
+    pub fn start(ports: &[u16], per_second: u32) -> Load {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gap = std::time::Duration::from_secs(1) / per_second.max(1);
+        let threads = ports
+            .iter()
+            .map(|&port| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut next = std::time::Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        let timeout = Some(std::time::Duration::from_secs(2));
+                        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                            let _ = s.set_read_timeout(timeout);
+                            let _ = s.set_write_timeout(timeout);
+                            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
+                            let mut sink = Vec::new();
+                            let _ = s.read_to_end(&mut sink);
+                        }
+                        next += gap;
+                        let now = std::time::Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        } else {
+                            next = now;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }

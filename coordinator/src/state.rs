@@ -18,7 +18,7 @@ use crate::ci::{
     Attempt, AttemptEnd, CommitRecord, CommitState, JobRecord, JobReport, JobState, NewCommit, TestOutcome, TestResult,
     MAX_FLAKY, MAX_TEST_NAME,
 };
-use crate::gate::Closure;
+use crate::gate::{Cause, Closure};
 
 use crate::store::{Batch, Store, StoreError};
 
@@ -161,6 +161,12 @@ pub struct Counters {
     pub next_job: u64,
     /// The last rollout id handed out.
     pub last_rollout: u64,
+    /// The last incident number handed out.
+    pub last_incident: u64,
+    /// The last notification id handed out.
+    pub last_notification: u64,
+    /// The last webhook id handed out.
+    pub last_webhook: u64,
 }
 
 /// How many times a job's agent may be lost before the job fails.
@@ -277,6 +283,55 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
+    /// The cluster immune system found a release worse than the one before it. One decision,
+    /// applied at once: every host the rollout touched goes back to the previous release (the
+    /// rollout's next state, `targets`), the branch's gate closes, a build agent is given the
+    /// revert of the commit in git, an incident is opened (`incident.id` is assigned here), and
+    /// the configured webhooks are notified.
+    ImmuneRevert {
+        /// The rollout's next state (outcome `Reverted`, rolling back).
+        rollout: crate::deploy::Rollout,
+        /// Hosts and the release each goes back to.
+        targets: Vec<(HostName, u64)>,
+        /// The incident, with its timeline and evidence so far.
+        incident: crate::incidents::IncidentRecord,
+        /// When.
+        at: SystemTime,
+    },
+    /// A person's change to an incident (a why, an action, closing it).
+    ChangeIncident {
+        /// Which.
+        id: u64,
+        /// What.
+        change: crate::incidents::Change,
+        /// Who.
+        by: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// Add a webhook every later notification goes to.
+    AddWebhook {
+        /// Where.
+        url: String,
+        /// What it takes.
+        format: crate::notify::Format,
+        /// Who.
+        by: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// Remove a webhook.
+    RemoveWebhook {
+        /// Which.
+        id: u64,
+    },
+    /// A notification reached a webhook.
+    Delivered {
+        /// Which notification.
+        notification: u64,
+        /// Which webhook.
+        webhook: u64,
+    },
     /// Quarantine a test (its failures stop failing commits) or release it.
     SetQuarantine {
         /// The repository.
@@ -298,6 +353,15 @@ pub enum Rejection {
     /// The cluster already has a CA.
     #[error("the cluster is already initialised")]
     AlreadyInitialised,
+    /// No incident has that number.
+    #[error("no incident {0}; see `fifty incidents`")]
+    UnknownIncident(u64),
+    /// The change cannot be made to the incident.
+    #[error("{0}")]
+    IncidentChange(String),
+    /// No webhook has that id.
+    #[error("no webhook {0}; see `fifty webhook list`")]
+    UnknownWebhook(u64),
     /// No token has this secret.
     #[error("unknown token")]
     UnknownToken,
@@ -478,7 +542,17 @@ impl Machine {
                     return Ok(Err(Rejection::UnknownRepo(gate.repo.clone())));
                 }
                 let mut gate = gate.clone();
-                gate.last_finished_seq = store.gate(&gate.repo, &gate.branch)?.map_or(0, |g| g.last_finished_seq);
+                let before = store.gate(&gate.repo, &gate.branch)?;
+                gate.last_finished_seq = before.as_ref().map_or(0, |g| g.last_finished_seq);
+                // Opening a gate the immune system closed is part of its incident's story.
+                if let Some(Closure { cause: Cause::Immune { incident, .. }, .. }) = before.and_then(|g| g.closed) {
+                    if gate.closed.is_none() {
+                        if let Some(mut i) = store.incident(incident)? {
+                            i.say(gate.changed_at, format!("gate of {} opened by {}", gate.branch, gate.changed_by));
+                            batch.put_incident(&i);
+                        }
+                    }
+                }
                 batch.put_gate(&gate);
                 Ok(Applied::Done)
             }
@@ -563,6 +637,57 @@ impl Machine {
                     target.queued = None;
                 }
                 self.record_rollout(rollout, targets, &mut target, *at, batch);
+                if let (true, Some(crate::deploy::Outcome::Reverted { .. })) = (rollout.finished(), &rollout.outcome) {
+                    for mut i in store.incidents()?.into_iter().filter(|i| i.rollout == rollout.id) {
+                        let back = rollout.previous.map_or("the previous release".into(), |p| format!("release {p}"));
+                        i.say(*at, format!("every host of rollout {} is back on {back}", rollout.id));
+                        batch.put_incident(&i);
+                    }
+                }
+                Ok(Applied::Done)
+            }
+            Command::ImmuneRevert { rollout, targets, incident, at } => {
+                self.immune_revert(rollout, targets, incident, *at, batch)?
+            }
+            Command::ChangeIncident { id, change, by, at } => {
+                let Some(mut incident) = store.incident(*id)? else {
+                    return Ok(Err(Rejection::UnknownIncident(*id)));
+                };
+                if let Err(why) = incident.change(change, by, *at) {
+                    return Ok(Err(Rejection::IncidentChange(why)));
+                }
+                batch.put_incident(&incident);
+                Ok(Applied::Done)
+            }
+            Command::AddWebhook { url, format, by, at } => {
+                let mut counters = store.counters()?;
+                counters.last_webhook += 1;
+                let hook = crate::notify::Webhook {
+                    id: counters.last_webhook,
+                    url: url.clone(),
+                    format: *format,
+                    added: (*at, by.clone()),
+                };
+                batch.put_counters(&counters);
+                batch.put_webhook(&hook);
+                Ok(Applied::Done)
+            }
+            Command::RemoveWebhook { id } => {
+                if store.webhook(*id)?.is_none() {
+                    return Ok(Err(Rejection::UnknownWebhook(*id)));
+                }
+                batch.remove_webhook(*id);
+                Ok(Applied::Done)
+            }
+            Command::Delivered { notification, webhook } => {
+                if let Some(mut n) = store.notification(*notification)? {
+                    for (id, done) in n.to.iter_mut() {
+                        if id == webhook {
+                            *done = true;
+                        }
+                    }
+                    batch.put_notification(&n);
+                }
                 Ok(Applied::Done)
             }
             Command::StepRollout { rollout, targets, at } => {
@@ -613,6 +738,98 @@ impl Machine {
             }
         }
         Ok(())
+    }
+
+    /// The immune system's revert (see `Command::ImmuneRevert`).
+    fn immune_revert(
+        &self,
+        rollout: &crate::deploy::Rollout,
+        targets: &[(HostName, u64)],
+        incident: &crate::incidents::IncidentRecord,
+        at: SystemTime,
+        batch: &mut Batch,
+    ) -> ApplyResult {
+        let store = &self.store;
+        let stored = store.rollout(rollout.id)?;
+        if stored.as_ref().map(|r| r.version + 1) != Some(rollout.version) {
+            return Ok(Err(Rejection::RolloutConflict(rollout.id)));
+        }
+        let mut target = store.target(&rollout.repo)?;
+        // The bad release must not be started again by itself.
+        if target.queued == Some(rollout.release) {
+            target.queued = None;
+        }
+        self.record_rollout(rollout, targets, &mut target, at, batch);
+        let mut counters = store.counters()?;
+        counters.last_incident += 1;
+        counters.next_job += 1;
+        counters.last_notification += 1;
+        let mut incident = incident.clone();
+        incident.id = counters.last_incident;
+        let short = crate::ci::short(&incident.sha).to_string();
+        // 1. every touched host goes back: the rollout's targets, above. 2. the gate closes.
+        let reason = format!("immune system reverted {short}: {}", incident.reason);
+        let gate = store.gate(&incident.repo, &incident.branch)?;
+        batch.put_gate(&GateRecord {
+            repo: incident.repo.clone(),
+            branch: incident.branch.clone(),
+            closed: Some(Closure {
+                reason: reason.clone(),
+                cause: Cause::Immune { sha: incident.sha.clone(), incident: incident.id },
+                since: at,
+            }),
+            changed_at: at,
+            changed_by: "fifty immune system".into(),
+            last_finished_seq: gate.map_or(0, |g| g.last_finished_seq),
+        });
+        incident.say(at, format!("gate of {} closed: {reason}", incident.branch));
+        // 3. a build agent reverts the commit in git.
+        let job = crate::ci::JobRecord {
+            id: counters.next_job,
+            repo: incident.repo.clone(),
+            sha: incident.sha.clone(),
+            commit_seq: incident.release,
+            kind: JobKind::Revert {
+                revert: incident.sha.clone(),
+                branch: incident.branch.clone(),
+                reason: incident.reason.clone(),
+            },
+            state: JobState::Queued,
+            max_failures: 2,
+            avoid: Vec::new(),
+            attempts: Vec::new(),
+            queued_at: at,
+        };
+        incident.revert_job = Some(job.id);
+        incident.say(at, format!("revert of {short} on {} queued for a build agent (job {})", incident.branch, job.id));
+        batch.put_job(&job);
+        // 4. the incident. 5. the notification.
+        let hooks = store.webhooks()?;
+        incident.say(at, format!("incident {} opened; {} webhooks notified", incident.id, hooks.len()));
+        let notification = crate::notify::Notification {
+            id: counters.last_notification,
+            kind: "immune.revert".into(),
+            title: format!("{}: {}", incident.repo, reason),
+            text: format!(
+                "Release {} ({short} \"{}\") was reverted on every host to release {}; the gate of {} is closed until an admin opens it (`fifty gate open {}`). Incident {}: `fifty incident show {}`.\n{}",
+                incident.release,
+                incident.subject,
+                incident.previous,
+                incident.branch,
+                incident.repo,
+                incident.id,
+                incident.id,
+                incident.evidence.join("\n")
+            ),
+            repo: Some(incident.repo.to_string()),
+            incident: Some(incident.id),
+            at: Some(at),
+            to: hooks.iter().map(|h| (h.id, false)).collect(),
+        };
+        batch.put_notification(&notification);
+        batch.put_incident(&incident);
+        batch.put_counters(&counters);
+        Ok(Ok(Applied::Done))
     }
 
     /// Writes a rollout, its hosts' new targets and its target record.
@@ -723,6 +940,36 @@ impl Machine {
         let Some(mut job) = self.running_attempt(r, Some(host))? else {
             return Ok(Err(Rejection::StaleJob(r)));
         };
+        if let JobReport::Revert { outcome } = report {
+            batch.put_log(r.job, r.attempt, log_tail);
+            let attempt = job.attempts.last_mut().expect("running_attempt has one");
+            attempt.finished_at = Some(at);
+            attempt.exit = Some(JobExit::Exited(0));
+            match outcome {
+                Ok(_) => {
+                    attempt.end = AttemptEnd::Passed;
+                    job.state = JobState::Passed;
+                }
+                Err(why) => {
+                    attempt.end = AttemptEnd::Failed { why: why.clone() };
+                    job.state = JobState::Failed;
+                }
+            }
+            batch.put_job(&job);
+            for mut i in store.incidents()?.into_iter().filter(|i| i.revert_job == Some(job.id)) {
+                match outcome {
+                    Ok(sha) => {
+                        i.say(at, format!("revert commit {} pushed to {} by {host}", crate::ci::short(sha), i.branch))
+                    }
+                    Err(why) => {
+                        i.say(at, format!("the commit could not be reverted in git ({why}); the gate stays closed"))
+                    }
+                }
+                i.revert = Some(outcome.clone());
+                batch.put_incident(&i);
+            }
+            return Ok(Ok(Applied::Done));
+        }
         let Some(mut commit) = store.commit(&job.repo, job.commit_seq)? else {
             return Ok(Err(Rejection::StaleJob(r)));
         };
@@ -813,6 +1060,7 @@ impl Machine {
                 batch.put_job(&job);
                 batch.put_commit(&commit);
             }
+            JobReport::Revert { .. } => unreachable!("revert results are recorded above"),
             JobReport::Shard { exit, tests, notes, log_bytes } => {
                 let book = store.tests(&job.repo)?;
                 let verdict = outcome::shard_verdict(exit, tests, &book.quarantined);
@@ -1080,6 +1328,7 @@ mod tests {
                 auto: true,
                 max_unavailable: "1".into(),
                 progress_deadline: Duration::from_secs(60),
+                immune: None,
             },
             created_at: SystemTime::UNIX_EPOCH,
         };

@@ -8,9 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::fleet::HostState;
 
-/// RFC 3339 text of a time, to the second.
+/// RFC 3339 text of a time, to the millisecond.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The time an RFC 3339 text names, if it is one.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).ok()
 }
 
 /// One host in `GET /v1/hosts`.
@@ -521,6 +526,109 @@ pub struct RolloutView {
     pub hosts: Vec<RolloutHostView>,
     /// What happened: (RFC 3339, line).
     pub events: Vec<(String, String)>,
+    /// The immune system's latest verdict per metric for the wave baking now (leader's view).
+    #[serde(default)]
+    pub immune: Vec<String>,
+    /// Why the wave waiting for `promote` is held, when the immune system held it.
+    #[serde(default)]
+    pub held: Option<String>,
+}
+
+/// An incident, as people read it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IncidentView {
+    /// Its number.
+    pub id: u64,
+    /// `open` or `closed`.
+    pub state: String,
+    /// One line.
+    pub title: String,
+    /// The repository.
+    pub repo: String,
+    /// The branch.
+    pub branch: String,
+    /// Opened, RFC 3339.
+    pub opened_at: String,
+    /// The reverted commit.
+    pub sha: String,
+    /// Its subject.
+    pub subject: String,
+    /// The bad release.
+    pub release: u64,
+    /// The release hosts went back to.
+    pub previous: u64,
+    /// The reverted rollout.
+    pub rollout: u64,
+    /// The failing metrics.
+    pub reason: String,
+    /// Every metric's verdict at the decision.
+    pub evidence: Vec<String>,
+    /// The revert commit.
+    pub revert_commit: Option<String>,
+    /// Why there is no revert commit.
+    pub revert_error: Option<String>,
+    /// (RFC 3339, line).
+    pub timeline: Vec<(String, String)>,
+    /// The whys, in order.
+    pub whys: Vec<String>,
+    /// Corrective actions.
+    pub actions: Vec<crate::incidents::Action>,
+    /// Closed: (RFC 3339, by).
+    pub closed: Option<(String, String)>,
+    /// The postmortem, as Markdown.
+    pub markdown: String,
+}
+
+impl From<&crate::incidents::IncidentRecord> for IncidentView {
+    fn from(i: &crate::incidents::IncidentRecord) -> Self {
+        IncidentView {
+            id: i.id,
+            state: if i.closed.is_some() { "closed".into() } else { "open".into() },
+            title: i.title.clone(),
+            repo: i.repo.to_string(),
+            branch: i.branch.clone(),
+            opened_at: rfc3339(i.opened_at),
+            sha: i.sha.clone(),
+            subject: i.subject.clone(),
+            release: i.release,
+            previous: i.previous,
+            rollout: i.rollout,
+            reason: i.reason.clone(),
+            evidence: i.evidence.clone(),
+            revert_commit: i.revert.clone().and_then(Result::ok),
+            revert_error: i.revert.clone().and_then(Result::err),
+            timeline: i.timeline.iter().map(|(t, e)| (rfc3339(*t), e.clone())).collect(),
+            whys: i.whys.clone(),
+            actions: i.actions.clone(),
+            closed: i.closed.as_ref().map(|(t, by)| (rfc3339(*t), by.clone())),
+            markdown: i.markdown(),
+        }
+    }
+}
+
+/// A webhook, as listed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebhookView {
+    /// Its id.
+    pub id: u64,
+    /// Where.
+    pub url: String,
+    /// `json` or `slack`.
+    pub format: crate::notify::Format,
+    /// Added, RFC 3339.
+    pub added_at: String,
+    /// By whom.
+    pub added_by: String,
+}
+
+/// `POST /v1/notify/webhooks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddWebhook {
+    /// Where.
+    pub url: String,
+    /// What it takes (default json).
+    #[serde(default)]
+    pub format: Option<crate::notify::Format>,
 }
 
 /// `POST /v1/rollback`.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod ids;
 pub mod logging;
 pub mod pipeline;
+pub mod selector;
 pub mod tls;
 pub mod token;
 pub mod wire;

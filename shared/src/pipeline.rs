@@ -33,7 +33,7 @@ pub const MAX_SHARDS: u32 = 64;
 pub const MAX_RETRIES: u32 = 5;
 
 /// The whole file.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     /// How the commit is tested.
@@ -44,6 +44,170 @@ pub struct Pipeline {
     /// How a release rolls out.
     #[serde(default)]
     pub deploy: Option<DeployStep>,
+    /// What the cluster immune system watches while a release rolls out.
+    #[serde(default)]
+    pub immune: Option<ImmuneStep>,
+}
+
+/// `[immune]`: the service's metrics, scraped on every host while a release rolls out, and the
+/// statistics that judge each wave.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImmuneStep {
+    /// The service's Prometheus endpoint (`{name}` from the host's `[service]`).
+    pub scrape: String,
+    /// How often agents scrape it (default 2s).
+    #[serde(default = "two_seconds", with = "crate::config::duration")]
+    pub interval: Duration,
+    /// The false-revert probability a whole rollout may spend (default 0.01).
+    #[serde(default = "one_percent")]
+    pub alpha: f64,
+    /// Regressions smaller than this relative change are ignored (default 0.2 = +20%).
+    #[serde(default = "one_fifth")]
+    pub min_effect: f64,
+    /// A wave passes when the data rule out a regression larger than this (default 0.5 = +50%).
+    #[serde(default = "one_half")]
+    pub pass_bound: f64,
+    /// After the last wave, how long the fleet is compared with the previous release's fleet in
+    /// the window before the rollout (default 5m).
+    #[serde(default = "five_minutes", with = "crate::config::duration")]
+    pub watch: Duration,
+    /// The metrics.
+    #[serde(default)]
+    pub metric: Vec<MetricStep>,
+}
+
+/// `[[immune.metric]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricStep {
+    /// The name verdicts show.
+    pub name: String,
+    /// `ratio` (numerator / denominator counters), `histogram` (a Prometheus histogram),
+    /// `gauge` (a gauge of the service) or `host` (`series = "cpu"` or `"memory"`, from the agent).
+    pub kind: String,
+    /// For `ratio`: the counted events, e.g. `http_requests_total{code=~"5.."}`.
+    #[serde(default)]
+    pub numerator: Option<String>,
+    /// For `ratio`: all events, e.g. `http_requests_total`.
+    #[serde(default)]
+    pub denominator: Option<String>,
+    /// For `histogram`, `gauge` and `host`: the series.
+    #[serde(default)]
+    pub series: Option<String>,
+    /// `increase` (default) or `decrease`: which direction is a regression.
+    #[serde(default = "increase")]
+    pub bad: String,
+}
+
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn one_percent() -> f64 {
+    0.01
+}
+
+fn one_fifth() -> f64 {
+    0.2
+}
+
+fn one_half() -> f64 {
+    0.5
+}
+
+fn increase() -> String {
+    "increase".into()
+}
+
+/// Most metrics one `[immune]` may watch.
+pub const MAX_METRICS: usize = 16;
+
+impl ImmuneStep {
+    /// What agents scrape, for the release manifest (checked by [`Pipeline::parse`]).
+    pub fn order(&self) -> crate::wire::MetricsOrder {
+        use crate::wire::{MetricQuery, MetricSource};
+        let metrics = self
+            .metric
+            .iter()
+            .map(|m| {
+                let series = m.series.clone().unwrap_or_default();
+                let source = match m.kind.as_str() {
+                    "ratio" => MetricSource::Ratio {
+                        numerator: m.numerator.clone().unwrap_or_default(),
+                        denominator: m.denominator.clone().unwrap_or_default(),
+                    },
+                    "histogram" => MetricSource::Histogram { series },
+                    "gauge" => MetricSource::Gauge { series },
+                    _ => MetricSource::Host { series },
+                };
+                MetricQuery { name: m.name.clone(), source }
+            })
+            .collect();
+        crate::wire::MetricsOrder { scrape_url: self.scrape.clone(), interval: self.interval, metrics }
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, problem: String| Err((key.to_string(), problem));
+        if !self.scrape.starts_with("http://") {
+            return bad("immune.scrape", format!("{:?} must be an http:// URL", self.scrape));
+        }
+        if self.interval < Duration::from_millis(200) || self.interval > Duration::from_secs(300) {
+            return bad("immune.interval", "must be from 200ms to 5m".into());
+        }
+        if !(self.alpha > 0.0 && self.alpha < 0.5) {
+            return bad("immune.alpha", format!("{} is out of range (0 to 0.5, e.g. 0.01)", self.alpha));
+        }
+        if !(self.min_effect.is_finite() && self.min_effect >= 0.0) {
+            return bad("immune.min_effect", format!("{} must be 0 or more (0.2 = +20%)", self.min_effect));
+        }
+        if !(self.pass_bound.is_finite() && self.pass_bound > 0.0) {
+            return bad("immune.pass_bound", format!("{} must be more than 0 (0.5 = +50%)", self.pass_bound));
+        }
+        if self.metric.is_empty() {
+            return bad("immune.metric", "is empty; add at least one [[immune.metric]]".into());
+        }
+        if self.metric.len() > MAX_METRICS {
+            return bad("immune.metric", format!("{} metrics; at most {MAX_METRICS}", self.metric.len()));
+        }
+        for (i, m) in self.metric.iter().enumerate() {
+            let key = |k: &str| format!("immune.metric[{i}].{k}");
+            if m.name.trim().is_empty() || self.metric[..i].iter().any(|o| o.name == m.name) {
+                return bad(&key("name"), format!("{:?} is empty or used twice", m.name));
+            }
+            if m.bad != "increase" && m.bad != "decrease" {
+                return bad(&key("bad"), format!("{:?} is not \"increase\" or \"decrease\"", m.bad));
+            }
+            let selector = |k: &str, v: &Option<String>| -> Result<(), (String, String)> {
+                match v {
+                    None => Err((key(k), format!("is needed for kind = {:?}", m.kind))),
+                    Some(v) => crate::selector::Selector::parse(v).map(|_| ()).map_err(|e| (key(k), e)),
+                }
+            };
+            match m.kind.as_str() {
+                "ratio" => {
+                    selector("numerator", &m.numerator)?;
+                    selector("denominator", &m.denominator)?;
+                }
+                "histogram" | "gauge" => selector("series", &m.series)?,
+                "host" => match m.series.as_deref() {
+                    Some("cpu") | Some("memory") => {}
+                    other => return bad(&key("series"), format!("{other:?}: a host metric is \"cpu\" or \"memory\"")),
+                },
+                other => {
+                    return bad(
+                        &key("kind"),
+                        format!("{other:?} is not \"ratio\", \"histogram\", \"gauge\" or \"host\""),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[package]`: runs on a build agent after the tests pass.
@@ -351,6 +515,14 @@ impl Pipeline {
                 return bad("deploy.health.url", format!("{:?} must be an http:// URL", d.health.url));
             }
         }
+        if let Some(immune) = &p.immune {
+            if p.deploy.is_none() {
+                return bad("immune", "needs a [deploy] section: the immune system watches rollouts".into());
+            }
+            if let Err((key, problem)) = immune.check() {
+                return bad(&key, problem);
+            }
+        }
         Ok(p)
     }
 }
@@ -402,6 +574,46 @@ mod tests {
         assert!(err.contains("deploy.hosts"), "{err}");
         let err = Pipeline::parse(&DEPLOY.replace("run = ", "restart = \"x\"\nrun = ")).unwrap_err();
         assert!(err.contains("deploy.run"), "{err}");
+    }
+
+    const IMMUNE: &str = "[immune]\nscrape = \"http://127.0.0.1:{port}/metrics\"\nwatch = \"30s\"\n\
+        [[immune.metric]]\nname = \"error_rate\"\nkind = \"ratio\"\n\
+        numerator = 'http_requests_total{code=~\"5..\"}'\ndenominator = 'http_requests_total'\n\
+        [[immune.metric]]\nname = \"latency\"\nkind = \"histogram\"\nseries = \"http_request_duration_seconds\"\n\
+        [[immune.metric]]\nname = \"cpu\"\nkind = \"host\"\nseries = \"cpu\"\n";
+
+    #[test]
+    fn immune_sections_parse_with_their_defaults() {
+        let p = Pipeline::parse(&format!("{DEPLOY}{IMMUNE}")).unwrap();
+        let i = p.immune.unwrap();
+        assert_eq!(
+            (i.interval, i.alpha, i.min_effect, i.watch),
+            (Duration::from_secs(2), 0.01, 0.2, Duration::from_secs(30))
+        );
+        assert_eq!(i.metric.len(), 3);
+        assert_eq!(i.metric[0].bad, "increase");
+        let order = i.order();
+        assert_eq!(order.metrics.len(), 3);
+        assert!(
+            matches!(&order.metrics[0].source, crate::wire::MetricSource::Ratio { numerator, .. } if numerator.contains("5.."))
+        );
+    }
+
+    #[test]
+    fn immune_errors_name_the_key() {
+        let full = format!("{DEPLOY}{IMMUNE}");
+        let err = Pipeline::parse(&full.replace("kind = \"histogram\"", "kind = \"summary\"")).unwrap_err();
+        assert!(err.contains("immune.metric[1].kind") && err.contains("summary"), "{err}");
+        let err = Pipeline::parse(&full.replace("code=~", "code~")).unwrap_err();
+        assert!(err.contains("immune.metric[0].numerator"), "{err}");
+        let err = Pipeline::parse(&full.replace("watch = ", "alpha = 2.0\nwatch = ")).unwrap_err();
+        assert!(err.contains("immune.alpha"), "{err}");
+        let err = Pipeline::parse(&full.replace("series = \"cpu\"", "series = \"gpu\"")).unwrap_err();
+        assert!(err.contains("immune.metric[2].series"), "{err}");
+        let err = Pipeline::parse(&full.replace("name = \"latency\"", "name = \"error_rate\"")).unwrap_err();
+        assert!(err.contains("immune.metric[1].name"), "{err}");
+        let err = Pipeline::parse(&format!("[test]\ncommand = \"t\"\n{IMMUNE}")).unwrap_err();
+        assert!(err.contains("key immune:"), "{err}");
     }
 
     #[test]

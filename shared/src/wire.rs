@@ -139,6 +139,101 @@ pub struct ServiceOrder {
     pub health_timeout: Duration,
     /// Releases kept on the host.
     pub keep_releases: u32,
+    /// What the agent scrapes while this release runs (`[immune]`), if anything.
+    pub metrics: Option<MetricsOrder>,
+}
+
+/// `[immune]` as the agent needs it: where and how often to scrape, and which series to report.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct MetricsOrder {
+    /// The service's Prometheus endpoint (`{name}` from `[service]`).
+    pub scrape_url: String,
+    /// How often.
+    pub interval: Duration,
+    /// The metrics, by the names verdicts use.
+    pub metrics: Vec<MetricQuery>,
+}
+
+/// One metric an agent reports.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct MetricQuery {
+    /// Its name.
+    pub name: String,
+    /// Where its value comes from.
+    pub source: MetricSource,
+}
+
+/// Where a metric's value comes from. Selectors are `shared::selector` text; a selector stands
+/// for the sum of every series it matches.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum MetricSource {
+    /// Two counters: counted events over all events.
+    Ratio {
+        /// The counted events.
+        numerator: String,
+        /// All events.
+        denominator: String,
+    },
+    /// A Prometheus histogram (its base name, without `_bucket`).
+    Histogram {
+        /// The series.
+        series: String,
+    },
+    /// A gauge of the service.
+    Gauge {
+        /// The series.
+        series: String,
+    },
+    /// What the agent measures of the host: `cpu` (percent) or `memory` (bytes used).
+    Host {
+        /// `cpu` or `memory`.
+        series: String,
+    },
+}
+
+/// One metric's change over one interval.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub enum MetricSample {
+    /// Counter deltas. A numerator with no matching series (Prometheus leaves out a labelled
+    /// counter that never moved) is 0 when the denominator exists.
+    Ratio {
+        /// Counted events.
+        num: f64,
+        /// All events.
+        den: f64,
+    },
+    /// Histogram deltas: cumulative bucket counts for `bounds` (finite `le`s, increasing), plus
+    /// the `+Inf` bucket last; `_sum` and `_count`.
+    Histogram {
+        /// Finite `le` bounds.
+        bounds: Vec<f64>,
+        /// Cumulative counts, one per bound and one for `+Inf`.
+        buckets: Vec<f64>,
+        /// `_sum` delta.
+        sum: f64,
+        /// `_count` delta.
+        count: f64,
+    },
+    /// The gauge's value at the end of the interval.
+    Gauge(f64),
+}
+
+/// Agent → coordinator: one interval's metric deltas, tagged with the release they were
+/// observed under. Soft state: kept by the leader, never replicated.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct MetricsReport {
+    /// The release the service ran for the whole interval.
+    pub release: u64,
+    /// Counts up per agent process; the leader ignores a repeated or older one.
+    pub seq: u64,
+    /// When the interval ended (agent's clock).
+    pub at: std::time::SystemTime,
+    /// How long the interval was.
+    pub span: Duration,
+    /// One entry per metric that had data.
+    pub samples: Vec<(String, MetricSample)>,
+    /// Why some or all metrics are missing (scrape failed, series absent), if they are.
+    pub error: Option<String>,
 }
 
 /// A release, as the cluster signs it (ed25519, the cluster's release key). Agents verify the
@@ -215,6 +310,16 @@ pub enum JobKind {
         artifact: String,
         /// How long it may run.
         timeout: Duration,
+    },
+    /// Revert `revert` on the branch (`git revert --no-edit`, with a `Fifty-Revert: <sha>`
+    /// trailer) and push it: the immune system found the release of that commit bad.
+    Revert {
+        /// The commit to revert.
+        revert: String,
+        /// The branch to push to.
+        branch: String,
+        /// What the commit message says of why (the verdict).
+        reason: String,
     },
     /// Run the test command for one shard.
     Shard {
@@ -300,6 +405,8 @@ pub struct JobDone {
     /// For a package job: the artifact, whose bytes were sent just before in
     /// [`AgentMsg::ArtifactChunk`]s.
     pub artifact: Option<ArtifactInfo>,
+    /// For a revert job: the revert commit pushed, or why there is none.
+    pub revert: Option<Result<String, String>>,
 }
 
 /// Agent → coordinator, on the control stream.
@@ -340,6 +447,8 @@ pub enum AgentMsg {
         /// Where to start.
         offset: u64,
     },
+    /// The service's metrics over the last interval.
+    Metrics(MetricsReport),
 }
 
 /// Coordinator → agent, on the control stream.

@@ -123,7 +123,7 @@ fn main() {
             )
             .await
             .unwrap();
-        let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, true).await.unwrap();
+        let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Deploy).await.unwrap();
         repo.edit("fifty.toml", "bake     = \"3s\"", "bake     = \"0s\"").unwrap();
         repo.commit("No bake").await.unwrap();
 

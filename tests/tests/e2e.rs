@@ -615,7 +615,9 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
     }
     cluster.wait_reporting(&["build-1", "build-2"], DEADLINE).await.unwrap();
     let ci = token(&cluster, "ci", None).await;
-    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, Some("s3cret"), false).await.unwrap();
+    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, Some("s3cret"), fifty::sample_app::Steps::Test)
+        .await
+        .unwrap();
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let deadline = Duration::from_secs(120);
@@ -783,7 +785,8 @@ async fn ci_jobs_queue_and_survive_a_leader_failover() {
     cluster.add_agent("build-1", "role=build,slots=1").await.unwrap();
     cluster.wait_reporting(&["build-1"], DEADLINE).await.unwrap();
     let ci = token(&cluster, "ci", None).await;
-    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, false).await.unwrap();
+    let repo =
+        SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Test).await.unwrap();
     // The push that creates the branch tests its head; the later one tests each commit.
     let base = repo.git_head().await;
     assert!(repo.push().await.unwrap().status.success());
@@ -872,7 +875,8 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     }
     cluster.wait_reporting(&["build-1", "web-1", "web-2", "web-3", "web-4"], DEADLINE).await.unwrap();
     let ci = token(&cluster, "ci", None).await;
-    let repo = SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, true).await.unwrap();
+    let repo =
+        SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Deploy).await.unwrap();
     let admin = cluster.admin_token.clone();
 
     // 1. The first green commit: packaged, signed, rolled out in three waves.

@@ -5,8 +5,7 @@
 //! | `GET /v1/health` | none |
 //! | `GET /v1/status`, `GET /v1/hosts`, `GET /metrics` | read |
 //! | `GET /v1/tokens`, `POST /v1/tokens`, `DELETE /v1/tokens/{accessor}`, `DELETE /v1/hosts/{name}` | admin |
-//!
-//! | `GET /v1/repos`, `GET /v1/repos/{repo}/gate?branch=&message=` | read |
+//! | `GET /v1/repos`, `GET /v1/repos/{repo}/gate?branch=&message=&reverts=` | read |
 //! | `POST /v1/repos`, `POST /v1/repos/{repo}/gate/close`, `POST /v1/repos/{repo}/gate/open` | admin |
 //! | `GET /v1/commits?repo=&limit=`, `GET /v1/commits/{sha}?repo=`, `GET /v1/commits/{sha}/log?shard=&attempt=` | read |
 //! | `GET /v1/repos/{repo}/tests` | read |
@@ -15,6 +14,8 @@
 //! | `POST /v1/webhooks/github` | none: an HMAC-SHA256 signature with the repository's secret (`webhook`) |
 //! | `GET /v1/releases?repo=`, `GET /v1/rollouts/current?repo=` | read |
 //! | `POST /v1/rollouts/current/{promote,pause,resume,abort}?repo=`, `POST /v1/rollback` | admin |
+//! | `GET /v1/incidents`, `GET /v1/incidents/{id}`, `GET /v1/notify/webhooks` | read |
+//! | `POST /v1/incidents/{id}` (a why, an action, close), `POST /v1/notify/webhooks`, `DELETE /v1/notify/webhooks/{id}` | admin |
 //! | `GET /v1/cluster/members` | read |
 //! | `DELETE /v1/cluster/members/{id}` | admin |
 //! | `POST /v1/debug/isolate`, `POST /v1/debug/deploy` | admin, and only with `fault_injection = true` |
@@ -64,7 +65,11 @@ impl From<OpError> for ApiError {
             OpError::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
             OpError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
             OpError::Rejected(
-                r @ (Rejection::UnknownHost(_) | Rejection::UnknownAccessor(_) | Rejection::UnknownRepo(_)),
+                r @ (Rejection::UnknownHost(_)
+                | Rejection::UnknownAccessor(_)
+                | Rejection::UnknownRepo(_)
+                | Rejection::UnknownIncident(_)
+                | Rejection::UnknownWebhook(_)),
             ) => ApiError(StatusCode::NOT_FOUND, r.to_string()),
             OpError::Rejected(r) => ApiError(StatusCode::CONFLICT, r.to_string()),
             OpError::Store(e) => e.into(),
@@ -123,6 +128,10 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/rollouts/current", get(rollout))
         .route("/v1/rollouts/current/{action}", post(steer_rollout))
         .route("/v1/rollback", post(rollback))
+        .route("/v1/incidents", get(incidents))
+        .route("/v1/incidents/{id}", get(incident).post(change_incident))
+        .route("/v1/notify/webhooks", get(webhooks).post(add_webhook))
+        .route("/v1/notify/webhooks/{id}", delete(remove_webhook))
         .route("/v1/cluster/members", get(members))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/debug/isolate", post(isolate))
@@ -202,6 +211,7 @@ async fn add_repo(
 struct GateQuery {
     branch: Option<String>,
     message: Option<String>,
+    reverts: Option<String>,
 }
 
 async fn gate(
@@ -211,7 +221,7 @@ async fn gate(
     Query(q): Query<GateQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Read)?;
-    Ok(Json(c.gate(&repo, q.branch.as_deref(), q.message.as_deref())?))
+    Ok(Json(c.gate(&repo, q.branch.as_deref(), q.message.as_deref(), q.reverts.as_deref())?))
 }
 
 async fn change_gate(
@@ -357,6 +367,54 @@ async fn rollback(
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let rollout = c.rollback(req.repo.as_deref(), req.to, &by).await?;
     Ok(Json(c.view_of(&rollout)?))
+}
+
+fn number(text: &str, what: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not {what} number")))
+}
+
+async fn incidents(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.incidents()?))
+}
+
+async fn incident(State(c): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.incident(number(&id, "an incident")?)?))
+}
+
+async fn change_incident(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<crate::incidents::Change>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = authorize(&c, &headers, Role::Admin)?;
+    let change = json_body(body)?;
+    Ok(Json(c.change_incident(number(&id, "an incident")?, change, &by).await?))
+}
+
+async fn webhooks(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.webhooks()?))
+}
+
+async fn add_webhook(
+    State(c): Shared,
+    headers: HeaderMap,
+    body: Result<Json<crate::views::AddWebhook>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.add_webhook(json_body(body)?, &by).await?))
+}
+
+async fn remove_webhook(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.remove_webhook(number(&id, "a webhook")?).await?))
 }
 
 async fn members(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {

@@ -64,8 +64,8 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
                 let sent = live.sent.get(&job).copied().unwrap_or(live.since);
                 let timeout = match &j.kind {
                     JobKind::Shard { timeout, .. } | JobKind::Package { timeout, .. } => *timeout,
-                    // `[test] list` is bounded by the agent (2 minutes).
-                    JobKind::Plan => Duration::from_secs(120),
+                    // `[test] list` is bounded by the agent (2 minutes), and so is git.
+                    JobKind::Plan | JobKind::Revert { .. } => Duration::from_secs(120),
                 };
                 let overdue = SystemTime::now()
                     .duration_since(a.started_at)
@@ -163,6 +163,7 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
             JobKind::Plan => "plan".to_string(),
             JobKind::Package { .. } => "package".to_string(),
             JobKind::Shard { index, count, .. } => format!("shard {index}/{count}"),
+            JobKind::Revert { revert, .. } => format!("revert {}", short(revert)),
         };
         info!(%host, job = job.job, attempt = job.attempt, repo = %record.repo, sha = short(&record.sha), %what, "job dispatched");
         if !c.send_to(&host, CoordinatorMsg::RunJob(spec)) {
@@ -215,6 +216,8 @@ impl Coordinator {
                 }
                 Err(e) => return warn!(error = %e, "could not record the artifact yet; the agent will send it again"),
             }
+        } else if matches!(record.kind, JobKind::Revert { .. }) {
+            JobReport::Revert { outcome: done.revert.clone().unwrap_or(Err("the agent reported no revert".into())) }
         } else {
             match self.job_report(&record.kind, &record.repo, &record.sha, &done) {
                 Ok(r) => r,
@@ -281,6 +284,7 @@ impl Coordinator {
                                     health_url: d.health.url.clone(),
                                     health_timeout: d.health.timeout,
                                     keep_releases: d.keep_releases,
+                                    metrics: p.immune.as_ref().map(|i| i.order()),
                                 });
                                 let deploy = p.deploy.as_ref().map(|d| crate::deploy::DeployPlan {
                                     hosts: d.hosts.clone(),
@@ -289,6 +293,7 @@ impl Coordinator {
                                     auto: d.auto,
                                     max_unavailable: d.max_unavailable.clone(),
                                     progress_deadline: d.progress_deadline,
+                                    immune: p.immune.as_ref().map(crate::deploy::ImmunePlan::from_step),
                                 });
                                 let package = p.package.as_ref().map(|k| super::PackagePlan {
                                     command: k.command.clone(),
@@ -311,7 +316,9 @@ impl Coordinator {
                 };
                 JobReport::Plan { subject, author, outcome }
             }
-            JobKind::Package { .. } => unreachable!("package results are handled by package_report"),
+            JobKind::Package { .. } | JobKind::Revert { .. } => {
+                unreachable!("package and revert results are handled by on_job_done")
+            }
             JobKind::Shard { .. } => {
                 let (tests, mut notes) = junit::parse(&done.junit);
                 notes.extend(done.junit_note.clone());

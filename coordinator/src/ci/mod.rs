@@ -54,7 +54,7 @@ impl CommitState {
 }
 
 /// What `[test]` of the commit's `fifty.toml` said, as the shards need it.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct TestPlan {
     /// The command.
     pub command: String,
@@ -239,7 +239,7 @@ impl JobRecord {
     /// Shard index, or None for the plan.
     pub fn shard(&self) -> Option<u32> {
         match &self.kind {
-            JobKind::Plan | JobKind::Package { .. } => None,
+            JobKind::Plan | JobKind::Package { .. } | JobKind::Revert { .. } => None,
             JobKind::Shard { index, .. } => Some(*index),
         }
     }
@@ -250,6 +250,7 @@ impl JobRecord {
             JobKind::Plan => "plan",
             JobKind::Package { .. } => "package",
             JobKind::Shard { .. } => "shard",
+            JobKind::Revert { .. } => "revert",
         }
     }
 }
@@ -299,6 +300,11 @@ pub enum JobReport {
     Package {
         /// The release, or why there is none.
         outcome: Result<crate::deploy::ReleaseRecord, String>,
+    },
+    /// A revert job's result: the revert commit pushed, or why there is none.
+    Revert {
+        /// The revert's sha, or why not.
+        outcome: Result<String, String>,
     },
     /// A shard's result.
     Shard {

@@ -90,7 +90,8 @@ pub fn gate_after(
     if commit.seq < last_finished_seq {
         return None;
     }
-    let manual = matches!(closed, Some(Closure { cause: Cause::Manual { .. }, .. }));
+    // An admin's closure, and the immune system's, stay until an admin opens the gate.
+    let manual = matches!(closed, Some(Closure { cause: Cause::Manual { .. } | Cause::Immune { .. }, .. }));
     match commit.state {
         _ if manual => None,
         super::CommitState::Failed => {

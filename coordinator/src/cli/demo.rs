@@ -9,7 +9,7 @@ use crate::ci::{short, CommitState};
 use crate::deploy::{Outcome, Phase};
 use crate::fleet::HostState;
 use crate::local::{bin_dir, LocalCluster, Options};
-use crate::sample_app::SampleRepo;
+use crate::sample_app::{Load, SampleRepo, Steps};
 use crate::views::{ClusterView, StatusView, TokenView};
 
 const BUILD: [&str; 2] = ["build-1", "build-2"];
@@ -78,7 +78,7 @@ async fn story(dir: &std::path::Path) -> Result<()> {
             },
         )
         .await?;
-    let repo = SampleRepo::create(dir, &cluster, "shop", &ci.token, None, true).await?;
+    let repo = SampleRepo::create(dir, &cluster, "shop", &ci.token, None, Steps::Immune).await?;
     t.say("created the shop's git repository with Fifty's pre-receive and post-receive hooks");
     let good = repo.git_head().await;
     pushed(&repo, true).await?;
@@ -102,6 +102,17 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     crate::sample_app::wait_serving(&ports, &good[..10], DEADLINE).await?;
     t.say(&format!("rolled out 1 host → 50% → 100%, baking each wave; all 6 web hosts serve {}:", short(&good)));
     print!("{}", indent(&super::output::rollout(&done)));
+    let _load = Load::start(&ports, LOAD_PER_HOST);
+    t.say(&format!(
+        "customers arrive: {LOAD_PER_HOST} requests/s to each web host (the shop fails 2% of them); every agent \
+         scrapes its shop's /metrics each second for the immune system"
+    ));
+    let hook = crate::local::WebhookReceiver::start()?;
+    let _: Vec<crate::views::WebhookView> = cluster
+        .client()
+        .post("/v1/notify/webhooks", &crate::views::AddWebhook { url: hook.url(), format: None })
+        .await?;
+    t.say(&format!("`fifty webhook add {}`: reverts are announced there", hook.url()));
 
     repo.edit("app/shop.sh", "pear) echo 55", "pear) echo 50")?;
     let red = repo.commit("Cheaper pears").await?;
@@ -148,7 +159,14 @@ async fn story(dir: &std::path::Path) -> Result<()> {
         bail!("the fix's rollout did not succeed:\n{}", super::output::rollout(&done));
     }
     crate::sample_app::wait_serving(&ports, &fix[..10], DEADLINE).await?;
-    t.say(&format!("the fix rolled out as release {release}; all 6 web hosts serve {}", short(&fix)));
+    t.say(&format!(
+        "the fix rolled out as release {release}; the immune system compared every wave with the hosts still on \
+         the old release and passed it; all 6 web hosts serve {}:",
+        short(&fix)
+    ));
+    print!("{}", indent(&super::output::rollout(&done)));
+    let fix_release = release;
+    immune_story(&t, &cluster, &repo, &ports, &hook, &fix, fix_release).await?;
 
     cluster.kill_agent("web-3").await?;
     t.say("killed the agent on web-3 (SIGKILL)");
@@ -225,6 +243,105 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     print!("{}", indent(&super::output::cluster(&members)));
     let status: StatusView = cluster.client().get("/v1/status").await.context("read status")?;
     print!("{}", indent(&super::output::status(&status)));
+    Ok(())
+}
+
+/// Requests per second each web host gets while releases roll out.
+const LOAD_PER_HOST: u32 = 40;
+
+/// The immune system's part of the story: a bad release is caught on its canary and reverted
+/// everywhere, in git too; the gate closes until an admin opens it.
+async fn immune_story(
+    t: &Timeline,
+    cluster: &LocalCluster,
+    repo: &SampleRepo,
+    ports: &[u16],
+    hook: &crate::local::WebhookReceiver,
+    good: &str,
+    good_release: u64,
+) -> Result<()> {
+    repo.write("release/ERROR_RATE", "0.25\n")?;
+    let bad = repo.commit("Faster checkout").await?;
+    pushed(repo, true).await?;
+    let view = cluster.wait_commit(&bad, WAIT).await?;
+    if view.summary.state != CommitState::Passed {
+        bail!("the bad commit's tests did not pass:\n{}", super::output::commit(&view));
+    }
+    let release = cluster.wait_release(&bad, WAIT).await?;
+    t.say(&format!(
+        "pushed {} \"Faster checkout\": its tests pass, but the shop now fails 25% of requests; release {release}",
+        short(&bad)
+    ));
+    let incident: crate::views::IncidentView = crate::local::wait_for("the immune system's incident", WAIT, || async {
+        let list: Vec<crate::views::IncidentView> = cluster.client().get("/v1/incidents").await?;
+        Ok(list.into_iter().find(|i| i.release == release))
+    })
+    .await?;
+    let done = cluster.wait_rollout("shop", release, Phase::Done, WAIT).await?;
+    if !matches!(done.outcome, Some(Outcome::Reverted { .. })) {
+        bail!("the bad release was not reverted:\n{}", super::output::rollout(&done));
+    }
+    let canary_at = done
+        .events
+        .iter()
+        .find(|(_, e)| e.starts_with("wave 1 healthy"))
+        .and_then(|(at, _)| crate::views::parse_rfc3339(at));
+    let decided_at = crate::views::parse_rfc3339(&incident.opened_at);
+    let detect = match (canary_at, decided_at) {
+        (Some(a), Some(b)) => b.duration_since(a).map(|d| format!("{:.1} s", d.as_secs_f64())).unwrap_or_default(),
+        _ => "?".into(),
+    };
+    t.say(&format!("the canary's bake caught it {detect} after it began: {}", incident.reason));
+    crate::sample_app::wait_serving(ports, &good[..10], DEADLINE).await?;
+    let back = decided_at.and_then(|d| std::time::SystemTime::now().duration_since(d).ok()).unwrap_or_default();
+    t.say(&format!(
+        "every host went back to release {good_release} at once: all 6 web hosts serve {} again ({:.1} s after the decision)",
+        short(good),
+        back.as_secs_f64()
+    ));
+    print!("{}", indent(&super::output::rollout(&done)));
+    let gate: crate::views::GateView = cluster.client().get("/v1/repos/shop/gate").await?;
+    if gate.open {
+        bail!("the gate is open after the revert");
+    }
+    t.say("the gate closed:");
+    print!("{}", indent(&super::output::gate(&gate)));
+    let incident: crate::views::IncidentView = crate::local::wait_for("the revert commit", WAIT, || async {
+        let i: crate::views::IncidentView = cluster.client().get(&format!("/v1/incidents/{}", incident.id)).await?;
+        Ok((i.revert_commit.is_some() || i.revert_error.is_some()).then_some(i))
+    })
+    .await?;
+    let Some(revert) = incident.revert_commit.clone() else {
+        bail!("the commit was not reverted in git: {}", incident.revert_error.unwrap_or_default());
+    };
+    let log = crate::sample_app::git(&repo.bare, &["log", "-1", "--format=%h %s%n%b", "main"]).await?;
+    t.say(&format!("a build agent reverted {} in git; the branch's head is now:", short(&bad)));
+    print!("{}", indent(&String::from_utf8_lossy(&log.stdout)));
+    let got =
+        crate::local::wait_for("the webhook", DEADLINE, || async { Ok(hook.received().into_iter().next()) }).await?;
+    t.say("the webhook received:");
+    print!("{}", indent(&got));
+    t.say("the incident, with its timeline and evidence (`fifty incident show`):");
+    print!("{}", indent(&super::output::incident(&incident)));
+
+    crate::sample_app::git(&repo.work, &["pull", "-q", "--ff-only", "origin", "main"]).await?;
+    repo.write("NOTES.md", "a change while the gate is closed\n")?;
+    repo.commit("Unrelated change").await?;
+    let refused = pushed(repo, false).await?;
+    t.say("the next push is refused until someone has looked:");
+    print!("{}", indent(&refused));
+    let reverted = cluster.wait_commit(&revert, WAIT).await?;
+    t.say(&format!(
+        "the revert commit {} went through CI like any commit: {:?}",
+        short(&revert),
+        reverted.summary.state
+    ));
+    let _: crate::views::GateView = cluster
+        .client()
+        .post("/v1/repos/shop/gate/open", &crate::views::GateChange { branch: None, reason: None })
+        .await?;
+    pushed(repo, true).await?;
+    t.say(&format!("an admin ran `fifty gate open shop` (incident {} records it); the push goes in", incident.id));
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 pub mod client;
 mod demo;
 mod dev;
+mod incident;
 mod output;
 
 use anyhow::Result;
@@ -109,6 +110,22 @@ enum Command {
         /// The repository, if several deploy.
         #[arg(long)]
         repo: Option<String>,
+    },
+    /// Incidents the immune system opened, newest first.
+    Incidents {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One incident: show it, record its whys and corrective actions, close it.
+    Incident {
+        #[command(subcommand)]
+        command: incident::IncidentCommand,
+    },
+    /// Webhooks notified of reverts.
+    Webhook {
+        #[command(subcommand)]
+        command: incident::WebhookCommand,
     },
     /// A repository's tests: durations, flaky tests, quarantine.
     Test {
@@ -317,6 +334,10 @@ enum GateCommand {
         /// The pushed commit's message (the fix marker passes a closure by a red build).
         #[arg(long)]
         message: Option<String>,
+        /// The commit the pushed commit was checked to undo exactly (the pre-receive hook sets it
+        /// for a `Fifty-Revert:` commit): the one push a closure by the immune system lets in.
+        #[arg(long)]
+        reverts: Option<String>,
     },
     /// Close the gate by hand (the fix marker does not pass this).
     Close {
@@ -445,6 +466,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             output::print(json, &releases, |r| output::releases(r))
         }
         Command::Rollout { command } => rollout(&cli.client, command).await,
+        Command::Incidents { json } => incident::list(&cli.client, json).await,
+        Command::Incident { command } => incident::incident(&cli.client, command).await,
+        Command::Webhook { command } => incident::webhook(&cli.client, command).await,
         Command::Rollback { to, repo } => {
             let view: RolloutView =
                 Client::from_opts(&cli.client)?.post("/v1/rollback", &RollbackRequest { repo, to }).await?;
@@ -691,9 +715,13 @@ async fn gate(opts: &ClientOpts, command: GateCommand) -> Result<()> {
             let view: GateView = client.get(&path).await?;
             output::print(json, &view, output::gate)
         }
-        GateCommand::Check { target, message } => {
+        GateCommand::Check { target, message, reverts } => {
             // Exit codes for hooks: 0 let in, 1 gate closed, 2 could not check.
-            let q = query(&[("branch", target.branch.as_deref()), ("message", message.as_deref())]);
+            let q = query(&[
+                ("branch", target.branch.as_deref()),
+                ("message", message.as_deref()),
+                ("reverts", reverts.as_deref()),
+            ]);
             let view: GateView = match client.get(&format!("{}{q}", gate_path(&target, ""))).await {
                 Ok(view) => view,
                 Err(e) => {
@@ -707,6 +735,13 @@ async fn gate(opts: &ClientOpts, command: GateCommand) -> Result<()> {
                     println!(
                         "Gate of {}/{} is closed, but this is a fix ({}): let in.",
                         view.repo, view.branch, view.fix_marker
+                    );
+                    Ok(())
+                }
+                Verdict::RevertAllowed => {
+                    println!(
+                        "Gate of {}/{} is closed by the immune system; this push reverts its commit: let in.",
+                        view.repo, view.branch
                     );
                     Ok(())
                 }

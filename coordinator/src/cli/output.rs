@@ -166,6 +166,12 @@ pub fn gate(g: &GateView) -> String {
             )
         }
         Some(crate::gate::Cause::Manual { by }) => format!("closed by {by}"),
+        Some(crate::gate::Cause::Immune { sha, incident }) => format!(
+            "the immune system reverted {}; only its revert commit is let in until an admin runs `fifty gate open {}` \
+             (incident {incident}: `fifty incident show {incident}`)",
+            &sha[..sha.len().min(12)],
+            g.repo
+        ),
         None => "closed".into(),
     };
     format!(
@@ -417,6 +423,7 @@ fn rollout_header(r: &crate::views::RolloutView) -> String {
         (Some(crate::deploy::Outcome::Failed { why }), _) => format!("FAILED: {why}"),
         (Some(crate::deploy::Outcome::Aborted { by }), _) => format!("ABORTED by {by}"),
         (Some(crate::deploy::Outcome::Superseded { by }), _) => format!("superseded by rollout {by}"),
+        (Some(crate::deploy::Outcome::Reverted { why }), _) => format!("REVERTED by the immune system: {why}"),
         (_, p) => format!("{p:?}").to_lowercase().replace('_', " "),
     };
     let rolling_back = if r.phase == crate::deploy::Phase::RollingBack { " (rolling back)" } else { "" };
@@ -471,6 +478,19 @@ pub fn rollout(r: &crate::views::RolloutView) -> String {
     let mut out = rollout_header(r);
     out.push_str(&host_rows(r));
     out.push('\n');
+    if let Some(held) = &r.held {
+        let _ = writeln!(
+            out,
+            "HELD by the immune system: {held}\n  decide with `fifty rollout promote` or `fifty rollout abort`\n"
+        );
+    }
+    if !r.immune.is_empty() {
+        let _ = writeln!(out, "immune system, wave {}:", r.wave);
+        for v in &r.immune {
+            let _ = writeln!(out, "  {v}");
+        }
+        out.push('\n');
+    }
     for (at, what) in r.events.iter().rev().take(8).rev() {
         let _ = writeln!(out, "{at}  {what}");
     }
@@ -502,4 +522,85 @@ pub fn rollout_bars(r: &crate::views::RolloutView) -> String {
     out.push('\n');
     out.push_str(&host_rows(r));
     out
+}
+
+/// `fifty incidents`.
+pub fn incidents(list: &[crate::views::IncidentView]) -> String {
+    if list.is_empty() {
+        return "No incidents.\n".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.to_string(),
+                i.state.clone(),
+                i.opened_at.clone(),
+                i.repo.clone(),
+                format!("{}/{}", i.whys.len(), i.actions.len()),
+                i.title.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "STATE", "OPENED", "REPO", "WHYS/ACTIONS", "TITLE"], &rows)
+}
+
+/// `fifty incident show`.
+pub fn incident(i: &crate::views::IncidentView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "incident {} ({}): {}", i.id, i.state, i.title);
+    let _ = writeln!(
+        out,
+        "commit   {} \"{}\" (release {}, hosts back on {})",
+        &i.sha[..i.sha.len().min(10)],
+        i.subject,
+        i.release,
+        i.previous
+    );
+    match (&i.revert_commit, &i.revert_error) {
+        (Some(sha), _) => {
+            let _ = writeln!(out, "revert   {} pushed to {}", &sha[..sha.len().min(10)], i.branch);
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "revert   NOT MADE: {why}");
+        }
+        (None, None) => {
+            let _ = writeln!(out, "revert   pending");
+        }
+    }
+    let _ = writeln!(out, "\nevidence:");
+    for e in &i.evidence {
+        let _ = writeln!(out, "  {e}");
+    }
+    let _ = writeln!(out, "\ntimeline:");
+    for (at, what) in &i.timeline {
+        let _ = writeln!(out, "  {at}  {what}");
+    }
+    let _ = writeln!(out, "\nwhys:");
+    if i.whys.is_empty() {
+        let _ = writeln!(out, "  (none yet: `fifty incident why {} \"...\"`)", i.id);
+    }
+    for (n, w) in i.whys.iter().enumerate() {
+        let _ = writeln!(out, "  {}. {w}", n + 1);
+    }
+    let _ = writeln!(out, "\ncorrective actions:");
+    if i.actions.is_empty() {
+        let _ = writeln!(out, "  (none yet: `fifty incident action {} \"...\" --owner NAME`)", i.id);
+    }
+    for (n, a) in i.actions.iter().enumerate() {
+        let _ = writeln!(out, "  {}. [{}] {} ({})", n + 1, if a.done { "done" } else { "open" }, a.text, a.owner);
+    }
+    out
+}
+
+/// `fifty webhook list`.
+pub fn webhooks(list: &[crate::views::WebhookView]) -> String {
+    if list.is_empty() {
+        return "No webhooks: `fifty webhook add URL` to be notified of reverts.\n".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|w| vec![w.id.to_string(), format!("{:?}", w.format).to_lowercase(), w.url.clone(), w.added_by.clone()])
+        .collect();
+    table(&["ID", "FORMAT", "URL", "ADDED BY"], &rows)
 }

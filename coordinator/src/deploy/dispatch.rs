@@ -22,6 +22,7 @@ use super::rollout::{HostView, Kind, Rollout, Step};
 use super::{selects, ReleaseRecord};
 use crate::ci::{CommitRecord, JobRecord};
 use crate::coordinator::{Coordinator, OpError};
+use crate::immune::judge::Call;
 use crate::state::{Command, Rejection};
 use crate::store::StoreError;
 
@@ -48,6 +49,8 @@ pub async fn run(coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bo
             _ = shutdown.wait_for(|s| *s) => return,
         }
         if !coordinator.consensus.status().is_leader() {
+            // Soft state is the leader's: a node that leads again starts from fresh reports.
+            *coordinator.immune.lock().expect("immune lock") = Default::default();
             continue;
         }
         if let Err(e) = round(&coordinator).await {
@@ -67,11 +70,28 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
     let store = c.consensus.store();
     let views = c.host_views()?;
     let now = SystemTime::now();
+    let mut active = Vec::new();
     for repo in store.repos()? {
         let target = store.target(&repo.name)?;
         if let Some(id) = target.active {
             let Some(rollout) = store.rollout(id)? else { continue };
-            if let Some(step) = rollout.step(&views, now) {
+            active.push(id);
+            let plan = store.release(rollout.release)?.and_then(|r| r.plan.immune);
+            let call = {
+                let mut live = c.immune.lock().expect("immune lock");
+                let crate::immune::Live { series, judge } = &mut *live;
+                judge.judge(&rollout, plan.as_ref(), series, now)
+            };
+            let judgement = match call {
+                Call::Judge(j) => j,
+                Call::Revert { why, evidence } => {
+                    if let Err(e) = c.immune_revert(&rollout, &why, evidence, now).await {
+                        warn!(error = %e, rollout = rollout.id, "the immune system's revert was not applied; judging again");
+                    }
+                    continue;
+                }
+            };
+            if let Some(step) = rollout.step(&views, &judgement, now) {
                 log_events(Some(&rollout), &step.rollout);
                 let cmd = Command::StepRollout { rollout: step.rollout, targets: step.targets, at: now };
                 if let Err(e) = c.consensus.propose(cmd).await? {
@@ -85,6 +105,7 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
             }
         }
     }
+    c.immune.lock().expect("immune lock").judge.retain(&active);
     converge(c, &views)?;
     Ok(())
 }
@@ -165,7 +186,7 @@ impl Coordinator {
         let unavailable = parse_unavailable(&record.plan.max_unavailable, hosts.len());
         let id = store.counters()?.last_rollout + 1;
         let now = SystemTime::now();
-        let Step { rollout, targets } = Rollout::start(
+        let Step { mut rollout, targets } = Rollout::start(
             id,
             record.repo.clone(),
             kind,
@@ -178,6 +199,26 @@ impl Coordinator {
             record.plan.progress_deadline,
             now,
         );
+        match crate::immune::judge::watched(&rollout, record.plan.immune.as_ref()) {
+            Ok(()) => {
+                let immune = record.plan.immune.as_ref().expect("watched");
+                let names: Vec<&str> = immune.metrics.iter().map(|m| m.name.as_str()).collect();
+                rollout.watch = Some(immune.watch);
+                rollout.say(
+                    now,
+                    format!(
+                        "immune system watching {} against release {}; the last wave is watched for {}",
+                        names.join(", "),
+                        rollout.previous.unwrap_or_default(),
+                        humantime::format_duration(immune.watch)
+                    ),
+                );
+            }
+            Err(why) if kind == Kind::Deploy && !rollout.finished() => {
+                rollout.say(now, format!("immune system not watching: {why}"))
+            }
+            Err(_) => {}
+        }
         self.consensus.propose(Command::StartRollout { rollout: rollout.clone(), targets, at: now }).await??;
         if let Some(by) = by {
             info!(rollout = id, release, %by, "{kind:?} started by hand");
@@ -185,6 +226,67 @@ impl Coordinator {
         log_events(None, &rollout);
         self.deploy_wake.notify_one();
         Ok(rollout)
+    }
+
+    /// The immune system's decision (see `Command::ImmuneRevert`): builds the incident with the
+    /// story so far and proposes the whole revert as one entry.
+    async fn immune_revert(
+        &self,
+        rollout: &Rollout,
+        why: &str,
+        evidence: Vec<String>,
+        now: SystemTime,
+    ) -> Result<(), OpError> {
+        let store = self.consensus.store();
+        let step = rollout.revert(why, now).map_err(OpError::BadRequest)?;
+        let release = store.release(rollout.release)?.ok_or_else(|| OpError::NotFound("the release is gone".into()))?;
+        let repo = store.repo(&rollout.repo)?.ok_or_else(|| OpError::NotFound("the repository is gone".into()))?;
+        let commit = store.commit(&rollout.repo, release.id)?;
+        let short = crate::ci::short(&release.sha).to_string();
+        let mut timeline = Vec::new();
+        if let Some(c) = &commit {
+            let by = if c.author.is_empty() { String::new() } else { format!(" by {}", c.author) };
+            timeline.push((c.notified_at, format!("commit {short} \"{}\"{by} pushed to {}", c.subject, c.branch)));
+            if let Some(done) = c.finished_at {
+                let shards = c.jobs.len().saturating_sub(2);
+                timeline.push((done, format!("tests passed ({shards} shards); packaged")));
+            }
+        }
+        timeline.push((release.created_at, format!("release {} built and signed", release.id)));
+        timeline.extend(rollout.events.iter().map(|(t, e)| (*t, format!("rollout {}: {e}", rollout.id))));
+        let previous = rollout.previous.unwrap_or_default();
+        timeline.push((
+            now,
+            format!("immune system: {why}; reverting {} hosts to release {previous} at once", rollout.touched().len()),
+        ));
+        let incident = crate::incidents::IncidentRecord {
+            id: 0,
+            repo: rollout.repo.clone(),
+            branch: repo.branch.clone(),
+            title: format!("immune system reverted {short}: {why}"),
+            opened_at: now,
+            sha: release.sha.clone(),
+            subject: release.subject.clone(),
+            release: release.id,
+            previous,
+            rollout: rollout.id,
+            reason: why.to_string(),
+            evidence,
+            revert_job: None,
+            revert: None,
+            timeline,
+            whys: Vec::new(),
+            actions: Vec::new(),
+            closed: None,
+        };
+        tracing::error!(rollout = rollout.id, release = release.id, sha = %short, %why, "immune system: reverting the release");
+        log_events(Some(rollout), &step.rollout);
+        let cmd = Command::ImmuneRevert { rollout: step.rollout, targets: step.targets, incident, at: now };
+        self.consensus.propose(cmd).await??;
+        self.deploy_wake.notify_one();
+        self.ci_wake.notify_one();
+        self.notify_wake.notify_one();
+        Ok(())
     }
 
     /// The active rollout of `repo` (or of the only repository that has one).
@@ -561,6 +663,8 @@ impl Coordinator {
             outcome: r.outcome.clone(),
             hosts,
             events: r.events.iter().map(|(t, e)| (crate::views::rfc3339(*t), e.clone())).collect(),
+            immune: self.immune.lock().expect("immune lock").judge.verdicts(r.id),
+            held: r.held.clone(),
         })
     }
 }

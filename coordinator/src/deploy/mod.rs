@@ -23,10 +23,10 @@ use std::time::{Duration, SystemTime};
 use bincode::{Decode, Encode};
 use fifty_shared::ids::{HostName, RepoName};
 
-pub use rollout::{Kind, Outcome, Phase, Rollout, WaveStep};
+pub use rollout::{Judgement, Kind, Outcome, Phase, Rollout, WaveStep};
 
-/// What `[deploy]` of the release's commit said.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+/// What `[deploy]` (and `[immune]`) of the release's commit said.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct DeployPlan {
     /// Label selector of the target hosts.
     pub hosts: String,
@@ -40,10 +40,58 @@ pub struct DeployPlan {
     pub max_unavailable: String,
     /// Time a wave has to become healthy.
     pub progress_deadline: Duration,
+    /// What the cluster immune system watches, if anything.
+    pub immune: Option<ImmunePlan>,
+}
+
+/// `[immune]` as the coordinator judges it (the agents get the scraping part in the manifest).
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct ImmunePlan {
+    /// Scrape interval: one look per interval.
+    pub interval: Duration,
+    /// The rollout's false-revert budget.
+    pub alpha: f64,
+    /// Smallest regression that reverts.
+    pub min_effect: f64,
+    /// Largest regression a pass must rule out.
+    pub pass_bound: f64,
+    /// How long the last wave is compared with the previous release's earlier window.
+    pub watch: Duration,
+    /// The metrics.
+    pub metrics: Vec<ImmuneMetric>,
+}
+
+/// One watched metric.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ImmuneMetric {
+    /// Its name.
+    pub name: String,
+    /// `ratio`, `histogram`, `gauge` or `host`.
+    pub kind: String,
+    /// Whether a decrease (not an increase) is the regression.
+    pub bad_decrease: bool,
+}
+
+impl ImmunePlan {
+    /// From a checked `[immune]`.
+    pub fn from_step(step: &fifty_shared::pipeline::ImmuneStep) -> Self {
+        ImmunePlan {
+            interval: step.interval,
+            alpha: step.alpha,
+            min_effect: step.min_effect,
+            pass_bound: step.pass_bound,
+            watch: step.watch,
+            metrics: step
+                .metric
+                .iter()
+                .map(|m| ImmuneMetric { name: m.name.clone(), kind: m.kind.clone(), bad_decrease: m.bad == "decrease" })
+                .collect(),
+        }
+    }
 }
 
 /// A release: a signed artifact of one commit.
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct ReleaseRecord {
     /// Release id: the sequence number of its commit.
     pub id: u64,

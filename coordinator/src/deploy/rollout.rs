@@ -99,6 +99,28 @@ pub enum Outcome {
         /// By which rollout.
         by: u64,
     },
+    /// The cluster immune system found the release worse than the one before it.
+    Reverted {
+        /// The failing metrics' verdicts.
+        why: String,
+    },
+}
+
+/// What the cluster immune system says of the wave baking now (the leader's analysis of the
+/// hosts' metrics; see `crate::immune`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// The release is not watched (no `[immune]`, no previous release to compare with).
+    Off,
+    /// Watching; nothing failed, and not enough has been seen yet for a final verdict.
+    Watching,
+    /// Every metric passed over the whole bake.
+    Promote,
+    /// The bake is over and some metric is inconclusive: a person decides.
+    Hold {
+        /// Which metrics, and why.
+        why: String,
+    },
 }
 
 /// A rollout, as replicated.
@@ -142,6 +164,11 @@ pub struct Rollout {
     pub outcome: Option<Outcome>,
     /// What happened, one line per event, for `fifty rollout status`.
     pub events: Vec<(SystemTime, String)>,
+    /// With the immune system watching: how long the last wave bakes (compared with the
+    /// previous release's fleet before the rollout), in place of `bake`.
+    pub watch: Option<Duration>,
+    /// Why the wave waiting for `promote` is held, when the immune system held it.
+    pub held: Option<String>,
 }
 
 /// What the leader sees of one host now (soft state).
@@ -213,6 +240,8 @@ impl Rollout {
             finished_at: None,
             outcome: None,
             events: Vec::new(),
+            watch: None,
+            held: None,
         };
         let what = match kind {
             Kind::Deploy => format!("rollout of release {release} to {} hosts started", r.hosts.len()),
@@ -247,7 +276,7 @@ impl Rollout {
         &self.hosts[..self.reach(self.wave)]
     }
 
-    fn say(&mut self, now: SystemTime, what: String) {
+    pub(crate) fn say(&mut self, now: SystemTime, what: String) {
         self.events.push((now, what));
         if self.events.len() > MAX_EVENTS {
             self.events.remove(1);
@@ -260,6 +289,7 @@ impl Rollout {
             Outcome::Failed { why } => format!("failed: {why}"),
             Outcome::Aborted { by } => format!("aborted by {by}"),
             Outcome::Superseded { by } => format!("superseded by rollout {by}"),
+            Outcome::Reverted { why } => format!("reverted by the immune system: {why}"),
         };
         self.say(now, what);
         self.phase = Phase::Done;
@@ -303,6 +333,10 @@ impl Rollout {
                     Outcome::Aborted { by } => {
                         format!("aborted by {by}; rolling {} hosts back to release {prev}", self.touched().len())
                     }
+                    Outcome::Reverted { why } => format!(
+                        "immune system: {why}; reverting {} hosts to release {prev} at once",
+                        self.touched().len()
+                    ),
                     _ => format!("rolling back to release {prev}"),
                 };
                 self.say(now, what);
@@ -324,7 +358,7 @@ impl Rollout {
     }
 
     /// The next step given what the hosts report at `now`, or `None` when nothing changes.
-    pub fn step(&self, hosts: &HashMap<HostName, HostView>, now: SystemTime) -> Option<Step> {
+    pub fn step(&self, hosts: &HashMap<HostName, HostView>, judgement: &Judgement, now: SystemTime) -> Option<Step> {
         if self.finished() || (self.paused && self.phase != Phase::RollingBack) {
             return None;
         }
@@ -379,14 +413,31 @@ impl Rollout {
                         r.fail(now, Outcome::Failed { why }, &mut targets);
                         return Some(Step { rollout: r, targets });
                     }
-                    if elapsed < self.bake {
+                    if elapsed < self.bake_of(self.wave) {
                         return None;
                     }
-                    r.advance(now, &mut targets);
+                    match judgement {
+                        Judgement::Off | Judgement::Promote => r.advance(now, &mut targets),
+                        // The analysis has not seen a whole bake yet (it started late, e.g. on
+                        // a new leader): it says when.
+                        Judgement::Watching => return None,
+                        Judgement::Hold { why } => {
+                            r.phase = Phase::AwaitingPromotion;
+                            r.phase_since = now;
+                            r.held = Some(why.clone());
+                            r.say(
+                                now,
+                                format!(
+                                    "wave {} held by the immune system: {why}; `fifty rollout promote` or `abort`",
+                                    self.wave + 1
+                                ),
+                            );
+                        }
+                    }
                     return Some(Step { rollout: r, targets });
                 }
                 if all_healthy {
-                    if self.bake.is_zero() {
+                    if self.bake_of(self.wave).is_zero() {
                         r.say(now, format!("wave {} healthy", self.wave + 1));
                         r.advance(now, &mut targets);
                     } else {
@@ -397,7 +448,7 @@ impl Rollout {
                             format!(
                                 "wave {} healthy; baking for {}",
                                 self.wave + 1,
-                                humantime::format_duration(self.bake)
+                                humantime::format_duration(self.bake_of(self.wave))
                             ),
                         );
                     }
@@ -433,8 +484,35 @@ impl Rollout {
         }
     }
 
+    /// How long wave `index` bakes: `watch` for the wave that reaches every host when the immune
+    /// system watches, else `bake`.
+    pub fn bake_of(&self, index: usize) -> Duration {
+        match self.watch {
+            Some(watch) if self.reach(index) >= self.hosts.len() => watch,
+            _ => self.bake,
+        }
+    }
+
+    /// The cluster immune system found a regression: every host the rollout touched goes back
+    /// to the previous release at once (no waves, no bake).
+    pub fn revert(&self, why: &str, now: SystemTime) -> Result<Step, String> {
+        if matches!(self.phase, Phase::Done | Phase::RollingBack) {
+            return Err("the rollout is over".into());
+        }
+        if self.previous.is_none() {
+            return Err("there is no previous release to go back to".into());
+        }
+        let mut r = self.bumped();
+        r.paused = false;
+        r.held = None;
+        let mut targets = Vec::new();
+        r.fail(now, Outcome::Reverted { why: why.to_string() }, &mut targets);
+        Ok(Step { rollout: r, targets })
+    }
+
     /// After a baked (or manual) wave: the next wave, or success.
     fn advance(&mut self, now: SystemTime, targets: &mut Vec<(HostName, u64)>) {
+        self.held = None;
         if self.wave + 1 >= self.waves.len() {
             self.finish(now, Outcome::Succeeded);
         } else {
@@ -542,20 +620,20 @@ mod tests {
         assert_eq!(hosts_of(&first.targets), ["web-1"]);
         let r = first.rollout;
         // Not there yet: nothing changes.
-        assert_eq!(r.step(&fleet(7, &[]), t(5)), None);
+        assert_eq!(r.step(&fleet(7, &[]), &Judgement::Off, t(5)), None);
         // The canary is healthy: bake.
-        let s = r.step(&fleet(7, &[1]), t(10)).unwrap();
+        let s = r.step(&fleet(7, &[1]), &Judgement::Off, t(10)).unwrap();
         assert_eq!(s.rollout.phase, Phase::Baking);
         let r = s.rollout;
-        assert_eq!(r.step(&fleet(7, &[1]), t(69)), None, "still baking");
-        let s = r.step(&fleet(7, &[1]), t(70)).unwrap();
+        assert_eq!(r.step(&fleet(7, &[1]), &Judgement::Off, t(69)), None, "still baking");
+        let s = r.step(&fleet(7, &[1]), &Judgement::Off, t(70)).unwrap();
         assert_eq!(hosts_of(&s.targets), ["web-2", "web-3"]);
         assert_eq!((s.rollout.wave, s.rollout.phase), (1, Phase::Deploying));
-        let r = s.rollout.step(&fleet(7, &[1, 2, 3]), t(80)).unwrap().rollout;
-        let s = r.step(&fleet(7, &[1, 2, 3]), t(140)).unwrap();
+        let r = s.rollout.step(&fleet(7, &[1, 2, 3]), &Judgement::Off, t(80)).unwrap().rollout;
+        let s = r.step(&fleet(7, &[1, 2, 3]), &Judgement::Off, t(140)).unwrap();
         assert_eq!(hosts_of(&s.targets), ["web-4", "web-5", "web-6"]);
-        let r = s.rollout.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), t(150)).unwrap().rollout;
-        let done = r.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), t(210)).unwrap().rollout;
+        let r = s.rollout.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), &Judgement::Off, t(150)).unwrap().rollout;
+        let done = r.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), &Judgement::Off, t(210)).unwrap().rollout;
         assert_eq!(done.outcome, Some(Outcome::Succeeded));
         assert!(done.finished());
         assert_eq!(done.version, 6);
@@ -566,21 +644,21 @@ mod tests {
         let r = start(vec![WaveStep::Hosts(1), WaveStep::Percent(100)], Some(6)).rollout;
         let mut hosts = fleet(7, &[]);
         hosts.get_mut(&h(1)).unwrap().failed = Some((7, "health check: 503".into()));
-        let s = r.step(&hosts, t(10)).unwrap();
+        let s = r.step(&hosts, &Judgement::Off, t(10)).unwrap();
         assert_eq!(s.targets, vec![(h(1), 6)]);
         assert_eq!(s.rollout.phase, Phase::RollingBack);
         // web-1 is back on 6: done, failed.
-        let done = s.rollout.step(&fleet(7, &[]), t(12)).unwrap().rollout;
+        let done = s.rollout.step(&fleet(7, &[]), &Judgement::Off, t(12)).unwrap().rollout;
         assert!(matches!(&done.outcome, Some(Outcome::Failed { why }) if why.contains("health check: 503")));
     }
 
     #[test]
     fn an_unhealthy_host_during_bake_fails_the_rollout() {
         let r = start(vec![WaveStep::Hosts(2), WaveStep::Percent(100)], Some(6)).rollout;
-        let r = r.step(&fleet(7, &[1, 2]), t(10)).unwrap().rollout;
+        let r = r.step(&fleet(7, &[1, 2]), &Judgement::Off, t(10)).unwrap().rollout;
         let mut sick = fleet(7, &[1, 2]);
         sick.get_mut(&h(2)).unwrap().healthy = false;
-        let s = r.step(&sick, t(20)).unwrap();
+        let s = r.step(&sick, &Judgement::Off, t(20)).unwrap();
         assert_eq!(s.targets.len(), 2);
         assert!(matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("web-2 unhealthy")));
     }
@@ -590,47 +668,51 @@ mod tests {
         let r = start(vec![WaveStep::Hosts(3), WaveStep::Percent(100)], Some(6)).rollout;
         let mut one_down = fleet(7, &[1, 2]);
         one_down.get_mut(&h(3)).unwrap().up = false;
-        assert_eq!(r.step(&one_down, t(10)).unwrap().rollout.phase, Phase::Baking, "one down is within budget");
+        assert_eq!(
+            r.step(&one_down, &Judgement::Off, t(10)).unwrap().rollout.phase,
+            Phase::Baking,
+            "one down is within budget"
+        );
         let mut two_down = one_down.clone();
         two_down.get_mut(&h(2)).unwrap().up = false;
-        let s = r.step(&two_down, t(10)).unwrap();
+        let s = r.step(&two_down, &Judgement::Off, t(10)).unwrap();
         assert!(matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("max_unavailable")));
     }
 
     #[test]
     fn nothing_is_decided_about_a_host_not_heard_from() {
         let r = start(vec![WaveStep::Hosts(2), WaveStep::Percent(100)], Some(6)).rollout;
-        let r = r.step(&fleet(7, &[1, 2]), t(10)).unwrap().rollout;
+        let r = r.step(&fleet(7, &[1, 2]), &Judgement::Off, t(10)).unwrap().rollout;
         // A new leader: web-2 counts as up (grace) but has not reported.
         let mut fresh = fleet(7, &[1]);
         let web2 = fresh.get_mut(&h(2)).unwrap();
         web2.reported = false;
         web2.current = None;
         web2.healthy = false;
-        assert_eq!(r.step(&fresh, t(20)), None);
+        assert_eq!(r.step(&fresh, &Judgement::Off, t(20)), None);
     }
 
     #[test]
     fn the_progress_deadline_fails_a_stuck_wave() {
         let r = start(vec![WaveStep::Hosts(1), WaveStep::Percent(100)], Some(6)).rollout;
-        assert_eq!(r.step(&fleet(7, &[]), t(600)), None);
-        let s = r.step(&fleet(7, &[]), t(601)).unwrap();
+        assert_eq!(r.step(&fleet(7, &[]), &Judgement::Off, t(600)), None);
+        let s = r.step(&fleet(7, &[]), &Judgement::Off, t(601)).unwrap();
         assert!(matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("progress deadline")));
     }
 
     #[test]
     fn manual_waves_promote_pause_resume_and_abort() {
         let r = start(vec![WaveStep::Hosts(1), WaveStep::Manual, WaveStep::Percent(100)], Some(6)).rollout;
-        let r = r.step(&fleet(7, &[1]), t(10)).unwrap().rollout;
+        let r = r.step(&fleet(7, &[1]), &Judgement::Off, t(10)).unwrap().rollout;
         // Promote skips the rest of the bake, into the manual stop.
         let r = r.promote("admin", t(11)).unwrap().rollout;
         assert_eq!(r.phase, Phase::AwaitingPromotion);
-        assert_eq!(r.step(&fleet(7, &[1]), t(1000)), None, "a manual wave waits for a person");
+        assert_eq!(r.step(&fleet(7, &[1]), &Judgement::Off, t(1000)), None, "a manual wave waits for a person");
         let s = r.promote("admin", t(1001)).unwrap();
         assert_eq!(s.targets.len(), 5);
         let r = s.rollout;
         let paused = r.set_paused(true, "admin", t(1002)).unwrap().rollout;
-        assert_eq!(paused.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), t(1003)), None, "paused");
+        assert_eq!(paused.step(&fleet(7, &[1, 2, 3, 4, 5, 6]), &Judgement::Off, t(1003)), None, "paused");
         let resumed = paused.set_paused(false, "admin", t(1004)).unwrap().rollout;
         let aborted = resumed.abort("admin", t(1005)).unwrap();
         assert_eq!(aborted.targets.len(), 6, "every touched host goes back");
@@ -655,7 +737,7 @@ mod tests {
             t(0),
         );
         assert_eq!(s.targets.len(), 6, "every host at once");
-        let done = s.rollout.step(&fleet(6, &[1, 2, 3, 4, 5, 6]), t(3)).unwrap().rollout;
+        let done = s.rollout.step(&fleet(6, &[1, 2, 3, 4, 5, 6]), &Judgement::Off, t(3)).unwrap().rollout;
         assert_eq!(done.outcome, Some(Outcome::Succeeded));
     }
 }

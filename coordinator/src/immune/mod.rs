@@ -77,4 +77,26 @@
 //! metric does not move between the two windows for other reasons; drift no longer cancels.
 
 pub mod analysis;
+pub mod judge;
+pub mod series;
 pub mod sim;
+
+/// The leader's soft state: recent metric reports and the analyses of the waves baking now.
+#[derive(Default)]
+pub struct Live {
+    /// Every host's recent reports.
+    pub series: series::Series,
+    /// The analyses.
+    pub judge: judge::Judge,
+}
+
+impl crate::coordinator::Coordinator {
+    /// An agent's metric report (kept only while this node leads).
+    pub fn on_metrics(&self, host: &fifty_shared::ids::HostName, report: fifty_shared::wire::MetricsReport) {
+        if !self.consensus.status().is_leader() {
+            return;
+        }
+        let mut live = self.immune.lock().expect("immune lock");
+        live.series.push(host, report, std::time::SystemTime::now());
+    }
+}

@@ -10,7 +10,7 @@
 //! `sm/active/<id>` (jobs queued or running), `sm/log/<id>/<attempt>`, `sm/results/<id>/<attempt>`
 //! (an attempt's test results), `sm/tests/<repo>`, `sm/duration/<repo>/<test>`,
 //! `sm/delivery/<id>` (webhook deliveries seen); deploy: `sm/blob/<digest>/<chunk>` and
-//! `sm/blobsize/<digest>` (artifacts, content-addressed), `sm/release/<id>`, `sm/rollout/<id>`,
+//! `sm/blobsize/<digest>` (artifacts, content-addressed), `sm/release/<id>`, `sm/rollout/<id>`, `sm/incident/<id>`, `sm/notification/<id>`, `sm/webhook/<id>`,
 //! `sm/target/<repo>`, `sm/hosttarget/<host>`. Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
 
@@ -202,6 +202,26 @@ impl Batch {
     /// Writes a release.
     pub fn put_release(&mut self, r: &ReleaseRecord) {
         self.put(format!("release/{:016x}", r.id), r);
+    }
+
+    /// Writes an incident.
+    pub fn put_incident(&mut self, i: &crate::incidents::IncidentRecord) {
+        self.put(format!("incident/{:016x}", i.id), i);
+    }
+
+    /// Writes a notification.
+    pub fn put_notification(&mut self, n: &crate::notify::Notification) {
+        self.put(format!("notification/{:016x}", n.id), &(n.clone(), n.at, n.to.clone()));
+    }
+
+    /// Writes a webhook.
+    pub fn put_webhook(&mut self, w: &crate::notify::Webhook) {
+        self.put(format!("webhook/{:016x}", w.id), w);
+    }
+
+    /// Removes a webhook.
+    pub fn remove_webhook(&mut self, id: u64) {
+        self.ops.push((format!("{STATE_PREFIX}webhook/{id:016x}").into_bytes(), None));
     }
 
     /// Writes a rollout.
@@ -417,6 +437,36 @@ impl Store {
         self.scan("release/")
     }
 
+    /// An incident by number.
+    pub fn incident(&self, id: u64) -> Result<Option<crate::incidents::IncidentRecord>, StoreError> {
+        self.get(&format!("incident/{id:016x}"))
+    }
+
+    /// Every incident, oldest first.
+    pub fn incidents(&self) -> Result<Vec<crate::incidents::IncidentRecord>, StoreError> {
+        self.scan("incident/")
+    }
+
+    /// A notification by id.
+    pub fn notification(&self, id: u64) -> Result<Option<crate::notify::Notification>, StoreError> {
+        Ok(self.get::<NotificationRow>(&format!("notification/{id:016x}"))?.map(unrow))
+    }
+
+    /// Every notification, oldest first.
+    pub fn notifications(&self) -> Result<Vec<crate::notify::Notification>, StoreError> {
+        Ok(self.scan::<NotificationRow>("notification/")?.into_iter().map(unrow).collect())
+    }
+
+    /// A webhook by id.
+    pub fn webhook(&self, id: u64) -> Result<Option<crate::notify::Webhook>, StoreError> {
+        self.get(&format!("webhook/{id:016x}"))
+    }
+
+    /// Every webhook.
+    pub fn webhooks(&self) -> Result<Vec<crate::notify::Webhook>, StoreError> {
+        self.scan("webhook/")
+    }
+
     /// A rollout by id.
     pub fn rollout(&self, id: u64) -> Result<Option<Rollout>, StoreError> {
         self.get(&format!("rollout/{id:016x}"))
@@ -483,4 +533,13 @@ impl Store {
     fn raw_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
         Ok(self.tree.get(key)?)
     }
+}
+
+/// A notification as stored: the record with the fields its JSON form leaves out.
+type NotificationRow = (crate::notify::Notification, Option<std::time::SystemTime>, Vec<(u64, bool)>);
+
+fn unrow((mut n, at, to): NotificationRow) -> crate::notify::Notification {
+    n.at = at;
+    n.to = to;
+    n
 }

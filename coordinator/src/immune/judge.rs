@@ -1,0 +1,271 @@
+//! The leader's side of the immune system: while a wave of a watched rollout bakes, feed the
+//! hosts' metric reports ([`Series`]) to one [`Monitor`] per metric every scrape interval —
+//! hosts of the wave on the new release against hosts still on the previous one, or, once every
+//! host runs the new release, against the previous release's fleet in the window before the
+//! rollout — and turn their verdicts into what the rollout controller acts on.
+//!
+//! Soft state, like the series it reads: a new leader starts the current wave's analysis afresh
+//! from the reports it receives (the always-valid p-values do not care where a look starts), and
+//! the controller waits until the analysis has seen a whole bake before it promotes.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use fifty_shared::ids::HostName;
+use fifty_shared::wire::MetricSample;
+
+use super::analysis::{
+    Bad, Budget, MetricKind, MetricResult, MetricSpec, Monitor, Observation, Sample, Settings, Verdict,
+};
+use super::series::Series;
+use crate::deploy::rollout::{Judgement, Kind, Phase, Rollout, WaveStep};
+use crate::deploy::ImmunePlan;
+
+/// What the analysis concluded at its latest look.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Call {
+    /// For the controller.
+    Judge(Judgement),
+    /// A metric failed: revert, with the failing metrics' summaries and every metric's evidence.
+    Revert {
+        /// e.g. `error_rate 0.41% → 3.9% (+850%, p=2.1e-05)`.
+        why: String,
+        /// One line per metric.
+        evidence: Vec<String>,
+    },
+}
+
+/// One wave's analysis.
+struct Watch {
+    wave: usize,
+    /// When this leader started looking.
+    started: SystemTime,
+    last_look: Option<SystemTime>,
+    monitors: Vec<Option<Monitor>>,
+    /// Newest report seq taken from each host.
+    seen: HashMap<HostName, u64>,
+    results: Vec<Option<MetricResult>>,
+}
+
+/// The analyses of every watched rollout (leader only).
+#[derive(Default)]
+pub struct Judge {
+    watches: HashMap<u64, Watch>,
+}
+
+fn kind_of(kind: &str, bounds: Option<&[f64]>) -> Option<MetricKind> {
+    match kind {
+        "ratio" => Some(MetricKind::Ratio),
+        "histogram" => bounds.map(|b| MetricKind::Histogram { bounds: b.to_vec() }),
+        _ => Some(MetricKind::Gauge),
+    }
+}
+
+fn sample_of(s: &MetricSample) -> Sample {
+    match s {
+        MetricSample::Ratio { num, den } => Sample::Ratio { num: *num, den: *den },
+        MetricSample::Histogram { buckets, sum, count, .. } => {
+            Sample::Histogram { buckets: buckets.clone(), sum: *sum, count: *count }
+        }
+        MetricSample::Gauge(v) => Sample::Gauge(*v),
+    }
+}
+
+/// Waves of `rollout` the immune system judges (manual stops are not waves).
+fn judged_waves(rollout: &Rollout) -> usize {
+    rollout.waves.iter().filter(|w| **w != WaveStep::Manual).count().max(1)
+}
+
+/// Whether the immune system watches `rollout` at all, and if not, why (for the rollout's events).
+pub fn watched(rollout: &Rollout, plan: Option<&ImmunePlan>) -> Result<(), &'static str> {
+    match (rollout.kind, plan, rollout.previous) {
+        (Kind::Rollback, _, _) => Err("a rollback is not judged"),
+        (_, None, _) => Err("the release has no [immune] section"),
+        (_, _, None) => Err("there is no previous release to compare with"),
+        _ => Ok(()),
+    }
+}
+
+impl Judge {
+    /// The analysis of `rollout` at `now`, taking a look if an interval has passed.
+    pub fn judge(&mut self, rollout: &Rollout, plan: Option<&ImmunePlan>, series: &Series, now: SystemTime) -> Call {
+        let Some(plan) = plan.filter(|_| watched(rollout, plan).is_ok()) else {
+            return Call::Judge(Judgement::Off);
+        };
+        if rollout.phase != Phase::Baking {
+            // Not baking (deploying a wave, held, rolling back): nothing to compare yet.
+            self.watches.remove(&rollout.id);
+            return Call::Judge(Judgement::Watching);
+        }
+        let last_wave = rollout.reach(rollout.wave) >= rollout.hosts.len();
+        let previous = rollout.previous.expect("watched rollouts have one");
+        let watch = match self.watches.get_mut(&rollout.id) {
+            Some(w) if w.wave == rollout.wave => w,
+            _ => {
+                let mut w = Watch {
+                    wave: rollout.wave,
+                    started: now,
+                    last_look: None,
+                    monitors: vec![None; plan.metrics.len()],
+                    seen: HashMap::new(),
+                    results: vec![None; plan.metrics.len()],
+                };
+                if last_wave {
+                    // The previous release's fleet from `watch` before the rollout began until
+                    // now: before it, and the hosts that stayed on it during the earlier waves
+                    // (all this leader saw, if it took over during the rollout).
+                    let from = rollout.started_at.checked_sub(plan.watch).unwrap_or(SystemTime::UNIX_EPOCH);
+                    let earlier: Vec<(HostName, &fifty_shared::wire::MetricsReport)> = rollout
+                        .hosts
+                        .iter()
+                        .flat_map(|h| {
+                            series
+                                .between(h, from, now)
+                                .filter(|r| r.report.release == previous)
+                                .map(move |r| (h.clone(), &r.report))
+                        })
+                        .collect();
+                    for (i, m) in plan.metrics.iter().enumerate() {
+                        let obs = observations(&earlier, &m.name);
+                        let bounds = first_bounds(&earlier, &m.name);
+                        if let Some(kind) = kind_of(&m.kind, bounds.as_deref()) {
+                            w.monitors[i] =
+                                Monitor::against_window(&spec(m, kind), &settings(plan), budget(rollout, plan), &obs)
+                                    .ok();
+                        }
+                    }
+                }
+                self.watches.insert(rollout.id, w);
+                self.watches.get_mut(&rollout.id).expect("just inserted")
+            }
+        };
+        if watch.last_look.is_none_or(|t| now.duration_since(t).unwrap_or_default() >= plan.interval) {
+            watch.last_look = Some(now);
+            let touched: Vec<&HostName> = rollout.touched().iter().collect();
+            let mut canary = Vec::new();
+            let mut baseline = Vec::new();
+            for h in &rollout.hosts {
+                let seen = watch.seen.get(h).copied().unwrap_or(0);
+                let fresh: Vec<_> = series
+                    .between(h, watch.started, now + Duration::from_secs(1))
+                    .filter(|r| r.report.seq > seen)
+                    .collect();
+                if let Some(newest) = fresh.iter().map(|r| r.report.seq).max() {
+                    watch.seen.insert(h.clone(), newest);
+                }
+                let on_new = touched.contains(&h);
+                for r in fresh {
+                    match (on_new, r.report.release) {
+                        (true, rel) if rel == rollout.release => canary.push((h.clone(), &r.report)),
+                        (false, rel) if rel == previous && !last_wave => baseline.push((h.clone(), &r.report)),
+                        _ => {}
+                    }
+                }
+            }
+            for (i, m) in plan.metrics.iter().enumerate() {
+                if watch.monitors[i].is_none() {
+                    let all: Vec<_> = canary.iter().chain(&baseline).cloned().collect();
+                    if let Some(kind) = kind_of(&m.kind, first_bounds(&all, &m.name).as_deref()) {
+                        watch.monitors[i] = Monitor::new(&spec(m, kind), &settings(plan), budget(rollout, plan)).ok();
+                    }
+                }
+                if let Some(monitor) = watch.monitors[i].as_mut() {
+                    monitor.observe(&observations(&baseline, &m.name), &observations(&canary, &m.name));
+                }
+            }
+        }
+        let observed = now.duration_since(watch.started).unwrap_or_default();
+        let final_look = observed >= rollout.bake_of(rollout.wave);
+        watch.results = watch.monitors.iter().map(|m| m.as_ref().map(|m| m.verdict(final_look))).collect();
+        let evidence: Vec<String> = plan
+            .metrics
+            .iter()
+            .zip(&watch.results)
+            .map(|(m, r)| match r {
+                Some(r) => describe(r),
+                None => format!("inconclusive: {}: no data yet", m.name),
+            })
+            .collect();
+        let failed: Vec<String> =
+            watch.results.iter().flatten().filter(|r| r.verdict == Verdict::Fail).map(MetricResult::summary).collect();
+        if !failed.is_empty() {
+            return Call::Revert { why: failed.join("; "), evidence };
+        }
+        if !final_look {
+            return Call::Judge(Judgement::Watching);
+        }
+        if watch.results.iter().all(|r| r.as_ref().is_some_and(|r| r.verdict == Verdict::Pass)) {
+            return Call::Judge(Judgement::Promote);
+        }
+        let why: Vec<String> = plan
+            .metrics
+            .iter()
+            .zip(&watch.results)
+            .filter(|(_, r)| r.as_ref().is_none_or(|r| r.verdict != Verdict::Pass))
+            .map(|(m, r)| match r {
+                Some(r) => format!("{} inconclusive ({})", m.name, r.summary()),
+                None => format!("{} has no data", m.name),
+            })
+            .collect();
+        Call::Judge(Judgement::Hold { why: why.join("; ") })
+    }
+
+    /// The latest verdicts of `rollout`'s current wave, one line per metric (for people).
+    pub fn verdicts(&self, rollout: u64) -> Vec<String> {
+        self.watches.get(&rollout).map(|w| w.results.iter().flatten().map(describe).collect()).unwrap_or_default()
+    }
+
+    /// Forgets rollouts that are over.
+    pub fn retain(&mut self, active: &[u64]) {
+        self.watches.retain(|id, _| active.contains(id));
+    }
+}
+
+/// One metric's verdict and the evidence behind it, on one line.
+pub fn describe(r: &MetricResult) -> String {
+    let e = &r.evidence;
+    format!(
+        "{}: {} (t={:.2}, df={:.0}, alpha={:.2e}; baseline {} hosts n={}, canary {} hosts n={}; {} looks)",
+        r.verdict,
+        r.summary(),
+        e.statistic,
+        e.df,
+        e.alpha,
+        e.baseline_hosts,
+        e.baseline_n,
+        e.canary_hosts,
+        e.canary_n,
+        e.looks
+    )
+}
+
+fn spec(m: &crate::deploy::ImmuneMetric, kind: MetricKind) -> MetricSpec {
+    MetricSpec { name: m.name.clone(), kind, bad: if m.bad_decrease { Bad::Decrease } else { Bad::Increase } }
+}
+
+fn settings(plan: &ImmunePlan) -> Settings {
+    Settings { alpha: plan.alpha, min_effect: plan.min_effect, pass_bound: plan.pass_bound, ..Settings::default() }
+}
+
+fn budget(rollout: &Rollout, plan: &ImmunePlan) -> Budget {
+    Budget { metrics: plan.metrics.len().max(1), waves: judged_waves(rollout) }
+}
+
+fn observations(reports: &[(HostName, &fifty_shared::wire::MetricsReport)], metric: &str) -> Vec<Observation> {
+    reports
+        .iter()
+        .filter_map(|(h, r)| {
+            let (_, s) = r.samples.iter().find(|(n, _)| n == metric)?;
+            Some(Observation { host: h.to_string(), interval: r.seq, sample: sample_of(s) })
+        })
+        .collect()
+}
+
+fn first_bounds(reports: &[(HostName, &fifty_shared::wire::MetricsReport)], metric: &str) -> Option<Vec<f64>> {
+    reports.iter().find_map(|(_, r)| {
+        r.samples.iter().find_map(|(n, s)| match s {
+            MetricSample::Histogram { bounds, .. } if n == metric && !bounds.is_empty() => Some(bounds.clone()),
+            _ => None,
+        })
+    })
+}
