@@ -637,13 +637,6 @@ impl Machine {
                     target.queued = None;
                 }
                 self.record_rollout(rollout, targets, &mut target, *at, batch);
-                if let (true, Some(crate::deploy::Outcome::Reverted { .. })) = (rollout.finished(), &rollout.outcome) {
-                    for mut i in store.incidents()?.into_iter().filter(|i| i.rollout == rollout.id) {
-                        let back = rollout.previous.map_or("the previous release".into(), |p| format!("release {p}"));
-                        i.say(*at, format!("every host of rollout {} is back on {back}", rollout.id));
-                        batch.put_incident(&i);
-                    }
-                }
                 Ok(Applied::Done)
             }
             Command::ImmuneRevert { rollout, targets, incident, at } => {
@@ -700,6 +693,13 @@ impl Machine {
                     target.active = None;
                 }
                 self.record_rollout(rollout, targets, &mut target, *at, batch);
+                if let (true, Some(crate::deploy::Outcome::Reverted { .. })) = (rollout.finished(), &rollout.outcome) {
+                    for mut i in store.incidents()?.into_iter().filter(|i| i.rollout == rollout.id) {
+                        let back = rollout.previous.map_or("the previous release".into(), |p| format!("release {p}"));
+                        i.say(*at, format!("every host of rollout {} is back on {back}", rollout.id));
+                        batch.put_incident(&i);
+                    }
+                }
                 Ok(Applied::Done)
             }
             Command::SetQuarantine { repo, test, on, by, at } => {
@@ -1399,6 +1399,116 @@ mod tests {
                 notes: vec![],
                 log_bytes: 3,
             }
+        }
+
+        /// The immune system's revert through the state machine alone: one entry turns the
+        /// rollout back, closes the gate, queues the git revert, opens the incident and the
+        /// notification; a second leader's copy of the same decision is refused; the hosts coming
+        /// back, the revert commit, the admin opening the gate and the delivery are recorded.
+        #[test]
+        fn an_immune_revert_is_one_decision_with_five_effects() {
+            use crate::deploy::{Kind, Rollout, WaveStep};
+            let (mut m, _d) = machine();
+            let now = SystemTime::now();
+            let record = RepoRecord {
+                name: repo(),
+                url: "/srv/shop.git".into(),
+                branch: "main".into(),
+                fix_marker: "[fix]".into(),
+                webhook_secret: None,
+                added_at: now,
+            };
+            apply(&mut m, Command::PutRepo(record)).unwrap();
+            let hook = Command::AddWebhook {
+                url: "http://127.0.0.1:9/hook".into(),
+                format: crate::notify::Format::Json,
+                by: "admin".into(),
+                at: now,
+            };
+            apply(&mut m, hook).unwrap();
+            let hosts = vec![b("web-1"), b("web-2"), b("web-3")];
+            let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(100)];
+            let d = Duration::from_secs(10);
+            let start = Rollout::start(1, repo(), Kind::Deploy, 2, Some(1), hosts, waves, d, 1, d * 6, now);
+            let cmd = Command::StartRollout { rollout: start.rollout.clone(), targets: start.targets, at: now };
+            apply(&mut m, cmd).unwrap();
+            let bad = "3f2a9c1e20".repeat(4);
+            let why = "error_rate 0.41% → 3.9% (+850%, p=2e-05)";
+            let step = start.rollout.revert(why, now).unwrap();
+            let incident = crate::incidents::IncidentRecord {
+                id: 0,
+                repo: repo(),
+                branch: "main".into(),
+                title: "t".into(),
+                opened_at: now,
+                sha: bad.clone(),
+                subject: "Faster checkout".into(),
+                release: 2,
+                previous: 1,
+                rollout: 1,
+                reason: why.into(),
+                evidence: vec![format!("FAIL: {why}")],
+                revert_job: None,
+                revert: None,
+                timeline: vec![],
+                whys: vec![],
+                actions: vec![],
+                closed: None,
+            };
+            let decide = Command::ImmuneRevert {
+                rollout: step.rollout.clone(),
+                targets: step.targets.clone(),
+                incident: incident.clone(),
+                at: now,
+            };
+            apply(&mut m, decide.clone()).unwrap();
+            assert_eq!(apply(&mut m, decide), Err(Rejection::RolloutConflict(1)), "a second copy is refused");
+
+            let store = m.store();
+            // 1. The canary goes back.
+            let targets = store.host_targets().unwrap();
+            assert_eq!(targets.iter().find(|t| t.host == b("web-1")).map(|t| t.release), Some(1));
+            // 2. The gate closes, naming the commit and the incident.
+            let gate = store.gate(&repo(), "main").unwrap().unwrap().closed.unwrap();
+            assert_eq!(gate.cause, Cause::Immune { sha: bad.clone(), incident: 1 });
+            assert_eq!(gate.reason, format!("immune system reverted 3f2a9c1e20: {why}"));
+            // 3. The revert is queued for a build agent. 4. The incident. 5. The notification.
+            let i = store.incident(1).unwrap().unwrap();
+            let job = store.job(i.revert_job.unwrap()).unwrap().unwrap();
+            assert!(matches!(&job.kind, JobKind::Revert { revert, branch, .. } if *revert == bad && branch == "main"));
+            assert_eq!(job.state, JobState::Queued);
+            assert!(i.timeline.iter().any(|(_, e)| e.starts_with("gate of main closed")), "{:?}", i.timeline);
+            let n = store.notification(1).unwrap().unwrap();
+            assert_eq!((n.kind.as_str(), n.incident, n.to.clone()), ("immune.revert", Some(1), vec![(1, false)]));
+
+            // The hosts are back: the rollout ends, and the incident says so.
+            let back =
+                step.rollout.step(&std::collections::HashMap::new(), &crate::deploy::Judgement::Off, now).unwrap();
+            let cmd = Command::StepRollout { rollout: back.rollout, targets: back.targets, at: now };
+            apply(&mut m, cmd).unwrap();
+            // The revert commit is pushed.
+            let r = assign(&mut m, job.id, "build-1");
+            finish(&mut m, r, "build-1", JobReport::Revert { outcome: Ok("9b64de79f4".repeat(4)) }).unwrap();
+            // An admin opens the gate; the webhook got it.
+            let open = GateRecord {
+                repo: repo(),
+                branch: "main".into(),
+                closed: None,
+                changed_at: now,
+                changed_by: "token a (admin)".into(),
+                last_finished_seq: 0,
+            };
+            apply(&mut m, Command::SetGate(open)).unwrap();
+            apply(&mut m, Command::Delivered { notification: 1, webhook: 1 }).unwrap();
+            let store = m.store();
+            let i = store.incident(1).unwrap().unwrap();
+            let said: Vec<&str> = i.timeline.iter().map(|(_, e)| e.as_str()).collect();
+            assert!(said.iter().any(|e| e.starts_with("every host of rollout 1 is back on release 1")), "{said:?}");
+            assert!(said.iter().any(|e| e.starts_with("revert commit 9b64de79f4 pushed to main")), "{said:?}");
+            assert!(said.iter().any(|e| e.starts_with("gate of main opened by token a")), "{said:?}");
+            assert_eq!(i.revert, Some(Ok("9b64de79f4".repeat(4))));
+            assert_eq!(store.notification(1).unwrap().unwrap().to, vec![(1, true)]);
+            assert_eq!(store.job(job.id).unwrap().unwrap().state, JobState::Passed);
         }
 
         /// A commit's whole life through the state machine alone: a lost plan attempt is

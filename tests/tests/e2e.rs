@@ -839,7 +839,7 @@ async fn ci_jobs_queue_and_survive_a_leader_failover() {
 
 use fifty::deploy::{Outcome, Phase};
 use fifty::sample_app::served_version;
-use fifty::views::{ReleaseView, RolloutView};
+use fifty::views::{GateView, IncidentView, ReleaseView, RolloutView};
 
 /// Waits until commit `sha` has a release, and returns its id.
 async fn wait_release(cluster: &LocalCluster, sha: &str) -> u64 {
@@ -1002,4 +1002,150 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cluster immune system, through real agents scraping the real sample service under load:
+/// a good release passes every wave; a release that fails a quarter of its requests is caught on
+/// its canary and the whole sequence follows from one decision — every host back on the previous
+/// release, the gate closed with the verdict, the commit reverted in git by a build agent (the one
+/// push the closed gate lets in), an incident with the evidence, a webhook notified — and it
+/// completes although the leader is killed just after the decision. Then ordinary pushes are
+/// refused until an admin opens the gate, and the incident takes its whys and actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_immune_system_reverts_a_bad_release_everywhere() {
+    let dir = test_dir("immune");
+    let options = Options { coordinators: 3, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    cluster.add_agent("build-1", "role=build,slots=2").await.unwrap();
+    let mut ports = Vec::new();
+    for i in 1..=4 {
+        let port = fifty::local::free_port().unwrap();
+        ports.push(port);
+        cluster.add_agent_with(&format!("web-{i}"), "role=prod", &format!("port={port}")).await.unwrap();
+    }
+    cluster.wait_reporting(&["build-1", "web-1", "web-2", "web-3", "web-4"], DEADLINE).await.unwrap();
+    let ci = token(&cluster, "ci", None).await;
+    let repo =
+        SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Immune).await.unwrap();
+    let admin = cluster.admin_token.clone();
+    let hook = fifty::local::WebhookReceiver::start_failing(1).unwrap();
+    let added = cli(&cluster, &admin, &["webhook", "add", &hook.url()]).await;
+    assert!(added.status.success(), "{}", said(&added));
+
+    // The first release has nothing to be compared with: it rolls out unwatched, and says so.
+    let first = repo.git_head().await;
+    assert!(repo.push().await.unwrap().status.success());
+    let r1 = wait_release(&cluster, &first).await;
+    let done = wait_rollout(&cluster, r1, Phase::Done).await;
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
+    assert!(done.events.iter().any(|(_, e)| e.contains("immune system not watching")), "{:#?}", done.events);
+    wait_serving(&ports, &first[..10]).await;
+    let _load = fifty::sample_app::Load::start(&ports, 40);
+
+    // A good release: every wave is compared with the hosts still on release 1, and passes.
+    repo.write("NOTES.md", "a harmless change\n").unwrap();
+    let good = repo.commit("Harmless change").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r2 = wait_release(&cluster, &good).await;
+    let done = wait_rollout(&cluster, r2, Phase::Done).await;
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{}", fifty_output_rollout(&done));
+    assert!(done.events.iter().any(|(_, e)| e.contains("immune system watching error_rate")), "{:#?}", done.events);
+    assert!(!done.events.iter().any(|(_, e)| e.contains("held")), "{:#?}", done.events);
+    wait_serving(&ports, &good[..10]).await;
+
+    // A bad release: its tests pass, the shop fails 25% of requests.
+    repo.write("release/ERROR_RATE", "0.25\n").unwrap();
+    let bad = repo.commit("Faster checkout").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r3 = wait_release(&cluster, &bad).await;
+    let incident: IncidentView = wait_for("the immune system's decision", Duration::from_secs(180), || {
+        let client = cluster.client();
+        async move {
+            let list: Vec<IncidentView> = client.get("/v1/incidents").await?;
+            Ok(list.into_iter().find(|i| i.release == r3))
+        }
+    })
+    .await
+    .unwrap();
+    // Kill the leader just after the decision: the sequence must complete under the next one.
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    cluster.kill_coordinator(leader).await.unwrap();
+    assert!(incident.reason.starts_with("error_rate "), "{incident:#?}");
+    assert!(incident.evidence.iter().any(|e| e.starts_with("FAIL: error_rate")), "{incident:#?}");
+    assert_eq!((incident.previous, incident.sha.as_str()), (r2, bad.as_str()));
+
+    // 1. Every host goes back to release 2 at once.
+    let done = wait_rollout(&cluster, r3, Phase::Done).await;
+    assert!(matches!(done.outcome, Some(Outcome::Reverted { .. })), "{}", fifty_output_rollout(&done));
+    assert_eq!(done.wave, 1, "caught on the canary wave");
+    wait_serving(&ports, &good[..10]).await;
+    // 2. The gate is closed with the verdict.
+    let gate: GateView = cluster.client().get("/v1/repos/shop/gate").await.unwrap();
+    let reason = gate.reason.clone().unwrap_or_default();
+    assert!(reason.starts_with(&format!("immune system reverted {}: error_rate ", &bad[..10])), "{reason}");
+    // 3. The commit is reverted in git, with the trailer the gate let in.
+    let incident: IncidentView = wait_for("the revert commit", Duration::from_secs(180), || {
+        let client = cluster.client();
+        let id = incident.id;
+        async move {
+            let i: IncidentView = client.get(&format!("/v1/incidents/{id}")).await?;
+            Ok((i.revert_commit.is_some() || i.revert_error.is_some()).then_some(i))
+        }
+    })
+    .await
+    .unwrap();
+    let revert = incident.revert_commit.clone().unwrap_or_else(|| panic!("no revert: {incident:#?}"));
+    let head = git(&repo.bare, &["log", "-1", "--format=%H%n%B", "main"]).await;
+    let head = text(&head.stdout);
+    assert!(head.starts_with(&revert) && head.contains(&format!("Fifty-Revert: {bad}")), "{head}");
+    let tree = git(&repo.bare, &["diff", "--stat", &good, "main", "--", "release"]).await;
+    assert!(text(&tree.stdout).trim().is_empty(), "the revert undoes the change: {}", text(&tree.stdout));
+    // 4. The incident tells the story. 5. The webhook got it, once, after a failed first try.
+    let timeline: Vec<&str> = incident.timeline.iter().map(|(_, e)| e.as_str()).collect();
+    for expected in ["Faster checkout", "immune system: error_rate", "gate of main closed", "revert commit"] {
+        assert!(timeline.iter().any(|e| e.contains(expected)), "{expected:?} missing from {timeline:#?}");
+    }
+    let got = wait_for("the webhook", DEADLINE, || async { Ok(hook.received().into_iter().next()) }).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!((body["kind"].as_str(), body["incident"].as_u64()), (Some("immune.revert"), Some(incident.id)));
+    let seen = hook.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].1, 500, "the first try failed and was retried: {seen:?}");
+    assert_eq!(hook.received().len(), 1, "delivered once: {seen:?}");
+
+    // The revert goes through CI like any commit; ordinary pushes are refused until an admin opens the gate.
+    let reverted = wait_finished(&cluster, &revert, Duration::from_secs(180)).await;
+    assert_eq!(reverted.summary.state, CommitState::Passed);
+    git(&repo.work, &["pull", "-q", "--ff-only", "origin", "main"]).await;
+    repo.write("NOTES.md", "while the gate is closed\n").unwrap();
+    repo.commit("Unrelated change").await.unwrap();
+    let refused = repo.push().await.unwrap();
+    assert!(!refused.status.success() && said(&refused).contains("immune system reverted"), "{}", said(&refused));
+    let close = cli(&cluster, &admin, &["incident", "close", &incident.id.to_string()]).await;
+    assert!(!close.status.success() && said(&close).contains("at least one why"), "{}", said(&close));
+    let why =
+        cli(&cluster, &admin, &["incident", "why", &incident.id.to_string(), "the error rate was set in the release"])
+            .await;
+    assert!(why.status.success(), "{}", said(&why));
+    let action = cli(
+        &cluster,
+        &admin,
+        &["incident", "action", &incident.id.to_string(), "check ERROR_RATE in review", "--owner", "ana"],
+    )
+    .await;
+    assert!(action.status.success(), "{}", said(&action));
+    let close = cli(&cluster, &admin, &["incident", "close", &incident.id.to_string()]).await;
+    assert!(close.status.success(), "{}", said(&close));
+    let open = cli(&cluster, &admin, &["gate", "open", "shop"]).await;
+    assert!(open.status.success(), "{}", said(&open));
+    assert!(repo.push().await.unwrap().status.success());
+    let md = cli(&cluster, &admin, &["incident", "show", &incident.id.to_string(), "--markdown"]).await;
+    let md = text(&md.stdout);
+    assert!(
+        md.contains("## Five whys") && md.contains("1. the error rate was set") && md.contains("gate of main opened"),
+        "{md}"
+    );
+}
+
+fn fifty_output_rollout(r: &RolloutView) -> String {
+    format!("{r:#?}")
 }

@@ -293,11 +293,24 @@ async fn immune_story(
     };
     t.say(&format!("the canary's bake caught it {detect} after it began: {}", incident.reason));
     crate::sample_app::wait_serving(ports, &good[..10], DEADLINE).await?;
-    let back = decided_at.and_then(|d| std::time::SystemTime::now().duration_since(d).ok()).unwrap_or_default();
+    let incident: crate::views::IncidentView = crate::local::wait_for("the hosts back", WAIT, || async {
+        let i: crate::views::IncidentView = cluster.client().get(&format!("/v1/incidents/{}", incident.id)).await?;
+        Ok(i.timeline.iter().any(|(_, e)| e.starts_with("every host")).then_some(i))
+    })
+    .await?;
+    let back_at = incident
+        .timeline
+        .iter()
+        .find(|(_, e)| e.starts_with("every host"))
+        .and_then(|(at, _)| crate::views::parse_rfc3339(at));
+    let back = match (decided_at, back_at) {
+        (Some(a), Some(b)) => b.duration_since(a).map(|d| format!("{:.1} s", d.as_secs_f64())).unwrap_or_default(),
+        _ => "?".into(),
+    };
     t.say(&format!(
-        "every host went back to release {good_release} at once: all 6 web hosts serve {} again ({:.1} s after the decision)",
-        short(good),
-        back.as_secs_f64()
+        "every host it touched went back to release {good_release} at once ({back} from the decision to the last \
+         host back); all 6 web hosts serve {}",
+        short(good)
     ));
     print!("{}", indent(&super::output::rollout(&done)));
     let gate: crate::views::GateView = cluster.client().get("/v1/repos/shop/gate").await?;

@@ -21,6 +21,10 @@ use super::series::Series;
 use crate::deploy::rollout::{Judgement, Kind, Phase, Rollout, WaveStep};
 use crate::deploy::ImmunePlan;
 
+/// How much longer than twice the bake the analysis waits for a first report before it calls
+/// the wave without data (inconclusive: a person decides).
+const NO_DATA_GRACE: Duration = Duration::from_secs(60);
+
 /// What the analysis concluded at its latest look.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
@@ -40,6 +44,8 @@ struct Watch {
     wave: usize,
     /// When this leader started looking.
     started: SystemTime,
+    /// The first look with data from the new release's hosts: a bake is counted from it.
+    first_data: Option<SystemTime>,
     last_look: Option<SystemTime>,
     monitors: Vec<Option<Monitor>>,
     /// Newest report seq taken from each host.
@@ -105,6 +111,7 @@ impl Judge {
                 let mut w = Watch {
                     wave: rollout.wave,
                     started: now,
+                    first_data: None,
                     last_look: None,
                     monitors: vec![None; plan.metrics.len()],
                     seen: HashMap::new(),
@@ -162,6 +169,9 @@ impl Judge {
                     }
                 }
             }
+            if !canary.is_empty() && watch.first_data.is_none() {
+                watch.first_data = Some(now);
+            }
             for (i, m) in plan.metrics.iter().enumerate() {
                 if watch.monitors[i].is_none() {
                     let all: Vec<_> = canary.iter().chain(&baseline).cloned().collect();
@@ -174,8 +184,13 @@ impl Judge {
                 }
             }
         }
-        let observed = now.duration_since(watch.started).unwrap_or_default();
-        let final_look = observed >= rollout.bake_of(rollout.wave);
+        // A bake is judged over its whole length of data: counted from the first report of the
+        // new release's hosts (a new leader hears from the agents only once they re-attach).
+        // Without any, the verdict comes after twice the bake (plus a minute): no data holds.
+        let bake = rollout.bake_of(rollout.wave);
+        let observed = watch.first_data.and_then(|t| now.duration_since(t).ok()).unwrap_or_default();
+        let waited = now.duration_since(watch.started).unwrap_or_default();
+        let final_look = observed >= bake || waited >= bake * 2 + NO_DATA_GRACE;
         watch.results = watch.monitors.iter().map(|m| m.as_ref().map(|m| m.verdict(final_look))).collect();
         let evidence: Vec<String> = plan
             .metrics
@@ -203,8 +218,10 @@ impl Judge {
             .zip(&watch.results)
             .filter(|(_, r)| r.as_ref().is_none_or(|r| r.verdict != Verdict::Pass))
             .map(|(m, r)| match r {
-                Some(r) => format!("{} inconclusive ({})", m.name, r.summary()),
-                None => format!("{} has no data", m.name),
+                Some(r) if r.evidence.canary_n > 0 || r.evidence.baseline_n > 0 => {
+                    format!("{} inconclusive ({})", m.name, r.summary())
+                }
+                _ => format!("{} has no data", m.name),
             })
             .collect();
         Call::Judge(Judgement::Hold { why: why.join("; ") })
@@ -268,4 +285,110 @@ fn first_bounds(reports: &[(HostName, &fifty_shared::wire::MetricsReport)], metr
             _ => None,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::ImmuneMetric;
+    use fifty_shared::wire::MetricsReport;
+
+    fn plan() -> ImmunePlan {
+        ImmunePlan {
+            interval: Duration::from_secs(1),
+            alpha: 0.01,
+            min_effect: 0.5,
+            pass_bound: 2.0,
+            watch: Duration::from_secs(10),
+            metrics: vec![ImmuneMetric { name: "error_rate".into(), kind: "ratio".into(), bad_decrease: false }],
+        }
+    }
+
+    fn host(i: usize) -> HostName {
+        HostName::new(&format!("web-{i}")).unwrap()
+    }
+
+    /// A rollout of release 2 over four hosts (canary first), baking its first wave since `t0`.
+    fn baking(t0: SystemTime) -> Rollout {
+        let hosts = (1..=4).map(host).collect();
+        let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(100)];
+        let d = Duration::from_secs(10);
+        let mut r =
+            Rollout::start(1, "shop".parse().unwrap(), Kind::Deploy, 2, Some(1), hosts, waves, d, 1, d * 6, t0).rollout;
+        r.phase = Phase::Baking;
+        r
+    }
+
+    /// Feeds one second of 100 requests per host (the canary failing `canary_errors` of them,
+    /// the others 2) and asks for the call.
+    fn second(
+        judge: &mut Judge,
+        series: &mut Series,
+        r: &Rollout,
+        t: SystemTime,
+        seq: u64,
+        canary_errors: f64,
+    ) -> Call {
+        for i in 1..=4 {
+            let (release, num) = if i == 1 { (2, canary_errors) } else { (1, 2.0) };
+            let report = MetricsReport {
+                release,
+                seq,
+                at: t,
+                span: Duration::from_secs(1),
+                samples: vec![("error_rate".into(), MetricSample::Ratio { num, den: 100.0 })],
+                error: None,
+            };
+            series.push(&host(i), report, t);
+        }
+        judge.judge(r, Some(&plan()), series, t)
+    }
+
+    #[test]
+    fn a_canary_failing_a_quarter_of_its_requests_is_reverted_within_seconds() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        let mut call = Call::Judge(Judgement::Watching);
+        let mut seconds = 0;
+        for s in 1..=10 {
+            call = second(&mut judge, &mut series, &r, t0 + Duration::from_secs(s), s, 25.0);
+            seconds = s;
+            if matches!(call, Call::Revert { .. }) {
+                break;
+            }
+        }
+        let Call::Revert { why, evidence } = call else { panic!("not reverted in 10 s: {call:?}") };
+        assert!(seconds <= 5, "took {seconds} s");
+        assert!(why.starts_with("error_rate 2.0% → 25%"), "{why}");
+        assert!(evidence[0].starts_with("FAIL: error_rate"), "{evidence:?}");
+    }
+
+    #[test]
+    fn a_healthy_canary_is_promoted_only_after_a_whole_bake() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        for s in 1..=10 {
+            let call = second(&mut judge, &mut series, &r, t0 + Duration::from_secs(s), s, 2.0);
+            assert_eq!(call, Call::Judge(Judgement::Watching), "second {s}");
+        }
+        let call = second(&mut judge, &mut series, &r, t0 + Duration::from_secs(11), 11, 2.0);
+        assert_eq!(call, Call::Judge(Judgement::Promote));
+    }
+
+    #[test]
+    fn no_data_holds_the_wave_instead_of_passing_it() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let (mut judge, series) = (Judge::default(), Series::default());
+        assert_eq!(judge.judge(&r, Some(&plan()), &series, t0), Call::Judge(Judgement::Watching));
+        let later = t0 + Duration::from_secs(10) * 2 + NO_DATA_GRACE;
+        let Call::Judge(Judgement::Hold { why }) = judge.judge(&r, Some(&plan()), &series, later) else {
+            panic!("not held")
+        };
+        assert_eq!(why, "error_rate has no data");
+        let unwatched = Rollout { previous: None, ..r };
+        assert_eq!(judge.judge(&unwatched, Some(&plan()), &series, later), Call::Judge(Judgement::Off));
+    }
 }
