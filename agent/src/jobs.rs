@@ -295,8 +295,9 @@ impl Jobs {
     }
 
     /// Reverts `bad` on the tip of `branch` and pushes the revert, with a `Fifty-Revert: <sha>`
-    /// trailer (the one push a gate closed by the immune system lets in). A push that loses a race
-    /// with another push is made again on the new tip, a few times. Returns the revert's sha.
+    /// trailer (the one push a gate closed by the immune system lets in). A refused push is made
+    /// again on the new tip, [`PUSH_ATTEMPTS`] times over about a minute. Returns the revert's sha;
+    /// a revert that does not apply cleanly is an error at once.
     async fn revert(
         &self,
         spec: &JobSpec,
@@ -307,7 +308,12 @@ impl Jobs {
         log: &mut Log,
     ) -> Result<String, String> {
         let mut last = String::new();
-        for _ in 0..3 {
+        // A push can be refused for a while for reasons that pass (the gate cannot be checked
+        // during an election, another push won the race): try again on the new tip, backing off.
+        for attempt in 0..PUSH_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1 << attempt.min(4))).await;
+            }
             let tip = JobSpec { sha: format!("refs/heads/{branch}"), ..spec.clone() };
             self.checkout_fresh(&tip, work).await?;
             if git(work, &["merge-base", "--is-ancestor", bad, "HEAD"]).await.is_err() {
@@ -459,6 +465,9 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
         Err(format!("git {}: {}", args.first().unwrap_or(&""), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
+
+/// How many times a revert is pushed before the job gives up (waits 2, 4, 8, 16, 16... s between).
+const PUSH_ATTEMPTS: u32 = 6;
 
 /// Runs `git` as Fifty's own identity (reverts are Fifty's commits, whoever runs the agent).
 async fn git_as_fifty(dir: &Path, args: &[&str]) -> Result<String, String> {
@@ -782,6 +791,56 @@ mod tests {
         }
         assert!(!alive(pid), "the grandchild {pid} survived the timeout");
         let _ = std::fs::remove_dir_all(&src);
+    }
+
+    /// A bare copy of `dir` to push to; returns its path.
+    fn bare(dir: &Path) -> PathBuf {
+        let bare = dir.with_extension("git");
+        sh(dir, &format!("git clone -q --bare . {}", bare.display()));
+        bare
+    }
+
+    #[tokio::test]
+    async fn a_revert_job_reverts_the_commit_on_the_branch_tip_and_pushes_it() {
+        let (dir, _) = repo(&[("price", "55\n"), ("other", "a\n")]);
+        sh(&dir, "echo 50 > price && git commit -qam 'Cheaper pears' && echo b > other && git commit -qam 'Later'");
+        let bad = String::from_utf8(
+            std::process::Command::new("git").args(["rev-parse", "HEAD~1"]).current_dir(&dir).output().unwrap().stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_string();
+        let bare = bare(&dir);
+        let data = dir.with_extension("agent");
+        let jobs = Jobs::new(&data);
+        let mut rx = attach(&jobs);
+        let kind =
+            JobKind::Revert { revert: bad.clone(), branch: "main".into(), reason: "error_rate 2% → 25%".into() };
+        jobs.start(spec(&bare, &bad, kind));
+        let done = wait_done(&jobs, &mut rx).await;
+        let pushed = done.revert.clone().expect("a revert result").unwrap_or_else(|e| panic!("{e}"));
+        let show = |what: &str| {
+            let out = std::process::Command::new("git").args(["show", what]).current_dir(&bare).output().unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let head = show("main:price");
+        assert_eq!(head, "55\n", "the price change is undone");
+        assert_eq!(show("main:other"), "b\n", "the later commit stays");
+        let message = show(&format!("{pushed}"));
+        assert!(
+            message.contains(&format!("Fifty-Revert: {bad}")) && message.contains("Revert \"Cheaper pears\""),
+            "{message}"
+        );
+
+        // A commit that cannot be reverted cleanly any more is an error, and nothing is pushed.
+        sh(&dir, &format!("git pull -q {} main && echo 45 > price && git commit -qam 'Even cheaper'", bare.display()));
+        sh(&dir, &format!("git push -q {} main", bare.display()));
+        let kind = JobKind::Revert { revert: bad.clone(), branch: "main".into(), reason: "again".into() };
+        jobs.start(JobSpec { job: JobRef { job: 2, attempt: 1 }, ..spec(&bare, &bad, kind) });
+        let done = wait_done(&jobs, &mut rx).await;
+        let err = done.revert.unwrap().unwrap_err();
+        assert!(err.contains("cannot be reverted cleanly"), "{err}");
+        assert_eq!(show("main:price"), "45\n");
     }
 
     #[tokio::test]

@@ -693,6 +693,32 @@ impl Machine {
                     target.active = None;
                 }
                 self.record_rollout(rollout, targets, &mut target, *at, batch);
+                // A wave the immune system held waits for a person: tell them.
+                if let (Some(why), None) = (&rollout.held, stored.as_ref().and_then(|r| r.held.as_ref())) {
+                    let mut counters = store.counters()?;
+                    counters.last_notification += 1;
+                    let notification = crate::notify::Notification {
+                        id: counters.last_notification,
+                        kind: "immune.hold".into(),
+                        title: format!(
+                            "{}: rollout {} of release {} held at wave {}",
+                            rollout.repo,
+                            rollout.id,
+                            rollout.release,
+                            rollout.wave + 1
+                        ),
+                        text: format!(
+                            "The immune system could not decide: {why}. Decide with `fifty rollout promote --repo {}` or `fifty rollout abort --repo {}`.",
+                            rollout.repo, rollout.repo
+                        ),
+                        repo: Some(rollout.repo.to_string()),
+                        incident: None,
+                        at: Some(*at),
+                        to: store.webhooks()?.iter().map(|h| (h.id, false)).collect(),
+                    };
+                    batch.put_notification(&notification);
+                    batch.put_counters(&counters);
+                }
                 if let (true, Some(crate::deploy::Outcome::Reverted { .. })) = (rollout.finished(), &rollout.outcome) {
                     for mut i in store.incidents()?.into_iter().filter(|i| i.rollout == rollout.id) {
                         let back = rollout.previous.map_or("the previous release".into(), |p| format!("release {p}"));
@@ -1509,6 +1535,22 @@ mod tests {
             assert_eq!(i.revert, Some(Ok("9b64de79f4".repeat(4))));
             assert_eq!(store.notification(1).unwrap().unwrap().to, vec![(1, true)]);
             assert_eq!(store.job(job.id).unwrap().unwrap().state, JobState::Passed);
+
+            // A held wave (the next rollout) notifies the webhooks once.
+            let hosts = vec![b("web-1"), b("web-2")];
+            let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(100)];
+            let start = Rollout::start(2, repo(), Kind::Deploy, 3, Some(1), hosts, waves, d, 1, d * 6, now);
+            let cmd = Command::StartRollout { rollout: start.rollout.clone(), targets: start.targets, at: now };
+            apply(&mut m, cmd).unwrap();
+            let mut held = start.rollout.clone();
+            held.version += 1;
+            held.held = Some("error_rate has no data".into());
+            apply(&mut m, Command::StepRollout { rollout: held.clone(), targets: vec![], at: now }).unwrap();
+            held.version += 1;
+            apply(&mut m, Command::StepRollout { rollout: held, targets: vec![], at: now }).unwrap();
+            let notes = m.store().notifications().unwrap();
+            assert_eq!(notes.iter().filter(|n| n.kind == "immune.hold").count(), 1, "{notes:?}");
+            assert!(notes[1].text.contains("error_rate has no data"));
         }
 
         /// A commit's whole life through the state machine alone: a lost plan attempt is
