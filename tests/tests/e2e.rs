@@ -1129,6 +1129,12 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     repo.commit("Unrelated change").await.unwrap();
     let refused = repo.push().await.unwrap();
     assert!(!refused.status.success() && said(&refused).contains("immune system reverted"), "{}", said(&refused));
+    // Naming the reverted commit is not enough: the hook checks the change undoes it exactly.
+    git(&repo.work, &["commit", "-q", "--amend", "-m", &format!("Sneak in\n\nFifty-Revert: {bad}")]).await;
+    let forged = repo.push().await.unwrap();
+    assert!(!forged.status.success() && said(&forged).contains("commit gate is closed"), "{}", said(&forged));
+    let listed = cli(&cluster, &admin, &["incidents"]).await;
+    assert!(text(&listed.stdout).contains(&format!("immune system reverted {}", &bad[..10])), "{}", said(&listed));
     let close = cli(&cluster, &admin, &["incident", "close", &incident.id.to_string()]).await;
     assert!(!close.status.success() && said(&close).contains("at least one why"), "{}", said(&close));
     let why =
