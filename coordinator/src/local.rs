@@ -78,8 +78,24 @@ pub struct LocalCluster {
     ca_pem: String,
 }
 
-/// A port on 127.0.0.1 that is free for both TCP and UDP right now.
+/// A port on 127.0.0.1 that is free for both TCP and UDP right now, chosen below the kernel's
+/// ephemeral port range when it can be.
 pub fn free_port() -> Result<u16> {
+    // Below the kernel's ephemeral range when there is room: a port from that range can be taken,
+    // while a server restarts, as the source port of any outgoing connection (the demo's and the
+    // tests' traffic opens hundreds a second), and the server then cannot bind it again.
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()));
+    if let Some(low) = ephemeral_low.filter(|l| *l > 12_000) {
+        for _ in 0..200 {
+            let port = low - 1 - (rand::random::<u16>() % (low - 11_000));
+            let tcp = TcpListener::bind(("127.0.0.1", port));
+            if tcp.is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     for _ in 0..50 {
         let udp = UdpSocket::bind("127.0.0.1:0")?;
         let port = udp.local_addr()?.port();
