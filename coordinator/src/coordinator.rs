@@ -84,6 +84,10 @@ pub struct Coordinator {
     pub(crate) deploy: Mutex<crate::deploy::dispatch::Live>,
     /// Wakes the deploy loop (a release, a report that changed, a command).
     pub(crate) deploy_wake: tokio::sync::Notify,
+    /// Experiments soft state (leader only): what each host was sent.
+    pub(crate) experiments: Mutex<crate::experiments::leader::Live>,
+    /// Wakes the experiments loop (a definition changed).
+    pub(crate) experiments_wake: tokio::sync::Notify,
 }
 
 impl Coordinator {
@@ -104,6 +108,8 @@ impl Coordinator {
             ci_wake: tokio::sync::Notify::new(),
             deploy: Mutex::default(),
             deploy_wake: tokio::sync::Notify::new(),
+            experiments: Mutex::default(),
+            experiments_wake: tokio::sync::Notify::new(),
         })
     }
 

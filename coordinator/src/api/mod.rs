@@ -64,7 +64,10 @@ impl From<OpError> for ApiError {
             OpError::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
             OpError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
             OpError::Rejected(
-                r @ (Rejection::UnknownHost(_) | Rejection::UnknownAccessor(_) | Rejection::UnknownRepo(_)),
+                r @ (Rejection::UnknownHost(_)
+                | Rejection::UnknownAccessor(_)
+                | Rejection::UnknownRepo(_)
+                | Rejection::UnknownExperiment(_)),
             ) => ApiError(StatusCode::NOT_FOUND, r.to_string()),
             OpError::Rejected(r) => ApiError(StatusCode::CONFLICT, r.to_string()),
             OpError::Store(e) => e.into(),
