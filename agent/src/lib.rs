@@ -18,3 +18,4 @@ pub mod jobs;
 pub mod join;
 pub mod link;
 pub mod service;
+pub mod sidecar;

@@ -4,6 +4,7 @@
 pub mod client;
 mod demo;
 mod dev;
+pub mod experiment;
 mod output;
 
 use anyhow::Result;
@@ -100,6 +101,11 @@ enum Command {
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
+    },
+    /// A/B experiments served by the agents: define, ramp, stop, judge.
+    Experiment {
+        #[command(subcommand)]
+        command: experiment::ExperimentCommand,
     },
     /// Return every host to a known-good release at once (no canary, no bake).
     Rollback {
@@ -445,6 +451,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             output::print(json, &releases, |r| output::releases(r))
         }
         Command::Rollout { command } => rollout(&cli.client, command).await,
+        Command::Experiment { command } => experiment::run(&cli.client, command).await,
         Command::Rollback { to, repo } => {
             let view: RolloutView =
                 Client::from_opts(&cli.client)?.post("/v1/rollback", &RollbackRequest { repo, to }).await?;
