@@ -25,6 +25,9 @@ pub enum ExperimentCommand {
         /// The event that counts as a conversion (its values make the value metric).
         #[arg(long, default_value = "conversion")]
         metric: String,
+        /// Assignment salt (default: random); the same salt and unit give the same bucket.
+        #[arg(long)]
+        salt: Option<String>,
     },
     /// Every experiment.
     List {
@@ -62,8 +65,8 @@ pub enum ExperimentCommand {
 pub async fn run(opts: &ClientOpts, command: ExperimentCommand) -> Result<()> {
     let client = Client::from_opts(opts)?;
     match command {
-        ExperimentCommand::Create { name, variants, hosts, metric } => {
-            let req = CreateExperiment { name, variants, hosts, metric: Some(metric) };
+        ExperimentCommand::Create { name, variants, hosts, metric, salt } => {
+            let req = CreateExperiment { name, variants, hosts, metric: Some(metric), salt };
             let view: ExperimentView = client.post("/v1/experiments", &req).await?;
             print!("{}", show(&view));
         }

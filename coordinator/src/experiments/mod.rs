@@ -288,11 +288,18 @@ impl Coordinator {
         if !shared_exp::valid_name(&metric) {
             return Err(OpError::BadRequest(format!("metric {metric:?}: use 1-64 of a-z, 0-9, '_' and '-'")));
         }
+        let salt = match req.salt {
+            Some(s) if s.is_empty() || s.len() > 64 => {
+                return Err(OpError::BadRequest("salt: give 1 to 64 characters, or none for a random one".into()))
+            }
+            Some(s) => s,
+            None => hex::encode(rand::random::<[u8; 8]>()),
+        };
         let weights: Vec<u32> = variants.iter().map(|(_, w)| *w).collect();
         let now = SystemTime::now();
         let rec = ExperimentRecord {
             name: req.name.clone(),
-            salt: hex::encode(rand::random::<[u8; 8]>()),
+            salt,
             variants: variants.into_iter().map(|(n, _)| n).collect(),
             slots: shared_exp::initial_slots(&weights),
             weights,

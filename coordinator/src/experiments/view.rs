@@ -17,6 +17,9 @@ pub struct CreateExperiment {
     pub hosts: Option<String>,
     /// The metric event (default `conversion`).
     pub metric: Option<String>,
+    /// The assignment salt (default: random). Reusing one reproduces a split exactly.
+    #[serde(default)]
+    pub salt: Option<String>,
 }
 
 /// `POST /v1/experiments/{name}/ramp`.
