@@ -352,6 +352,15 @@ async fn control_stream(
                     }
                 }
             }
+            // A busy sidecar's next report goes out as soon as the last one is acknowledged.
+            _ = async { match sidecar { Some(s) => s.more().await, None => std::future::pending().await } } => {
+                if let Some(report) = sidecar.and_then(|s| s.report_due(Instant::now())) {
+                    if let Err(e) = write_frame(&mut send, &AgentMsg::ExperimentReport(report)).await {
+                        reader.abort();
+                        return stream_error(conn, e);
+                    }
+                }
+            }
             // A release report that changed goes out now, not at the next beat.
             _ = async { match deployer { Some(d) => d.changed().await, None => std::future::pending().await } } => {
                 ticker.reset_immediately();

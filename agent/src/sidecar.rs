@@ -69,6 +69,7 @@ pub struct Sidecar {
     listen: SocketAddr,
     state: Arc<Mutex<State>>,
     active: Arc<watch::Sender<bool>>,
+    more: Arc<tokio::sync::Notify>,
 }
 
 /// A JSON answer.
@@ -105,7 +106,12 @@ impl Sidecar {
             next_seq: 1,
             inflight: None,
         };
-        Sidecar { listen, state: Arc::new(Mutex::new(state)), active: Arc::new(watch::channel(false).0) }
+        Sidecar {
+            listen,
+            state: Arc::new(Mutex::new(state)),
+            active: Arc::new(watch::channel(false).0),
+            more: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -261,12 +267,22 @@ impl Sidecar {
         Some(report)
     }
 
-    /// The coordinator recorded the report (boot, seq).
+    /// The coordinator recorded the report (boot, seq). If units wait, the next report may go at
+    /// once (see [`Sidecar::more`]) rather than at the next beat, so a busy host drains faster than
+    /// one report a second.
     pub fn acked(&self, boot: u64, seq: u64) {
         let mut s = self.lock();
         if s.inflight.as_ref().is_some_and(|(r, _)| r.boot == boot && r.seq == seq) {
             s.inflight = None;
+            if s.total >= MAX_REPORT_UNITS / 2 {
+                self.more.notify_one();
+            }
         }
+    }
+
+    /// Resolves when a report was acknowledged and many units wait: send the next one now.
+    pub async fn more(&self) {
+        self.more.notified().await
     }
 
     /// Units waiting for the next report.

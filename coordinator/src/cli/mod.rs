@@ -3,6 +3,7 @@
 
 pub mod client;
 mod demo;
+mod demo_experiment;
 mod dev;
 pub mod experiment;
 mod output;

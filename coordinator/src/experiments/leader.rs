@@ -40,8 +40,15 @@ pub async fn run(coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bo
         if !coordinator.consensus.status().is_leader() {
             continue;
         }
+        let experiments = match coordinator.consensus.store().experiments() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "reading experiments failed; retrying");
+                continue;
+            }
+        };
         for host in coordinator.linked_hosts() {
-            match coordinator.experiments_message(&host, false) {
+            match coordinator.experiments_message(&host, &experiments, false) {
                 Ok(Some(msg)) => {
                     coordinator.send_to(&host, msg);
                 }
@@ -52,15 +59,14 @@ pub async fn run(coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bo
     }
 }
 
-/// Every experiment whose selector matches a host with `labels`.
-fn defs_for(store: &crate::store::Store, host: &HostName) -> Result<Vec<ExperimentDef>, StoreError> {
+/// Every experiment of `all` whose selector matches `host`'s labels.
+fn defs_for(
+    store: &crate::store::Store,
+    host: &HostName,
+    all: &[super::ExperimentRecord],
+) -> Result<Vec<ExperimentDef>, StoreError> {
     let Some(record) = store.host(host)? else { return Ok(Vec::new()) };
-    Ok(store
-        .experiments()?
-        .into_iter()
-        .filter(|e| crate::deploy::selects(&e.hosts, &record.labels))
-        .map(|e| e.def())
-        .collect())
+    Ok(all.iter().filter(|e| crate::deploy::selects(&e.hosts, &record.labels)).map(|e| e.def()).collect())
 }
 
 impl Coordinator {
@@ -69,9 +75,10 @@ impl Coordinator {
     pub(crate) fn experiments_message(
         &self,
         host: &HostName,
+        all: &[super::ExperimentRecord],
         force: bool,
     ) -> Result<Option<CoordinatorMsg>, StoreError> {
-        let defs = defs_for(self.consensus.store(), host)?;
+        let defs = defs_for(self.consensus.store(), host, all)?;
         let bytes =
             codec::to_bytes(&defs).map_err(|source| StoreError::Encode { key: "experiments".into(), source })?;
         let print: [u8; 32] = Sha256::digest(&bytes).into();
@@ -85,7 +92,11 @@ impl Coordinator {
 
     /// A new agent link: send it its experiments at once.
     pub(crate) fn experiments_on_link(&self, host: &HostName, tx: &mpsc::UnboundedSender<CoordinatorMsg>) {
-        match self.experiments_message(host, true) {
+        let all = match self.consensus.store().experiments() {
+            Ok(all) => all,
+            Err(e) => return warn!(error = %e, "reading experiments for a new link failed"),
+        };
+        match self.experiments_message(host, &all, true) {
             Ok(Some(msg)) => {
                 let _ = tx.send(msg);
             }
