@@ -13,7 +13,7 @@ use crate::local::{wait_for, LocalCluster};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Visitors in the demo's population.
-const USERS: usize = 4000;
+const USERS: usize = 8000;
 
 async fn http(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -51,7 +51,7 @@ pub async fn story(cluster: &LocalCluster, web: &[&str], dir: &std::path::Path, 
         web.len()
     ));
 
-    // The shop on three of them, asking its own host's sidecar; the new checkout converts 14%, the old 10%.
+    // The shop on three of them, asking its own host's sidecar; the new checkout converts 15%, the old 10%.
     let mut shops = Vec::new();
     let mut ports = Vec::new();
     for s in sidecars.iter().take(3) {
@@ -60,7 +60,7 @@ pub async fn story(cluster: &LocalCluster, web: &[&str], dir: &std::path::Path, 
             .args(["--port", &port.to_string()])
             .current_dir(dir)
             .env("FIFTY_SIDECAR", s.to_string())
-            .env("FIFTY_SAMPLE_CONVERSION", "control=0.10,new_checkout=0.14")
+            .env("FIFTY_SAMPLE_CONVERSION", "control=0.10,new_checkout=0.15")
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
