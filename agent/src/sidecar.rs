@@ -14,9 +14,10 @@
 //! - It listens on loopback only (the config refuses anything else), and only while the
 //!   coordinator says this host serves at least one experiment.
 //! - Memory is bounded: at most [`MAX_UNITS_PER_EXPERIMENT`] units per experiment and
-//!   [`MAX_UNITS`] in all wait for the next report (about 50 bytes each, so under 10 MiB), plus one
-//!   report of at most `MAX_REPORT_UNITS` in flight; a unit over the cap is not recorded and is
-//!   counted as dropped, which the coordinator shows.
+//!   [`MAX_UNITS`] in all wait for the next report (40 bytes each in a hash table, at most twice
+//!   that with the table's slack: under 16 MiB), plus one report of at most `MAX_REPORT_UNITS`
+//!   (24 bytes each) in flight; a table gives its memory back when a report takes its units. A
+//!   unit over the cap is not recorded and is counted as dropped, which the coordinator shows.
 //! - A report is kept until the coordinator acknowledges it and re-sent on every new link, so a
 //!   coordinator failover loses nothing; the (boot, seq) it carries makes a repeat count once.
 
@@ -250,11 +251,14 @@ impl Sidecar {
             if budget == 0 {
                 break;
             }
+            // Taking the map (not draining it) returns its memory: a table keeps its capacity.
             let units: Vec<UnitSeen> = if p.units.len() <= budget {
-                p.units.drain().map(|(_, u)| u).collect()
+                std::mem::take(&mut p.units).into_values().collect()
             } else {
                 let keys: Vec<u64> = p.units.keys().take(budget).copied().collect();
-                keys.iter().filter_map(|k| p.units.remove(k)).collect()
+                let units = keys.iter().filter_map(|k| p.units.remove(k)).collect();
+                p.units.shrink_to_fit();
+                units
             };
             budget -= units.len();
             taken += units.len();
