@@ -1030,15 +1030,54 @@ async fn experiment_json(cluster: &LocalCluster, name: &str) -> serde_json::Valu
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Users `range` visit the shops (`/checkout` for both experiments): user i on host i mod 3, every
+/// fifth also on the next host. Returns (experiment, variant, converted) per user and experiment,
+/// after checking that every host answered the same.
+async fn visit(shop_ports: &[u16], range: std::ops::Range<usize>) -> Vec<(&'static str, String, bool)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..6 {
+        let (shop_ports, range) = (shop_ports.to_vec(), range.clone());
+        tasks.spawn(async move {
+            let mut seen = Vec::new();
+            for i in range.skip(worker).step_by(6) {
+                let mut visits = vec![i % 3];
+                if i % 5 == 0 {
+                    visits.push((i + 1) % 3);
+                }
+                for experiment in ["checkout", "banner"] {
+                    let mut answers = Vec::new();
+                    for h in &visits {
+                        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], shop_ports[*h]));
+                        let path = format!("/checkout?user=user-{i}&experiment={experiment}");
+                        let (status, body) = http(addr, "GET", &path, "").await.unwrap();
+                        assert_eq!(status, 200, "{path}: {body}");
+                        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                        answers.push((v["variant"].as_str().unwrap().to_string(), v["converted"].as_bool().unwrap()));
+                    }
+                    assert!(answers.windows(2).all(|w| w[0] == w[1]), "user-{i} differs between hosts: {answers:?}");
+                    seen.push((experiment, answers[0].0.clone(), answers[0].1));
+                }
+            }
+            seen
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    all
+}
+
 /// A/B split tests: definitions reach the sidecars of the selected hosts only; every host gives
 /// a unit the same variant; a ramp moves units only into the grown variant; the sample shop on
-/// three hosts runs a population (some users visiting two hosts) through its checkout; the
-/// coordinator counts each user once, judges a real lift a win and an A/A test not; a stop gives
-/// everyone the winner.
+/// three hosts runs a population (some users visiting two hosts) through its checkout, with the
+/// leader of three coordinators killed halfway; the coordinators count each user exactly once,
+/// judge a real lift a win and an A/A test not; a stop gives everyone the winner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn experiments_assign_on_every_host_and_judge_a_real_lift() {
     let dir = test_dir("experiments");
-    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), Options::default()).await.unwrap();
+    let options = Options { coordinators: 3, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
     let webs = ["web-1", "web-2", "web-3"];
     for name in webs {
         cluster.add_agent(name, "role=prod").await.unwrap();
@@ -1147,38 +1186,17 @@ async fn experiments_assign_on_every_host_and_judge_a_real_lift() {
     .await
     .unwrap();
 
-    // A population: user i shops on host i mod 3; every fifth user also on the next host.
+    // A population: user i shops on host i mod 3; every fifth user also on the next host. Halfway,
+    // the leader is killed while the agents hold unreported visits: nothing may be lost or doubled.
     let users = 3000usize;
     let mut expected: std::collections::HashMap<(String, String), (u64, u64)> = Default::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..6 {
-        let shop_ports = shop_ports.clone();
-        tasks.spawn(async move {
-            let mut seen = Vec::new();
-            for i in (worker..users).step_by(6) {
-                let mut visits = vec![i % 3];
-                if i % 5 == 0 {
-                    visits.push((i + 1) % 3);
-                }
-                for experiment in ["checkout", "banner"] {
-                    let mut answers = Vec::new();
-                    for h in &visits {
-                        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], shop_ports[*h]));
-                        let path = format!("/checkout?user=user-{i}&experiment={experiment}");
-                        let (status, body) = http(addr, "GET", &path, "").await.unwrap();
-                        assert_eq!(status, 200, "{path}: {body}");
-                        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                        answers.push((v["variant"].as_str().unwrap().to_string(), v["converted"].as_bool().unwrap()));
-                    }
-                    assert!(answers.windows(2).all(|w| w[0] == w[1]), "user-{i} differs between hosts: {answers:?}");
-                    seen.push((experiment, answers[0].0.clone(), answers[0].1));
-                }
-            }
-            seen
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        for (experiment, variant, converted) in done.unwrap() {
+    for half in [0..users / 2, users / 2..users] {
+        if half.start > 0 {
+            let old = cluster.wait_leader(DEADLINE).await.unwrap();
+            cluster.kill_coordinator(old).await.unwrap();
+            cluster.wait_leader(DEADLINE).await.unwrap();
+        }
+        for (experiment, variant, converted) in visit(&shop_ports, half).await {
             let e = expected.entry((experiment.to_string(), variant)).or_default();
             e.0 += 1;
             e.1 += u64::from(converted);
