@@ -60,9 +60,11 @@ impl SidecarConfig {
 }
 
 impl Config {
-    /// `[service]` as text, for filling `{name}` placeholders.
+    /// `[service]` as text, for filling `{name}` placeholders; `sidecar` is the A/B sidecar's
+    /// address unless `[service]` sets it (the service also gets it as `FIFTY_SIDECAR`).
     pub fn service_vars(&self) -> std::collections::BTreeMap<String, String> {
-        self.service
+        let mut vars: std::collections::BTreeMap<String, String> = self
+            .service
             .iter()
             .map(|(k, v)| {
                 let text = match v {
@@ -71,7 +73,9 @@ impl Config {
                 };
                 (k.clone(), text)
             })
-            .collect()
+            .collect();
+        vars.entry("sidecar".into()).or_insert_with(|| self.sidecar.listen.clone());
+        vars
     }
 }
 
@@ -124,6 +128,7 @@ mod tests {
         let base = "data_dir = \"/x\"\ncoordinators = [\"c:7071\"]\n";
         let cfg: Config = toml::from_str(base).unwrap();
         assert_eq!(cfg.sidecar.addr().unwrap().to_string(), "127.0.0.1:7072");
+        assert_eq!(cfg.service_vars()["sidecar"], "127.0.0.1:7072", "the service learns where to ask");
         let cfg: Config = toml::from_str(&format!("{base}[sidecar]\nlisten = \"0.0.0.0:7072\"\n")).unwrap();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("sidecar.listen") && err.contains("loopback"), "{err}");

@@ -1,6 +1,6 @@
-//! The A/B part of `fifty demo`: an experiment on the production hosts, the sample shop asking its
-//! host's sidecar for each visitor's checkout, a population where the new checkout really sells
-//! more, and the coordinator's verdict.
+//! The A/B part of `fifty demo`: an experiment on the production hosts, the deployed sample shop
+//! asking its own host's sidecar for each visitor's checkout, a population where the new checkout
+//! really sells more, and the coordinator's verdict.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,8 +24,9 @@ async fn http(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok((status, answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
 }
 
-/// Runs the experiment on `web` hosts (already enrolled, `role=prod`); `say` prints a timeline line.
-pub async fn story(cluster: &LocalCluster, web: &[&str], dir: &std::path::Path, say: &dyn Fn(&str)) -> Result<()> {
+/// Runs the experiment on `web` hosts (`role=prod`, serving the sample shop on `ports`); `say`
+/// prints a timeline line.
+pub async fn story(cluster: &LocalCluster, web: &[&str], ports: &[u16], say: &dyn Fn(&str)) -> Result<()> {
     let client = cluster.client();
     let create = CreateExperiment {
         name: "checkout".into(),
@@ -51,41 +52,22 @@ pub async fn story(cluster: &LocalCluster, web: &[&str], dir: &std::path::Path, 
         web.len()
     ));
 
-    // The shop on three of them, asking its own host's sidecar; the new checkout converts 15%, the old 10%.
-    let mut shops = Vec::new();
-    let mut ports = Vec::new();
-    for s in sidecars.iter().take(3) {
-        let port = crate::local::free_port()?;
-        let child = tokio::process::Command::new(cluster.bin_dir.join("fifty-sample-service"))
-            .args(["--port", &port.to_string()])
-            .current_dir(dir)
-            .env("FIFTY_SIDECAR", s.to_string())
-            .env("FIFTY_SAMPLE_CONVERSION", "control=0.10,new_checkout=0.15")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("start fifty-sample-service")?;
-        shops.push(child);
-        ports.push(port);
+    // The shop each web host runs (the release rolled out above) asks its own host's sidecar
+    // (the agent hands it FIFTY_SIDECAR); the new checkout converts 15%, the old 10%.
+    for name in web {
+        let file = cluster.agent_dir(name).join("current").join("CONVERSION");
+        std::fs::write(&file, "control=0.10,new_checkout=0.15\n")
+            .with_context(|| format!("write {}", file.display()))?;
     }
-    let shop = |h: usize| SocketAddr::from(([127, 0, 0, 1], ports[h % ports.len()]));
-    wait_for("the shops to answer", DEADLINE, || async {
-        for h in 0..ports.len() {
-            if http(shop(h), "/health").await.is_err() {
-                return Ok(None);
-            }
-        }
-        Ok(Some(()))
-    })
-    .await?;
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..6 {
-        let ports = ports.clone();
+        let ports = ports.to_vec();
         tasks.spawn(async move {
             for i in (worker..USERS).step_by(6) {
-                let mut hosts = vec![i % 3];
+                let n = ports.len();
+                let mut hosts = vec![i % n];
                 if i % 5 == 0 {
-                    hosts.push((i + 1) % 3);
+                    hosts.push((i + 1) % n);
                 }
                 for h in hosts {
                     let addr = SocketAddr::from(([127, 0, 0, 1], ports[h]));
@@ -101,7 +83,7 @@ pub async fn story(cluster: &LocalCluster, web: &[&str], dir: &std::path::Path, 
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    say(&format!("{USERS} visitors went through checkout on 3 hosts (every fifth on two of them)"));
+    say(&format!("{USERS} visitors went through checkout on {} web hosts (every fifth on two of them)", ports.len()));
     let view: ExperimentView = wait_for("the agents' reports to be recorded", DEADLINE, || async {
         let v: ExperimentView = cluster.client().get("/v1/experiments/checkout").await?;
         let exposed: u64 = v.variants.iter().map(|r| r.exposed).sum();
@@ -130,7 +112,6 @@ pub async fn story(cluster: &LocalCluster, web: &[&str], dir: &std::path::Path, 
     })
     .await?;
     say("stopped with --winner new_checkout: every web host now gives every visitor the new checkout");
-    drop(shops);
     Ok(())
 }
 
