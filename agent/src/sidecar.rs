@@ -192,7 +192,8 @@ impl Sidecar {
         let v = def.assign(unit);
         let variant = def.variants.get(v as usize).cloned().unwrap_or_default();
         if def.stopped.is_none() {
-            record(&mut s, name, unit, v, true, None);
+            let epoch = def.epoch;
+            record(&mut s, name, unit, v, epoch, true, None);
         }
         Answer { status: 200, body: serde_json::json!({ "experiment": name, "variant": variant }).to_string() }
     }
@@ -215,7 +216,8 @@ impl Sidecar {
         let variant = def.variants.get(v as usize).cloned().unwrap_or_default();
         let recorded = def.stopped.is_none();
         if recorded {
-            record(&mut s, name, unit, v, false, Some(value));
+            let epoch = def.epoch;
+            record(&mut s, name, unit, v, epoch, false, Some(value));
         }
         Answer {
             status: 200,
@@ -357,7 +359,7 @@ impl Sidecar {
 }
 
 /// Adds what was seen of `unit` to the pending report, within the caps.
-fn record(s: &mut State, name: &str, unit: &str, variant: u8, exposed: bool, value: Option<f64>) {
+fn record(s: &mut State, name: &str, unit: &str, variant: u8, epoch: u32, exposed: bool, value: Option<f64>) {
     let key = unit_hash(unit);
     let total = s.total;
     if !s.pending.contains_key(name) {
@@ -369,8 +371,14 @@ fn record(s: &mut State, name: &str, unit: &str, variant: u8, exposed: bool, val
         p.dropped += 1;
         return;
     }
-    let seen =
-        p.units.entry(key).or_insert(UnitSeen { unit: key, variant, exposed: false, converted: false, value: 0.0 });
+    let seen = p.units.entry(key).or_insert(UnitSeen {
+        unit: key,
+        variant,
+        exposed: false,
+        converted: false,
+        value: 0.0,
+        epoch,
+    });
     seen.exposed |= exposed;
     if let Some(v) = value {
         seen.converted = true;
@@ -502,6 +510,7 @@ mod tests {
             slots: initial_slots(&[50, 50]),
             metric: "conversion".into(),
             stopped: None,
+            epoch: 0,
         }]);
         s
     }

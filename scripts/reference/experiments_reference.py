@@ -19,6 +19,8 @@ r = stats.chisquare([5200, 4800], [5000, 5000])
 print(f"REF_SRM_2_CHI2 = {float(r.statistic)!r}\nREF_SRM_2_P = {float(r.pvalue)!r}")
 r = stats.chisquare([2050, 2950, 5000], [2000, 3000, 5000])
 print(f"REF_SRM_3_CHI2 = {float(r.statistic)!r}\nREF_SRM_3_P = {float(r.pvalue)!r}")
+# Two periods (a ramp): statistics and degrees of freedom add up.
+print(f"REF_SRM_SUM_P = {float(stats.chi2.sf(16.0 + float(r.statistic), 1 + 2))!r}")
 
 # Welch's t-test from summary statistics.
 r = stats.ttest_ind_from_stats(10.5, math.sqrt(9), 400, 10.0, math.sqrt(16), 500, equal_var=False)

@@ -35,6 +35,9 @@ pub struct ExperimentDef {
     /// Once stopped, every unit gets this variant (the control if no winner was named), and no
     /// more exposures are counted.
     pub stopped: Option<u8>,
+    /// How many ramps the slot table has seen (0 before the first): reports say which table
+    /// assigned a unit, so the sample-ratio check compares each period with its own weights.
+    pub epoch: u32,
 }
 
 impl ExperimentDef {
@@ -178,6 +181,8 @@ pub struct UnitSeen {
     pub converted: bool,
     /// Sum of the metric event's values.
     pub value: f64,
+    /// The definition's [`ExperimentDef::epoch`] when the unit was first seen here.
+    pub epoch: u32,
 }
 
 /// One experiment's part of an [`ExperimentReport`].
@@ -217,6 +222,7 @@ mod tests {
             slots,
             metric: "conversion".into(),
             stopped: None,
+            epoch: 0,
         }
     }
 

@@ -1156,6 +1156,18 @@ async fn experiments_assign_on_every_host_and_judge_a_real_lift() {
     }
     let new_share = after.iter().filter(|v| *v == "new").count() as f64 / units.len() as f64;
     assert!((0.72..0.88).contains(&new_share), "new's share after the ramp: {new_share}");
+    // New units after the ramp split 20/80; the sample-ratio check judges each period by its own
+    // weights, so the ramp itself is no mismatch.
+    for i in 0..400 {
+        assign(sidecars[i % 3], "ramp-check", &format!("post-{i}")).await;
+    }
+    let view = wait_for("ramp-check's units to be counted", DEADLINE, || async {
+        let v = experiment_json(&cluster, "ramp-check").await;
+        Ok((v["units"].as_u64() == Some(1040)).then_some(v))
+    })
+    .await
+    .unwrap();
+    assert_eq!(view["srm"]["mismatch"], false, "{view:#}");
 
     // The sample shop on each web host, asking its own host's sidecar.
     let mut shops = Vec::new();

@@ -264,6 +264,44 @@ pub fn confidence_sequence(diff: f64, var: f64, tau2: f64, alpha: f64) -> (f64, 
     (diff - half, diff + half)
 }
 
+/// χ² goodness of fit over several periods, each with its own weights (an experiment's epochs:
+/// each ramp starts one): the statistics and degrees of freedom of the periods add up. Periods
+/// with no units are left out; None if none is left.
+pub fn srm_periods(periods: &[(&[u32], &[u64])], srm_alpha: f64) -> Option<Srm> {
+    let (mut chi2, mut df) = (0.0, 0usize);
+    for (weights, observed) in periods {
+        if let Some((c, d)) = chi2_fit(observed, weights) {
+            chi2 += c;
+            df += d;
+        }
+    }
+    if df == 0 {
+        return None;
+    }
+    let p_value = match ChiSquared::new(df as f64) {
+        Ok(dist) => (1.0 - dist.cdf(chi2)).clamp(0.0, 1.0),
+        Err(_) => 1.0,
+    };
+    Some(Srm { chi2, p_value, flagged: p_value < srm_alpha })
+}
+
+/// χ² and degrees of freedom of `observed` against `weights`.
+fn chi2_fit(observed: &[u64], weights: &[u32]) -> Option<(f64, usize)> {
+    let total_w: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+    let total_n: f64 = observed.iter().map(|n| *n as f64).sum();
+    let arms: Vec<(f64, f64)> = observed
+        .iter()
+        .zip(weights)
+        .filter(|(_, w)| **w > 0)
+        .map(|(n, w)| (*n as f64, total_n * f64::from(*w) / total_w))
+        .collect();
+    if arms.len() < 2 || total_n == 0.0 {
+        return None;
+    }
+    let chi2: f64 = arms.iter().map(|(o, e)| (o - e).powi(2) / e).sum();
+    Some((chi2, arms.len() - 1))
+}
+
 /// χ² goodness of fit of `observed` against `weights`; None without two weighted variants or with
 /// no units.
 pub fn srm(observed: &[u64], weights: &[u32], srm_alpha: f64) -> Option<Srm> {
@@ -310,6 +348,20 @@ mod tests {
         assert!(close(s.chi2, REF_SRM_3_CHI2, 1e-9));
         assert!(close(s.p_value, REF_SRM_3_P, 1e-6), "{}", s.p_value);
         assert!(!s.flagged);
+    }
+
+    #[test]
+    fn srm_adds_up_periods_with_their_own_weights() {
+        // scipy.stats.chi2.sf(16.0 + 2.0833333333333335, 3)
+        let s = srm_periods(&[(&[50, 50], &[5200, 4800]), (&[20, 30, 50], &[2050, 2950, 5000])], 0.001).unwrap();
+        assert!(close(s.chi2, 16.0 + REF_SRM_3_CHI2, 1e-9));
+        assert!(close(s.p_value, REF_SRM_SUM_P, 1e-6), "{}", s.p_value);
+        // A ramp: 50/50 before, 20/80 after, each period fits its own weights.
+        let ok = srm_periods(&[(&[50, 50], &[1010, 990]), (&[20, 80], &[405, 1595])], 0.001).unwrap();
+        assert!(!ok.flagged, "{ok:?}");
+        // Judged against the newest weights only, the same units would look broken.
+        assert!(srm(&[1415, 2585], &[20, 80], 0.001).unwrap().flagged);
+        assert!(srm_periods(&[(&[50, 50], &[0, 0])], 0.001).is_none());
     }
 
     #[test]
@@ -364,6 +416,7 @@ mod tests {
     const REF_SRM_2_P: f64 = 6.334248366623988e-05;
     const REF_SRM_3_CHI2: f64 = 2.0833333333333335;
     const REF_SRM_3_P: f64 = 0.35286608145884896;
+    const REF_SRM_SUM_P: f64 = 0.0004227810943474292;
     const REF_WELCH_T: f64 = 2.1417646843905964;
     const REF_WELCH_P: f64 = 0.03248197114164559;
     const REF_WELCH_DF: f64 = 894.4108301676624;

@@ -39,6 +39,8 @@ pub struct ExperimentRecord {
     pub variants: Vec<String>,
     /// Current weights, one per variant.
     pub weights: Vec<u32>,
+    /// The weights it was created with (epoch 0; each ramp starts the next epoch).
+    pub initial_weights: Vec<u32>,
     /// Bucket → variant (see `fifty_shared::experiment`).
     pub slots: Vec<u8>,
     /// Label selector of the hosts that serve it (empty: every host).
@@ -76,6 +78,15 @@ impl ExperimentRecord {
             slots: self.slots.clone(),
             metric: self.metric.clone(),
             stopped: self.stopped.as_ref().map(|s| s.variant),
+            epoch: self.ramps.len() as u32,
+        }
+    }
+
+    /// The weights in force during `epoch`.
+    pub fn weights_of(&self, epoch: u32) -> &[u32] {
+        match epoch {
+            0 => &self.initial_weights,
+            e => self.ramps.get(e as usize - 1).map_or(&self.weights, |(_, w)| w),
         }
     }
 }
@@ -117,6 +128,9 @@ pub struct StatsRecord {
     pub reports: u64,
     /// When the last one was applied.
     pub last_report: Option<SystemTime>,
+    /// Units first exposed per epoch (see `ExperimentDef::epoch`), per variant: what the
+    /// sample-ratio check compares with each epoch's weights.
+    pub first_exposed: Vec<Vec<u64>>,
 }
 
 /// What the cluster knows of one unit in one experiment.
@@ -217,7 +231,9 @@ pub(crate) fn apply_report(
         stats.dropped += part.dropped;
         stats.reports += 1;
         stats.last_report = Some(at);
-        let mut merged: HashMap<u64, (Option<UnitRecord>, UnitRecord)> = HashMap::new();
+        // Per unit: the record before, the record after, and the (epoch, variant) of the first
+        // exposure in this report.
+        let mut merged: HashMap<u64, (Option<UnitRecord>, UnitRecord, Option<(u32, u8)>)> = HashMap::new();
         for seen in &part.units {
             if seen.variant as usize >= rec.variants.len() || !seen.value.is_finite() {
                 continue;
@@ -232,14 +248,17 @@ pub(crate) fn apply_report(
                         converted: false,
                         value: 0.0,
                     });
-                    e.insert((before, start))
+                    e.insert((before, start, None))
                 }
             };
+            if seen.exposed && entry.2.is_none() {
+                entry.2 = Some((seen.epoch, seen.variant));
+            }
             entry.1.exposed |= seen.exposed;
             entry.1.converted |= seen.converted;
             entry.1.value += seen.value;
         }
-        for (unit, (before, after)) in merged {
+        for (unit, (before, after, exposure)) in merged {
             if before.is_none() {
                 stats.units += 1;
             }
@@ -249,6 +268,13 @@ pub(crate) fn apply_report(
                 let (old_conv, old_value) = was.map_or((false, 0.0), |b| (b.converted, b.value));
                 if was.is_none() {
                     t.exposed += 1;
+                    if let Some((epoch, variant)) = exposure.filter(|(e, _)| (*e as usize) <= rec.ramps.len()) {
+                        let e = epoch as usize;
+                        if stats.first_exposed.len() <= e {
+                            stats.first_exposed.resize(e + 1, vec![0; rec.variants.len()]);
+                        }
+                        stats.first_exposed[e][variant as usize] += 1;
+                    }
                 }
                 if after.converted && !old_conv {
                     t.converted += 1;
@@ -302,6 +328,7 @@ impl Coordinator {
             salt,
             variants: variants.into_iter().map(|(n, _)| n).collect(),
             slots: shared_exp::initial_slots(&weights),
+            initial_weights: weights.clone(),
             weights,
             hosts: hosts.trim().to_string(),
             metric,
@@ -407,6 +434,7 @@ mod tests {
             salt: "salt".into(),
             variants: vec!["control".into(), "new_checkout".into()],
             weights: vec![50, 50],
+            initial_weights: vec![50, 50],
             slots: shared_exp::initial_slots(&[50, 50]),
             hosts: "role=prod".into(),
             metric: "conversion".into(),
@@ -418,7 +446,7 @@ mod tests {
     }
 
     fn seen(unit: u64, variant: u8, exposed: bool, converted: bool, value: f64) -> UnitSeen {
-        UnitSeen { unit, variant, exposed, converted, value }
+        UnitSeen { unit, variant, exposed, converted, value, epoch: 0 }
     }
 
     fn report(boot: u64, seq: u64, units: Vec<UnitSeen>) -> ExperimentReport {
@@ -452,6 +480,7 @@ mod tests {
         apply(&s, |batch| apply_report(&s, &a, &r3, now, batch)).unwrap();
         let stats = s.experiment_stats("checkout").unwrap().unwrap();
         assert_eq!(stats.totals[1], TotalsRecord { exposed: 2, converted: 2, value_sum: 9.0, value_sumsq: 65.0 });
+        assert_eq!(stats.first_exposed, vec![vec![1, 2]], "first exposures by epoch and variant");
         assert_eq!(stats.reports, 3, "the repeated report is not counted");
     }
 

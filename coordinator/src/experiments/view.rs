@@ -214,7 +214,15 @@ pub fn experiment_view(rec: &ExperimentRecord, stats: &StatsRecord, settings: &S
             verdict: v.verdict.as_str().into(),
         })
         .collect();
-    let srm = a.srm.map(|s| SrmView { chi2: s.chi2, p_value: s.p_value, mismatch: s.flagged });
+    // Each epoch (each ramp starts one) against its own weights; before any report, the totals.
+    let periods: Vec<(&[u32], &[u64])> = stats
+        .first_exposed
+        .iter()
+        .enumerate()
+        .map(|(e, counts)| (rec.weights_of(e as u32), counts.as_slice()))
+        .collect();
+    let srm = if periods.is_empty() { a.srm } else { analysis::srm_periods(&periods, settings.srm_alpha) };
+    let srm = srm.map(|s| SrmView { chi2: s.chi2, p_value: s.p_value, mismatch: s.flagged });
     let winner = if srm.as_ref().is_some_and(|s| s.mismatch) {
         None
     } else {
