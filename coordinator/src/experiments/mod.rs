@@ -207,6 +207,10 @@ pub(crate) fn apply_stop(
     Ok(Ok(Applied::Done))
 }
 
+/// One unit while a report is merged: its record before, its record after, and the (epoch, variant)
+/// of its first exposure in the report.
+type Merge = (Option<UnitRecord>, UnitRecord, Option<(u32, u8)>);
+
 /// `Command::RecordExperimentReport`: merges an agent's report into the units and totals, once.
 pub(crate) fn apply_report(
     store: &Store,
@@ -231,9 +235,7 @@ pub(crate) fn apply_report(
         stats.dropped += part.dropped;
         stats.reports += 1;
         stats.last_report = Some(at);
-        // Per unit: the record before, the record after, and the (epoch, variant) of the first
-        // exposure in this report.
-        let mut merged: HashMap<u64, (Option<UnitRecord>, UnitRecord, Option<(u32, u8)>)> = HashMap::new();
+        let mut merged: HashMap<u64, Merge> = HashMap::new();
         for seen in &part.units {
             if seen.variant as usize >= rec.variants.len() || !seen.value.is_finite() {
                 continue;
