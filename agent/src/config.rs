@@ -20,12 +20,51 @@ pub struct Config {
     /// e.g. `port = 18081`.
     #[serde(default)]
     pub service: std::collections::BTreeMap<String, toml::Value>,
+    /// `[sidecar]`: the local A/B endpoint.
+    #[serde(default)]
+    pub sidecar: SidecarConfig,
+}
+
+/// `[sidecar]` of `agent.toml`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// Where the A/B sidecar listens while this host serves an experiment: a loopback address
+    /// (`FIFTY_SIDECAR_LISTEN`).
+    pub listen: String,
+}
+
+/// The sidecar's default address.
+pub const DEFAULT_SIDECAR: &str = "127.0.0.1:7072";
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        SidecarConfig { listen: DEFAULT_SIDECAR.to_string() }
+    }
+}
+
+impl SidecarConfig {
+    /// The listen address, refused unless it is loopback.
+    pub fn addr(&self) -> Result<std::net::SocketAddr> {
+        let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() else {
+            bail!("config key sidecar.listen: {:?} is not IP:PORT, e.g. \"{DEFAULT_SIDECAR}\"", self.listen);
+        };
+        if !addr.ip().is_loopback() {
+            bail!(
+                "config key sidecar.listen: {addr} is not a loopback address; the A/B sidecar only listens on \
+                 127.0.0.1 or ::1"
+            );
+        }
+        Ok(addr)
+    }
 }
 
 impl Config {
-    /// `[service]` as text, for filling `{name}` placeholders.
+    /// `[service]` as text, for filling `{name}` placeholders; `sidecar` is the A/B sidecar's
+    /// address unless `[service]` sets it (the service also gets it as `FIFTY_SIDECAR`).
     pub fn service_vars(&self) -> std::collections::BTreeMap<String, String> {
-        self.service
+        let mut vars: std::collections::BTreeMap<String, String> = self
+            .service
             .iter()
             .map(|(k, v)| {
                 let text = match v {
@@ -34,7 +73,9 @@ impl Config {
                 };
                 (k.clone(), text)
             })
-            .collect()
+            .collect();
+        vars.entry("sidecar".into()).or_insert_with(|| self.sidecar.listen.clone());
+        vars
     }
 }
 
@@ -47,6 +88,9 @@ impl Config {
         }
         if let Some(v) = env_var::<String>("FIFTY_COORDINATORS")? {
             cfg.coordinators = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = env_var::<String>("FIFTY_SIDECAR_LISTEN")? {
+            cfg.sidecar.listen = v;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -62,6 +106,7 @@ impl Config {
                 bail!("config key coordinators: {c:?} is not HOST:PORT");
             }
         }
+        self.sidecar.addr()?;
         Ok(())
     }
 }
@@ -76,5 +121,18 @@ mod tests {
         assert!(err.contains("port"), "{err}");
         let cfg: Config = toml::from_str("data_dir = \"/x\"\ncoordinators = [\"nowhere\"]\n").unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("HOST:PORT"));
+    }
+
+    #[test]
+    fn the_sidecar_listens_on_loopback_only() {
+        let base = "data_dir = \"/x\"\ncoordinators = [\"c:7071\"]\n";
+        let cfg: Config = toml::from_str(base).unwrap();
+        assert_eq!(cfg.sidecar.addr().unwrap().to_string(), "127.0.0.1:7072");
+        assert_eq!(cfg.service_vars()["sidecar"], "127.0.0.1:7072", "the service learns where to ask");
+        let cfg: Config = toml::from_str(&format!("{base}[sidecar]\nlisten = \"0.0.0.0:7072\"\n")).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("sidecar.listen") && err.contains("loopback"), "{err}");
+        let cfg: Config = toml::from_str(&format!("{base}[sidecar]\nlisten = \"[::1]:9000\"\n")).unwrap();
+        assert!(cfg.validate().is_ok());
     }
 }

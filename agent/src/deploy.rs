@@ -410,8 +410,10 @@ impl Deployer {
     }
 
     async fn start_service(&self, m: &ReleaseManifest, dir: &Path) -> Result<(), String> {
-        let env =
+        let mut env =
             vec![("FIFTY_RELEASE".to_string(), m.release.to_string()), ("FIFTY_COMMIT".to_string(), m.sha.clone())];
+        // Where the application asks for its A/B variants (the agent's sidecar, loopback).
+        env.extend(self.vars.get("sidecar").map(|s| ("FIFTY_SIDECAR".to_string(), s.clone())));
         if let Some(run) = &m.service.run {
             let command = fill(run, &self.vars)?;
             self.supervisor.start(ServiceSpec { command, dir: dir.to_path_buf(), env }).await;

@@ -29,6 +29,8 @@ pub struct JoinRequest<'a> {
     pub data_dir: &'a Path,
     /// `[service]` settings for agent.toml, `k=v,...` (e.g. `port=18081`).
     pub service: &'a str,
+    /// Where the A/B sidecar listens (a loopback `IP:PORT`; default 127.0.0.1:7072).
+    pub sidecar: Option<&'a str>,
 }
 
 /// Resolves `HOST:PORT`.
@@ -168,7 +170,12 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
         };
         service.insert(k.trim().to_string(), value);
     }
-    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators, service };
+    let mut sidecar = crate::config::SidecarConfig::default();
+    if let Some(listen) = req.sidecar.filter(|s| !s.is_empty()) {
+        sidecar.listen = listen.to_string();
+        sidecar.addr().context("--sidecar")?;
+    }
+    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators, service, sidecar };
     let config_path = req.data_dir.join("agent.toml");
     std::fs::write(&config_path, toml::to_string(&config)?)
         .with_context(|| format!("write {}", config_path.display()))?;

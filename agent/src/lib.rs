@@ -19,3 +19,4 @@ pub mod join;
 pub mod link;
 pub mod metrics;
 pub mod service;
+pub mod sidecar;

@@ -24,6 +24,7 @@ use crate::health::HealthProbe;
 use crate::identity::Identity;
 use crate::jobs::Jobs;
 use crate::join::{client_endpoint, resolve};
+use crate::sidecar::Sidecar;
 
 /// How long a QUIC handshake with a coordinator may take. A dead coordinator answers nothing,
 /// so this is what trying it costs before the next one is tried.
@@ -88,6 +89,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let deployer = Deployer::new(&config.data_dir, config.service_vars());
     deployer.resume().await;
     tokio::spawn(crate::metrics::run(deployer.clone()));
+    let sidecar = Sidecar::new(config.sidecar.addr()?);
+    tokio::spawn(sidecar.clone().run(shutdown.clone()));
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     let mut next = 0;
     let mut redirected: Option<String> = None;
@@ -112,7 +115,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         let target = &target;
         let end = match resolve(target).await {
             Ok(addr) => {
-                let work = Work { jobs: Some(&jobs), deployer: Some(&deployer) };
+                let work = Work { jobs: Some(&jobs), deployer: Some(&deployer), sidecar: Some(&sidecar) };
                 session(&endpoint, &client_config, addr, &mut health, None, work, &mut shutdown).await
             }
             Err(e) => SessionEnd::Unreachable(format!("{e:#}")),
@@ -179,6 +182,8 @@ pub struct Work<'a> {
     pub jobs: Option<&'a Jobs>,
     /// The release applier.
     pub deployer: Option<&'a Deployer>,
+    /// The A/B sidecar.
+    pub sidecar: Option<&'a Sidecar>,
 }
 
 /// One link: connect, hello, heartbeats until it drops; jobs and deploy orders (when `work` has
@@ -222,7 +227,7 @@ async fn control_stream(
     work: Work<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let Work { jobs, deployer } = work;
+    let Work { jobs, deployer, sidecar } = work;
     let lost = |e: quinn::ConnectionError| refused_or(&e, SessionEnd::Lost);
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
@@ -253,6 +258,9 @@ async fn control_stream(
         deployer.attach(tx.clone(), release_key);
     }
     drop(tx);
+    if let Some(sidecar) = sidecar {
+        sidecar.on_link();
+    }
     let mut outbox = Some(rx);
     // The coordinator's frames are read by their own task: reading a frame is not cancel-safe,
     // so it must not sit in a select! beside the ticker.
@@ -261,6 +269,7 @@ async fn control_stream(
         let sent = sent.clone();
         let jobs = jobs.cloned();
         let deployer = deployer.cloned();
+        let sidecar = sidecar.cloned();
         tokio::spawn(async move {
             loop {
                 match read_frame::<CoordinatorMsg, _>(&mut recv).await {
@@ -290,6 +299,16 @@ async fn control_stream(
                     }
                     Ok(Some(msg @ CoordinatorMsg::ArtifactData { .. })) if deployer.is_some() => {
                         deployer.as_ref().expect("checked").on_artifact_data(msg)
+                    }
+                    Ok(Some(CoordinatorMsg::Experiments(defs))) => {
+                        if let Some(sidecar) = &sidecar {
+                            sidecar.set_definitions(defs);
+                        }
+                    }
+                    Ok(Some(CoordinatorMsg::ExperimentReportAck { boot, seq })) => {
+                        if let Some(sidecar) = &sidecar {
+                            sidecar.acked(boot, seq);
+                        }
                     }
                     Ok(Some(other)) => return Err(CodecError::Decode(format!("unexpected {other:?}"))),
                     Ok(None) => return Ok(()),
@@ -326,6 +345,21 @@ async fn control_stream(
                 if let Err(e) = write_frame(&mut send, &beat).await {
                     reader.abort();
                     return stream_error(conn, e);
+                }
+                if let Some(report) = sidecar.and_then(|s| s.report_due(Instant::now())) {
+                    if let Err(e) = write_frame(&mut send, &AgentMsg::ExperimentReport(report)).await {
+                        reader.abort();
+                        return stream_error(conn, e);
+                    }
+                }
+            }
+            // A busy sidecar's next report goes out as soon as the last one is acknowledged.
+            _ = async { match sidecar { Some(s) => s.more().await, None => std::future::pending().await } } => {
+                if let Some(report) = sidecar.and_then(|s| s.report_due(Instant::now())) {
+                    if let Err(e) = write_frame(&mut send, &AgentMsg::ExperimentReport(report)).await {
+                        reader.abort();
+                        return stream_error(conn, e);
+                    }
                 }
             }
             // A release report that changed goes out now, not at the next beat.

@@ -33,6 +33,9 @@ enum Command {
         /// e.g. port=18081 (written to agent.toml; edit it there later).
         #[arg(long, default_value = "")]
         service: String,
+        /// Where the local A/B sidecar listens (loopback only; default 127.0.0.1:7072).
+        #[arg(long)]
+        sidecar: Option<String>,
     },
     /// Run the agent.
     Run {
@@ -48,7 +51,7 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("start the tokio runtime");
     let result = runtime.block_on(async {
         match Cli::parse().command {
-            Command::Join { coordinator, token, name, labels, data_dir, service } => {
+            Command::Join { coordinator, token, name, labels, data_dir, service, sidecar } => {
                 let coordinator = if coordinator.contains(':') { coordinator } else { format!("{coordinator}:7071") };
                 fifty_agent::join::join(fifty_agent::join::JoinRequest {
                     coordinator: &coordinator,
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
                     labels: &labels,
                     data_dir: &data_dir,
                     service: &service,
+                    sidecar: sidecar.as_deref(),
                 })
                 .await
             }

@@ -88,6 +88,10 @@ pub struct Coordinator {
     pub(crate) immune: Mutex<crate::immune::Live>,
     /// Wakes the notification loop.
     pub(crate) notify_wake: tokio::sync::Notify,
+    /// Experiments soft state (leader only): what each host was sent.
+    pub(crate) experiments: Mutex<crate::experiments::leader::Live>,
+    /// Wakes the experiments loop (a definition changed).
+    pub(crate) experiments_wake: tokio::sync::Notify,
 }
 
 impl Coordinator {
@@ -110,6 +114,8 @@ impl Coordinator {
             deploy_wake: tokio::sync::Notify::new(),
             immune: Mutex::default(),
             notify_wake: tokio::sync::Notify::new(),
+            experiments: Mutex::default(),
+            experiments_wake: tokio::sync::Notify::new(),
         })
     }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod consensus;
 pub mod coordinator;
 pub mod deploy;
+pub mod experiments;
 pub mod fleet;
 pub mod gate;
 pub mod immune;

@@ -407,6 +407,8 @@ impl LocalCluster {
 
     /// `join` with `[service]` settings (`--service port=18081`).
     pub async fn join_with(&self, name: &str, labels: &str, token: &str, service: &str) -> Result<Output> {
+        // Agents share this machine: each gets its own free loopback port for its A/B sidecar.
+        let sidecar = format!("127.0.0.1:{}", free_port()?);
         Command::new(self.bin_dir.join("fifty-agent"))
             .args([
                 "join",
@@ -420,6 +422,8 @@ impl LocalCluster {
                 labels,
                 "--service",
                 service,
+                "--sidecar",
+                &sidecar,
             ])
             .arg("--data-dir")
             .arg(self.agent_dir(name))
@@ -427,6 +431,18 @@ impl LocalCluster {
             .output()
             .await
             .context("run fifty-agent join")
+    }
+
+    /// Where an enrolled agent's A/B sidecar listens (from its `agent.toml`).
+    pub fn sidecar(&self, name: &str) -> Result<SocketAddr> {
+        let path = self.agent_dir(name).join("agent.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let value: toml::Value = toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+        let listen = value.get("sidecar").and_then(|s| s.get("listen")).and_then(|l| l.as_str());
+        listen
+            .with_context(|| format!("{} has no [sidecar] listen", path.display()))?
+            .parse()
+            .context("sidecar address")
     }
 
     /// Joins an agent with a fresh token and starts it.

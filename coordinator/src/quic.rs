@@ -177,6 +177,7 @@ async fn control_stream(
         .in_current_span(),
     );
     let id = coordinator.register_link(host, conn.clone(), tx.clone());
+    coordinator.experiments_on_link(host, &tx);
     let result = read_agent(conn, coordinator, host, &agent_version, &mut recv, &tx).await;
     coordinator.unregister_link(host, id);
     writer.abort();
@@ -211,6 +212,12 @@ async fn read_agent(
                 tokio::spawn(async move { coordinator.on_job_done(&host, done, &tx).await }.in_current_span());
             }
             Ok(Some(AgentMsg::Metrics(report))) => coordinator.on_metrics(host, report),
+            Ok(Some(AgentMsg::ExperimentReport(report))) => {
+                let (coordinator, host, tx) = (coordinator.clone(), host.clone(), tx.clone());
+                tokio::spawn(
+                    async move { coordinator.on_experiment_report(&host, report, &tx).await }.in_current_span(),
+                );
+            }
             Ok(Some(AgentMsg::Hello { .. })) => return Err(CodecError::Decode("Hello sent twice".into()).into()),
             Ok(None) => return Ok(()),
             Err(CodecError::Io(e)) => {

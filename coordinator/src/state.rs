@@ -345,6 +345,35 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
+    /// Define an A/B experiment.
+    CreateExperiment(crate::experiments::ExperimentRecord),
+    /// Change an experiment's weights (the slot table moves only units of shrinking variants).
+    RampExperiment {
+        /// Which experiment.
+        name: String,
+        /// One weight per variant.
+        weights: Vec<u32>,
+        /// When.
+        at: SystemTime,
+    },
+    /// Stop an experiment: every unit gets `winner` (the control if none).
+    StopExperiment {
+        /// Which experiment.
+        name: String,
+        /// The winning variant's index.
+        winner: Option<u8>,
+        /// When.
+        at: SystemTime,
+    },
+    /// Merge one agent report of units seen into the experiments' counts (once per boot and seq).
+    RecordExperimentReport {
+        /// The reporting host (from its certificate).
+        host: HostName,
+        /// What it saw.
+        report: fifty_shared::experiment::ExperimentReport,
+        /// When.
+        at: SystemTime,
+    },
 }
 
 /// Why a command was not applied. Deterministic: every node rejects the same commands.
@@ -410,6 +439,18 @@ pub enum Rejection {
     /// Removing this coordinator would leave no voter.
     #[error("node {0:016x} is the last voter; a cluster cannot remove its only member")]
     LastMember(u64),
+    /// An experiment of this name exists.
+    #[error("an experiment named {0} exists already")]
+    ExperimentExists(String),
+    /// No experiment has this name.
+    #[error("no experiment named {0}; see `fifty experiment list`")]
+    UnknownExperiment(String),
+    /// The experiment was stopped; it cannot change any more.
+    #[error("experiment {0} is stopped")]
+    ExperimentStopped(String),
+    /// The weights do not fit the experiment's variants.
+    #[error("experiment {0}: give one weight per variant, not all zero")]
+    ExperimentVariants(String),
 }
 
 /// What applying a command produced.
@@ -740,6 +781,16 @@ impl Machine {
                 }
                 batch.put_tests(repo, &book);
                 Ok(Applied::Done)
+            }
+            Command::CreateExperiment(rec) => return crate::experiments::apply_create(store, rec, batch),
+            Command::RampExperiment { name, weights, at } => {
+                return crate::experiments::apply_ramp(store, name, weights, *at, batch)
+            }
+            Command::StopExperiment { name, winner, at } => {
+                return crate::experiments::apply_stop(store, name, *winner, *at, batch)
+            }
+            Command::RecordExperimentReport { host, report, at } => {
+                return crate::experiments::apply_report(store, host, report, *at, batch)
             }
         })
     }

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod experiment;
 pub mod ids;
 pub mod logging;
 pub mod pipeline;

@@ -449,6 +449,8 @@ pub enum AgentMsg {
     },
     /// The service's metrics over the last interval.
     Metrics(MetricsReport),
+    /// What the A/B sidecar saw since its last acknowledged report; re-sent until acknowledged.
+    ExperimentReport(crate::experiment::ExperimentReport),
 }
 
 /// Coordinator → agent, on the control stream.
@@ -490,6 +492,16 @@ pub enum CoordinatorMsg {
         data: Vec<u8>,
         /// Why there is no data, if there is none.
         missing: Option<String>,
+    },
+    /// Every experiment whose host selector matches this host (the whole set, replacing the last
+    /// one; empty turns the A/B sidecar off). Sent on link and whenever it changes.
+    Experiments(Vec<crate::experiment::ExperimentDef>),
+    /// The [`AgentMsg::ExperimentReport`] with this sequence number is recorded; forget it.
+    ExperimentReportAck {
+        /// The report's boot id.
+        boot: u64,
+        /// Its sequence number.
+        seq: u64,
     },
 }
 

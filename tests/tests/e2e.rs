@@ -1159,3 +1159,287 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
         "{md}"
     );
 }
+
+/// One HTTP/1.1 exchange on loopback (connection: close): status and body.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut answer)).await??;
+    let status = answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// The variant a sidecar assigns `unit` in `experiment`.
+async fn assign(sidecar: std::net::SocketAddr, experiment: &str, unit: &str) -> String {
+    let (status, body) = http(sidecar, "GET", &format!("/v1/assign/{experiment}/{unit}"), "").await.unwrap();
+    assert_eq!(status, 200, "assign {experiment}/{unit} on {sidecar}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["experiment"], experiment);
+    v["variant"].as_str().unwrap().to_string()
+}
+
+async fn experiment_json(cluster: &LocalCluster, name: &str) -> serde_json::Value {
+    let out = cli(cluster, &cluster.admin_token, &["experiment", "show", name, "--json"]).await;
+    assert!(out.status.success(), "experiment show: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Users `range` visit the shops (`/checkout` for both experiments): user i on host i mod 3, every
+/// fifth also on the next host. Returns (experiment, variant, converted) per user and experiment,
+/// after checking that every host answered the same.
+async fn visit(shop_ports: &[u16], range: std::ops::Range<usize>) -> Vec<(&'static str, String, bool)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..6 {
+        let (shop_ports, range) = (shop_ports.to_vec(), range.clone());
+        tasks.spawn(async move {
+            let mut seen = Vec::new();
+            for i in range.skip(worker).step_by(6) {
+                let mut visits = vec![i % 3];
+                if i % 5 == 0 {
+                    visits.push((i + 1) % 3);
+                }
+                for experiment in ["checkout", "banner"] {
+                    let mut answers = Vec::new();
+                    for h in &visits {
+                        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], shop_ports[*h]));
+                        let path = format!("/checkout?user=user-{i}&experiment={experiment}");
+                        let (status, body) = http(addr, "GET", &path, "").await.unwrap();
+                        assert_eq!(status, 200, "{path}: {body}");
+                        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                        answers.push((v["variant"].as_str().unwrap().to_string(), v["converted"].as_bool().unwrap()));
+                    }
+                    assert!(answers.windows(2).all(|w| w[0] == w[1]), "user-{i} differs between hosts: {answers:?}");
+                    seen.push((experiment, answers[0].0.clone(), answers[0].1));
+                }
+            }
+            seen
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    all
+}
+
+/// A/B split tests: definitions reach the sidecars of the selected hosts only; every host gives
+/// a unit the same variant; a ramp moves units only into the grown variant; the sample shop on
+/// three hosts runs a population (some users visiting two hosts) through its checkout, with the
+/// leader of three coordinators killed halfway; the coordinators count each user exactly once,
+/// judge a real lift a win and an A/A test not; a stop gives everyone the winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiments_assign_on_every_host_and_judge_a_real_lift() {
+    let dir = test_dir("experiments");
+    let options = Options { coordinators: 3, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    let webs = ["web-1", "web-2", "web-3"];
+    for name in webs {
+        cluster.add_agent(name, "role=prod").await.unwrap();
+    }
+    cluster.add_agent("build-1", "role=build").await.unwrap();
+    cluster.wait_reporting(&["web-1", "web-2", "web-3", "build-1"], DEADLINE).await.unwrap();
+    let sidecars: Vec<std::net::SocketAddr> = webs.iter().map(|n| cluster.sidecar(n).unwrap()).collect();
+    let build_sidecar = cluster.sidecar("build-1").unwrap();
+    let admin = cluster.admin_token.clone();
+
+    let create = |args: &'static [&'static str]| {
+        let (cluster, admin) = (&cluster, admin.clone());
+        async move {
+            let mut all = vec!["experiment", "create"];
+            all.extend_from_slice(args);
+            let out = cli(cluster, &admin, &all).await;
+            assert!(out.status.success(), "experiment create {args:?}: {}", text(&out.stderr));
+        }
+    };
+    // Fixed salts make the split reproducible run to run (so is who buys: see the sample shop).
+    create(&["checkout", "--variants", "control=50,new_checkout=50", "--hosts", "role=prod", "--salt", "e2e-1"]).await;
+    create(&["banner", "--variants", "control=50,blue=50", "--hosts", "role=prod", "--salt", "e2e-2"]).await;
+    create(&["ramp-check", "--variants", "control=50,new=50", "--hosts", "role=prod", "--salt", "e2e-3"]).await;
+    let out = cli(&cluster, &admin, &["experiment", "create", "bad", "--variants", "control=50"]).await;
+    assert!(!out.status.success() && text(&out.stderr).contains("at least two"), "{}", text(&out.stderr));
+
+    // Every selected host serves them within seconds; the build host's sidecar stays off.
+    wait_for("every prod sidecar to serve the experiments", DEADLINE, || async {
+        // Listing what a sidecar serves records no exposure.
+        for s in &sidecars {
+            match http(*s, "GET", "/v1/experiments", "").await {
+                Ok((200, body)) if ["checkout", "banner", "ramp-check"].iter().all(|e| body.contains(e)) => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+    .unwrap();
+    assert!(tokio::net::TcpStream::connect(build_sidecar).await.is_err(), "the build host's sidecar is off");
+    let (status, body) = http(sidecars[0], "GET", "/v1/assign/nope/u1", "").await.unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].as_str().unwrap().contains("nope"));
+    let (status, _) = http(sidecars[1], "POST", "/v1/track", "{\"experiment\":").await.unwrap();
+    assert_eq!(status, 400);
+
+    // The same unit gets the same variant on every host.
+    for i in 0..40 {
+        let unit = format!("same-{i}");
+        let first = assign(sidecars[0], "ramp-check", &unit).await;
+        for s in &sidecars[1..] {
+            assert_eq!(assign(*s, "ramp-check", &unit).await, first, "{unit}");
+        }
+    }
+
+    // A ramp only moves units into the grown variant.
+    let units: Vec<String> = (0..600).map(|i| format!("ramp-{i}")).collect();
+    let mut before = Vec::new();
+    for u in &units {
+        before.push(assign(sidecars[2], "ramp-check", u).await);
+    }
+    let out = cli(&cluster, &admin, &["experiment", "ramp", "ramp-check", "--variants", "control=20,new=80"]).await;
+    assert!(out.status.success(), "ramp: {}", text(&out.stderr));
+    let after = wait_for("the ramp to reach web-3", DEADLINE, || async {
+        let mut after = Vec::new();
+        for u in &units {
+            after.push(assign(sidecars[2], "ramp-check", u).await);
+        }
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        Ok((moved > 0).then_some(after))
+    })
+    .await
+    .unwrap();
+    for ((u, b), a) in units.iter().zip(&before).zip(&after) {
+        assert!(b == a || (b == "control" && a == "new"), "{u} moved from {b} to {a}");
+    }
+    let new_share = after.iter().filter(|v| *v == "new").count() as f64 / units.len() as f64;
+    assert!((0.72..0.88).contains(&new_share), "new's share after the ramp: {new_share}");
+    // New units after the ramp split 20/80; the sample-ratio check judges each period by its own
+    // weights, so the ramp itself is no mismatch.
+    for i in 0..400 {
+        assign(sidecars[i % 3], "ramp-check", &format!("post-{i}")).await;
+    }
+    let view = wait_for("ramp-check's units to be counted", DEADLINE, || async {
+        let v = experiment_json(&cluster, "ramp-check").await;
+        Ok((v["units"].as_u64() == Some(1040)).then_some(v))
+    })
+    .await
+    .unwrap();
+    assert_eq!(view["srm"]["mismatch"], false, "{view:#}");
+
+    // The sample shop on each web host, asking its own host's sidecar.
+    let mut shops = Vec::new();
+    let mut shop_ports = Vec::new();
+    for s in &sidecars {
+        let port = fifty::local::free_port().unwrap();
+        let child = tokio::process::Command::new(cluster.bin_dir.join("fifty-sample-service"))
+            .args(["--port", &port.to_string()])
+            .current_dir(&dir)
+            .env("FIFTY_SIDECAR", s.to_string())
+            .env("FIFTY_SAMPLE_CONVERSION", "control=0.10,new_checkout=0.20,*=0.10")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        shops.push(child);
+        shop_ports.push(port);
+    }
+    let shop = |i: usize| std::net::SocketAddr::from(([127, 0, 0, 1], shop_ports[i % shop_ports.len()]));
+    wait_for("the shops to answer", DEADLINE, || async {
+        for i in 0..3 {
+            if http(shop(i), "GET", "/health", "").await.is_err() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+    .unwrap();
+
+    // A population: user i shops on host i mod 3; every fifth user also on the next host. Halfway,
+    // the leader is killed while the agents hold unreported visits: nothing may be lost or doubled.
+    let users = 3000usize;
+    let mut expected: std::collections::HashMap<(String, String), (u64, u64)> = Default::default();
+    for half in [0..users / 2, users / 2..users] {
+        if half.start > 0 {
+            let old = cluster.wait_leader(DEADLINE).await.unwrap();
+            cluster.kill_coordinator(old).await.unwrap();
+            cluster.wait_leader(DEADLINE).await.unwrap();
+        }
+        for (experiment, variant, converted) in visit(&shop_ports, half).await {
+            let e = expected.entry((experiment.to_string(), variant)).or_default();
+            e.0 += 1;
+            e.1 += u64::from(converted);
+        }
+    }
+
+    // The coordinator counts every user once, whichever hosts saw them, as the shops answered.
+    let counts = |v: &serde_json::Value| -> Vec<(String, u64, u64)> {
+        v["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["exposed"].as_u64().unwrap(),
+                    r["converted"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for experiment in ["checkout", "banner"] {
+        let want: u64 = users as u64;
+        let view = wait_for(&format!("{experiment}'s reports to arrive"), DEADLINE, || async {
+            let v = experiment_json(&cluster, experiment).await;
+            let exposed: u64 = counts(&v).iter().map(|c| c.1).sum();
+            Ok((exposed >= want).then_some(v))
+        })
+        .await
+        .unwrap();
+        for (variant, exposed, converted) in counts(&view) {
+            let (e, c) = expected.get(&(experiment.to_string(), variant.clone())).copied().unwrap_or_default();
+            assert_eq!((exposed, converted), (e, c), "{experiment}/{variant}: coordinator vs what the shops answered");
+        }
+        assert_eq!(view["srm"]["mismatch"], false, "{view:#}");
+    }
+    let checkout = experiment_json(&cluster, "checkout").await;
+    assert_eq!(checkout["winner"], "new_checkout", "{checkout:#}");
+    assert_eq!(checkout["variants"][1]["verdict"], "win", "{checkout:#}");
+    assert_eq!(checkout["variants"][1]["conversion"]["significant"], true);
+    let lift_ci = checkout["variants"][1]["conversion"]["lift_ci"].as_array().unwrap();
+    assert!(lift_ci[0].as_f64().unwrap() > 0.0, "{checkout:#}");
+    let banner = experiment_json(&cluster, "banner").await;
+    assert!(banner["winner"].is_null(), "an A/A test has no winner: {banner:#}");
+    assert_eq!(banner["variants"][1]["verdict"], "inconclusive", "{banner:#}");
+    let out = cli(&cluster, &admin, &["experiment", "show", "checkout"]).await;
+    let table = text(&out.stdout);
+    assert!(table.contains("new_checkout") && table.contains("win") && table.contains("Sample ratio"), "{table}");
+    let out = cli(&cluster, &admin, &["experiment", "list"]).await;
+    assert!(text(&out.stdout).contains("ramp-check"), "{}", text(&out.stdout));
+
+    // Stop with a winner: every host gives everyone new_checkout.
+    let out = cli(&cluster, &admin, &["experiment", "stop", "checkout", "--winner", "new_checkout"]).await;
+    assert!(out.status.success(), "stop: {}", text(&out.stderr));
+    wait_for("every host to serve the winner", DEADLINE, || async {
+        for s in &sidecars {
+            for i in 0..30 {
+                if assign(*s, "checkout", &format!("after-{i}")).await != "new_checkout" {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+    .unwrap();
+    let out =
+        cli(&cluster, &admin, &["experiment", "ramp", "checkout", "--variants", "control=0,new_checkout=100"]).await;
+    assert!(text(&out.stderr).contains("stopped"), "{}", text(&out.stderr));
+
+    drop(shops);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,11 +18,14 @@
 //! | `POST /v1/incidents/{id}` (a why, an action, close), `POST /v1/notify/webhooks`, `DELETE /v1/notify/webhooks/{id}` | admin |
 //! | `GET /v1/cluster/members` | read |
 //! | `DELETE /v1/cluster/members/{id}` | admin |
+//! | `GET /v1/experiments`, `GET /v1/experiments/{name}` (see `experiments`) | read |
+//! | `POST /v1/experiments`, `POST /v1/experiments/{name}/{ramp,stop}` | admin |
 //! | `POST /v1/debug/isolate`, `POST /v1/debug/deploy` | admin, and only with `fault_injection = true` |
 //!
 //! No token or an invalid one gets 401; a valid token whose role may not do the thing gets 403.
 //! Any coordinator may be asked: see `forward` for how followers hand requests to the leader.
 
+mod experiments;
 mod forward;
 mod https;
 mod webhook;
@@ -69,7 +72,8 @@ impl From<OpError> for ApiError {
                 | Rejection::UnknownAccessor(_)
                 | Rejection::UnknownRepo(_)
                 | Rejection::UnknownIncident(_)
-                | Rejection::UnknownWebhook(_)),
+                | Rejection::UnknownWebhook(_)
+                | Rejection::UnknownExperiment(_)),
             ) => ApiError(StatusCode::NOT_FOUND, r.to_string()),
             OpError::Rejected(r) => ApiError(StatusCode::CONFLICT, r.to_string()),
             OpError::Store(e) => e.into(),
@@ -137,6 +141,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/debug/isolate", post(isolate))
         .route("/v1/debug/deploy", post(debug_deploy))
         .route("/metrics", get(metrics))
+        .merge(experiments::routes())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
         .layer(axum::middleware::from_fn_with_state(coordinator.clone(), forward::to_leader))
         .with_state(coordinator)

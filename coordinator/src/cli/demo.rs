@@ -243,6 +243,10 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     print!("{}", indent(&super::output::cluster(&members)));
     let status: StatusView = cluster.client().get("/v1/status").await.context("read status")?;
     print!("{}", indent(&super::output::status(&status)));
+
+    super::demo_experiment::story(&cluster, &PROD, &ports, &|what: &str| t.say(what))
+        .await
+        .context("A/B experiment")?;
     Ok(())
 }
 

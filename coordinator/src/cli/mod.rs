@@ -3,7 +3,9 @@
 
 pub mod client;
 mod demo;
+mod demo_experiment;
 mod dev;
+pub mod experiment;
 mod incident;
 mod output;
 
@@ -101,6 +103,11 @@ enum Command {
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
+    },
+    /// A/B experiments served by the agents: define, ramp, stop, judge.
+    Experiment {
+        #[command(subcommand)]
+        command: experiment::ExperimentCommand,
     },
     /// Return every host to a known-good release at once (no canary, no bake).
     Rollback {
@@ -469,6 +476,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Incidents { json } => incident::list(&cli.client, json).await,
         Command::Incident { command } => incident::incident(&cli.client, command).await,
         Command::Webhook { command } => incident::webhook(&cli.client, command).await,
+        Command::Experiment { command } => experiment::run(&cli.client, command).await,
         Command::Rollback { to, repo } => {
             let view: RolloutView =
                 Client::from_opts(&cli.client)?.post("/v1/rollback", &RollbackRequest { repo, to }).await?;

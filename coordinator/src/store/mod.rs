@@ -10,8 +10,10 @@
 //! `sm/active/<id>` (jobs queued or running), `sm/log/<id>/<attempt>`, `sm/results/<id>/<attempt>`
 //! (an attempt's test results), `sm/tests/<repo>`, `sm/duration/<repo>/<test>`,
 //! `sm/delivery/<id>` (webhook deliveries seen); deploy: `sm/blob/<digest>/<chunk>` and
-//! `sm/blobsize/<digest>` (artifacts, content-addressed), `sm/release/<id>`, `sm/rollout/<id>`, `sm/incident/<id>`, `sm/notification/<id>`, `sm/webhook/<id>`,
-//! `sm/target/<repo>`, `sm/hosttarget/<host>`. Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
+//! `sm/blobsize/<digest>` (artifacts, content-addressed), `sm/release/<id>`, `sm/rollout/<id>`,
+//! `sm/target/<repo>`, `sm/hosttarget/<host>`; the immune system: `sm/incident/<id>`,
+//! `sm/notification/<id>`, `sm/webhook/<id>`; experiments: `sm/exp/def/<name>`, `sm/exp/stats/<name>`,
+//! `sm/exp/unit/<name>/<unit hash>`, `sm/exp/mark/<host>`. Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
 
 pub mod check;
@@ -247,6 +249,29 @@ impl Batch {
     /// Records a webhook delivery id as seen.
     pub fn put_delivery(&mut self, id: &str, at: std::time::SystemTime) {
         self.put(format!("delivery/{id}"), &at);
+    }
+
+    // ---- experiments: `sm/exp/def/<name>`, `sm/exp/stats/<name>`, `sm/exp/unit/<name>/<hash>`,
+    // `sm/exp/mark/<host>` (the last agent report applied) -----------------------------------
+
+    /// Writes an experiment's definition.
+    pub fn put_experiment(&mut self, e: &crate::experiments::ExperimentRecord) {
+        self.put(format!("exp/def/{}", e.name), e);
+    }
+
+    /// Writes an experiment's counts.
+    pub fn put_experiment_stats(&mut self, name: &str, s: &crate::experiments::StatsRecord) {
+        self.put(format!("exp/stats/{name}"), s);
+    }
+
+    /// Writes what is known of one unit in one experiment.
+    pub fn put_experiment_unit(&mut self, name: &str, unit: u64, u: &crate::experiments::UnitRecord) {
+        self.put(format!("exp/unit/{name}/{unit:016x}"), u);
+    }
+
+    /// Records the last agent report applied for `host`.
+    pub fn put_report_mark(&mut self, host: &HostName, m: &crate::experiments::ReportMark) {
+        self.put(format!("exp/mark/{host}"), m);
     }
 }
 
@@ -495,6 +520,31 @@ impl Store {
     /// When a webhook delivery was first seen.
     pub fn delivery(&self, id: &str) -> Result<Option<std::time::SystemTime>, StoreError> {
         self.get(&format!("delivery/{id}"))
+    }
+
+    /// An experiment by name.
+    pub fn experiment(&self, name: &str) -> Result<Option<crate::experiments::ExperimentRecord>, StoreError> {
+        self.get(&format!("exp/def/{name}"))
+    }
+
+    /// Every experiment, by name.
+    pub fn experiments(&self) -> Result<Vec<crate::experiments::ExperimentRecord>, StoreError> {
+        self.scan("exp/def/")
+    }
+
+    /// An experiment's counts.
+    pub fn experiment_stats(&self, name: &str) -> Result<Option<crate::experiments::StatsRecord>, StoreError> {
+        self.get(&format!("exp/stats/{name}"))
+    }
+
+    /// What is known of one unit in one experiment.
+    pub fn experiment_unit(&self, name: &str, unit: u64) -> Result<Option<crate::experiments::UnitRecord>, StoreError> {
+        self.get(&format!("exp/unit/{name}/{unit:016x}"))
+    }
+
+    /// The last agent report applied for `host`.
+    pub fn report_mark(&self, host: &HostName) -> Result<Option<crate::experiments::ReportMark>, StoreError> {
+        self.get(&format!("exp/mark/{host}"))
     }
 
     /// Every coordinator in the cluster, by node id.

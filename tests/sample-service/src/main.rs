@@ -1,7 +1,8 @@
 //! `fifty-sample-service`: the small web service ("the shop") that Fifty's agents deploy and
 //! supervise in the end-to-end tests and in `fifty demo`.
 //!
-//! It answers `GET /health`, `/`, `/version` and `/metrics` over HTTP/1.1: one thread per
+//! It answers `GET /health`, `/`, `/version`, `/metrics` and `/checkout` (an A/B test through the
+//! agent's sidecar, see [`checkout`]) over HTTP/1.1: one thread per
 //! connection, one request per connection (`Connection: close`). Tests and demos steer it from
 //! outside while it runs, through files in its working directory: `UNHEALTHY` fails the health
 //! check, `ERROR_RATE` makes a share of `/` requests answer 500, `LATENCY_MS` slows `/` down.
@@ -321,6 +322,8 @@ struct Request {
     method: String,
     /// The target's path, without the query.
     path: String,
+    /// The query, after `?` (empty without one).
+    query: String,
 }
 
 /// Recovers the guard of a poisoned lock: every critical section here leaves its data valid.
@@ -343,7 +346,7 @@ impl App {
 
     /// Answers one request.
     fn handle(&self, request: &Request) -> Response {
-        let known = matches!(request.path.as_str(), "/" | "/health" | "/version" | "/metrics");
+        let known = matches!(request.path.as_str(), "/" | "/health" | "/version" | "/metrics" | "/checkout");
         if !known {
             return Response::text(404, "not found\n");
         }
@@ -353,6 +356,7 @@ impl App {
         match request.path.as_str() {
             "/health" => self.health(),
             "/version" => Response::text(200, format!("{}\n", self.version)),
+            "/checkout" => checkout::handle(&self.dir, &request.query),
             "/metrics" => {
                 Response { status: 200, content_type: "text/plain; version=0.0.4", body: self.render_metrics() }
             }
@@ -478,8 +482,8 @@ fn parse_request_line(line: &str) -> Result<Request, String> {
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
         return Err(format!("unsupported protocol {version:?}"));
     }
-    let path = target.split('?').next().unwrap_or(target).to_string();
-    Ok(Request { method: method.to_string(), path })
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Ok(Request { method: method.to_string(), path: path.to_string(), query: query.to_string() })
 }
 
 /// Parses a whole head: request line, then `Name: value` header lines.
@@ -553,9 +557,140 @@ fn serve_connection(app: &App, mut stream: TcpStream) {
     }
 }
 
+/// `GET /checkout?user=U[&experiment=E]`: the shop asks its host's A/B sidecar which checkout
+/// `U` gets, and `U` buys with the probability set for that variant, which it reports to the
+/// sidecar as a `conversion` event with the order's value. The sidecar is `FIFTY_SIDECAR`
+/// (`127.0.0.1:7072` by default); the experiment `FIFTY_SAMPLE_EXPERIMENT` (default `checkout`);
+/// the probabilities `FIFTY_SAMPLE_CONVERSION`, else the `CONVERSION` file in the working directory,
+/// like `control=0.10,new_checkout=0.13,*=0.10` (`*`: any other variant; default 0.10).
+/// Whether a user buys is a deterministic function of (experiment, user, probability), so a user
+/// who visits two hosts decides the same way on both.
+mod checkout {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::Response;
+
+    fn json(status: u16, body: String) -> Response {
+        Response { status, content_type: "application/json", body }
+    }
+
+    pub fn handle(dir: &Path, query: &str) -> Response {
+        let param = |key: &str| {
+            query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+        };
+        let Some(user) = param("user")
+            .filter(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        else {
+            return json(400, r#"{"error":"give ?user=ID (letters, digits, '-', '_')"}"#.into());
+        };
+        let experiment = param("experiment")
+            .or_else(|| std::env::var("FIFTY_SAMPLE_EXPERIMENT").ok())
+            .unwrap_or_else(|| "checkout".into());
+        let sidecar: SocketAddr =
+            match std::env::var("FIFTY_SIDECAR").unwrap_or_else(|_| "127.0.0.1:7072".into()).parse() {
+                Ok(a) => a,
+                Err(_) => return json(500, r#"{"error":"FIFTY_SIDECAR is not IP:PORT"}"#.into()),
+            };
+        let (status, body) = match call(sidecar, "GET", &format!("/v1/assign/{experiment}/{user}"), "") {
+            Ok(answer) => answer,
+            Err(e) => return json(502, format!(r#"{{"error":"sidecar: {e}"}}"#)),
+        };
+        if status != 200 {
+            return json(502, format!(r#"{{"error":"sidecar answered {status}","sidecar":{body}}}"#));
+        }
+        let Some(variant) = field(&body, "variant") else {
+            return json(502, r#"{"error":"sidecar answer has no variant"}"#.into());
+        };
+        let spec = std::env::var("FIFTY_SAMPLE_CONVERSION")
+            .ok()
+            .or_else(|| std::fs::read_to_string(dir.join("CONVERSION")).ok())
+            .unwrap_or_default();
+        let p = probability(&spec, &variant);
+        let draw = hash(&format!("{experiment}/{user}"));
+        let converted = (draw >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0;
+        if converted {
+            let value = 10 + draw % 41;
+            let track =
+                format!(r#"{{"experiment":"{experiment}","unit":"{user}","event":"conversion","value":{value}.0}}"#);
+            match call(sidecar, "POST", "/v1/track", &track) {
+                Ok((200, _)) => {}
+                Ok((status, body)) => {
+                    return json(502, format!(r#"{{"error":"track answered {status}","sidecar":{body}}}"#))
+                }
+                Err(e) => return json(502, format!(r#"{{"error":"sidecar: {e}"}}"#)),
+            }
+        }
+        json(200, format!(r#"{{"user":"{user}","variant":"{variant}","converted":{converted}}}"#))
+    }
+
+    /// The probability for `variant` in `control=0.10,new_checkout=0.13,*=0.10`.
+    pub fn probability(spec: &str, variant: &str) -> f64 {
+        let mut default = 0.10;
+        for (k, v) in spec.split(',').filter_map(|kv| kv.trim().split_once('=')) {
+            let Ok(p) = v.trim().parse::<f64>() else { continue };
+            if k.trim() == variant {
+                return p;
+            }
+            if k.trim() == "*" {
+                default = p;
+            }
+        }
+        default
+    }
+
+    /// FNV-1a, then a SplitMix64 finaliser: stable across builds, unlike std's hasher.
+    pub fn hash(s: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in s.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^ (h >> 31)
+    }
+
+    /// The string value of `"key":"…"` in a compact JSON object.
+    pub fn field(body: &str, key: &str) -> Option<String> {
+        let start = body.find(&format!("\"{key}\":\""))? + key.len() + 4;
+        let end = body[start..].find('"')? + start;
+        Some(body[start..end].to_string())
+    }
+
+    fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: sidecar\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        let status = answer.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkout_probabilities_and_answers_are_read_strictly() {
+        assert_eq!(checkout::probability("control=0.10,new_checkout=0.13", "new_checkout"), 0.13);
+        assert_eq!(checkout::probability("control=0.10,*=0.2", "blue"), 0.2);
+        assert_eq!(checkout::probability("", "blue"), 0.10);
+        assert_eq!(
+            checkout::field(r#"{"experiment":"x","variant":"new_checkout"}"#, "variant").unwrap(),
+            "new_checkout"
+        );
+        assert_eq!(checkout::hash("a"), checkout::hash("a"));
+        assert_ne!(checkout::hash("a"), checkout::hash("b"));
+    }
 
     fn settings(dir: &Path, version: &str, rate: Rate) -> Settings {
         Settings {
@@ -568,7 +703,7 @@ mod tests {
     }
 
     fn get(path: &str) -> Request {
-        Request { method: "GET".into(), path: path.into() }
+        Request { method: "GET".into(), path: path.into(), query: String::new() }
     }
 
     /// A fresh empty directory for one test.
@@ -601,10 +736,11 @@ mod tests {
     #[test]
     fn request_lines_are_parsed_strictly() {
         assert_eq!(parse_request_line("GET / HTTP/1.1"), Ok(get("/")));
-        assert_eq!(parse_request_line("GET /health?verbose=1 HTTP/1.0"), Ok(get("/health")));
+        let with_query = Request { query: "verbose=1".into(), ..get("/health") };
+        assert_eq!(parse_request_line("GET /health?verbose=1 HTTP/1.0"), Ok(with_query));
         assert_eq!(
             parse_request(b"POST /version HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/8\r\nAccept: */*"),
-            Ok(Request { method: "POST".into(), path: "/version".into() })
+            Ok(Request { method: "POST".into(), path: "/version".into(), query: String::new() })
         );
         for bad in [
             "",

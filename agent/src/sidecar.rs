@@ -1,0 +1,627 @@
+//! The local A/B sidecar: a minimal HTTP/1.1 server on loopback that answers "which variant does
+//! this unit get?" from memory, and counts what it saw for the coordinator.
+//!
+//! - `GET /v1/assign/{experiment}/{unit}` → `{"experiment":"…","variant":"…"}`, recording an exposure.
+//! - `POST /v1/track` with `{"experiment":"…","unit":"…","event":"…","value":1.0}` records a metric
+//!   event (`value` is optional, default 1).
+//! - `GET /v1/experiments` lists what this host serves.
+//!
+//! Errors are JSON `{"error":"…"}`: 404 unknown experiment or path, 400 bad request or JSON, 405
+//! wrong method, 413 body over [`MAX_BODY`], 431 head over [`MAX_HEAD`]. A connection idle or slow
+//! for [`IO_TIMEOUT`] is closed; keep-alive is supported.
+//!
+//! Invariants:
+//! - It listens on loopback only (the config refuses anything else), and only while the
+//!   coordinator says this host serves at least one experiment.
+//! - Memory is bounded: at most [`MAX_UNITS_PER_EXPERIMENT`] units per experiment and
+//!   [`MAX_UNITS`] in all wait for the next report (40 bytes each in a hash table, at most twice
+//!   that with the table's slack: under 16 MiB), plus one report of at most `MAX_REPORT_UNITS`
+//!   (24 bytes each) in flight; a table gives its memory back when a report takes its units. A
+//!   unit over the cap is not recorded and is counted as dropped, which the coordinator shows.
+//! - A report is kept until the coordinator acknowledges it and re-sent on every new link, so a
+//!   coordinator failover loses nothing; the (boot, seq) it carries makes a repeat count once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fifty_shared::experiment::{
+    unit_hash, ExperimentDef, ExperimentReport, ExperimentUnits, UnitSeen, MAX_REPORT_UNITS,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The longest request head (request line and headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// The largest request body.
+pub const MAX_BODY: usize = 4 * 1024;
+/// How long a connection may sit idle or take to send a request.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most units of one experiment waiting for the next report.
+pub const MAX_UNITS_PER_EXPERIMENT: usize = 50_000;
+/// Most units of all experiments waiting for the next report.
+pub const MAX_UNITS: usize = 200_000;
+/// Longest unit id accepted.
+pub const MAX_UNIT_LEN: usize = 256;
+/// A report not acknowledged this long is sent again on the same link.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Pending {
+    units: HashMap<u64, UnitSeen>,
+    dropped: u64,
+}
+
+struct State {
+    defs: HashMap<String, ExperimentDef>,
+    pending: HashMap<String, Pending>,
+    total: usize,
+    boot: u64,
+    next_seq: u64,
+    inflight: Option<(ExperimentReport, Option<Instant>)>,
+}
+
+/// The sidecar's shared state; cheap to clone.
+#[derive(Clone)]
+pub struct Sidecar {
+    listen: SocketAddr,
+    state: Arc<Mutex<State>>,
+    active: Arc<watch::Sender<bool>>,
+    more: Arc<tokio::sync::Notify>,
+}
+
+/// A JSON answer.
+#[derive(Debug, PartialEq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: String,
+}
+
+fn error(status: u16, message: impl AsRef<str>) -> Answer {
+    Answer { status, body: serde_json::json!({ "error": message.as_ref() }).to_string() }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Track {
+    experiment: String,
+    unit: String,
+    event: String,
+    value: Option<f64>,
+}
+
+impl Sidecar {
+    /// A sidecar that will listen on `listen` (loopback, checked by the config) once it serves an
+    /// experiment.
+    pub fn new(listen: SocketAddr) -> Self {
+        let state = State {
+            defs: HashMap::new(),
+            pending: HashMap::new(),
+            total: 0,
+            boot: rand::random(),
+            next_seq: 1,
+            inflight: None,
+        };
+        Sidecar {
+            listen,
+            state: Arc::new(Mutex::new(state)),
+            active: Arc::new(watch::channel(false).0),
+            more: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("sidecar lock")
+    }
+
+    /// The coordinator's definitions for this host (the whole set).
+    pub fn set_definitions(&self, defs: Vec<ExperimentDef>) {
+        let mut s = self.lock();
+        s.defs = defs.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let State { defs, pending, total, .. } = &mut *s;
+        pending.retain(|name, _| defs.contains_key(name));
+        *total = pending.values().map(|p| p.units.len()).sum();
+        let on = !s.defs.is_empty();
+        drop(s);
+        self.active.send_if_modified(|a| std::mem::replace(a, on) != on);
+    }
+
+    /// Answers one request (method, path, body): the whole API, without I/O.
+    pub fn handle(&self, method: &str, path: &str, body: &[u8]) -> Answer {
+        let path = path.split('?').next().unwrap_or(path);
+        if let Some(rest) = path.strip_prefix("/v1/assign/") {
+            if method != "GET" {
+                return error(405, "use GET for /v1/assign/{experiment}/{unit}");
+            }
+            let Some((name, unit)) = rest.split_once('/') else {
+                return error(400, "expected /v1/assign/{experiment}/{unit}");
+            };
+            let (Some(name), Some(unit)) = (percent_decode(name), percent_decode(unit)) else {
+                return error(400, "bad percent-encoding in the path");
+            };
+            return self.assign(&name, &unit);
+        }
+        match (method, path) {
+            ("POST", "/v1/track") => match serde_json::from_slice::<Track>(body) {
+                Ok(t) => self.track(&t.experiment, &t.unit, &t.event, t.value.unwrap_or(1.0)),
+                Err(e) => error(400, format!("request body: {e}; expected {{\"experiment\":\"…\",\"unit\":\"…\",\"event\":\"…\",\"value\":1.0}}")),
+            },
+            (_, "/v1/track") => error(405, "use POST for /v1/track"),
+            ("GET", "/v1/experiments") => {
+                let s = self.lock();
+                let mut list: Vec<serde_json::Value> = s
+                    .defs
+                    .values()
+                    .map(|d| {
+                        serde_json::json!({
+                            "name": d.name,
+                            "variants": d.variants,
+                            "metric": d.metric,
+                            "stopped": d.stopped.is_some(),
+                        })
+                    })
+                    .collect();
+                list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                Answer { status: 200, body: serde_json::json!({ "experiments": list }).to_string() }
+            }
+            (_, "/v1/experiments") => error(405, "use GET for /v1/experiments"),
+            _ => error(404, format!("no such path {path:?}; see /v1/assign/{{experiment}}/{{unit}} and /v1/track")),
+        }
+    }
+
+    fn check_unit(unit: &str) -> Option<Answer> {
+        if unit.is_empty() || unit.len() > MAX_UNIT_LEN {
+            return Some(error(400, format!("unit id must be 1 to {MAX_UNIT_LEN} bytes")));
+        }
+        None
+    }
+
+    fn assign(&self, name: &str, unit: &str) -> Answer {
+        if let Some(bad) = Self::check_unit(unit) {
+            return bad;
+        }
+        let mut s = self.lock();
+        let Some(def) = s.defs.get(name) else {
+            return error(404, format!("no experiment named {name:?} on this host"));
+        };
+        let v = def.assign(unit);
+        let variant = def.variants.get(v as usize).cloned().unwrap_or_default();
+        if def.stopped.is_none() {
+            let epoch = def.epoch;
+            record(&mut s, name, unit, v, epoch, true, None);
+        }
+        Answer { status: 200, body: serde_json::json!({ "experiment": name, "variant": variant }).to_string() }
+    }
+
+    fn track(&self, name: &str, unit: &str, event: &str, value: f64) -> Answer {
+        if let Some(bad) = Self::check_unit(unit) {
+            return bad;
+        }
+        if !value.is_finite() {
+            return error(400, "value must be a finite number");
+        }
+        let mut s = self.lock();
+        let Some(def) = s.defs.get(name) else {
+            return error(404, format!("no experiment named {name:?} on this host"));
+        };
+        if def.metric != event {
+            return error(400, format!("experiment {name} measures event {:?}, not {event:?}", def.metric));
+        }
+        let v = def.assign(unit);
+        let variant = def.variants.get(v as usize).cloned().unwrap_or_default();
+        let recorded = def.stopped.is_none();
+        if recorded {
+            let epoch = def.epoch;
+            record(&mut s, name, unit, v, epoch, false, Some(value));
+        }
+        Answer {
+            status: 200,
+            body: serde_json::json!({ "experiment": name, "variant": variant, "recorded": recorded }).to_string(),
+        }
+    }
+
+    /// A new link: the report in flight (if any) goes out again on it.
+    pub fn on_link(&self) {
+        if let Some((_, sent)) = &mut self.lock().inflight {
+            *sent = None;
+        }
+    }
+
+    /// The report to send now, if one is due: the unacknowledged one when it was not sent on this
+    /// link or waited too long, else a new one from what waits.
+    pub fn report_due(&self, now: Instant) -> Option<ExperimentReport> {
+        let mut s = self.lock();
+        if let Some((report, sent)) = &mut s.inflight {
+            if sent.is_some_and(|at| now.duration_since(at) < RESEND_AFTER) {
+                return None;
+            }
+            *sent = Some(now);
+            return Some(report.clone());
+        }
+        if s.pending.values().all(|p| p.units.is_empty() && p.dropped == 0) {
+            return None;
+        }
+        let mut budget = MAX_REPORT_UNITS;
+        let mut experiments = Vec::new();
+        let mut taken = 0;
+        for (name, p) in s.pending.iter_mut() {
+            if budget == 0 {
+                break;
+            }
+            // Taking the map (not draining it) returns its memory: a table keeps its capacity.
+            let units: Vec<UnitSeen> = if p.units.len() <= budget {
+                std::mem::take(&mut p.units).into_values().collect()
+            } else {
+                let keys: Vec<u64> = p.units.keys().take(budget).copied().collect();
+                let units = keys.iter().filter_map(|k| p.units.remove(k)).collect();
+                p.units.shrink_to_fit();
+                units
+            };
+            budget -= units.len();
+            taken += units.len();
+            experiments.push(ExperimentUnits { name: name.clone(), units, dropped: std::mem::take(&mut p.dropped) });
+        }
+        s.total -= taken;
+        let report = ExperimentReport { boot: s.boot, seq: s.next_seq, experiments };
+        s.next_seq += 1;
+        s.inflight = Some((report.clone(), Some(now)));
+        Some(report)
+    }
+
+    /// The coordinator recorded the report (boot, seq). If units wait, the next report may go at
+    /// once (see [`Sidecar::more`]) rather than at the next beat, so a busy host drains faster than
+    /// one report a second.
+    pub fn acked(&self, boot: u64, seq: u64) {
+        let mut s = self.lock();
+        if s.inflight.as_ref().is_some_and(|(r, _)| r.boot == boot && r.seq == seq) {
+            s.inflight = None;
+            if s.total >= MAX_REPORT_UNITS / 2 {
+                self.more.notify_one();
+            }
+        }
+    }
+
+    /// Resolves when a report was acknowledged and many units wait: send the next one now.
+    pub async fn more(&self) {
+        self.more.notified().await
+    }
+
+    /// Units waiting for the next report.
+    pub fn waiting(&self) -> usize {
+        self.lock().total
+    }
+
+    /// Serves HTTP while the host has experiments, until `shutdown`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut active = self.active.subscribe();
+        loop {
+            tokio::select! {
+                _ = active.wait_for(|a| *a) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let listener = match TcpListener::bind(self.listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(listen = %self.listen, error = %e, "A/B sidecar cannot listen; retrying in 5 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                }
+            };
+            info!(listen = %self.listen, "A/B sidecar listening");
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        if let Ok((stream, _)) = accepted {
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(self.clone().connection(stream));
+                        }
+                    }
+                    _ = active.wait_for(|a| !*a) => break,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+            info!("A/B sidecar off: this host serves no experiment");
+        }
+    }
+
+    async fn connection(self, mut stream: TcpStream) {
+        let mut buf: Vec<u8> = Vec::with_capacity(1024);
+        loop {
+            let (answer, keep_alive) = match tokio::time::timeout(IO_TIMEOUT, read_request(&mut stream, &mut buf)).await
+            {
+                Err(_) | Ok(Err(ReadError::Closed)) => return,
+                Ok(Err(ReadError::Bad(answer))) => (answer, false),
+                Ok(Ok(req)) => (self.handle(&req.method, &req.path, &req.body), req.keep_alive),
+            };
+            let head = format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: {}\r\n\r\n",
+                answer.status,
+                reason(answer.status),
+                answer.body.len(),
+                if keep_alive { "keep-alive" } else { "close" }
+            );
+            let mut out = head.into_bytes();
+            out.extend_from_slice(answer.body.as_bytes());
+            if tokio::time::timeout(IO_TIMEOUT, stream.write_all(&out)).await.map_or(true, |r| r.is_err())
+                || !keep_alive
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Adds what was seen of `unit` to the pending report, within the caps.
+fn record(s: &mut State, name: &str, unit: &str, variant: u8, epoch: u32, exposed: bool, value: Option<f64>) {
+    let key = unit_hash(unit);
+    let total = s.total;
+    if !s.pending.contains_key(name) {
+        s.pending.insert(name.to_string(), Pending::default());
+    }
+    let p = s.pending.get_mut(name).expect("inserted above");
+    let is_new = !p.units.contains_key(&key);
+    if is_new && (p.units.len() >= MAX_UNITS_PER_EXPERIMENT || total >= MAX_UNITS) {
+        p.dropped += 1;
+        return;
+    }
+    let seen = p.units.entry(key).or_insert(UnitSeen {
+        unit: key,
+        variant,
+        exposed: false,
+        converted: false,
+        value: 0.0,
+        epoch,
+    });
+    seen.exposed |= exposed;
+    if let Some(v) = value {
+        seen.converted = true;
+        seen.value += v;
+    }
+    if is_new {
+        s.total += 1;
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+    keep_alive: bool,
+}
+
+enum ReadError {
+    /// The peer closed or the socket failed: nothing to answer.
+    Closed,
+    /// Answer this, then close.
+    Bad(Answer),
+}
+
+/// Reads one request from `stream`, `buf` holding bytes already read (pipelining).
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Request, ReadError> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(ReadError::Bad(error(431, format!("request head over {MAX_HEAD} bytes"))));
+        }
+        let mut chunk = [0u8; 2048];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(ReadError::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    if head_end > MAX_HEAD {
+        return Err(ReadError::Bad(error(431, format!("request head over {MAX_HEAD} bytes"))));
+    }
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ReadError::Bad(error(400, "malformed request line")));
+    };
+    if !version.starts_with("HTTP/1.") || !path.starts_with('/') {
+        return Err(ReadError::Bad(error(400, "malformed request line")));
+    }
+    let mut length = 0usize;
+    let mut keep_alive = version == "HTTP/1.1";
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(ReadError::Bad(error(400, "malformed header line")));
+        };
+        let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+        match name.as_str() {
+            "content-length" => {
+                length = value.parse().map_err(|_| ReadError::Bad(error(400, "bad content-length")))?;
+            }
+            "transfer-encoding" => return Err(ReadError::Bad(error(400, "send a content-length, not chunks"))),
+            "connection" if value.eq_ignore_ascii_case("close") => keep_alive = false,
+            "connection" if value.eq_ignore_ascii_case("keep-alive") => keep_alive = true,
+            _ => {}
+        }
+    }
+    if length > MAX_BODY {
+        return Err(ReadError::Bad(error(413, format!("request body over {MAX_BODY} bytes"))));
+    }
+    let (method, path) = (method.to_string(), path.to_string());
+    let start = head_end + 4;
+    while buf.len() < start + length {
+        let mut chunk = [0u8; 2048];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(ReadError::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[start..start + length].to_vec();
+    buf.drain(..start + length);
+    Ok(Request { method, path, body, keep_alive })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    }
+}
+
+/// Decodes `%XX` escapes; None if one is malformed or the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fifty_shared::experiment::initial_slots;
+
+    fn sidecar() -> Sidecar {
+        let s = Sidecar::new("127.0.0.1:0".parse().unwrap());
+        s.set_definitions(vec![ExperimentDef {
+            name: "checkout".into(),
+            salt: "salt".into(),
+            variants: vec!["control".into(), "new_checkout".into()],
+            slots: initial_slots(&[50, 50]),
+            metric: "conversion".into(),
+            stopped: None,
+            epoch: 0,
+        }]);
+        s
+    }
+
+    fn json(a: &Answer) -> serde_json::Value {
+        serde_json::from_str(&a.body).unwrap()
+    }
+
+    #[test]
+    fn assign_answers_the_variant_and_errors_are_clear() {
+        let s = sidecar();
+        let a = s.handle("GET", "/v1/assign/checkout/user-1", b"");
+        assert_eq!(a.status, 200);
+        let v = json(&a);
+        assert_eq!(v["experiment"], "checkout");
+        assert!(v["variant"] == "control" || v["variant"] == "new_checkout");
+        assert_eq!(s.handle("GET", "/v1/assign/checkout/user-1", b""), a, "same unit, same variant");
+        assert_eq!(s.handle("GET", "/v1/assign/nope/user-1", b"").status, 404);
+        assert!(json(&s.handle("GET", "/v1/assign/nope/u", b""))["error"].as_str().unwrap().contains("nope"));
+        assert_eq!(s.handle("POST", "/v1/assign/checkout/u", b"").status, 405);
+        assert_eq!(s.handle("GET", "/v1/assign/checkout", b"").status, 400);
+        assert_eq!(s.handle("GET", "/v1/track", b"").status, 405);
+        assert_eq!(s.handle("POST", "/v1/track", b"{not json").status, 400);
+        let wrong_event = br#"{"experiment":"checkout","unit":"u","event":"click"}"#;
+        assert!(json(&s.handle("POST", "/v1/track", wrong_event))["error"].as_str().unwrap().contains("conversion"));
+        assert_eq!(s.handle("GET", "/elsewhere", b"").status, 404);
+        assert_eq!(s.handle("GET", "/v1/assign/checkout/a%2Fb", b"").status, 200);
+        assert_eq!(s.handle("GET", "/v1/assign/checkout/a%zz", b"").status, 400);
+    }
+
+    #[test]
+    fn reports_carry_each_unit_once_and_wait_for_their_ack() {
+        let s = sidecar();
+        s.handle("GET", "/v1/assign/checkout/u1", b"");
+        s.handle("GET", "/v1/assign/checkout/u1", b"");
+        let track = br#"{"experiment":"checkout","unit":"u1","event":"conversion","value":2.5}"#;
+        assert_eq!(s.handle("POST", "/v1/track", track).status, 200);
+        s.handle("GET", "/v1/assign/checkout/u2", b"");
+        let now = Instant::now();
+        let r = s.report_due(now).unwrap();
+        assert_eq!(r.seq, 1);
+        let units = &r.experiments[0].units;
+        assert_eq!(units.len(), 2);
+        let u1 = units.iter().find(|u| u.unit == unit_hash("u1")).unwrap();
+        assert!(u1.exposed && u1.converted && u1.value == 2.5);
+        // Unacknowledged: nothing new until it is resent (new link, or after a while).
+        s.handle("GET", "/v1/assign/checkout/u3", b"");
+        assert_eq!(s.report_due(now), None);
+        s.on_link();
+        assert_eq!(s.report_due(now).unwrap().seq, 1);
+        assert_eq!(s.report_due(now + RESEND_AFTER).unwrap().seq, 1);
+        s.acked(r.boot, 1);
+        let r2 = s.report_due(now).unwrap();
+        assert_eq!((r2.seq, r2.experiments[0].units.len()), (2, 1));
+        s.acked(r2.boot, 2);
+        assert_eq!(s.report_due(now), None);
+    }
+
+    #[test]
+    fn memory_is_capped_and_drops_are_counted() {
+        let s = sidecar();
+        for i in 0..MAX_UNITS_PER_EXPERIMENT + 10 {
+            s.handle("GET", &format!("/v1/assign/checkout/u{i}"), b"");
+        }
+        assert_eq!(s.waiting(), MAX_UNITS_PER_EXPERIMENT);
+        let r = s.report_due(Instant::now()).unwrap();
+        assert_eq!(r.experiments[0].units.len(), MAX_REPORT_UNITS);
+        assert_eq!(r.experiments[0].dropped, 10);
+        assert_eq!(s.waiting(), MAX_UNITS_PER_EXPERIMENT - MAX_REPORT_UNITS);
+    }
+
+    #[test]
+    fn the_listener_is_on_only_while_experiments_are_served() {
+        let s = sidecar();
+        assert!(*s.active.borrow());
+        s.set_definitions(vec![]);
+        assert!(!*s.active.borrow());
+        assert_eq!(s.handle("GET", "/v1/assign/checkout/u", b"").status, 404);
+    }
+
+    #[tokio::test]
+    async fn it_serves_http_with_keep_alive_and_caps() {
+        let s = sidecar();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = s.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(server.clone().connection(stream));
+            }
+        });
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..2 {
+            c.write_all(b"GET /v1/assign/checkout/u9 HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+            let mut buf = vec![0u8; 512];
+            let n = c.read(&mut buf).await.unwrap();
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+            assert!(text.contains("\"variant\""), "{text}");
+        }
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST /v1/track HTTP/1.1\r\ncontent-length: 99999\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let huge = format!("GET /v1/assign/checkout/u HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        c.write_all(huge.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    }
+}

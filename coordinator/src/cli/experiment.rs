@@ -1,0 +1,197 @@
+//! `fifty experiment create|list|ramp|stop|show`: A/B experiments through `/v1/experiments`.
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::output;
+use super::{Client, ClientOpts};
+use crate::experiments::view::{
+    ComparisonView, CreateExperiment, ExperimentSummary, ExperimentView, RampExperiment, StopExperiment,
+};
+
+/// `fifty experiment ...`.
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Define an experiment; agents of matching hosts serve it within a second or two.
+    Create {
+        /// Its name (a-z, 0-9, '_', '-').
+        name: String,
+        /// Variants and weights, the control first: control=50,new_checkout=50.
+        #[arg(long)]
+        variants: String,
+        /// Hosts that serve it, by label: role=prod (default: every host).
+        #[arg(long)]
+        hosts: Option<String>,
+        /// The event that counts as a conversion (its values make the value metric).
+        #[arg(long, default_value = "conversion")]
+        metric: String,
+        /// Assignment salt (default: random); the same salt and unit give the same bucket.
+        #[arg(long)]
+        salt: Option<String>,
+    },
+    /// Every experiment.
+    List {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the weights; only units of shrinking variants move, into growing ones.
+    Ramp {
+        /// The experiment.
+        name: String,
+        /// New weights for every variant: control=20,new_checkout=80.
+        #[arg(long)]
+        variants: String,
+    },
+    /// Stop it: every unit gets the winner (the control if none is named) from then on.
+    Stop {
+        /// The experiment.
+        name: String,
+        /// The variant everyone gets.
+        #[arg(long)]
+        winner: Option<String>,
+    },
+    /// The result table: per variant exposures, conversions, lift with its interval, p-value.
+    Show {
+        /// The experiment.
+        name: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one `fifty experiment` verb.
+pub async fn run(opts: &ClientOpts, command: ExperimentCommand) -> Result<()> {
+    let client = Client::from_opts(opts)?;
+    match command {
+        ExperimentCommand::Create { name, variants, hosts, metric, salt } => {
+            let req = CreateExperiment { name, variants, hosts, metric: Some(metric), salt };
+            let view: ExperimentView = client.post("/v1/experiments", &req).await?;
+            print!("{}", show(&view));
+        }
+        ExperimentCommand::List { json } => {
+            let list: Vec<ExperimentSummary> = client.get("/v1/experiments").await?;
+            output::print(json, &list, |l| list_table(l))?;
+        }
+        ExperimentCommand::Ramp { name, variants } => {
+            let view: ExperimentView =
+                client.post(&format!("/v1/experiments/{name}/ramp"), &RampExperiment { variants }).await?;
+            print!("{}", show(&view));
+        }
+        ExperimentCommand::Stop { name, winner } => {
+            let view: ExperimentView =
+                client.post(&format!("/v1/experiments/{name}/stop"), &StopExperiment { winner }).await?;
+            print!("{}", show(&view));
+        }
+        ExperimentCommand::Show { name, json } => {
+            let view: ExperimentView = client.get(&format!("/v1/experiments/{name}")).await?;
+            output::print(json, &view, show)?;
+        }
+    }
+    Ok(())
+}
+
+fn list_table(list: &[ExperimentSummary]) -> String {
+    if list.is_empty() {
+        return "No experiments yet; define one with `fifty experiment create`.\n".into();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            let state = match &e.serving {
+                Some(v) => format!("{} → {v}", e.state),
+                None => e.state.clone(),
+            };
+            let hosts = if e.hosts.is_empty() { "all".to_string() } else { e.hosts.clone() };
+            vec![e.name.clone(), state, e.variants.clone(), hosts, e.metric.clone(), e.exposed.to_string()]
+        })
+        .collect();
+    output::table(&["NAME", "STATE", "VARIANTS", "HOSTS", "METRIC", "EXPOSED"], &rows)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:+.1}%", x * 100.0)
+}
+
+fn lift(c: &Option<ComparisonView>) -> (String, String) {
+    match c {
+        None => ("—".into(), "—".into()),
+        Some(c) => {
+            let l = match (c.lift, c.lift_ci) {
+                (Some(l), Some([lo, hi])) => format!("{} [{}, {}]", pct(l), pct(lo), pct(hi)),
+                _ => format!("{:+.4} [{:+.4}, {:+.4}]", c.diff, c.diff_ci[0], c.diff_ci[1]),
+            };
+            (l, format!("{:.4}", c.p_value))
+        }
+    }
+}
+
+/// The result table of `fifty experiment show` (also printed by `fifty demo`).
+pub fn show(v: &ExperimentView) -> String {
+    let mut out = String::new();
+    let hosts = if v.hosts.is_empty() { "all hosts".to_string() } else { v.hosts.clone() };
+    let state = match &v.serving {
+        Some(s) => format!("stopped, everyone gets {s}"),
+        None => v.state.clone(),
+    };
+    out.push_str(&format!("Experiment {} ({state}; {hosts}; metric {})\n\n", v.name, v.metric));
+    let ci = format!("LIFT [{:.0}% CI]", (1.0 - v.alpha) * 100.0);
+    let rows: Vec<Vec<String>> = v
+        .variants
+        .iter()
+        .map(|r| {
+            let (l, p) = lift(&r.conversion);
+            vec![
+                r.name.clone(),
+                r.weight.to_string(),
+                r.exposed.to_string(),
+                r.converted.to_string(),
+                format!("{:.2}%", r.rate * 100.0),
+                l,
+                p,
+                r.verdict.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&output::table(&["VARIANT", "WEIGHT", "EXPOSED", "CONVERTED", "RATE", &ci, "P", "VERDICT"], &rows));
+    let value_rows: Vec<Vec<String>> = v
+        .variants
+        .iter()
+        .map(|r| {
+            let (l, p) = lift(&r.value);
+            vec![r.name.clone(), format!("{:.3}", r.value_mean), l, p]
+        })
+        .collect();
+    out.push_str(&format!("\nValue of {} per exposed unit:\n", v.metric));
+    out.push_str(&output::table(&["VARIANT", "MEAN", &ci, "P"], &value_rows));
+    out.push('\n');
+    match &v.srm {
+        None => out.push_str("Sample ratio: no units yet.\n"),
+        Some(s) if s.mismatch => out.push_str(&format!(
+            "SAMPLE RATIO MISMATCH: χ² {:.2}, p {:.2e} < 0.001 — the split is not what was configured; do not trust \
+             these results.\n",
+            s.chi2, s.p_value
+        )),
+        Some(s) => {
+            out.push_str(&format!("Sample ratio: χ² {:.2}, p {:.3} — matches the weights.\n", s.chi2, s.p_value))
+        }
+    }
+    match &v.winner {
+        Some(w) => out.push_str(&format!("Winner so far: {w} (always-valid p < {}).\n", v.alpha)),
+        None => out.push_str("No significant winner.\n"),
+    }
+    out.push_str(&format!(
+        "{} units, {} agent reports{}{}.\n",
+        v.units,
+        v.reports,
+        v.last_report.as_ref().map(|t| format!(", the last at {t}")).unwrap_or_default(),
+        if v.dropped > 0 {
+            format!(", {} observations dropped at agents' memory cap", v.dropped)
+        } else {
+            String::new()
+        }
+    ));
+    out.push_str(&format!("P-values and intervals stay valid at every look (mSPRT). {}\n", v.note));
+    out
+}

@@ -1,0 +1,509 @@
+//! A/B split tests: the replicated records, how the state machine applies experiment commands, and
+//! the operations behind `fifty experiment ...` and `/v1/experiments`.
+//!
+//! What is replicated (Raft entries, in sled on every coordinator): each experiment's definition
+//! (variants, weights, the bucket → variant slot table, host selector, metric, ramps, stop), its
+//! running totals per variant, one small record per unit seen (variant, exposed, converted, value
+//! sum: about 60 bytes of sled per unit with its key), and per host the last agent report applied.
+//! Agents report units they saw since their last acknowledged report; the leader proposes each
+//! report as one command and acknowledges it once applied, so a report is counted exactly once:
+//! a report re-sent after a failover carries the same (boot, seq) and changes nothing.
+//!
+//! Submodules: [`analysis`] (pure statistics), [`sim`] (seeded simulations through `analysis`),
+//! [`leader`] (pushing definitions to agents, turning reports into commands), [`view`] (JSON).
+
+pub mod analysis;
+pub mod leader;
+pub mod sim;
+pub mod view;
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use bincode::{Decode, Encode};
+use fifty_shared::experiment::{self as shared_exp, ExperimentDef, ExperimentReport};
+use fifty_shared::ids::HostName;
+
+use crate::coordinator::{Coordinator, OpError};
+use crate::state::{Applied, ApplyResult, Command, Rejection};
+use crate::store::{Batch, Store, StoreError};
+
+/// An experiment's definition and history.
+#[derive(Clone, Debug, Encode, Decode)]
+pub struct ExperimentRecord {
+    /// Its name.
+    pub name: String,
+    /// Assignment salt (random at creation).
+    pub salt: String,
+    /// Variant names, the control first.
+    pub variants: Vec<String>,
+    /// Current weights, one per variant.
+    pub weights: Vec<u32>,
+    /// The weights it was created with (epoch 0; each ramp starts the next epoch).
+    pub initial_weights: Vec<u32>,
+    /// Bucket → variant (see `fifty_shared::experiment`).
+    pub slots: Vec<u8>,
+    /// Label selector of the hosts that serve it (empty: every host).
+    pub hosts: String,
+    /// The metric event.
+    pub metric: String,
+    /// When it was created, and by whom.
+    pub created_at: SystemTime,
+    /// Who created it.
+    pub created_by: String,
+    /// Every ramp: when, and the weights it set.
+    pub ramps: Vec<(SystemTime, Vec<u32>)>,
+    /// When it stopped, and the variant everyone gets since (and whether it was named the winner).
+    pub stopped: Option<Stop>,
+}
+
+/// How an experiment ended.
+#[derive(Clone, Debug, Encode, Decode)]
+pub struct Stop {
+    /// When.
+    pub at: SystemTime,
+    /// The variant every unit gets now.
+    pub variant: u8,
+    /// Whether someone named it the winner (otherwise it is the control by default).
+    pub winner: bool,
+}
+
+impl ExperimentRecord {
+    /// What agents need of it.
+    pub fn def(&self) -> ExperimentDef {
+        ExperimentDef {
+            name: self.name.clone(),
+            salt: self.salt.clone(),
+            variants: self.variants.clone(),
+            slots: self.slots.clone(),
+            metric: self.metric.clone(),
+            stopped: self.stopped.as_ref().map(|s| s.variant),
+            epoch: self.ramps.len() as u32,
+        }
+    }
+
+    /// The weights in force during `epoch`.
+    pub fn weights_of(&self, epoch: u32) -> &[u32] {
+        match epoch {
+            0 => &self.initial_weights,
+            e => self.ramps.get(e as usize - 1).map_or(&self.weights, |(_, w)| w),
+        }
+    }
+}
+
+/// One variant's running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Encode, Decode)]
+pub struct TotalsRecord {
+    /// Units exposed.
+    pub exposed: u64,
+    /// Exposed units that converted.
+    pub converted: u64,
+    /// Sum of exposed units' values.
+    pub value_sum: f64,
+    /// Sum of their squares.
+    pub value_sumsq: f64,
+}
+
+impl From<TotalsRecord> for analysis::Totals {
+    fn from(t: TotalsRecord) -> Self {
+        analysis::Totals {
+            exposed: t.exposed,
+            converted: t.converted,
+            value_sum: t.value_sum,
+            value_sumsq: t.value_sumsq,
+        }
+    }
+}
+
+/// An experiment's counts, kept apart from the definition so a report rewrites only this.
+#[derive(Clone, Debug, Default, Encode, Decode)]
+pub struct StatsRecord {
+    /// Per variant.
+    pub totals: Vec<TotalsRecord>,
+    /// Units known (exposed or only tracked so far).
+    pub units: u64,
+    /// Observations agents dropped at their memory cap.
+    pub dropped: u64,
+    /// Agent reports applied.
+    pub reports: u64,
+    /// When the last one was applied.
+    pub last_report: Option<SystemTime>,
+    /// Units first exposed per epoch (see `ExperimentDef::epoch`), per variant: what the
+    /// sample-ratio check compares with each epoch's weights.
+    pub first_exposed: Vec<Vec<u64>>,
+}
+
+/// What the cluster knows of one unit in one experiment.
+#[derive(Clone, Copy, Debug, PartialEq, Encode, Decode)]
+pub struct UnitRecord {
+    /// The variant it was first seen in (a later ramp may move it; it stays counted here).
+    pub variant: u8,
+    /// It was exposed.
+    pub exposed: bool,
+    /// It converted.
+    pub converted: bool,
+    /// Sum of its metric values.
+    pub value: f64,
+}
+
+/// The last agent report applied for a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ReportMark {
+    /// The agent process's boot id.
+    pub boot: u64,
+    /// The report's sequence number.
+    pub seq: u64,
+}
+
+// ---- applying commands (called from `state::Machine`, deterministic) -------------------------
+
+/// `Command::CreateExperiment`.
+pub(crate) fn apply_create(store: &Store, rec: &ExperimentRecord, batch: &mut Batch) -> ApplyResult {
+    if store.experiment(&rec.name)?.is_some() {
+        return Ok(Err(Rejection::ExperimentExists(rec.name.clone())));
+    }
+    batch.put_experiment(rec);
+    batch.put_experiment_stats(
+        &rec.name,
+        &StatsRecord { totals: vec![TotalsRecord::default(); rec.variants.len()], ..Default::default() },
+    );
+    Ok(Ok(Applied::Done))
+}
+
+/// `Command::RampExperiment`: the new slot table is computed here from the stored one.
+pub(crate) fn apply_ramp(store: &Store, name: &str, weights: &[u32], at: SystemTime, batch: &mut Batch) -> ApplyResult {
+    let Some(mut rec) = store.experiment(name)? else {
+        return Ok(Err(Rejection::UnknownExperiment(name.to_string())));
+    };
+    if rec.stopped.is_some() {
+        return Ok(Err(Rejection::ExperimentStopped(name.to_string())));
+    }
+    if weights.len() != rec.variants.len() || weights.iter().all(|w| *w == 0) {
+        return Ok(Err(Rejection::ExperimentVariants(name.to_string())));
+    }
+    rec.slots = shared_exp::ramp(&rec.slots, weights);
+    rec.weights = weights.to_vec();
+    rec.ramps.push((at, weights.to_vec()));
+    batch.put_experiment(&rec);
+    Ok(Ok(Applied::Done))
+}
+
+/// `Command::StopExperiment`.
+pub(crate) fn apply_stop(
+    store: &Store,
+    name: &str,
+    winner: Option<u8>,
+    at: SystemTime,
+    batch: &mut Batch,
+) -> ApplyResult {
+    let Some(mut rec) = store.experiment(name)? else {
+        return Ok(Err(Rejection::UnknownExperiment(name.to_string())));
+    };
+    if rec.stopped.is_some() {
+        return Ok(Err(Rejection::ExperimentStopped(name.to_string())));
+    }
+    rec.stopped = Some(Stop { at, variant: winner.unwrap_or(0), winner: winner.is_some() });
+    batch.put_experiment(&rec);
+    Ok(Ok(Applied::Done))
+}
+
+/// One unit while a report is merged: its record before, its record after, and the (epoch, variant)
+/// of its first exposure in the report.
+type Merge = (Option<UnitRecord>, UnitRecord, Option<(u32, u8)>);
+
+/// `Command::RecordExperimentReport`: merges an agent's report into the units and totals, once.
+pub(crate) fn apply_report(
+    store: &Store,
+    host: &HostName,
+    report: &ExperimentReport,
+    at: SystemTime,
+    batch: &mut Batch,
+) -> ApplyResult {
+    if let Some(mark) = store.report_mark(host)? {
+        if mark.boot == report.boot && mark.seq >= report.seq {
+            return Ok(Ok(Applied::Done));
+        }
+    }
+    batch.put_report_mark(host, &ReportMark { boot: report.boot, seq: report.seq });
+    for part in &report.experiments {
+        let Some(rec) = store.experiment(&part.name)? else { continue };
+        if rec.stopped.is_some() {
+            continue;
+        }
+        let mut stats = store.experiment_stats(&part.name)?.unwrap_or_default();
+        stats.totals.resize(rec.variants.len(), TotalsRecord::default());
+        stats.dropped += part.dropped;
+        stats.reports += 1;
+        stats.last_report = Some(at);
+        let mut merged: HashMap<u64, Merge> = HashMap::new();
+        for seen in &part.units {
+            if seen.variant as usize >= rec.variants.len() || !seen.value.is_finite() {
+                continue;
+            }
+            let entry = match merged.entry(seen.unit) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let before = store.experiment_unit(&part.name, seen.unit)?;
+                    let start = before.unwrap_or(UnitRecord {
+                        variant: seen.variant,
+                        exposed: false,
+                        converted: false,
+                        value: 0.0,
+                    });
+                    e.insert((before, start, None))
+                }
+            };
+            if seen.exposed && entry.2.is_none() {
+                entry.2 = Some((seen.epoch, seen.variant));
+            }
+            entry.1.exposed |= seen.exposed;
+            entry.1.converted |= seen.converted;
+            entry.1.value += seen.value;
+        }
+        for (unit, (before, after, exposure)) in merged {
+            if before.is_none() {
+                stats.units += 1;
+            }
+            let was = before.filter(|b| b.exposed);
+            let t = &mut stats.totals[after.variant as usize];
+            if after.exposed {
+                let (old_conv, old_value) = was.map_or((false, 0.0), |b| (b.converted, b.value));
+                if was.is_none() {
+                    t.exposed += 1;
+                    if let Some((epoch, variant)) = exposure.filter(|(e, _)| (*e as usize) <= rec.ramps.len()) {
+                        let e = epoch as usize;
+                        if stats.first_exposed.len() <= e {
+                            stats.first_exposed.resize(e + 1, vec![0; rec.variants.len()]);
+                        }
+                        stats.first_exposed[e][variant as usize] += 1;
+                    }
+                }
+                if after.converted && !old_conv {
+                    t.converted += 1;
+                }
+                t.value_sum += after.value - old_value;
+                t.value_sumsq += after.value * after.value - old_value * old_value;
+            }
+            batch.put_experiment_unit(&part.name, unit, &after);
+        }
+        batch.put_experiment_stats(&part.name, &stats);
+    }
+    Ok(Ok(Applied::Done))
+}
+
+// ---- operations (the API's handlers call these) ----------------------------------------------
+
+impl Coordinator {
+    /// Creates an experiment.
+    pub async fn create_experiment(
+        &self,
+        req: view::CreateExperiment,
+        by: &str,
+    ) -> Result<view::ExperimentView, OpError> {
+        if !shared_exp::valid_name(&req.name) {
+            return Err(OpError::BadRequest(format!(
+                "experiment name {:?}: use 1-64 of a-z, 0-9, '_' and '-'",
+                req.name
+            )));
+        }
+        let variants =
+            shared_exp::parse_variants(&req.variants).map_err(|e| OpError::BadRequest(format!("variants: {e}")))?;
+        let hosts = req.hosts.unwrap_or_default();
+        if !hosts.trim().is_empty() && hosts.split(',').any(|kv| !kv.contains('=')) {
+            return Err(OpError::BadRequest(format!("hosts: {hosts:?} is not a label selector like \"role=prod\"")));
+        }
+        let metric = req.metric.unwrap_or_else(|| "conversion".into());
+        if !shared_exp::valid_name(&metric) {
+            return Err(OpError::BadRequest(format!("metric {metric:?}: use 1-64 of a-z, 0-9, '_' and '-'")));
+        }
+        let salt = match req.salt {
+            Some(s) if s.is_empty() || s.len() > 64 => {
+                return Err(OpError::BadRequest("salt: give 1 to 64 characters, or none for a random one".into()))
+            }
+            Some(s) => s,
+            None => hex::encode(rand::random::<[u8; 8]>()),
+        };
+        let weights: Vec<u32> = variants.iter().map(|(_, w)| *w).collect();
+        let now = SystemTime::now();
+        let rec = ExperimentRecord {
+            name: req.name.clone(),
+            salt,
+            variants: variants.into_iter().map(|(n, _)| n).collect(),
+            slots: shared_exp::initial_slots(&weights),
+            initial_weights: weights.clone(),
+            weights,
+            hosts: hosts.trim().to_string(),
+            metric,
+            created_at: now,
+            created_by: by.to_string(),
+            ramps: Vec::new(),
+            stopped: None,
+        };
+        self.consensus.propose(Command::CreateExperiment(rec)).await??;
+        self.experiments_wake.notify_one();
+        self.experiment(&req.name)
+    }
+
+    /// Moves an experiment's weights; only units of shrinking variants move.
+    pub async fn ramp_experiment(&self, name: &str, variants: &str) -> Result<view::ExperimentView, OpError> {
+        let rec = self.experiment_record(name)?;
+        let asked = shared_exp::parse_variants(variants).map_err(|e| OpError::BadRequest(format!("variants: {e}")))?;
+        let mut weights = Vec::new();
+        for v in &rec.variants {
+            match asked.iter().find(|(n, _)| n == v) {
+                Some((_, w)) => weights.push(*w),
+                None => return Err(OpError::BadRequest(format!("variants: give a weight for {v} (it may be 0)"))),
+            }
+        }
+        if let Some((n, _)) = asked.iter().find(|(n, _)| !rec.variants.contains(n)) {
+            return Err(OpError::BadRequest(format!("variants: {name} has no variant {n}")));
+        }
+        let cmd = Command::RampExperiment { name: name.to_string(), weights, at: SystemTime::now() };
+        self.consensus.propose(cmd).await??;
+        self.experiments_wake.notify_one();
+        self.experiment(name)
+    }
+
+    /// Stops an experiment; every unit gets `winner` (or the control) from now on.
+    pub async fn stop_experiment(&self, name: &str, winner: Option<&str>) -> Result<view::ExperimentView, OpError> {
+        let rec = self.experiment_record(name)?;
+        let winner = match winner {
+            None => None,
+            Some(w) => match rec.variants.iter().position(|v| v == w) {
+                Some(i) => Some(i as u8),
+                None => {
+                    return Err(OpError::BadRequest(format!(
+                        "winner: {name} has no variant {w} (it has {})",
+                        rec.variants.join(", ")
+                    )))
+                }
+            },
+        };
+        self.consensus
+            .propose(Command::StopExperiment { name: name.to_string(), winner, at: SystemTime::now() })
+            .await??;
+        self.experiments_wake.notify_one();
+        self.experiment(name)
+    }
+
+    fn experiment_record(&self, name: &str) -> Result<ExperimentRecord, OpError> {
+        self.consensus
+            .store()
+            .experiment(name)?
+            .ok_or_else(|| OpError::NotFound(format!("no experiment named {name:?}; see `fifty experiment list`")))
+    }
+
+    /// One experiment with its analysis.
+    pub fn experiment(&self, name: &str) -> Result<view::ExperimentView, OpError> {
+        let rec = self.experiment_record(name)?;
+        let stats = self.consensus.store().experiment_stats(name)?.unwrap_or_default();
+        Ok(view::experiment_view(&rec, &stats, &analysis::Settings::default()))
+    }
+
+    /// Every experiment, oldest first.
+    pub fn experiments(&self) -> Result<Vec<view::ExperimentSummary>, StoreError> {
+        let store = self.consensus.store();
+        let mut out = Vec::new();
+        for rec in store.experiments()? {
+            let stats = store.experiment_stats(&rec.name)?.unwrap_or_default();
+            out.push(view::summary(&rec, &stats));
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fifty_shared::experiment::{ExperimentUnits, UnitSeen};
+
+    fn store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("fifty-exp-{}-{}", std::process::id(), rand::random::<u64>()));
+        (Store::open(&dir).unwrap(), dir)
+    }
+
+    fn apply(store: &Store, f: impl FnOnce(&mut Batch) -> ApplyResult) -> Result<Applied, Rejection> {
+        let mut batch = Batch::default();
+        let out = f(&mut batch).unwrap();
+        store.apply(batch).unwrap();
+        out
+    }
+
+    fn record() -> ExperimentRecord {
+        ExperimentRecord {
+            name: "checkout".into(),
+            salt: "salt".into(),
+            variants: vec!["control".into(), "new_checkout".into()],
+            weights: vec![50, 50],
+            initial_weights: vec![50, 50],
+            slots: shared_exp::initial_slots(&[50, 50]),
+            hosts: "role=prod".into(),
+            metric: "conversion".into(),
+            created_at: SystemTime::UNIX_EPOCH,
+            created_by: "test".into(),
+            ramps: vec![],
+            stopped: None,
+        }
+    }
+
+    fn seen(unit: u64, variant: u8, exposed: bool, converted: bool, value: f64) -> UnitSeen {
+        UnitSeen { unit, variant, exposed, converted, value, epoch: 0 }
+    }
+
+    fn report(boot: u64, seq: u64, units: Vec<UnitSeen>) -> ExperimentReport {
+        ExperimentReport {
+            boot,
+            seq,
+            experiments: vec![ExperimentUnits { name: "checkout".into(), units, dropped: 0 }],
+        }
+    }
+
+    #[test]
+    fn a_unit_seen_on_two_hosts_counts_once_and_a_repeated_report_changes_nothing() {
+        let (s, _dir) = store();
+        let now = SystemTime::now();
+        apply(&s, |b| apply_create(&s, &record(), b)).unwrap();
+        let (a, b) = (HostName::new("web-1").unwrap(), HostName::new("web-2").unwrap());
+        let r1 = report(7, 1, vec![seen(1, 0, true, false, 0.0), seen(2, 1, true, true, 5.0)]);
+        apply(&s, |batch| apply_report(&s, &a, &r1, now, batch)).unwrap();
+        // Host b sees unit 1 again (exposed and converting) and unit 2 again with more value.
+        let r2 =
+            report(9, 1, vec![seen(1, 0, true, true, 2.0), seen(2, 1, false, true, 3.0), seen(3, 1, false, true, 1.0)]);
+        apply(&s, |batch| apply_report(&s, &b, &r2, now, batch)).unwrap();
+        // The same report again (its ack was lost in a failover): no change.
+        apply(&s, |batch| apply_report(&s, &b, &r2, now, batch)).unwrap();
+        let stats = s.experiment_stats("checkout").unwrap().unwrap();
+        assert_eq!(stats.units, 3);
+        assert_eq!(stats.totals[0], TotalsRecord { exposed: 1, converted: 1, value_sum: 2.0, value_sumsq: 4.0 });
+        assert_eq!(stats.totals[1], TotalsRecord { exposed: 1, converted: 1, value_sum: 8.0, value_sumsq: 64.0 });
+        // Unit 3 was only tracked: it counts once it is exposed.
+        let r3 = report(7, 2, vec![seen(3, 1, true, false, 0.0)]);
+        apply(&s, |batch| apply_report(&s, &a, &r3, now, batch)).unwrap();
+        let stats = s.experiment_stats("checkout").unwrap().unwrap();
+        assert_eq!(stats.totals[1], TotalsRecord { exposed: 2, converted: 2, value_sum: 9.0, value_sumsq: 65.0 });
+        assert_eq!(stats.first_exposed, vec![vec![1, 2]], "first exposures by epoch and variant");
+        assert_eq!(stats.reports, 3, "the repeated report is not counted");
+    }
+
+    #[test]
+    fn ramps_and_stops_are_checked() {
+        let (s, _dir) = store();
+        let now = SystemTime::now();
+        apply(&s, |b| apply_create(&s, &record(), b)).unwrap();
+        assert_eq!(apply(&s, |b| apply_create(&s, &record(), b)), Err(Rejection::ExperimentExists("checkout".into())));
+        apply(&s, |b| apply_ramp(&s, "checkout", &[20, 80], now, b)).unwrap();
+        let rec = s.experiment("checkout").unwrap().unwrap();
+        assert_eq!(rec.slots.iter().filter(|&&v| v == 1).count(), 8000);
+        assert_eq!(
+            apply(&s, |b| apply_ramp(&s, "nope", &[20, 80], now, b)),
+            Err(Rejection::UnknownExperiment("nope".into()))
+        );
+        apply(&s, |b| apply_stop(&s, "checkout", Some(1), now, b)).unwrap();
+        assert_eq!(s.experiment("checkout").unwrap().unwrap().def().assign("anyone"), 1);
+        assert_eq!(
+            apply(&s, |b| apply_ramp(&s, "checkout", &[50, 50], now, b)),
+            Err(Rejection::ExperimentStopped("checkout".into()))
+        );
+    }
+}

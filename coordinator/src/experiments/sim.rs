@@ -1,0 +1,167 @@
+//! Seeded simulations of whole experiments through the same [`analysis`] code `fifty experiment
+//! show` uses: no network, no clock, no sleeping. `cargo bench -p fifty --bench experiments` runs
+//! them at full size and prints the tables of `BENCHMARKS.md`; the unit tests run small ones.
+//!
+//! Each simulated experiment exposes `units_per_look` new units per "day", splits them between the
+//! arms with the given share, converts each with its arm's rate (a converting unit also gets a
+//! revenue value, uniform in 10..50), and looks at the analysis after every day, as people do.
+
+use statrs::distribution::{ContinuousCDF, Normal};
+
+use super::analysis::{self, Settings, Totals};
+
+/// SplitMix64: small, fast and seedable; plenty for simulation.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One kind of simulated experiment.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// Conversion rate of the control.
+    pub base_rate: f64,
+    /// Relative lift of the variant's rate (0 for an A/A test).
+    pub lift: f64,
+    /// Share of units the assignment really sends to the variant (0.5 unless biased).
+    pub variant_share: f64,
+    /// Looks ("days").
+    pub looks: u32,
+    /// New units per look, both arms together.
+    pub units_per_look: u64,
+}
+
+/// What a batch of simulated experiments showed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// Experiments run.
+    pub experiments: u64,
+    /// Experiments whose conversion test was significant (either way) at some look.
+    pub conversion_rejected: u64,
+    /// Of those, significant in the variant's favour ("win").
+    pub wins: u64,
+    /// Experiments whose value test was significant at some look.
+    pub value_rejected: u64,
+    /// Experiments whose sample-ratio check flagged at the last look.
+    pub srm_flagged: u64,
+    /// Experiments a fixed-horizon z-test at level alpha would have rejected at some look (the
+    /// mistake the sequential test avoids).
+    pub naive_rejected: u64,
+}
+
+impl Outcome {
+    /// `n` as a share of the experiments.
+    pub fn share(&self, n: u64) -> f64 {
+        n as f64 / self.experiments.max(1) as f64
+    }
+}
+
+/// Runs `experiments` experiments of `scenario` from `seed`.
+pub fn run(seed: u64, experiments: u64, scenario: &Scenario, settings: &Settings) -> Outcome {
+    let mut rng = Rng::new(seed);
+    let normal = Normal::new(0.0, 1.0).expect("the standard normal is valid");
+    let rates = [scenario.base_rate, scenario.base_rate * (1.0 + scenario.lift)];
+    let mut out = Outcome { experiments, ..Default::default() };
+    for _ in 0..experiments {
+        let mut totals = [Totals::default(); 2];
+        let (mut rejected, mut won, mut value_rejected, mut naive) = (false, false, false, false);
+        let mut last = None;
+        for _ in 0..scenario.looks {
+            for _ in 0..scenario.units_per_look {
+                let arm = usize::from(rng.uniform() < scenario.variant_share);
+                let t = &mut totals[arm];
+                t.exposed += 1;
+                if rng.uniform() < rates[arm] {
+                    let value = 10.0 + 40.0 * rng.uniform();
+                    t.converted += 1;
+                    t.value_sum += value;
+                    t.value_sumsq += value * value;
+                }
+            }
+            let a = analysis::analyze(&totals, &[50, 50], settings);
+            let v = &a.variants[1];
+            if let Some(c) = v.conversion {
+                if c.p_value < settings.alpha {
+                    rejected = true;
+                    won |= c.diff > 0.0;
+                }
+                naive |= naive_p(&totals, &normal) < settings.alpha;
+            }
+            value_rejected |= v.value.is_some_and(|c| c.p_value < settings.alpha);
+            last = a.srm;
+        }
+        out.conversion_rejected += u64::from(rejected);
+        out.wins += u64::from(won);
+        out.value_rejected += u64::from(value_rejected);
+        out.naive_rejected += u64::from(naive);
+        out.srm_flagged += u64::from(last.is_some_and(|s| s.flagged));
+    }
+    out
+}
+
+/// The fixed-horizon two-proportion z-test's p-value (for comparison only).
+fn naive_p(t: &[Totals; 2], normal: &Normal) -> f64 {
+    let (n0, n1) = (t[0].exposed as f64, t[1].exposed as f64);
+    let (p0, p1) = (t[0].converted as f64 / n0, t[1].converted as f64 / n1);
+    let se = (p0 * (1.0 - p0) / n0 + p1 * (1.0 - p1) / n1).sqrt();
+    if se == 0.0 {
+        return 1.0;
+    }
+    2.0 * (1.0 - normal.cdf(((p1 - p0) / se).abs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aa(units_per_look: u64) -> Scenario {
+        Scenario { base_rate: 0.1, lift: 0.0, variant_share: 0.5, looks: 14, units_per_look }
+    }
+
+    #[test]
+    fn daily_peeking_at_an_aa_test_keeps_false_positives_under_alpha() {
+        let s = Settings::default();
+        let o = run(1, 600, &aa(1000), &s);
+        assert!(o.share(o.conversion_rejected) <= s.alpha, "{o:?}");
+        assert!(o.share(o.value_rejected) <= s.alpha, "{o:?}");
+        // The same data with a fixed-horizon test, peeked at daily, is wrong far more often:
+        // proof the simulation can see the problem the sequential test solves.
+        assert!(o.share(o.naive_rejected) > 1.5 * s.alpha, "{o:?}");
+    }
+
+    #[test]
+    fn a_biased_split_is_caught_and_a_fair_one_is_not() {
+        let s = Settings::default();
+        let biased = Scenario { variant_share: 0.52, ..aa(2000) };
+        let o = run(2, 100, &biased, &s);
+        assert!(o.share(o.srm_flagged) >= 0.95, "{o:?}");
+        let o = run(3, 200, &aa(2000), &s);
+        assert!(o.share(o.srm_flagged) <= 0.01, "{o:?}");
+    }
+
+    #[test]
+    fn a_real_lift_is_found() {
+        let s = Settings::default();
+        let lifted = Scenario { lift: 0.3, ..aa(2000) };
+        let o = run(4, 100, &lifted, &s);
+        assert!(o.share(o.wins) >= 0.9, "{o:?}");
+    }
+}
