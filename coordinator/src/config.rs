@@ -51,6 +51,16 @@ pub struct Config {
     /// Enables `POST /v1/debug/isolate` (admin only), which drops this node's peer traffic: for
     /// partition tests. Never on in production.
     pub fault_injection: bool,
+    /// Alert rules proposed by the leader when no rule has their name (`[[alert.rule]]`).
+    pub alert: AlertConfig,
+}
+
+/// `[alert]`: alert rules from the config file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertConfig {
+    /// `[[alert.rule]]` tables, as `fifty alert rule add` takes them.
+    pub rule: Vec<crate::alerts::RuleSpec>,
 }
 
 impl Default for Config {
@@ -71,6 +81,7 @@ impl Default for Config {
             ca_key: None,
             snapshot_threshold: 10_000,
             fault_injection: false,
+            alert: AlertConfig::default(),
         }
     }
 }
@@ -156,6 +167,11 @@ impl Config {
                 self.down_after,
                 self.heartbeat_interval
             );
+        }
+        for (i, spec) in self.alert.rule.iter().enumerate() {
+            if let Err(e) = spec.to_rule("config", std::time::SystemTime::now()) {
+                bail!("config key alert.rule[{i}] ({:?}): {e}", spec.name);
+            }
         }
         if self.bootstrap_expect == 0 {
             bail!("config key bootstrap_expect: must be at least 1");

@@ -73,7 +73,7 @@ pub struct Coordinator {
     ca: CertAndKey,
     ca_fingerprint: String,
     started: Instant,
-    fleet: Mutex<Fleet>,
+    pub(crate) fleet: Mutex<Fleet>,
     links: Mutex<HashMap<HostName, Link>>,
     next_link: AtomicU64,
     /// CI soft state (leader only).

@@ -1,7 +1,9 @@
 //! Soft state: the last heartbeat of every host, held in memory and never written to disk (a
-//! coordinator rebuilds it from the next reports). Pure: callers pass `now`.
+//! coordinator rebuilds it from the next reports), and a bounded ring of each host's recent health
+//! for `fifty metrics` and `fifty top`: one [`HealthPoint`] per [`HISTORY_STEP`] for
+//! [`HISTORY_KEEP`], at most [`HISTORY_PER_HOST`] points (about 70 KiB) per host. Pure: callers pass `now`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use fifty_shared::ids::HostName;
@@ -42,10 +44,51 @@ impl HostState {
     }
 }
 
+/// How long health history is kept.
+pub const HISTORY_KEEP: Duration = Duration::from_secs(3600);
+/// At most one history point per host per this step (heartbeats in between are dropped).
+pub const HISTORY_STEP: Duration = Duration::from_secs(2);
+/// Most history points per host.
+pub const HISTORY_PER_HOST: usize = (HISTORY_KEEP.as_secs() / HISTORY_STEP.as_secs()) as usize;
+
+/// One host's health at one moment, as kept in the history (compact: 40 bytes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HealthPoint {
+    /// When the heartbeat arrived (wall clock).
+    pub at: SystemTime,
+    /// CPU, percent.
+    pub cpu_percent: f32,
+    /// Memory in use, bytes.
+    pub mem_used_bytes: u64,
+    /// Free disk, percent of the disk (0 when the agent did not say).
+    pub disk_free_percent: f32,
+    /// One-minute load.
+    pub load1: f32,
+}
+
+impl HealthPoint {
+    /// The point of a heartbeat.
+    pub fn of(at: SystemTime, h: &Health) -> Self {
+        let disk = if h.disk_total_bytes == 0 {
+            0.0
+        } else {
+            (h.disk_free_bytes as f64 * 100.0 / h.disk_total_bytes as f64) as f32
+        };
+        Self {
+            at,
+            cpu_percent: h.cpu_percent,
+            mem_used_bytes: h.mem_used_bytes,
+            disk_free_percent: disk,
+            load1: h.load[0],
+        }
+    }
+}
+
 /// Last heartbeats by host.
 #[derive(Default)]
 pub struct Fleet {
     beats: HashMap<HostName, Beat>,
+    history: HashMap<HostName, VecDeque<HealthPoint>>,
     /// Until then, a host not heard from yet counts as ready: a new leader has no heartbeats
     /// of its own, and agents need a moment to find it (Nomad's grace TTL after an election).
     grace_until: Option<Instant>,
@@ -54,12 +97,33 @@ pub struct Fleet {
 impl Fleet {
     /// An empty fleet whose hosts are given until `until` to report.
     pub fn with_grace(until: Instant) -> Self {
-        Self { beats: HashMap::new(), grace_until: Some(until) }
+        Self { beats: HashMap::new(), history: HashMap::new(), grace_until: Some(until) }
     }
 
     /// Records a heartbeat.
     pub fn on_heartbeat(&mut self, host: &HostName, beat: Beat) {
+        let point = HealthPoint::of(beat.wall, &beat.health);
         self.beats.insert(host.clone(), beat);
+        let ring = self.history.entry(host.clone()).or_default();
+        if ring.back().is_some_and(|last| point.at.duration_since(last.at).unwrap_or_default() < HISTORY_STEP) {
+            return;
+        }
+        ring.push_back(point);
+        while ring.len() > HISTORY_PER_HOST
+            || ring.front().is_some_and(|p| point.at.duration_since(p.at).unwrap_or_default() > HISTORY_KEEP)
+        {
+            ring.pop_front();
+        }
+    }
+
+    /// A host's health history, oldest first.
+    pub fn history(&self, host: &HostName) -> impl Iterator<Item = &HealthPoint> {
+        self.history.get(host).into_iter().flatten()
+    }
+
+    /// History points held, in all.
+    pub fn history_len(&self) -> usize {
+        self.history.values().map(VecDeque::len).sum()
     }
 
     /// The host's state at `now`.
@@ -79,6 +143,7 @@ impl Fleet {
     /// Drops a removed host.
     pub fn forget(&mut self, host: &HostName) {
         self.beats.remove(host);
+        self.history.remove(host);
     }
 }
 
@@ -105,6 +170,31 @@ mod tests {
         assert_eq!(fleet.state(&web, t0 + Duration::from_millis(5001), down_after), HostState::Down);
         fleet.on_heartbeat(&web, beat(t0 + Duration::from_secs(9)));
         assert_eq!(fleet.state(&web, t0 + Duration::from_secs(10), down_after), HostState::Ready);
+    }
+
+    #[test]
+    fn the_history_keeps_one_point_per_step_for_an_hour() {
+        let mut fleet = Fleet::default();
+        let web = HostName::new("web-1").unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for s in 0..(2 * 3600 + 10) {
+            let health =
+                Health { cpu_percent: (s % 100) as f32, disk_free_bytes: 1, disk_total_bytes: 4, ..Default::default() };
+            let beat = Beat {
+                at: Instant::now(),
+                wall: t0 + Duration::from_secs(s),
+                health,
+                agent_version: "0".into(),
+                release: Default::default(),
+            };
+            fleet.on_heartbeat(&web, beat);
+        }
+        let points: Vec<_> = fleet.history(&web).collect();
+        assert!(points.len() <= HISTORY_PER_HOST && points.len() >= HISTORY_PER_HOST - 1, "{}", points.len());
+        assert!(points.windows(2).all(|w| w[1].at.duration_since(w[0].at).unwrap() == HISTORY_STEP));
+        let last = points.last().unwrap();
+        assert_eq!(last.disk_free_percent, 25.0);
+        assert!(last.at.duration_since(points[0].at).unwrap() <= HISTORY_KEEP);
     }
 
     #[test]

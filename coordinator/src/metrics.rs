@@ -28,6 +28,13 @@ pub struct Metrics {
     hosts: Family<Vec<(String, String)>, Gauge>,
     links: Gauge,
     up_seconds: Gauge,
+    raft_term: Gauge,
+    raft_commit_index: Gauge,
+    raft_applied_index: Gauge,
+    raft_is_leader: Gauge,
+    alerts: Family<Vec<(String, String)>, Gauge>,
+    notifications_pending: Gauge,
+    metric_reports: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +62,28 @@ impl Default for Metrics {
         registry.register("hosts", "Enrolled hosts by state", hosts.clone());
         registry.register("agent_links", "Agents connected now", links.clone());
         registry.register("uptime_seconds", "Seconds since this coordinator started", up_seconds.clone());
+        let raft_term = Gauge::default();
+        let raft_commit_index = Gauge::default();
+        let raft_applied_index = Gauge::default();
+        let raft_is_leader = Gauge::default();
+        let alerts = Family::<Vec<(String, String)>, Gauge>::default();
+        let notifications_pending = Gauge::default();
+        let metric_reports = Gauge::default();
+        registry.register("raft_term", "This coordinator's Raft term", raft_term.clone());
+        registry.register("raft_commit_index", "Index of the last committed Raft entry", raft_commit_index.clone());
+        registry.register("raft_applied_index", "Index of the last applied Raft entry", raft_applied_index.clone());
+        registry.register("raft_is_leader", "1 if this coordinator leads", raft_is_leader.clone());
+        registry.register("alerts", "Alerts by state (pending: leader's evaluator only)", alerts.clone());
+        registry.register(
+            "notifications_pending",
+            "Notifications not yet delivered to every webhook (delivery queue depth)",
+            notifications_pending.clone(),
+        );
+        registry.register(
+            "metric_reports",
+            "Agents' metric reports held in memory (leader only)",
+            metric_reports.clone(),
+        );
         let label = |v: &str| vec![("result".to_string(), v.to_string())];
         let enrollments_ok = enrollments.get_or_create(&label("ok")).clone();
         let enrollments_refused = enrollments.get_or_create(&label("refused")).clone();
@@ -70,11 +99,42 @@ impl Default for Metrics {
             hosts,
             links,
             up_seconds,
+            raft_term,
+            raft_commit_index,
+            raft_applied_index,
+            raft_is_leader,
+            alerts,
+            notifications_pending,
+            metric_reports,
         }
     }
 }
 
 impl Metrics {
+    /// Sets the Raft gauges.
+    pub fn set_raft(&self, term: u64, commit: u64, applied: u64, leader: bool) {
+        self.raft_term.set(term as i64);
+        self.raft_commit_index.set(commit as i64);
+        self.raft_applied_index.set(applied as i64);
+        self.raft_is_leader.set(i64::from(leader));
+    }
+
+    /// Sets the number of firing alerts (replicated: every coordinator knows it).
+    pub fn set_alerts_firing(&self, firing: usize) {
+        self.alerts.get_or_create(&vec![("state".to_string(), "firing".to_string())]).set(firing as i64);
+    }
+
+    /// Sets the number of pending alerts (the leader's alert loop).
+    pub fn set_alerts_pending(&self, pending: usize) {
+        self.alerts.get_or_create(&vec![("state".to_string(), "pending".to_string())]).set(pending as i64);
+    }
+
+    /// Sets the queue gauges.
+    pub fn set_queues(&self, notifications_pending: usize, metric_reports: usize) {
+        self.notifications_pending.set(notifications_pending as i64);
+        self.metric_reports.set(metric_reports as i64);
+    }
+
     /// Renders the text exposition after setting the fleet gauges.
     pub fn render(&self, ready: usize, down: usize, links: usize, uptime_secs: u64) -> String {
         let state = |v: &str| vec![("state".to_string(), v.to_string())];

@@ -70,6 +70,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     tokio::spawn(crate::deploy::dispatch::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::notify::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::experiments::leader::run(coordinator.clone(), shutdown.clone()));
+    tokio::spawn(crate::alerts::run::run(coordinator.clone(), shutdown.clone()));
 
     let _ = tokio::join!(quic, api);
     coordinator.consensus.store().flush().await?;

@@ -167,6 +167,10 @@ pub struct Counters {
     pub last_notification: u64,
     /// The last webhook id handed out.
     pub last_webhook: u64,
+    /// The last alert rule id handed out.
+    pub last_alert_rule: u64,
+    /// The last alert id handed out.
+    pub last_alert: u64,
 }
 
 /// How many times a job's agent may be lost before the job fails.
@@ -374,6 +378,46 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
+    /// Add an alert rule (its id is assigned here; names are unique).
+    AddAlertRule {
+        /// The rule.
+        rule: crate::alerts::Rule,
+    },
+    /// Remove an alert rule (its firing alerts resolve on the leader's next evaluation).
+    RemoveAlertRule {
+        /// Which.
+        id: u64,
+    },
+    /// Hold a rule's notifications until `until` (None: lift the silence).
+    SilenceAlertRule {
+        /// Which.
+        id: u64,
+        /// Until when.
+        until: Option<SystemTime>,
+    },
+    /// An alert fires: the record (id assigned here), its notification, perhaps an incident.
+    AlertFired {
+        /// The alert.
+        alert: crate::alerts::AlertRecord,
+    },
+    /// A firing alert resolves, with its notification.
+    AlertResolved {
+        /// Which.
+        id: u64,
+        /// What was seen.
+        summary: String,
+        /// When.
+        at: SystemTime,
+    },
+    /// A person acknowledges an alert.
+    AckAlert {
+        /// Which.
+        id: u64,
+        /// Who.
+        by: String,
+        /// When.
+        at: SystemTime,
+    },
 }
 
 /// Why a command was not applied. Deterministic: every node rejects the same commands.
@@ -391,6 +435,12 @@ pub enum Rejection {
     /// No webhook has that id.
     #[error("no webhook {0}; see `fifty webhook list`")]
     UnknownWebhook(u64),
+    /// The alert rule or alert cannot be changed so.
+    #[error("{0}")]
+    Alert(String),
+    /// No alert rule or alert has that id.
+    #[error("{0}")]
+    UnknownAlert(String),
     /// No token has this secret.
     #[error("unknown token")]
     UnknownToken,
@@ -769,6 +819,14 @@ impl Machine {
                 }
                 Ok(Applied::Done)
             }
+            Command::AddAlertRule { rule } => crate::alerts::ops::add_rule(store, rule, batch)?,
+            Command::RemoveAlertRule { id } => crate::alerts::ops::remove_rule(store, *id, batch)?,
+            Command::SilenceAlertRule { id, until } => crate::alerts::ops::silence_rule(store, *id, *until, batch)?,
+            Command::AlertFired { alert } => crate::alerts::ops::fired(store, alert, batch)?,
+            Command::AlertResolved { id, summary, at } => {
+                crate::alerts::ops::resolved(store, *id, summary, *at, batch)?
+            }
+            Command::AckAlert { id, by, at } => crate::alerts::ops::ack(store, *id, by, *at, batch)?,
             Command::SetQuarantine { repo, test, on, by, at } => {
                 if store.repo(repo)?.is_none() {
                     return Ok(Err(Rejection::UnknownRepo(repo.clone())));

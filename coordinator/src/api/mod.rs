@@ -16,6 +16,8 @@
 //! | `POST /v1/rollouts/current/{promote,pause,resume,abort}?repo=`, `POST /v1/rollback` | admin |
 //! | `GET /v1/incidents`, `GET /v1/incidents/{id}`, `GET /v1/notify/webhooks` | read |
 //! | `POST /v1/incidents/{id}` (a why, an action, close), `POST /v1/notify/webhooks`, `DELETE /v1/notify/webhooks/{id}` | admin |
+//! | `GET /v1/alerts?limit=`, `GET /v1/alerts/rules`, `GET /v1/fleet/top`, `GET /v1/fleet/series?host=&since=` | read |
+//! | `POST /v1/alerts/{id}/ack`, `POST /v1/alerts/rules`, `DELETE /v1/alerts/rules/{rule}`, `POST /v1/alerts/rules/{rule}/silence` | admin |
 //! | `GET /v1/cluster/members` | read |
 //! | `DELETE /v1/cluster/members/{id}` | admin |
 //! | `GET /v1/experiments`, `GET /v1/experiments/{name}` (see `experiments`) | read |
@@ -73,7 +75,8 @@ impl From<OpError> for ApiError {
                 | Rejection::UnknownRepo(_)
                 | Rejection::UnknownIncident(_)
                 | Rejection::UnknownWebhook(_)
-                | Rejection::UnknownExperiment(_)),
+                | Rejection::UnknownExperiment(_)
+                | Rejection::UnknownAlert(_)),
             ) => ApiError(StatusCode::NOT_FOUND, r.to_string()),
             OpError::Rejected(r) => ApiError(StatusCode::CONFLICT, r.to_string()),
             OpError::Store(e) => e.into(),
@@ -142,6 +145,13 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/debug/deploy", post(debug_deploy))
         .route("/metrics", get(metrics))
         .merge(experiments::routes())
+        .route("/v1/alerts", get(alerts))
+        .route("/v1/alerts/{id}/ack", post(ack_alert))
+        .route("/v1/alerts/rules", get(alert_rules).post(add_alert_rule))
+        .route("/v1/alerts/rules/{rule}", delete(remove_alert_rule))
+        .route("/v1/alerts/rules/{rule}/silence", post(silence_alert_rule))
+        .route("/v1/fleet/top", get(fleet_top))
+        .route("/v1/fleet/series", get(fleet_series))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
         .layer(axum::middleware::from_fn_with_state(coordinator.clone(), forward::to_leader))
         .with_state(coordinator)
@@ -491,6 +501,83 @@ async fn debug_deploy(
 async fn metrics(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Read)?;
     let status = c.status()?;
+    let raft = c.consensus.status();
+    c.metrics.set_raft(raft.term, raft.commit, raft.applied, raft.is_leader());
+    let pending = c.consensus.store().notifications()?.iter().filter(|n| n.to.iter().any(|(_, done)| !done)).count();
+    c.metrics.set_alerts_firing(c.consensus.store().firing_alerts()?.len());
+    c.metrics.set_queues(pending, c.immune.lock().expect("immune lock").series.len());
     let body = c.metrics.render(status.hosts.ready, status.hosts.down, status.agent_links, status.uptime_secs);
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body))
+}
+
+// ---- monitoring and alerting ---------------------------------------------------------------------
+
+#[derive(serde::Deserialize)]
+struct AlertsQuery {
+    limit: Option<usize>,
+}
+
+async fn alerts(
+    State(c): Shared,
+    headers: HeaderMap,
+    Query(q): Query<AlertsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.alerts(q.limit.unwrap_or(20))?))
+}
+
+async fn ack_alert(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.ack_alert(number(&id, "an alert")?, &by).await?))
+}
+
+async fn alert_rules(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.alert_rules()?))
+}
+
+async fn add_alert_rule(
+    State(c): Shared,
+    headers: HeaderMap,
+    body: Result<Json<crate::alerts::RuleSpec>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.add_alert_rule(json_body(body)?, &by).await?))
+}
+
+async fn remove_alert_rule(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(rule): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.remove_alert_rule(&rule).await?))
+}
+
+async fn silence_alert_rule(
+    State(c): Shared,
+    headers: HeaderMap,
+    Path(rule): Path<String>,
+    body: Result<Json<crate::alerts::ops::Silence>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.silence_alert_rule(&rule, json_body(body)?).await?))
+}
+
+async fn fleet_top(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.fleet_top()?))
+}
+
+async fn fleet_series(
+    State(c): Shared,
+    headers: HeaderMap,
+    Query(q): Query<crate::alerts::live::SeriesQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Read)?;
+    Ok(Json(c.fleet_series(&q)?))
 }

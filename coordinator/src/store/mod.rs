@@ -13,7 +13,8 @@
 //! `sm/blobsize/<digest>` (artifacts, content-addressed), `sm/release/<id>`, `sm/rollout/<id>`,
 //! `sm/target/<repo>`, `sm/hosttarget/<host>`; the immune system: `sm/incident/<id>`,
 //! `sm/notification/<id>`, `sm/webhook/<id>`; experiments: `sm/exp/def/<name>`, `sm/exp/stats/<name>`,
-//! `sm/exp/unit/<name>/<unit hash>`, `sm/exp/mark/<host>`. Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
+//! `sm/exp/unit/<name>/<unit hash>`, `sm/exp/mark/<host>`; alerts: `sm/alertrule/<id>`, `sm/alert/<id>`,
+//! `sm/firing/<id>` (alerts firing now). Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
 
 pub mod check;
@@ -224,6 +225,27 @@ impl Batch {
     /// Removes a webhook.
     pub fn remove_webhook(&mut self, id: u64) {
         self.ops.push((format!("{STATE_PREFIX}webhook/{id:016x}").into_bytes(), None));
+    }
+
+    /// Writes an alert rule.
+    pub fn put_alert_rule(&mut self, r: &crate::alerts::Rule) {
+        self.put(format!("alertrule/{:016x}", r.id), r);
+    }
+
+    /// Removes an alert rule.
+    pub fn remove_alert_rule(&mut self, id: u64) {
+        self.ops.push((format!("{STATE_PREFIX}alertrule/{id:016x}").into_bytes(), None));
+    }
+
+    /// Writes an alert, and whether it is firing.
+    pub fn put_alert(&mut self, a: &crate::alerts::AlertRecord) {
+        self.put(format!("alert/{:016x}", a.id), a);
+        let firing = format!("firing/{:016x}", a.id);
+        if a.resolved.is_none() {
+            self.put(firing, &a.id);
+        } else {
+            self.ops.push((format!("{STATE_PREFIX}{firing}").into_bytes(), None));
+        }
     }
 
     /// Writes a rollout.
@@ -490,6 +512,43 @@ impl Store {
     /// Every webhook.
     pub fn webhooks(&self) -> Result<Vec<crate::notify::Webhook>, StoreError> {
         self.scan("webhook/")
+    }
+
+    /// An alert rule by id.
+    pub fn alert_rule(&self, id: u64) -> Result<Option<crate::alerts::Rule>, StoreError> {
+        self.get(&format!("alertrule/{id:016x}"))
+    }
+
+    /// Every alert rule, by id.
+    pub fn alert_rules(&self) -> Result<Vec<crate::alerts::Rule>, StoreError> {
+        self.scan("alertrule/")
+    }
+
+    /// An alert by id.
+    pub fn alert(&self, id: u64) -> Result<Option<crate::alerts::AlertRecord>, StoreError> {
+        self.get(&format!("alert/{id:016x}"))
+    }
+
+    /// The alerts firing now, oldest first.
+    pub fn firing_alerts(&self) -> Result<Vec<crate::alerts::AlertRecord>, StoreError> {
+        let ids: Vec<u64> = self.scan("firing/")?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.alert(id)?);
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` alerts, newest first.
+    pub fn recent_alerts(&self, limit: usize) -> Result<Vec<crate::alerts::AlertRecord>, StoreError> {
+        let prefix = format!("{STATE_PREFIX}alert/");
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix.as_bytes()).rev().take(limit) {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            out.push(codec::from_bytes(&value).map_err(|source| StoreError::Corrupt { key, source })?);
+        }
+        Ok(out)
     }
 
     /// A rollout by id.
