@@ -1443,3 +1443,189 @@ async fn experiments_assign_on_every_host_and_judge_a_real_lift() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- monitoring and alerting ----------------------------------------------------------------
+
+use fifty::alerts::ops::AlertsView;
+use fifty::alerts::AlertView;
+
+/// The alert of `rule` for `subject`, once it satisfies `done`.
+async fn wait_alert(
+    cluster: &LocalCluster,
+    what: &str,
+    rule: &str,
+    subject: &str,
+    done: fn(&AlertView) -> bool,
+) -> AlertView {
+    wait_for(what, DEADLINE, || {
+        let client = cluster.client();
+        let (rule, subject) = (rule.to_string(), subject.to_string());
+        async move {
+            let v: AlertsView = client.get("/v1/alerts?limit=100").await?;
+            Ok(v.recent.into_iter().find(|a| a.rule_name == rule && a.subject == subject && done(a)))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The webhook bodies of `kind` naming `needle`.
+fn hook_bodies(hook: &fifty::local::WebhookReceiver, kind: &str, needle: &str) -> Vec<serde_json::Value> {
+    hook.received()
+        .iter()
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        .filter(|v| v["kind"] == kind && v["title"].as_str().is_some_and(|t| t.contains(needle)))
+        .collect()
+}
+
+/// A killed agent fires the host-down rule after its duration and resolves when the agent is back;
+/// an error-rate rule fires when the sample service's failure rate is raised and resolves when it
+/// is lowered; a silenced rule's alerts are recorded but send nothing; the first delivery fails
+/// and is retried, and each event reaches the webhook once; `/metrics` parses as Prometheus text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_fire_resolve_and_notify_once() {
+    let dir = test_dir("alerts");
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), Options::default()).await.unwrap();
+    cluster.add_agent("build-1", "role=build,slots=2").await.unwrap();
+    let mut ports = Vec::new();
+    for i in 1..=2 {
+        let port = fifty::local::free_port().unwrap();
+        ports.push(port);
+        cluster.add_agent_with(&format!("web-{i}"), "role=prod", &format!("port={port}")).await.unwrap();
+    }
+    cluster.wait_reporting(&["build-1", "web-1", "web-2"], DEADLINE).await.unwrap();
+    let admin = cluster.admin_token.clone();
+    let hook = fifty::local::WebhookReceiver::start_failing(1).unwrap();
+    let added = cli(&cluster, &admin, &["webhook", "add", &hook.url()]).await;
+    assert!(added.status.success(), "{}", said(&added));
+
+    // Rules: a bad one is refused with the field named; good ones are listed.
+    let bad = cli(&cluster, &admin, &["alert", "rule", "add", "hot", "--kind", "cpu"]).await;
+    assert!(!bad.status.success() && said(&bad).contains("threshold"), "{}", said(&bad));
+    for args in [
+        &["host-down", "--kind", "host_down", "--for", "5s", "--severity", "critical"][..],
+        &["quiet-down", "--kind", "host_down", "--for", "1s"][..],
+        &["shop-errors", "--kind", "error_rate", "--threshold", "10%", "--for", "3s", "--pool", "role=prod"][..],
+    ] {
+        let out = cli(&cluster, &admin, &[&["alert", "rule", "add"][..], args].concat()).await;
+        assert!(out.status.success(), "{}", said(&out));
+    }
+    let silence = cli(&cluster, &admin, &["alert", "silence", "quiet-down", "--for", "1h"]).await;
+    assert!(silence.status.success() && said(&silence).contains("until"), "{}", said(&silence));
+    let listed = cli(&cluster, &admin, &["alert", "rule", "list"]).await;
+    assert!(said(&listed).contains("pool role=prod error_rate above 10%"), "{}", said(&listed));
+
+    // The sample shop, watched so that agents report its error_rate, serving under load.
+    let ci = token(&cluster, "ci", None).await;
+    let repo =
+        SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Immune).await.unwrap();
+    let first = repo.git_head().await;
+    assert!(repo.push().await.unwrap().status.success());
+    let r1 = wait_release(&cluster, &first).await;
+    let done = wait_rollout(&cluster, r1, Phase::Done).await;
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
+    wait_serving(&ports, &first[..10]).await;
+    let _load = fifty::sample_app::Load::start(&ports, 40);
+
+    // A killed agent: the host-down alert fires after the heartbeat timeout plus 5 s, once.
+    let killed = std::time::Instant::now();
+    cluster.kill_agent("build-1").await.unwrap();
+    let fired = wait_alert(&cluster, "host-down firing", "host-down", "build-1", |_| true).await;
+    let bodies = wait_for("the host-down webhook", DEADLINE, || {
+        let b = hook_bodies(&hook, "alert.firing", "host-down firing: build-1");
+        async move { Ok((!b.is_empty()).then_some(b)) }
+    })
+    .await
+    .unwrap();
+    println!("host-down: agent killed → webhook delivered in {:.1}s", killed.elapsed().as_secs_f64());
+    let since = humantime::parse_rfc3339(&fired.since).unwrap();
+    let at = humantime::parse_rfc3339(&fired.fired_at).unwrap();
+    assert!(at.duration_since(since).unwrap() >= Duration::from_secs(5), "fired before its duration: {fired:#?}");
+    assert_eq!(bodies[0]["title"], "[critical] host-down firing: build-1");
+    let seen = hook.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].1, 500, "the first try failed and was retried: {seen:?}");
+    // The silenced rule fired too, recorded as silenced, and sent nothing.
+    let quiet = wait_alert(&cluster, "quiet-down firing", "quiet-down", "build-1", |_| true).await;
+    assert!(quiet.silenced && quiet.notifications.is_empty(), "{quiet:#?}");
+
+    // It comes back: resolved, once.
+    cluster.start_agent("build-1").unwrap();
+    let resolved = wait_alert(&cluster, "host-down resolved", "host-down", "build-1", |a| a.state == "resolved").await;
+    assert_eq!(resolved.id, fired.id);
+    wait_for("the resolution webhook", DEADLINE, || {
+        let n = hook_bodies(&hook, "alert.resolved", "host-down for build-1").len();
+        async move { Ok((n > 0).then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    // The shop starts failing half its requests: the error-rate alert fires; back to none: resolves.
+    let set_rate = |rate: &str| {
+        for i in 1..=2 {
+            let path = cluster.agent_dir(&format!("web-{i}")).join("current").join("ERROR_RATE");
+            std::fs::write(&path, format!("{rate}\n")).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+    };
+    set_rate("0.5");
+    let errors = wait_alert(&cluster, "shop-errors firing", "shop-errors", "pool role=prod", |_| true).await;
+    assert!(errors.summary.starts_with("error_rate "), "{errors:#?}");
+    set_rate("0");
+    wait_alert(&cluster, "shop-errors resolved", "shop-errors", "pool role=prod", |a| a.state == "resolved").await;
+    wait_for("the error-rate webhooks", DEADLINE, || {
+        let n = (
+            hook_bodies(&hook, "alert.firing", "shop-errors firing").len(),
+            hook_bodies(&hook, "alert.resolved", "shop-errors for pool").len(),
+        );
+        async move { Ok((n == (1, 1)).then_some(())) }
+    })
+    .await
+    .unwrap();
+
+    // Each event reached the webhook once; the silenced rule sent nothing.
+    let all = hook.received();
+    assert!(!all.iter().any(|b| b.contains("quiet-down")), "the silenced rule sent: {all:#?}");
+    assert_eq!(hook_bodies(&hook, "alert.firing", "host-down firing: build-1").len(), 1, "{all:#?}");
+    assert_eq!(hook_bodies(&hook, "alert.resolved", "host-down for build-1").len(), 1, "{all:#?}");
+    let deliveries: Vec<String> =
+        hook.seen.lock().unwrap().iter().filter(|(_, s)| *s == 200).map(|(d, _)| d.clone()).collect();
+    let unique: std::collections::HashSet<_> = deliveries.iter().collect();
+    assert_eq!(unique.len(), deliveries.len(), "a notification was delivered twice: {deliveries:?}");
+
+    // What people see.
+    let alerts = cli(&cluster, &admin, &["alerts"]).await;
+    let shown = said(&alerts);
+    assert!(
+        shown.contains("Recently resolved:") && shown.contains("host-down") && shown.contains("shop-errors"),
+        "{shown}"
+    );
+    let ack = cli(&cluster, &admin, &["alert", "ack", &fired.id.to_string()]).await;
+    assert!(ack.status.success() && said(&ack).contains("acknowledged"), "{}", said(&ack));
+    let top = cli(&cluster, &admin, &["top", "--once"]).await;
+    assert!(top.status.success() && said(&top).contains("web-1") && said(&top).contains("ready"), "{}", said(&top));
+    let series = cli(&cluster, &admin, &["metrics", "web-1", "--since", "5m", "--json"]).await;
+    let series: serde_json::Value = serde_json::from_str(&text(&series.stdout)).unwrap();
+    let points = series["points"].as_array().unwrap();
+    assert!(points.iter().any(|p| p["ratios"]["error_rate"].as_f64().is_some_and(|r| r > 0.1)), "{series:#}");
+    assert!(points.iter().any(|p| p["cpu_percent"].is_number()), "{series:#}");
+
+    // /metrics parses as Prometheus text and says what the cluster is doing.
+    let exposition = cluster.client().get_text("/metrics").await.unwrap();
+    let lines = exposition.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        scrape.samples.iter().find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v))).map(
+            |s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            },
+        )
+    };
+    assert_eq!(value("fifty_raft_is_leader", None), Some(1.0), "{exposition}");
+    assert!(value("fifty_raft_term", None).is_some_and(|t| t >= 1.0), "{exposition}");
+    assert!(value("fifty_raft_commit_index", None).is_some_and(|t| t >= 1.0), "{exposition}");
+    assert_eq!(value("fifty_alerts", Some(("state", "firing"))), Some(0.0), "{exposition}");
+    assert_eq!(value("fifty_hosts", Some(("state", "ready"))), Some(3.0), "{exposition}");
+    assert!(value("fifty_heartbeats_total", None).is_some_and(|v| v > 0.0), "{exposition}");
+}

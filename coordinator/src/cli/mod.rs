@@ -1,6 +1,7 @@
 //! The `fifty` command line: the server, the local playgrounds (`dev`, `demo`), and the client
 //! verbs, which talk to a coordinator only through its HTTPS API.
 
+mod alert;
 pub mod client;
 mod demo;
 mod demo_experiment;
@@ -129,7 +130,54 @@ enum Command {
         #[command(subcommand)]
         command: incident::IncidentCommand,
     },
-    /// Webhooks notified of reverts.
+    /// Alerts firing now and recently resolved.
+    Alerts {
+        /// How many recent alerts.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Alert rules; acknowledge an alert; silence a rule.
+    Alert {
+        #[command(subcommand)]
+        command: alert::AlertCommand,
+    },
+    /// A live view of the fleet (refreshes in place on a terminal).
+    Top {
+        /// Print once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print the API's JSON once.
+        #[arg(long)]
+        json: bool,
+        /// Refresh interval.
+        #[arg(long, default_value = "2s", value_parser = fifty_shared::config::parse_duration)]
+        every: std::time::Duration,
+    },
+    /// Recent series of a host or the fleet (the leader keeps the last hour).
+    Metrics {
+        /// The host.
+        #[arg(required_unless_present = "fleet", conflicts_with = "fleet")]
+        host: Option<String>,
+        /// The whole fleet.
+        #[arg(long)]
+        fleet: bool,
+        /// Only this service ratio metric.
+        #[arg(long)]
+        metric: Option<String>,
+        /// How far back.
+        #[arg(long, default_value = "10m")]
+        since: String,
+        /// Bucket width (default: since / 30).
+        #[arg(long)]
+        step: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Webhooks notified of reverts and alerts.
     Webhook {
         #[command(subcommand)]
         command: incident::WebhookCommand,
@@ -477,6 +525,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Incident { command } => incident::incident(&cli.client, command).await,
         Command::Webhook { command } => incident::webhook(&cli.client, command).await,
         Command::Experiment { command } => experiment::run(&cli.client, command).await,
+        Command::Alerts { limit, json } => alert::list(&cli.client, json, limit).await,
+        Command::Alert { command } => alert::alert(&cli.client, command).await,
+        Command::Top { once, json, every } => alert::top(&cli.client, once, json, every).await,
+        Command::Metrics { host, fleet: _, metric, since, step, json } => {
+            alert::metrics(&cli.client, host, metric, since, step, json).await
+        }
         Command::Rollback { to, repo } => {
             let view: RolloutView =
                 Client::from_opts(&cli.client)?.post("/v1/rollback", &RollbackRequest { repo, to }).await?;
