@@ -113,6 +113,17 @@ async fn story(dir: &std::path::Path) -> Result<()> {
         .post("/v1/notify/webhooks", &crate::views::AddWebhook { url: hook.url(), format: None })
         .await?;
     t.say(&format!("`fifty webhook add {}`: reverts are announced there", hook.url()));
+    for (name, kind, for_) in [("host-down", "host_down", "5s"), ("immune-decision", "immune", "0s")] {
+        let spec = crate::alerts::RuleSpec {
+            name: name.into(),
+            kind: kind.into(),
+            for_: Some(for_.into()),
+            severity: Some(crate::alerts::Severity::Critical),
+            ..Default::default()
+        };
+        let _: Vec<crate::alerts::RuleView> = cluster.client().post("/v1/alerts/rules", &spec).await?;
+    }
+    t.say("`fifty alert rule add host-down --kind host_down --for 5s` and `... immune-decision --kind immune`: alerts go there too");
 
     repo.edit("app/shop.sh", "pear) echo 55", "pear) echo 50")?;
     let red = repo.commit("Cheaper pears").await?;
@@ -172,9 +183,14 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     t.say("killed the agent on web-3 (SIGKILL)");
     cluster.wait_hosts(&["web-3"], HostState::Down, DEADLINE).await?;
     t.say("web-3 marked down after 5 s without a heartbeat");
+    let fired = wait_alert(&cluster, "host-down", "web-3", false).await?;
+    t.say(&format!("alert {} fired after 5 s more: host-down web-3 ({}); the webhook got it", fired.id, fired.summary));
     cluster.start_agent("web-3")?;
     cluster.wait_reporting(&all, DEADLINE).await?;
-    t.say("restarted web-3: it reconnected and is ready again");
+    wait_alert(&cluster, "host-down", "web-3", true).await?;
+    t.say("restarted web-3: it reconnected and is ready again; its alert resolved. `fifty alerts`:");
+    let alerts: crate::alerts::ops::AlertsView = cluster.client().get("/v1/alerts").await?;
+    print!("{}", indent(&super::alert::alerts(&alerts)));
 
     repo.write("NOTES.md", "pushed just before the leader dies\n")?;
     let last = repo.commit("Notes").await?;
@@ -335,6 +351,11 @@ async fn immune_story(
     print!("{}", indent(&got));
     t.say("the incident, with its timeline and evidence (`fifty incident show`):");
     print!("{}", indent(&super::output::incident(&incident)));
+    let alert = wait_alert(cluster, "immune-decision", &format!("incident {}", incident.id), false).await?;
+    t.say(&format!(
+        "the immune-decision rule raised alert {} for incident {} (`fifty alerts`; the webhook got it too)",
+        alert.id, incident.id
+    ));
 
     crate::sample_app::git(&repo.work, &["pull", "-q", "--ff-only", "origin", "main"]).await?;
     repo.write("NOTES.md", "a change while the gate is closed\n")?;
@@ -355,6 +376,22 @@ async fn immune_story(
     pushed(repo, true).await?;
     t.say(&format!("an admin ran `fifty gate open shop` (incident {} records it); the push goes in", incident.id));
     Ok(())
+}
+
+/// Waits for the alert of `rule` on `subject` to fire (or, with `resolved`, to resolve).
+async fn wait_alert(
+    cluster: &LocalCluster,
+    rule: &str,
+    subject: &str,
+    resolved: bool,
+) -> Result<crate::alerts::AlertView> {
+    crate::local::wait_for(&format!("alert {rule} {subject}"), DEADLINE, || async {
+        let v: crate::alerts::ops::AlertsView = cluster.client().get("/v1/alerts").await?;
+        Ok(v.recent
+            .into_iter()
+            .find(|a| a.rule_name == rule && a.subject == subject && (a.resolved_at.is_some() == resolved)))
+    })
+    .await
 }
 
 /// Pushes the shop's working clone; `Ok` with what the hooks said when the push went as
