@@ -249,4 +249,17 @@ mod tests {
         let cfg: Config = toml::from_str("heartbeat_interval = \"2s\"\ndown_after = \"3s\"\n").unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("down_after"));
     }
+
+    #[test]
+    fn alert_rules_in_the_config_are_checked_at_start() {
+        let good = "[[alert.rule]]\nname = \"web-down\"\nkind = \"host_down\"\nfor = \"5m\"\nseverity = \"critical\"\n";
+        let cfg: Config = toml::from_str(good).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.alert.rule[0].name, "web-down");
+        let bad = "[[alert.rule]]\nname = \"hot\"\nkind = \"cpu\"\n";
+        let err = toml::from_str::<Config>(bad).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("alert.rule[0]") && err.contains("threshold"), "{err}");
+        let typo = "[[alert.rule]]\nname = \"x\"\nkind = \"cpu\"\nthreshhold = \"90\"\n";
+        assert!(toml::from_str::<Config>(typo).unwrap_err().to_string().contains("threshhold"));
+    }
 }

@@ -63,6 +63,9 @@ pub struct Reading {
     pub subject: String,
     /// How it looks.
     pub level: Level,
+    /// When a bad condition began, if the observer knows better than "now" (a host's silence
+    /// began at its last heartbeat): the rule's `for` counts from there.
+    pub began: Option<SystemTime>,
 }
 
 /// An alert that is firing now (from the replicated records).
@@ -130,7 +133,7 @@ impl Evaluator {
             match &reading.level {
                 Level::Bad(said) => {
                     track.clear_since = None;
-                    let since = *track.bad_since.get_or_insert(now);
+                    let since = *track.bad_since.get_or_insert(reading.began.unwrap_or(now).min(now));
                     if open.is_none() && held(Some(since)) >= Some(rule.for_) {
                         out.push(Transition::Fire {
                             rule: rule.id,
@@ -167,9 +170,14 @@ impl Evaluator {
         out
     }
 
-    /// Subjects whose condition holds now (pending or firing).
-    pub fn pending(&self) -> usize {
-        self.tracks.values().filter(|t| t.bad_since.is_some()).count()
+    /// Subjects whose condition holds now but whose alert is not firing (pending).
+    pub fn pending(&self, firing: &[Firing]) -> usize {
+        self.tracks
+            .iter()
+            .filter(|((rule, subject), t)| {
+                t.bad_since.is_some() && !firing.iter().any(|f| f.rule == *rule && f.subject == *subject)
+            })
+            .count()
     }
 }
 
@@ -195,7 +203,12 @@ mod tests {
     }
 
     fn reading(rule: &Rule, subject: &str, value: f64) -> Reading {
-        Reading { rule: rule.id, subject: subject.into(), level: classify(&rule.condition, value, format!("{value}")) }
+        Reading {
+            rule: rule.id,
+            subject: subject.into(),
+            level: classify(&rule.condition, value, format!("{value}")),
+            began: None,
+        }
     }
 
     /// Drives the evaluator second by second over `values`, recording fired alerts as the
@@ -230,6 +243,16 @@ mod tests {
         assert_eq!(log.len(), 2, "{log:?}");
         assert!(matches!(&log[0], (7, Transition::Fire { since, .. }) if *since == t(2)), "{log:?}");
         assert!(matches!(&log[1], (15, Transition::Resolve { .. })), "{log:?}");
+    }
+
+    #[test]
+    fn a_host_silent_since_its_last_heartbeat_fires_counting_from_it() {
+        let down = rule(1, "host_down", None, "5s");
+        let mut e = Evaluator::default();
+        // Seen down at second 5 (the heartbeat timeout), silent since second 0: fires at 5, not 10.
+        let r = Reading { began: Some(t(0)), ..reading(&down, "web-1", 1.0) };
+        let out = e.step(std::slice::from_ref(&down), std::slice::from_ref(&r), &[], t(5));
+        assert!(matches!(&out[..], [Transition::Fire { since, .. }] if *since == t(0)), "{out:?}");
     }
 
     #[test]

@@ -48,8 +48,8 @@ async fn evaluate(c: &Coordinator, evaluator: &mut Evaluator) -> Result<(), Stor
     let store = c.consensus.store();
     let rules = store.alert_rules()?;
     let firing_records = store.firing_alerts()?;
-    c.metrics.set_alerts_pending(evaluator.pending().saturating_sub(firing_records.len()));
     if rules.is_empty() && firing_records.is_empty() {
+        c.metrics.set_alerts_pending(0);
         return Ok(());
     }
     let now = SystemTime::now();
@@ -57,7 +57,9 @@ async fn evaluate(c: &Coordinator, evaluator: &mut Evaluator) -> Result<(), Stor
     let firing: Vec<Firing> =
         firing_records.iter().map(|a| Firing { alert: a.id, rule: a.rule, subject: a.subject.clone() }).collect();
     let mut proposed = false;
+    let mut fired = 0;
     for transition in evaluator.step(&rules, &readings, &firing, now) {
+        let firing_now = matches!(transition, Transition::Fire { .. });
         let cmd = match transition {
             Transition::Fire { rule, subject, since, summary } => {
                 let Some(rule) = rules.iter().find(|r| r.id == rule) else { continue };
@@ -87,11 +89,16 @@ async fn evaluate(c: &Coordinator, evaluator: &mut Evaluator) -> Result<(), Stor
             }
         };
         match c.consensus.propose(cmd).await {
-            Ok(Ok(_)) => proposed = true,
+            Ok(Ok(_)) => {
+                proposed = true;
+                fired += usize::from(firing_now);
+            }
             Ok(Err(rejected)) => warn!(%rejected, "alert transition refused"),
             Err(e) => warn!(error = %e, "alert transition not recorded; retried on the next evaluation"),
         }
     }
+    // Pending: the condition holds, not (yet) firing (the alerts fired just now count as firing).
+    c.metrics.set_alerts_pending(evaluator.pending(&firing).saturating_sub(fired));
     if proposed {
         c.notify_wake.notify_one();
     }
@@ -105,7 +112,9 @@ fn readings(c: &Coordinator, rules: &[Rule], now: SystemTime) -> Result<Vec<Read
     let mut out = Vec::new();
     let mono = Instant::now();
     for rule in rules {
-        let mut push = |subject: String, level: Level| out.push(Reading { rule: rule.id, subject, level });
+        let mut push = |subject: String, level: Level, began: Option<SystemTime>| {
+            out.push(Reading { rule: rule.id, subject, level, began })
+        };
         match &rule.condition {
             Condition::HostDown => {
                 let fleet = c.fleet.lock().expect("fleet lock");
@@ -116,7 +125,9 @@ fn readings(c: &Coordinator, rules: &[Rule], now: SystemTime) -> Result<Vec<Read
                         None => "no heartbeat since this coordinator leads".into(),
                     };
                     let down = fleet.state(&h.name, mono, c.config.down_after) == HostState::Down;
-                    push(h.name.to_string(), if down { Level::Bad(said) } else { Level::Clear(said) });
+                    // Silent since its last heartbeat (this leader's; or since now, if none).
+                    let began = fleet.last(&h.name).map(|b| b.wall);
+                    push(h.name.to_string(), if down { Level::Bad(said) } else { Level::Clear(said) }, began);
                 }
             }
             Condition::DiskFree { .. } | Condition::Cpu { .. } => {
@@ -135,7 +146,7 @@ fn readings(c: &Coordinator, rules: &[Rule], now: SystemTime) -> Result<Vec<Read
                         Condition::Cpu { .. } => format!("CPU {value:.1}%"),
                         _ => format!("disk {value:.1}% free"),
                     };
-                    push(h.name.to_string(), classify(&rule.condition, value, said));
+                    push(h.name.to_string(), classify(&rule.condition, value, said), None);
                 }
             }
             Condition::ErrorRate { metric, pool, .. } => {
@@ -174,18 +185,18 @@ fn readings(c: &Coordinator, rules: &[Rule], now: SystemTime) -> Result<Vec<Read
                     percent(value),
                     eval::RATE_WINDOW.as_secs()
                 );
-                push(subject, classify(&rule.condition, value, said));
+                push(subject, classify(&rule.condition, value, said), None);
             }
             Condition::Immune => {
                 for i in store.incidents()?.iter().filter(|i| i.opened_at >= rule.added.0) {
                     let said = format!("{}: {}", i.repo, i.title);
                     let level = if i.closed.is_some() { Level::Clear(said) } else { Level::Bad(said) };
-                    push(format!("incident {}", i.id), level);
+                    push(format!("incident {}", i.id), level, Some(i.opened_at));
                 }
                 for r in store.rollouts()?.iter().filter(|r| r.started_at >= rule.added.0) {
                     let said = format!("{} release {}: {}", r.repo, r.release, r.held.as_deref().unwrap_or("not held"));
                     let level = if r.held.is_some() { Level::Bad(said) } else { Level::Clear(said) };
-                    push(format!("rollout {} held", r.id), level);
+                    push(format!("rollout {} held", r.id), level, None);
                 }
             }
         }
