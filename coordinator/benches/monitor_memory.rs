@@ -4,7 +4,8 @@
 //! HOSTS hosts (default 1,000) over one hour of simulated time, and prints the process's resident
 //! memory (VmRSS) before and after. Two report shapes, one per run (a process, so freed memory
 //! does not blur the next figure): one ratio metric (`error_rate`, as the sample shop), or with
-//! `histogram` one ratio plus one 8-bucket latency histogram.
+//! `histogram` one ratio plus one 8-bucket latency histogram; with `health` the health history
+//! alone (what monitoring adds to the leader's memory beside the immune system's reports).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +24,7 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
-fn fill(hosts: usize, histogram: bool) -> (Fleet, Series, f64) {
+fn fill(hosts: usize, histogram: bool, health_only: bool) -> (Fleet, Series, f64) {
     let names: Vec<HostName> = (0..hosts).map(|i| HostName::new(&format!("web-{i}")).expect("valid name")).collect();
     let before = rss_mib();
     let mut fleet = Fleet::default();
@@ -49,6 +50,9 @@ fn fill(hosts: usize, histogram: bool) -> (Fleet, Series, f64) {
                 release: Default::default(),
             };
             fleet.on_heartbeat(host, beat);
+            if health_only {
+                continue;
+            }
             let mut samples = vec![("error_rate".to_string(), MetricSample::Ratio { num: 1.0, den: 40.0 })];
             if histogram {
                 samples.push((
@@ -72,13 +76,18 @@ fn fill(hosts: usize, histogram: bool) -> (Fleet, Series, f64) {
 fn main() {
     let hosts: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1000);
     let histogram = std::env::args().any(|a| a == "histogram");
+    let health_only = std::env::args().any(|a| a == "health");
     {
         let started = Instant::now();
-        let (fleet, series, before) = fill(hosts, histogram);
+        let (fleet, series, before) = fill(hosts, histogram, health_only);
         let after = rss_mib();
         println!(
             "{hosts} hosts, 1 h, reports {}: {} health points, {} reports held; VmRSS {:.1} → {:.1} MiB (+{:.1} MiB, {:.1} KiB/host); filled in {:.1}s",
-            if histogram { "ratio + 8-bucket histogram" } else { "one ratio metric" },
+            match (health_only, histogram) {
+                (true, _) => "none (health history only)",
+                (false, true) => "ratio + 8-bucket histogram",
+                (false, false) => "one ratio metric",
+            },
             fleet.history_len(),
             series.len(),
             before,
