@@ -184,7 +184,14 @@ async fn story(dir: &std::path::Path) -> Result<()> {
     cluster.wait_hosts(&["web-3"], HostState::Down, DEADLINE).await?;
     t.say("web-3 marked down after 5 s without a heartbeat");
     let fired = wait_alert(&cluster, "host-down", "web-3", false).await?;
-    t.say(&format!("alert {} fired after 5 s more: host-down web-3 ({}); the webhook got it", fired.id, fired.summary));
+    crate::local::wait_for("the host-down webhook", DEADLINE, || async {
+        Ok(hook.received().iter().any(|b| b.contains("host-down firing: web-3")).then_some(()))
+    })
+    .await?;
+    t.say(&format!(
+        "alert {} fired, 5 s after web-3's last heartbeat: host-down web-3 ({}); the webhook got it",
+        fired.id, fired.summary
+    ));
     cluster.start_agent("web-3")?;
     cluster.wait_reporting(&all, DEADLINE).await?;
     wait_alert(&cluster, "host-down", "web-3", true).await?;
@@ -352,6 +359,11 @@ async fn immune_story(
     t.say("the incident, with its timeline and evidence (`fifty incident show`):");
     print!("{}", indent(&super::output::incident(&incident)));
     let alert = wait_alert(cluster, "immune-decision", &format!("incident {}", incident.id), false).await?;
+    let needle = format!("immune-decision firing: incident {}", incident.id);
+    crate::local::wait_for("the immune-decision webhook", DEADLINE, || async {
+        Ok(hook.received().iter().any(|b| b.contains(&needle)).then_some(()))
+    })
+    .await?;
     t.say(&format!(
         "the immune-decision rule raised alert {} for incident {} (`fifty alerts`; the webhook got it too)",
         alert.id, incident.id
