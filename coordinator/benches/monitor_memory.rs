@@ -1,5 +1,5 @@
 //! Memory of the leader's monitoring soft state for a simulated fleet: `cargo bench -p fifty --bench
-//! monitor_memory [-- HOSTS] [histogram]`. Fills the heartbeat health history (`fleet::Fleet`, 1 heartbeat/s,
+//! monitor_memory [-- HOSTS] [histogram] [every=SECONDS]`. Fills the heartbeat health history (`fleet::Fleet`, 1 heartbeat/s,
 //! kept one point per 2 s) and the metric reports (`immune::series::Series`, one report/s) of
 //! HOSTS hosts (default 1,000) over one hour of simulated time, and prints the process's resident
 //! memory (VmRSS) before and after. Two report shapes, one per run (a process, so freed memory
@@ -24,7 +24,7 @@ fn rss_mib() -> f64 {
     kib / 1024.0
 }
 
-fn fill(hosts: usize, histogram: bool, health_only: bool) -> (Fleet, Series, f64) {
+fn fill(hosts: usize, histogram: bool, health_only: bool, every: u64) -> (Fleet, Series, f64) {
     let names: Vec<HostName> = (0..hosts).map(|i| HostName::new(&format!("web-{i}")).expect("valid name")).collect();
     let before = rss_mib();
     let mut fleet = Fleet::default();
@@ -50,7 +50,7 @@ fn fill(hosts: usize, histogram: bool, health_only: bool) -> (Fleet, Series, f64
                 release: Default::default(),
             };
             fleet.on_heartbeat(host, beat);
-            if health_only {
+            if health_only || s % every != 0 {
                 continue;
             }
             let mut samples = vec![("error_rate".to_string(), MetricSample::Ratio { num: 1.0, den: 40.0 })];
@@ -66,7 +66,7 @@ fn fill(hosts: usize, histogram: bool, health_only: bool) -> (Fleet, Series, f64
                 ));
             }
             let report =
-                MetricsReport { release: 3, seq: s + 1, at, span: Duration::from_secs(1), samples, error: None };
+                MetricsReport { release: 3, seq: s + 1, at, span: Duration::from_secs(every), samples, error: None };
             series.push(host, report, at);
         }
     }
@@ -77,12 +77,15 @@ fn main() {
     let hosts: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1000);
     let histogram = std::env::args().any(|a| a == "histogram");
     let health_only = std::env::args().any(|a| a == "health");
+    // `every=2`: one report every 2 s (the default `[immune] interval`); default one a second.
+    let every: u64 =
+        std::env::args().find_map(|a| a.strip_prefix("every=").and_then(|n| n.parse().ok())).unwrap_or(1).max(1);
     {
         let started = Instant::now();
-        let (fleet, series, before) = fill(hosts, histogram, health_only);
+        let (fleet, series, before) = fill(hosts, histogram, health_only, every);
         let after = rss_mib();
         println!(
-            "{hosts} hosts, 1 h, reports {}: {} health points, {} reports held; VmRSS {:.1} → {:.1} MiB (+{:.1} MiB, {:.1} KiB/host); filled in {:.1}s",
+            "{hosts} hosts, 1 h, reports every {every} s, {}: {} health points, {} reports held; VmRSS {:.1} → {:.1} MiB (+{:.1} MiB, {:.1} KiB/host); filled in {:.1}s",
             match (health_only, histogram) {
                 (true, _) => "none (health history only)",
                 (false, true) => "ratio + 8-bucket histogram",

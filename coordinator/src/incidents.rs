@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct IncidentRecord {
     /// Its number, from 1.
     pub id: u64,
-    /// The repository.
-    pub repo: RepoName,
+    /// The repository (an incident an alert opened may be about no repository).
+    pub repo: Option<RepoName>,
     /// The branch whose gate it closed.
     pub branch: String,
     /// One line.
@@ -49,6 +49,35 @@ pub struct IncidentRecord {
     pub actions: Vec<Action>,
     /// When and by whom it was closed.
     pub closed: Option<(SystemTime, String)>,
+    /// The critical alert that opened it, if an alert did (then the commit fields are empty).
+    pub alert: Option<u64>,
+}
+
+impl IncidentRecord {
+    /// An incident a critical alert opens: what fired, on what, when.
+    pub fn of_alert(alert: u64, title: String, reason: String, at: SystemTime) -> Self {
+        IncidentRecord {
+            id: 0,
+            repo: None,
+            branch: String::new(),
+            title,
+            opened_at: at,
+            sha: String::new(),
+            subject: String::new(),
+            release: 0,
+            previous: 0,
+            rollout: 0,
+            reason,
+            evidence: Vec::new(),
+            revert_job: None,
+            revert: None,
+            timeline: vec![(at, format!("alert {alert} fired; incident opened"))],
+            whys: Vec::new(),
+            actions: Vec::new(),
+            closed: None,
+            alert: Some(alert),
+        }
+    }
 }
 
 /// A corrective action.
@@ -172,16 +201,22 @@ impl IncidentRecord {
         };
         let _ = writeln!(m, "- **Status:** {state}");
         let _ = writeln!(m, "- **Opened:** {}", crate::views::rfc3339(self.opened_at));
-        let _ = writeln!(m, "- **Repository:** {} (branch {})", self.repo, self.branch);
-        let _ = writeln!(m, "- **Commit:** `{}` {}", &self.sha[..self.sha.len().min(10)], self.subject);
-        let _ = writeln!(m, "- **Release:** {} (hosts went back to {})", self.release, self.previous);
-        let revert = match &self.revert {
-            Some(Ok(sha)) => format!("`{}` pushed", &sha[..sha.len().min(10)]),
-            Some(Err(why)) => format!("not made: {why}"),
-            None => "pending".into(),
-        };
-        let _ = writeln!(m, "- **Revert commit:** {revert}\n");
-        let _ = writeln!(m, "## Why it was reverted\n\n{}\n", self.reason);
+        if let Some(alert) = self.alert {
+            let _ = writeln!(m, "- **Opened by:** alert {alert}\n");
+            let _ = writeln!(m, "## What fired\n\n{}\n", self.reason);
+        } else {
+            let repo = self.repo.as_ref().map(|r| r.to_string()).unwrap_or_default();
+            let _ = writeln!(m, "- **Repository:** {repo} (branch {})", self.branch);
+            let _ = writeln!(m, "- **Commit:** `{}` {}", &self.sha[..self.sha.len().min(10)], self.subject);
+            let _ = writeln!(m, "- **Release:** {} (hosts went back to {})", self.release, self.previous);
+            let revert = match &self.revert {
+                Some(Ok(sha)) => format!("`{}` pushed", &sha[..sha.len().min(10)]),
+                Some(Err(why)) => format!("not made: {why}"),
+                None => "pending".into(),
+            };
+            let _ = writeln!(m, "- **Revert commit:** {revert}\n");
+            let _ = writeln!(m, "## Why it was reverted\n\n{}\n", self.reason);
+        }
         let _ = writeln!(m, "## Evidence\n");
         for e in &self.evidence {
             let _ = writeln!(m, "- {e}");
@@ -242,7 +277,7 @@ mod tests {
     fn incident() -> IncidentRecord {
         IncidentRecord {
             id: 3,
-            repo: RepoName::new("shop").unwrap(),
+            repo: Some(RepoName::new("shop").unwrap()),
             branch: "main".into(),
             title: "immune system reverted 3f2a9c1".into(),
             opened_at: SystemTime::UNIX_EPOCH,
@@ -259,6 +294,7 @@ mod tests {
             whys: vec![],
             actions: vec![],
             closed: None,
+            alert: None,
         }
     }
 

@@ -901,12 +901,15 @@ impl Machine {
         counters.last_notification += 1;
         let mut incident = incident.clone();
         incident.id = counters.last_incident;
+        let Some(repo) = incident.repo.clone() else {
+            return Ok(Err(Rejection::IncidentChange("a revert's incident names its repository".into())));
+        };
         let short = crate::ci::short(&incident.sha).to_string();
         // 1. every touched host goes back: the rollout's targets, above. 2. the gate closes.
         let reason = format!("immune system reverted {short}: {}", incident.reason);
-        let gate = store.gate(&incident.repo, &incident.branch)?;
+        let gate = store.gate(&repo, &incident.branch)?;
         batch.put_gate(&GateRecord {
-            repo: incident.repo.clone(),
+            repo: repo.clone(),
             branch: incident.branch.clone(),
             closed: Some(Closure {
                 reason: reason.clone(),
@@ -921,7 +924,7 @@ impl Machine {
         // 3. a build agent reverts the commit in git.
         let job = crate::ci::JobRecord {
             id: counters.next_job,
-            repo: incident.repo.clone(),
+            repo: repo.clone(),
             sha: incident.sha.clone(),
             commit_seq: incident.release,
             kind: JobKind::Revert {
@@ -944,19 +947,19 @@ impl Machine {
         let notification = crate::notify::Notification {
             id: counters.last_notification,
             kind: "immune.revert".into(),
-            title: format!("{}: {}", incident.repo, reason),
+            title: format!("{}: {}", repo, reason),
             text: format!(
                 "Release {} ({short} \"{}\") was reverted on every host to release {}; the gate of {} is closed until an admin opens it (`fifty gate open {}`). Incident {}: `fifty incident show {}`.\n{}",
                 incident.release,
                 incident.subject,
                 incident.previous,
                 incident.branch,
-                incident.repo,
+                repo,
                 incident.id,
                 incident.id,
                 incident.evidence.join("\n")
             ),
-            repo: Some(incident.repo.to_string()),
+            repo: Some(repo.to_string()),
             incident: Some(incident.id),
             at: Some(at),
             to: hooks.iter().map(|h| (h.id, false)).collect(),
@@ -1572,7 +1575,7 @@ mod tests {
             let step = start.rollout.revert(why, now).unwrap();
             let incident = crate::incidents::IncidentRecord {
                 id: 0,
-                repo: repo(),
+                repo: Some(repo()),
                 branch: "main".into(),
                 title: "t".into(),
                 opened_at: now,
@@ -1589,6 +1592,7 @@ mod tests {
                 whys: vec![],
                 actions: vec![],
                 closed: None,
+                alert: None,
             };
             let decide = Command::ImmuneRevert {
                 rollout: step.rollout.clone(),

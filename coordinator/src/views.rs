@@ -585,7 +585,7 @@ impl From<&crate::incidents::IncidentRecord> for IncidentView {
             id: i.id,
             state: if i.closed.is_some() { "closed".into() } else { "open".into() },
             title: i.title.clone(),
-            repo: i.repo.to_string(),
+            repo: i.repo.as_ref().map(|r| r.to_string()).unwrap_or_default(),
             branch: i.branch.clone(),
             opened_at: rfc3339(i.opened_at),
             sha: i.sha.clone(),

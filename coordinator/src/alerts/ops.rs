@@ -67,6 +67,19 @@ pub fn fired(store: &Store, alert: &AlertRecord, batch: &mut Batch) -> ApplyResu
     counters.last_alert += 1;
     let mut alert = AlertRecord { id: counters.last_alert, ..alert.clone() };
     alert.silenced = rule.silenced(alert.fired_at);
+    // A critical alert that is not already about an incident opens one (Five Whys).
+    if alert.severity == super::Severity::Critical && alert.incident.is_none() {
+        counters.last_incident += 1;
+        let mut incident = crate::incidents::IncidentRecord::of_alert(
+            alert.id,
+            format!("{} firing: {}", rule.name, alert.subject),
+            format!("{} ({}): {}", rule.condition.describe(), alert.subject, alert.summary),
+            alert.fired_at,
+        );
+        incident.id = counters.last_incident;
+        alert.incident = Some(incident.id);
+        batch.put_incident(&incident);
+    }
     if !alert.silenced {
         let hooks = store.webhooks()?;
         let to: Vec<(u64, bool)> = hooks
@@ -110,6 +123,12 @@ pub fn resolved(store: &Store, id: u64, summary: &str, at: SystemTime, batch: &m
         return Ok(Err(Rejection::Alert(format!("alert {id} is already resolved"))));
     }
     alert.resolved = Some((at, summary.to_string()));
+    if let Some(mut incident) = alert.incident.map(|i| store.incident(i)).transpose()?.flatten() {
+        if incident.alert == Some(alert.id) {
+            incident.say(at, format!("alert {} resolved: {summary}", alert.id));
+            batch.put_incident(&incident);
+        }
+    }
     if let Some(first) = alert.notifications.first() {
         let to = store.notification(*first)?.map(|n| n.to).unwrap_or_default();
         let mut counters = store.counters()?;
@@ -331,6 +350,13 @@ mod tests {
         let a = store.alert(1).unwrap().unwrap();
         let n = store.notification(a.notifications[1]).unwrap().unwrap();
         assert_eq!((n.kind.as_str(), n.to), ("alert.resolved", vec![(2, false)]));
+        // A critical alert opened an incident, which records its resolution.
+        let incident = store.incident(a.incident.expect("a critical alert opens an incident")).unwrap().unwrap();
+        assert_eq!(incident.alert, Some(1));
+        assert!(incident.title.contains("web-down firing: web-3"), "{}", incident.title);
+        assert!(incident.timeline.iter().any(|(_, e)| e.starts_with("alert 1 resolved")), "{:?}", incident.timeline);
+        let firing = store.notification(a.notifications[0]).unwrap().unwrap();
+        assert_eq!(firing.incident, Some(incident.id), "the notification names the incident");
 
         // Silenced: the alert is recorded, nothing is sent for it.
         let until = Some(at + Duration::from_secs(3600));

@@ -188,8 +188,10 @@ fn readings(c: &Coordinator, rules: &[Rule], now: SystemTime) -> Result<Vec<Read
                 push(subject, classify(&rule.condition, value, said), None);
             }
             Condition::Immune => {
-                for i in store.incidents()?.iter().filter(|i| i.opened_at >= rule.added.0) {
-                    let said = format!("{}: {}", i.repo, i.title);
+                // The immune system's incidents (not those alerts opened).
+                for i in store.incidents()?.iter().filter(|i| i.opened_at >= rule.added.0 && i.alert.is_none()) {
+                    let repo = i.repo.as_ref().map(|r| r.to_string()).unwrap_or_default();
+                    let said = format!("{repo}: {}", i.title);
                     let level = if i.closed.is_some() { Level::Clear(said) } else { Level::Bad(said) };
                     push(format!("incident {}", i.id), level, Some(i.opened_at));
                 }

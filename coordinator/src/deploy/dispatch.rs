@@ -261,7 +261,7 @@ impl Coordinator {
         ));
         let incident = crate::incidents::IncidentRecord {
             id: 0,
-            repo: rollout.repo.clone(),
+            repo: Some(rollout.repo.clone()),
             branch: repo.branch.clone(),
             title: format!("immune system reverted {short}: {why}"),
             opened_at: now,
@@ -278,6 +278,7 @@ impl Coordinator {
             whys: Vec::new(),
             actions: Vec::new(),
             closed: None,
+            alert: None,
         };
         tracing::error!(rollout = rollout.id, release = release.id, sha = %short, %why, "immune system: reverting the release");
         log_events(Some(rollout), &step.rollout);

@@ -122,14 +122,15 @@ impl Judge {
                     // now: before it, and the hosts that stayed on it during the earlier waves
                     // (all this leader saw, if it took over during the rollout).
                     let from = rollout.started_at.checked_sub(plan.watch).unwrap_or(SystemTime::UNIX_EPOCH);
-                    let earlier: Vec<(HostName, &fifty_shared::wire::MetricsReport)> = rollout
+                    let earlier: Vec<(HostName, fifty_shared::wire::MetricsReport)> = rollout
                         .hosts
                         .iter()
                         .flat_map(|h| {
                             series
                                 .between(h, from, now)
+                                .into_iter()
                                 .filter(|r| r.report.release == previous)
-                                .map(move |r| (h.clone(), &r.report))
+                                .map(move |r| (h.clone(), r.report))
                         })
                         .collect();
                     for (i, m) in plan.metrics.iter().enumerate() {
@@ -155,6 +156,7 @@ impl Judge {
                 let seen = watch.seen.get(h).copied().unwrap_or(0);
                 let fresh: Vec<_> = series
                     .between(h, watch.started, now + Duration::from_secs(1))
+                    .into_iter()
                     .filter(|r| r.report.seq > seen)
                     .collect();
                 if let Some(newest) = fresh.iter().map(|r| r.report.seq).max() {
@@ -163,8 +165,8 @@ impl Judge {
                 let on_new = touched.contains(&h);
                 for r in fresh {
                     match (on_new, r.report.release) {
-                        (true, rel) if rel == rollout.release => canary.push((h.clone(), &r.report)),
-                        (false, rel) if rel == previous && !last_wave => baseline.push((h.clone(), &r.report)),
+                        (true, rel) if rel == rollout.release => canary.push((h.clone(), r.report)),
+                        (false, rel) if rel == previous && !last_wave => baseline.push((h.clone(), r.report)),
                         _ => {}
                     }
                 }
@@ -268,7 +270,7 @@ fn budget(rollout: &Rollout, plan: &ImmunePlan) -> Budget {
     Budget { metrics: plan.metrics.len().max(1), waves: judged_waves(rollout) }
 }
 
-fn observations(reports: &[(HostName, &fifty_shared::wire::MetricsReport)], metric: &str) -> Vec<Observation> {
+fn observations(reports: &[(HostName, fifty_shared::wire::MetricsReport)], metric: &str) -> Vec<Observation> {
     reports
         .iter()
         .filter_map(|(h, r)| {
@@ -278,7 +280,7 @@ fn observations(reports: &[(HostName, &fifty_shared::wire::MetricsReport)], metr
         .collect()
 }
 
-fn first_bounds(reports: &[(HostName, &fifty_shared::wire::MetricsReport)], metric: &str) -> Option<Vec<f64>> {
+fn first_bounds(reports: &[(HostName, fifty_shared::wire::MetricsReport)], metric: &str) -> Option<Vec<f64>> {
     reports.iter().find_map(|(_, r)| {
         r.samples.iter().find_map(|(n, s)| match s {
             MetricSample::Histogram { bounds, .. } if n == metric && !bounds.is_empty() => Some(bounds.clone()),
