@@ -1558,6 +1558,12 @@ async fn alerts_fire_resolve_and_notify_once() {
     })
     .await
     .unwrap();
+    // The critical alert opened an incident, whose timeline has the firing and the resolution.
+    let incidents: Vec<IncidentView> = cluster.client().get("/v1/incidents").await.unwrap();
+    let opened = incidents.iter().find(|i| i.title == "host-down firing: build-1").expect("an incident");
+    let story: Vec<&str> = opened.timeline.iter().map(|(_, e)| e.as_str()).collect();
+    assert!(story.iter().any(|e| e.ends_with("fired; incident opened")), "{story:?}");
+    assert!(story.iter().any(|e| e.contains("resolved")), "{story:?}");
 
     // The shop starts failing half its requests: the error-rate alert fires; back to none: resolves.
     let set_rate = |rate: &str| {
