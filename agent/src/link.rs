@@ -90,7 +90,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     deployer.resume().await;
     tokio::spawn(crate::metrics::run(deployer.clone()));
     let sidecar = Sidecar::new(config.sidecar.addr()?);
-    tokio::spawn(sidecar.clone().run(shutdown.clone()));
+    // The sidecar answers on a thread of its own: the link's work (encoding a report of thousands
+    // of units, QUIC) must not hold up the application's requests.
+    {
+        let (sidecar, shutdown) = (sidecar.clone(), shutdown.clone());
+        std::thread::Builder::new().name("fifty-sidecar".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(sidecar.run(shutdown)),
+                Err(e) => warn!(error = %e, "cannot start the A/B sidecar's runtime; it stays off"),
+            }
+        })?;
+    }
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     let mut next = 0;
     let mut redirected: Option<String> = None;
