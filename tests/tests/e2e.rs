@@ -855,16 +855,14 @@ async fn wait_serving(ports: &[u16], v: &str) {
     fifty::sample_app::wait_serving(ports, v, DEADLINE).await.unwrap()
 }
 
-/// A green commit becomes a signed release that rolls out 1 → 50% → 100% over four real agents
-/// supervising the real sample service; a leader killed mid-rollout changes nothing; a release
-/// that fails its health check stops at the canary and is rolled back; manual waves, pause,
-/// resume, promote, abort and `rollback --to` do what they say; a host away during a rollout
-/// converges when it returns.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
-    let dir = test_dir("deploy");
-    let options = Options { coordinators: 3, fault_injection: true, ..Options::default() };
-    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+/// A cluster with one build agent and four web agents (`role=prod`, each serving the sample shop on
+/// its own port), the shop's repository keeping the `fifty.toml` sections `steps` says.
+async fn shop_cluster(
+    dir: &std::path::Path,
+    options: Options,
+    steps: fifty::sample_app::Steps,
+) -> (LocalCluster, Vec<u16>, SampleRepo, TokenCreated) {
+    let mut cluster = LocalCluster::start(dir, &bin_dir().unwrap(), options).await.unwrap();
     cluster.add_agent("build-1", "role=build,slots=2").await.unwrap();
     let mut ports = Vec::new();
     for i in 1..=4 {
@@ -874,8 +872,20 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     }
     cluster.wait_reporting(&["build-1", "web-1", "web-2", "web-3", "web-4"], DEADLINE).await.unwrap();
     let ci = token(&cluster, "ci", None).await;
-    let repo =
-        SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Deploy).await.unwrap();
+    let repo = SampleRepo::create(dir, &cluster, "shop", &ci.token, None, steps).await.unwrap();
+    (cluster, ports, repo, ci)
+}
+
+/// A green commit becomes a signed release that rolls out 1 → 50% → 100% over four real agents
+/// supervising the real sample service; a leader killed mid-rollout changes nothing; a release
+/// that fails its health check stops at the canary and is rolled back; manual waves, pause,
+/// resume, promote, abort and `rollback --to` do what they say; a host away during a rollout
+/// converges when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
+    let dir = test_dir("deploy");
+    let options = Options { coordinators: 3, fault_injection: true, ..Options::default() };
+    let (mut cluster, ports, repo, ci) = shop_cluster(&dir, options, fifty::sample_app::Steps::Deploy).await;
     let admin = cluster.admin_token.clone();
 
     // 1. The first green commit: packaged, signed, rolled out in three waves.
@@ -1014,18 +1024,7 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
 async fn the_immune_system_reverts_a_bad_release_everywhere() {
     let dir = test_dir("immune");
     let options = Options { coordinators: 3, ..Options::default() };
-    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
-    cluster.add_agent("build-1", "role=build,slots=2").await.unwrap();
-    let mut ports = Vec::new();
-    for i in 1..=4 {
-        let port = fifty::local::free_port().unwrap();
-        ports.push(port);
-        cluster.add_agent_with(&format!("web-{i}"), "role=prod", &format!("port={port}")).await.unwrap();
-    }
-    cluster.wait_reporting(&["build-1", "web-1", "web-2", "web-3", "web-4"], DEADLINE).await.unwrap();
-    let ci = token(&cluster, "ci", None).await;
-    let repo =
-        SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Immune).await.unwrap();
+    let (mut cluster, ports, repo, _ci) = shop_cluster(&dir, options, fifty::sample_app::Steps::Immune).await;
     let admin = cluster.admin_token.clone();
     let hook = fifty::local::WebhookReceiver::start_failing(1).unwrap();
     let added = cli(&cluster, &admin, &["webhook", "add", &hook.url()]).await;

@@ -305,23 +305,7 @@ fn chi2_fit(observed: &[u64], weights: &[u32]) -> Option<(f64, usize)> {
 /// χ² goodness of fit of `observed` against `weights`; None without two weighted variants or with
 /// no units.
 pub fn srm(observed: &[u64], weights: &[u32], srm_alpha: f64) -> Option<Srm> {
-    let total_w: f64 = weights.iter().map(|w| f64::from(*w)).sum();
-    let total_n: f64 = observed.iter().map(|n| *n as f64).sum();
-    let arms: Vec<(f64, f64)> = observed
-        .iter()
-        .zip(weights)
-        .filter(|(_, w)| **w > 0)
-        .map(|(n, w)| (*n as f64, total_n * f64::from(*w) / total_w))
-        .collect();
-    if arms.len() < 2 || total_n == 0.0 {
-        return None;
-    }
-    let chi2: f64 = arms.iter().map(|(o, e)| (o - e).powi(2) / e).sum();
-    let p_value = match ChiSquared::new((arms.len() - 1) as f64) {
-        Ok(dist) => (1.0 - dist.cdf(chi2)).clamp(0.0, 1.0),
-        Err(_) => 1.0,
-    };
-    Some(Srm { chi2, p_value, flagged: p_value < srm_alpha })
+    srm_periods(&[(weights, observed)], srm_alpha)
 }
 
 #[cfg(test)]

@@ -176,8 +176,8 @@ impl Judge {
             }
             for (i, m) in plan.metrics.iter().enumerate() {
                 if watch.monitors[i].is_none() {
-                    let all: Vec<_> = canary.iter().chain(&baseline).cloned().collect();
-                    if let Some(kind) = kind_of(&m.kind, first_bounds(&all, &m.name).as_deref()) {
+                    let bounds = first_bounds(&canary, &m.name).or_else(|| first_bounds(&baseline, &m.name));
+                    if let Some(kind) = kind_of(&m.kind, bounds.as_deref()) {
                         watch.monitors[i] = Monitor::new(&spec(m, kind), &settings(plan), budget(rollout, plan)).ok();
                     }
                 }
