@@ -15,13 +15,16 @@
 //!   coordinator says this host serves at least one experiment.
 //! - Memory is bounded: at most [`MAX_UNITS_PER_EXPERIMENT`] units per experiment and
 //!   [`MAX_UNITS`] in all wait for the next report (40 bytes each in a hash table, at most twice
-//!   that with the table's slack: under 16 MiB), plus one report of at most `MAX_REPORT_UNITS`
-//!   (24 bytes each) in flight; a table gives its memory back when a report takes its units. A
-//!   unit over the cap is not recorded and is counted as dropped, which the coordinator shows.
+//!   that with the table's slack: under 16 MiB), plus the reports made of the last units taken
+//!   (at most [`MAX_UNITS`] at 24 bytes: under 5 MiB), sent one at a time; a table gives its
+//!   memory back when a report takes its units. A unit over the cap is not recorded and is
+//!   counted as dropped, which the coordinator shows.
+//! - The application's requests never wait for a report: the lock they share with the link is
+//!   held for constant work only (tables are taken whole and made into reports outside it).
 //! - A report is kept until the coordinator acknowledges it and re-sent on every new link, so a
 //!   coordinator failover loses nothing; the (boot, seq) it carries makes a repeat count once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,7 +64,11 @@ struct State {
     total: usize,
     boot: u64,
     next_seq: u64,
-    inflight: Option<(ExperimentReport, Option<Instant>)>,
+    /// The report sent and not yet acknowledged, and when it went out on this link.
+    inflight: Option<(Arc<ExperimentReport>, Option<Instant>)>,
+    /// Reports built from taken units, waiting for `inflight` to be acknowledged (numbered when
+    /// they go out).
+    queued: VecDeque<ExperimentReport>,
 }
 
 /// The sidecar's shared state; cheap to clone.
@@ -106,6 +113,7 @@ impl Sidecar {
             boot: rand::random(),
             next_seq: 1,
             inflight: None,
+            queued: VecDeque::new(),
         };
         Sidecar {
             listen,
@@ -233,54 +241,40 @@ impl Sidecar {
     }
 
     /// The report to send now, if one is due: the unacknowledged one when it was not sent on this
-    /// link or waited too long, else a new one from what waits.
+    /// link or waited too long, else the next built one, else a new one from what waits.
+    ///
+    /// The sidecar's lock is held only for constant work (the application's requests wait on it):
+    /// the waiting tables are taken whole and turned into reports outside it.
     pub fn report_due(&self, now: Instant) -> Option<ExperimentReport> {
-        let mut s = self.lock();
-        if let Some((report, sent)) = &mut s.inflight {
-            if sent.is_some_and(|at| now.duration_since(at) < RESEND_AFTER) {
+        let taken = {
+            let mut s = self.lock();
+            if let Some(due) = s.resend_or_next(now) {
+                return due.map(|r| (*r).clone());
+            }
+            if s.pending.values().all(|p| p.units.is_empty() && p.dropped == 0) {
                 return None;
             }
-            *sent = Some(now);
-            return Some(report.clone());
-        }
-        if s.pending.values().all(|p| p.units.is_empty() && p.dropped == 0) {
-            return None;
-        }
-        let mut budget = MAX_REPORT_UNITS;
-        let mut experiments = Vec::new();
-        let mut taken = 0;
-        for (name, p) in s.pending.iter_mut() {
-            if budget == 0 {
-                break;
-            }
-            // Taking the map (not draining it) returns its memory: a table keeps its capacity.
-            let units: Vec<UnitSeen> = if p.units.len() <= budget {
-                std::mem::take(&mut p.units).into_values().collect()
-            } else {
-                let keys: Vec<u64> = p.units.keys().take(budget).copied().collect();
-                let units = keys.iter().filter_map(|k| p.units.remove(k)).collect();
-                p.units.shrink_to_fit();
-                units
-            };
-            budget -= units.len();
-            taken += units.len();
-            experiments.push(ExperimentUnits { name: name.clone(), units, dropped: std::mem::take(&mut p.dropped) });
-        }
-        s.total -= taken;
-        let report = ExperimentReport { boot: s.boot, seq: s.next_seq, experiments };
-        s.next_seq += 1;
-        s.inflight = Some((report.clone(), Some(now)));
-        Some(report)
+            s.total = 0;
+            s.pending
+                .iter_mut()
+                .filter(|(_, p)| !p.units.is_empty() || p.dropped > 0)
+                .map(|(name, p)| (name.clone(), std::mem::take(p)))
+                .collect::<Vec<_>>()
+        };
+        let built = into_reports(taken);
+        let mut s = self.lock();
+        s.queued.extend(built);
+        s.resend_or_next(now).flatten().map(|r| (*r).clone())
     }
 
-    /// The coordinator recorded the report (boot, seq). If units wait, the next report may go at
+    /// The coordinator recorded the report (boot, seq). If more wait, the next report may go at
     /// once (see [`Sidecar::more`]) rather than at the next beat, so a busy host drains faster than
     /// one report a second.
     pub fn acked(&self, boot: u64, seq: u64) {
         let mut s = self.lock();
         if s.inflight.as_ref().is_some_and(|(r, _)| r.boot == boot && r.seq == seq) {
             s.inflight = None;
-            if s.total >= MAX_REPORT_UNITS / 2 {
+            if !s.queued.is_empty() || s.total >= MAX_REPORT_UNITS / 2 {
                 self.more.notify_one();
             }
         }
@@ -291,7 +285,7 @@ impl Sidecar {
         self.more.notified().await
     }
 
-    /// Units waiting for the next report.
+    /// Units waiting to be taken into a report.
     pub fn waiting(&self) -> usize {
         self.lock().total
     }
@@ -356,6 +350,60 @@ impl Sidecar {
             }
         }
     }
+}
+
+impl State {
+    /// Some(the report to send) when one is in flight or built: the unacknowledged one again if
+    /// it was not sent on this link or waited too long (else Some(None): wait for its ack), or
+    /// the next built one, numbered now. None: nothing in flight or built.
+    fn resend_or_next(&mut self, now: Instant) -> Option<Option<Arc<ExperimentReport>>> {
+        if let Some((report, sent)) = &mut self.inflight {
+            if sent.is_some_and(|at| now.duration_since(at) < RESEND_AFTER) {
+                return Some(None);
+            }
+            *sent = Some(now);
+            return Some(Some(report.clone()));
+        }
+        let mut next = self.queued.pop_front()?;
+        next.boot = self.boot;
+        next.seq = self.next_seq;
+        self.next_seq += 1;
+        let next = Arc::new(next);
+        self.inflight = Some((next.clone(), Some(now)));
+        Some(Some(next))
+    }
+}
+
+/// Waiting tables taken from the sidecar, as reports of at most [`MAX_REPORT_UNITS`] units each
+/// (numbered when sent); each table's memory goes back once it is consumed.
+fn into_reports(taken: Vec<(String, Pending)>) -> Vec<ExperimentReport> {
+    let mut reports: Vec<ExperimentReport> = Vec::new();
+    let mut room = 0;
+    for (name, p) in taken {
+        if p.units.is_empty() && p.dropped == 0 {
+            continue;
+        }
+        let mut dropped = p.dropped;
+        let mut units = p.units.into_values().peekable();
+        loop {
+            if room == 0 {
+                reports.push(ExperimentReport { boot: 0, seq: 0, experiments: Vec::new() });
+                room = MAX_REPORT_UNITS;
+            }
+            let chunk: Vec<UnitSeen> = units.by_ref().take(room).collect();
+            room -= chunk.len();
+            let report = reports.last_mut().expect("pushed above");
+            report.experiments.push(ExperimentUnits {
+                name: name.clone(),
+                units: chunk,
+                dropped: std::mem::take(&mut dropped),
+            });
+            if units.peek().is_none() {
+                break;
+            }
+        }
+    }
+    reports
 }
 
 /// Adds what was seen of `unit` to the pending report, within the caps.
@@ -507,7 +555,7 @@ mod tests {
             name: "checkout".into(),
             salt: "salt".into(),
             variants: vec!["control".into(), "new_checkout".into()],
-            slots: initial_slots(&[50, 50]),
+            slots: initial_slots(&[50, 50]).into(),
             metric: "conversion".into(),
             stopped: None,
             epoch: 0,
@@ -576,10 +624,23 @@ mod tests {
             s.handle("GET", &format!("/v1/assign/checkout/u{i}"), b"");
         }
         assert_eq!(s.waiting(), MAX_UNITS_PER_EXPERIMENT);
-        let r = s.report_due(Instant::now()).unwrap();
+        let now = Instant::now();
+        let r = s.report_due(now).unwrap();
         assert_eq!(r.experiments[0].units.len(), MAX_REPORT_UNITS);
         assert_eq!(r.experiments[0].dropped, 10);
-        assert_eq!(s.waiting(), MAX_UNITS_PER_EXPERIMENT - MAX_REPORT_UNITS);
+        // Everything waiting was taken at once: the rest is the next report, sent after the ack.
+        assert_eq!(s.waiting(), 0);
+        s.handle("GET", "/v1/assign/checkout/late", b"");
+        assert_eq!(s.report_due(now), None, "one report in flight at a time");
+        s.acked(r.boot, r.seq);
+        let r2 = s.report_due(now).unwrap();
+        assert_eq!(
+            (r2.seq, r2.experiments[0].units.len(), r2.experiments[0].dropped),
+            (r.seq + 1, MAX_UNITS_PER_EXPERIMENT - MAX_REPORT_UNITS, 0)
+        );
+        s.acked(r2.boot, r2.seq);
+        let r3 = s.report_due(now).unwrap();
+        assert_eq!(r3.experiments[0].units.len(), 1, "the unit that came meanwhile");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use fifty_shared::ids::HostName;
 use fifty_shared::wire::{close, AgentMsg, CoordinatorMsg, EnrollRequest, ALPN_AGENT, ALPN_ENROLL, ALPN_PEER};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::coordinator::Coordinator;
 
@@ -168,9 +168,16 @@ async fn control_stream(
     let writer = tokio::spawn(
         async move {
             while let Some(msg) = rx.recv().await {
-                if let Err(e) = write_frame(&mut send, &msg).await {
-                    debug!(error = %e, "agent link writer stopped");
-                    return;
+                match write_frame(&mut send, &msg).await {
+                    Ok(()) => {}
+                    // Refused before a byte was written: the link is fine, this message is not.
+                    Err(e @ CodecError::TooLarge { .. }) => {
+                        error!(error = %e, "a message to the agent is over the frame cap; not sent")
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "agent link writer stopped");
+                        return;
+                    }
                 }
             }
         }

@@ -369,6 +369,11 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
+    /// Delete a stopped experiment with its counts and unit records.
+    DeleteExperiment {
+        /// Which experiment.
+        name: String,
+    },
     /// Merge one agent report of units seen into the experiments' counts (once per boot and seq).
     RecordExperimentReport {
         /// The reporting host (from its certificate).
@@ -498,6 +503,12 @@ pub enum Rejection {
     /// The experiment was stopped; it cannot change any more.
     #[error("experiment {0} is stopped")]
     ExperimentStopped(String),
+    /// Only a stopped experiment can be deleted.
+    #[error("experiment {0} is running: stop it first (`fifty experiment stop {0} --winner ...`), then delete it once no code asks for it")]
+    ExperimentRunning(String),
+    /// The cluster keeps at most this many experiments.
+    #[error("the cluster keeps at most {0} experiments: delete stopped ones first (`fifty experiment delete NAME`)")]
+    TooManyExperiments(usize),
     /// The weights do not fit the experiment's variants.
     #[error("experiment {0}: give one weight per variant, not all zero")]
     ExperimentVariants(String),
@@ -847,6 +858,7 @@ impl Machine {
             Command::StopExperiment { name, winner, at } => {
                 return crate::experiments::apply_stop(store, name, *winner, *at, batch)
             }
+            Command::DeleteExperiment { name } => return crate::experiments::apply_delete(store, name, batch),
             Command::RecordExperimentReport { host, report, at } => {
                 return crate::experiments::apply_report(store, host, report, *at, batch)
             }

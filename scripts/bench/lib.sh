@@ -52,6 +52,20 @@ proc_kib() {
     awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"
 }
 
+# The machine's CPU ticks from /proc/stat: "busy steal total" (steal: time the hypervisor ran
+# something else while this machine wanted the CPU).
+cpu_ticks() {
+    awk '$1 == "cpu" { total = 0; for (i = 2; i <= 9; i++) total += $i; print total - $5 - $6 - $9, $9, total }' /proc/stat
+}
+
+# cpu_share BEFORE AFTER: "busy X%, stolen Y%" of all cores between two `cpu_ticks` readings.
+cpu_share() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); t = y[3] - x[3]; if (t <= 0) t = 1
+        printf "busy %.0f%%, stolen by the hypervisor %.0f%%", (y[1] - x[1]) / t * 100, (y[2] - x[2]) / t * 100
+    }'
+}
+
 # Wall clock, seconds with nanoseconds.
 now() {
     date +%s.%N

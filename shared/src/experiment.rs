@@ -29,7 +29,7 @@ pub struct ExperimentDef {
     /// Variant names; the first is the control.
     pub variants: Vec<String>,
     /// [`BUCKETS`] entries: the index of the variant owning each bucket.
-    pub slots: Vec<u8>,
+    pub slots: Slots,
     /// The event whose occurrence counts as a conversion (and whose value is summed per unit).
     pub metric: String,
     /// Once stopped, every unit gets this variant (the control if no winner was named), and no
@@ -120,6 +120,65 @@ pub fn targets(weights: &[u32]) -> Vec<usize> {
     }
     out
 }
+
+/// A slot table: [`BUCKETS`] entries, the variant owning each bucket. On the wire it travels as
+/// runs of (variant, length): [`initial_slots`] makes one run per variant and each [`ramp`] splits
+/// a few, so a definition is a few hundred bytes and a host's push stays small with hundreds of
+/// experiments (as a byte per bucket it was 10 KB each). Decoding checks that the runs cover
+/// exactly [`BUCKETS`] buckets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slots(Vec<u8>);
+
+impl Slots {
+    /// The runs of equal entries, in order.
+    fn runs(&self) -> Vec<(u8, u16)> {
+        let mut runs: Vec<(u8, u16)> = Vec::new();
+        for &v in &self.0 {
+            match runs.last_mut() {
+                Some((last, n)) if *last == v => *n += 1,
+                _ => runs.push((v, 1)),
+            }
+        }
+        runs
+    }
+}
+
+impl From<Vec<u8>> for Slots {
+    fn from(v: Vec<u8>) -> Self {
+        Slots(v)
+    }
+}
+
+impl std::ops::Deref for Slots {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Encode for Slots {
+    fn encode<E: bincode::enc::Encoder>(&self, e: &mut E) -> Result<(), bincode::error::EncodeError> {
+        self.runs().encode(e)
+    }
+}
+
+impl<C> Decode<C> for Slots {
+    fn decode<D: bincode::de::Decoder<Context = C>>(d: &mut D) -> Result<Self, bincode::error::DecodeError> {
+        let runs = Vec::<(u8, u16)>::decode(d)?;
+        let total: usize = runs.iter().map(|&(_, n)| n as usize).sum();
+        if total != BUCKETS {
+            return Err(bincode::error::DecodeError::OtherString(format!(
+                "slot table covers {total} buckets, not {BUCKETS}"
+            )));
+        }
+        let mut slots = Vec::with_capacity(BUCKETS);
+        for (v, n) in runs {
+            slots.extend(std::iter::repeat_n(v, n as usize));
+        }
+        Ok(Slots(slots))
+    }
+}
+bincode::impl_borrow_decode!(Slots);
 
 /// The first slot table for `weights`: each variant owns a contiguous run of buckets.
 pub fn initial_slots(weights: &[u32]) -> Vec<u8> {
@@ -219,7 +278,7 @@ mod tests {
             name: "checkout".into(),
             salt: "s1".into(),
             variants: vec!["control".into(), "new_checkout".into()],
-            slots,
+            slots: slots.into(),
             metric: "conversion".into(),
             stopped: None,
             epoch: 0,
@@ -259,7 +318,7 @@ mod tests {
         let mut current = before.clone();
         for weights in steps {
             let mut next = current.clone();
-            next.slots = ramp(&current.slots, weights);
+            next.slots = ramp(&current.slots, weights).into();
             let want = targets(weights);
             for (v, &w) in want.iter().enumerate() {
                 assert_eq!(next.slots.iter().filter(|&&s| s as usize == v).count(), w, "{weights:?}");
@@ -278,6 +337,24 @@ mod tests {
             }
             current = next;
         }
+    }
+
+    #[test]
+    fn slot_tables_travel_as_runs_and_are_checked() {
+        let mut d = def(initial_slots(&[50, 50]));
+        for weights in [[20, 80], [70, 30], [10, 90], [50, 50]] {
+            d.slots = ramp(&d.slots, &weights).into();
+        }
+        let bytes = crate::codec::to_bytes(&d).unwrap();
+        assert!(bytes.len() < 200, "a definition after four ramps is {} bytes", bytes.len());
+        let back: ExperimentDef = crate::codec::from_bytes(&bytes).unwrap();
+        assert_eq!(back, d);
+        // Runs that do not cover every bucket are refused, with the reason.
+        let short = crate::codec::to_bytes(&vec![(0u8, 5000u16), (1, 4999)]).unwrap();
+        let err = crate::codec::from_bytes::<Slots>(&short).unwrap_err().to_string();
+        assert!(err.contains("9999 buckets"), "{err}");
+        let long = crate::codec::to_bytes(&vec![(0u8, 60_000u16); 3]).unwrap();
+        assert!(crate::codec::from_bytes::<Slots>(&long).is_err());
     }
 
     #[test]

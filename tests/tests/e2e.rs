@@ -1231,7 +1231,8 @@ async fn visit(shop_ports: &[u16], range: std::ops::Range<usize>) -> Vec<(&'stat
 /// a unit the same variant; a ramp moves units only into the grown variant; the sample shop on
 /// three hosts runs a population (some users visiting two hosts) through its checkout, with the
 /// leader of three coordinators killed halfway; the coordinators count each user exactly once,
-/// judge a real lift a win and an A/A test not; a stop gives everyone the winner.
+/// judge a real lift a win and an A/A test not; a stop gives everyone the winner; a delete (of a
+/// stopped experiment only) makes every sidecar forget it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn experiments_assign_on_every_host_and_judge_a_real_lift() {
     let dir = test_dir("experiments");
@@ -1437,6 +1438,26 @@ async fn experiments_assign_on_every_host_and_judge_a_real_lift() {
     let out =
         cli(&cluster, &admin, &["experiment", "ramp", "checkout", "--variants", "control=0,new_checkout=100"]).await;
     assert!(text(&out.stderr).contains("stopped"), "{}", text(&out.stderr));
+
+    // Delete: refused while running; once stopped, it goes, and every sidecar forgets it.
+    let out = cli(&cluster, &admin, &["experiment", "delete", "banner"]).await;
+    assert!(!out.status.success() && text(&out.stderr).contains("stop it first"), "{}", text(&out.stderr));
+    let out = cli(&cluster, &admin, &["experiment", "delete", "checkout"]).await;
+    assert!(out.status.success(), "delete: {}", text(&out.stderr));
+    wait_for("every sidecar to forget the deleted experiment", DEADLINE, || async {
+        for s in &sidecars {
+            let (status, _) = http(*s, "GET", "/v1/assign/checkout/u1", "").await?;
+            if status != 404 {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+    .unwrap();
+    let out = cli(&cluster, &admin, &["experiment", "list"]).await;
+    let list = text(&out.stdout);
+    assert!(!list.contains("checkout") && list.contains("banner"), "{list}");
 
     drop(shops);
     drop(cluster);

@@ -1,9 +1,9 @@
-//! `/v1/experiments`: define, ramp, stop and judge A/B experiments.
+//! `/v1/experiments`: define, ramp, stop, judge and delete A/B experiments.
 //!
 //! | route | role |
 //! | --- | --- |
 //! | `GET /v1/experiments`, `GET /v1/experiments/{name}` | read |
-//! | `POST /v1/experiments`, `POST /v1/experiments/{name}/ramp`, `POST /v1/experiments/{name}/stop` | admin |
+//! | `POST /v1/experiments`, `POST /v1/experiments/{name}/ramp`, `POST /v1/experiments/{name}/stop`, `DELETE /v1/experiments/{name}` (stopped ones) | admin |
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -21,7 +21,7 @@ type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 pub fn routes() -> Router<std::sync::Arc<crate::coordinator::Coordinator>> {
     Router::new()
         .route("/v1/experiments", get(list).post(create))
-        .route("/v1/experiments/{name}", get(show))
+        .route("/v1/experiments/{name}", get(show).delete(delete))
         .route("/v1/experiments/{name}/ramp", post(ramp))
         .route("/v1/experiments/{name}/stop", post(stop))
 }
@@ -44,6 +44,12 @@ async fn create(
 async fn show(State(c): Shared, headers: HeaderMap, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Read)?;
     Ok(Json(c.experiment(&name)?))
+}
+
+async fn delete(State(c): Shared, headers: HeaderMap, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    c.delete_experiment(&name).await?;
+    Ok(Json(serde_json::json!({ "deleted": name })))
 }
 
 async fn ramp(

@@ -1,4 +1,4 @@
-//! `fifty experiment create|list|ramp|stop|show`: A/B experiments through `/v1/experiments`.
+//! `fifty experiment create|list|ramp|stop|show|delete`: A/B experiments through `/v1/experiments`.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -51,6 +51,12 @@ pub enum ExperimentCommand {
         #[arg(long)]
         winner: Option<String>,
     },
+    /// Delete a stopped experiment with its counts; agents stop serving it (404 for it), so delete
+    /// only what no code asks for any more.
+    Delete {
+        /// The experiment.
+        name: String,
+    },
     /// The result table: per variant exposures, conversions, lift with its interval, p-value.
     Show {
         /// The experiment.
@@ -83,6 +89,10 @@ pub async fn run(opts: &ClientOpts, command: ExperimentCommand) -> Result<()> {
             let view: ExperimentView =
                 client.post(&format!("/v1/experiments/{name}/stop"), &StopExperiment { winner }).await?;
             print!("{}", show(&view));
+        }
+        ExperimentCommand::Delete { name } => {
+            let _: serde_json::Value = client.delete(&format!("/v1/experiments/{name}")).await?;
+            println!("Deleted experiment {name}; agents stop serving it within a few seconds.");
         }
         ExperimentCommand::Show { name, json } => {
             let view: ExperimentView = client.get(&format!("/v1/experiments/{name}")).await?;

@@ -14,7 +14,7 @@ use fifty_shared::ids::HostName;
 use fifty_shared::wire::CoordinatorMsg;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::coordinator::Coordinator;
 use crate::state::Command;
@@ -78,15 +78,30 @@ impl Coordinator {
         all: &[super::ExperimentRecord],
         force: bool,
     ) -> Result<Option<CoordinatorMsg>, StoreError> {
-        let defs = defs_for(self.consensus.store(), host, all)?;
-        let bytes =
-            codec::to_bytes(&defs).map_err(|source| StoreError::Encode { key: "experiments".into(), source })?;
+        let mut defs = defs_for(self.consensus.store(), host, all)?;
+        // The definitions go in one message under the frame cap: with `MAX_EXPERIMENTS` and slot
+        // tables as runs they fit many times over, but should they not, the host gets those that
+        // fit (and the log says which were left out) rather than none.
+        let mut left_out = Vec::new();
+        let bytes = loop {
+            match codec::to_bytes(&defs) {
+                Ok(bytes) if bytes.len() <= codec::MAX_FRAME - 1024 => break bytes,
+                Ok(_) | Err(codec::CodecError::TooLarge { .. }) if !defs.is_empty() => {
+                    left_out.push(defs.pop().expect("not empty").name);
+                }
+                Ok(bytes) => break bytes,
+                Err(source) => return Err(StoreError::Encode { key: "experiments".into(), source }),
+            }
+        };
         let print: [u8; 32] = Sha256::digest(&bytes).into();
         let mut live = self.experiments.lock().expect("experiments lock");
         if !force && live.sent.get(host) == Some(&print) {
             return Ok(None);
         }
         live.sent.insert(host.clone(), print);
+        if !left_out.is_empty() {
+            error!(%host, left_out = ?left_out, "this host's experiment definitions exceed one message; it serves only the others");
+        }
         Ok(Some(CoordinatorMsg::Experiments(defs)))
     }
 

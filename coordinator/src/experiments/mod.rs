@@ -75,7 +75,7 @@ impl ExperimentRecord {
             name: self.name.clone(),
             salt: self.salt.clone(),
             variants: self.variants.clone(),
-            slots: self.slots.clone(),
+            slots: self.slots.clone().into(),
             metric: self.metric.clone(),
             stopped: self.stopped.as_ref().map(|s| s.variant),
             epoch: self.ramps.len() as u32,
@@ -157,10 +157,17 @@ pub struct ReportMark {
 
 // ---- applying commands (called from `state::Machine`, deterministic) -------------------------
 
+/// Most experiments the cluster keeps (running or stopped, until deleted): each is pushed to
+/// every host it selects, and a host's definitions travel in one message under the frame cap.
+pub const MAX_EXPERIMENTS: usize = 500;
+
 /// `Command::CreateExperiment`.
 pub(crate) fn apply_create(store: &Store, rec: &ExperimentRecord, batch: &mut Batch) -> ApplyResult {
     if store.experiment(&rec.name)?.is_some() {
         return Ok(Err(Rejection::ExperimentExists(rec.name.clone())));
+    }
+    if store.experiment_count()? >= MAX_EXPERIMENTS {
+        return Ok(Err(Rejection::TooManyExperiments(MAX_EXPERIMENTS)));
     }
     batch.put_experiment(rec);
     batch.put_experiment_stats(
@@ -204,6 +211,21 @@ pub(crate) fn apply_stop(
     }
     rec.stopped = Some(Stop { at, variant: winner.unwrap_or(0), winner: winner.is_some() });
     batch.put_experiment(&rec);
+    Ok(Ok(Applied::Done))
+}
+
+/// `Command::DeleteExperiment`: a stopped experiment goes with its counts and unit records.
+pub(crate) fn apply_delete(store: &Store, name: &str, batch: &mut Batch) -> ApplyResult {
+    let Some(rec) = store.experiment(name)? else {
+        return Ok(Err(Rejection::UnknownExperiment(name.to_string())));
+    };
+    if rec.stopped.is_none() {
+        return Ok(Err(Rejection::ExperimentRunning(name.to_string())));
+    }
+    batch.remove_experiment(name);
+    for key in store.experiment_unit_keys(name)? {
+        batch.remove_raw(&key);
+    }
     Ok(Ok(Applied::Done))
 }
 
@@ -386,6 +408,14 @@ impl Coordinator {
         self.experiment(name)
     }
 
+    /// Deletes a stopped experiment: its definition, counts and unit records. Agents stop serving
+    /// it (the sidecar answers 404 for it), so only delete what no code asks for any more.
+    pub async fn delete_experiment(&self, name: &str) -> Result<(), OpError> {
+        self.consensus.propose(Command::DeleteExperiment { name: name.to_string() }).await??;
+        self.experiments_wake.notify_one();
+        Ok(())
+    }
+
     fn experiment_record(&self, name: &str) -> Result<ExperimentRecord, OpError> {
         self.consensus
             .store()
@@ -505,5 +535,57 @@ mod tests {
             apply(&s, |b| apply_ramp(&s, "checkout", &[50, 50], now, b)),
             Err(Rejection::ExperimentStopped("checkout".into()))
         );
+    }
+
+    #[test]
+    fn only_a_stopped_experiment_is_deleted_and_it_leaves_nothing_behind() {
+        let (s, _dir) = store();
+        let now = SystemTime::now();
+        apply(&s, |b| apply_create(&s, &record(), b)).unwrap();
+        let mut other = record();
+        other.name = "checkout-2".into();
+        apply(&s, |b| apply_create(&s, &other, b)).unwrap();
+        let web = HostName::new("web-1").unwrap();
+        let mut r = report(7, 1, vec![seen(1, 0, true, false, 0.0), seen(2, 1, true, true, 5.0)]);
+        r.experiments.push(ExperimentUnits {
+            name: "checkout-2".into(),
+            units: vec![seen(1, 0, true, false, 0.0)],
+            dropped: 0,
+        });
+        apply(&s, |batch| apply_report(&s, &web, &r, now, batch)).unwrap();
+        assert_eq!(
+            apply(&s, |b| apply_delete(&s, "checkout", b)),
+            Err(Rejection::ExperimentRunning("checkout".into()))
+        );
+        apply(&s, |b| apply_stop(&s, "checkout", None, now, b)).unwrap();
+        apply(&s, |b| apply_delete(&s, "checkout", b)).unwrap();
+        assert!(s.experiment("checkout").unwrap().is_none() && s.experiment_stats("checkout").unwrap().is_none());
+        assert!(s.experiment_unit_keys("checkout").unwrap().is_empty(), "its unit records are gone");
+        assert_eq!(s.experiment_unit_keys("checkout-2").unwrap().len(), 1, "a name sharing the prefix keeps its own");
+        assert_eq!(
+            apply(&s, |b| apply_delete(&s, "checkout", b)),
+            Err(Rejection::UnknownExperiment("checkout".into()))
+        );
+        // The name is free again, and starts from nothing.
+        apply(&s, |b| apply_create(&s, &record(), b)).unwrap();
+        assert_eq!(s.experiment_stats("checkout").unwrap().unwrap().units, 0);
+        assert_eq!(s.experiment_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn the_cluster_keeps_a_bounded_number_of_experiments() {
+        let (s, _dir) = store();
+        let mut batch = Batch::default();
+        for i in 0..MAX_EXPERIMENTS {
+            let mut rec = record();
+            rec.name = format!("e{i}");
+            batch.put_experiment(&rec);
+        }
+        s.apply(batch).unwrap();
+        assert_eq!(apply(&s, |b| apply_create(&s, &record(), b)), Err(Rejection::TooManyExperiments(MAX_EXPERIMENTS)));
+        // Every definition a host could be sent fits one message, with room to spare.
+        let defs: Vec<ExperimentDef> = s.experiments().unwrap().iter().map(|r| r.def()).collect();
+        let bytes = fifty_shared::codec::to_bytes(&defs).unwrap();
+        assert!(bytes.len() < fifty_shared::codec::MAX_FRAME / 4, "{} bytes", bytes.len());
     }
 }

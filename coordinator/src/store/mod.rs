@@ -291,6 +291,13 @@ impl Batch {
         self.put(format!("exp/unit/{name}/{unit:016x}"), u);
     }
 
+    /// Removes an experiment's definition and counts (its unit records: see
+    /// [`Store::experiment_unit_keys`]).
+    pub fn remove_experiment(&mut self, name: &str) {
+        self.remove(format!("exp/def/{name}"));
+        self.remove(format!("exp/stats/{name}"));
+    }
+
     /// Records the last agent report applied for `host`.
     pub fn put_report_mark(&mut self, host: &HostName, m: &crate::experiments::ReportMark) {
         self.put(format!("exp/mark/{host}"), m);
@@ -589,6 +596,25 @@ impl Store {
     /// Every experiment, by name.
     pub fn experiments(&self) -> Result<Vec<crate::experiments::ExperimentRecord>, StoreError> {
         self.scan("exp/def/")
+    }
+
+    /// How many experiments there are.
+    pub fn experiment_count(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for key in self.tree.scan_prefix(format!("{STATE_PREFIX}exp/def/").as_bytes()).keys() {
+            key?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The full keys of an experiment's unit records.
+    pub fn experiment_unit_keys(&self, name: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = Vec::new();
+        for key in self.tree.scan_prefix(format!("{STATE_PREFIX}exp/unit/{name}/").as_bytes()).keys() {
+            keys.push(key?.to_vec());
+        }
+        Ok(keys)
     }
 
     /// An experiment's counts.
