@@ -249,6 +249,7 @@ impl Sidecar {
         let taken = {
             let mut s = self.lock();
             if let Some(due) = s.resend_or_next(now) {
+                drop(s);
                 return due.map(|r| (*r).clone());
             }
             if s.pending.values().all(|p| p.units.is_empty() && p.dropped == 0) {
@@ -262,9 +263,13 @@ impl Sidecar {
                 .collect::<Vec<_>>()
         };
         let built = into_reports(taken);
-        let mut s = self.lock();
-        s.queued.extend(built);
-        s.resend_or_next(now).flatten().map(|r| (*r).clone())
+        let next = {
+            let mut s = self.lock();
+            s.queued.extend(built);
+            s.resend_or_next(now).flatten()
+        };
+        // Copied for the wire outside the lock.
+        next.map(|r| (*r).clone())
     }
 
     /// The coordinator recorded the report (boot, seq). If more wait, the next report may go at
