@@ -47,6 +47,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     fifty_shared::logging::init("info");
+    fifty_shared::logging::exit_on_panic();
     // One thread: the agent's work is a heartbeat a second; a small footprint matters more.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("start the tokio runtime");
     let result = runtime.block_on(async {

@@ -48,6 +48,10 @@ pub struct Config {
     pub ca_key: Option<PathBuf>,
     /// Snapshot the state and compact the Raft log past this many entries.
     pub snapshot_threshold: u64,
+    /// How often the leader compares every coordinator's state digest (as `fifty cluster
+    /// check` does) and logs an ERROR if they differ; 0s turns it off.
+    #[serde(with = "duration")]
+    pub consistency_check_interval: Duration,
     /// Enables `POST /v1/debug/isolate` (admin only), which drops this node's peer traffic: for
     /// partition tests. Never on in production.
     pub fault_injection: bool,
@@ -80,6 +84,7 @@ impl Default for Config {
             ca_cert: None,
             ca_key: None,
             snapshot_threshold: 10_000,
+            consistency_check_interval: Duration::from_secs(600),
             fault_injection: false,
             alert: AlertConfig::default(),
         }

@@ -589,6 +589,42 @@ impl Coordinator {
         })
     }
 
+    /// Compares every coordinator's state at one point of the log (etcd's `hashkv`): proposes a
+    /// checkpoint, takes this node's digest right after it, and asks every other member for its
+    /// digest at the same index. Equal logs applied deterministically give equal digests; a
+    /// difference means a coordinator's state has parted from the others'.
+    pub async fn cluster_check(&self) -> Result<views::ClusterCheckView, OpError> {
+        let (index, digest) = self.consensus.checkpoint().await?;
+        let me = self.consensus.id();
+        let mut nodes = Vec::new();
+        for m in self.consensus.store().members()? {
+            let (applied, theirs, verdict) = if m.id == me {
+                (Some(self.consensus.status().applied), Some(digest.clone()), "agrees".to_string())
+            } else {
+                let req = fifty_shared::wire::PeerRequest::Digest { index };
+                match self.consensus.transport().request(&m.quic_addr, &req).await {
+                    Ok(fifty_shared::wire::PeerResponse::Digest { applied, digest: theirs }) => {
+                        let verdict = match &theirs {
+                            Some(d) if *d == digest => "agrees".to_string(),
+                            Some(_) => "DIFFERS".to_string(),
+                            None if applied < index => "behind".to_string(),
+                            None => "no digest kept for this checkpoint".to_string(),
+                        };
+                        (Some(applied), theirs, verdict)
+                    }
+                    Ok(other) => (None, None, format!("unexpected answer {other:?}")),
+                    Err(e) => (None, None, format!("no answer: {e:#}")),
+                }
+            };
+            nodes.push(views::NodeDigestView { id: format!("{:016x}", m.id), applied, digest: theirs, verdict });
+        }
+        let consistent = nodes.iter().all(|n| n.verdict == "agrees");
+        if nodes.iter().any(|n| n.verdict == "DIFFERS") {
+            tracing::error!(index, "coordinators' states differ at the same log index: see `fifty cluster check`");
+        }
+        Ok(views::ClusterCheckView { index, consistent, nodes })
+    }
+
     /// The cluster summary.
     pub fn status(&self) -> Result<StatusView, StoreError> {
         let hosts = self.hosts()?;

@@ -270,6 +270,18 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Waits for coordinator `i`'s process to exit by itself and returns its exit status.
+    pub async fn wait_coordinator_exit(&mut self, i: usize, deadline: Duration) -> Result<std::process::ExitStatus> {
+        let child = self.coordinators[i].child.as_mut().with_context(|| format!("coordinator {i} is not running"))?;
+        match tokio::time::timeout(deadline, child.wait()).await {
+            Ok(status) => {
+                self.coordinators[i].child = None;
+                Ok(status?)
+            }
+            Err(_) => bail!("coordinator {i} still running after {deadline:?}"),
+        }
+    }
+
     /// Indexes of the coordinators whose process runs.
     pub fn running(&self) -> Vec<usize> {
         (0..self.coordinators.len()).filter(|i| self.coordinators[*i].child.is_some()).collect()

@@ -71,11 +71,40 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     tokio::spawn(crate::notify::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::experiments::leader::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::alerts::run::run(coordinator.clone(), shutdown.clone()));
+    tokio::spawn(consistency_checks(coordinator.clone(), config.consistency_check_interval, shutdown.clone()));
 
     let _ = tokio::join!(quic, api);
     coordinator.consensus.store().flush().await?;
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// On the leader, every `interval`: compare every coordinator's state at one checkpoint.
+/// `Coordinator::cluster_check` logs an ERROR when they differ; a disagreement is for a person.
+async fn consistency_checks(
+    coordinator: Arc<Coordinator>,
+    interval: std::time::Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wait_for(shutdown.clone()) => return,
+        }
+        if !coordinator.consensus.status().is_leader() {
+            continue;
+        }
+        match coordinator.cluster_check().await {
+            Ok(view) if view.consistent => tracing::debug!(index = view.index, "every coordinator's state agrees"),
+            Ok(view) => {
+                tracing::warn!(index = view.index, nodes = ?view.nodes, "consistency check: not every coordinator agrees")
+            }
+            Err(e) => tracing::debug!(error = %e, "consistency check not run"),
+        }
+    }
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {

@@ -16,7 +16,7 @@ use fifty_shared::wire::{JobExit, JobKind, JobRef};
 use crate::ci::outcome;
 use crate::ci::{
     Attempt, AttemptEnd, CommitRecord, CommitState, JobRecord, JobReport, JobState, NewCommit, TestOutcome, TestResult,
-    MAX_FLAKY, MAX_TEST_NAME,
+    MAX_FLAKY, MAX_QUARANTINED, MAX_TEST_NAME,
 };
 use crate::gate::{Cause, Closure};
 
@@ -178,6 +178,12 @@ pub const MAX_LOST: usize = 5;
 
 /// Most failed attempts a plan job may have (a fetch can fail for a moment).
 pub const PLAN_MAX_FAILURES: u32 = 2;
+
+/// The newest version of [`Command`] this binary understands. A release that adds a kind of
+/// command raises it and makes [`Command::since`] return the new version for that kind: the
+/// leader then proposes it only once every voter reports it (a rolling upgrade's old followers
+/// would stop at an entry they cannot decode). Commands are only ever added at the end.
+pub const STATE_VERSION: u32 = 1;
 
 /// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
@@ -423,6 +429,52 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
+    /// Changes nothing: every coordinator takes a digest of its state right after applying it,
+    /// so digests taken at the same point of the log can be compared (`fifty cluster check`).
+    Checkpoint {
+        /// When.
+        at: SystemTime,
+    },
+}
+
+impl Command {
+    /// The [`STATE_VERSION`] that introduced this kind of command.
+    pub fn since(&self) -> u32 {
+        match self {
+            Command::InitCluster { .. }
+            | Command::CreateToken(_)
+            | Command::RevokeToken { .. }
+            | Command::EnrollHost { .. }
+            | Command::RemoveHost { .. }
+            | Command::PutRepo(_)
+            | Command::SetGate(_)
+            | Command::NotifyCommits { .. }
+            | Command::AssignJobs { .. }
+            | Command::FinishJob { .. }
+            | Command::RequeueJob { .. }
+            | Command::PutBlob { .. }
+            | Command::StartRollout { .. }
+            | Command::StepRollout { .. }
+            | Command::ImmuneRevert { .. }
+            | Command::ChangeIncident { .. }
+            | Command::AddWebhook { .. }
+            | Command::RemoveWebhook { .. }
+            | Command::Delivered { .. }
+            | Command::SetQuarantine { .. }
+            | Command::CreateExperiment(_)
+            | Command::RampExperiment { .. }
+            | Command::StopExperiment { .. }
+            | Command::DeleteExperiment { .. }
+            | Command::RecordExperimentReport { .. }
+            | Command::AddAlertRule { .. }
+            | Command::RemoveAlertRule { .. }
+            | Command::SilenceAlertRule { .. }
+            | Command::AlertFired { .. }
+            | Command::AlertResolved { .. }
+            | Command::AckAlert { .. }
+            | Command::Checkpoint { .. } => 1,
+        }
+    }
 }
 
 /// Why a command was not applied. Deterministic: every node rejects the same commands.
@@ -509,6 +561,12 @@ pub enum Rejection {
     /// The cluster keeps at most this many experiments.
     #[error("the cluster keeps at most {0} experiments: delete stopped ones first (`fifty experiment delete NAME`)")]
     TooManyExperiments(usize),
+    /// The repository quarantines as many tests as it may.
+    #[error("the repository has {0} quarantined tests already, the most it keeps: release some first")]
+    TooManyQuarantined(usize),
+    /// The command would write a record larger than the store keeps in one record.
+    #[error("refused: {0}")]
+    TooLarge(String),
     /// The weights do not fit the experiment's variants.
     #[error("experiment {0}: give one weight per variant, not all zero")]
     ExperimentVariants(String),
@@ -539,6 +597,13 @@ pub enum Applied {
     },
     /// Jobs were given out (jobs no longer queued are left out).
     Assigned(Vec<JobRef>),
+    /// A checkpoint applied at `index`; the state's digest right after it.
+    Checkpoint {
+        /// The entry's index.
+        index: u64,
+        /// SHA-256 of the state, hex.
+        digest: String,
+    },
 }
 
 /// Applies commands to the store.
@@ -563,12 +628,22 @@ impl Machine {
 
     /// Checks `cmd` against the current state and writes its effects, with `extra` (the applied
     /// index, say), in one atomic batch. A rejected command writes only `extra`.
+    ///
+    /// Applying never fails on a command's content: a record over its bound
+    /// (`store::MAX_RECORD`) rejects the command on every node alike (encoding is deterministic),
+    /// so no entry can stop the cluster. Only the disk failing is an error.
     pub fn apply(&mut self, cmd: &Command, extra: Batch) -> ApplyResult {
         let mut batch = extra;
         let mut effects = Batch::default();
-        let out = self.decide(cmd, &mut effects)?;
+        let mut out = self.decide(cmd, &mut effects)?;
         if out.is_ok() {
-            batch.merge(effects);
+            match effects.take_error() {
+                Some(e) => {
+                    tracing::error!(error = %e, "a command would write a record over its bound; rejected");
+                    out = Err(Rejection::TooLarge(e.to_string()));
+                }
+                None => batch.merge(effects),
+            }
         }
         self.store.apply(batch)?;
         Ok(out)
@@ -838,12 +913,17 @@ impl Machine {
                 crate::alerts::ops::resolved(store, *id, summary, *at, batch)?
             }
             Command::AckAlert { id, by, at } => crate::alerts::ops::ack(store, *id, by, *at, batch)?,
+            // The Raft loop takes the digest once this entry is applied (it knows the index).
+            Command::Checkpoint { .. } => Ok(Applied::Done),
             Command::SetQuarantine { repo, test, on, by, at } => {
                 if store.repo(repo)?.is_none() {
                     return Ok(Err(Rejection::UnknownRepo(repo.clone())));
                 }
                 let mut book = store.tests(repo)?;
                 if *on {
+                    if book.quarantined.len() >= MAX_QUARANTINED && !book.quarantined.contains_key(test) {
+                        return Ok(Err(Rejection::TooManyQuarantined(MAX_QUARANTINED)));
+                    }
                     book.quarantined.insert(test.clone(), (by.clone(), *at));
                 } else if book.quarantined.remove(test).is_none() {
                     return Ok(Err(Rejection::NotQuarantined(test.clone())));
@@ -1676,6 +1756,68 @@ mod tests {
             let notes = m.store().notifications().unwrap();
             assert_eq!(notes.iter().filter(|n| n.kind == "immune.hold").count(), 1, "{notes:?}");
             assert!(notes[1].text.contains("error_rate has no data"));
+        }
+
+        fn add_repo(m: &mut Machine) {
+            let record = RepoRecord {
+                name: repo(),
+                url: "/srv/shop.git".into(),
+                branch: "main".into(),
+                fix_marker: "[fix]".into(),
+                webhook_secret: None,
+                added_at: SystemTime::now(),
+            };
+            apply(m, Command::PutRepo(record)).unwrap();
+        }
+
+        fn quarantine(m: &mut Machine, test: String, by: &str) -> ApplyResult {
+            let cmd = Command::SetQuarantine { repo: repo(), test, on: true, by: by.into(), at: SystemTime::now() };
+            m.apply(&cmd, Batch::default())
+        }
+
+        /// A command whose record would outgrow a record (here a repository's test book, which
+        /// two quarantines of ~600 KB names would take past 1 MiB) is rejected alike on every
+        /// node, and the machine goes on: applying never fails on content, so no entry can stop
+        /// the cluster. (Before the bound, the encode error stopped the Raft loop on every node,
+        /// again after every restart.)
+        #[test]
+        fn a_record_over_its_bound_is_rejected_and_apply_goes_on() {
+            let (mut m, _d) = machine();
+            add_repo(&mut m);
+            let big = |c: char| c.to_string().repeat(600 * 1024);
+            assert_eq!(quarantine(&mut m, big('a'), "admin").expect("apply does not fail"), Ok(Applied::Done));
+            let mut extra = Batch::default();
+            crate::store::raft_log::RaftLog::set_applied(&mut extra, 7);
+            let cmd = Command::SetQuarantine {
+                repo: repo(),
+                test: big('b'),
+                on: true,
+                by: "admin".into(),
+                at: SystemTime::now(),
+            };
+            let out = m.apply(&cmd, extra).expect("apply does not fail on a record over its bound");
+            assert!(matches!(&out, Err(Rejection::TooLarge(why)) if why.contains("sm/tests/shop")), "{out:?}");
+            assert_eq!(m.store().tests(&repo()).unwrap().quarantined.len(), 1, "the rejected command wrote nothing");
+            let applied = crate::store::raft_log::RaftLog::new(m.store().clone()).applied().unwrap();
+            assert_eq!(applied, 7, "the applied index still moves with a rejected command");
+            // And the machine still takes ordinary commands.
+            assert_eq!(quarantine(&mut m, "small".into(), "admin").unwrap(), Ok(Applied::Done));
+        }
+
+        /// A repository keeps at most MAX_QUARANTINED quarantined tests; re-quarantining one it has
+        /// is still fine.
+        #[test]
+        fn quarantine_is_capped() {
+            let (mut m, _d) = machine();
+            add_repo(&mut m);
+            for i in 0..MAX_QUARANTINED {
+                assert_eq!(quarantine(&mut m, format!("t{i}"), "admin").unwrap(), Ok(Applied::Done));
+            }
+            assert_eq!(
+                quarantine(&mut m, "one-more".into(), "admin").unwrap(),
+                Err(Rejection::TooManyQuarantined(MAX_QUARANTINED))
+            );
+            assert_eq!(quarantine(&mut m, "t0".into(), "admin").unwrap(), Ok(Applied::Done));
         }
 
         /// A commit's whole life through the state machine alone: a lost plan attempt is

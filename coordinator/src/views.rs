@@ -641,3 +641,27 @@ pub struct RollbackRequest {
     #[serde(default)]
     pub to: Option<u64>,
 }
+
+/// `POST /v1/cluster/check`: every coordinator's state digest at one checkpoint of the log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClusterCheckView {
+    /// The checkpoint's log index.
+    pub index: u64,
+    /// Whether every coordinator that answered has the leader's digest, and every one answered.
+    pub consistent: bool,
+    /// One row per coordinator.
+    pub nodes: Vec<NodeDigestView>,
+}
+
+/// One coordinator's row in [`ClusterCheckView`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeDigestView {
+    /// Node id (16 hex digits).
+    pub id: String,
+    /// Its applied index when it answered (None: it did not answer).
+    pub applied: Option<u64>,
+    /// Its state digest at the checkpoint (SHA-256, hex).
+    pub digest: Option<String>,
+    /// "agrees", "DIFFERS", "behind" (has not applied the checkpoint yet) or why it did not answer.
+    pub verdict: String,
+}

@@ -15,3 +15,18 @@ pub fn init(default: &str) {
         .with_target(false)
         .try_init();
 }
+
+/// Makes a panic on any thread end the whole process, after the usual message and one log line.
+///
+/// A panic that only ended its thread could leave a coordinator that still looks alive (its
+/// status says "leader", agents stay attached) while the thread that decides is gone; an agent
+/// could go on without its link or its sidecar. Ending the process lets the supervisor restart
+/// it and, on a coordinator, the others take over. (Release builds also set `panic = "abort"`.)
+pub fn exit_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        tracing::error!(panic = %info, "a panic ends this process; a supervisor should start it again");
+        std::process::abort();
+    }));
+}

@@ -541,6 +541,11 @@ pub enum PeerRequest {
     Hello(PeerInfo),
     /// Add me to the cluster (a Raft configuration change).
     Join(PeerInfo),
+    /// Your state's digest at the checkpoint applied at this index (`fifty cluster check`).
+    Digest {
+        /// The checkpoint's index.
+        index: u64,
+    },
 }
 
 /// Answers to [`PeerRequest`].
@@ -554,6 +559,9 @@ pub enum PeerResponse {
         initialized: bool,
         /// If it does, the cluster's coordinators.
         members: Vec<PeerInfo>,
+        /// The newest version of the replicated commands its binary understands: the leader
+        /// proposes a newer kind of command only once every voter reports that version.
+        state_version: u32,
     },
     /// The configuration change that adds the node is committed; here are the coordinators.
     Joined {
@@ -569,6 +577,13 @@ pub enum PeerResponse {
     Refused {
         /// Why.
         reason: String,
+    },
+    /// This coordinator's state at a checkpoint.
+    Digest {
+        /// Its applied index when it answered.
+        applied: u64,
+        /// SHA-256 of its state right after the checkpoint (hex), if it applied it.
+        digest: Option<String>,
     },
 }
 

@@ -458,6 +458,38 @@ async fn a_partitioned_leader_cannot_commit_and_heals() {
         states.push(held);
     }
     assert!(states.windows(2).all(|w| w[0] == w[1]), "coordinators disagree after healing");
+    // The same, as an operator checks it: every coordinator's state digest at one checkpoint.
+    let out = cli(&cluster, &cluster.admin_token, &["cluster", "check"]).await;
+    assert!(out.status.success(), "cluster check: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("every coordinator agrees"), "{}", text(&out.stdout));
+    assert_eq!(text(&out.stdout).matches("agrees").count(), 4, "three rows and the summary: {}", text(&out.stdout));
+
+    // A panic on the leader's Raft thread ends its process (a leader whose deciding thread died
+    // must not stay "leader"); the others elect a new one and carry on.
+    let mut cluster = cluster;
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    let fault = |f: &str| serde_json::json!({ "fault": f });
+    let _: serde_json::Value = cluster.client_for(leader).post("/v1/debug/raft", &fault("panic")).await.unwrap();
+    let status = cluster.wait_coordinator_exit(leader, DEADLINE).await.unwrap();
+    assert!(!status.success(), "a panicked coordinator exits with a failure: {status:?}");
+    let next = cluster.wait_leader(DEADLINE).await.unwrap();
+    assert_ne!(next, leader);
+    let req = CreateToken { role: "read".into(), ttl: None, max_uses: None, description: "after-panic".into() };
+    cluster.client_for(next).post::<TokenCreated>("/v1/tokens", &req).await.unwrap();
+    cluster.start_coordinator(leader).await.unwrap();
+    wait_converged(&cluster).await;
+
+    // A committed entry a coordinator cannot decode (a newer binary's command, in a rolling
+    // upgrade) stops it with a message saying so; it is never skipped, which would let its state
+    // part from the others'. Every coordinator runs this binary, so every one stops.
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    let _: serde_json::Value = cluster.client_for(leader).post("/v1/debug/raft", &fault("undecodable")).await.unwrap();
+    for i in 0..3 {
+        let status = cluster.wait_coordinator_exit(i, DEADLINE).await.unwrap();
+        assert!(!status.success(), "coordinator {i}: {status:?}");
+        let log = std::fs::read_to_string(dir.join("logs").join(format!("coord-{}.log", i + 1))).unwrap();
+        assert!(log.contains("does not decode") && log.contains("upgrade this coordinator"), "coordinator {i}'s log");
+    }
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

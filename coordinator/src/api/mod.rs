@@ -20,9 +20,10 @@
 //! | `POST /v1/alerts/{id}/ack`, `POST /v1/alerts/rules`, `DELETE /v1/alerts/rules/{rule}`, `POST /v1/alerts/rules/{rule}/silence` | admin |
 //! | `GET /v1/cluster/members` | read |
 //! | `DELETE /v1/cluster/members/{id}` | admin |
+//! | `POST /v1/cluster/check` | admin |
 //! | `GET /v1/experiments`, `GET /v1/experiments/{name}` (see `experiments`) | read |
 //! | `POST /v1/experiments`, `POST /v1/experiments/{name}/{ramp,stop}` | admin |
-//! | `POST /v1/debug/isolate`, `POST /v1/debug/deploy` | admin, and only with `fault_injection = true` |
+//! | `POST /v1/debug/isolate`, `POST /v1/debug/deploy`, `POST /v1/debug/raft` | admin, and only with `fault_injection = true` |
 //!
 //! No token or an invalid one gets 401; a valid token whose role may not do the thing gets 403.
 //! Any coordinator may be asked: see `forward` for how followers hand requests to the leader.
@@ -78,8 +79,12 @@ impl From<OpError> for ApiError {
                 | Rejection::UnknownExperiment(_)
                 | Rejection::UnknownAlert(_)),
             ) => ApiError(StatusCode::NOT_FOUND, r.to_string()),
+            OpError::Rejected(r @ Rejection::TooLarge(_)) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, r.to_string()),
             OpError::Rejected(r) => ApiError(StatusCode::CONFLICT, r.to_string()),
             OpError::Store(e) => e.into(),
+            OpError::Consensus(e @ crate::consensus::ConsensusError::TooLarge { .. }) => {
+                ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
             OpError::Consensus(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
@@ -140,9 +145,11 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/notify/webhooks", get(webhooks).post(add_webhook))
         .route("/v1/notify/webhooks/{id}", delete(remove_webhook))
         .route("/v1/cluster/members", get(members))
+        .route("/v1/cluster/check", post(cluster_check))
         .route("/v1/cluster/members/{id}", delete(remove_member))
         .route("/v1/debug/isolate", post(isolate))
         .route("/v1/debug/deploy", post(debug_deploy))
+        .route("/v1/debug/raft", post(debug_raft))
         .route("/metrics", get(metrics))
         .merge(experiments::routes())
         .route("/v1/alerts", get(alerts))
@@ -432,6 +439,11 @@ async fn remove_webhook(
     Ok(Json(c.remove_webhook(number(&id, "a webhook")?).await?))
 }
 
+async fn cluster_check(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    Ok(Json(c.cluster_check().await?))
+}
+
 async fn members(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
     authorize(&c, &headers, Role::Read)?;
     Ok(Json(c.cluster()?))
@@ -472,6 +484,28 @@ async fn isolate(
     }
     c.consensus.transport().set_isolated(req.isolated);
     Ok(Json(serde_json::json!({ "isolated": req.isolated })))
+}
+
+#[derive(serde::Deserialize)]
+struct DebugRaft {
+    fault: crate::consensus::Fault,
+}
+
+/// Fault injection: the Raft loop panics, or the leader proposes an entry nobody can decode.
+async fn debug_raft(
+    State(c): Shared,
+    headers: HeaderMap,
+    Json(req): Json<DebugRaft>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&c, &headers, Role::Admin)?;
+    if !c.config.fault_injection {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "fault injection is off on this coordinator (config key fault_injection)".into(),
+        ));
+    }
+    c.consensus.inject_fault(req.fault).map_err(OpError::from)?;
+    Ok(Json(serde_json::json!({ "injected": true })))
 }
 
 #[derive(serde::Deserialize)]

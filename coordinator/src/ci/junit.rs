@@ -74,7 +74,7 @@ fn collect(suite: &junit_parser::TestSuite, out: &mut Vec<TestResult>) {
             _ => case.original_name.clone(),
         };
         out.push(TestResult {
-            name,
+            name: super::bounded_test_name(name),
             outcome,
             duration: Duration::try_from_secs_f64(case.time).unwrap_or_default(),
             message: truncate(message),
@@ -150,5 +150,22 @@ mod tests {
         assert!(tests.is_empty());
         assert_eq!(notes.len(), 1);
         assert!(notes[0].starts_with("r.xml: not JUnit XML"), "{notes:?}");
+    }
+
+    /// A pusher's JUnit can name a test with hundreds of kilobytes; Fifty keeps a bounded name
+    /// (start + hash of the whole), so names stay apart and every record holding names is bounded.
+    #[test]
+    fn long_test_names_are_bounded_and_stay_distinct() {
+        let long = |end: &str| format!("{}{end}", "é".repeat(200 * 1024));
+        let xml = format!(
+            r#"<testsuite name="s"><testcase name="{}" time="1"/><testcase name="{}" time="1"/><testcase name="short" time="1"/></testsuite>"#,
+            long("a"),
+            long("b")
+        );
+        let (tests, _) = parse(&[("r.xml".into(), xml)]);
+        assert_eq!(tests.len(), 3);
+        assert!(tests.iter().all(|t| t.name.len() <= crate::ci::MAX_TEST_NAME), "names are bounded");
+        assert_ne!(tests[0].name, tests[1].name, "two long names differing at the end stay apart");
+        assert_eq!(tests[2].name, "short");
     }
 }

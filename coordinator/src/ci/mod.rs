@@ -266,10 +266,42 @@ pub struct TestBook {
 }
 
 /// Most flaky tests a repository remembers (the oldest sightings go first).
-pub const MAX_FLAKY: usize = 1000;
+pub const MAX_FLAKY: usize = 500;
 
-/// Longest test name whose duration is kept.
-pub const MAX_TEST_NAME: usize = 1024;
+/// Most quarantined tests a repository keeps.
+pub const MAX_QUARANTINED: usize = 500;
+
+/// Longest test name Fifty keeps. With [`MAX_FLAKY`] and [`MAX_QUARANTINED`] this bounds a
+/// repository's [`TestBook`] (one record) to well under `store::MAX_RECORD`, whatever a pusher's
+/// JUnit files say.
+pub const MAX_TEST_NAME: usize = 512;
+
+/// Longest "who" kept with a quarantine.
+pub const MAX_WHO: usize = 200;
+
+/// `name` if it is at most [`MAX_TEST_NAME`] bytes; otherwise its start and a hash of the whole,
+/// so two long names that differ only at their ends stay apart.
+pub fn bounded_test_name(name: String) -> String {
+    if name.len() <= MAX_TEST_NAME {
+        return name;
+    }
+    use sha2::Digest as _;
+    let hash = hex::encode(&sha2::Sha256::digest(name.as_bytes())[..8]);
+    let mut end = MAX_TEST_NAME - hash.len() - 3;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...{hash}", &name[..end])
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// A commit named in a notification.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]

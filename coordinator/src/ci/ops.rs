@@ -285,11 +285,19 @@ impl Coordinator {
         if test.trim().is_empty() {
             return Err(OpError::BadRequest("test: give the test's name as its JUnit report names it".into()));
         }
+        if test.len() > crate::ci::MAX_TEST_NAME {
+            return Err(OpError::BadRequest(format!(
+                "test: {} bytes; Fifty keeps test names of at most {} bytes (longer JUnit names are shortened \
+                 with a hash: quarantine the name `fifty test list` shows)",
+                test.len(),
+                crate::ci::MAX_TEST_NAME
+            )));
+        }
         let cmd = Command::SetQuarantine {
             repo: record.name,
             test: test.to_string(),
             on,
-            by: by.to_string(),
+            by: crate::ci::cut(by, crate::ci::MAX_WHO).to_string(),
             at: SystemTime::now(),
         };
         self.consensus.propose(cmd).await??;

@@ -422,6 +422,12 @@ enum ClusterCommand {
         /// Its node id, as `fifty cluster members` shows it.
         node: String,
     },
+    /// Compare every coordinator's state digest at one point of the log; exits 1 if they differ.
+    Check {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -544,6 +550,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Cluster { command: ClusterCommand::Members { json } } => {
             let view: ClusterView = Client::from_opts(&cli.client)?.get("/v1/cluster/members").await?;
             output::print(json, &view, output::cluster)
+        }
+        Command::Cluster { command: ClusterCommand::Check { json } } => {
+            let view: crate::views::ClusterCheckView =
+                Client::from_opts(&cli.client)?.post("/v1/cluster/check", &serde_json::json!({})).await?;
+            output::print(json, &view, output::cluster_check)?;
+            if !view.consistent {
+                anyhow::bail!("the coordinators' states do not all agree at index {}", view.index);
+            }
+            Ok(())
         }
         Command::Cluster { command: ClusterCommand::Remove { node } } => {
             let _: serde_json::Value =

@@ -145,6 +145,28 @@ pub fn cluster(c: &ClusterView) -> String {
     )
 }
 
+/// `fifty cluster check`.
+pub fn cluster_check(c: &crate::views::ClusterCheckView) -> String {
+    let rows: Vec<Vec<String>> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                n.applied.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                n.digest.as_deref().map(|d| d[..16.min(d.len())].to_string()).unwrap_or_else(|| "-".into()),
+                n.verdict.clone(),
+            ]
+        })
+        .collect();
+    format!(
+        "{}\ncheckpoint at index {}: {}\n",
+        table(&["NODE", "APPLIED", "DIGEST", "STATE"], &rows),
+        c.index,
+        if c.consistent { "every coordinator agrees" } else { "NOT CONSISTENT" }
+    )
+}
+
 /// `fifty repo list`.
 pub fn repos(repos: &[RepoView]) -> String {
     let rows: Vec<Vec<String>> =

@@ -19,7 +19,7 @@ pub mod transport;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fifty_shared::wire::PeerInfo;
+use fifty_shared::wire::{PeerInfo, PeerRequest, PeerResponse};
 use raft::eraftpb::Message;
 use tokio::sync::{oneshot, watch};
 
@@ -33,6 +33,13 @@ pub use bootstrap::Membership;
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a linearizable read may wait for the leader to confirm it still leads.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest encoded command the leader proposes. Replication wraps an entry in its context,
+/// a Raft message and a peer frame, all of which must fit one frame (`codec::MAX_FRAME`); the
+/// 64 KiB of headroom is far more than that wrapping (a test checks the largest command
+/// encodes). A larger command is refused before it is proposed: one it could not replicate
+/// would be resent forever.
+pub const MAX_COMMAND: usize = fifty_shared::codec::MAX_FRAME - 64 * 1024;
 
 /// Why a proposal or read could not be served here.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,27 @@ pub enum ConsensusError {
     /// The Raft loop stopped (storage failure or shutdown).
     #[error("the consensus loop is not running")]
     Stopped,
+    /// A voter's binary is too old for this kind of command (a rolling upgrade is under way).
+    #[error(
+        "coordinator {node:016x} understands commands up to version {has}, this one needs {needs}: \
+         upgrade every coordinator first (README: Upgrading)"
+    )]
+    NotUpgraded {
+        /// The voter.
+        node: u64,
+        /// The version it reported (0: it did not answer).
+        has: u32,
+        /// The command's version.
+        needs: u32,
+    },
+    /// The command is larger than one entry may be.
+    #[error("the request makes a decision of {size} bytes; the cluster takes at most {max} bytes in one decision")]
+    TooLarge {
+        /// Its encoded size.
+        size: usize,
+        /// [`MAX_COMMAND`].
+        max: usize,
+    },
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -85,17 +113,77 @@ impl RaftStatus {
 
 /// Inputs to the Raft loop.
 pub(crate) enum Input {
-    Propose { data: Vec<u8>, reply: oneshot::Sender<Result<ApplyOutcome, ConsensusError>> },
-    AddMember { member: MemberRecord, reply: oneshot::Sender<Result<ApplyOutcome, ConsensusError>> },
-    RemoveMember { id: u64, reply: oneshot::Sender<Result<ApplyOutcome, ConsensusError>> },
-    ReadIndex { reply: oneshot::Sender<Result<(), ConsensusError>> },
+    Propose {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<ApplyOutcome, ConsensusError>>,
+    },
+    AddMember {
+        member: MemberRecord,
+        reply: oneshot::Sender<Result<ApplyOutcome, ConsensusError>>,
+    },
+    RemoveMember {
+        id: u64,
+        reply: oneshot::Sender<Result<ApplyOutcome, ConsensusError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<(), ConsensusError>>,
+    },
     Step(Box<Message>),
     Unreachable(u64),
-    SnapshotSent { to: u64, ok: bool },
+    SnapshotSent {
+        to: u64,
+        ok: bool,
+    },
+    /// Fault injection (`fault_injection = true` only): make the Raft loop fail as it could.
+    Fault(Fault),
+}
+
+/// Failures the Raft loop can be made to suffer, to test that each ends the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// The Raft thread panics (as raft-rs does on some storage errors).
+    Panic,
+    /// The leader proposes an entry no coordinator can decode (as a newer binary's command
+    /// would look to an older one).
+    Undecodable,
 }
 
 /// The result of applying one entry.
 pub(crate) type ApplyOutcome = Result<Applied, Rejection>;
+
+/// The digests this node took at its most recent checkpoints (`Command::Checkpoint`), by index.
+#[derive(Default)]
+pub(crate) struct Checkpoints {
+    recent: std::sync::Mutex<std::collections::VecDeque<(u64, String)>>,
+}
+
+impl Checkpoints {
+    /// How many checkpoints a node remembers.
+    const KEEP: usize = 32;
+
+    pub(crate) fn record(&self, index: u64, digest: &str) {
+        let mut recent = self.recent.lock().expect("checkpoints lock");
+        if recent.len() == Self::KEEP {
+            recent.pop_front();
+        }
+        recent.push_back((index, digest.to_string()));
+    }
+
+    fn get(&self, index: u64) -> Option<String> {
+        let recent = self.recent.lock().expect("checkpoints lock");
+        recent.iter().find(|(i, _)| *i == index).map(|(_, d)| d.clone())
+    }
+}
+
+/// One coordinator's answer about its state at a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DigestAnswer {
+    /// Its applied index when it answered.
+    pub applied: u64,
+    /// Its state's digest right after the checkpoint, if it applied it and still remembers it.
+    pub digest: Option<String>,
+}
 
 /// The handle: cheap to clone.
 #[derive(Clone)]
@@ -112,6 +200,9 @@ struct Inner {
     status: watch::Receiver<RaftStatus>,
     status_tx: watch::Sender<RaftStatus>,
     transport: Arc<transport::Transport>,
+    checkpoints: Arc<Checkpoints>,
+    /// Each voter's `STATE_VERSION`, as it last reported it, and when.
+    versions: std::sync::Mutex<std::collections::HashMap<u64, (u32, std::time::Instant)>>,
 }
 
 impl Consensus {
@@ -131,6 +222,8 @@ impl Consensus {
                 status,
                 status_tx,
                 transport,
+                checkpoints: Arc::default(),
+                versions: Default::default(),
             }),
         }
     }
@@ -141,7 +234,16 @@ impl Consensus {
         let log = RaftLog::new(self.inner.store.clone());
         bootstrap::prepare(&log, &self.inner.me, &membership, &self.inner.transport).await?;
         let rx = self.inner.inbox_rx.lock().expect("inbox lock").take().expect("start is called once");
-        node::spawn(self.inner.id, log, rx, self.inner.status_tx.clone(), self.inner.transport.clone(), options)?;
+        let checkpoints = self.inner.checkpoints.clone();
+        node::spawn(
+            self.inner.id,
+            log,
+            rx,
+            self.inner.status_tx.clone(),
+            self.inner.transport.clone(),
+            checkpoints,
+            options,
+        )?;
         Ok(())
     }
 
@@ -212,9 +314,68 @@ impl Consensus {
     /// committed, applied here and flushed to disk.
     pub async fn propose(&self, cmd: Command) -> Result<Result<Applied, Rejection>, ConsensusError> {
         self.ensure_leader()?;
-        let data = fifty_shared::codec::to_bytes(&cmd)
-            .map_err(|source| StoreError::Encode { key: "command".into(), source })?;
+        let data = encode_command(&cmd)?;
+        self.check_versions(cmd.since()).await?;
         self.ask(|reply| Input::Propose { data, reply }, PROPOSE_TIMEOUT).await
+    }
+
+    /// Refuses a kind of command some voter's binary would not understand. Every coordinator
+    /// understands the first version, so today's commands ask nobody.
+    async fn check_versions(&self, needs: u32) -> Result<(), ConsensusError> {
+        if needs <= 1 {
+            return Ok(());
+        }
+        let members = self.inner.store.members()?;
+        let mut reported = Vec::new();
+        for id in self.status().voters {
+            if id == self.inner.id {
+                reported.push((id, crate::state::STATE_VERSION));
+                continue;
+            }
+            let cached = self.inner.versions.lock().expect("versions lock").get(&id).copied();
+            let version = match cached {
+                Some((v, at)) if at.elapsed() < Duration::from_secs(30) => v,
+                _ => {
+                    let addr = members.iter().find(|m| m.id == id).map(|m| m.quic_addr.clone());
+                    let hello = PeerRequest::Hello(self.inner.me.clone());
+                    let v = match addr {
+                        Some(addr) => match self.inner.transport.request(&addr, &hello).await {
+                            Ok(PeerResponse::Hello { state_version, .. }) => state_version,
+                            _ => 0,
+                        },
+                        None => 0,
+                    };
+                    self.inner.versions.lock().expect("versions lock").insert(id, (v, std::time::Instant::now()));
+                    v
+                }
+            };
+            reported.push((id, version));
+        }
+        match first_behind(&reported, needs) {
+            Some((node, has)) => Err(ConsensusError::NotUpgraded { node, has, needs }),
+            None => Ok(()),
+        }
+    }
+
+    /// Proposes a checkpoint and returns its index and this node's state digest right after it.
+    pub async fn checkpoint(&self) -> Result<(u64, String), ConsensusError> {
+        let cmd = Command::Checkpoint { at: std::time::SystemTime::now() };
+        match self.propose(cmd).await? {
+            Ok(Applied::Checkpoint { index, digest }) => Ok((index, digest)),
+            other => unreachable!("a checkpoint is always applied as one: {other:?}"),
+        }
+    }
+
+    /// This node's digest at checkpoint `index`, waiting up to `wait` for it to apply that far.
+    pub async fn digest_at(&self, index: u64, wait: Duration) -> DigestAnswer {
+        let mut status = self.watch();
+        let _ = tokio::time::timeout(wait, status.wait_for(|s| s.applied >= index)).await;
+        DigestAnswer { applied: self.status().applied, digest: self.inner.checkpoints.get(index) }
+    }
+
+    /// Makes the Raft loop suffer `fault` (fault injection only: the API checks the config).
+    pub fn inject_fault(&self, fault: Fault) -> Result<(), ConsensusError> {
+        self.inner.inbox.send(Input::Fault(fault)).map_err(|_| ConsensusError::Stopped)
     }
 
     /// Waits until this node's state reflects every write committed before the call (Raft
@@ -249,3 +410,90 @@ impl Consensus {
 }
 
 pub use node::Options;
+
+/// The first voter whose reported version is below `needs`.
+fn first_behind(reported: &[(u64, u32)], needs: u32) -> Option<(u64, u32)> {
+    reported.iter().copied().find(|(_, has)| *has < needs)
+}
+
+/// Encodes a command for the log, refusing one larger than [`MAX_COMMAND`].
+fn encode_command(cmd: &Command) -> Result<Vec<u8>, ConsensusError> {
+    let data = match fifty_shared::codec::to_bytes(cmd) {
+        Ok(data) => data,
+        Err(fifty_shared::codec::CodecError::TooLarge { len, .. }) => {
+            return Err(ConsensusError::TooLarge { size: len, max: MAX_COMMAND })
+        }
+        Err(source) => return Err(StoreError::Encode { key: "command".into(), source }.into()),
+    };
+    if data.len() > MAX_COMMAND {
+        return Err(ConsensusError::TooLarge { size: data.len(), max: MAX_COMMAND });
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::TokenRecord;
+    use fifty_shared::wire::PeerFrame;
+    use protobuf::Message as _;
+    use raft::eraftpb::{Entry, MessageType};
+
+    fn token_with_description(len: usize) -> Command {
+        Command::CreateToken(TokenRecord {
+            hash: "h".repeat(64),
+            accessor: "a".repeat(16),
+            role: fifty_shared::ids::Role::Read,
+            description: "d".repeat(len),
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+            expires_at: None,
+            max_uses: None,
+            uses: 0,
+            revoked: false,
+        })
+    }
+
+    /// A newer kind of command waits for every voter's binary; today's go everywhere.
+    #[test]
+    fn a_newer_command_waits_for_every_voter() {
+        let cmd = Command::Checkpoint { at: std::time::SystemTime::UNIX_EPOCH };
+        assert_eq!(cmd.since(), 1);
+        assert!(cmd.since() <= crate::state::STATE_VERSION);
+        let voters = [(1, 2), (2, 1), (3, 2)];
+        assert_eq!(first_behind(&voters, 2), Some((2, 1)), "node 2 still runs the older binary");
+        assert_eq!(first_behind(&voters, 1), None);
+        assert_eq!(first_behind(&[(1, 2), (2, 0)], 2), Some((2, 0)), "a voter that did not answer counts as old");
+    }
+
+    /// The largest command the leader accepts still replicates: wrapped in its entry (with the
+    /// largest context a proposal carries), a Raft append message and a peer frame, it fits one
+    /// frame. One byte more is refused before it is proposed.
+    #[test]
+    fn the_largest_command_fits_one_replication_frame() {
+        let probe = MAX_COMMAND - 1000;
+        let overhead = encode_command(&token_with_description(probe)).expect("under the cap").len() - probe;
+        let len = MAX_COMMAND - overhead;
+        let data = encode_command(&token_with_description(len)).expect("exactly the cap");
+        assert_eq!(data.len(), MAX_COMMAND);
+        let mut entry = Entry::default();
+        entry.index = u64::MAX;
+        entry.term = u64::MAX;
+        entry.data = data.into();
+        entry.context =
+            node::proposal_context(node::Proposer { node: u64::MAX, boot: u64::MAX, proposal: u64::MAX }, &[]).into();
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgAppend);
+        msg.to = u64::MAX;
+        msg.from = u64::MAX;
+        msg.term = u64::MAX;
+        msg.log_term = u64::MAX;
+        msg.index = u64::MAX;
+        msg.commit = u64::MAX;
+        msg.entries = vec![entry].into();
+        let frame = PeerFrame::Raft(msg.write_to_bytes().expect("encode"));
+        fifty_shared::codec::to_bytes(&frame).expect("the largest command's append message fits a frame");
+
+        let too_large = encode_command(&token_with_description(len + 1)).expect_err("one byte over the cap");
+        assert!(matches!(too_large, ConsensusError::TooLarge { max: MAX_COMMAND, .. }), "{too_large}");
+    }
+}

@@ -23,7 +23,7 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use super::transport::Transport;
-use super::{ApplyOutcome, ConsensusError, Input, RaftStatus};
+use super::{ApplyOutcome, Checkpoints, ConsensusError, Fault, Input, RaftStatus};
 use crate::state::{Applied, Command, Machine, MemberRecord, Rejection};
 use crate::store::raft_log::RaftLog;
 use crate::store::{Batch, StoreError};
@@ -43,22 +43,60 @@ impl Default for Options {
     }
 }
 
+/// Why the Raft loop stops the process: going on would risk forgetting or diverging.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Fatal {
+    /// Storage failed: a node that cannot persist must not vote or lead.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A committed entry is not a command this binary knows.
+    #[error(
+        "committed entry {index} does not decode ({error}): it was most likely written by a newer \
+         version of fifty; upgrade this coordinator's binary and start it again (README: Upgrading)"
+    )]
+    Undecodable {
+        /// The entry's index.
+        index: u64,
+        /// What the codec said.
+        error: String,
+    },
+}
+
 type Reply = oneshot::Sender<Result<ApplyOutcome, ConsensusError>>;
 type ReadReply = oneshot::Sender<Result<(), ConsensusError>>;
 
-struct Node {
+/// Where a Ready's messages go: the QUIC transport, or the simulation's network.
+pub(super) trait Outbox: Send {
+    /// Sends (or queues) the messages; never blocks.
+    fn send(&self, messages: Vec<Message>);
+}
+
+impl Outbox for Arc<Transport> {
+    fn send(&self, messages: Vec<Message>) {
+        Transport::send(self, messages)
+    }
+}
+
+pub(super) struct Node {
     id: u64,
     raw: RawNode<RaftLog>,
     log: RaftLog,
     machine: Machine,
-    transport: Arc<Transport>,
+    outbox: Box<dyn Outbox>,
     status: watch::Sender<RaftStatus>,
+    checkpoints: Arc<Checkpoints>,
     options: Options,
+    /// Random for each start of the process: entries proposed before a restart carry another
+    /// boot id, so a re-elected leader never answers a new proposal with an old entry's outcome.
+    boot: u64,
     next_proposal: u64,
     /// Proposals made here, by id, waiting for their entry to apply.
     proposals: HashMap<u64, (Reply, Instant)>,
     /// Reads waiting for their ReadIndex, by context.
     reads: HashMap<Vec<u8>, (ReadReply, Instant)>,
+    /// Read contexts not yet handed to raft-rs: a new leader drops ReadIndex requests until it has
+    /// committed an entry of its own term, so they wait here until it has.
+    deferred_reads: Vec<Vec<u8>>,
     /// Reads whose index is known, waiting for it to apply.
     ready_reads: Vec<(u64, ReadReply)>,
     /// Answers to send once the current batch of entries is applied.
@@ -74,67 +112,104 @@ pub(super) fn spawn(
     inbox: Receiver<Input>,
     status: watch::Sender<RaftStatus>,
     transport: Arc<Transport>,
+    checkpoints: Arc<Checkpoints>,
     options: Options,
 ) -> anyhow::Result<()> {
-    let config = raft::Config {
-        id,
-        // 100 ms heartbeats; an election after 1.0-1.5 s of silence (etcd: 100 ms and 1 s).
-        election_tick: 10,
-        min_election_tick: 10,
-        max_election_tick: 15,
-        heartbeat_tick: 1,
-        applied: log.applied()?,
-        check_quorum: true,
-        pre_vote: true,
-        max_size_per_msg: 512 * 1024,
-        max_inflight_msgs: 256,
-        ..Default::default()
-    };
-    config.validate()?;
-    let logger = super::slog_bridge::logger(id);
-    let raw = RawNode::new(&config, log.clone(), &logger)?;
-    let machine = Machine::new(log.store().clone());
-    let mut node = Node {
-        id,
-        raw,
-        log,
-        machine,
-        transport,
-        status,
-        options,
-        next_proposal: 1,
-        proposals: HashMap::new(),
-        reads: HashMap::new(),
-        ready_reads: Vec::new(),
-        answers: Vec::new(),
-        synced_term_vote: (0, 0),
-    };
+    let outbox = Box::new(transport);
+    // 100 ms heartbeats; an election after 1.0-1.5 s of silence (etcd: 100 ms and 1 s).
+    let mut node = Node::new(id, log, status, outbox, checkpoints, options, (10, 15), rand::random())?;
     std::thread::Builder::new().name(format!("raft-{id:016x}")).spawn(move || {
         if let Err(e) = node.run(inbox) {
-            tracing::error!(error = %e, "the Raft loop failed on storage; stopping this coordinator");
+            tracing::error!(error = %e, "the Raft loop cannot go on; stopping this coordinator");
             std::process::exit(70);
         }
     })?;
     Ok(())
 }
 
-fn proposal_context(node: u64, proposal: u64, payload: &[u8]) -> Vec<u8> {
-    let mut ctx = Vec::with_capacity(16 + payload.len());
-    ctx.extend_from_slice(&node.to_be_bytes());
-    ctx.extend_from_slice(&proposal.to_be_bytes());
+impl Node {
+    /// A node over `log`, restarted from what it holds. `election` is the election timeout's
+    /// range in ticks (raft-rs draws it at random within; the simulation makes it one value so
+    /// that its seed alone decides the schedule); `boot` tells this start from earlier ones.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        id: u64,
+        log: RaftLog,
+        status: watch::Sender<RaftStatus>,
+        outbox: Box<dyn Outbox>,
+        checkpoints: Arc<Checkpoints>,
+        options: Options,
+        election: (usize, usize),
+        boot: u64,
+    ) -> anyhow::Result<Node> {
+        let config = raft::Config {
+            id,
+            election_tick: election.0,
+            min_election_tick: election.0,
+            max_election_tick: election.1,
+            heartbeat_tick: 1,
+            applied: log.applied()?,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 512 * 1024,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        config.validate()?;
+        let logger = super::slog_bridge::logger(id);
+        let raw = RawNode::new(&config, log.clone(), &logger)?;
+        let machine = Machine::new(log.store().clone());
+        Ok(Node {
+            id,
+            raw,
+            log,
+            machine,
+            outbox,
+            status,
+            checkpoints,
+            options,
+            boot,
+            next_proposal: 1,
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
+            deferred_reads: Vec::new(),
+            ready_reads: Vec::new(),
+            answers: Vec::new(),
+            synced_term_vote: (0, 0),
+        })
+    }
+}
+
+/// Who proposed an entry: the node, the boot of its process, and the proposal's number in that
+/// boot. Only the same node in the same boot waits for an answer to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Proposer {
+    pub node: u64,
+    pub boot: u64,
+    pub proposal: u64,
+}
+
+/// Bytes of an entry's context before its payload.
+pub(crate) const CONTEXT_HEADER: usize = 24;
+
+pub(crate) fn proposal_context(who: Proposer, payload: &[u8]) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(CONTEXT_HEADER + payload.len());
+    ctx.extend_from_slice(&who.node.to_be_bytes());
+    ctx.extend_from_slice(&who.boot.to_be_bytes());
+    ctx.extend_from_slice(&who.proposal.to_be_bytes());
     ctx.extend_from_slice(payload);
     ctx
 }
 
-/// Splits an entry's context into (node, proposal id, payload).
-fn parse_context(ctx: &[u8]) -> Option<(u64, u64, &[u8])> {
-    let node = u64::from_be_bytes(ctx.get(..8)?.try_into().ok()?);
-    let proposal = u64::from_be_bytes(ctx.get(8..16)?.try_into().ok()?);
-    Some((node, proposal, &ctx[16..]))
+/// Splits an entry's context into its proposer and payload.
+pub(crate) fn parse_context(ctx: &[u8]) -> Option<(Proposer, &[u8])> {
+    let word = |at: usize| Some(u64::from_be_bytes(ctx.get(at..at + 8)?.try_into().ok()?));
+    let who = Proposer { node: word(0)?, boot: word(8)?, proposal: word(16)? };
+    Some((who, &ctx[CONTEXT_HEADER..]))
 }
 
 impl Node {
-    fn run(&mut self, inbox: Receiver<Input>) -> Result<(), StoreError> {
+    fn run(&mut self, inbox: Receiver<Input>) -> Result<(), Fatal> {
         let mut next_tick = Instant::now() + TICK;
         loop {
             match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
@@ -150,25 +225,45 @@ impl Node {
                 }
             }
             if Instant::now() >= next_tick {
-                self.raw.tick();
+                self.tick();
                 next_tick = Instant::now() + TICK;
-                self.expire_waiters();
             }
-            if self.raw.has_ready() {
-                self.on_ready()?;
-            }
-            self.publish_status();
+            self.process()?;
         }
     }
 
-    fn handle(&mut self, input: Input) {
+    /// One tick of Raft's logical clock (heartbeats, elections), and waiters given up on dropped.
+    pub(super) fn tick(&mut self) {
+        self.raw.tick();
+        self.expire_waiters();
+    }
+
+    /// Handles whatever Raft has ready (persist, send, apply, answer) and publishes the status.
+    pub(super) fn process(&mut self) -> Result<(), Fatal> {
+        if self.raw.has_ready() {
+            self.on_ready()?;
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    /// Who this node thinks leads, in which term.
+    pub(super) fn role(&self) -> (StateRole, u64, u64) {
+        (self.raw.raft.state, self.raw.raft.term, self.raw.raft.leader_id)
+    }
+
+    /// The node's store.
+    pub(super) fn store(&self) -> &crate::store::Store {
+        self.log.store()
+    }
+
+    pub(super) fn handle(&mut self, input: Input) {
         match input {
             Input::Propose { data, reply } => {
-                let id = self.next_proposal;
-                self.next_proposal += 1;
-                match self.raw.propose(proposal_context(self.id, id, &[]), data) {
+                let who = self.next_proposer();
+                match self.raw.propose(proposal_context(who, &[]), data) {
                     Ok(()) => {
-                        self.proposals.insert(id, (reply, Instant::now()));
+                        self.proposals.insert(who.proposal, (reply, Instant::now()));
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "proposal dropped");
@@ -202,11 +297,10 @@ impl Node {
                 self.propose_conf_change(cc, &[], reply);
             }
             Input::ReadIndex { reply } => {
-                let id = self.next_proposal;
-                self.next_proposal += 1;
-                let ctx = proposal_context(self.id, id, &[]);
-                self.raw.read_index(ctx.clone());
-                self.reads.insert(ctx, (reply, Instant::now()));
+                let ctx = proposal_context(self.next_proposer(), &[]);
+                self.reads.insert(ctx.clone(), (reply, Instant::now()));
+                self.deferred_reads.push(ctx);
+                self.issue_reads();
             }
             Input::Step(msg) => {
                 if let Err(e) = self.raw.step(*msg) {
@@ -218,15 +312,44 @@ impl Node {
                 let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.raw.report_snapshot(to, status);
             }
+            Input::Fault(Fault::Panic) => panic!("fault injection: the Raft thread panics"),
+            Input::Fault(Fault::Undecodable) => {
+                let who = self.next_proposer();
+                if let Err(e) = self.raw.propose(proposal_context(who, &[]), vec![0xff; 16]) {
+                    tracing::warn!(error = %e, "fault injection: undecodable entry not proposed");
+                }
+            }
+        }
+    }
+
+    fn next_proposer(&mut self) -> Proposer {
+        let proposal = self.next_proposal;
+        self.next_proposal += 1;
+        Proposer { node: self.id, boot: self.boot, proposal }
+    }
+
+    /// Hands the waiting reads to raft-rs once this node leads and has committed in its term
+    /// (before that raft-rs would drop them silently). Reads on a node that does not lead wait
+    /// until it does or their caller gives up.
+    fn issue_reads(&mut self) {
+        if self.deferred_reads.is_empty()
+            || self.raw.raft.state != StateRole::Leader
+            || !self.raw.raft.commit_to_current_term()
+        {
+            return;
+        }
+        for ctx in std::mem::take(&mut self.deferred_reads) {
+            if self.reads.contains_key(&ctx) {
+                self.raw.read_index(ctx);
+            }
         }
     }
 
     fn propose_conf_change(&mut self, cc: ConfChange, payload: &[u8], reply: Reply) {
-        let id = self.next_proposal;
-        self.next_proposal += 1;
-        match self.raw.propose_conf_change(proposal_context(self.id, id, payload), cc) {
+        let who = self.next_proposer();
+        match self.raw.propose_conf_change(proposal_context(who, payload), cc) {
             Ok(()) => {
-                self.proposals.insert(id, (reply, Instant::now()));
+                self.proposals.insert(who.proposal, (reply, Instant::now()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "configuration change not proposed");
@@ -240,9 +363,11 @@ impl Node {
         let limit = super::PROPOSE_TIMEOUT * 2;
         self.proposals.retain(|_, (reply, at)| !reply.is_closed() && at.elapsed() < limit);
         self.reads.retain(|_, (reply, at)| !reply.is_closed() && at.elapsed() < limit);
+        let reads = &self.reads;
+        self.deferred_reads.retain(|ctx| reads.contains_key(ctx));
     }
 
-    fn on_ready(&mut self) -> Result<(), StoreError> {
+    fn on_ready(&mut self) -> Result<(), Fatal> {
         let mut ready = self.raw.ready();
 
         // What must be on disk before this Ready's messages go out: new entries, a snapshot, and
@@ -305,16 +430,17 @@ impl Node {
             let _ = reply.send(Ok(()));
         }
         self.maybe_compact()?;
+        self.issue_reads();
         Ok(())
     }
 
     fn send(&self, messages: Vec<Message>) {
         if !messages.is_empty() {
-            self.transport.send(messages);
+            self.outbox.send(messages);
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
         for entry in entries {
             let mut extra = Batch::default();
             RaftLog::set_applied(&mut extra, entry.index);
@@ -325,13 +451,17 @@ impl Node {
                     continue;
                 }
                 EntryType::EntryNormal => match fifty_shared::codec::from_bytes::<Command>(&entry.data) {
-                    Ok(cmd) => self.machine.apply(&cmd, extra)?,
-                    Err(e) => {
-                        // Every node decodes the same bytes the same way, so every node skips it.
-                        tracing::error!(index = entry.index, error = %e, "committed entry does not decode; skipped");
-                        self.log.store().apply(extra)?;
-                        continue;
+                    Ok(cmd @ Command::Checkpoint { .. }) => {
+                        let _ = self.machine.apply(&cmd, extra)?;
+                        let digest = self.log.store().state_digest()?;
+                        self.checkpoints.record(entry.index, &digest);
+                        Ok(Applied::Checkpoint { index: entry.index, digest })
                     }
+                    Ok(cmd) => self.machine.apply(&cmd, extra)?,
+                    // Skipping it would let this node's state part from the others' (an older
+                    // binary meeting a newer kind of command in a rolling upgrade): stop instead,
+                    // with the applied index before it, so the upgraded binary applies it.
+                    Err(e) => return Err(Fatal::Undecodable { index: entry.index, error: e.to_string() }),
                 },
                 EntryType::EntryConfChange => self.apply_conf_change(&entry, extra)?,
                 EntryType::EntryConfChangeV2 => {
@@ -339,9 +469,9 @@ impl Node {
                     continue;
                 }
             };
-            if let Some((node, proposal, _)) = parse_context(&entry.context) {
-                if node == self.id {
-                    if let Some((reply, _)) = self.proposals.remove(&proposal) {
+            if let Some((who, _)) = parse_context(&entry.context) {
+                if who.node == self.id {
+                    if let Some((reply, _)) = self.proposals.remove(&who.proposal) {
                         self.answers.push((reply, outcome));
                     }
                 }
@@ -350,15 +480,9 @@ impl Node {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry, mut batch: Batch) -> Result<ApplyOutcome, StoreError> {
-        let cc = match ConfChange::parse_from_bytes(&entry.data) {
-            Ok(cc) => cc,
-            Err(e) => {
-                tracing::error!(index = entry.index, error = %e, "committed configuration change does not decode; skipped");
-                self.log.store().apply(batch)?;
-                return Ok(Ok(Applied::Done));
-            }
-        };
+    fn apply_conf_change(&mut self, entry: &Entry, mut batch: Batch) -> Result<ApplyOutcome, Fatal> {
+        let cc = ConfChange::parse_from_bytes(&entry.data)
+            .map_err(|e| Fatal::Undecodable { index: entry.index, error: e.to_string() })?;
         let cs = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => cs,
             Err(e) => {
@@ -370,7 +494,7 @@ impl Node {
         RaftLog::set_conf_state(&mut batch, &cs);
         match cc.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let payload = parse_context(&entry.context).map(|(_, _, p)| p).unwrap_or_default();
+                let payload = parse_context(&entry.context).map(|(_, p)| p).unwrap_or_default();
                 match fifty_shared::codec::from_bytes::<MemberRecord>(payload) {
                     Ok(member) => {
                         tracing::info!(node = format!("{:016x}", member.id), quic = %member.quic_addr, "coordinator added to the cluster");

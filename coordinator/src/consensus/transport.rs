@@ -307,6 +307,7 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
             consensus.transport().learn(info.node_id, &info.quic_addr);
             let members = consensus.store().members().unwrap_or_default();
             PeerResponse::Hello {
+                state_version: crate::state::STATE_VERSION,
                 info: consensus.me().clone(),
                 initialized: consensus.initialized(),
                 members: members
@@ -314,6 +315,10 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
                     .map(|m| PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr })
                     .collect(),
             }
+        }
+        PeerRequest::Digest { index } => {
+            let answer = consensus.digest_at(index, Duration::from_secs(5)).await;
+            PeerResponse::Digest { applied: answer.applied, digest: answer.digest }
         }
         PeerRequest::Join(info) => {
             let member =

@@ -17,7 +17,7 @@ pub mod leader;
 pub mod sim;
 pub mod view;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use bincode::{Decode, Encode};
@@ -257,14 +257,16 @@ pub(crate) fn apply_report(
         stats.dropped += part.dropped;
         stats.reports += 1;
         stats.last_report = Some(at);
-        let mut merged: HashMap<u64, Merge> = HashMap::new();
+        // By unit, in order: the float sums below must be added in the same order on every
+        // coordinator (a HashMap's order differs between processes, and so would the sums).
+        let mut merged: BTreeMap<u64, Merge> = BTreeMap::new();
         for seen in &part.units {
             if seen.variant as usize >= rec.variants.len() || !seen.value.is_finite() {
                 continue;
             }
             let entry = match merged.entry(seen.unit) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
                     let before = store.experiment_unit(&part.name, seen.unit)?;
                     let start = before.unwrap_or(UnitRecord {
                         variant: seen.variant,
@@ -514,6 +516,30 @@ mod tests {
         assert_eq!(stats.totals[1], TotalsRecord { exposed: 2, converted: 2, value_sum: 9.0, value_sumsq: 65.0 });
         assert_eq!(stats.first_exposed, vec![vec![1, 2]], "first exposures by epoch and variant");
         assert_eq!(stats.reports, 3, "the repeated report is not counted");
+    }
+
+    /// Two coordinators applying the same report end with the same bits: the value sums are
+    /// added in unit order, not a hash map's (whose order differs between maps and processes),
+    /// so the whole state's digest agrees too.
+    #[test]
+    fn applying_a_report_is_deterministic_to_the_bit() {
+        let now = SystemTime::now();
+        let web = HostName::new("web-1").unwrap();
+        // Values whose floating-point sum depends on the order they are added in.
+        let units: Vec<UnitSeen> =
+            (0..2000u64).map(|u| seen(u * 7919, (u % 2) as u8, true, true, 1.0 / (u as f64 + 3.0) * 1e8)).collect();
+        let r = report(7, 1, units);
+        let mut results = Vec::new();
+        for _ in 0..4 {
+            let (s, _dir) = store();
+            apply(&s, |b| apply_create(&s, &record(), b)).unwrap();
+            apply(&s, |batch| apply_report(&s, &web, &r, now, batch)).unwrap();
+            let stats = s.experiment_stats("checkout").unwrap().unwrap();
+            let sums: Vec<(u64, u64)> =
+                stats.totals.iter().map(|t| (t.value_sum.to_bits(), t.value_sumsq.to_bits())).collect();
+            results.push((sums, s.state_digest().unwrap()));
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
     }
 
     #[test]

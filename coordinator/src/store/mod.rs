@@ -47,7 +47,19 @@ pub enum StoreError {
         /// What the codec said.
         source: CodecError,
     },
-    /// A record did not encode (larger than a frame): a bug, caught before writing.
+    /// A record or key is larger than its bound: caught before writing.
+    #[error("{what} {key:?} would be {len} bytes; the limit is {max}")]
+    TooLarge {
+        /// The record's key (cut short if the key itself is too long).
+        key: String,
+        /// "record" or "key".
+        what: &'static str,
+        /// Its size.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A record did not encode: a bug, caught before writing.
     #[error("record {key:?} does not encode: {source}")]
     Encode {
         /// The record's key.
@@ -74,13 +86,45 @@ pub struct Batch {
 /// Prefix of the state machine's keys: everything a snapshot carries.
 pub const STATE_PREFIX: &str = "sm/";
 
+/// The largest state record, encoded. A snapshot carries each record with its key in one frame,
+/// so a record must leave room in `codec::MAX_FRAME` for its key ([`MAX_KEY`]) and the framing.
+/// Every record is checked here, the one place records are written: the state machine turns a
+/// record over the bound into a deterministic rejection of its command, never a failed apply.
+pub const MAX_RECORD: usize = codec::MAX_FRAME - 64 * 1024;
+
+/// The longest state key.
+pub const MAX_KEY: usize = 4 * 1024;
+
 impl Batch {
     fn put<T: Encode>(&mut self, key: String, value: &T) {
         let key = format!("{STATE_PREFIX}{key}");
-        match codec::to_bytes(value) {
-            Ok(bytes) => self.ops.push((key.into_bytes(), Some(bytes))),
-            Err(source) => self.error = Some(StoreError::Encode { key, source }),
+        if key.len() > MAX_KEY {
+            let len = key.len();
+            self.fail(StoreError::TooLarge { key: truncated(&key), what: "key", len, max: MAX_KEY });
+            return;
         }
+        match codec::to_bytes(value) {
+            Ok(bytes) if bytes.len() > MAX_RECORD => {
+                let len = bytes.len();
+                self.fail(StoreError::TooLarge { key, what: "record", len, max: MAX_RECORD });
+            }
+            Ok(bytes) => self.ops.push((key.into_bytes(), Some(bytes))),
+            Err(codec::CodecError::TooLarge { len, .. }) => {
+                self.fail(StoreError::TooLarge { key, what: "record", len, max: MAX_RECORD })
+            }
+            Err(source) => self.fail(StoreError::Encode { key, source }),
+        }
+    }
+
+    fn fail(&mut self, e: StoreError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// Takes the first write this batch could not make (a record over its bound), if any.
+    pub fn take_error(&mut self) -> Option<StoreError> {
+        self.error.take()
     }
 
     fn remove(&mut self, key: String) {
@@ -665,9 +709,37 @@ impl Store {
         Ok(())
     }
 
+    /// SHA-256 (hex) of the state machine's records: every `sm/` key and value in key order.
+    /// Artifact chunks count by key and length only (their keys name their content's digest), so
+    /// the digest costs little however large the artifacts. Coordinators that applied the same
+    /// entries have the same digest; the Raft loop takes it at checkpoints (etcd's `hashkv`).
+    pub fn state_digest(&self) -> Result<String, StoreError> {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        for item in self.tree.scan_prefix(STATE_PREFIX.as_bytes()) {
+            let (key, value) = item?;
+            hash.update((key.len() as u64).to_be_bytes());
+            hash.update(&key);
+            hash.update((value.len() as u64).to_be_bytes());
+            if !key.starts_with(b"sm/blob/") {
+                hash.update(&value);
+            }
+        }
+        Ok(hex::encode(hash.finalize()))
+    }
+
     fn raw_get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
         Ok(self.tree.get(key)?)
     }
+}
+
+/// The first 100 bytes of a key, for messages.
+fn truncated(key: &str) -> String {
+    let mut end = key.len().min(100);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &key[..end])
 }
 
 /// A notification as stored: the record with the fields its JSON form leaves out.
