@@ -88,7 +88,7 @@ pub async fn prepare(log: &RaftLog, me: &PeerInfo, membership: &Membership, tran
 }
 
 /// Writes the first state of a new cluster: voters, member table, log compacted at index 1.
-fn genesis(log: &RaftLog, members: &[PeerInfo]) -> Result<(), StoreError> {
+pub(super) fn genesis(log: &RaftLog, members: &[PeerInfo]) -> Result<(), StoreError> {
     let mut batch = Batch::default();
     let mut cs = ConfState::default();
     cs.voters = members.iter().map(|m| m.node_id).collect();

@@ -13,6 +13,8 @@
 
 mod bootstrap;
 mod node;
+#[cfg(test)]
+mod sim;
 mod slog_bridge;
 pub mod transport;
 

@@ -248,13 +248,27 @@ impl Node {
     }
 
     /// Who this node thinks leads, in which term.
+    #[cfg(test)]
     pub(super) fn role(&self) -> (StateRole, u64, u64) {
         (self.raw.raft.state, self.raw.raft.term, self.raw.raft.leader_id)
     }
 
     /// The node's store.
+    #[cfg(test)]
     pub(super) fn store(&self) -> &crate::store::Store {
         self.log.store()
+    }
+
+    /// Raft's commit index here.
+    #[cfg(test)]
+    pub(super) fn status_commit(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// Raft's applied index here.
+    #[cfg(test)]
+    pub(super) fn status_applied(&self) -> u64 {
+        self.raw.raft.raft_log.applied
     }
 
     pub(super) fn handle(&mut self, input: Input) {
