@@ -484,7 +484,7 @@ impl Node {
                 }
             };
             if let Some((who, _)) = parse_context(&entry.context) {
-                if who.node == self.id {
+                if who.node == self.id && who.boot == self.boot {
                     if let Some((reply, _)) = self.proposals.remove(&who.proposal) {
                         self.answers.push((reply, outcome));
                     }
