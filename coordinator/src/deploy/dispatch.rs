@@ -214,14 +214,17 @@ impl Coordinator {
             now,
         );
         if let Some(a) = &superseded {
-            let moved = targets.iter().filter(|(h, _)| a.touched().contains(h)).count();
-            rollout.say(
-                now,
-                format!(
-                    "supersedes rollout {} of release {}; its {moved} hosts move to release {release} first",
-                    a.id, a.release
-                ),
-            );
+            let moved: Vec<String> =
+                targets.iter().filter(|(h, _)| a.touched().contains(h)).map(|(h, _)| h.to_string()).collect();
+            let what = format!("supersedes rollout {} of release {}", a.id, a.release);
+            let what = match moved.is_empty() {
+                true => what,
+                false => {
+                    let verb = if moved.len() == 1 { "moves" } else { "move" };
+                    format!("{what}; {} {verb} to release {release} first", moved.join(", "))
+                }
+            };
+            rollout.say(now, what);
         }
         match crate::immune::judge::watched(&rollout, record.plan.immune.as_ref()) {
             Ok(()) => {
@@ -265,7 +268,7 @@ impl Coordinator {
         let step = rollout.revert(why, now).map_err(OpError::BadRequest)?;
         let release = store.release(rollout.release)?.ok_or_else(|| OpError::NotFound("the release is gone".into()))?;
         let repo = store.repo(&rollout.repo)?.ok_or_else(|| OpError::NotFound("the repository is gone".into()))?;
-        let commit = store.commit(&rollout.repo, release.id)?;
+        let commit = store.commit_by_sha(&rollout.repo, &release.sha)?;
         let short = crate::ci::short(&release.sha).to_string();
         let mut timeline = Vec::new();
         if let Some(c) = &commit {
