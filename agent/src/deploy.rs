@@ -5,7 +5,8 @@
 //! 1. verify the manifest's ed25519 signature with the cluster's release key (from `Welcome`);
 //! 2. download the artifact from the coordinator into `downloads/<digest>.part`, resuming where a
 //!    dropped link left off, and check its size and SHA-256 against the signed manifest;
-//! 3. unpack it (`tar -xzf`) into `releases/<id>/`, keep the order beside it (`releases/<id>.order`);
+//! 3. unpack it into `releases/<id>/` (in process; entries that could reach outside the release
+//!    dir or gain privileges are refused), keep the order beside it (`releases/<id>.order`);
 //! 4. switch the `current` link atomically (a new symlink renamed over the old one);
 //! 5. restart the service (`run`: supervised here; `restart`: a command for a service managed
 //!    elsewhere) and wait for its health check to pass within the deadline.
@@ -539,26 +540,196 @@ fn check_artifact(path: &Path, m: &ReleaseManifest) -> Result<(), String> {
     Ok(())
 }
 
-/// Unpacks a `.tar.gz` into `dir` (replacing it), through a temporary directory.
+/// Unpacks a `.tar.gz` into `dir` (replacing it), through a temporary directory. In process, not
+/// with the system `tar`: what that refuses differs (BusyBox's is weaker than GNU's), and as root
+/// it keeps the archive's owners and modes. See [`unpack_checked`].
 async fn unpack(file: &Path, dir: &Path) -> Result<(), String> {
     let tmp = dir.with_extension("unpacking");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
-    let out = tokio::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(file)
-        .arg("-C")
-        .arg(&tmp)
-        .output()
+    let (from, into) = (file.to_path_buf(), tmp.clone());
+    let unpacked = tokio::task::spawn_blocking(move || unpack_checked(&from, &into))
         .await
-        .map_err(|e| format!("run tar: {e}"))?;
-    if !out.status.success() {
+        .unwrap_or_else(|e| Err(format!("the unpacking thread failed: {e}")));
+    if let Err(why) = unpacked {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(format!("unpack the artifact: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!("unpack the artifact: {why}"));
     }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| format!("move {} into place: {e}", dir.display()))?;
     Ok(())
+}
+
+/// Unpacks the `.tar.gz` at `file` into the existing directory `root`, refusing (with the
+/// entry's name) anything that could reach outside `root` or gain privileges: a path that is
+/// absolute, has `..` or goes through a symbolic link; a symbolic link leading outside `root`
+/// (followed through the links the archive makes, wherever they end up); a hard link to outside;
+/// devices, FIFOs and unknown kinds of entry; a file with the setuid or setgid bit. Files belong
+/// to the agent's user whoever owned them in the archive, keep their modes less the group and
+/// other write bits (nobody else may change what the agent runs), and no extended attributes.
+fn unpack_checked(file: &Path, root: &Path) -> Result<(), String> {
+    use tar::EntryType;
+    let reader = std::fs::File::open(file).map_err(|e| format!("open {}: {e}", file.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(reader)));
+    archive.set_preserve_ownerships(false);
+    archive.set_preserve_permissions(false);
+    archive.set_unpack_xattrs(false);
+    archive.set_mask(0o022);
+    let root = root.canonicalize().map_err(|e| format!("open {}: {e}", root.display()))?;
+    let mut dirs = Vec::new();
+    for entry in archive.entries().map_err(|e| format!("read the archive: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("read the archive: {e}"))?;
+        let name = entry.path().map_err(|e| format!("read the archive: {e}"))?.into_owned();
+        let refuse = |why: String| format!("entry `{}` refused: {why}", name.display());
+        let kind = entry.header().entry_type();
+        let path = relative(&name).ok_or_else(|| refuse("its path is absolute or has `..`".into()))?;
+        if let Some(link) = through_link(&root, &path) {
+            return Err(refuse(format!("its path goes through the symbolic link `{}`", link.display())));
+        }
+        let link_name = || -> Result<PathBuf, String> {
+            match entry.link_name() {
+                Ok(Some(target)) => Ok(target.into_owned()),
+                _ => Err(refuse("a link without a target".into())),
+            }
+        };
+        match kind {
+            EntryType::Directory => {
+                // Created now if a file needs it; its mode is set last (as `tar` does), so a
+                // read-only directory does not stop its own files.
+                dirs.push(entry);
+                continue;
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let mode = entry.header().mode().map_err(|e| refuse(format!("its mode: {e}")))?;
+                if mode & 0o6000 != 0 {
+                    return Err(refuse(format!("setuid or setgid file (mode {mode:o})")));
+                }
+            }
+            EntryType::Symlink => {
+                let target = link_name()?;
+                let at = path.parent().map(components).unwrap_or_default();
+                if resolve(&root, at, &target, 0).is_none() {
+                    return Err(refuse(format!(
+                        "symbolic link to `{}` leads outside the release dir",
+                        target.display()
+                    )));
+                }
+            }
+            EntryType::Link => {
+                let target = link_name()?;
+                let inside = relative(&target).filter(|t| through_link(&root, t).is_none());
+                if inside.is_none() {
+                    return Err(refuse(format!("hard link to `{}` outside the release dir", target.display())));
+                }
+            }
+            EntryType::XGlobalHeader => continue,
+            other => return Err(refuse(format!("{} entries are not allowed", kind_name(other)))),
+        }
+        entry.unpack_in(&root).map_err(|e| format!("entry `{}`: {e}", name.display()))?;
+    }
+    // Deepest first, so a directory's mode never stops its subdirectories.
+    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut dir in dirs {
+        let name = dir.path().map(|p| p.display().to_string()).unwrap_or_default();
+        dir.unpack_in(&root).map_err(|e| format!("entry `{name}`: {e}"))?;
+    }
+    // A later entry can change where an earlier link leads (`a -> b/..`, then `b -> .`): check
+    // every link where it ended up.
+    check_links(&root, &root)
+}
+
+/// `name` as plain components under the release dir, or `None` if it is absolute or has `..`.
+fn relative(name: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in name.components() {
+        match c {
+            std::path::Component::Normal(part) => out.push(part),
+            std::path::Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The first directory on the way to `path` (under `root`) that is a symbolic link, if any.
+fn through_link(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut at = root.to_path_buf();
+    for part in path.parent()?.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Some(at.strip_prefix(root).unwrap_or(&at).to_path_buf())
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+fn components(path: &Path) -> Vec<std::ffi::OsString> {
+    path.components().map(|c| c.as_os_str().to_os_string()).collect()
+}
+
+/// Where a symbolic link to `target` in the directory `at` (components under `root`) leads,
+/// following the links already under `root`; `None` if it leaves `root` or loops.
+fn resolve(root: &Path, mut at: Vec<std::ffi::OsString>, target: &Path, depth: u32) -> Option<Vec<std::ffi::OsString>> {
+    if depth > 40 {
+        return None;
+    }
+    for c in target.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                at.pop()?;
+            }
+            std::path::Component::Normal(part) => {
+                at.push(part.to_os_string());
+                let here: PathBuf = at.iter().collect();
+                if let Ok(next) = std::fs::read_link(root.join(here)) {
+                    at.pop();
+                    at = resolve(root, at, &next, depth + 1)?;
+                }
+            }
+            std::path::Component::RootDir | std::path::Component::Prefix(_) => return None,
+        }
+    }
+    Some(at)
+}
+
+/// Checks every symbolic link under `dir` (inside `root`) still leads inside `root`.
+fn check_links(root: &Path, dir: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("read {}: {e}", dir.display()))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| format!("read {}: {e}", path.display()))?;
+        let name = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+            let at = name.parent().map(components).unwrap_or_default();
+            if resolve(root, at, &target, 0).is_none() {
+                return Err(format!(
+                    "entry `{}` refused: symbolic link to `{}` leads outside the release dir",
+                    name.display(),
+                    target.display()
+                ));
+            }
+        } else if kind.is_dir() {
+            check_links(root, &path)?;
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(kind: tar::EntryType) -> String {
+    use tar::EntryType;
+    match kind {
+        EntryType::Char => "character device".into(),
+        EntryType::Block => "block device".into(),
+        EntryType::Fifo => "FIFO".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -689,5 +860,195 @@ mod tests {
         std::fs::write(&path, b"0123456780").unwrap();
         assert!(check_artifact(&path, &m).unwrap_err().contains("does not match"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One entry of a test archive, written header by header (so it can be as hostile as any).
+    enum Item<'a> {
+        File(&'a str, u32, &'a [u8]),
+        Dir(&'a str, u32),
+        Symlink(&'a str, &'a str),
+        HardLink(&'a str, &'a str),
+        Char(&'a str),
+        Fifo(&'a str),
+    }
+
+    /// A `.tar.gz` of `items`, with names and link targets written raw (no checks) and owned
+    /// by uid 4321.
+    fn archive(items: &[Item]) -> Vec<u8> {
+        use tar::EntryType;
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for item in items {
+            let (name, kind, mode, data, link): (&str, EntryType, u32, &[u8], &str) = match item {
+                Item::File(n, mode, data) => (n, EntryType::Regular, *mode, data, ""),
+                Item::Dir(n, mode) => (n, EntryType::Directory, *mode, b"", ""),
+                Item::Symlink(n, to) => (n, EntryType::Symlink, 0o777, b"", to),
+                Item::HardLink(n, to) => (n, EntryType::Link, 0o644, b"", to),
+                Item::Char(n) => (n, EntryType::Char, 0o666, b"", ""),
+                Item::Fifo(n) => (n, EntryType::Fifo, 0o644, b"", ""),
+            };
+            let mut h = tar::Header::new_gnu();
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(data.len() as u64);
+            h.set_uid(4321);
+            h.set_gid(4321);
+            h.set_mtime(1_700_000_000);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn scratch(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fifty-{what}-{}-{}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(dir.join("releases")).unwrap();
+        dir
+    }
+
+    /// Every file and link under `dir`, as paths relative to it.
+    fn tree(dir: &Path) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+                if e.file_type().unwrap().is_dir() {
+                    walk(root, &e.path(), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, dir, &mut out);
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_release_unpacks_with_its_modes_and_links_but_not_its_owners() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let base = scratch("unpack");
+        let long = format!("lib/{}/data.txt", "d".repeat(120));
+        let items = [
+            Item::Dir("./", 0o755),
+            Item::Dir("./bin/", 0o755),
+            Item::File("./bin/app", 0o755, b"#!/bin/sh\necho hi\n"),
+            Item::File("./README", 0o666, b"read me\n"),
+            Item::Dir("./data/", 0o2775),
+            Item::Symlink("./app", "bin/app"),
+            Item::Symlink("./bin/self", "../bin"),
+            Item::HardLink("./bin/app2", "./bin/app"),
+        ];
+        let mut bytes = archive(&items);
+        // A long name (a GNU long-name entry) through the ordinary builder.
+        {
+            let gz = flate2::read::GzDecoder::new(&bytes[..]);
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut { gz }, &mut raw).unwrap();
+            raw.truncate(raw.len() - 1024); // the end-of-archive blocks
+            let mut b = tar::Builder::new(raw);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(5);
+            h.set_mode(0o644);
+            b.append_data(&mut h, &long, &b"12345"[..]).unwrap();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+            bytes = gz.finish().unwrap();
+        }
+        let file = base.join("a.tar.gz");
+        std::fs::write(&file, &bytes).unwrap();
+        let dir = base.join("releases").join("1");
+        unpack(&file, &dir).await.unwrap();
+
+        let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("bin/app"), 0o755, "the executable bit is kept");
+        assert_eq!(mode("README"), 0o644, "no group or other write");
+        assert_eq!(mode("data"), 0o755, "no setgid, no group write");
+        assert_eq!(std::fs::read_to_string(dir.join("app")).unwrap(), "#!/bin/sh\necho hi\n");
+        assert_eq!(std::fs::read(dir.join("bin/self/app2")).unwrap(), b"#!/bin/sh\necho hi\n");
+        assert_eq!(std::fs::read(dir.join(&long)).unwrap(), b"12345");
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(std::fs::metadata(dir.join("bin/app")).unwrap().uid(), me, "owned by the agent's user");
+        assert!(!base.join("releases/1.unpacking").exists());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// Hostile archives are refused, naming the entry, and write nothing outside the release dir
+    /// (nor the release dir itself).
+    #[tokio::test]
+    async fn hostile_archives_are_refused_naming_the_entry() {
+        let outside = format!("fifty-escape-{}-{}", std::process::id(), rand::random::<u32>());
+        let abs = format!("/tmp/{outside}");
+        let via_root = format!("l/tmp/{outside}");
+        let cases: Vec<(&str, Vec<Item>, &str)> = vec![
+            (
+                "dot-dot",
+                vec![Item::File("../x", 0o644, b"x")],
+                "entry `../x` refused: its path is absolute or has `..`",
+            ),
+            (
+                "deep dot-dot",
+                vec![Item::Dir("a/", 0o755), Item::File("a/../../x", 0o644, b"x")],
+                "entry `a/../../x` refused",
+            ),
+            ("absolute", vec![Item::File(&abs, 0o644, b"x")], "its path is absolute"),
+            ("symlink to /", vec![Item::Symlink("l", "/")], "entry `l` refused: symbolic link to `/` leads outside"),
+            ("symlink up", vec![Item::Dir("a/", 0o755), Item::Symlink("a/l", "../..")], "entry `a/l` refused"),
+            (
+                "symlink then a file through it",
+                vec![Item::Symlink("l", "/"), Item::File(&via_root, 0o644, b"x")],
+                "entry `l` refused",
+            ),
+            (
+                "a file through an inside symlink",
+                vec![Item::Dir("d/", 0o755), Item::Symlink("l", "d"), Item::File("l/x", 0o644, b"x")],
+                "entry `l/x` refused: its path goes through the symbolic link `l`",
+            ),
+            (
+                "a link that leaves once a later link exists, and a file through it",
+                vec![Item::Symlink("t", "s/.."), Item::Symlink("s", "."), Item::File("t/x", 0o644, b"x")],
+                "entry `t/x` refused: its path goes through the symbolic link `t`",
+            ),
+            (
+                "a link that leaves once a later link exists",
+                vec![Item::Symlink("t", "s/.."), Item::Symlink("s", ".")],
+                "entry `t` refused: symbolic link to `s/..` leads outside",
+            ),
+            ("symlink loop", vec![Item::Symlink("a", "b"), Item::Symlink("b", "a")], "leads outside the release dir"),
+            (
+                "hard link outside",
+                vec![Item::HardLink("h", "../../x")],
+                "entry `h` refused: hard link to `../../x` outside",
+            ),
+            (
+                "hard link absolute",
+                vec![Item::HardLink("h", "/etc/passwd")],
+                "entry `h` refused: hard link to `/etc/passwd`",
+            ),
+            ("char device", vec![Item::Char("null")], "entry `null` refused: character device entries are not allowed"),
+            ("fifo", vec![Item::Fifo("pipe")], "entry `pipe` refused: FIFO entries are not allowed"),
+            (
+                "setuid",
+                vec![Item::File("bin/su", 0o4755, b"x")],
+                "entry `bin/su` refused: setuid or setgid file (mode 4755)",
+            ),
+            (
+                "setgid",
+                vec![Item::File("bin/sg", 0o2755, b"x")],
+                "entry `bin/sg` refused: setuid or setgid file (mode 2755)",
+            ),
+        ];
+        for (what, items, expect) in cases {
+            let base = scratch("hostile");
+            let file = base.join("a.tar.gz");
+            std::fs::write(&file, archive(&items)).unwrap();
+            let dir = base.join("releases").join("1");
+            let err = unpack(&file, &dir).await.expect_err(what);
+            assert!(err.contains(expect), "{what}: {err}");
+            assert_eq!(tree(&base), ["a.tar.gz", "releases"], "{what}: nothing written");
+            assert!(!Path::new(&abs).exists(), "{what}");
+            let _ = std::fs::remove_dir_all(&base);
+        }
     }
 }

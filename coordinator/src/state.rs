@@ -801,7 +801,7 @@ impl Machine {
                         return Ok(Err(Rejection::RolloutConflict(active)));
                     };
                     if !current.finished() {
-                        if rollout.kind != crate::deploy::Kind::Rollback {
+                        if rollout.kind != crate::deploy::Kind::Rollback && !current.superseded_by(rollout.release) {
                             return Ok(Err(Rejection::RolloutBusy(active)));
                         }
                         batch.put_rollout(&current.supersede(rollout.id, *at).rollout);
@@ -1013,12 +1013,14 @@ impl Machine {
             last_finished_seq: gate.map_or(0, |g| g.last_finished_seq),
         });
         incident.say(at, format!("gate of {} closed: {reason}", incident.branch));
-        // 3. a build agent reverts the commit in git.
+        // 3. a build agent reverts the commit in git. The job names the commit by its own
+        // sequence number (0: the commit is not known here; seqs start at 1).
+        let commit_seq = store.commit_by_sha(&repo, &incident.sha)?.map_or(0, |c| c.seq);
         let job = crate::ci::JobRecord {
             id: counters.next_job,
             repo: repo.clone(),
             sha: incident.sha.clone(),
-            commit_seq: incident.release,
+            commit_seq,
             kind: JobKind::Revert {
                 revert: incident.sha.clone(),
                 branch: incident.branch.clone(),
@@ -1818,6 +1820,98 @@ mod tests {
                 Err(Rejection::TooManyQuarantined(MAX_QUARANTINED))
             );
             assert_eq!(quarantine(&mut m, "t0".into(), "admin").unwrap(), Ok(Applied::Done));
+        }
+
+        /// The immune system's git revert job names the reverted commit by the commit's own
+        /// sequence number, not by the release's id (it carried the release id).
+        #[test]
+        fn the_revert_job_names_the_commit_it_reverts() {
+            use crate::deploy::{Kind, Rollout, WaveStep};
+            let (mut m, _d) = machine();
+            let now = SystemTime::now();
+            add_repo(&mut m);
+            let (good, bad) = ("a".repeat(40), "b".repeat(40));
+            let commits = [&good, &bad]
+                .into_iter()
+                .map(|sha| NewCommit { sha: sha.clone(), subject: "s".into(), author: "a".into() })
+                .collect();
+            let notify =
+                Command::NotifyCommits { repo: repo(), branch: "main".into(), commits, delivery: None, at: now };
+            apply(&mut m, notify).unwrap();
+            let seq = m.store().commit_by_sha(&repo(), &bad).unwrap().unwrap().seq;
+            let (release, d) = (9, Duration::from_secs(10));
+            assert_ne!(seq, release);
+            let hosts = vec![b("web-1"), b("web-2")];
+            let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(100)];
+            let start = Rollout::start(1, repo(), Kind::Deploy, release, Some(1), hosts, waves, d, 1, d * 6, now);
+            let cmd = Command::StartRollout { rollout: start.rollout.clone(), targets: start.targets, at: now };
+            apply(&mut m, cmd).unwrap();
+            let step = start.rollout.revert("worse", now).unwrap();
+            let incident = crate::incidents::IncidentRecord {
+                id: 0,
+                repo: Some(repo()),
+                branch: "main".into(),
+                title: "t".into(),
+                opened_at: now,
+                sha: bad.clone(),
+                subject: "s".into(),
+                release,
+                previous: 1,
+                rollout: 1,
+                reason: "worse".into(),
+                evidence: vec![],
+                revert_job: None,
+                revert: None,
+                timeline: vec![],
+                whys: vec![],
+                actions: vec![],
+                closed: None,
+                alert: None,
+            };
+            let decide = Command::ImmuneRevert { rollout: step.rollout, targets: step.targets, incident, at: now };
+            apply(&mut m, decide).unwrap();
+            let store = m.store();
+            let job = store.job(store.incident(1).unwrap().unwrap().revert_job.unwrap()).unwrap().unwrap();
+            assert_eq!(job.commit_seq, seq);
+            assert_eq!(store.commit(&repo(), job.commit_seq).unwrap().unwrap().sha, bad);
+        }
+
+        /// A deploy of a newer release takes over the deploy in progress (which ends superseded)
+        /// and moves its hosts; a paused rollout, or an older release, is not taken over.
+        #[test]
+        fn a_newer_release_supersedes_the_rollout_in_progress() {
+            use crate::deploy::{Kind, Outcome, Rollout, WaveStep};
+            let (mut m, _d) = machine();
+            let now = SystemTime::now();
+            add_repo(&mut m);
+            let d = Duration::from_secs(10);
+            let hosts = vec![b("web-1"), b("web-2"), b("web-3")];
+            let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(100)];
+            let start = |id, release, hosts: Vec<HostName>, waves: Vec<WaveStep>| {
+                Rollout::start(id, repo(), Kind::Deploy, release, Some(6), hosts, waves, d, 1, d * 6, now)
+            };
+            let seven = start(1, 7, hosts.clone(), waves.clone());
+            let cmd = Command::StartRollout { rollout: seven.rollout.clone(), targets: seven.targets, at: now };
+            apply(&mut m, cmd).unwrap();
+
+            let (carried, carried_waves) = seven.rollout.carry_over(hosts.clone(), waves.clone());
+            let eight = start(2, 8, carried, carried_waves);
+            let cmd = Command::StartRollout { rollout: eight.rollout.clone(), targets: eight.targets, at: now };
+            assert_eq!(apply(&mut m, cmd), Ok(Applied::Done));
+            let store = m.store();
+            assert_eq!(store.rollout(1).unwrap().unwrap().outcome, Some(Outcome::Superseded { by: 2 }));
+            assert_eq!(store.target(&repo()).unwrap().active, Some(2));
+            let web1 = store.host_targets().unwrap().into_iter().find(|t| t.host == b("web-1")).unwrap();
+            assert_eq!(web1.release, 8, "7's canary moved to 8");
+
+            let older = start(3, 5, hosts.clone(), waves.clone());
+            let cmd = Command::StartRollout { rollout: older.rollout, targets: older.targets, at: now };
+            assert_eq!(apply(&mut m, cmd), Err(Rejection::RolloutBusy(2)), "an older release waits");
+            let paused = eight.rollout.set_paused(true, "admin", now).unwrap();
+            apply(&mut m, Command::StepRollout { rollout: paused.rollout, targets: vec![], at: now }).unwrap();
+            let nine = start(3, 9, hosts, waves);
+            let cmd = Command::StartRollout { rollout: nine.rollout, targets: nine.targets, at: now };
+            assert_eq!(apply(&mut m, cmd), Err(Rejection::RolloutBusy(2)), "a paused rollout waits for its person");
         }
 
         /// A commit's whole life through the state machine alone: a lost plan attempt is

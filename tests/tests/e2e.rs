@@ -911,8 +911,8 @@ async fn shop_cluster(
 /// A green commit becomes a signed release that rolls out 1 → 50% → 100% over four real agents
 /// supervising the real sample service; a leader killed mid-rollout changes nothing; a release
 /// that fails its health check stops at the canary and is rolled back; manual waves, pause,
-/// resume, promote, abort and `rollback --to` do what they say; a host away during a rollout
-/// converges when it returns.
+/// resume, promote, abort and `rollback --to` do what they say; a newer release supersedes a
+/// rollout in progress; a host away during a rollout converges when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     let dir = test_dir("deploy");
@@ -997,15 +997,26 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
     wait_serving(&ports, &manual[..10]).await;
 
-    // 5. Abort at the manual wave: the canary goes back to the previous release.
+    // 5. A newer release supersedes a rollout in progress (as Argo Rollouts does): the new one
+    // starts from its first wave, which moves the old canary to it. Abort at the manual wave: the
+    // canary goes back to the previous release.
     repo.write("NOTES.md", "fifth\n").unwrap();
+    let superseded = repo.commit("To be superseded").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r5 = wait_release(&cluster, &superseded).await;
+    let waiting = wait_rollout(&cluster, r5, Phase::AwaitingPromotion).await;
+    repo.write("NOTES.md", "sixth\n").unwrap();
     let aborted = repo.commit("To be aborted").await.unwrap();
     assert!(repo.push().await.unwrap().status.success());
-    let r5 = wait_release(&cluster, &aborted).await;
-    wait_rollout(&cluster, r5, Phase::AwaitingPromotion).await;
+    let r6 = wait_release(&cluster, &aborted).await;
+    let next = wait_rollout(&cluster, r6, Phase::AwaitingPromotion).await;
+    let took_over = format!("supersedes rollout {} of release {r5}; web-1 moves to release {r6} first", waiting.id);
+    assert!(next.events.iter().any(|(_, e)| *e == took_over), "{next:#?}");
+    assert_eq!((next.waves[0].reach, next.hosts[0].host.as_str()), (1, "web-1"), "{next:#?}");
+    wait_serving(&ports[..1], &aborted[..10]).await;
     let out = cli(&cluster, &admin, &["rollout", "abort"]).await;
     assert!(out.status.success(), "{}", said(&out));
-    let done = wait_rollout(&cluster, r5, Phase::Done).await;
+    let done = wait_rollout(&cluster, r6, Phase::Done).await;
     assert!(matches!(done.outcome, Some(Outcome::Aborted { .. })), "{done:#?}");
     wait_serving(&ports, &manual[..10]).await;
 
@@ -1022,7 +1033,7 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     // 7. Tampered orders are refused and the host keeps its release: a broken signature, and an
     // artifact whose stored bytes no longer match the signed digest.
     let leader = cluster.wait_leader(DEADLINE).await.unwrap();
-    // web-4 never had release 5 (its rollout was aborted after the canary), so it must download it.
+    // web-4 never had release 5 (its rollout was superseded after the canary), so it must download it.
     let cases = [(r4, "signature", "bad signature", "web-1", 0), (r5, "artifact", "does not match", "web-4", 3)];
     for (release, tamper, expect, host, port) in cases {
         let body = serde_json::json!({ "host": host, "release": release, "tamper": tamper });

@@ -5,6 +5,10 @@
 //!
 //! Only a client presenting a coordinator certificate from the cluster CA is heard. A fault hook
 //! (`set_isolated`) drops all Raft traffic in and out, for partition tests.
+//!
+//! Each peer's outgoing queue is bounded ([`PEER_QUEUE`]): a slow or stalled peer cannot grow
+//! this node's memory, and the Raft thread never waits. A message that finds the queue full is
+//! dropped and reported to Raft as unreachable (Raft resends what matters).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +32,72 @@ use crate::store::Store;
 const MAX_SNAPSHOT: u64 = 1 << 30;
 /// Snapshot data per frame.
 const CHUNK: usize = 256 * 1024;
+/// Raft messages queued for one peer at most. Raft keeps at most `max_inflight_msgs` (256)
+/// appends in flight per peer; the rest is heartbeats, votes and their answers.
+const PEER_QUEUE: usize = 1024;
+/// At most one warning per peer this often about messages dropped on its full queue.
+const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// One peer's outgoing queue, read by its link task.
+struct PeerQueue {
+    tx: mpsc::Sender<Message>,
+    drops: DropLog,
+}
+
+/// Why a message was not queued.
+enum Refused {
+    /// The queue is full.
+    Full(Message),
+    /// The peer's link task has ended.
+    Closed(Message),
+}
+
+impl PeerQueue {
+    fn new(capacity: usize) -> (Self, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx, drops: DropLog::default() }, rx)
+    }
+
+    /// Queues `msg` without waiting; a full queue counts the drop and warns (rate limited).
+    fn offer(&mut self, to: u64, msg: Message, now: Instant) -> Result<(), Refused> {
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                if let Some(dropped) = self.drops.count(now) {
+                    warn!(
+                        peer = format!("{to:016x}"),
+                        dropped,
+                        total = self.drops.total,
+                        "peer send queue full ({PEER_QUEUE} messages): dropping Raft messages; Raft resends them"
+                    );
+                }
+                Err(Refused::Full(msg))
+            }
+            Err(mpsc::error::TrySendError::Closed(msg)) => Err(Refused::Closed(msg)),
+        }
+    }
+}
+
+/// Messages dropped on a full queue: how many in all, and since the last warning.
+#[derive(Default)]
+struct DropLog {
+    total: u64,
+    unreported: u64,
+    last_warn: Option<Instant>,
+}
+
+impl DropLog {
+    /// Counts one drop at `now`; returns the drops to report when a warning is due.
+    fn count(&mut self, now: Instant) -> Option<u64> {
+        self.total += 1;
+        self.unreported += 1;
+        if self.last_warn.is_some_and(|at| now.duration_since(at) < DROP_WARN_EVERY) {
+            return None;
+        }
+        self.last_warn = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
 
 /// Outgoing peer links and the fault hook.
 pub struct Transport {
@@ -36,7 +106,7 @@ pub struct Transport {
     store: Store,
     runtime: tokio::runtime::Handle,
     inbox: OnceLock<std::sync::mpsc::Sender<Input>>,
-    peers: Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    peers: Mutex<HashMap<u64, PeerQueue>>,
     /// Addresses learned before they are in the member table (bootstrap).
     known: Mutex<HashMap<u64, String>>,
     isolated: AtomicBool,
@@ -117,15 +187,21 @@ impl Transport {
             return;
         }
         let mut peers = self.peers.lock().expect("peers lock");
+        let now = Instant::now();
         for msg in messages {
             let to = msg.to;
-            let sender = peers.entry(to).or_insert_with(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
+            let queue = peers.entry(to).or_insert_with(|| {
+                let (queue, rx) = PeerQueue::new(PEER_QUEUE);
                 self.runtime.spawn(self.clone().peer_link(to, rx));
-                tx
+                queue
             });
-            if sender.send(msg).is_err() {
-                peers.remove(&to);
+            match queue.offer(to, msg, now) {
+                Ok(()) => {}
+                Err(Refused::Full(msg)) => self.dropped(&msg),
+                Err(Refused::Closed(msg)) => {
+                    peers.remove(&to);
+                    self.dropped(&msg);
+                }
             }
         }
     }
@@ -139,7 +215,7 @@ impl Transport {
     }
 
     /// One peer's outgoing link: connect when needed, write each message as a frame.
-    async fn peer_link(self: Arc<Self>, to: u64, mut rx: mpsc::UnboundedReceiver<Message>) {
+    async fn peer_link(self: Arc<Self>, to: u64, mut rx: mpsc::Receiver<Message>) {
         let mut link: Option<(quinn::Connection, quinn::SendStream)> = None;
         let mut retry_at = Instant::now();
         while let Some(msg) = rx.recv().await {
@@ -345,5 +421,48 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
     if write_frame(&mut send, &response).await.is_ok() {
         let _ = send.finish();
         let _ = send.stopped().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(to: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.to = to;
+        m
+    }
+
+    /// A peer that reads nothing (stalled) holds at most the queue's bound; the rest is given
+    /// back at once, never waited for, and warned about once per interval.
+    #[test]
+    fn a_stalled_peer_queue_is_bounded_and_never_blocks() {
+        let (mut queue, mut rx) = PeerQueue::new(4);
+        let t0 = Instant::now();
+        let results: Vec<bool> = (0..10).map(|_| queue.offer(2, heartbeat(2), t0).is_ok()).collect();
+        assert_eq!(results, [true, true, true, true, false, false, false, false, false, false]);
+        let mut queued = 0;
+        while rx.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 4);
+        assert_eq!((queue.drops.total, queue.drops.unreported), (6, 5), "one warning so far, for the first drop");
+        // Room again once the link reads.
+        assert!(queue.offer(2, heartbeat(2), t0).is_ok());
+        drop(rx);
+        assert!(matches!(queue.offer(2, heartbeat(2), t0), Err(Refused::Closed(_))));
+    }
+
+    #[test]
+    fn dropped_messages_are_warned_about_at_most_once_per_interval() {
+        let mut log = DropLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.count(t0), Some(1));
+        assert_eq!(log.count(t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.count(t0 + Duration::from_secs(9)), None);
+        assert_eq!(log.count(t0 + DROP_WARN_EVERY), Some(3), "the drops since the last warning");
+        assert_eq!(log.total, 4);
     }
 }

@@ -75,6 +75,13 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
         let target = store.target(&repo.name)?;
         if let Some(id) = target.active {
             let Some(rollout) = store.rollout(id)? else { continue };
+            // A newer release takes over a deploy still moving forward (see `superseded_by`).
+            if let Some(release) = target.queued.filter(|q| rollout.superseded_by(*q)) {
+                if let Err(e) = c.start_rollout(release, Kind::Deploy, None).await {
+                    warn!(error = %e, release, "could not start the rollout");
+                }
+                continue;
+            }
             active.push(id);
             let plan = store.release(rollout.release)?.and_then(|r| r.plan.immune);
             let call = {
@@ -156,6 +163,7 @@ impl Coordinator {
                 current: r.current,
                 healthy: r.healthy,
                 failed: r.failed,
+                applying: r.applying.map(|(release, _)| release),
             };
             out.insert(h.name, view);
         }
@@ -163,7 +171,8 @@ impl Coordinator {
     }
 
     /// Starts a rollout of `release` (`Kind::Rollback`: every host at once, superseding the
-    /// active rollout); `by` names who asked, if a person did.
+    /// active rollout; `Kind::Deploy` of a newer release supersedes a deploy still moving forward,
+    /// moving its hosts first); `by` names who asked, if a person did.
     pub async fn start_rollout(&self, release: u64, kind: Kind, by: Option<&str>) -> Result<Rollout, OpError> {
         let store = self.consensus.store();
         let Some(record) = store.release(release)? else {
@@ -184,6 +193,11 @@ impl Coordinator {
             store.hosts()?.into_iter().filter(|h| selects(&record.plan.hosts, &h.labels)).map(|h| h.name).collect();
         hosts.sort();
         let unavailable = parse_unavailable(&record.plan.max_unavailable, hosts.len());
+        let superseded = active.filter(|a| kind == Kind::Deploy && a.superseded_by(release));
+        let (hosts, waves) = match &superseded {
+            Some(a) => a.carry_over(hosts, record.plan.waves.clone()),
+            None => (hosts, record.plan.waves.clone()),
+        };
         let id = store.counters()?.last_rollout + 1;
         let now = SystemTime::now();
         let Step { mut rollout, targets } = Rollout::start(
@@ -193,12 +207,25 @@ impl Coordinator {
             release,
             previous,
             hosts,
-            record.plan.waves.clone(),
+            waves,
             record.plan.bake,
             unavailable,
             record.plan.progress_deadline,
             now,
         );
+        if let Some(a) = &superseded {
+            let moved: Vec<String> =
+                targets.iter().filter(|(h, _)| a.touched().contains(h)).map(|(h, _)| h.to_string()).collect();
+            let what = format!("supersedes rollout {} of release {}", a.id, a.release);
+            let what = match moved.is_empty() {
+                true => what,
+                false => {
+                    let verb = if moved.len() == 1 { "moves" } else { "move" };
+                    format!("{what}; {} {verb} to release {release} first", moved.join(", "))
+                }
+            };
+            rollout.say(now, what);
+        }
         match crate::immune::judge::watched(&rollout, record.plan.immune.as_ref()) {
             Ok(()) => {
                 let immune = record.plan.immune.as_ref().expect("watched");
@@ -241,7 +268,7 @@ impl Coordinator {
         let step = rollout.revert(why, now).map_err(OpError::BadRequest)?;
         let release = store.release(rollout.release)?.ok_or_else(|| OpError::NotFound("the release is gone".into()))?;
         let repo = store.repo(&rollout.repo)?.ok_or_else(|| OpError::NotFound("the repository is gone".into()))?;
-        let commit = store.commit(&rollout.repo, release.id)?;
+        let commit = store.commit_by_sha(&rollout.repo, &release.sha)?;
         let short = crate::ci::short(&release.sha).to_string();
         let mut timeline = Vec::new();
         if let Some(c) = &commit {

@@ -4,13 +4,19 @@
 //! Raft before acting on it. Nothing here does I/O or reads a clock.
 //!
 //! A rollout walks its waves in order. Entering a wave targets its new hosts at the release;
-//! the wave is healthy when every host of it (minus at most `max_unavailable` that are down)
-//! runs the release and passes its health check; it then bakes for `bake`, staying healthy, and
-//! the next wave starts (a `manual` wave waits for `promote`). A host that fails the release, a
-//! wave that is not healthy within `progress_deadline`, or more hosts down than
-//! `max_unavailable` fails the rollout: every host it touched goes back to the previous release
-//! at once. `abort` does the same by hand. A rollback is a rollout of one wave (every host), with
-//! no bake.
+//! the wave is healthy when every host of it runs the release and passes its health check, except
+//! hosts that were away before they got the release (at most `max_unavailable` down at once; they
+//! converge when they return); it then bakes for `bake`, staying healthy, and the next wave
+//! starts (a `manual` wave waits for `promote`). A host that goes down on the release (running it
+//! or switching to it when last heard from) is never healthy: the release may have taken it down.
+//! A host that fails the release, a wave that is not healthy within `progress_deadline`, a host
+//! unhealthy or down on the release while baking, or more hosts down than `max_unavailable` fails
+//! the rollout: every host it touched goes back to the previous release at once. `abort` does the
+//! same by hand. A rollback is a rollout of one wave (every host), with no bake.
+//!
+//! A newer release of the same target supersedes a deploy still moving forward (as Argo Rollouts
+//! does): the old rollout ends, the new one starts from its first wave, and the hosts the old one
+//! had moved to its release move to the new release in that first wave ([`Rollout::carry_over`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -185,6 +191,8 @@ pub struct HostView {
     pub healthy: bool,
     /// The last release that failed to apply there, and why.
     pub failed: Option<(u64, String)>,
+    /// The release it was switching to when last heard from, if any.
+    pub applying: Option<u64>,
 }
 
 /// A decision: the rollout's next state and the hosts whose target release changes.
@@ -217,6 +225,8 @@ impl Rollout {
         now: SystemTime,
     ) -> Step {
         let (waves, bake) = match kind {
+            // No waves (not a checked `[deploy]`): every host in one wave.
+            Kind::Deploy if waves.is_empty() => (vec![WaveStep::Percent(100)], bake),
             Kind::Deploy => (waves, bake),
             Kind::Rollback => (vec![WaveStep::Percent(100)], Duration::ZERO),
         };
@@ -262,13 +272,10 @@ impl Rollout {
         self.phase == Phase::Done
     }
 
-    /// How many hosts the wave at `index` reaches in all (the last non-manual wave at or before it).
+    /// How many hosts the wave at `index` reaches in all: the most any wave up to it reaches (a
+    /// wave never takes hosts back, e.g. `["5", "1", "100%"]` reaches 5, 5, every host).
     pub fn reach(&self, index: usize) -> usize {
-        self.waves[..=index.min(self.waves.len().saturating_sub(1))]
-            .iter()
-            .rev()
-            .find_map(|w| w.reach(self.hosts.len()))
-            .unwrap_or(0)
+        self.waves.iter().take(index + 1).filter_map(|w| w.reach(self.hosts.len())).max().unwrap_or(0)
     }
 
     /// The hosts of the current wave and every earlier one.
@@ -403,13 +410,28 @@ impl Rollout {
                     let v = view(h);
                     v.up && v.current == Some(self.release) && v.healthy
                 };
+                // Down while running or switching to this release: the release may have taken it
+                // down, so it is never counted healthy. A host away since before it got the
+                // release only counts against max_unavailable, and converges when it returns.
+                let lost = |h: &&HostName| {
+                    let v = view(h);
+                    !v.up && (v.current == Some(self.release) || v.applying == Some(self.release))
+                };
+                let away = down.iter().filter(|h| !lost(*h)).count();
                 let healthy = wave.iter().filter(ready).count();
-                let all_healthy = healthy + down.len() >= wave.len();
+                let all_healthy = healthy + away >= wave.len();
+                // The hosts holding the wave up, for the failure's message.
+                let unready = || -> String {
+                    let sick = wave.iter().filter(|h| view(h).up && !ready(h)).map(|h| match view(h).current {
+                        Some(rel) if rel == self.release => format!("{h} unhealthy"),
+                        _ => format!("{h} not on release {} yet", self.release),
+                    });
+                    let gone = wave.iter().filter(lost).map(|h| format!("{h} down on release {}", self.release));
+                    sick.chain(gone).collect::<Vec<_>>().join(", ")
+                };
                 if self.phase == Phase::Baking {
                     if !all_healthy {
-                        let sick: Vec<String> =
-                            wave.iter().filter(|h| view(h).up && !ready(h)).map(|h| h.to_string()).collect();
-                        let why = format!("{} unhealthy while baking wave {}", sick.join(", "), self.wave + 1);
+                        let why = format!("{} while baking wave {}", unready(), self.wave + 1);
                         r.fail(now, Outcome::Failed { why }, &mut targets);
                         return Some(Step { rollout: r, targets });
                     }
@@ -456,10 +478,11 @@ impl Rollout {
                 }
                 if elapsed > self.progress_deadline {
                     let why = format!(
-                        "wave {} not healthy within the progress deadline ({}): {healthy} of {} hosts ready",
+                        "wave {} not healthy within the progress deadline ({}): {healthy} of {} hosts ready ({})",
                         self.wave + 1,
                         humantime::format_duration(self.progress_deadline),
-                        wave.len()
+                        wave.len(),
+                        unready()
                     );
                     r.fail(now, Outcome::Failed { why }, &mut targets);
                     return Some(Step { rollout: r, targets });
@@ -563,8 +586,37 @@ impl Rollout {
         Ok(Step { rollout: r, targets })
     }
 
-    /// Ends this rollout because rollout `by` (a rollback) takes over; its hosts' targets are
-    /// the new rollout's business.
+    /// Whether a rollout of `release` takes this one over when it starts: this is a deploy of an
+    /// older release still moving forward. A rollout rolling back finishes first, and so does one
+    /// a person paused (they are looking at it); a rollback is never taken over by a deploy.
+    pub fn superseded_by(&self, release: u64) -> bool {
+        self.kind == Kind::Deploy
+            && !self.finished()
+            && self.phase != Phase::RollingBack
+            && !self.paused
+            && release > self.release
+    }
+
+    /// The hosts and waves of a rollout superseding this one, from its own `hosts` (in wave
+    /// order) and `waves`: the hosts this rollout already moved to its release (and that the new
+    /// release also targets) come first and make up the first wave, since they run unproven code
+    /// either way; then the configured waves that reach further, from where it stands.
+    pub fn carry_over(&self, hosts: Vec<HostName>, waves: Vec<WaveStep>) -> (Vec<HostName>, Vec<WaveStep>) {
+        let carried: Vec<HostName> = self.touched().iter().filter(|h| hosts.contains(h)).cloned().collect();
+        if carried.is_empty() {
+            return (hosts, waves);
+        }
+        let total = hosts.len();
+        let n = carried.len();
+        let rest: Vec<HostName> = hosts.into_iter().filter(|h| !carried.contains(h)).collect();
+        let hosts: Vec<HostName> = carried.into_iter().chain(rest).collect();
+        let later = waves.into_iter().filter(|w| w.reach(total).is_none_or(|r| r > n));
+        let waves: Vec<WaveStep> = std::iter::once(WaveStep::Hosts(n as u32)).chain(later).collect();
+        (hosts, waves)
+    }
+
+    /// Ends this rollout because rollout `by` (a rollback, or a deploy of a newer release) takes
+    /// over; its hosts' targets are the new rollout's business.
     pub fn supersede(&self, by: u64, now: SystemTime) -> Step {
         let mut r = self.bumped();
         r.finish(now, Outcome::Superseded { by });
@@ -604,7 +656,7 @@ mod tests {
         (1..=6)
             .map(|i| {
                 let current = if on.contains(&i) { Some(release) } else { Some(6) };
-                (h(i), HostView { up: true, reported: true, current, healthy: true, failed: None })
+                (h(i), HostView { up: true, reported: true, current, healthy: true, failed: None, applying: None })
             })
             .collect()
     }
@@ -677,6 +729,142 @@ mod tests {
         two_down.get_mut(&h(2)).unwrap().up = false;
         let s = r.step(&two_down, &Judgement::Off, t(10)).unwrap();
         assert!(matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("max_unavailable")));
+    }
+
+    /// Without the immune system, a canary that goes down on the release (crashed by it, say) used
+    /// to count as healthy within max_unavailable: the release was promoted to the next wave.
+    #[test]
+    fn a_host_down_on_the_release_is_never_healthy() {
+        let r = start(vec![WaveStep::Hosts(1), WaveStep::Percent(100)], Some(6)).rollout;
+        // The canary switched to 7, then stopped reporting.
+        let mut crashed = fleet(7, &[1]);
+        crashed.get_mut(&h(1)).unwrap().up = false;
+        assert_eq!(r.step(&crashed, &Judgement::Off, t(10)), None, "the wave waits for it");
+        assert_eq!(r.step(&crashed, &Judgement::Off, t(70)), None, "and is not promoted after a bake's time");
+        let s = r.step(&crashed, &Judgement::Off, t(601)).unwrap();
+        assert_eq!(s.targets, vec![(h(1), 6)], "the canary goes back");
+        assert!(
+            matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("progress deadline") && why.contains("web-1 down on release 7")),
+            "{:?}",
+            s.rollout.outcome
+        );
+
+        // Down while switching to 7 is the same.
+        let mut switching = fleet(7, &[]);
+        let web1 = switching.get_mut(&h(1)).unwrap();
+        (web1.up, web1.applying) = (false, Some(7));
+        assert_eq!(r.step(&switching, &Judgement::Off, t(10)), None);
+
+        // Down while baking fails the rollout at once, instead of promoting it.
+        let baking = r.step(&fleet(7, &[1]), &Judgement::Off, t(10)).unwrap().rollout;
+        assert_eq!(baking.phase, Phase::Baking);
+        let s = baking.step(&crashed, &Judgement::Off, t(70)).unwrap();
+        assert_eq!(s.targets, vec![(h(1), 6)]);
+        assert!(
+            matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why == "web-1 down on release 7 while baking wave 1"),
+            "{:?}",
+            s.rollout.outcome
+        );
+    }
+
+    #[test]
+    fn a_host_away_before_its_wave_converges_later() {
+        let r = start(vec![WaveStep::Hosts(1), WaveStep::Percent(100)], Some(6)).rollout;
+        let r = r.step(&fleet(7, &[1]), &Judgement::Off, t(10)).unwrap().rollout;
+        let s = r.step(&fleet(7, &[1]), &Judgement::Off, t(70)).unwrap();
+        assert_eq!(s.targets.len(), 5);
+        // web-6 was down on release 6 before its wave: it only counts against max_unavailable.
+        let mut away = fleet(7, &[1, 2, 3, 4, 5]);
+        away.get_mut(&h(6)).unwrap().up = false;
+        let s = s.rollout.step(&away, &Judgement::Off, t(80)).unwrap();
+        assert_eq!(s.rollout.phase, Phase::Baking);
+        let done = s.rollout.step(&away, &Judgement::Off, t(140)).unwrap().rollout;
+        assert_eq!(done.outcome, Some(Outcome::Succeeded));
+        // One away and one down on the release: two down, more than max_unavailable 1.
+        let mut both = away.clone();
+        both.get_mut(&h(2)).unwrap().up = false;
+        let fresh = start(vec![WaveStep::Percent(100)], Some(6)).rollout;
+        let s = fresh.step(&both, &Judgement::Off, t(10)).unwrap();
+        assert!(
+            matches!(&s.rollout.outcome, Some(Outcome::Failed { why }) if why.contains("2 hosts down (web-2, web-6)"))
+        );
+    }
+
+    #[test]
+    fn waves_never_take_hosts_back() {
+        let s = start(vec![WaveStep::Hosts(3), WaveStep::Hosts(1), WaveStep::Percent(100)], Some(6));
+        assert_eq!(s.targets.len(), 3);
+        let r = s.rollout;
+        assert_eq!((r.reach(0), r.reach(1), r.reach(2)), (3, 3, 6));
+        let r = r.step(&fleet(7, &[1, 2, 3]), &Judgement::Off, t(10)).unwrap().rollout;
+        let s = r.step(&fleet(7, &[1, 2, 3]), &Judgement::Off, t(70)).unwrap();
+        assert_eq!((s.rollout.wave, s.targets.len()), (1, 0), "the second wave adds nobody");
+        let none = Rollout::start(
+            1,
+            RepoName::new("shop").unwrap(),
+            Kind::Deploy,
+            7,
+            Some(6),
+            (1..=6).map(h).collect(),
+            vec![],
+            Duration::ZERO,
+            1,
+            Duration::from_secs(600),
+            t(0),
+        );
+        assert_eq!(none.targets.len(), 6, "no waves: every host at once");
+    }
+
+    /// Release 8 arrives while release 7 bakes its second wave: 7's rollout ends, 8's starts from
+    /// its first wave, which moves 7's three hosts to 8; the waves after it go on from there.
+    #[test]
+    fn a_newer_release_supersedes_a_rollout_in_progress() {
+        let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(50), WaveStep::Percent(100)];
+        let r = start(waves.clone(), Some(6)).rollout;
+        let r = r.step(&fleet(7, &[1]), &Judgement::Off, t(10)).unwrap().rollout;
+        let r = r.step(&fleet(7, &[1]), &Judgement::Off, t(70)).unwrap().rollout;
+        let old = r.step(&fleet(7, &[1, 2, 3]), &Judgement::Off, t(80)).unwrap().rollout;
+        assert_eq!((old.wave, old.phase, old.touched().len()), (1, Phase::Baking, 3));
+
+        assert!(old.superseded_by(8));
+        assert!(!old.superseded_by(7) && !old.superseded_by(5), "only by a newer release");
+        assert!(!old.set_paused(true, "admin", t(81)).unwrap().rollout.superseded_by(8), "a person paused it");
+        assert!(!old.abort("admin", t(81)).unwrap().rollout.superseded_by(8), "rolling back");
+
+        // The new release's hosts (web-2 no longer selected, web-7 new), in name order.
+        let hosts: Vec<HostName> = [1, 3, 4, 5, 6, 7].into_iter().map(h).collect();
+        let (hosts, new_waves) = old.carry_over(hosts, waves);
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        assert_eq!(names, ["web-1", "web-3", "web-4", "web-5", "web-6", "web-7"]);
+        assert_eq!(new_waves, [WaveStep::Hosts(2), WaveStep::Percent(50), WaveStep::Percent(100)]);
+
+        let ended = old.supersede(2, t(90));
+        assert_eq!((ended.rollout.outcome, ended.targets), (Some(Outcome::Superseded { by: 2 }), vec![]));
+        let new = Rollout::start(
+            2,
+            RepoName::new("shop").unwrap(),
+            Kind::Deploy,
+            8,
+            Some(6),
+            hosts,
+            new_waves,
+            Duration::from_secs(60),
+            1,
+            Duration::from_secs(600),
+            t(90),
+        );
+        assert_eq!(new.targets, vec![(h(1), 8), (h(3), 8)], "7's hosts move to 8 first");
+        let mut on8 = fleet(8, &[1, 3]);
+        on8.insert(h(7), HostView { up: true, reported: true, current: None, healthy: false, ..Default::default() });
+        let r = new.rollout.step(&on8, &Judgement::Off, t(100)).unwrap().rollout;
+        let s = r.step(&on8, &Judgement::Off, t(160)).unwrap();
+        assert_eq!(hosts_of(&s.targets), ["web-4"], "then 50% of six");
+
+        // Where 7 had reached no host that 8 targets, 8 starts as configured.
+        let canary_only = start(vec![WaveStep::Hosts(1), WaveStep::Percent(100)], Some(6)).rollout;
+        let hosts: Vec<HostName> = (2..=6).map(h).collect();
+        let (same, waves) = canary_only.carry_over(hosts.clone(), vec![WaveStep::Hosts(1), WaveStep::Percent(100)]);
+        assert_eq!((same, waves), (hosts, vec![WaveStep::Hosts(1), WaveStep::Percent(100)]));
     }
 
     #[test]
