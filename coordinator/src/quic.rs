@@ -209,10 +209,10 @@ async fn read_agent(
             }
             Ok(Some(AgentMsg::JobOutput { job, offset, data })) => coordinator.on_job_output(job, offset, &data),
             Ok(Some(AgentMsg::ArtifactChunk { job, offset, data })) => {
-                coordinator.on_artifact_chunk(job, offset, &data)
+                coordinator.on_artifact_chunk(host, job, offset, &data)
             }
             Ok(Some(AgentMsg::FetchArtifact { digest, offset })) => {
-                let _ = tx.send(coordinator.serve_artifact(&digest, offset));
+                let _ = tx.send(coordinator.serve_artifact(host, &digest, offset));
             }
             Ok(Some(AgentMsg::JobDone(done))) => {
                 let (coordinator, host, tx) = (coordinator.clone(), host.clone(), tx.clone());
