@@ -177,7 +177,8 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
     }
     let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators, service, sidecar };
     let config_path = req.data_dir.join("agent.toml");
-    std::fs::write(&config_path, toml::to_string(&config)?)
+    // Owner-only: `[service]` settings may hold secrets the release's commands use.
+    fifty_shared::config::write_private(&config_path, &toml::to_string(&config)?)
         .with_context(|| format!("write {}", config_path.display()))?;
     println!("Enrolled {name} ({labels}). Identity in {}.", req.data_dir.join("identity").display());
     println!("Start the agent with:\n\n    fifty-agent run --config {}", config_path.display());

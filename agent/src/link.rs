@@ -1,7 +1,9 @@
 //! The agent's link to the coordinator: connect with the host's certificate, say hello, then
 //! send a heartbeat every interval the coordinator asked for. When the link drops, try again
-//! with exponential backoff and jitter, forever, while the host keeps running; only a refusal of
-//! the host itself (its certificate revoked or unknown) stops the agent. The same control
+//! with exponential backoff and jitter, forever, while the host keeps running (a link that fails
+//! before the coordinator's Welcome backs off too); only a refusal of the host itself stops the
+//! agent: its certificate refused in the TLS handshake (another cluster's CA, expired), or the
+//! host revoked or unknown. The same control
 //! stream carries jobs to the `jobs` runner and their output and results back.
 
 use std::collections::VecDeque;
@@ -35,11 +37,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum SessionEnd {
     /// We were asked to stop.
     Shutdown,
-    /// The link was up and then dropped; reconnect.
+    /// The link was up (the coordinator welcomed this host) and then dropped; reconnect.
     Lost(String),
-    /// The link never came up; retry later.
+    /// The link never came up; retry later, backing off.
     Unreachable(String),
-    /// The coordinator refused this host; retrying cannot help.
+    /// The coordinator refused this host (its certificate in the TLS handshake, or the host as
+    /// revoked or unknown); retrying cannot help.
     Refused(String),
     /// This coordinator is not the leader; the leader is at this address (empty if unknown).
     Redirect(String),
@@ -172,6 +175,16 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
 }
 
 fn refused_or(e: &quinn::ConnectionError, otherwise: impl FnOnce(String) -> SessionEnd) -> SessionEnd {
+    if let quinn::ConnectionError::ConnectionClosed(c) = e {
+        if let Some(alert) = fifty_shared::tls::certificate_alert(u64::from(c.error_code)) {
+            return SessionEnd::Refused(format!(
+                "it rejected this host's certificate in the TLS handshake (TLS alert {alert}: {}). The certificate \
+                 is not one this cluster's CA signed (it is from another cluster, or the cluster's CA changed), \
+                 or it expired or is damaged; enroll this host again with `fifty-agent join`",
+                String::from_utf8_lossy(&c.reason)
+            ));
+        }
+    }
     if let quinn::ConnectionError::ApplicationClosed(c) = e {
         let code = c.error_code.into_inner() as u32;
         if matches!(code, close::REVOKED | close::UNKNOWN_HOST | close::NO_CERTIFICATE) {
@@ -239,23 +252,26 @@ async fn control_stream(
 ) -> SessionEnd {
     let Work { jobs, deployer, sidecar } = work;
     let lost = |e: quinn::ConnectionError| refused_or(&e, SessionEnd::Lost);
+    // Until the Welcome the link was never up: such a failure (a refusal in the TLS handshake
+    // lands here, since TLS 1.3 lets the client finish first) backs off like an unreachable
+    // coordinator instead of starting again at once.
     let (mut send, mut recv) = match conn.open_bi().await {
         Ok(s) => s,
-        Err(e) => return lost(e),
+        Err(e) => return refused_or(&e, SessionEnd::Unreachable),
     };
     let hello = AgentMsg::Hello { agent_version: fifty_shared::VERSION.to_string() };
     if let Err(e) = write_frame(&mut send, &hello).await {
-        return stream_error(conn, e);
+        return never_up(conn, format!("control stream: {e}")).await;
     }
     let (host, interval, release_key) =
         match tokio::time::timeout(Duration::from_secs(10), read_frame::<CoordinatorMsg, _>(&mut recv)).await {
             Ok(Ok(Some(CoordinatorMsg::Welcome { host, heartbeat_interval, release_key }))) => {
                 (host, heartbeat_interval, release_key)
             }
-            Ok(Ok(Some(other))) => return SessionEnd::Lost(format!("expected Welcome, got {other:?}")),
-            Ok(Ok(None)) => return SessionEnd::Lost("the coordinator closed the stream".into()),
-            Ok(Err(e)) => return stream_error(conn, e),
-            Err(_) => return SessionEnd::Lost("no Welcome within 10 s".into()),
+            Ok(Ok(Some(other))) => return SessionEnd::Unreachable(format!("expected Welcome, got {other:?}")),
+            Ok(Ok(None)) => return never_up(conn, "the coordinator closed the stream".into()).await,
+            Ok(Err(e)) => return never_up(conn, format!("control stream: {e}")).await,
+            Err(_) => return SessionEnd::Unreachable("no Welcome within 10 s".into()),
         };
     info!(%host, coordinator = %conn.remote_address(), ?interval, "connected to the coordinator");
 
@@ -415,6 +431,19 @@ async fn next_message(outbox: &mut Option<mpsc::UnboundedReceiver<AgentMsg>>) ->
     }
 }
 
+/// How long a link that failed before its Welcome may take to say why it closed.
+const CLOSE_REASON_WAIT: Duration = Duration::from_secs(2);
+
+/// A link that failed before the Welcome: the stream usually broke because the coordinator closed
+/// the connection (a refused certificate, a revoked host), and its reason decides what to do, so
+/// wait briefly for it to arrive.
+async fn never_up(conn: &quinn::Connection, what: String) -> SessionEnd {
+    match tokio::time::timeout(CLOSE_REASON_WAIT, conn.closed()).await {
+        Ok(reason) => refused_or(&reason, |r| SessionEnd::Unreachable(format!("{what} ({r})"))),
+        Err(_) => SessionEnd::Unreachable(what),
+    }
+}
+
 /// A stream error is usually the connection closing underneath; report the close reason if so.
 fn stream_error(conn: &quinn::Connection, e: CodecError) -> SessionEnd {
     match conn.close_reason() {
@@ -429,6 +458,32 @@ fn stream_error(conn: &quinn::Connection, e: CodecError) -> SessionEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn closed_with(code: u64) -> quinn::ConnectionError {
+        quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::crypto((code - 0x100) as u8),
+            frame_type: None,
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        })
+    }
+
+    #[test]
+    fn a_certificate_refused_in_the_handshake_is_final_and_other_closes_are_not() {
+        // unknown_ca (48): the coordinator does not know the CA that signed this host's certificate.
+        match refused_or(&closed_with(0x100 + 48), SessionEnd::Unreachable) {
+            SessionEnd::Refused(why) => {
+                assert!(why.contains("unknown_ca") && why.contains("fifty-agent join"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(refused_or(&closed_with(0x100 + 44), SessionEnd::Lost), SessionEnd::Refused(_)));
+        // handshake_failure (40) is no verdict on the certificate: try again later.
+        assert!(matches!(refused_or(&closed_with(0x100 + 40), SessionEnd::Unreachable), SessionEnd::Unreachable(_)));
+        assert!(matches!(
+            refused_or(&quinn::ConnectionError::TimedOut, SessionEnd::Unreachable),
+            SessionEnd::Unreachable(_)
+        ));
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter_and_resets() {

@@ -66,6 +66,10 @@ fn main() -> std::process::ExitCode {
                 .await
             }
             Command::Run { config } => {
+                // agent.toml may carry secrets in `[service]`; it is written 0600 by `join`.
+                if config.exists() {
+                    fifty_shared::config::check_private(&config)?;
+                }
                 let config = fifty_agent::config::Config::load(&config)?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {

@@ -3,7 +3,8 @@
 //!
 //! - `GET /v1/assign/{experiment}/{unit}` → `{"experiment":"…","variant":"…"}`, recording an exposure.
 //! - `POST /v1/track` with `{"experiment":"…","unit":"…","event":"…","value":1.0}` records a metric
-//!   event (`value` is optional, default 1).
+//!   event (`value` is optional, default 1; at most 1e12 in magnitude, as is one unit's sum in one
+//!   report, so no sum can overflow).
 //! - `GET /v1/experiments` lists what this host serves.
 //!
 //! Errors are JSON `{"error":"…"}`: 404 unknown experiment or path, 400 bad request or JSON, 405
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fifty_shared::experiment::{
-    unit_hash, ExperimentDef, ExperimentReport, ExperimentUnits, UnitSeen, MAX_REPORT_UNITS,
+    unit_hash, ExperimentDef, ExperimentReport, ExperimentUnits, UnitSeen, MAX_REPORT_UNITS, MAX_VALUE,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -157,6 +158,10 @@ impl Sidecar {
         match (method, path) {
             ("POST", "/v1/track") => match serde_json::from_slice::<Track>(body) {
                 Ok(t) => self.track(&t.experiment, &t.unit, &t.event, t.value.unwrap_or(1.0)),
+                // serde_json says only "number out of range"; the one number is `value`.
+                Err(e) if e.to_string().starts_with("number out of range") => {
+                    error(400, format!("field \"value\": {e}; give a number from -1e12 to 1e12"))
+                }
                 Err(e) => error(400, format!("request body: {e}; expected {{\"experiment\":\"…\",\"unit\":\"…\",\"event\":\"…\",\"value\":1.0}}")),
             },
             (_, "/v1/track") => error(405, "use POST for /v1/track"),
@@ -210,8 +215,9 @@ impl Sidecar {
         if let Some(bad) = Self::check_unit(unit) {
             return bad;
         }
-        if !value.is_finite() {
-            return error(400, "value must be a finite number");
+        // Bounded so that sums stay finite: an infinite sum would make the coordinator drop the unit.
+        if !value.is_finite() || value.abs() > MAX_VALUE {
+            return error(400, format!("field \"value\": {value:e} is out of range; give a number from -1e12 to 1e12"));
         }
         let mut s = self.lock();
         let Some(def) = s.defs.get(name) else {
@@ -220,6 +226,14 @@ impl Sidecar {
         if def.metric != event {
             return error(400, format!("experiment {name} measures event {:?}, not {event:?}", def.metric));
         }
+        let sum = s.pending.get(name).and_then(|p| p.units.get(&unit_hash(unit))).map_or(0.0, |u| u.value) + value;
+        if sum.abs() > MAX_VALUE {
+            return error(
+                400,
+                format!("field \"value\": unit {unit:?}'s values would sum to {sum:e} in this report, past 1e12"),
+            );
+        }
+        let def = s.defs.get(name).expect("looked up above");
         let v = def.assign(unit);
         let variant = def.variants.get(v as usize).cloned().unwrap_or_default();
         let recorded = def.stopped.is_none();
@@ -620,6 +634,32 @@ mod tests {
         assert_eq!((r2.seq, r2.experiments[0].units.len()), (2, 1));
         s.acked(r2.boot, 2);
         assert_eq!(s.report_due(now), None);
+    }
+
+    #[test]
+    fn values_that_could_make_a_sum_infinite_are_refused_naming_the_field() {
+        let s = sidecar();
+        let track = |value: &str| {
+            let body = format!(r#"{{"experiment":"checkout","unit":"u1","event":"conversion","value":{value}}}"#);
+            s.handle("POST", "/v1/track", body.as_bytes())
+        };
+        for bad in ["1e308", "-1e308", "1e13", "1e400"] {
+            let a = track(bad);
+            assert_eq!(a.status, 400, "{bad}");
+            assert!(json(&a)["error"].as_str().unwrap().contains("field \"value\""), "{bad}: {}", a.body);
+        }
+        assert_eq!(s.waiting(), 0, "nothing was recorded");
+        assert_eq!(track("1e12").status, 200);
+        assert_eq!(track("-1e12").status, 200, "negative amounts (refunds) are fine");
+        // One unit's sum in a report is bounded too.
+        assert_eq!(track("1e12").status, 200);
+        let a = track("1e12");
+        assert_eq!(a.status, 400);
+        assert!(json(&a)["error"].as_str().unwrap().contains("would sum to"), "{}", a.body);
+        let r = s.report_due(Instant::now()).unwrap();
+        let u1 = &r.experiments[0].units[0];
+        assert!(u1.value == 1e12 && u1.converted, "{u1:?}");
+        assert_eq!(r.experiments[0].dropped, 0);
     }
 
     #[test]

@@ -353,6 +353,10 @@ impl Coordinator {
             if let Some(why) = token.refusal(now) {
                 return Ok(refused(why.to_string()));
             }
+            // An enrolled name is not taken over by a join token (the command checks again).
+            if self.consensus.store().host(&req.name)?.is_some() {
+                return Ok(refused(Rejection::HostEnrolled(req.name.clone()).to_string()));
+            }
             let serial = tls::random_serial();
             let cert_pem = match tls::sign_host_csr(&self.ca, &req.csr_pem, &req.name, &serial) {
                 Ok(pem) => pem,
@@ -373,14 +377,7 @@ impl Coordinator {
                 }
             };
             match proposed {
-                Ok(Applied::Enrolled { replaced_serial }) => {
-                    if replaced_serial.is_some() {
-                        self.close_link(
-                            &req.name,
-                            close::REVOKED,
-                            "this host enrolled again; the old certificate is revoked",
-                        );
-                    }
+                Ok(Applied::Enrolled) => {
                     let coordinators = self.consensus.store().members()?.into_iter().map(|m| m.quic_addr).collect();
                     Ok(EnrollResponse::Enrolled { cert_pem, ca_pem: self.ca.cert_pem.clone(), coordinators })
                 }

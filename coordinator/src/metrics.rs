@@ -19,6 +19,9 @@ pub struct Metrics {
     pub enrollments_refused: Counter,
     /// Agent links refused after the handshake (revoked, unknown).
     pub links_refused: Counter,
+    /// Agents refused, by reason: `certificate` (refused in the TLS handshake: another CA, a bad
+    /// certificate), `revoked`, `unknown_host`, `no_certificate`.
+    pub handshakes_refused: Family<Vec<(String, String)>, Counter>,
     /// Webhook deliveries refused for a bad signature.
     pub webhooks_refused: Counter,
     /// CI jobs given to build agents.
@@ -59,6 +62,12 @@ impl Default for Metrics {
         registry.register("heartbeats", "Heartbeats received from agents", heartbeats.clone());
         registry.register("enrollments", "Host enrollments by result", enrollments.clone());
         registry.register("agent_links_refused", "Agent links refused after the TLS handshake", links_refused.clone());
+        let handshakes_refused = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "handshakes_refused",
+            "Agents refused, by reason (certificate: in the TLS handshake; revoked, unknown_host, no_certificate: after it)",
+            handshakes_refused.clone(),
+        );
         registry.register("hosts", "Enrolled hosts by state", hosts.clone());
         registry.register("agent_links", "Agents connected now", links.clone());
         registry.register("uptime_seconds", "Seconds since this coordinator started", up_seconds.clone());
@@ -93,6 +102,7 @@ impl Default for Metrics {
             registry,
             heartbeats,
             links_refused,
+            handshakes_refused,
             webhooks_refused,
             jobs_dispatched,
             ci_jobs,
@@ -111,6 +121,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts an agent refused for `reason`.
+    pub fn handshake_refused(&self, reason: &str) {
+        self.handshakes_refused.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc();
+    }
+
     /// Sets the Raft gauges.
     pub fn set_raft(&self, term: u64, commit: u64, applied: u64, leader: bool) {
         self.raft_term.set(term as i64);

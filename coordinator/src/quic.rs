@@ -39,6 +39,9 @@ pub async fn serve(endpoint: quinn::Endpoint, coordinator: Arc<Coordinator>, mut
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    if refused_in_handshake(&e) {
+                        coordinator.metrics.handshake_refused("certificate");
+                    }
                     warn!(%remote, error = %e, "QUIC handshake failed");
                     return;
                 }
@@ -66,6 +69,13 @@ pub async fn serve(endpoint: quinn::Endpoint, coordinator: Arc<Coordinator>, mut
         });
     }
     endpoint.close(close::DONE.into(), b"coordinator shutting down");
+}
+
+/// Whether a failed handshake is this endpoint refusing the peer's certificate (another CA, a
+/// damaged or expired certificate), as opposed to a peer that went away or timed out.
+fn refused_in_handshake(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::TransportError(t)
+        if fifty_shared::tls::certificate_alert(u64::from(t.code)).is_some())
 }
 
 async fn enroll(conn: quinn::Connection, coordinator: &Coordinator) {
@@ -101,6 +111,7 @@ async fn agent_link(conn: quinn::Connection, coordinator: Arc<Coordinator>) {
     let remote = conn.remote_address();
     let Some(cert) = peer_certificate(&conn) else {
         coordinator.metrics.links_refused.inc();
+        coordinator.metrics.handshake_refused("no_certificate");
         warn!(%remote, "agent link without a client certificate refused");
         return conn.close(
             close::NO_CERTIFICATE.into(),
@@ -111,6 +122,11 @@ async fn agent_link(conn: quinn::Connection, coordinator: Arc<Coordinator>) {
         Ok(host) => host,
         Err(refusal) => {
             coordinator.metrics.links_refused.inc();
+            coordinator.metrics.handshake_refused(if refusal.code == close::REVOKED {
+                "revoked"
+            } else {
+                "unknown_host"
+            });
             warn!(%remote, reason = %refusal.reason, "agent link refused");
             return conn.close(refusal.code.into(), refusal.reason.as_bytes());
         }
@@ -209,10 +225,10 @@ async fn read_agent(
             }
             Ok(Some(AgentMsg::JobOutput { job, offset, data })) => coordinator.on_job_output(job, offset, &data),
             Ok(Some(AgentMsg::ArtifactChunk { job, offset, data })) => {
-                coordinator.on_artifact_chunk(job, offset, &data)
+                coordinator.on_artifact_chunk(host, job, offset, &data)
             }
             Ok(Some(AgentMsg::FetchArtifact { digest, offset })) => {
-                let _ = tx.send(coordinator.serve_artifact(&digest, offset));
+                let _ = tx.send(coordinator.serve_artifact(host, &digest, offset));
             }
             Ok(Some(AgentMsg::JobDone(done))) => {
                 let (coordinator, host, tx) = (coordinator.clone(), host.clone(), tx.clone());

@@ -24,7 +24,11 @@ use crate::store::Store;
 
 /// Runs a coordinator until `shutdown` turns true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
-    std::fs::create_dir_all(config.tls_dir()).with_context(|| format!("create {}", config.tls_dir().display()))?;
+    // The data dir holds the cluster CA key and the release-signing key (sled's files included):
+    // everything this process creates is its user's only, and a looser data dir is refused.
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+    prepare_data_dir(&config)?;
     let store =
         Store::open(&config.state_dir()).with_context(|| format!("open state in {}", config.state_dir().display()))?;
     let node_id = RaftLog::new(store.clone()).node_id()?;
@@ -109,6 +113,20 @@ async fn consistency_checks(
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Creates the data dir (0700, with `tls/`) or, when it exists, refuses it if anything in it is
+/// open to other local users: a dir must be 0700 and a file 0600. A CA key kept outside the data
+/// dir (`ca_key`) must be 0600 too.
+pub fn prepare_data_dir(config: &Config) -> Result<()> {
+    if config.data_dir.exists() {
+        fifty_shared::config::check_private_tree(&config.data_dir).context("the data dir")?;
+    }
+    fifty_shared::config::create_private_dir(&config.tls_dir())?;
+    if let Some(key) = &config.ca_key {
+        fifty_shared::config::check_private(key).context("config key ca_key")?;
+    }
+    Ok(())
 }
 
 /// Follows this node's role: a new leader takes over the fleet's soft state (with a grace
@@ -213,7 +231,7 @@ fn load_or_create_ca(config: &Config) -> Result<CertAndKey> {
 
 /// `fifty ca init --out DIR`: a new cluster CA in `DIR/ca.pem` and `DIR/ca-key.pem`.
 pub fn ca_init(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    fifty_shared::config::create_private_dir(dir)?;
     let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
     if cert.exists() || key.exists() {
         bail!("{} already holds a CA; refusing to overwrite it", dir.display());
@@ -227,4 +245,45 @@ pub fn ca_init(dir: &Path) -> Result<()> {
         key.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_data_dir_is_private_and_a_loose_one_is_refused_by_name() {
+        let root = std::env::temp_dir().join(format!("fifty-server-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let config = Config { data_dir: root.join("data"), ..Config::default() };
+        prepare_data_dir(&config).unwrap();
+        assert_eq!((mode(&config.data_dir), mode(&config.tls_dir())), (0o700, 0o700));
+        // (sled's own files are 0600 through the server's umask: the end-to-end tests check them.)
+
+        // Made 0755 beforehand (as `mkdir` under the usual umask does): refused, naming it.
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = format!("{:#}", prepare_data_dir(&config).unwrap_err());
+        assert!(err.contains(&format!("chmod 700 {}", config.data_dir.display())), "{err}");
+
+        // A CA key outside the data dir that others may read is refused too.
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let key = root.join("ca-key.pem");
+        std::fs::write(&key, "key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = Config { ca_key: Some(key.clone()), ca_cert: Some(root.join("ca.pem")), ..config };
+        let err = format!("{:#}", prepare_data_dir(&config).unwrap_err());
+        assert!(err.contains("ca_key") && err.contains(&format!("chmod 600 {}", key.display())), "{err}");
+
+        // The store makes its own dir 0700 when it is new.
+        drop(Store::open(&root.join("state")).unwrap());
+        assert_eq!(mode(&root.join("state")), 0o700);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

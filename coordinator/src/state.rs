@@ -525,6 +525,13 @@ pub enum Rejection {
     /// No host has this name.
     #[error("no host named {0}")]
     UnknownHost(HostName),
+    /// A host of this name is enrolled: a join token cannot take its name over.
+    #[error(
+        "a host named {0} is already enrolled, and a join token cannot replace an enrolled host. \
+         If this is {0} reinstalled, an admin removes the old enrollment first \
+         (`fifty host remove {0}`, which revokes its certificate), then join again; else pick another name"
+    )]
+    HostEnrolled(HostName),
     /// No coordinator has this id.
     #[error("no coordinator with node id {0:016x}")]
     UnknownMember(u64),
@@ -577,12 +584,8 @@ pub enum Rejection {
 pub enum Applied {
     /// Done; nothing to report.
     Done,
-    /// A host was enrolled; if it replaced an earlier enrollment of the same name, that
-    /// certificate's serial (now revoked).
-    Enrolled {
-        /// Serial revoked by the re-enrollment.
-        replaced_serial: Option<String>,
-    },
+    /// A host was enrolled.
+    Enrolled,
     /// A host was removed; the serial revoked.
     Removed {
         /// The revoked serial.
@@ -682,20 +685,15 @@ impl Machine {
                 if let Some(refusal) = token.refusal(*at) {
                     return Ok(Err(refusal));
                 }
+                // A name belongs to the host holding it until an admin removes it: whoever holds
+                // a join token must not be able to revoke a live host and take its place.
+                if store.host(&host.name)?.is_some() {
+                    return Ok(Err(Rejection::HostEnrolled(host.name.clone())));
+                }
                 token.uses += 1;
                 batch.put_token(&token);
-                let replaced = store.host(&host.name)?;
-                if let Some(old) = &replaced {
-                    batch.remove_host(old);
-                    batch.put_revocation(&Revocation {
-                        serial: old.serial.clone(),
-                        host: old.name.clone(),
-                        at: *at,
-                        reason: "replaced by a new enrollment of the same host name".into(),
-                    });
-                }
                 batch.put_host(host);
-                Ok(Applied::Enrolled { replaced_serial: replaced.map(|h| h.serial) })
+                Ok(Applied::Enrolled)
             }
             Command::RemoveHost { name, at } => {
                 let Some(host) = store.host(name)? else {
@@ -1993,13 +1991,21 @@ mod tests {
     }
 
     #[test]
-    fn re_enrolling_a_name_revokes_the_old_certificate() {
+    fn an_enrolled_name_is_refused_until_an_admin_removes_the_host() {
         let (mut m, _d) = machine();
         m.apply(&Command::CreateToken(join_token(None, None)), Batch::default()).unwrap().unwrap();
         enroll(&mut m, "web-1", "0a", SystemTime::now()).unwrap();
         let out = enroll(&mut m, "web-1", "0b", SystemTime::now());
-        assert_eq!(out, Ok(Applied::Enrolled { replaced_serial: Some("0a".into()) }));
-        assert!(m.store().revocation("0a").unwrap().is_some());
+        assert_eq!(out, Err(Rejection::HostEnrolled(HostName::new("web-1").unwrap())));
+        // Nothing changed: the real host keeps its certificate, and the token its uses.
+        assert!(m.store().revocation("0a").unwrap().is_none());
+        assert_eq!(m.store().host_by_serial("0a").unwrap().unwrap().as_str(), "web-1");
+        assert!(m.store().host_by_serial("0b").unwrap().is_none());
+        assert_eq!(m.store().token("h1").unwrap().unwrap().uses, 1);
+        // Removed by an admin, the name is free again.
+        let web1 = HostName::new("web-1").unwrap();
+        m.apply(&Command::RemoveHost { name: web1, at: SystemTime::now() }, Batch::default()).unwrap().unwrap();
+        assert_eq!(enroll(&mut m, "web-1", "0b", SystemTime::now()), Ok(Applied::Enrolled));
         assert_eq!(m.store().host_by_serial("0b").unwrap().unwrap().as_str(), "web-1");
     }
 }

@@ -36,6 +36,8 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    // A leftover temporary file would keep its old mode: `mode` applies only to a new file.
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -46,6 +48,93 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// Creates `dir` and any missing parent readable by the owner only (0700). An existing directory
+/// is left as it is: [`check_private`] says whether it is good enough.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))
+}
+
+/// Refuses `path` when users other than its owner may read, write or enter it: a directory must
+/// be 0700, a file 0600 (or stricter). The error names the path, its mode and the fix.
+pub fn check_private(path: &Path) -> Result<()> {
+    match open_to_others(path)? {
+        Some(problem) => anyhow::bail!("{problem} and start again"),
+        None => Ok(()),
+    }
+}
+
+/// [`check_private`] for `root` and everything below it (symbolic links are skipped, not followed).
+pub fn check_private_tree(root: &Path) -> Result<()> {
+    let fix_all = |problem: String| {
+        anyhow::anyhow!(
+            "{problem} (or, for all of {}: `chmod -R go-rwx {}`) and start again",
+            root.display(),
+            root.display()
+        )
+    };
+    if let Some(problem) = open_to_others(root)? {
+        return Err(fix_all(problem));
+    }
+    if !std::fs::metadata(root).with_context(|| format!("read {}", root.display()))?.is_dir() {
+        return Ok(());
+    }
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("list {}", dir.display()))?;
+            let kind = entry.file_type().with_context(|| format!("read {}", entry.path().display()))?;
+            if kind.is_symlink() {
+                continue;
+            }
+            if let Some(problem) = open_to_others(&entry.path())? {
+                return Err(fix_all(problem));
+            }
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with `path`'s mode, with the fix, if others may reach it.
+fn open_to_others(path: &Path) -> Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("read the mode of {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    let (kind, fix) = if meta.is_dir() { ("directory", "chmod 700") } else { ("file", "chmod 600") };
+    Ok(Some(format!(
+        "{kind} {} is mode {mode:04o}: other local users can reach it, and it holds keys or tokens. Run `{fix} {}`",
+        path.display(),
+        path.display()
+    )))
+}
+
+/// Refuses a directory that users other than its owner may write to (group- or world-writable):
+/// whoever can write there can replace what it holds.
+pub fn check_not_shared_writable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir).with_context(|| format!("read the mode of {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        anyhow::bail!(
+            "directory {} is mode {mode:04o}: other local users can write to it and replace what it holds. \
+             Run `chmod go-w {}` and start again",
+            dir.display(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -76,6 +165,60 @@ pub mod duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("fifty-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn private_trees_refuse_any_entry_others_can_reach_and_name_it() {
+        let root = temp("private");
+        create_private_dir(&root.join("tls")).unwrap();
+        write_private(&root.join("tls/ca-key.pem"), "key").unwrap();
+        check_private_tree(&root).unwrap();
+
+        // A file others may read, deep inside: refused, naming the file and the fix.
+        std::fs::write(root.join("tls/ca.pem"), "cert").unwrap();
+        chmod(&root.join("tls/ca.pem"), 0o644);
+        let err = format!("{:#}", check_private_tree(&root).unwrap_err());
+        assert!(err.contains(&format!("file {} is mode 0644", root.join("tls/ca.pem").display())), "{err}");
+        assert!(err.contains(&format!("chmod 600 {}", root.join("tls/ca.pem").display())), "{err}");
+        chmod(&root.join("tls/ca.pem"), 0o600);
+
+        // The root itself made 0755.
+        chmod(&root, 0o755);
+        let err = format!("{:#}", check_private_tree(&root).unwrap_err());
+        assert!(err.contains(&format!("chmod 700 {}", root.display())), "{err}");
+        chmod(&root, 0o700);
+        check_private_tree(&root).unwrap();
+
+        // Write access for others is refused separately (the agent's data root may be 0755).
+        check_not_shared_writable(&root).unwrap();
+        chmod(&root, 0o775);
+        let err = format!("{:#}", check_not_shared_writable(&root).unwrap_err());
+        assert!(err.contains(&format!("chmod go-w {}", root.display())), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn write_private_makes_0600_even_over_a_leftover_temporary_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = temp("leftover");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("key.tmp"), "old").unwrap();
+        chmod(&root.join("key.tmp"), 0o644);
+        write_private(&root.join("key.pem"), "secret").unwrap();
+        let mode = std::fs::metadata(root.join("key.pem")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn durations_read_like_people_write_them() {

@@ -255,6 +255,11 @@ pub struct ExperimentUnits {
     pub dropped: u64,
 }
 
+/// Largest magnitude of a metric event's value, and of one unit's sum of values in one report.
+/// Far past any real amount (a trillion), and small enough that sums and sums of squares over
+/// any number of units stay finite.
+pub const MAX_VALUE: f64 = 1e12;
+
 /// Most unit observations in one report (about 20 bytes each, well under the frame cap).
 pub const MAX_REPORT_UNITS: usize = 30_000;
 

@@ -350,6 +350,24 @@ pub fn check_ca_fingerprint(ca_pem: &str, expected: &str) -> Result<()> {
     Ok(())
 }
 
+/// The TLS alert refusing a peer's certificate that a QUIC close carries, by name, given the
+/// close's transport error code (TLS alerts travel as 0x100 + the alert); None for any other code.
+/// Each one means the certificate will not be accepted as it is: retrying cannot help.
+pub fn certificate_alert(quic_code: u64) -> Option<&'static str> {
+    Some(match quic_code.checked_sub(0x100)? {
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        51 => "decrypt_error",
+        116 => "certificate_required",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

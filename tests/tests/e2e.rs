@@ -63,6 +63,19 @@ async fn enrollment_identity_and_api_auth() {
     cluster.start_agent("web-1").unwrap();
     cluster.wait_hosts(&["web-1"], HostState::Ready, DEADLINE).await.unwrap();
 
+    // Anyone holding a (multi-use) join token tries to take web-1's name while it runs: refused,
+    // and the real web-1 keeps its certificate, its labels and its link.
+    let out =
+        cli(&cluster, &cluster.admin_token, &["token", "create", "--role", "agent", "--max-uses", "0", "--json"]).await;
+    let multi: TokenCreated = serde_json::from_slice(&out.stdout).expect("token JSON");
+    let thief = dir.join("thief");
+    let out = join_into(&cluster, &thief, "web-1", "role=evil", &multi.token).await;
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(said.contains("a host named web-1 is already enrolled"), "{said}");
+    assert!(said.contains("fifty host remove web-1"), "the way out is named: {said}");
+    assert!(!thief.join("identity").exists(), "nothing was written for the refused join");
+
     // The CLI shows it, as a table and as JSON, with labels and health.
     let out = cli(&cluster, &cluster.admin_token, &["hosts"]).await;
     let table = text(&out.stdout);
@@ -113,6 +126,28 @@ async fn enrollment_identity_and_api_auth() {
     let err = connect_with_foreign_certificate(cluster.quic()).await;
     assert!(err.contains("invalid peer certificate"), "{err}");
 
+    // A real agent holding such a certificate is told so and stops at once, instead of trying
+    // again forever; the coordinator counts each refusal.
+    let refused_before = refused_handshakes(&cluster, "certificate").await;
+    assert!(refused_before >= 1.0, "the probe above was counted");
+    foreign_agent(&cluster, "intruder");
+    cluster.adopt_agent("intruder");
+    cluster.start_agent("intruder").unwrap();
+    let status = cluster.wait_agent_exit("intruder", DEADLINE).await.unwrap();
+    assert!(!status.success());
+    let log = cluster.log_tail("intruder", 5);
+    assert!(log.contains("rejected this host's certificate in the TLS handshake"), "{log}");
+    assert!(log.contains("fifty-agent join"), "{log}");
+    let refused = refused_handshakes(&cluster, "certificate").await - refused_before;
+    assert!((1.0..=3.0).contains(&refused), "the agent tried {refused} times");
+
+    // A host may fetch only artifacts a release of its own calls for.
+    cluster.kill_agent("web-2").await.unwrap();
+    let answer = fetch_artifact_as(&cluster, "web-2", &"ab".repeat(32)).await;
+    assert!(answer.contains("no release with artifact") && answer.contains("targets host web-2"), "{answer}");
+    cluster.start_agent("web-2").unwrap();
+    cluster.wait_hosts(&["web-1", "web-2"], HostState::Ready, DEADLINE).await.unwrap();
+
     // API roles: no token or a bad one is 401; a role that may not do a thing is 403.
     let read = token(&cluster, "read", None).await;
     let ci = token(&cluster, "ci", None).await;
@@ -146,10 +181,129 @@ async fn enrollment_identity_and_api_auth() {
     let status = cluster.wait_agent_exit("web-2", DEADLINE).await.unwrap();
     assert!(!status.success());
     assert!(cluster.log_tail("coord-1", 50).contains("agent link refused"));
+    assert!(refused_handshakes(&cluster, "revoked").await >= 1.0);
     let hosts = cluster.hosts().await.unwrap();
     assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["web-1"]);
 
+    // Key material is its owner's only: every dir of the coordinator's data dir (sled's included)
+    // is 0700 and every file 0600; so are the host's identity and agent.toml.
+    assert_private_tree(&dir.join("coord-1"));
+    assert_private_tree(&cluster.agent_dir("web-1").join("identity"));
+    assert_private_tree(&cluster.agent_dir("web-1").join("agent.toml"));
+
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `fifty-agent join` for `name` into the data dir `data`.
+async fn join_into(cluster: &LocalCluster, data: &std::path::Path, name: &str, labels: &str, token: &str) -> Output {
+    tokio::process::Command::new(cluster.bin_dir.join("fifty-agent"))
+        .args(["join", "--coordinator", &cluster.quic().to_string(), "--token", token, "--name", name])
+        .args(["--labels", labels])
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .await
+        .expect("run fifty-agent join")
+}
+
+/// `fifty_handshakes_refused_total{reason="REASON"}` on /metrics (0 when absent).
+async fn refused_handshakes(cluster: &LocalCluster, reason: &str) -> f64 {
+    let metrics = cluster.client().get_text("/metrics").await.unwrap();
+    let series = format!("fifty_handshakes_refused_total{{reason=\"{reason}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Makes an agent data dir for `name` whose certificate another CA signed (the cluster's CA is
+/// trusted, so the agent gets as far as presenting it), set up as `fifty-agent join` would.
+fn foreign_agent(cluster: &LocalCluster, name: &str) {
+    use fifty_shared::ids::HostName;
+    use fifty_shared::tls;
+    let data = cluster.agent_dir(name);
+    let other_ca = tls::new_cluster_ca().unwrap();
+    let host = HostName::new(name).unwrap();
+    let (key_pem, csr) = tls::new_host_key_and_csr(&host).unwrap();
+    let cert_pem = tls::sign_host_csr(&other_ca, &csr, &host, &tls::random_serial()).unwrap();
+    let ids = data.join("identity");
+    fifty_shared::config::create_private_dir(&ids).unwrap();
+    fifty_shared::config::write_private(&ids.join("key.pem"), &key_pem).unwrap();
+    fifty_shared::config::write_private(&ids.join("cert.pem"), &cert_pem).unwrap();
+    fifty_shared::config::write_private(&ids.join("ca.pem"), &std::fs::read_to_string(cluster.ca_path()).unwrap())
+        .unwrap();
+    let config = format!("data_dir = {:?}\ncoordinators = [\"{}\"]\n", data.display().to_string(), cluster.quic());
+    fifty_shared::config::write_private(&data.join("agent.toml"), &config).unwrap();
+}
+
+/// Dials the agent link as `host` (with its real identity, its agent stopped), asks for the
+/// artifact `digest`, and returns why the coordinator sent no data.
+async fn fetch_artifact_as(cluster: &LocalCluster, host: &str, digest: &str) -> String {
+    use fifty_shared::codec::{read_frame, write_frame};
+    use fifty_shared::wire::{AgentMsg, CoordinatorMsg};
+    let ids = cluster.agent_dir(host).join("identity");
+    let read = |f: &str| std::fs::read_to_string(ids.join(f)).unwrap();
+    let cert = fifty_shared::tls::CertAndKey { cert_pem: read("cert.pem"), key_pem: read("key.pem") };
+    let config = fifty_shared::tls::quic_client_config(&read("ca.pem"), &cert, fifty_shared::wire::ALPN_AGENT).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let attempt = async {
+        let conn = endpoint.connect(cluster.quic(), fifty_shared::tls::COORDINATOR_NAME)?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, &AgentMsg::Hello { agent_version: "probe".into() }).await?;
+        write_frame(&mut send, &AgentMsg::FetchArtifact { digest: digest.to_string(), offset: 0 }).await?;
+        loop {
+            match read_frame::<CoordinatorMsg, _>(&mut recv).await? {
+                Some(CoordinatorMsg::ArtifactData { data, missing, .. }) => {
+                    assert!(data.is_empty(), "artifact bytes were served");
+                    conn.close(0u32.into(), b"done");
+                    return anyhow::Ok(missing.unwrap_or_default());
+                }
+                Some(_) => continue,
+                None => anyhow::bail!("the coordinator closed the link without answering"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, attempt).await.expect("an answer").unwrap()
+}
+
+/// Every dir under `root` (and `root`) is 0700 and every file 0600.
+fn assert_private_tree(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut todo = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.is_file() {
+            assert_eq!(mode, 0o600, "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no file under {}", root.display());
+}
+
+/// A coordinator whose data dir other local users can reach refuses to start, naming the dir
+/// and the fix; tightened, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_refuses_a_data_dir_open_to_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = test_dir("modes");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = tokio::process::Command::new(bin_dir().unwrap().join("fifty"))
+        .args(["server", "--http-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, server).await.expect("the server stops by itself").unwrap();
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(said.contains(&format!("directory {} is mode 0755", data.display())), "{said}");
+    assert!(said.contains(&format!("chmod 700 {}", data.display())), "{said}");
+    assert!(!data.join("state").exists(), "nothing was created in it");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

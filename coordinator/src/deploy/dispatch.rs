@@ -12,13 +12,13 @@ use fifty_shared::codec;
 use fifty_shared::ids::{HostName, RepoName};
 use fifty_shared::wire::{
     ArtifactInfo, CoordinatorMsg, DeployOrder, JobDone, JobExit, JobRef, ReleaseManifest, ARTIFACT_CHUNK,
-    MAX_ARTIFACT_BYTES,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::rollout::{HostView, Kind, Rollout, Step};
+use super::upload::{FetchGrants, Uploads};
 use super::{selects, ReleaseRecord};
 use crate::ci::{CommitRecord, JobRecord};
 use crate::coordinator::{Coordinator, OpError};
@@ -31,11 +31,13 @@ const ROUND: Duration = Duration::from_millis(500);
 /// How long before an order not yet acted on is sent again.
 const RESEND_AFTER: Duration = Duration::from_secs(10);
 
-/// The leader's soft deploy state: uploads in progress and orders sent.
+/// The leader's soft deploy state: uploads in progress, fetch permissions and orders sent.
 #[derive(Default)]
 pub struct Live {
-    /// Artifact bytes received so far, by package job attempt.
-    pub uploads: HashMap<JobRef, Vec<u8>>,
+    /// Artifact bytes received so far, by package job attempt (bounded, owned by the uploader).
+    pub uploads: Uploads,
+    /// Which host may fetch which artifact, as last decided.
+    pub fetch_grants: FetchGrants,
     /// The last order sent to each host, and when.
     pub sent: HashMap<HostName, (u64, Instant)>,
 }
@@ -67,6 +69,8 @@ fn log_events(before: Option<&Rollout>, after: &Rollout) {
 }
 
 async fn round(c: &Coordinator) -> anyhow::Result<()> {
+    // An upload whose host went quiet (it died, or never meant to finish) is forgotten.
+    c.deploy.lock().expect("deploy lock").uploads.expire(Instant::now());
     let store = c.consensus.store();
     let views = c.host_views()?;
     let now = SystemTime::now();
@@ -403,23 +407,64 @@ impl Coordinator {
         self.start_rollout(release, Kind::Rollback, Some(by)).await
     }
 
-    /// A chunk of a package job's artifact.
-    pub fn on_artifact_chunk(&self, job: JobRef, offset: u64, data: &[u8]) {
-        let mut live = self.deploy.lock().expect("deploy lock");
-        if offset == 0 {
-            live.uploads.insert(job, Vec::new());
-        }
-        let Some(buf) = live.uploads.get_mut(&job) else { return };
-        if buf.len() as u64 == offset && (buf.len() + data.len()) as u64 <= MAX_ARTIFACT_BYTES {
-            buf.extend_from_slice(data);
-        } else {
-            // Out of order or too large: drop it; the result will say the upload is incomplete.
-            live.uploads.remove(&job);
+    /// A chunk of a package job's artifact from `host`: kept only if `host` runs that attempt of
+    /// a package job (see [`Uploads`] for the bounds). A refused chunk is dropped; the job's
+    /// result then says the upload is incomplete.
+    pub fn on_artifact_chunk(&self, host: &HostName, job: JobRef, offset: u64, data: &[u8]) {
+        let runs_job = || match self.consensus.store().job(job.job) {
+            Ok(Some(record)) => {
+                matches!(record.kind, fifty_shared::wire::JobKind::Package { .. })
+                    && record.current().is_some_and(|a| a.n == job.attempt && a.host == *host)
+            }
+            Ok(None) => false,
+            Err(e) => {
+                warn!(error = %e, "cannot read the job an artifact chunk is for");
+                false
+            }
+        };
+        let refused = self.deploy.lock().expect("deploy lock").uploads.on_chunk(
+            host,
+            job,
+            offset,
+            data,
+            Instant::now(),
+            runs_job,
+        );
+        if let Err(why) = refused {
+            warn!(%host, %why, "artifact chunk refused");
         }
     }
 
-    /// Answers an agent's download request with the next piece of an artifact.
-    pub fn serve_artifact(&self, digest: &str, offset: u64) -> CoordinatorMsg {
+    /// Whether `host` may fetch the artifact `digest`: a build host, or a host that a release with
+    /// that artifact targets (its `HostTarget`, or the hosts of an active rollout of it or back
+    /// to it).
+    fn may_fetch(&self, host: &HostName, digest: &str) -> Result<bool, StoreError> {
+        let store = self.consensus.store();
+        if store.host(host)?.is_some_and(|h| h.labels.get("role") == Some("build")) {
+            return Ok(true);
+        }
+        let holds = |release: u64| -> Result<bool, StoreError> {
+            Ok(store.release(release)?.is_some_and(|r| r.digest == digest))
+        };
+        for t in store.host_targets()? {
+            if t.host == *host && holds(t.release)? {
+                return Ok(true);
+            }
+        }
+        for repo in store.repos()? {
+            let Some(id) = store.target(&repo.name)?.active else { continue };
+            let Some(rollout) = store.rollout(id)? else { continue };
+            if rollout.hosts.contains(host)
+                && (holds(rollout.release)? || rollout.previous.map(holds).transpose()? == Some(true))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Answers `host`'s download request with the next piece of an artifact, if it may have it.
+    pub fn serve_artifact(&self, host: &HostName, digest: &str, offset: u64) -> CoordinatorMsg {
         let missing = |why: String| CoordinatorMsg::ArtifactData {
             digest: digest.to_string(),
             offset,
@@ -427,6 +472,21 @@ impl Coordinator {
             data: Vec::new(),
             missing: Some(why),
         };
+        let mut failed = None;
+        let allowed =
+            self.deploy.lock().expect("deploy lock").fetch_grants.allowed(host, digest, Instant::now(), || {
+                self.may_fetch(host, digest).unwrap_or_else(|e| {
+                    failed = Some(e);
+                    false
+                })
+            });
+        if let Some(e) = failed {
+            return missing(format!("storage: {e}"));
+        }
+        if !allowed {
+            warn!(%host, %digest, "artifact fetch refused: no release with it targets this host");
+            return missing(format!("no release with artifact {digest} targets host {host}"));
+        }
         let store = self.consensus.store();
         let total = match store.blob_size(digest) {
             Ok(Some(t)) => t,
@@ -459,7 +519,10 @@ impl Coordinator {
         job: &JobRecord,
         done: &JobDone,
     ) -> Result<Result<ReleaseRecord, String>, OpError> {
-        let uploaded = self.deploy.lock().expect("deploy lock").uploads.remove(&done.job);
+        let Some(host) = job.current().map(|a| a.host.clone()) else {
+            return Ok(Err("the package job is not running".into()));
+        };
+        let uploaded = self.deploy.lock().expect("deploy lock").uploads.take(done.job, &host);
         match &done.exit {
             JobExit::Exited(0) => {}
             JobExit::Exited(code) => return Ok(Err(format!("the package command exited with status {code}"))),
@@ -540,6 +603,8 @@ impl Coordinator {
                 return Err(OpError::BadRequest(format!("tamper: {other:?} is not \"signature\" or \"artifact\"")))
             }
         }
+        // The order is outside any rollout, so no `HostTarget` lets the host fetch the artifact.
+        self.deploy.lock().expect("deploy lock").fetch_grants.grant(host, &record.digest, Instant::now());
         if !self.send_to(host, CoordinatorMsg::Deploy(order)) {
             return Err(OpError::NotFound(format!("{host} has no link to this coordinator")));
         }

@@ -17,6 +17,7 @@
 
 pub mod dispatch;
 pub mod rollout;
+pub mod upload;
 
 use std::time::{Duration, SystemTime};
 

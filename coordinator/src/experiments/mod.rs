@@ -233,6 +233,24 @@ pub(crate) fn apply_delete(store: &Store, name: &str, batch: &mut Batch) -> Appl
 /// of its first exposure in the report.
 type Merge = (Option<UnitRecord>, UnitRecord, Option<(u32, u8)>);
 
+/// An agent's report without the units whose value no honest sidecar sends (not finite, or past
+/// [`shared_exp::MAX_VALUE`], which the sidecar refuses): merged, one would make a sum or a sum of
+/// squares infinite and wreck the experiment's totals. Each such unit is counted as dropped, the
+/// same way on every coordinator. Borrowed unchanged when every value is sound.
+fn sanitized(report: &ExperimentReport) -> std::borrow::Cow<'_, ExperimentReport> {
+    let sound = |u: &shared_exp::UnitSeen| u.value.is_finite() && u.value.abs() <= shared_exp::MAX_VALUE;
+    if report.experiments.iter().all(|part| part.units.iter().all(sound)) {
+        return std::borrow::Cow::Borrowed(report);
+    }
+    let mut clean = report.clone();
+    for part in &mut clean.experiments {
+        let before = part.units.len();
+        part.units.retain(sound);
+        part.dropped = part.dropped.saturating_add((before - part.units.len()) as u64);
+    }
+    std::borrow::Cow::Owned(clean)
+}
+
 /// `Command::RecordExperimentReport`: merges an agent's report into the units and totals, once.
 pub(crate) fn apply_report(
     store: &Store,
@@ -241,6 +259,7 @@ pub(crate) fn apply_report(
     at: SystemTime,
     batch: &mut Batch,
 ) -> ApplyResult {
+    let report = &*sanitized(report);
     if let Some(mark) = store.report_mark(host)? {
         if mark.boot == report.boot && mark.seq >= report.seq {
             return Ok(Ok(Applied::Done));
@@ -540,6 +559,28 @@ mod tests {
             results.push((sums, s.state_digest().unwrap()));
         }
         assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
+    }
+
+    #[test]
+    fn values_no_sidecar_sends_are_dropped_and_counted_without_touching_the_totals() {
+        let (s, _dir) = store();
+        let now = SystemTime::now();
+        apply(&s, |b| apply_create(&s, &record(), b)).unwrap();
+        let web = HostName::new("web-1").unwrap();
+        let units = vec![
+            seen(1, 0, true, true, f64::INFINITY),
+            seen(2, 0, true, true, f64::NAN),
+            seen(3, 1, true, true, 1e308),
+            seen(4, 1, true, true, -2e12),
+            seen(5, 1, true, true, 4.0),
+        ];
+        apply(&s, |batch| apply_report(&s, &web, &report(7, 1, units), now, batch)).unwrap();
+        let stats = s.experiment_stats("checkout").unwrap().unwrap();
+        assert_eq!(stats.dropped, 4, "each bad unit is counted");
+        assert_eq!(stats.units, 1);
+        assert_eq!(stats.totals[0], TotalsRecord::default());
+        assert_eq!(stats.totals[1], TotalsRecord { exposed: 1, converted: 1, value_sum: 4.0, value_sumsq: 16.0 });
+        assert!(s.experiment_unit("checkout", 3).unwrap().is_none());
     }
 
     #[test]

@@ -349,8 +349,13 @@ impl Batch {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`. A new `dir` is made 0700: it will hold the
+    /// cluster's keys (`fifty server` also sets a umask of 077, so sled's own files are 0600).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(sled::Error::Io)?;
+        }
         let db = sled::Config::new().path(dir).open()?;
         let tree = db.open_tree("fifty")?;
         Ok(Self { db, tree })
