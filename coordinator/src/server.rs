@@ -27,6 +27,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     std::fs::create_dir_all(config.tls_dir()).with_context(|| format!("create {}", config.tls_dir().display()))?;
     let store =
         Store::open(&config.state_dir()).with_context(|| format!("open state in {}", config.state_dir().display()))?;
+    // Before anything reads the Raft log: refuse a log that lost what this node acknowledged.
+    RaftLog::new(store.clone()).verify()?;
     let node_id = RaftLog::new(store.clone()).node_id()?;
     let ca = load_or_create_ca(&config)?;
 
