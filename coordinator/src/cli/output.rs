@@ -616,7 +616,7 @@ pub fn store_check(r: &crate::store::check::Report) -> String {
         Some(m) => {
             let _ = writeln!(
                 out,
-                "flushed mark: log {} (term {}), term {} vote {:016x}",
+                "flushed mark: log up to {} (term {}); hard state term {}, vote {:016x}",
                 m.index, m.term, m.hs_term, m.hs_vote
             );
         }

@@ -301,7 +301,7 @@ impl RaftLog {
     /// If that cuts back entries the flushed mark counts, the mark is lowered first (durably).
     pub fn append(&self, batch: &mut Batch, entries: &[Entry]) -> Result<(), StoreError> {
         let Some(first) = entries.first() else { return Ok(()) };
-        let keep = first.index - 1;
+        let keep = first.index.saturating_sub(1);
         self.lower_mark(keep, || self.term_of(keep))?;
         for item in self.store.tree.range(log_key(first.index)..) {
             let (key, _) = item?;
