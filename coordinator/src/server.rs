@@ -31,6 +31,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     prepare_data_dir(&config)?;
     let store =
         Store::open(&config.state_dir()).with_context(|| format!("open state in {}", config.state_dir().display()))?;
+    // Before anything reads the Raft log: refuse a log that lost what this node acknowledged.
+    RaftLog::new(store.clone()).verify()?;
     let node_id = RaftLog::new(store.clone()).node_id()?;
     let ca = load_or_create_ca(&config)?;
 

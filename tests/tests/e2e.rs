@@ -649,6 +649,50 @@ async fn a_partitioned_leader_cannot_commit_and_heals() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 14 item 9: a coordinator's `state/db` cut by 4 KiB (a damaged disk) opened as an older,
+/// self-consistent database that had forgotten acknowledged writes, and `fifty store check` said
+/// "consistent". Now the check names the lost entries, and the coordinator refuses to start,
+/// saying why and how to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_whose_disk_lost_acknowledged_entries_refuses_to_start() {
+    let dir = test_dir("torn-tail");
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), Options::default()).await.unwrap();
+    for n in 0..40 {
+        let req = CreateToken { role: "read".into(), ttl: None, max_uses: None, description: format!("t-{n}") };
+        cluster.client().post::<TokenCreated>("/v1/tokens", &req).await.unwrap();
+    }
+    cluster.kill_coordinator(0).await.unwrap();
+    // Cut the file as the disk left it (opening it first would let sled rewrite its tail).
+    let data = dir.join("coord-1");
+    let db = data.join("state").join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(len - 4096).unwrap();
+
+    let out = tokio::process::Command::new(cluster.bin_dir.join("fifty"))
+        .args(["store", "check", "--data-dir"])
+        .arg(&data)
+        .output()
+        .await
+        .expect("run fifty store check");
+    let report = text(&out.stdout);
+    assert!(!out.status.success(), "store check called a truncated store consistent:\n{report}");
+    assert!(report.contains("were flushed (raft-mark) but are gone"), "{report}");
+
+    let server = tokio::process::Command::new(cluster.bin_dir.join("fifty"))
+        .args(["server", "--config"])
+        .arg(dir.join("coord-1.toml"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, server).await.expect("the damaged coordinator started and ran").unwrap();
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("will not start") && said.contains("were flushed (raft-mark) but are gone"), "{said}");
+    assert!(said.contains(&data.join("state").display().to_string()) && said.contains("--join"), "{said}");
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---- the commit gate -------------------------------------------------------------------------
 
 /// Runs git in `dir` with an identity of its own (CI machines have none).

@@ -569,26 +569,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Ca { command: CaCommand::Init { out } } => crate::server::ca_init(&out),
         Command::Store { command: StoreCommand::Check { data_dir, json } } => {
             let report = crate::store::check::check(&data_dir.join("state"))?;
-            output::print(json, &report, |r| {
-                format!(
-                    "log {}..={} ({} entries), term {}, commit {}, applied {}, {} voters\n\
-                     {} hosts, {} tokens, {} revocations, {} members\n{}\n",
-                    r.first_index,
-                    r.last_index,
-                    r.entries,
-                    r.term,
-                    r.commit,
-                    r.applied,
-                    r.voters,
-                    r.hosts,
-                    r.tokens,
-                    r.revocations,
-                    r.members,
-                    if r.problems.is_empty() { "consistent".to_string() } else { r.problems.join("\n") }
-                )
-            })?;
+            output::print(json, &report, output::store_check)?;
             if !report.problems.is_empty() {
-                anyhow::bail!("{} problem(s) in {}", report.problems.len(), data_dir.display());
+                anyhow::bail!(
+                    "{} problem(s) in {}; see README, \"A damaged disk\", for the recovery",
+                    report.problems.len(),
+                    data_dir.display()
+                );
             }
             Ok(())
         }

@@ -626,3 +626,34 @@ pub fn webhooks(list: &[crate::views::WebhookView]) -> String {
         .collect();
     table(&["ID", "FORMAT", "URL", "ADDED BY"], &rows)
 }
+
+/// `fifty store check`'s report.
+pub fn store_check(r: &crate::store::check::Report) -> String {
+    let l = &r.log;
+    let mut out = format!(
+        "log {}..={} ({} entries, compacted at {}), term {}, commit {}, applied {}, {} voters\n",
+        l.first_index, l.last_index, l.entries, l.compacted, l.term, l.commit, l.applied, l.voters
+    );
+    match &l.mark {
+        Some(m) => {
+            let _ = writeln!(
+                out,
+                "flushed mark: log up to {} (term {}); hard state term {}, vote {:016x}",
+                m.index, m.term, m.hs_term, m.hs_vote
+            );
+        }
+        None if l.unsealed => out.push_str("no flushed mark; records without checksums (sealed at the next start)\n"),
+        None => out.push_str("no flushed mark yet\n"),
+    }
+    let records: Vec<String> =
+        r.records.iter().map(|(kind, n)| format!("{n} {}", kind.trim_end_matches('/'))).collect();
+    let _ = writeln!(out, "records: {}", if records.is_empty() { "none".to_string() } else { records.join(", ") });
+    if r.problems.is_empty() {
+        out.push_str("consistent\n");
+    } else {
+        for p in &r.problems {
+            let _ = writeln!(out, "PROBLEM: {p}");
+        }
+    }
+    out
+}

@@ -406,7 +406,7 @@ impl Node {
         }
         self.log.store().apply(batch)?;
         if must_sync {
-            self.log.store().flush_blocking()?;
+            self.log.flush_and_mark()?;
         }
 
         self.send(ready.take_messages());

@@ -163,6 +163,8 @@ impl Sim {
     fn start(&mut self, i: usize) -> Result<(), String> {
         let m = &mut self.members[i];
         let store = m.store.clone();
+        // As `fifty server` does before raft-rs sees the log.
+        RaftLog::new(store.clone()).verify().map_err(|e| format!("node {} refuses to start: {e}", m.id))?;
         let (status, _) = watch::channel(RaftStatus::default());
         // A small threshold, so logs compact and lagging nodes catch up from snapshots.
         let options = Options { snapshot_threshold: 40 };

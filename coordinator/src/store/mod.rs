@@ -18,6 +18,7 @@
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
 
 pub mod check;
+pub mod mark;
 pub mod raft_log;
 
 use std::path::Path;
@@ -67,6 +68,9 @@ pub enum StoreError {
         /// What the codec said.
         source: CodecError,
     },
+    /// The flushed mark (`raft-mark`, see [`mark`]) could not be read or written.
+    #[error("flushed mark: {0}")]
+    Mark(#[from] mark::MarkError),
 }
 
 /// The coordinator's durable state.
@@ -74,6 +78,8 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    /// sled's directory (the Raft log's flushed mark lives beside sled's files).
+    dir: std::sync::Arc<std::path::PathBuf>,
 }
 
 /// A set of writes applied all at once.
@@ -358,7 +364,12 @@ impl Store {
         }
         let db = sled::Config::new().path(dir).open()?;
         let tree = db.open_tree("fifty")?;
-        Ok(Self { db, tree })
+        Ok(Self { db, tree, dir: std::sync::Arc::new(dir.to_path_buf()) })
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn get<T: Decode<()>>(&self, key: &str) -> Result<Option<T>, StoreError> {

@@ -11,13 +11,20 @@
 // raft-rs's protobuf types are built field by field, as its own examples do.
 #![allow(clippy::field_reassign_with_default)]
 
+use std::sync::{Arc, Mutex};
+
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
+use sha2::{Digest, Sha256};
 
 use fifty_shared::codec;
 
+use super::mark::{self, Mark, MarkWriter};
 use super::{Batch, Store, StoreError, STATE_PREFIX};
+
+mod inspect;
+pub use inspect::{Damage, LogInspection, OpenError};
 
 const LOG: &[u8] = b"raft/log/";
 const HARD_STATE: &[u8] = b"raft/hard_state";
@@ -25,6 +32,14 @@ const CONF_STATE: &[u8] = b"raft/conf_state";
 const SNAPSHOT_META: &[u8] = b"raft/snapshot_meta";
 const APPLIED: &[u8] = b"raft/applied";
 const NODE_ID: &[u8] = b"raft/node_id";
+/// Every Raft record's key starts with this.
+const RAFT_PREFIX: &[u8] = b"raft/";
+
+/// First byte of a sealed record. No record written before seals began starts with it: protobuf
+/// messages start with a field tag Raft's types do not use, and node ids are below 2^63.
+const SEAL_TAG: u8 = 0xF5;
+/// Tag and digest.
+const SEAL_LEN: usize = 1 + 8;
 
 /// One state record inside snapshot data.
 #[derive(bincode::Encode, bincode::Decode)]
@@ -33,7 +48,7 @@ struct SnapshotRecord {
     value: Vec<u8>,
 }
 
-fn log_key(index: u64) -> Vec<u8> {
+pub(super) fn log_key(index: u64) -> Vec<u8> {
     let mut k = LOG.to_vec();
     k.extend_from_slice(&index.to_be_bytes());
     k
@@ -44,6 +59,59 @@ fn index_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
+/// A Raft key as a person reads it: `raft/log/97`, `raft/hard_state`.
+fn key_name(key: &[u8]) -> String {
+    match key.strip_prefix(LOG).and_then(|i| <[u8; 8]>::try_from(i).ok()) {
+        Some(index) => format!("raft/log/{}", u64::from_be_bytes(index)),
+        None => String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
+fn seal_digest(key: &[u8], payload: &[u8]) -> [u8; 8] {
+    let mut h = Sha256::new();
+    h.update((key.len() as u64).to_be_bytes());
+    h.update(key);
+    h.update(payload);
+    h.finalize()[..8].try_into().expect("a SHA-256 digest is 32 bytes")
+}
+
+/// `payload` as stored under `key`: tag, digest of key and payload, payload.
+fn seal(key: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEAL_LEN + payload.len());
+    out.push(SEAL_TAG);
+    out.extend_from_slice(&seal_digest(key, payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+fn is_sealed(stored: &[u8]) -> bool {
+    stored.len() >= SEAL_LEN && stored[0] == SEAL_TAG
+}
+
+/// The payload of a record stored under `key`, if its seal holds; else what is wrong with it.
+fn open_seal<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8], &'static str> {
+    if !is_sealed(stored) {
+        return Err("it has no checksum (damaged, or written before checksums and not upgraded)");
+    }
+    let payload = &stored[SEAL_LEN..];
+    if stored[1..SEAL_LEN] != seal_digest(key, payload) {
+        return Err("its checksum does not match: the disk changed it");
+    }
+    Ok(payload)
+}
+
+/// The payload of a record read under `key`, if its seal holds.
+fn unseal<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    open_seal(key, stored).map_err(|detail| StoreError::Corrupt {
+        key: key_name(key),
+        source: codec::CodecError::Decode(detail.to_string()),
+    })
+}
+
+fn put_sealed(batch: &mut Batch, key: &[u8], payload: &[u8]) {
+    batch.put_raw(key, seal(key, payload));
+}
+
 fn other(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
@@ -52,9 +120,17 @@ fn store_err(e: StoreError) -> raft::Error {
     other(e)
 }
 
-fn decode<M: protobuf::Message>(bytes: &[u8], what: &str) -> Result<M, StoreError> {
+fn decode<M: protobuf::Message>(bytes: &[u8], key: &[u8]) -> Result<M, StoreError> {
     M::parse_from_bytes(bytes)
-        .map_err(|e| StoreError::Corrupt { key: what.to_string(), source: codec::CodecError::Decode(e.to_string()) })
+        .map_err(|e| StoreError::Corrupt { key: key_name(key), source: codec::CodecError::Decode(e.to_string()) })
+}
+
+fn decode_u64(bytes: &[u8], key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        key: key_name(key),
+        source: codec::CodecError::Decode(format!("{} bytes where a u64 was expected", bytes.len())),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
@@ -65,19 +141,26 @@ fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
 #[derive(Clone)]
 pub struct RaftLog {
     store: Store,
+    /// The flushed mark's writer, opened at its first use.
+    mark: Arc<Mutex<Option<Arc<MarkWriter>>>>,
 }
 
 impl RaftLog {
     /// The log kept in `store`.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self { store, mark: Arc::new(Mutex::new(None)) }
+    }
+
+    /// The payload stored under a Raft key, its seal checked.
+    fn get_sealed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.store.raw_get(key)? {
+            Some(stored) => Ok(Some(unseal(key, &stored)?.to_vec())),
+            None => Ok(None),
+        }
     }
 
     fn u64_at(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
-        Ok(self.store.raw_get(key)?.map(|v| {
-            let bytes: [u8; 8] = v.as_ref().try_into().unwrap_or([0; 8]);
-            u64::from_be_bytes(bytes)
-        }))
+        self.get_sealed(key)?.map(|b| decode_u64(&b, key)).transpose()
     }
 
     /// The store the log lives in.
@@ -97,7 +180,7 @@ impl RaftLog {
             }
         };
         let mut batch = Batch::default();
-        batch.put_raw(NODE_ID, id.to_be_bytes().to_vec());
+        put_sealed(&mut batch, NODE_ID, &id.to_be_bytes());
         self.store.apply(batch)?;
         self.store.flush_blocking()?;
         Ok(id)
@@ -110,30 +193,70 @@ impl RaftLog {
 
     /// Records the applied index in `batch`.
     pub fn set_applied(batch: &mut Batch, index: u64) {
-        batch.put_raw(APPLIED, index.to_be_bytes().to_vec());
+        put_sealed(batch, APPLIED, &index.to_be_bytes());
     }
 
     /// The stored hard state.
     pub fn hard_state(&self) -> Result<HardState, StoreError> {
-        match self.store.raw_get(HARD_STATE)? {
-            Some(b) => decode(&b, "raft/hard_state"),
+        match self.get_sealed(HARD_STATE)? {
+            Some(b) => decode(&b, HARD_STATE),
             None => Ok(HardState::default()),
         }
     }
 
     /// The stored conf state.
     pub fn conf_state(&self) -> Result<ConfState, StoreError> {
-        match self.store.raw_get(CONF_STATE)? {
-            Some(b) => decode(&b, "raft/conf_state"),
+        match self.get_sealed(CONF_STATE)? {
+            Some(b) => decode(&b, CONF_STATE),
             None => Ok(ConfState::default()),
         }
     }
 
     fn snapshot_meta(&self) -> Result<SnapshotMetadata, StoreError> {
-        match self.store.raw_get(SNAPSHOT_META)? {
-            Some(b) => decode(&b, "raft/snapshot_meta"),
+        match self.get_sealed(SNAPSHOT_META)? {
+            Some(b) => decode(&b, SNAPSHOT_META),
             None => Ok(SnapshotMetadata::default()),
         }
+    }
+
+    /// The flushed mark's writer, opened at its first use.
+    fn mark_writer(&self) -> Result<Arc<MarkWriter>, StoreError> {
+        let mut slot = self.mark.lock().expect("the mark lock is never poisoned");
+        if slot.is_none() {
+            *slot = Some(MarkWriter::open(mark::path_in(self.store.dir()))?);
+        }
+        Ok(slot.clone().expect("opened just above"))
+    }
+
+    /// Lowers the flushed mark to `index` (durably) if it counts entries past it. Called before
+    /// the log is cut back to `index`, so that the mark never claims entries the log no longer
+    /// holds, even if the process dies right after the cut.
+    fn lower_mark(&self, index: u64, term: impl FnOnce() -> Result<u64, StoreError>) -> Result<(), StoreError> {
+        self.mark_writer()?.lower(index, term)
+    }
+
+    /// Records in the flushed mark what the store holds now: the log's last index and its term,
+    /// and the hard state's term and vote. Call it only right after a flush, on the thread that
+    /// writes the log, so what it records is what the flush made durable. The mark is written
+    /// on a thread of its own, soon after ([`MarkWriter`]).
+    pub fn mark_flushed(&self) -> Result<(), StoreError> {
+        let index = self.last()?;
+        let term = self.term_of(index)?;
+        let hs = self.hard_state()?;
+        self.mark_writer()?.post(Mark { index, term, hs_term: hs.term, hs_vote: hs.vote });
+        Ok(())
+    }
+
+    /// Makes every write durable, then records what is now on disk in the flushed mark (the Raft
+    /// loop's flush before it sends a Ready's messages).
+    pub fn flush_and_mark(&self) -> Result<(), StoreError> {
+        self.store.flush_blocking()?;
+        self.mark_flushed()
+    }
+
+    /// Waits until the newest mark posted is written.
+    pub fn sync_mark(&self) -> Result<(), StoreError> {
+        Ok(self.mark_writer()?.sync()?)
     }
 
     /// Whether this node belongs to a cluster yet (bootstrapped, or caught up from a snapshot).
@@ -144,7 +267,7 @@ impl RaftLog {
 
     /// Saves the hard state in `batch`.
     pub fn set_hard_state(batch: &mut Batch, hs: &HardState) {
-        batch.put_raw(HARD_STATE, encode(hs));
+        put_sealed(batch, HARD_STATE, &encode(hs));
     }
 
     /// Records in `batch` that the log was compacted at `index` (whose term was `term`).
@@ -152,12 +275,12 @@ impl RaftLog {
         let mut meta = SnapshotMetadata::default();
         meta.index = index;
         meta.term = term;
-        batch.put_raw(SNAPSHOT_META, encode(&meta));
+        put_sealed(batch, SNAPSHOT_META, &encode(&meta));
     }
 
     /// Saves the conf state in `batch`.
     pub fn set_conf_state(batch: &mut Batch, cs: &ConfState) {
-        batch.put_raw(CONF_STATE, encode(cs));
+        put_sealed(batch, CONF_STATE, &encode(cs));
     }
 
     fn first(&self) -> Result<u64, StoreError> {
@@ -175,8 +298,11 @@ impl RaftLog {
     }
 
     /// Adds `entries` to `batch`, replacing any stored entries from the first one's index on.
+    /// If that cuts back entries the flushed mark counts, the mark is lowered first (durably).
     pub fn append(&self, batch: &mut Batch, entries: &[Entry]) -> Result<(), StoreError> {
         let Some(first) = entries.first() else { return Ok(()) };
+        let keep = first.index.saturating_sub(1);
+        self.lower_mark(keep, || self.term_of(keep))?;
         for item in self.store.tree.range(log_key(first.index)..) {
             let (key, _) = item?;
             if !key.starts_with(LOG) {
@@ -185,7 +311,7 @@ impl RaftLog {
             batch.remove_raw(&key);
         }
         for e in entries {
-            batch.put_raw(&log_key(e.index), encode(e));
+            put_sealed(batch, &log_key(e.index), &encode(e));
         }
         Ok(())
     }
@@ -210,8 +336,9 @@ impl RaftLog {
         if idx == meta.index {
             return Ok(meta.term);
         }
-        match self.store.raw_get(&log_key(idx))? {
-            Some(b) => Ok(decode::<Entry>(&b, "raft/log")?.term),
+        let key = log_key(idx);
+        match self.get_sealed(&key)? {
+            Some(b) => Ok(decode::<Entry>(&b, &key)?.term),
             None => Ok(0),
         }
     }
@@ -238,6 +365,8 @@ impl RaftLog {
     /// state records, conf state, applied index, and an empty log compacted at the snapshot.
     pub fn apply_snapshot(&self, snapshot: &Snapshot, hard_state: &HardState) -> Result<(), StoreError> {
         let meta = snapshot.get_metadata();
+        // A snapshot behind the log's end replaces the log: lower the mark first.
+        self.lower_mark(meta.index, || Ok(meta.term))?;
         let mut batch = Batch::default();
         for item in self.store.tree.scan_prefix(STATE_PREFIX.as_bytes()) {
             batch.remove_raw(&item?.0);
@@ -298,8 +427,8 @@ impl raft::Storage for RaftLog {
         let mut out = Vec::new();
         let mut size = 0u64;
         for item in self.store.tree.range(log_key(low)..log_key(high)) {
-            let (_, bytes) = item.map_err(other)?;
-            let e: Entry = decode(&bytes, "raft/log").map_err(store_err)?;
+            let (key, stored) = item.map_err(other)?;
+            let e: Entry = unseal(&key, &stored).and_then(|b| decode(b, &key)).map_err(store_err)?;
             size += e.compute_size() as u64;
             if !out.is_empty() && size > max {
                 break;
@@ -437,5 +566,131 @@ mod tests {
         bad.data = bad.data.slice(..len - 1);
         assert!(b.apply_snapshot(&bad, &HardState::default()).is_err());
         let _ = (std::fs::remove_dir_all(dir_a), std::fs::remove_dir_all(dir_b));
+    }
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+        let mut hs = HardState::default();
+        hs.term = term;
+        hs.vote = vote;
+        hs.commit = commit;
+        hs
+    }
+
+    /// As the Raft loop persists a Ready: entries and hard state in one batch, flush, mark.
+    fn persist(log: &RaftLog, entries: &[Entry], hs: &HardState) {
+        let mut batch = Batch::default();
+        log.append(&mut batch, entries).unwrap();
+        RaftLog::set_hard_state(&mut batch, hs);
+        log.store.apply(batch).unwrap();
+        log.flush_and_mark().unwrap();
+        log.sync_mark().unwrap();
+    }
+
+    fn mark_index(log: &RaftLog) -> u64 {
+        mark::read(&mark::path_in(log.store.dir())).unwrap().map(|(_, m)| m.index).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_follower_cut_back_lowers_the_mark_before_the_cut_so_a_crash_is_no_false_alarm() {
+        let (log, dir) = log();
+        persist(&log, &[entry(1, 1), entry(2, 1), entry(3, 1), entry(4, 1), entry(5, 1)], &hard_state(1, 9, 2));
+        assert_eq!(mark_index(&log), 5);
+
+        // A new leader replaces entries 3.. with its own; the process dies after the flush,
+        // before the mark for the new tail is written.
+        let mut batch = Batch::default();
+        log.append(&mut batch, &[entry(3, 2)]).unwrap();
+        assert_eq!(mark_index(&log), 2, "the mark is lowered before the cut is written");
+        RaftLog::set_hard_state(&mut batch, &hard_state(2, 0, 2));
+        log.store.apply(batch).unwrap();
+        log.store.flush_blocking().unwrap();
+        let found = log.verify().unwrap();
+        assert_eq!((found.last_index, found.problems.len()), (3, 0));
+
+        log.flush_and_mark().unwrap();
+        log.sync_mark().unwrap();
+        assert_eq!(mark_index(&log), 3);
+        assert!(log.verify().is_ok());
+
+        // An older snapshot replacing the log lowers the mark the same way.
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 2;
+        snap.mut_metadata().term = 1;
+        log.apply_snapshot(&snap, &hard_state(2, 0, 2)).unwrap();
+        assert_eq!(mark_index(&log), 2);
+        assert!(log.verify().is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_hard_state_that_went_back_or_changed_its_vote_is_refused() {
+        let (log, dir) = log();
+        persist(&log, &[entry(1, 3)], &hard_state(3, 7, 1));
+        assert!(log.verify().is_ok());
+
+        // An older hard state comes back (the newest write was lost).
+        let mut batch = Batch::default();
+        RaftLog::set_hard_state(&mut batch, &hard_state(2, 7, 1));
+        log.store.apply(batch).unwrap();
+        let Err(OpenError::Damaged(damage)) = log.verify() else { panic!("a hard state that went back was accepted") };
+        assert!(damage.to_string().contains("term 2 but term 3 was flushed"), "{damage}");
+
+        // Same term, another vote: the node could vote twice in a term.
+        let mut batch = Batch::default();
+        RaftLog::set_hard_state(&mut batch, &hard_state(3, 8, 1));
+        log.store.apply(batch).unwrap();
+        let Err(OpenError::Damaged(damage)) = log.verify() else { panic!("a changed vote was accepted") };
+        assert!(damage.to_string().contains("vote 0000000000000008 in term 3"), "{damage}");
+
+        // A missing hard state on a node that belongs to a cluster.
+        let mut batch = Batch::default();
+        RaftLog::set_hard_state(&mut batch, &hard_state(3, 7, 1));
+        let mut cs = ConfState::default();
+        cs.voters = vec![7];
+        RaftLog::set_conf_state(&mut batch, &cs);
+        batch.remove_raw(HARD_STATE);
+        log.store.apply(batch).unwrap();
+        let Err(OpenError::Damaged(damage)) = log.verify() else { panic!("a missing hard state was accepted") };
+        assert!(damage.to_string().contains("raft/hard_state is missing"), "{damage}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_store_from_before_checksums_is_sealed_at_start_and_reads_the_same() {
+        let (log, dir) = log();
+        // Records as the previous version wrote them: bare protobuf and u64s, no mark file.
+        let mut batch = Batch::default();
+        for e in [entry(2, 1), entry(3, 2)] {
+            batch.put_raw(&log_key(e.index), encode(&e));
+        }
+        batch.put_raw(HARD_STATE, encode(&hard_state(2, 5, 3)));
+        let mut meta = SnapshotMetadata::default();
+        meta.index = 1;
+        meta.term = 1;
+        batch.put_raw(SNAPSHOT_META, encode(&meta));
+        batch.put_raw(APPLIED, 3u64.to_be_bytes().to_vec());
+        batch.put_raw(NODE_ID, 0x1234u64.to_be_bytes().to_vec());
+        log.store.apply(batch).unwrap();
+        assert!(log.hard_state().is_err(), "a bare record is not read as sealed");
+        let before = log.inspect().unwrap();
+        assert!(before.unsealed && before.problems.is_empty(), "{before:?}");
+
+        let after = log.verify().unwrap();
+        assert!(!after.unsealed && after.problems.is_empty(), "{after:?}");
+        assert_eq!((after.first_index, after.last_index, after.commit, after.applied), (2, 3, 3, 3));
+        assert_eq!(after.mark.map(|m| (m.index, m.term, m.hs_term, m.hs_vote)), Some((3, 2, 2, 5)));
+        assert_eq!(log.node_id().unwrap(), 0x1234);
+        assert_eq!(log.term(3).unwrap(), 2);
+
+        // Once sealed, a bare record is damage, not an old format.
+        let mut batch = Batch::default();
+        batch.put_raw(&log_key(3), encode(&entry(3, 2)));
+        log.store.apply(batch).unwrap();
+        let found = log.inspect().unwrap();
+        assert_eq!(
+            found.problems,
+            ["raft/log/3: it has no checksum (damaged, or written before checksums and not upgraded)"]
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
