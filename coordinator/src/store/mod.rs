@@ -101,22 +101,27 @@ pub const MAX_RECORD: usize = codec::MAX_FRAME - 64 * 1024;
 /// The longest state key.
 pub const MAX_KEY: usize = 4 * 1024;
 
+// Named here, not as literals in `impl Batch`, whose string literals are its keys
+// (`check::tests` reads them from this file).
+const WHAT_KEY: &str = "key";
+const WHAT_RECORD: &str = "record";
+
 impl Batch {
     fn put<T: Encode>(&mut self, key: String, value: &T) {
         let key = format!("{STATE_PREFIX}{key}");
         if key.len() > MAX_KEY {
             let len = key.len();
-            self.fail(StoreError::TooLarge { key: truncated(&key), what: "key", len, max: MAX_KEY });
+            self.fail(StoreError::TooLarge { key: truncated(&key), what: WHAT_KEY, len, max: MAX_KEY });
             return;
         }
         match codec::to_bytes(value) {
             Ok(bytes) if bytes.len() > MAX_RECORD => {
                 let len = bytes.len();
-                self.fail(StoreError::TooLarge { key, what: "record", len, max: MAX_RECORD });
+                self.fail(StoreError::TooLarge { key, what: WHAT_RECORD, len, max: MAX_RECORD });
             }
             Ok(bytes) => self.ops.push((key.into_bytes(), Some(bytes))),
             Err(codec::CodecError::TooLarge { len, .. }) => {
-                self.fail(StoreError::TooLarge { key, what: "record", len, max: MAX_RECORD })
+                self.fail(StoreError::TooLarge { key, what: WHAT_RECORD, len, max: MAX_RECORD })
             }
             Err(source) => self.fail(StoreError::Encode { key, source }),
         }
