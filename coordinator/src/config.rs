@@ -49,8 +49,10 @@ pub struct Config {
     /// Snapshot the state and compact the Raft log past this many entries.
     pub snapshot_threshold: u64,
     /// Enables the fault-injection routes (admin token only), for tests: `POST /v1/debug/isolate`
-    /// drops this node's peer traffic (partitions), `POST /v1/debug/deploy` sends a host a
-    /// deliberately tampered deploy order (signature checks). Never on in production.
+    /// drops this node's peer traffic (partitions); `POST /v1/debug/deploy` sends a host a deploy
+    /// order with a broken signature, or overwrites a release's stored artifact with garbage on
+    /// every coordinator (destroying that release), to test that agents refuse both. Never on in
+    /// production.
     pub fault_injection: bool,
     /// Alert rules proposed by the leader when no rule has their name (`[[alert.rule]]`).
     pub alert: AlertConfig,

@@ -136,7 +136,7 @@ async fn forward(f: &Forwarder, leader: &MemberRecord, req: Request) -> Result<R
             std::future::pending::<()>().await;
         }
     };
-    let retry = "retry (a write may or may not have been applied)";
+    let retry = if parts.method == Method::GET { "retry" } else { "retry (it may or may not have been applied)" };
     let answer = tokio::select! {
         answer = tokio::time::timeout(f.timeout, client.forward(parts.method, path, &headers, body)) => answer,
         _ = leader_moved => {
