@@ -313,7 +313,10 @@ async fn the_api_checks_every_route_bounds_its_input_and_does_not_wait_on_a_paus
                 headers.push(("authorization", a.as_str()));
             }
             let body = if r.method == Method::GET { Vec::new() } else { b"[]".to_vec() };
-            let (status, _, answer) = raw(&cluster, follower, r.method.clone(), &path, &headers, body).await;
+            let (status, content_type, answer) = raw(&cluster, follower, r.method.clone(), &path, &headers, body).await;
+            if status >= 400 && !content_type.starts_with("application/json") {
+                wrong.push(format!("{} {path} as {who}: {status} is not JSON ({content_type}): {answer}", r.method));
+            }
             let allowed = match (r.access, *who) {
                 (Access::Public, _) => true,
                 (_, "none" | "wrong" | "join token" | "revoked" | "expired") => false,

@@ -176,7 +176,34 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
         .layer(axum::middleware::from_fn_with_state(forwarder, forward::to_leader))
         .layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, https::bounded_body))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(coordinator)
+}
+
+/// Makes every error answer JSON. The API's own errors are ([`ApiError`]); axum's rejections (a
+/// query, path or body that does not parse, a method the path does not take) are plain text, and
+/// become `{"error": "..."}` here.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || !(resp.status().is_client_error() || resp.status().is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let message = match text {
+        Ok(t) if !t.is_empty() => t,
+        _ => parts.status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut out = ApiError(parts.status, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// The state of one route's guard: what the route needs.
