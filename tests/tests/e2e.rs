@@ -249,6 +249,14 @@ async fn the_api_checks_every_route_bounds_its_input_and_does_not_wait_on_a_paus
     }
     let out = cli(&cluster, &admin, &["token", "list"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let rule = br#"{"name":"probe-down","kind":"host_down","for":"5m"}"#.to_vec();
+    let (status, _, body) = raw(&cluster, follower, Method::POST, "/v1/alerts/rules", &json, rule).await;
+    assert_eq!(status, 200, "{body}");
+    let silence = br#"{"for":"100000000h"}"#.to_vec();
+    let (status, _, body) =
+        raw(&cluster, follower, Method::POST, "/v1/alerts/rules/probe-down/silence", &json, silence).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("for: ") && body.contains("maximum, 10years"), "{body}");
 
     // Credentials of every kind.
     let read = token(&cluster, "read", None).await;
