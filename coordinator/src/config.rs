@@ -52,11 +52,57 @@ pub struct Config {
     /// check` does) and logs an ERROR if they differ; 0s turns it off.
     #[serde(with = "duration")]
     pub consistency_check_interval: Duration,
-    /// Enables `POST /v1/debug/isolate` (admin only), which drops this node's peer traffic: for
-    /// partition tests. Never on in production.
+    /// Enables the fault-injection routes (admin token only), for tests: `POST /v1/debug/isolate`
+    /// drops this node's peer traffic (partitions); `POST /v1/debug/deploy` sends a host a deploy
+    /// order with a broken signature, or overwrites a release's stored artifact with garbage on
+    /// every coordinator (destroying that release), to test that agents refuse both. Never on in
+    /// production.
     pub fault_injection: bool,
     /// Alert rules proposed by the leader when no rule has their name (`[[alert.rule]]`).
     pub alert: AlertConfig,
+    /// `[api]`: how long the HTTPS API waits for clients, and how many it serves at once.
+    pub api: ApiConfig,
+}
+
+/// `[api]`: the bounds every HTTPS API client is held to, so that slow, idle or numerous
+/// clients cannot hold the coordinator's connections, memory or file descriptors.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// A new connection must complete its TLS handshake within this.
+    #[serde(with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// Once the first byte of a request arrives, its head (request line and headers) must be
+    /// complete within this.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A request's body must be complete within this after its head (else 408).
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// A connection with no request in progress (before its first, or after an answer) is
+    /// closed after this.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Connections beyond this many at once are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// How long a follower waits for the leader's answer to a request it forwarded before
+    /// answering 503 (connecting to the leader gets at most 3 s of it). More than the leader's
+    /// own 10 s bound on committing a write.
+    #[serde(with = "duration")]
+    pub forward_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            forward_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 /// `[alert]`: alert rules from the config file.
@@ -87,6 +133,7 @@ impl Default for Config {
             consistency_check_interval: Duration::from_secs(600),
             fault_injection: false,
             alert: AlertConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -195,6 +242,21 @@ impl Config {
         if self.snapshot_threshold < 10 {
             bail!("config key snapshot_threshold: {} is too small (at least 10)", self.snapshot_threshold);
         }
+        let api = &self.api;
+        for (key, d) in [
+            ("tls_handshake_timeout", api.tls_handshake_timeout),
+            ("header_read_timeout", api.header_read_timeout),
+            ("body_read_timeout", api.body_read_timeout),
+            ("idle_timeout", api.idle_timeout),
+            ("forward_timeout", api.forward_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                bail!("config key api.{key}: {d:?} is too short (at least 100ms)");
+            }
+        }
+        if api.max_connections == 0 {
+            bail!("config key api.max_connections: must be at least 1");
+        }
         Ok(())
     }
 
@@ -247,6 +309,21 @@ mod tests {
     fn a_bad_duration_is_named() {
         let err = toml::from_str::<Config>("down_after = \"five\"\n").unwrap_err().to_string();
         assert!(err.contains("down_after") && err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn api_limits_have_defaults_and_are_checked() {
+        let cfg: Config = toml::from_str("[api]\nidle_timeout = \"2s\"\n").unwrap();
+        assert_eq!(cfg.api.idle_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.api.max_connections, 1024);
+        cfg.validate().unwrap();
+        let cfg: Config = toml::from_str("[api]\nmax_connections = 0\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("api.max_connections"));
+        let cfg: Config = toml::from_str("[api]\nheader_read_timeout = \"0s\"\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("api.header_read_timeout"));
+        let err = toml::from_str::<Config>("[api]\nidle_timeout = \"100000000h\"\n").unwrap_err().to_string();
+        assert!(err.contains("idle_timeout") && err.contains("maximum"), "{err}");
+        assert!(toml::from_str::<Config>("[api]\nidle = \"1s\"\n").unwrap_err().to_string().contains("idle"));
     }
 
     #[test]

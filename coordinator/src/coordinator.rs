@@ -268,7 +268,14 @@ impl Coordinator {
             req.role.parse().map_err(|e: fifty_shared::ids::IdError| OpError::BadRequest(e.to_string()))?;
         let ttl = match (&req.ttl, role) {
             (Some(text), _) => {
-                Some(fifty_shared::config::parse_duration(text).map_err(|e| OpError::BadRequest(format!("ttl: {e}")))?)
+                let ttl =
+                    fifty_shared::config::parse_duration(text).map_err(|e| OpError::BadRequest(format!("ttl: {e}")))?;
+                if ttl.is_zero() {
+                    return Err(OpError::BadRequest(format!(
+                        "ttl: {text:?} makes a token that is already expired; give a positive lifetime, or none for an API token that does not expire"
+                    )));
+                }
+                Some(ttl)
             }
             (None, Role::Agent) => Some(Duration::from_secs(3600)),
             (None, _) => None,
@@ -314,23 +321,7 @@ impl Coordinator {
     /// Every token, without secrets.
     pub fn tokens(&self) -> Result<Vec<TokenView>, StoreError> {
         let now = SystemTime::now();
-        let mut tokens: Vec<_> = self
-            .consensus
-            .store()
-            .tokens()?
-            .into_iter()
-            .map(|t| TokenView {
-                expired: t.expires_at.is_some_and(|at| now >= at),
-                accessor: t.accessor,
-                role: t.role.to_string(),
-                description: t.description,
-                created_at: views::rfc3339(t.created_at),
-                expires_at: t.expires_at.map(views::rfc3339),
-                max_uses: t.max_uses,
-                uses: t.uses,
-                revoked: t.revoked,
-            })
-            .collect();
+        let mut tokens: Vec<_> = self.consensus.store().tokens()?.iter().map(|t| TokenView::of(t, now)).collect();
         tokens.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.accessor.cmp(&b.accessor)));
         Ok(tokens)
     }

@@ -282,6 +282,18 @@ impl LocalCluster {
         }
     }
 
+    /// Stops coordinator `i`'s process (SIGSTOP) or lets it go on (SIGCONT), as a stalled
+    /// machine would: its sockets stay open and its kernel still accepts connections.
+    pub fn pause_coordinator(&self, i: usize, paused: bool) -> Result<()> {
+        let pid = self.coordinators[i].child.as_ref().and_then(|c| c.id()).context("the coordinator is not running")?;
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            bail!("signal coordinator {i}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Indexes of the coordinators whose process runs.
     pub fn running(&self) -> Vec<usize> {
         (0..self.coordinators.len()).filter(|i| self.coordinators[*i].child.is_some()).collect()

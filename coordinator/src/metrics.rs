@@ -163,9 +163,131 @@ impl Metrics {
     }
 }
 
+/// The two exposition formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text format 0.0.4: what plain scrapers, `curl` and `promtool check metrics` read.
+    Text,
+    /// OpenMetrics 1.0.0, for scrapers that ask for it.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: OpenMetrics only when it is preferred at least as
+    /// much as plain text (Prometheus itself sends `application/openmetrics-text;version=1.0.0,
+    /// ...,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`); text otherwise, and without a header.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let (mut open, mut text) = (0.0f32, 0.0f32);
+        for range in accept.unwrap_or("").split(',') {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or("").to_ascii_lowercase();
+            let q = params
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => open = open.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if open > 0.0 && open >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+
+    /// The exposition in this format, from [`Metrics::render`]'s OpenMetrics text.
+    pub fn encode(self, openmetrics: String) -> String {
+        match self {
+            Format::OpenMetrics => openmetrics,
+            Format::Text => text_format(&openmetrics),
+        }
+    }
+}
+
+/// Rewrites an OpenMetrics exposition in the Prometheus text format 0.0.4. The two differ where
+/// prometheus-client's output uses OpenMetrics-only features: a counter family is named without
+/// `_total` in OpenMetrics but with it in 0.0.4 (its samples already carry it); `# UNIT`,
+/// `_created` samples and `# EOF` do not exist in 0.0.4; `unknown` is 0.0.4's `untyped`.
+pub fn text_format(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let is_counter = |name: &str| counters.contains(&name);
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let keyword = &line[..7];
+            let name = if is_counter(name) { format!("{name}_total") } else { name.to_string() };
+            let tail = if keyword == "# TYPE " && tail == "unknown" { "untyped" } else { tail };
+            out.push_str(&format!("{keyword}{name} {tail}\n"));
+            continue;
+        }
+        let sample = line.split(['{', ' ']).next().unwrap_or("");
+        if sample.strip_suffix("_created").is_some_and(is_counter) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(Format::negotiate(Some("text/plain;version=0.0.4")), Format::Text);
+        assert_eq!(Format::negotiate(Some("text/plain; version=0.0.4; q=1, */*; q=0.1")), Format::Text);
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text; version=1.0.0")), Format::OpenMetrics);
+        // What Prometheus 2.x sends.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0.2,text/plain;version=0.0.4;q=0.9")),
+            Format::Text
+        );
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
+    }
+
+    #[test]
+    fn the_text_format_names_counter_families_with_total() {
+        let m = Metrics::default();
+        m.heartbeats.inc();
+        let text = text_format(&m.render(3, 1, 3, 10));
+        assert!(text.contains("# HELP fifty_heartbeats_total Heartbeats received from agents"), "{text}");
+        assert!(text.contains("# TYPE fifty_heartbeats_total counter\nfifty_heartbeats_total 1\n"), "{text}");
+        assert!(text.contains("# TYPE fifty_enrollments_total counter"), "{text}");
+        assert!(text.contains("# TYPE fifty_hosts gauge\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        // Every sample's family has a HELP and a TYPE line of its own name.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}:\n{text}");
+            assert!(text.contains(&format!("# TYPE {name} ")), "no TYPE for {name}:\n{text}");
+        }
+    }
 
     #[test]
     fn the_exposition_names_hosts_by_state() {

@@ -58,7 +58,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     tracing::info!(node = format!("{node_id:016x}"), http = %me.http_addr, quic = %me.quic_addr, "coordinator listening");
     let router = crate::api::router(coordinator.clone());
     let quic = tokio::spawn(crate::quic::serve(endpoint, coordinator.clone(), shutdown.clone()));
-    let api = tokio::spawn(crate::api::serve(listener, https_tls, router, shutdown.clone()));
+    let api = tokio::spawn(crate::api::serve(listener, https_tls, router, config.api.clone(), shutdown.clone()));
 
     let membership = Membership {
         bootstrap_expect: config.bootstrap_expect,

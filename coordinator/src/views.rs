@@ -2,15 +2,19 @@
 //! same types, so `--json` output and the API never disagree.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::HostState;
 
-/// RFC 3339 text of a time, to the millisecond.
+/// RFC 3339 text of a time, to the millisecond. It never fails: RFC 3339 has four-digit years,
+/// so a time before 1970 shows as the epoch and one past 9999 as the last millisecond of 9999.
+/// Durations from users are bounded now, but a record stored before they were may hold such a
+/// time, and listing it must still work.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    let last = SystemTime::UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+    humantime::format_rfc3339_millis(t.clamp(SystemTime::UNIX_EPOCH, last)).to_string()
 }
 
 /// The time an RFC 3339 text names, if it is one.
@@ -118,6 +122,23 @@ pub struct TokenView {
     pub revoked: bool,
     /// Past its expiry now.
     pub expired: bool,
+}
+
+impl TokenView {
+    /// The view of a stored token at `now`.
+    pub fn of(t: &crate::state::TokenRecord, now: SystemTime) -> Self {
+        TokenView {
+            expired: t.expires_at.is_some_and(|at| now >= at),
+            accessor: t.accessor.clone(),
+            role: t.role.to_string(),
+            description: t.description.clone(),
+            created_at: rfc3339(t.created_at),
+            expires_at: t.expires_at.map(rfc3339),
+            max_uses: t.max_uses,
+            uses: t.uses,
+            revoked: t.revoked,
+        }
+    }
 }
 
 /// `POST /v1/tokens` request.
@@ -664,4 +685,52 @@ pub struct NodeDigestView {
     pub digest: Option<String>,
     /// "agrees", "DIFFERS", "behind" (has not applied the checkpoint yet) or why it did not answer.
     pub verdict: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, Machine, TokenRecord};
+    use crate::store::{Batch, Store};
+    use fifty_shared::ids::Role;
+
+    #[test]
+    fn times_outside_rfc3339_still_format() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999Z");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00.000Z");
+    }
+
+    /// A token committed before TTLs were bounded (`--ttl 100000000h`, year 13,000-something)
+    /// still lists, and can be revoked.
+    #[test]
+    fn a_stored_token_with_a_huge_expiry_lists_and_revokes() {
+        let dir = std::env::temp_dir().join(format!("fifty-views-{}-{}", std::process::id(), rand::random::<u64>()));
+        let mut m = Machine::new(Store::open(&dir).unwrap());
+        let now = SystemTime::now();
+        let record = TokenRecord {
+            accessor: "0123456789abcdef".into(),
+            hash: "h".into(),
+            role: Role::Admin,
+            description: "from before the bound".into(),
+            created_at: now,
+            expires_at: Some(now + Duration::from_secs(100_000_000 * 3600)),
+            max_uses: None,
+            uses: 0,
+            revoked: false,
+        };
+        m.apply(&Command::CreateToken(record), Batch::default()).unwrap().unwrap();
+        let list = |m: &Machine| -> Vec<TokenView> {
+            m.store().tokens().unwrap().iter().map(|t| TokenView::of(t, SystemTime::now())).collect()
+        };
+        let listed = list(&m);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].expires_at.as_deref(), Some("9999-12-31T23:59:59.999Z"));
+        assert!(!listed[0].expired && !listed[0].revoked);
+        m.apply(&Command::RevokeToken { accessor: "0123456789abcdef".into() }, Batch::default()).unwrap().unwrap();
+        assert!(list(&m)[0].revoked);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -139,9 +139,27 @@ pub fn check_not_shared_writable(dir: &Path) -> Result<()> {
 }
 
 /// Parses a duration written like `"500ms"`, `"5s"` or `"1h"`.
+/// The longest duration Fifty accepts from anyone (10 years). Every duration a user writes (a
+/// token's TTL, a silence, a bake, a config key) is at most this, so adding one to the current
+/// time or formatting the result can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(315_576_000);
+
+/// Parses a duration written like `"500ms"`, `"5s"` or `"1h"`, of at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\""))
+    parse_duration_at_most(text, MAX_DURATION)
+}
+
+/// Parses a duration as [`parse_duration`] does, refusing one longer than `max` with a message
+/// that names the maximum.
+pub fn parse_duration_at_most(text: &str, max: Duration) -> Result<Duration, String> {
+    let max = max.min(MAX_DURATION);
+    let too_long = || format!("{text:?} is longer than the maximum, {}", humantime::format_duration(max));
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d > max => Err(too_long()),
+        Ok(d) => Ok(d),
+        Err(humantime::DurationError::NumberOverflow) => Err(too_long()),
+        Err(e) => Err(format!("{text:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\"")),
+    }
 }
 
 /// Serde adapter for `Duration` fields written as human durations.
@@ -225,5 +243,19 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn durations_past_the_maximum_are_refused_naming_it() {
+        assert_eq!(parse_duration("10years").unwrap(), MAX_DURATION);
+        for huge in ["100000000h", "18446744073709551615s", "11years"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("longer than the maximum, 10years"), "{huge}: {err}");
+        }
+        let err = parse_duration_at_most("2d", Duration::from_secs(86_400)).unwrap_err();
+        assert!(err.contains("maximum, 1day"), "{err}");
+        // Whatever is accepted can be added to the current time and formatted.
+        let later = std::time::SystemTime::now() + MAX_DURATION;
+        assert!(!humantime::format_rfc3339_millis(later).to_string().is_empty());
     }
 }

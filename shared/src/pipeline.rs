@@ -633,4 +633,10 @@ mod tests {
         let err = Pipeline::parse("[test\n").unwrap_err();
         assert!(err.starts_with("fifty.toml:"), "{err}");
     }
+
+    #[test]
+    fn a_bake_past_the_longest_duration_is_refused_naming_it() {
+        let err = Pipeline::parse("[deploy]\nhosts = \"role=prod\"\nbake = \"100000000h\"\n").unwrap_err();
+        assert!(err.contains("bake") && err.contains("maximum, 10years"), "{err}");
+    }
 }

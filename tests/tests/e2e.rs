@@ -307,9 +307,9 @@ async fn a_coordinator_refuses_a_data_dir_open_to_others() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Every non-comment line of an OpenMetrics exposition is `name{labels} value`.
+/// Every non-comment line of a Prometheus text exposition is `name{labels} value`.
 fn check_exposition(text: &str) {
-    assert!(text.trim_end().ends_with("# EOF"));
+    assert!(!text.contains("# EOF"), "the default format is Prometheus text, not OpenMetrics");
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
         assert!(value.parse::<f64>().is_ok(), "value of {line}");
@@ -317,6 +317,283 @@ fn check_exposition(text: &str) {
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "name of {line}");
         assert_eq!(series.contains('{'), series.ends_with('}'), "labels of {line}");
     }
+}
+
+/// One raw request to coordinator `i`'s API: status, content type and body as text.
+async fn raw(
+    cluster: &LocalCluster,
+    i: usize,
+    method: hyper::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, String, String) {
+    let ca = std::fs::read_to_string(cluster.ca_path()).unwrap();
+    let client = fifty::cli::Client::new(&format!("https://{}", cluster.coordinators[i].http), None, &ca).unwrap();
+    let headers: Vec<_> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                hyper::header::HeaderValue::from_str(v).unwrap(),
+            )
+        })
+        .collect();
+    let (status, content_type, bytes) = client.forward(method, path, &headers, bytes(body)).await.expect("an answer");
+    let content_type = content_type.map(|c| c.to_str().unwrap_or("").to_string()).unwrap_or_default();
+    (status.as_u16(), content_type, text(&bytes))
+}
+
+fn bytes(v: Vec<u8>) -> hyper::body::Bytes {
+    hyper::body::Bytes::from(v)
+}
+
+/// promtool, from Debian's `prometheus` package (scripts/test installs it).
+fn promtool() -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("promtool"))
+        .find(|p| p.exists());
+    found.expect("promtool is not installed: `apt-get install prometheus` (scripts/test does it when run as root)")
+}
+
+/// Runs `promtool` with `args`, `input` on standard input; returns whether it passed and what it said.
+fn run_promtool(args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(promtool())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", text(&out.stdout), text(&out.stderr)))
+}
+
+/// The API, probed as a hostile client would on a cluster of three: every route of the router's
+/// table against every kind of credential, through a follower (so forwarding keeps the rules);
+/// bounded durations; oversized bodies; `/metrics` in both formats checked by promtool; the CLI's
+/// CA errors; and a paused leader, which a follower must not wait on for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_checks_every_route_bounds_its_input_and_does_not_wait_on_a_paused_leader() {
+    use fifty::api::{routes, Access};
+    use fifty_shared::ids::Role;
+    use hyper::Method;
+
+    let dir = test_dir("api");
+    let options = Options { coordinators: 3, fault_injection: true, ..Options::default() };
+    let cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let admin = cluster.admin_token.clone();
+
+    // Durations are bounded and named; 0 is refused; the listing still works.
+    let huge = br#"{"role":"read","ttl":"18446744073709551615s"}"#.to_vec();
+    let bearer = format!("Bearer {admin}");
+    let json = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    let (status, _, body) = raw(&cluster, follower, Method::POST, "/v1/tokens", &json, huge).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("ttl") && body.contains("maximum, 10years"), "{body}");
+    for (ttl, says) in [("100000000h", "maximum, 10years"), ("0s", "already expired")] {
+        let out = cli(&cluster, &admin, &["token", "create", "--role", "read", "--ttl", ttl]).await;
+        assert!(!out.status.success() && text(&out.stderr).contains(says), "--ttl {ttl}: {}", text(&out.stderr));
+    }
+    let out = cli(&cluster, &admin, &["token", "list"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rule = br#"{"name":"probe-down","kind":"host_down","for":"5m"}"#.to_vec();
+    let (status, _, body) = raw(&cluster, follower, Method::POST, "/v1/alerts/rules", &json, rule).await;
+    assert_eq!(status, 200, "{body}");
+    let silence = br#"{"for":"100000000h"}"#.to_vec();
+    let (status, _, body) =
+        raw(&cluster, follower, Method::POST, "/v1/alerts/rules/probe-down/silence", &json, silence).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("for: ") && body.contains("maximum, 10years"), "{body}");
+
+    // Credentials of every kind.
+    let read = token(&cluster, "read", None).await;
+    let ci = token(&cluster, "ci", None).await;
+    let join = token(&cluster, "agent", None).await;
+    let revoked = token(&cluster, "admin", None).await;
+    let out = cli(&cluster, &admin, &["token", "revoke", &revoked.accessor]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expired = token(&cluster, "admin", Some("1s")).await;
+    wait_for("the short token to expire", DEADLINE, || async {
+        let tokens: Vec<TokenView> = cluster.client().get("/v1/tokens").await?;
+        Ok(tokens.iter().any(|t| t.accessor == expired.accessor && t.expired).then_some(()))
+    })
+    .await
+    .unwrap();
+    let credentials: Vec<(&str, Option<String>)> = vec![
+        ("none", None),
+        ("wrong", Some(format!("Bearer fifty_{}", "0".repeat(64)))),
+        ("join token", Some(format!("Bearer {}", join.token))),
+        ("read", Some(format!("Bearer {}", read.token))),
+        ("ci", Some(format!("Bearer {}", ci.token))),
+        ("admin", Some(format!("bearer {admin}"))),
+        ("revoked", Some(format!("Bearer {}", revoked.token))),
+        ("expired", Some(format!("Bearer {}", expired.token))),
+    ];
+
+    // The table the router is built from: every route has a role, none twice.
+    let table = routes();
+    assert!(table.len() >= 45, "{} routes", table.len());
+    let mut seen = std::collections::HashSet::new();
+    for r in &table {
+        assert!(seen.insert((r.method.clone(), r.path)), "{} {} is in the table twice", r.method, r.path);
+    }
+    // The policy, stated apart from the table: reads need `read` (tokens: `admin`), notifying
+    // commits needs `ci`, every other write `admin`; only health and the signed webhook are open.
+    for r in &table {
+        let policy = match (&r.method, r.path) {
+            (_, "/v1/health" | "/v1/webhooks/github") => Access::Public,
+            (_, "/v1/repos/{repo}/commits") => Access::Token(Role::Ci),
+            (&Method::GET, p) if !p.starts_with("/v1/tokens") => Access::Token(Role::Read),
+            _ => Access::Token(Role::Admin),
+        };
+        assert_eq!(r.access, policy, "{} {}", r.method, r.path);
+    }
+    let access = |m: Method, p: &str| table.iter().find(|r| r.method == m && r.path == p).map(|r| r.access);
+    assert_eq!(access(Method::GET, "/v1/health"), Some(Access::Public));
+    assert_eq!(access(Method::POST, "/v1/webhooks/github"), Some(Access::Public));
+    assert_eq!(access(Method::GET, "/metrics"), Some(Access::Token(Role::Read)));
+    assert_eq!(access(Method::POST, "/v1/repos/{repo}/commits"), Some(Access::Token(Role::Ci)));
+    assert_eq!(access(Method::POST, "/v1/tokens"), Some(Access::Token(Role::Admin)));
+    assert_eq!(access(Method::POST, "/v1/debug/deploy"), Some(Access::Token(Role::Admin)));
+
+    // Every route × every credential, through a follower. Parameters name nothing that exists
+    // and bodies do not decode, so an allowed call changes nothing.
+    let mut wrong = Vec::new();
+    for r in &table {
+        let path =
+            r.path.split('/').map(|seg| if seg.starts_with('{') { "probe" } else { seg }).collect::<Vec<_>>().join("/");
+        for (who, auth) in &credentials {
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(a) = auth {
+                headers.push(("authorization", a.as_str()));
+            }
+            let body = if r.method == Method::GET { Vec::new() } else { b"[]".to_vec() };
+            let (status, content_type, answer) = raw(&cluster, follower, r.method.clone(), &path, &headers, body).await;
+            if status >= 400 && !content_type.starts_with("application/json") {
+                wrong.push(format!("{} {path} as {who}: {status} is not JSON ({content_type}): {answer}", r.method));
+            }
+            let allowed = match (r.access, *who) {
+                (Access::Public, _) => true,
+                (_, "none" | "wrong" | "join token" | "revoked" | "expired") => false,
+                (Access::Token(Role::Read), _) => true,
+                (Access::Token(Role::Ci), who) => who != "read",
+                (Access::Token(_), who) => who == "admin",
+            };
+            let ok = match (r.access, *who) {
+                _ if allowed => status < 500 && status != 401 && status != 403,
+                (_, "none" | "wrong" | "join token" | "revoked" | "expired") => status == 401,
+                (Access::Token(needed), _) => status == 403 && answer.contains(&format!("it needs {needed}")),
+                (Access::Public, _) => unreachable!("public routes are allowed"),
+            };
+            if !ok {
+                wrong.push(format!("{} {path} as {who}: {status} {answer}", r.method));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} wrong answers:\n{}", wrong.len(), wrong.join("\n"));
+
+    // An oversized body: 413, as JSON, before it is forwarded.
+    let (status, content_type, body) =
+        raw(&cluster, follower, Method::POST, "/v1/tokens", &json, vec![b' '; 2 << 20]).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(content_type.starts_with("application/json") && body.contains("\"error\""), "{content_type} {body}");
+
+    // /metrics: Prometheus text 0.0.4 unless OpenMetrics is asked for; promtool accepts both.
+    let auth = format!("Bearer {}", read.token);
+    for accept in [None, Some("text/plain;version=0.0.4"), Some("*/*")] {
+        let mut headers = vec![("authorization", auth.as_str())];
+        headers.extend(accept.map(|a| ("accept", a)));
+        let (status, content_type, exposition) =
+            raw(&cluster, follower, Method::GET, "/metrics", &headers, vec![]).await;
+        assert_eq!((status, content_type.as_str()), (200, "text/plain; version=0.0.4; charset=utf-8"), "{accept:?}");
+        assert!(exposition.contains("# TYPE fifty_heartbeats_total counter"), "{exposition}");
+        check_exposition(&exposition);
+        let (passed, said) = run_promtool(&["check", "metrics"], &exposition);
+        assert!(passed && said.trim().is_empty(), "promtool check metrics ({accept:?}): {said}\n{exposition}");
+    }
+    let openmetrics = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let headers = [("authorization", auth.as_str()), ("accept", openmetrics)];
+    let (status, content_type, exposition) = raw(&cluster, follower, Method::GET, "/metrics", &headers, vec![]).await;
+    assert_eq!((status, content_type.as_str()), (200, "application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert!(exposition.ends_with("# EOF\n") && exposition.contains("# TYPE fifty_heartbeats counter"), "{exposition}");
+    // promtool's linter reads only the text format; its OpenMetrics parser (Prometheus's own,
+    // used for backfilling) checks this one, given a timestamp on each sample.
+    let stamped: String = exposition
+        .lines()
+        .map(|l| if l.starts_with('#') { format!("{l}\n") } else { format!("{l} 1700000000\n") })
+        .collect();
+    let file = dir.join("openmetrics.txt");
+    std::fs::write(&file, stamped).unwrap();
+    let blocks = dir.join("blocks");
+    let (passed, said) = run_promtool(
+        &["tsdb", "create-blocks-from", "openmetrics", file.to_str().unwrap(), blocks.to_str().unwrap()],
+        "",
+    );
+    assert!(passed, "promtool's OpenMetrics parser refused the exposition: {said}\n{exposition}");
+
+    // The CLI with the wrong CA file says so, naming it; a file that is no PEM is named too.
+    let out = tokio::process::Command::new(cluster.bin_dir.join("fifty"))
+        .args(["ca", "init", "--out"])
+        .arg(dir.join("other-ca"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let not_pem = dir.join("not-a-ca.txt");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    for (cacert, says) in [
+        (dir.join("other-ca").join("ca.pem"), "the coordinator's certificate is not signed by the CA in"),
+        (not_pem.clone(), "holds no PEM certificate"),
+    ] {
+        let out = tokio::process::Command::new(cluster.bin_dir.join("fifty"))
+            .arg("status")
+            .env("FIFTY_ADDR", cluster.addr())
+            .env("FIFTY_CACERT", &cacert)
+            .env("FIFTY_TOKEN", &admin)
+            .output()
+            .await
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{stderr}");
+        assert!(stderr.contains(cacert.to_str().unwrap()), "{stderr}");
+    }
+
+    // A paused leader: the follower answers 503 "retry" within seconds, reads and writes alike
+    // (before, it waited 20 s or more), and serves again once the others elect a new leader.
+    cluster.pause_coordinator(leader, true).unwrap();
+    // Both at once, while the follower still knows the paused node as its leader.
+    let timed = |method: Method, path: &'static str, body: Vec<u8>| {
+        let (cluster, json) = (&cluster, &json);
+        async move {
+            let start = std::time::Instant::now();
+            let answer = raw(cluster, follower, method.clone(), path, json, body).await;
+            (method, path, answer, start.elapsed())
+        }
+    };
+    let (write, read) = tokio::join!(
+        timed(Method::POST, "/v1/tokens", br#"{"role":"read"}"#.to_vec()),
+        timed(Method::GET, "/v1/hosts", Vec::new()),
+    );
+    for (method, path, (status, _, answer), took) in [write, read] {
+        assert!(status == 503 && answer.contains("retry"), "{method} {path}: {status} {answer}");
+        assert!(took < Duration::from_secs(10), "{method} {path} took {took:?}: {answer}");
+    }
+    wait_for("a new leader to answer through the follower", DEADLINE, || async {
+        Ok(cluster.client_for(follower).get::<serde_json::Value>("/v1/status").await.ok())
+    })
+    .await
+    .unwrap();
+    cluster.pause_coordinator(leader, false).unwrap();
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Dials the agent link with a certificate from a CA the cluster never saw; returns the error.

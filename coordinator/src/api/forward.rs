@@ -1,10 +1,17 @@
 //! Any coordinator answers the API as the leader would. Requests that need the leader — every
 //! write, and every read unless `?stale=true` — are forwarded to it by a follower, and the
 //! leader confirms it still leads (Raft ReadIndex) before serving a read; a write is ordered by
-//! its own commit. `/v1/health`,
-//! `/metrics` and `/v1/debug/...` are always answered by the node asked.
+//! its own commit. `/v1/health`, `/metrics` and `/v1/debug/...` are always answered by the node
+//! asked.
+//!
+//! A forwarded request is bounded: connecting to the leader (TCP, TLS, HTTP) gets
+//! [`CONNECT_TIMEOUT`], the whole exchange `api.forward_timeout`, and it is given up as soon as
+//! this node sees another leader (or none) than the one it forwarded to. Each case answers 503
+//! with "retry": a paused or partitioned leader costs a client seconds, not minutes. The
+//! follower keeps a few connections to the leader open between requests.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,11 +23,54 @@ use super::ApiError;
 use crate::cli::Client;
 use crate::consensus::ConsensusError;
 use crate::coordinator::Coordinator;
+use crate::state::MemberRecord;
 
 /// Marks a forwarded request, so it is never forwarded twice.
 const FORWARDED: &str = "x-fifty-forwarded-by";
-/// Largest request body a follower forwards.
-const MAX_BODY: usize = 1 << 20;
+/// How long connecting to the leader may take: a paused leader's kernel still accepts TCP
+/// connections, so it is the TLS handshake that never finishes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A kept connection idle longer than this is not reused (the leader closes idle connections
+/// after its `api.idle_timeout`, 60 s by default).
+const POOL_IDLE: Duration = Duration::from_secs(20);
+/// At most this many idle connections are kept.
+const POOL_SIZE: usize = 8;
+
+/// The forwarding middleware's state: the coordinator, the time bound, and idle connections to
+/// the leader (each `Client` holds one connection and serves one request at a time).
+pub struct Forwarder {
+    coordinator: Arc<Coordinator>,
+    timeout: Duration,
+    idle: Mutex<Vec<(String, Client, Instant)>>,
+}
+
+impl Forwarder {
+    /// A forwarder that gives the leader `timeout` to answer.
+    pub fn new(coordinator: Arc<Coordinator>, timeout: Duration) -> Self {
+        Self { coordinator, timeout, idle: Mutex::default() }
+    }
+
+    /// An idle connection to `addr`, or a new client that will connect.
+    fn checkout(&self, addr: &str) -> Result<Client, ApiError> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.retain(|(_, _, since)| since.elapsed() < POOL_IDLE);
+        if let Some(i) = idle.iter().position(|(a, _, _)| a == addr) {
+            return Ok(idle.swap_remove(i).1);
+        }
+        drop(idle);
+        Client::to_coordinator(addr, self.coordinator.ca_pem())
+            .map(|c| c.with_connect_timeout(CONNECT_TIMEOUT))
+            .map_err(|e| unavailable(format!("{e:#}")))
+    }
+
+    /// Keeps a client whose request went through, for the next one.
+    fn checkin(&self, addr: &str, client: Client) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < POOL_SIZE {
+            idle.push((addr.to_string(), client, Instant::now()));
+        }
+    }
+}
 
 fn answered_locally(req: &Request) -> bool {
     let path = req.uri().path();
@@ -34,17 +84,18 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The middleware: serve here, barrier-then-serve, or forward.
-pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Next) -> Response {
+pub async fn to_leader(State(f): State<Arc<Forwarder>>, req: Request, next: Next) -> Response {
     if answered_locally(&req) {
         return next.run(req).await;
     }
+    let c = &f.coordinator;
     // A read confirms leadership first (ReadIndex); a write needs only to reach the leader, since
     // committing it through Raft already orders it.
     let here = if req.method() == Method::GET { c.consensus.read_barrier().await } else { c.consensus.ensure_leader() };
     match here {
         Ok(()) => next.run(req).await,
         Err(ConsensusError::NotLeader { leader: Some(leader) }) if !req.headers().contains_key(FORWARDED) => {
-            match forward(&c, &leader.http_addr, req).await {
+            match forward(&f, &leader, req).await {
                 Ok(resp) => resp,
                 Err(e) => e.into_response(),
             }
@@ -56,10 +107,12 @@ pub async fn to_leader(State(c): State<Arc<Coordinator>>, req: Request, next: Ne
     }
 }
 
-async fn forward(c: &Coordinator, leader_http: &str, req: Request) -> Result<Response, ApiError> {
-    let client = Client::to_coordinator(leader_http, c.ca_pem()).map_err(|e| unavailable(format!("{e:#}")))?;
+async fn forward(f: &Forwarder, leader: &MemberRecord, req: Request) -> Result<Response, ApiError> {
+    let c = &f.coordinator;
+    let addr = leader.http_addr.as_str();
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, MAX_BODY)
+    // `https::bounded_body` has already read the body, within its limits.
+    let body = axum::body::to_bytes(body, super::MAX_BODY)
         .await
         .map_err(|e| ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")))?;
     let mut headers = vec![(
@@ -67,16 +120,44 @@ async fn forward(c: &Coordinator, leader_http: &str, req: Request) -> Result<Res
         HeaderValue::from_str(&format!("{:016x}", c.consensus.id())).expect("hex is a valid header value"),
     )];
     let webhook = super::webhook::HEADERS.iter().map(|h| header::HeaderName::from_static(h));
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE].into_iter().chain(webhook) {
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE, header::ACCEPT].into_iter().chain(webhook) {
         if let Some(v) = parts.headers.get(&name) {
             headers.push((name, v.clone()));
         }
     }
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let (status, content_type, bytes) = client
-        .forward(parts.method, path, &headers, body)
-        .await
-        .map_err(|e| unavailable(format!("forwarding to the leader at {leader_http} failed: {e:#}")))?;
+    let what = format!("{} {}", parts.method, parts.uri.path());
+    let client = f.checkout(addr)?;
+    let mut status = c.consensus.watch();
+    let leader_id = leader.id;
+    let leader_moved = async move {
+        if status.wait_for(|s| s.leader_id != leader_id).await.is_err() {
+            // The Raft loop is gone: only the time bound can end the wait.
+            std::future::pending::<()>().await;
+        }
+    };
+    let retry = if parts.method == Method::GET { "retry" } else { "retry (it may or may not have been applied)" };
+    let answer = tokio::select! {
+        answer = tokio::time::timeout(f.timeout, client.forward(parts.method, path, &headers, body)) => answer,
+        _ = leader_moved => {
+            return Err(unavailable(format!(
+                "the leader at {addr} lost its leadership while answering {what}, forwarded by this coordinator; {retry}"
+            )));
+        }
+    };
+    let (status, content_type, bytes) = match answer {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            return Err(unavailable(format!("forwarding {what} to the leader at {addr} failed: {e:#}; {retry}")));
+        }
+        Err(_) => {
+            return Err(unavailable(format!(
+                "the leader at {addr} did not answer {what} within {:?} (config key api.forward_timeout); {retry}",
+                f.timeout
+            )));
+        }
+    };
+    f.checkin(addr, client);
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
     if let Some(ct) = content_type {

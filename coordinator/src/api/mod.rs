@@ -1,32 +1,15 @@
 //! The HTTPS API: `/v1/...` JSON and `/metrics`, behind bearer tokens with roles.
 //!
-//! | route | role |
-//! | --- | --- |
-//! | `GET /v1/health` | none |
-//! | `GET /v1/status`, `GET /v1/hosts`, `GET /metrics` | read |
-//! | `GET /v1/tokens`, `POST /v1/tokens`, `DELETE /v1/tokens/{accessor}`, `DELETE /v1/hosts/{name}` | admin |
-//! | `GET /v1/repos`, `GET /v1/repos/{repo}/gate?branch=&message=&reverts=` | read |
-//! | `POST /v1/repos`, `POST /v1/repos/{repo}/gate/close`, `POST /v1/repos/{repo}/gate/open` | admin |
-//! | `GET /v1/commits?repo=&limit=`, `GET /v1/commits/{sha}?repo=`, `GET /v1/commits/{sha}/log?shard=&attempt=` | read |
-//! | `GET /v1/repos/{repo}/tests` | read |
-//! | `POST /v1/repos/{repo}/commits` | ci |
-//! | `POST /v1/repos/{repo}/quarantine` | admin |
-//! | `POST /v1/webhooks/github` | none: an HMAC-SHA256 signature with the repository's secret (`webhook`) |
-//! | `GET /v1/releases?repo=`, `GET /v1/rollouts/current?repo=` | read |
-//! | `POST /v1/rollouts/current/{promote,pause,resume,abort}?repo=`, `POST /v1/rollback` | admin |
-//! | `GET /v1/incidents`, `GET /v1/incidents/{id}`, `GET /v1/notify/webhooks` | read |
-//! | `POST /v1/incidents/{id}` (a why, an action, close), `POST /v1/notify/webhooks`, `DELETE /v1/notify/webhooks/{id}` | admin |
-//! | `GET /v1/alerts?limit=`, `GET /v1/alerts/rules`, `GET /v1/fleet/top`, `GET /v1/fleet/series?host=&since=` | read |
-//! | `POST /v1/alerts/{id}/ack`, `POST /v1/alerts/rules`, `DELETE /v1/alerts/rules/{rule}`, `POST /v1/alerts/rules/{rule}/silence` | admin |
-//! | `GET /v1/cluster/members` | read |
-//! | `DELETE /v1/cluster/members/{id}` | admin |
-//! | `POST /v1/cluster/check` | admin |
-//! | `GET /v1/experiments`, `GET /v1/experiments/{name}` (see `experiments`) | read |
-//! | `POST /v1/experiments`, `POST /v1/experiments/{name}/{ramp,stop}` | admin |
-//! | `POST /v1/debug/isolate`, `POST /v1/debug/deploy`, `POST /v1/debug/raft` | admin, and only with `fault_injection = true` |
+//! Every route is one row of [`routes`]: method, path, who may call it ([`Access`]) and handler.
+//! The router is built from that table and nothing else, and each row's access is checked by a
+//! guard in front of its handler, so a route cannot exist without a declared role, and the tests
+//! walk the same table to try every route with every kind of credential. README's "HTTPS API"
+//! section lists the routes for users.
 //!
-//! No token or an invalid one gets 401; a valid token whose role may not do the thing gets 403.
-//! Any coordinator may be asked: see `forward` for how followers hand requests to the leader.
+//! No token or an invalid one (unknown, revoked, expired, a join token) gets 401; a valid token
+//! whose role may not do the thing gets 403. The token is checked before the request's body or
+//! parameters are looked at. Any coordinator may be asked: see `forward` for how followers hand
+//! requests to the leader, and `https` for the bounds every client is held to.
 
 mod experiments;
 mod forward;
@@ -35,15 +18,19 @@ mod webhook;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::handler::Handler;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use fifty_shared::ids::{HostName, Role};
 
-pub use https::serve;
+pub use https::{serve, MAX_BODY};
 
+use crate::config::ApiConfig;
 use crate::coordinator::{Coordinator, OpError};
 use crate::state::Rejection;
 use crate::store::StoreError;
@@ -92,139 +79,249 @@ impl From<OpError> for ApiError {
 
 type Shared = State<Arc<Coordinator>>;
 
-/// Checks the bearer token in `headers` against the role `needed`; returns who is calling
-/// (the token's accessor and description), for records such as who closed a gate.
-fn authorize(coordinator: &Coordinator, headers: &HeaderMap, needed: Role) -> Result<String, ApiError> {
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, with no token: `/v1/health`, and the GitHub webhook, which instead carries an
+    /// HMAC signature made with the repository's secret (checked by its handler).
+    Public,
+    /// A bearer token whose role allows this one ([`Role::allows`]).
+    Token(Role),
+}
+
+const READ: Access = Access::Token(Role::Read);
+const CI: Access = Access::Token(Role::Ci);
+const ADMIN: Access = Access::Token(Role::Admin);
+
+/// One route of the API: method, path (axum syntax, `{name}` for a parameter), who may call it,
+/// and its handler.
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    handler: MethodRouter<Arc<Coordinator>>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: Handler<T, Arc<Coordinator>>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("the table uses standard methods");
+    Route { method, path, access, handler: axum::routing::on(filter, handler) }
+}
+
+/// Every route of the API, with the role it needs. The router is built from this table alone.
+pub fn routes() -> Vec<Route> {
+    use Access::Public;
+    use Method as M;
+    let mut table = vec![
+        route(M::GET, "/v1/health", Public, health),
+        route(M::GET, "/v1/status", READ, status),
+        route(M::GET, "/v1/hosts", READ, hosts),
+        route(M::DELETE, "/v1/hosts/{name}", ADMIN, remove_host),
+        route(M::GET, "/v1/tokens", ADMIN, list_tokens),
+        route(M::POST, "/v1/tokens", ADMIN, create_token),
+        route(M::DELETE, "/v1/tokens/{accessor}", ADMIN, revoke_token),
+        route(M::GET, "/v1/repos", READ, list_repos),
+        route(M::POST, "/v1/repos", ADMIN, add_repo),
+        route(M::GET, "/v1/repos/{repo}/gate", READ, gate),
+        route(M::POST, "/v1/repos/{repo}/gate/close", ADMIN, close_gate),
+        route(M::POST, "/v1/repos/{repo}/gate/open", ADMIN, open_gate),
+        route(M::POST, "/v1/repos/{repo}/commits", CI, notify_commits),
+        route(M::GET, "/v1/repos/{repo}/tests", READ, tests),
+        route(M::POST, "/v1/repos/{repo}/quarantine", ADMIN, quarantine),
+        route(M::GET, "/v1/commits", READ, commits),
+        route(M::GET, "/v1/commits/{sha}", READ, commit),
+        route(M::GET, "/v1/commits/{sha}/log", READ, commit_log),
+        route(M::POST, "/v1/webhooks/github", Public, webhook::github),
+        route(M::GET, "/v1/releases", READ, releases),
+        route(M::GET, "/v1/rollouts/current", READ, rollout),
+        route(M::POST, "/v1/rollouts/current/{action}", ADMIN, steer_rollout),
+        route(M::POST, "/v1/rollback", ADMIN, rollback),
+        route(M::GET, "/v1/incidents", READ, incidents),
+        route(M::GET, "/v1/incidents/{id}", READ, incident),
+        route(M::POST, "/v1/incidents/{id}", ADMIN, change_incident),
+        route(M::GET, "/v1/notify/webhooks", READ, webhooks),
+        route(M::POST, "/v1/notify/webhooks", ADMIN, add_webhook),
+        route(M::DELETE, "/v1/notify/webhooks/{id}", ADMIN, remove_webhook),
+        route(M::GET, "/v1/cluster/members", READ, members),
+        route(M::DELETE, "/v1/cluster/members/{id}", ADMIN, remove_member),
+        route(M::POST, "/v1/cluster/check", ADMIN, cluster_check),
+        route(M::POST, "/v1/debug/isolate", ADMIN, isolate),
+        route(M::POST, "/v1/debug/deploy", ADMIN, debug_deploy),
+        route(M::POST, "/v1/debug/raft", ADMIN, debug_raft),
+        route(M::GET, "/metrics", READ, metrics),
+        route(M::GET, "/v1/alerts", READ, alerts),
+        route(M::POST, "/v1/alerts/{id}/ack", ADMIN, ack_alert),
+        route(M::GET, "/v1/alerts/rules", READ, alert_rules),
+        route(M::POST, "/v1/alerts/rules", ADMIN, add_alert_rule),
+        route(M::DELETE, "/v1/alerts/rules/{rule}", ADMIN, remove_alert_rule),
+        route(M::POST, "/v1/alerts/rules/{rule}/silence", ADMIN, silence_alert_rule),
+        route(M::GET, "/v1/fleet/top", READ, fleet_top),
+        route(M::GET, "/v1/fleet/series", READ, fleet_series),
+    ];
+    table.extend(experiments::routes());
+    table
+}
+
+/// The API's router: [`routes`], each behind the guard of its access; requests bounded
+/// (`https::bounded_body`) and, on a follower, handed to the leader (`forward`).
+pub fn router(coordinator: Arc<Coordinator>) -> Router {
+    let limits: ApiConfig = coordinator.config.api.clone();
+    let mut router = Router::new();
+    for r in routes() {
+        let guard = Guard { coordinator: coordinator.clone(), access: r.access };
+        router = router.route(r.path, r.handler.route_layer(axum::middleware::from_fn_with_state(guard, guard_route)));
+    }
+    let forwarder = Arc::new(forward::Forwarder::new(coordinator.clone(), limits.forward_timeout));
+    router
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
+        .layer(axum::middleware::from_fn_with_state(forwarder, forward::to_leader))
+        .layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, https::bounded_body))
+        .layer(axum::middleware::from_fn(json_errors))
+        .with_state(coordinator)
+}
+
+/// Makes every error answer JSON. The API's own errors are ([`ApiError`]); axum's rejections (a
+/// query, path or body that does not parse, a method the path does not take) are plain text, and
+/// become `{"error": "..."}` here.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || !(resp.status().is_client_error() || resp.status().is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let message = match text {
+        Ok(t) if !t.is_empty() => t,
+        _ => parts.status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut out = ApiError(parts.status, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
+/// The state of one route's guard: what the route needs.
+#[derive(Clone)]
+struct Guard {
+    coordinator: Arc<Coordinator>,
+    access: Access,
+}
+
+/// Checks the caller against the route's access before the handler (or anything that reads the
+/// body) runs, and leaves who called in the request as a [`Caller`].
+async fn guard_route(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
+    if let Access::Token(needed) = g.access {
+        match authorize(&g.coordinator, req.headers(), needed) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    next.run(req).await
+}
+
+/// Who is calling: the token's accessor and description, for records such as who closed a gate.
+/// Only routes that need a token have one.
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "this route takes no token, so it cannot say who calls".into())
+        })
+    }
+}
+
+/// The token of an `Authorization` header value: the scheme `Bearer` in any case (RFC 9110
+/// makes auth schemes case-insensitive), then the token.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Checks the bearer token in `headers` against the role `needed`; returns who is calling.
+fn authorize(coordinator: &Coordinator, headers: &HeaderMap, needed: Role) -> Result<Caller, ApiError> {
     let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_string());
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| unauthorized("missing token: send `Authorization: Bearer <token>` (FIFTY_TOKEN for the CLI)"))?;
-    let bearer = value
+    let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .ok_or_else(|| unauthorized("malformed Authorization header: expected `Bearer <token>`"))?;
-    match coordinator.authenticate(bearer)? {
+    match coordinator.authenticate(token)? {
         None => Err(unauthorized("invalid, expired or revoked token")),
-        Some(t) if t.role.allows(needed) => Ok(match t.description.as_str() {
+        Some(t) if t.role.allows(needed) => Ok(Caller(match t.description.as_str() {
             "" => format!("token {}", t.accessor),
             d => format!("token {} ({d})", t.accessor),
-        }),
+        })),
         Some(t) => {
             Err(ApiError(StatusCode::FORBIDDEN, format!("a {} token may not do this; it needs {needed}", t.role)))
         }
     }
 }
 
-/// The API's routes.
-pub fn router(coordinator: Arc<Coordinator>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/status", get(status))
-        .route("/v1/hosts", get(hosts))
-        .route("/v1/hosts/{name}", delete(remove_host))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{accessor}", delete(revoke_token))
-        .route("/v1/repos", get(list_repos).post(add_repo))
-        .route("/v1/repos/{repo}/gate", get(gate))
-        .route("/v1/repos/{repo}/gate/close", post(close_gate))
-        .route("/v1/repos/{repo}/gate/open", post(open_gate))
-        .route("/v1/repos/{repo}/commits", post(notify_commits))
-        .route("/v1/repos/{repo}/tests", get(tests))
-        .route("/v1/repos/{repo}/quarantine", post(quarantine))
-        .route("/v1/commits", get(commits))
-        .route("/v1/commits/{sha}", get(commit))
-        .route("/v1/commits/{sha}/log", get(commit_log))
-        .route("/v1/webhooks/github", post(webhook::github))
-        .route("/v1/releases", get(releases))
-        .route("/v1/rollouts/current", get(rollout))
-        .route("/v1/rollouts/current/{action}", post(steer_rollout))
-        .route("/v1/rollback", post(rollback))
-        .route("/v1/incidents", get(incidents))
-        .route("/v1/incidents/{id}", get(incident).post(change_incident))
-        .route("/v1/notify/webhooks", get(webhooks).post(add_webhook))
-        .route("/v1/notify/webhooks/{id}", delete(remove_webhook))
-        .route("/v1/cluster/members", get(members))
-        .route("/v1/cluster/check", post(cluster_check))
-        .route("/v1/cluster/members/{id}", delete(remove_member))
-        .route("/v1/debug/isolate", post(isolate))
-        .route("/v1/debug/deploy", post(debug_deploy))
-        .route("/v1/debug/raft", post(debug_raft))
-        .route("/metrics", get(metrics))
-        .merge(experiments::routes())
-        .route("/v1/alerts", get(alerts))
-        .route("/v1/alerts/{id}/ack", post(ack_alert))
-        .route("/v1/alerts/rules", get(alert_rules).post(add_alert_rule))
-        .route("/v1/alerts/rules/{rule}", delete(remove_alert_rule))
-        .route("/v1/alerts/rules/{rule}/silence", post(silence_alert_rule))
-        .route("/v1/fleet/top", get(fleet_top))
-        .route("/v1/fleet/series", get(fleet_series))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
-        .layer(axum::middleware::from_fn_with_state(coordinator.clone(), forward::to_leader))
-        .with_state(coordinator)
-}
-
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn status(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn status(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.status()?))
 }
 
-async fn hosts(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn hosts(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.hosts()?))
 }
 
-async fn remove_host(
-    State(c): Shared,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
+async fn remove_host(State(c): Shared, Path(name): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let name = HostName::new(&name).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let serial = c.remove_host(&name).await?;
     Ok(Json(serde_json::json!({ "removed": name.as_str(), "revoked_serial": serial })))
 }
 
-async fn list_tokens(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
+async fn list_tokens(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.tokens()?))
 }
 
 async fn create_token(
     State(c): Shared,
-    headers: HeaderMap,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
     let req = json_body(body)?;
     Ok((StatusCode::CREATED, Json(c.create_token(req).await?)))
 }
 
-async fn revoke_token(
-    State(c): Shared,
-    headers: HeaderMap,
-    Path(accessor): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
+async fn revoke_token(State(c): Shared, Path(accessor): Path<String>) -> Result<impl IntoResponse, ApiError> {
     c.revoke_token(&accessor).await?;
     Ok(Json(serde_json::json!({ "revoked": accessor })))
 }
 
-async fn list_repos(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn list_repos(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.repos()?))
 }
 
 async fn add_repo(
     State(c): Shared,
-    headers: HeaderMap,
     body: Result<Json<AddRepo>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
     let req = json_body(body)?;
     Ok((StatusCode::CREATED, Json(c.add_repo(req).await?)))
 }
@@ -238,70 +335,70 @@ struct GateQuery {
 
 async fn gate(
     State(c): Shared,
-    headers: HeaderMap,
     Path(repo): Path<String>,
     Query(q): Query<GateQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
     Ok(Json(c.gate(&repo, q.branch.as_deref(), q.message.as_deref(), q.reverts.as_deref())?))
 }
 
 async fn change_gate(
     c: Arc<Coordinator>,
-    headers: HeaderMap,
+    by: String,
     repo: String,
     body: Option<GateChange>,
     close: bool,
 ) -> Result<Json<GateView>, ApiError> {
-    let by = authorize(&c, &headers, Role::Admin)?;
     Ok(Json(c.set_gate(&repo, body.unwrap_or_default(), close, &by).await?))
 }
 
 async fn close_gate(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     Path(repo): Path<String>,
     body: Option<Json<GateChange>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    change_gate(c, headers, repo, body.map(|Json(b)| b), true).await
+    change_gate(c, by, repo, body.map(|Json(b)| b), true).await
 }
 
 async fn open_gate(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     Path(repo): Path<String>,
     body: Option<Json<GateChange>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    change_gate(c, headers, repo, body.map(|Json(b)| b), false).await
+    change_gate(c, by, repo, body.map(|Json(b)| b), false).await
 }
 
+/// A JSON body, or a JSON error naming what was wrong with it (413 if it was too large).
 fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text())))
+    body.map(|Json(b)| b).map_err(|e| {
+        let status = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, format!("request body: {}", e.body_text()))
+    })
 }
 
 async fn notify_commits(
     State(c): Shared,
-    headers: HeaderMap,
     Path(repo): Path<String>,
     body: Result<Json<NotifyCommits>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Ci)?;
     let req = json_body(body)?;
     Ok(Json(c.notify_commits(&repo, req.branch, req.commits, None).await?))
 }
 
-async fn tests(State(c): Shared, headers: HeaderMap, Path(repo): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn tests(State(c): Shared, Path(repo): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.tests_view(&repo)?))
 }
 
 async fn quarantine(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     Path(repo): Path<String>,
     body: Result<Json<Quarantine>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = authorize(&c, &headers, Role::Admin)?;
     let req = json_body(body)?;
     c.quarantine(&repo, &req.test, req.on, &by).await?;
     Ok(Json(c.tests_view(&repo)?))
@@ -316,32 +413,23 @@ struct CommitsQuery {
     attempt: Option<u32>,
 }
 
-async fn commits(
-    State(c): Shared,
-    headers: HeaderMap,
-    Query(q): Query<CommitsQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn commits(State(c): Shared, Query(q): Query<CommitsQuery>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.commits(q.repo.as_deref(), q.limit.unwrap_or(20).clamp(1, 1000))?))
 }
 
 async fn commit(
     State(c): Shared,
-    headers: HeaderMap,
     Path(sha): Path<String>,
     Query(q): Query<CommitsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
     Ok(Json(c.commit_view(&sha, q.repo.as_deref())?))
 }
 
 async fn commit_log(
     State(c): Shared,
-    headers: HeaderMap,
     Path(sha): Path<String>,
     Query(q): Query<CommitsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
     let bytes = c.commit_log(&sha, q.repo.as_deref(), q.shard, q.package.unwrap_or(false), q.attempt)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes))
 }
@@ -351,41 +439,29 @@ struct RepoQuery {
     repo: Option<String>,
 }
 
-async fn releases(
-    State(c): Shared,
-    headers: HeaderMap,
-    Query(q): Query<RepoQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn releases(State(c): Shared, Query(q): Query<RepoQuery>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.releases(q.repo.as_deref())?))
 }
 
-async fn rollout(
-    State(c): Shared,
-    headers: HeaderMap,
-    Query(q): Query<RepoQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn rollout(State(c): Shared, Query(q): Query<RepoQuery>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.rollout_view(q.repo.as_deref())?))
 }
 
 async fn steer_rollout(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     Path(action): Path<String>,
     Query(q): Query<RepoQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = authorize(&c, &headers, Role::Admin)?;
     let rollout = c.steer_rollout(q.repo.as_deref(), &action, &by).await?;
     Ok(Json(c.view_of(&rollout)?))
 }
 
 async fn rollback(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     body: Option<Json<crate::views::RollbackRequest>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = authorize(&c, &headers, Role::Admin)?;
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let rollout = c.rollback(req.repo.as_deref(), req.to, &by).await?;
     Ok(Json(c.view_of(&rollout)?))
@@ -395,66 +471,49 @@ fn number(text: &str, what: &str) -> Result<u64, ApiError> {
     text.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not {what} number")))
 }
 
-async fn incidents(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn incidents(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.incidents()?))
 }
 
-async fn incident(State(c): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn incident(State(c): Shared, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.incident(number(&id, "an incident")?)?))
 }
 
 async fn change_incident(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     Path(id): Path<String>,
     body: Result<Json<crate::incidents::Change>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = authorize(&c, &headers, Role::Admin)?;
     let change = json_body(body)?;
     Ok(Json(c.change_incident(number(&id, "an incident")?, change, &by).await?))
 }
 
-async fn webhooks(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn webhooks(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.webhooks()?))
 }
 
 async fn add_webhook(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     body: Result<Json<crate::views::AddWebhook>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = authorize(&c, &headers, Role::Admin)?;
     Ok(Json(c.add_webhook(json_body(body)?, &by).await?))
 }
 
-async fn remove_webhook(
-    State(c): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
+async fn remove_webhook(State(c): Shared, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.remove_webhook(number(&id, "a webhook")?).await?))
 }
 
-async fn cluster_check(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
+async fn cluster_check(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.cluster_check().await?))
 }
 
-async fn members(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn members(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.cluster()?))
 }
 
-async fn remove_member(
-    State(c): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
+async fn remove_member(State(c): Shared, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let node = u64::from_str_radix(id.trim_start_matches("0x"), 16).map_err(|_| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -465,6 +524,17 @@ async fn remove_member(
     Ok(Json(serde_json::json!({ "removed": format!("{node:016x}") })))
 }
 
+/// The `/v1/debug/...` routes answer only where the config says `fault_injection = true`.
+fn fault_injection_on(c: &Coordinator) -> Result<(), ApiError> {
+    if c.config.fault_injection {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::FORBIDDEN,
+        "fault injection is off on this coordinator (config key fault_injection)".into(),
+    ))
+}
+
 #[derive(serde::Deserialize)]
 struct Isolate {
     isolated: bool,
@@ -472,16 +542,10 @@ struct Isolate {
 
 async fn isolate(
     State(c): Shared,
-    headers: HeaderMap,
-    Json(req): Json<Isolate>,
+    body: Result<Json<Isolate>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
-    if !c.config.fault_injection {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "fault injection is off on this coordinator (config key fault_injection)".into(),
-        ));
-    }
+    fault_injection_on(&c)?;
+    let req = json_body(body)?;
     c.consensus.transport().set_isolated(req.isolated);
     Ok(Json(serde_json::json!({ "isolated": req.isolated })))
 }
@@ -494,16 +558,10 @@ struct DebugRaft {
 /// Fault injection: the Raft loop panics, or the leader proposes an entry nobody can decode.
 async fn debug_raft(
     State(c): Shared,
-    headers: HeaderMap,
-    Json(req): Json<DebugRaft>,
+    body: Result<Json<DebugRaft>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
-    if !c.config.fault_injection {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "fault injection is off on this coordinator (config key fault_injection)".into(),
-        ));
-    }
+    fault_injection_on(&c)?;
+    let req = json_body(body)?;
     c.consensus.inject_fault(req.fault).map_err(OpError::from)?;
     Ok(Json(serde_json::json!({ "injected": true })))
 }
@@ -517,23 +575,19 @@ struct DebugDeploy {
 
 async fn debug_deploy(
     State(c): Shared,
-    headers: HeaderMap,
-    Json(req): Json<DebugDeploy>,
+    body: Result<Json<DebugDeploy>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
-    if !c.config.fault_injection {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "fault injection is off on this coordinator (config key fault_injection)".into(),
-        ));
-    }
+    fault_injection_on(&c)?;
+    let req = json_body(body)?;
     let host = HostName::new(&req.host).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     c.debug_deploy(&host, req.release, &req.tamper).await?;
     Ok(Json(serde_json::json!({ "sent": true })))
 }
 
+/// `/metrics` in the format the scraper asks for: Prometheus text 0.0.4 unless its `Accept`
+/// prefers OpenMetrics.
 async fn metrics(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+    let format = crate::metrics::Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let status = c.status()?;
     let raft = c.consensus.status();
     c.metrics.set_raft(raft.term, raft.commit, raft.applied, raft.is_leader());
@@ -541,7 +595,7 @@ async fn metrics(State(c): Shared, headers: HeaderMap) -> Result<impl IntoRespon
     c.metrics.set_alerts_firing(c.consensus.store().firing_alerts()?.len());
     c.metrics.set_queues(pending, c.immune.lock().expect("immune lock").series.len());
     let body = c.metrics.render(status.hosts.ready, status.hosts.down, status.agent_links, status.uptime_secs);
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body))
+    Ok(([(header::CONTENT_TYPE, format.content_type())], format.encode(body)))
 }
 
 // ---- monitoring and alerting ---------------------------------------------------------------------
@@ -551,67 +605,49 @@ struct AlertsQuery {
     limit: Option<usize>,
 }
 
-async fn alerts(
-    State(c): Shared,
-    headers: HeaderMap,
-    Query(q): Query<AlertsQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn alerts(State(c): Shared, Query(q): Query<AlertsQuery>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.alerts(q.limit.unwrap_or(20))?))
 }
 
 async fn ack_alert(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = authorize(&c, &headers, Role::Admin)?;
     Ok(Json(c.ack_alert(number(&id, "an alert")?, &by).await?))
 }
 
-async fn alert_rules(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn alert_rules(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.alert_rules()?))
 }
 
 async fn add_alert_rule(
     State(c): Shared,
-    headers: HeaderMap,
+    Caller(by): Caller,
     body: Result<Json<crate::alerts::RuleSpec>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = authorize(&c, &headers, Role::Admin)?;
     Ok(Json(c.add_alert_rule(json_body(body)?, &by).await?))
 }
 
-async fn remove_alert_rule(
-    State(c): Shared,
-    headers: HeaderMap,
-    Path(rule): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
+async fn remove_alert_rule(State(c): Shared, Path(rule): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.remove_alert_rule(&rule).await?))
 }
 
 async fn silence_alert_rule(
     State(c): Shared,
-    headers: HeaderMap,
     Path(rule): Path<String>,
     body: Result<Json<crate::alerts::ops::Silence>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Admin)?;
     Ok(Json(c.silence_alert_rule(&rule, json_body(body)?).await?))
 }
 
-async fn fleet_top(State(c): Shared, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
+async fn fleet_top(State(c): Shared) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.fleet_top()?))
 }
 
 async fn fleet_series(
     State(c): Shared,
-    headers: HeaderMap,
     Query(q): Query<crate::alerts::live::SeriesQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&c, &headers, Role::Read)?;
     Ok(Json(c.fleet_series(&q)?))
 }

@@ -76,7 +76,10 @@ fn collect(suite: &junit_parser::TestSuite, out: &mut Vec<TestResult>) {
         out.push(TestResult {
             name: super::bounded_test_name(name),
             outcome,
-            duration: Duration::try_from_secs_f64(case.time).unwrap_or_default(),
+            // A pusher writes this number: bounded, so the durations the sharder adds up cannot overflow.
+            duration: Duration::try_from_secs_f64(case.time)
+                .unwrap_or_default()
+                .min(fifty_shared::config::MAX_DURATION),
             message: truncate(message),
         });
     }
@@ -129,6 +132,17 @@ mod tests {
         assert_eq!(by("test_skip").outcome, TestOutcome::Skipped);
         assert_eq!(by("test_err").outcome, TestOutcome::Failed);
         assert_eq!(by("test_err").message, "boom");
+    }
+
+    #[test]
+    fn a_test_time_past_the_longest_duration_is_clamped() {
+        let xml = r#"<testsuite><testcase name="a" time="1e19"/><testcase name="b" time="1e19"/></testsuite>"#;
+        let (tests, _) = parse(&[("r.xml".into(), xml.into())]);
+        assert!(tests.iter().all(|t| t.duration == fifty_shared::config::MAX_DURATION), "{tests:?}");
+        // The sharder adds them up without overflowing.
+        let history = tests.iter().map(|t| (t.name.clone(), t.duration)).collect();
+        let names: Vec<String> = tests.iter().map(|t| t.name.clone()).collect();
+        assert_eq!(crate::ci::shard::split(&names, &history, 2).len(), 2);
     }
 
     #[test]

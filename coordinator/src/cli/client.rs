@@ -64,6 +64,10 @@ pub struct Client {
     current: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
     tls: TlsConnector,
+    /// Where the trusted CA came from, for errors: "the CA in FILE".
+    ca_source: String,
+    /// Bound on connecting: TCP, TLS handshake and HTTP handshake together.
+    connect_timeout: std::time::Duration,
     stale: bool,
     conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
 }
@@ -86,7 +90,22 @@ impl Client {
             return Err(anyhow!("FIFTY_ADDR is empty: give a coordinator's https:// address"));
         }
         let tls = TlsConnector::from(Arc::new(fifty_shared::tls::https_client_config(ca_pem)?));
-        Ok(Self { targets: Arc::new(targets), current: Arc::default(), token, tls, stale: false, conn: Arc::default() })
+        Ok(Self {
+            targets: Arc::new(targets),
+            current: Arc::default(),
+            token,
+            tls,
+            ca_source: "the cluster CA".into(),
+            connect_timeout: std::time::Duration::from_secs(5),
+            stale: false,
+            conn: Arc::default(),
+        })
+    }
+
+    /// The same client with another bound on connecting (TCP, TLS and HTTP handshakes together).
+    pub fn with_connect_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// A client for another coordinator's API at `http_addr` (`HOST:PORT`): it verifies the fixed
@@ -122,7 +141,15 @@ impl Client {
             "FIFTY_CACERT is not set: point it (or --cacert) at the cluster CA, <data_dir>/tls/ca.pem on a coordinator",
         )?;
         let ca = std::fs::read_to_string(path).with_context(|| format!("read FIFTY_CACERT {}", path.display()))?;
-        let mut client = Self::new(&opts.addr, opts.token.clone(), &ca)?;
+        if !ca.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(anyhow!(
+                "FIFTY_CACERT {} holds no PEM certificate: point it at the cluster CA, <data_dir>/tls/ca.pem on a coordinator",
+                path.display()
+            ));
+        }
+        let mut client = Self::new(&opts.addr, opts.token.clone(), &ca)
+            .with_context(|| format!("FIFTY_CACERT {}", path.display()))?;
+        client.ca_source = format!("the CA in {}", path.display());
         client.stale = opts.stale;
         Ok(client)
     }
@@ -208,19 +235,40 @@ impl Client {
     }
 
     async fn connect_to(&self, t: &Target) -> Result<Connection> {
-        let connect = TcpStream::connect((t.host.as_str(), t.port));
-        let tcp = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
-            .await
-            .map_err(|_| anyhow!("no answer from {}:{} within 5 s", t.host, t.port))?
-            .with_context(|| format!("connect to the coordinator at {}:{}", t.host, t.port))?;
-        tcp.set_nodelay(true)?;
-        let tls = self.tls.connect(t.server_name.clone(), tcp).await.context("TLS handshake with the coordinator")?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("HTTP handshake")?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
+        let connect = async {
+            let tcp = TcpStream::connect((t.host.as_str(), t.port))
+                .await
+                .with_context(|| format!("connect to the coordinator at {}:{}", t.host, t.port))?;
+            tcp.set_nodelay(true)?;
+            let tls = self.tls.connect(t.server_name.clone(), tcp).await.map_err(|e| self.handshake_error(t, e))?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.context("HTTP handshake")?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            anyhow::Ok(sender)
+        };
+        tokio::time::timeout(self.connect_timeout, connect).await.map_err(|_| {
+            anyhow!("no answer from the coordinator at {}:{} within {:?}", t.host, t.port, self.connect_timeout)
+        })?
+    }
+
+    /// Says what a failed TLS handshake means for the user: a certificate from another CA is the
+    /// usual case (a wrong FIFTY_CACERT, or a coordinator of another cluster).
+    fn handshake_error(&self, t: &Target, e: std::io::Error) -> anyhow::Error {
+        use rustls::CertificateError;
+        let tls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match tls_error {
+            Some(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature | CertificateError::UnknownIssuer,
+            )) => anyhow!(
+                "the coordinator's certificate is not signed by {} (TLS handshake with {}:{}): point FIFTY_CACERT at this cluster's CA, <data_dir>/tls/ca.pem on a coordinator",
+                self.ca_source,
+                t.host,
+                t.port
+            ),
+            _ => anyhow::Error::new(e).context(format!("TLS handshake with the coordinator at {}:{}", t.host, t.port)),
+        }
     }
 
     /// `GET path`, decoded (with `stale=true` if the client was asked for stale reads).

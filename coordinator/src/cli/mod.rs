@@ -26,8 +26,6 @@ pub use client::{ApiFailure, Client, ClientOpts};
 #[derive(Debug, Parser)]
 #[command(name = "fifty", version, about, propagate_version = true)]
 pub struct Cli {
-    #[command(flatten)]
-    client: ClientOpts,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,33 +47,51 @@ enum Command {
     Demo,
     /// Cluster summary.
     Status {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
     },
     /// List hosts with their state and health.
     Hosts {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
     },
     /// Manage one host.
     Host {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: HostCommand,
     },
     /// Manage tokens.
     Token {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: TokenCommand,
     },
     /// Repositories Fifty watches.
     Repo {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: RepoCommand,
     },
     /// Commits Fifty tested or is testing, newest first.
     Commits {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// Only this repository.
         #[arg(long)]
         repo: Option<String>,
@@ -88,11 +104,17 @@ enum Command {
     },
     /// One commit: its shards, their agents and results, failed and flaky tests, output.
     Commit {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: CommitCommand,
     },
     /// Releases: id, commit, digest, size, state, where each runs.
     Releases {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// Only this repository.
         #[arg(long)]
         repo: Option<String>,
@@ -102,16 +124,25 @@ enum Command {
     },
     /// The rollout in progress (or the last one): watch and steer it.
     Rollout {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: RolloutCommand,
     },
     /// A/B experiments served by the agents: define, ramp, stop, judge.
     Experiment {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: experiment::ExperimentCommand,
     },
     /// Return every host to a known-good release at once (no canary, no bake).
     Rollback {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// The release (default: the one before the current, or the active rollout's previous).
         #[arg(long)]
         to: Option<u64>,
@@ -121,17 +152,26 @@ enum Command {
     },
     /// Incidents the immune system opened, newest first.
     Incidents {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
     },
     /// One incident: show it, record its whys and corrective actions, close it.
     Incident {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: incident::IncidentCommand,
     },
     /// Alerts firing now and recently resolved.
     Alerts {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// How many recent alerts.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -141,11 +181,17 @@ enum Command {
     },
     /// Alert rules; acknowledge an alert; silence a rule.
     Alert {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: alert::AlertCommand,
     },
     /// A live view of the fleet (refreshes in place on a terminal).
     Top {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// Print once and exit.
         #[arg(long)]
         once: bool,
@@ -158,6 +204,9 @@ enum Command {
     },
     /// Recent series of a host or the fleet (the leader keeps the last hour).
     Metrics {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         /// The host.
         #[arg(required_unless_present = "fleet", conflicts_with = "fleet")]
         host: Option<String>,
@@ -179,21 +228,33 @@ enum Command {
     },
     /// Webhooks notified of reverts and alerts.
     Webhook {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: incident::WebhookCommand,
     },
     /// A repository's tests: durations, flaky tests, quarantine.
     Test {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: TestCommand,
     },
     /// The commit gate of a repository's branch.
     Gate {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: GateCommand,
     },
     /// The coordinators: members, leader, Raft indexes.
     Cluster {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
         #[command(subcommand)]
         command: ClusterCommand,
     },
@@ -497,49 +558,49 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Dev { agents } => dev::run(agents).await,
         Command::Demo => demo::run().await,
-        Command::Status { json } => {
-            let status: StatusView = Client::from_opts(&cli.client)?.get("/v1/status").await?;
+        Command::Status { client, json } => {
+            let status: StatusView = Client::from_opts(&client)?.get("/v1/status").await?;
             output::print(json, &status, output::status)
         }
-        Command::Hosts { json } => {
-            let hosts: Vec<HostView> = Client::from_opts(&cli.client)?.get("/v1/hosts").await?;
+        Command::Hosts { client, json } => {
+            let hosts: Vec<HostView> = Client::from_opts(&client)?.get("/v1/hosts").await?;
             output::print(json, &hosts, |h| output::hosts(h))
         }
-        Command::Host { command: HostCommand::Remove { name } } => {
-            let out: serde_json::Value = Client::from_opts(&cli.client)?.delete(&format!("/v1/hosts/{name}")).await?;
+        Command::Host { client, command: HostCommand::Remove { name } } => {
+            let out: serde_json::Value = Client::from_opts(&client)?.delete(&format!("/v1/hosts/{name}")).await?;
             println!("Removed host {name}; certificate {} revoked.", out["revoked_serial"].as_str().unwrap_or("?"));
             Ok(())
         }
-        Command::Token { command } => token(&cli.client, command).await,
-        Command::Repo { command } => repo(&cli.client, command).await,
-        Command::Gate { command } => gate(&cli.client, command).await,
-        Command::Commits { repo, limit, json } => {
+        Command::Token { client, command } => token(&client, command).await,
+        Command::Repo { client, command } => repo(&client, command).await,
+        Command::Gate { client, command } => gate(&client, command).await,
+        Command::Commits { client, repo, limit, json } => {
             let q = query(&[("repo", repo.as_deref()), ("limit", Some(&limit.to_string()))]);
-            let commits: Vec<CommitSummary> = Client::from_opts(&cli.client)?.get(&format!("/v1/commits{q}")).await?;
+            let commits: Vec<CommitSummary> = Client::from_opts(&client)?.get(&format!("/v1/commits{q}")).await?;
             output::print(json, &commits, |c| output::commits(c))
         }
-        Command::Commit { command } => commit(&cli.client, command).await,
-        Command::Test { command } => test(&cli.client, command).await,
-        Command::Releases { repo, json } => {
-            let releases: Vec<ReleaseView> = Client::from_opts(&cli.client)?
+        Command::Commit { client, command } => commit(&client, command).await,
+        Command::Test { client, command } => test(&client, command).await,
+        Command::Releases { client, repo, json } => {
+            let releases: Vec<ReleaseView> = Client::from_opts(&client)?
                 .get(&format!("/v1/releases{}", query(&[("repo", repo.as_deref())])))
                 .await?;
             output::print(json, &releases, |r| output::releases(r))
         }
-        Command::Rollout { command } => rollout(&cli.client, command).await,
-        Command::Incidents { json } => incident::list(&cli.client, json).await,
-        Command::Incident { command } => incident::incident(&cli.client, command).await,
-        Command::Webhook { command } => incident::webhook(&cli.client, command).await,
-        Command::Experiment { command } => experiment::run(&cli.client, command).await,
-        Command::Alerts { limit, json } => alert::list(&cli.client, json, limit).await,
-        Command::Alert { command } => alert::alert(&cli.client, command).await,
-        Command::Top { once, json, every } => alert::top(&cli.client, once, json, every).await,
-        Command::Metrics { host, fleet: _, metric, since, step, json } => {
-            alert::metrics(&cli.client, host, metric, since, step, json).await
+        Command::Rollout { client, command } => rollout(&client, command).await,
+        Command::Incidents { client, json } => incident::list(&client, json).await,
+        Command::Incident { client, command } => incident::incident(&client, command).await,
+        Command::Webhook { client, command } => incident::webhook(&client, command).await,
+        Command::Experiment { client, command } => experiment::run(&client, command).await,
+        Command::Alerts { client, limit, json } => alert::list(&client, json, limit).await,
+        Command::Alert { client, command } => alert::alert(&client, command).await,
+        Command::Top { client, once, json, every } => alert::top(&client, once, json, every).await,
+        Command::Metrics { client, host, fleet: _, metric, since, step, json } => {
+            alert::metrics(&client, host, metric, since, step, json).await
         }
-        Command::Rollback { to, repo } => {
+        Command::Rollback { client, to, repo } => {
             let view: RolloutView =
-                Client::from_opts(&cli.client)?.post("/v1/rollback", &RollbackRequest { repo, to }).await?;
+                Client::from_opts(&client)?.post("/v1/rollback", &RollbackRequest { repo, to }).await?;
             println!(
                 "Rolling every host of {} back to release {} (rollout {}), no canary, no bake.",
                 view.repo, view.release, view.id
@@ -547,22 +608,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("Follow it with `fifty rollout watch`.");
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Members { json } } => {
-            let view: ClusterView = Client::from_opts(&cli.client)?.get("/v1/cluster/members").await?;
+        Command::Cluster { client, command: ClusterCommand::Members { json } } => {
+            let view: ClusterView = Client::from_opts(&client)?.get("/v1/cluster/members").await?;
             output::print(json, &view, output::cluster)
         }
-        Command::Cluster { command: ClusterCommand::Check { json } } => {
+        Command::Cluster { client, command: ClusterCommand::Check { json } } => {
             let view: crate::views::ClusterCheckView =
-                Client::from_opts(&cli.client)?.post("/v1/cluster/check", &serde_json::json!({})).await?;
+                Client::from_opts(&client)?.post("/v1/cluster/check", &serde_json::json!({})).await?;
             output::print(json, &view, output::cluster_check)?;
             if !view.consistent {
                 anyhow::bail!("the coordinators' states do not all agree at index {}", view.index);
             }
             Ok(())
         }
-        Command::Cluster { command: ClusterCommand::Remove { node } } => {
+        Command::Cluster { client, command: ClusterCommand::Remove { node } } => {
             let _: serde_json::Value =
-                Client::from_opts(&cli.client)?.delete(&format!("/v1/cluster/members/{node}")).await?;
+                Client::from_opts(&client)?.delete(&format!("/v1/cluster/members/{node}")).await?;
             println!("Removed coordinator {node} from the cluster.");
             Ok(())
         }
@@ -837,5 +898,47 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub.find_subcommand_mut(name).unwrap_or_else(|| panic!("no subcommand {name}"));
+        }
+        sub.render_long_help().to_string()
+    }
+
+    #[test]
+    fn server_side_commands_list_no_client_flags() {
+        for path in [&["server"][..], &["dev"], &["demo"], &["ca", "init"], &["store", "check"]] {
+            let text = help(path);
+            for flag in ["--token", "--cacert", "--stale", "--addr"] {
+                assert!(!text.contains(flag), "fifty {} --help lists {flag}:\n{text}", path.join(" "));
+            }
+        }
+        assert!(Cli::try_parse_from(["fifty", "server", "--token", "x"]).is_err());
+    }
+
+    #[test]
+    fn client_commands_take_the_client_flags_at_any_depth() {
+        for path in [&["status"][..], &["token", "list"], &["gate", "check"]] {
+            let text = help(path);
+            for flag in ["--token", "--cacert", "--stale", "--addr"] {
+                assert!(text.contains(flag), "fifty {} --help lacks {flag}", path.join(" "));
+            }
+        }
+        let cli = Cli::try_parse_from(["fifty", "token", "list", "--token", "t1", "--cacert", "/ca.pem"]).unwrap();
+        let Command::Token { client, .. } = cli.command else { panic!("parsed as another command") };
+        assert_eq!(client.token.as_deref(), Some("t1"));
+        assert_eq!(client.cacert.as_deref(), Some(std::path::Path::new("/ca.pem")));
     }
 }
