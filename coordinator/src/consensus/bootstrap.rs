@@ -1,14 +1,20 @@
 //! How a coordinator comes to belong to a cluster, before its Raft loop starts:
 //!
 //! - it already does (its log is initialized): nothing to do;
-//! - `join` names a coordinator: ask it (or the leader it points to) to add this node as a voter;
-//!   the leader then brings this node up to date with a snapshot;
+//! - `force_new_cluster`: it does, but its quorum is lost for good: make it the only voter,
+//!   keeping its data (etcd's `--force-new-cluster`), so the others can be added back;
+//! - `join` names a coordinator: ask it (or the leader it points to) to add this node as a
+//!   learner; the leader brings it up to date with a snapshot and makes it a voter once it has
+//!   caught up (`node.rs`). With `replace`, a member still listed at this node's address under
+//!   another id (this node's lost data dir) is removed first;
 //! - `bootstrap_expect = 1`: a cluster of one, formed at once;
 //! - `bootstrap_expect = N` with `peers`: say hello to the peers until N coordinators (this one
 //!   included) are found, then every one of them writes the same genesis — the same voters and
 //!   member table at index 1 — as Nomad's `bootstrap_expect` does. If a peer answers that it
-//!   already belongs to a cluster that does not include this node (a wiped disk, a new node), this
-//!   node joins that cluster instead.
+//!   already belongs to a cluster that does not include this node, this node joins that cluster
+//!   instead — unless a member of it has this node's address: then this node's data dir was lost,
+//!   and joining under a new id would leave the old id a voter that never answers (three voters
+//!   become four, tolerating no failure). It stops and names the recovery instead.
 //!
 //! Genesis sits at index 1 with the log compacted there, so a node added later can never replay
 //! the log from scratch without the initial configuration: it must take a snapshot first.
@@ -20,7 +26,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use fifty_shared::wire::{PeerInfo, PeerRequest, PeerResponse};
-use raft::eraftpb::{ConfState, HardState};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, EntryType, HardState};
+use raft::{GetEntriesContext, Storage};
 use tracing::{info, warn};
 
 use super::transport::Transport;
@@ -37,15 +45,22 @@ pub struct Membership {
     pub peers: Vec<String>,
     /// Join the running cluster that this coordinator belongs to.
     pub join: Option<String>,
+    /// With `join`: replace the member listed at this node's address under another id.
+    pub replace: bool,
+    /// Make this node the only voter of its cluster (lost-quorum recovery).
+    pub force_new_cluster: bool,
 }
 
 /// Makes sure `log` belongs to a cluster (or has asked to join one).
 pub async fn prepare(log: &RaftLog, me: &PeerInfo, membership: &Membership, transport: &Transport) -> Result<()> {
+    if membership.force_new_cluster {
+        return force_new_cluster(log, me);
+    }
     if log.initialized()? {
         return Ok(());
     }
     if let Some(addr) = &membership.join {
-        return join(addr, me, transport).await;
+        return join(addr, me, membership.replace, transport).await;
     }
     if membership.bootstrap_expect <= 1 {
         info!("forming a new cluster of one");
@@ -65,8 +80,11 @@ pub async fn prepare(log: &RaftLog, me: &PeerInfo, membership: &Membership, tran
                         // A peer formed the cluster with us in it a moment ago: same genesis.
                         return Ok(genesis(log, &members)?);
                     }
+                    if let Some(old) = same_address(&members, me) {
+                        bail!("{}", lost_data_dir(&old, me, addr));
+                    }
                     info!(peer = %addr, "a cluster is already running; joining it");
-                    return join(addr, me, transport).await;
+                    return join(addr, me, false, transport).await;
                 }
                 Ok(other) => warn!(peer = %addr, answer = ?other, "unexpected answer to hello"),
                 Err(e) => {
@@ -87,8 +105,91 @@ pub async fn prepare(log: &RaftLog, me: &PeerInfo, membership: &Membership, tran
     }
 }
 
+/// A member other than `me` listed at one of `me`'s addresses: `me` lost its data dir.
+pub(super) fn same_address<'a>(members: impl IntoIterator<Item = &'a PeerInfo>, me: &PeerInfo) -> Option<PeerInfo> {
+    members
+        .into_iter()
+        .find(|m| m.node_id != me.node_id && (m.quic_addr == me.quic_addr || m.http_addr == me.http_addr))
+        .cloned()
+}
+
+/// What a coordinator whose data dir was lost is told, and what it can do.
+pub(super) fn lost_data_dir(old: &PeerInfo, me: &PeerInfo, via: &str) -> String {
+    format!(
+        "coordinator {old:016x} is still a member of the running cluster at this coordinator's address ({addr}), \
+         but this data dir holds no cluster state (it was lost or wiped) and this coordinator now has id {new:016x}. \
+         Joining under the new id would leave {old:016x} a voter that never answers (the cluster would tolerate one \
+         failure fewer). To recover: start this coordinator with `fifty server --join {via} --replace` (the leader \
+         removes {old:016x} and adds this one in its place), or run `fifty cluster remove {old:016x}` and then \
+         start it with `--join {via}`",
+        old = old.node_id,
+        addr = old.quic_addr,
+        new = me.node_id,
+    )
+}
+
+/// Makes `me` the only voter of the cluster its data dir belongs to, keeping its state:
+/// the conf state becomes `me` alone, the other members leave the member table, and entries
+/// past the commit index (no quorum holds them) are dropped. The others come back with `--join`.
+fn force_new_cluster(log: &RaftLog, me: &PeerInfo) -> Result<()> {
+    if !log.initialized()? {
+        bail!("--force-new-cluster: this data dir holds no cluster to recover (start without the flag)");
+    }
+    let hs = log.hard_state()?;
+    let applied = log.applied()?;
+    // A committed entry not yet applied here is applied at start; one adding a voter would
+    // undo the recovery, so it is refused rather than silently skipped.
+    if hs.commit > applied {
+        let entries = log.entries(applied + 1, hs.commit + 1, None, GetEntriesContext::empty(false))?;
+        for e in entries.iter().filter(|e| e.get_entry_type() == EntryType::EntryConfChange) {
+            let cc = ConfChange::parse_from_bytes(&e.data)?;
+            if cc.get_change_type() == ConfChangeType::AddNode && cc.node_id != me.node_id {
+                bail!(
+                    "--force-new-cluster: committed entry {} (not yet applied here) adds voter {:016x}; forcing now \
+                     would bring it back. Start this coordinator once without the flag (it applies the entry), \
+                     stop it, and force again",
+                    e.index,
+                    cc.node_id
+                );
+            }
+        }
+    }
+    let mut batch = Batch::default();
+    let dropped = log.discard_after(&mut batch, hs.commit)?;
+    let before = log.conf_state()?;
+    let mut cs = ConfState::default();
+    cs.voters = vec![me.node_id];
+    RaftLog::set_conf_state(&mut batch, &cs);
+    let mut removed = Vec::new();
+    for m in log.store().members()? {
+        if m.id != me.node_id {
+            batch.remove_member(m.id);
+            removed.push(format!("{:016x}", m.id));
+        }
+    }
+    batch.put_member(&MemberRecord {
+        id: me.node_id,
+        quic_addr: me.quic_addr.clone(),
+        http_addr: me.http_addr.clone(),
+    });
+    log.store().apply(batch)?;
+    log.store().flush_blocking()?;
+    warn!(
+        voters_before = ?before.voters.iter().map(|v| format!("{v:016x}")).collect::<Vec<_>>(),
+        removed = ?removed,
+        uncommitted_entries_dropped = dropped,
+        commit = hs.commit,
+        "FORCE NEW CLUSTER: this coordinator is now the only voter, with its state as of commit {}; add the \
+         others back with `fifty server --join {}` after wiping their data dirs, and never start a removed \
+         coordinator with its old data dir",
+        hs.commit,
+        me.quic_addr
+    );
+    Ok(())
+}
+
 /// Writes the first state of a new cluster: voters, member table, log compacted at index 1.
-fn genesis(log: &RaftLog, members: &[PeerInfo]) -> Result<(), StoreError> {
+pub(super) fn genesis(log: &RaftLog, members: &[PeerInfo]) -> Result<(), StoreError> {
     let mut batch = Batch::default();
     let mut cs = ConfState::default();
     cs.voters = members.iter().map(|m| m.node_id).collect();
@@ -111,17 +212,19 @@ fn genesis(log: &RaftLog, members: &[PeerInfo]) -> Result<(), StoreError> {
     log.store().flush_blocking()
 }
 
-/// Asks the cluster (through `addr`, following redirects to the leader) to add this node.
-async fn join(addr: &str, me: &PeerInfo, transport: &Transport) -> Result<()> {
+/// Asks the cluster (through `addr`, following redirects to the leader) to add this node as a
+/// learner (with `replace`, in place of the member listed at its address).
+async fn join(addr: &str, me: &PeerInfo, replace: bool, transport: &Transport) -> Result<()> {
     let mut target = addr.to_string();
+    let request = if replace { PeerRequest::JoinReplacing(me.clone()) } else { PeerRequest::Join(me.clone()) };
     for attempt in 1..=120 {
-        match transport.request(&target, &PeerRequest::Join(me.clone())).await {
+        match transport.request(&target, &request).await {
             Ok(PeerResponse::Joined { members }) => {
                 // Until the snapshot brings the member table, this is how we reach the others.
                 for m in &members {
                     transport.learn(m.node_id, &m.quic_addr);
                 }
-                info!(via = %target, "joined the cluster; waiting for the leader's snapshot");
+                info!(via = %target, "joined the cluster as a learner; waiting for the leader's snapshot");
                 return Ok(());
             }
             Ok(PeerResponse::NotLeader { leader: Some(leader) }) => {
@@ -130,6 +233,7 @@ async fn join(addr: &str, me: &PeerInfo, transport: &Transport) -> Result<()> {
             }
             Ok(PeerResponse::NotLeader { leader: None }) => info!(via = %target, "no leader yet; retrying the join"),
             Ok(PeerResponse::Refused { reason }) => bail!("joining through {target} was refused: {reason}"),
+            Ok(PeerResponse::Retry { reason }) => info!(via = %target, %reason, "join deferred; retrying"),
             Ok(other) => warn!(answer = ?other, "unexpected answer to join"),
             Err(e) => info!(via = %target, error = %format!("{e:#}"), "join attempt {attempt} failed; retrying"),
         }
