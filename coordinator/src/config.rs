@@ -126,11 +126,11 @@ pub struct Overrides {
     /// With --join: this coordinator lost its data dir and a member with its address is still
     /// listed; the leader removes that member (once its address no longer answers as it) and
     /// adds this one in its place.
-    #[arg(long, requires = "join")]
+    #[arg(long)]
     pub replace: bool,
     /// Recover from a lost quorum: make this coordinator the only voter of its cluster, keeping
     /// its data; then add the others back with --join (README: Three (or five) coordinators).
-    #[arg(long, conflicts_with = "join")]
+    #[arg(long)]
     pub force_new_cluster: bool,
 }
 

@@ -405,8 +405,21 @@ async fn replicated_writes_survive_leader_kill_restart_and_wipe() {
         "the refusal names the old member and the recovery: {}",
         cluster.log_tail(&format!("coord-{}", victim + 1), 5)
     );
+    // The same through the leader when it is told to --join without --replace.
+    let via = cluster.coordinators[leader].quic.to_string();
+    cluster.start_coordinator_with(victim, &["--join", &via]).unwrap();
+    let status = cluster.wait_coordinator_exit(victim, DEADLINE).await.unwrap();
+    assert!(!status.success(), "--join without --replace must stop: {status:?}");
+    let log = std::fs::read_to_string(&victim_log).unwrap();
+    assert_eq!(
+        log.matches("is still a member").count(),
+        2,
+        "{}",
+        cluster.log_tail(&format!("coord-{}", victim + 1), 5)
+    );
     let members: ClusterView = cluster.client().get("/v1/cluster/members").await.unwrap();
     assert_eq!(members.members.len(), 3, "the refused node was not added: {members:?}");
+    assert!(members.members.iter().any(|m| m.id == old_id), "{members:?}");
 
     // With --replace it comes back: the leader removes the old id, adds the new node as a
     // learner, which catches up from a snapshot (the log was compacted long ago:
