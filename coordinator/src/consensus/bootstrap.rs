@@ -242,3 +242,100 @@ async fn join(addr: &str, me: &PeerInfo, replace: bool, transport: &Transport) -
     }
     bail!("could not join the cluster through {addr}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use raft::eraftpb::Entry;
+
+    fn peer(id: u64) -> PeerInfo {
+        PeerInfo { node_id: id, quic_addr: format!("10.0.0.{id}:7071"), http_addr: format!("10.0.0.{id}:7070") }
+    }
+
+    /// A member of a three-node cluster holding entries 2..=4, of which 2..=3 are committed and
+    /// applied; entry 4 (`last`) was never committed.
+    fn survivor(last: Entry) -> RaftLog {
+        let dir =
+            std::env::temp_dir().join(format!("fifty-bootstrap-{}-{}", std::process::id(), rand::random::<u64>()));
+        let log = RaftLog::new(Store::open(&dir).expect("open a temp store"));
+        genesis(&log, &[peer(1), peer(2), peer(3)]).expect("genesis");
+        let entry = |index| {
+            let mut e = Entry::default();
+            e.index = index;
+            e.term = 1;
+            e
+        };
+        let mut batch = Batch::default();
+        log.append(&mut batch, &[entry(2), entry(3), last]).expect("append");
+        let mut hs = log.hard_state().expect("hard state");
+        hs.commit = 3;
+        RaftLog::set_hard_state(&mut batch, &hs);
+        RaftLog::set_applied(&mut batch, 3);
+        log.store().apply(batch).expect("apply");
+        log
+    }
+
+    /// `--force-new-cluster` leaves this node the only voter and member, keeps what was
+    /// committed and drops what was not.
+    #[test]
+    fn force_new_cluster_keeps_the_committed_log_and_only_this_voter() {
+        let mut uncommitted = Entry::default();
+        uncommitted.index = 4;
+        uncommitted.term = 1;
+        uncommitted.data = b"never committed".to_vec().into();
+        let log = survivor(uncommitted);
+        force_new_cluster(&log, &peer(2)).expect("forced");
+        assert_eq!(log.conf_state().unwrap().voters, vec![2]);
+        assert!(log.conf_state().unwrap().learners.is_empty());
+        let members = log.store().members().unwrap();
+        assert_eq!(members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(log.last_index().unwrap(), 3, "the uncommitted entry is dropped");
+        assert_eq!(log.hard_state().unwrap().commit, 3);
+        assert_eq!(log.applied().unwrap(), 3);
+    }
+
+    /// A committed entry still to apply that adds a voter would undo the recovery: refused.
+    #[test]
+    fn force_new_cluster_refuses_a_pending_voter() {
+        let log = survivor(Entry::default());
+        // Entry 3 committed but not yet applied adds node 3 back as a voter.
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = 3;
+        let mut add = Entry::default();
+        add.index = 3;
+        add.term = 1;
+        add.set_entry_type(EntryType::EntryConfChange);
+        add.data = cc.write_to_bytes().unwrap().into();
+        let mut batch = Batch::default();
+        log.append(&mut batch, &[add]).unwrap();
+        RaftLog::set_applied(&mut batch, 2);
+        log.store().apply(batch).unwrap();
+        let err = force_new_cluster(&log, &peer(2)).unwrap_err().to_string();
+        assert!(err.contains("adds voter 0000000000000003") && err.contains("without the flag"), "{err}");
+        assert_eq!(log.conf_state().unwrap().voters, vec![1, 2, 3], "nothing changed");
+    }
+
+    /// A data dir that belongs to no cluster has nothing to recover.
+    #[test]
+    fn force_new_cluster_needs_a_cluster() {
+        let dir =
+            std::env::temp_dir().join(format!("fifty-bootstrap-{}-{}", std::process::id(), rand::random::<u64>()));
+        let log = RaftLog::new(Store::open(&dir).unwrap());
+        assert!(force_new_cluster(&log, &peer(1)).unwrap_err().to_string().contains("no cluster to recover"));
+    }
+
+    #[test]
+    fn a_member_at_this_address_under_another_id_is_found() {
+        let me = PeerInfo { node_id: 9, ..peer(2) };
+        let members = [peer(1), peer(2), peer(3)];
+        assert_eq!(same_address(&members, &me).map(|m| m.node_id), Some(2));
+        assert_eq!(same_address(&members, &peer(2)), None, "itself");
+        assert_eq!(same_address(&members, &peer(4)), None, "a new address");
+        let text = lost_data_dir(&peer(2), &me, "10.0.0.1:7071");
+        assert!(
+            text.contains("--join 10.0.0.1:7071 --replace") && text.contains("fifty cluster remove 0000000000000002")
+        );
+    }
+}
