@@ -60,6 +60,15 @@ pub struct Config {
     pub fault_injection: bool,
     /// Alert rules proposed by the leader when no rule has their name (`[[alert.rule]]`).
     pub alert: AlertConfig,
+    /// With `join`: if a member of the cluster has this coordinator's address under another id
+    /// (this node's data dir was lost), remove that member and add this node in its place
+    /// (`--replace`). Flag only: never in the file, so a wiped node is never replaced silently.
+    #[serde(skip)]
+    pub replace: bool,
+    /// Make this coordinator the only voter of its cluster, keeping its data, to recover from a
+    /// lost quorum (`--force-new-cluster`). Flag only, for the one start that needs it.
+    #[serde(skip)]
+    pub force_new_cluster: bool,
     /// `[api]`: how long the HTTPS API waits for clients, and how many it serves at once.
     pub api: ApiConfig,
 }
@@ -133,6 +142,8 @@ impl Default for Config {
             consistency_check_interval: Duration::from_secs(600),
             fault_injection: false,
             alert: AlertConfig::default(),
+            replace: false,
+            force_new_cluster: false,
             api: ApiConfig::default(),
         }
     }
@@ -159,6 +170,15 @@ pub struct Overrides {
     /// Join the running cluster of the coordinator at HOST:PORT (its QUIC address).
     #[arg(long)]
     pub join: Option<String>,
+    /// With --join: this coordinator lost its data dir and a member with its address is still
+    /// listed; the leader removes that member (once its address no longer answers as it) and
+    /// adds this one in its place.
+    #[arg(long)]
+    pub replace: bool,
+    /// Recover from a lost quorum: make this coordinator the only voter of its cluster, keeping
+    /// its data; then add the others back with --join (README: Three (or five) coordinators).
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 impl Config {
@@ -204,6 +224,8 @@ impl Config {
         if let Some(v) = &flags.join {
             cfg.join = Some(v.clone());
         }
+        cfg.replace = flags.replace;
+        cfg.force_new_cluster = flags.force_new_cluster;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -228,13 +250,35 @@ impl Config {
         if self.bootstrap_expect == 0 {
             bail!("config key bootstrap_expect: must be at least 1");
         }
-        if self.bootstrap_expect > 1 && self.peers.len() + 1 < self.bootstrap_expect {
+        let others = self.other_peers();
+        if self.bootstrap_expect > 1 && others + 1 < self.bootstrap_expect {
             bail!(
-                "config key peers: bootstrap_expect = {} needs at least {} peer addresses, got {}",
+                "config key peers: bootstrap_expect = {} needs at least {} peer addresses besides this \
+                 coordinator's own, got {others}",
                 self.bootstrap_expect,
                 self.bootstrap_expect - 1,
-                self.peers.len()
             );
+        }
+        // Bootstrap forms a cluster as soon as bootstrap_expect coordinators have found each
+        // other: with more listed than that, two disjoint groups could each form one.
+        if others + 1 > self.bootstrap_expect {
+            bail!(
+                "config keys peers and bootstrap_expect: peers lists {} coordinators besides this one, so the \
+                 cluster has {} but bootstrap_expect is {}; two groups of {} could each form a cluster of their \
+                 own. Set bootstrap_expect = {} (this coordinator's own address in peers counts only when it is \
+                 written exactly as quic_addr or advertise_ip:port)",
+                others,
+                others + 1,
+                self.bootstrap_expect,
+                self.bootstrap_expect,
+                others + 1
+            );
+        }
+        if self.replace && self.join.is_none() {
+            bail!("--replace needs --join: say which running coordinator to join through");
+        }
+        if self.force_new_cluster && self.join.is_some() {
+            bail!("--force-new-cluster and --join (or config key join) exclude each other");
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             bail!("config keys ca_cert and ca_key: set both or neither");
@@ -258,6 +302,18 @@ impl Config {
             bail!("config key api.max_connections: must be at least 1");
         }
         Ok(())
+    }
+
+    /// How many distinct addresses in `peers` are not this coordinator's own.
+    fn other_peers(&self) -> usize {
+        let own = [
+            Some(self.quic_addr.to_string()),
+            self.advertise_ip.map(|ip| SocketAddr::new(ip, self.quic_addr.port()).to_string()),
+        ];
+        let mut others: Vec<&String> = self.peers.iter().filter(|p| !own.iter().flatten().any(|o| o == *p)).collect();
+        others.sort();
+        others.dedup();
+        others.len()
     }
 
     /// Whether this coordinator is (or will be) one of several.
@@ -343,5 +399,43 @@ mod tests {
         assert!(err.contains("alert.rule[0]") && err.contains("threshold"), "{err}");
         let typo = "[[alert.rule]]\nname = \"x\"\nkind = \"cpu\"\nthreshhold = \"90\"\n";
         assert!(toml::from_str::<Config>(typo).unwrap_err().to_string().contains("threshhold"));
+    }
+
+    fn cluster_config(expect: usize, peers: &[&str]) -> Config {
+        let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+        let text =
+            format!("quic_addr = \"10.0.0.1:7071\"\nbootstrap_expect = {expect}\npeers = [{}]\n", peers.join(", "));
+        toml::from_str(&text).unwrap()
+    }
+
+    /// More coordinators listed than bootstrap_expect could form two clusters: refused, naming
+    /// both keys and the fix. This coordinator's own address in the list does not count.
+    #[test]
+    fn peers_beyond_bootstrap_expect_are_refused() {
+        let three = ["10.0.0.1:7071", "10.0.0.2:7071", "10.0.0.3:7071"];
+        cluster_config(3, &three).validate().expect("three listed (this one included), three expected");
+        cluster_config(3, &three[1..]).validate().expect("the two others listed");
+        let err = cluster_config(2, &three).validate().unwrap_err().to_string();
+        assert!(err.contains("peers and bootstrap_expect") && err.contains("bootstrap_expect = 3"), "{err}");
+        let five = ["10.0.0.2:7071", "10.0.0.3:7071", "10.0.0.4:7071", "10.0.0.5:7071"];
+        let err = cluster_config(3, &five).validate().unwrap_err().to_string();
+        assert!(err.contains("two groups of 3") && err.contains("bootstrap_expect = 5"), "{err}");
+        let err = cluster_config(1, &three[1..2]).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("bootstrap_expect = 2"),
+            "a single coordinator with peers would form its own cluster: {err}"
+        );
+        let err = cluster_config(3, &three[1..2]).validate().unwrap_err().to_string();
+        assert!(err.contains("config key peers") && err.contains("at least 2"), "{err}");
+    }
+
+    #[test]
+    fn replace_and_force_new_cluster_are_checked() {
+        let mut cfg = Config { replace: true, ..Config::default() };
+        assert!(cfg.validate().unwrap_err().to_string().contains("--replace needs --join"));
+        cfg.join = Some("10.0.0.2:7071".into());
+        cfg.validate().unwrap();
+        cfg.force_new_cluster = true;
+        assert!(cfg.validate().unwrap_err().to_string().contains("--force-new-cluster"));
     }
 }

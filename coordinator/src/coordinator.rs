@@ -562,6 +562,7 @@ impl Coordinator {
                 id: hex(m.id),
                 leader: m.id == raft.leader_id,
                 voter: raft.voters.contains(&m.id),
+                learner: raft.learners.contains(&m.id),
                 matched: raft.matched.iter().find(|(id, _)| *id == m.id).map(|(_, i)| *i),
                 quic_addr: m.quic_addr,
                 http_addr: m.http_addr,

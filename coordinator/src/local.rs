@@ -252,14 +252,39 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Wipes coordinator `i`'s data dir and starts it with `--join` through another
-    /// coordinator: it comes back as a new member.
-    pub async fn rejoin_wiped(&mut self, i: usize) -> Result<()> {
+    /// (Re)starts coordinator `i` from its data dir with extra `fifty server` flags (e.g.
+    /// `--force-new-cluster`).
+    pub fn start_coordinator_with(&mut self, i: usize, args: &[&str]) -> Result<()> {
+        self.spawn_coordinator(i, args)
+    }
+
+    /// Deletes coordinator `i`'s data dir, as a lost disk would (stop it first). A dir already
+    /// gone is fine.
+    pub fn wipe_coordinator(&mut self, i: usize) -> Result<()> {
+        if self.coordinators[i].child.is_some() {
+            bail!("coordinator {i} is running; kill it before wiping its data dir");
+        }
         let data = self.dir.join(&self.coordinators[i].name);
-        std::fs::remove_dir_all(&data).with_context(|| format!("wipe {}", data.display()))?;
+        match std::fs::remove_dir_all(&data) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("wipe {}", data.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Wipes coordinator `i`'s data dir and starts it with `--join` through another
+    /// coordinator: it comes back as a new member. With `replace`, also `--replace`: the
+    /// leader removes the member still listed at its address (its old id) first.
+    pub async fn rejoin_wiped(&mut self, i: usize, replace: bool) -> Result<()> {
+        self.wipe_coordinator(i)?;
         let via = self.running().into_iter().find(|j| *j != i).context("no other coordinator is running")?;
         let via = self.coordinators[via].quic.to_string();
-        self.spawn_coordinator(i, &["--join", &via])
+        let mut args = vec!["--join", via.as_str()];
+        if replace {
+            args.push("--replace");
+        }
+        self.spawn_coordinator(i, &args)
     }
 
     /// Kills coordinator `i` with SIGKILL and waits for it to exit.

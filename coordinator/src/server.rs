@@ -64,6 +64,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         bootstrap_expect: config.bootstrap_expect,
         peers: config.peers.clone(),
         join: config.join.clone(),
+        replace: config.replace,
+        force_new_cluster: config.force_new_cluster,
     };
     let options = Options { snapshot_threshold: config.snapshot_threshold };
     let started = tokio::select! {

@@ -183,6 +183,9 @@ pub struct MemberView {
     pub leader: bool,
     /// Whether it votes.
     pub voter: bool,
+    /// Whether it is a learner: added, catching up, not voting yet.
+    #[serde(default)]
+    pub learner: bool,
     /// Highest log index known replicated to it (reported by the leader).
     pub matched: Option<u64>,
 }

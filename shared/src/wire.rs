@@ -546,6 +546,10 @@ pub enum PeerRequest {
         /// The checkpoint's index.
         index: u64,
     },
+    /// Add me to the cluster in place of the member listed at my address under another id (my
+    /// data dir was lost): the leader removes that member once its address no longer answers
+    /// as it, then adds me (`fifty server --join ADDR --replace`).
+    JoinReplacing(PeerInfo),
 }
 
 /// Answers to [`PeerRequest`].
@@ -584,6 +588,11 @@ pub enum PeerResponse {
         applied: u64,
         /// SHA-256 of its state right after the checkpoint (hex), if it applied it.
         digest: Option<String>,
+    },
+    /// Not now (another configuration change is in progress): ask again shortly.
+    Retry {
+        /// Why.
+        reason: String,
     },
 }
 

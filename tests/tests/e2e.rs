@@ -819,26 +819,133 @@ async fn replicated_writes_survive_leader_kill_restart_and_wipe() {
         assert!(acked.iter().all(|d| held.get(d) == Some(&1)), "coordinator {i} lost writes across a full restart");
     }
 
-    // A follower loses its disk: removed as a member, it rejoins as a new one from a snapshot
-    // (the log was compacted long ago: snapshot_threshold is 40 entries).
+    // A follower loses its disk. Restarted with its normal config, it finds its address still
+    // a member under its old id: it refuses to join as a fourth voter and names the recovery.
     let leader = cluster.wait_leader(DEADLINE).await.unwrap();
     let victim = (leader + 1) % 3;
     let old_id = cluster.views().await.into_iter().find(|(i, _)| *i == victim).unwrap().1.node_id;
     cluster.kill_coordinator(victim).await.unwrap();
-    let out = cli(&cluster, &cluster.admin_token, &["cluster", "remove", &old_id]).await;
-    assert!(out.status.success(), "cluster remove: {}", text(&out.stderr));
-    cluster.rejoin_wiped(victim).await.unwrap();
-    let commit = wait_converged(&cluster).await;
+    cluster.wipe_coordinator(victim).unwrap();
+    cluster.start_coordinator(victim).await.unwrap();
+    let status = cluster.wait_coordinator_exit(victim, DEADLINE).await.unwrap();
+    assert!(!status.success(), "a wiped coordinator restarted with its old config must stop: {status:?}");
+    let victim_log = dir.join("logs").join(format!("coord-{}.log", victim + 1));
+    let log = std::fs::read_to_string(&victim_log).unwrap();
+    assert!(
+        log.contains(&format!("coordinator {old_id} is still a member")) && log.contains("--replace"),
+        "the refusal names the old member and the recovery: {}",
+        cluster.log_tail(&format!("coord-{}", victim + 1), 5)
+    );
+    // The same through the leader when it is told to --join without --replace.
+    let via = cluster.coordinators[leader].quic.to_string();
+    cluster.start_coordinator_with(victim, &["--join", &via]).unwrap();
+    let status = cluster.wait_coordinator_exit(victim, DEADLINE).await.unwrap();
+    assert!(!status.success(), "--join without --replace must stop: {status:?}");
+    let log = std::fs::read_to_string(&victim_log).unwrap();
+    assert_eq!(
+        log.matches("is still a member").count(),
+        2,
+        "{}",
+        cluster.log_tail(&format!("coord-{}", victim + 1), 5)
+    );
     let members: ClusterView = cluster.client().get("/v1/cluster/members").await.unwrap();
-    assert_eq!(members.members.len(), 3, "{members:?}");
-    assert!(!members.members.iter().any(|m| m.id == old_id), "the wiped node came back under a new id");
+    assert_eq!(members.members.len(), 3, "the refused node was not added: {members:?}");
+    assert!(members.members.iter().any(|m| m.id == old_id), "{members:?}");
+
+    // With --replace it comes back: the leader removes the old id, adds the new node as a
+    // learner, which catches up from a snapshot (the log was compacted long ago:
+    // snapshot_threshold is 40 entries) and is then promoted to voter.
+    cluster.rejoin_wiped(victim, true).await.unwrap();
+    let members = wait_for("the replacement to become a voter", DEADLINE, || async {
+        let view: ClusterView = cluster.client().get("/v1/cluster/members").await?;
+        let replaced = !view.members.iter().any(|m| m.id == old_id);
+        let all_voters = view.members.len() == 3 && view.members.iter().all(|m| m.voter && !m.learner);
+        Ok((replaced && all_voters).then_some(view))
+    })
+    .await
+    .unwrap();
+    let new_id = cluster.views().await.into_iter().find(|(i, _)| *i == victim).unwrap().1.node_id;
+    assert_ne!(new_id, old_id);
+    assert!(members.members.iter().any(|m| m.id == new_id), "{members:?}");
+    let commit = wait_converged(&cluster).await;
     let held = local_descriptions(&cluster, victim).await;
     assert!(acked.iter().all(|d| held.get(d) == Some(&1)), "the rejoined node misses writes (commit {commit})");
-    let coord_log = std::fs::read_to_string(dir.join("logs").join(format!("coord-{}.log", victim + 1))).unwrap();
+    let coord_log = std::fs::read_to_string(&victim_log).unwrap();
     assert!(
         coord_log.contains("installed a snapshot from the leader"),
         "the wiped node did not catch up from a snapshot"
     );
+    // Learner first, voter once caught up: every member logs the two changes in that order.
+    let survivor = (victim + 1) % 3;
+    let survivor_log = std::fs::read_to_string(dir.join("logs").join(format!("coord-{}.log", survivor + 1))).unwrap();
+    let line_of = |what: &str, id: &str| {
+        survivor_log
+            .lines()
+            .position(|l| l.contains(what) && l.contains(id))
+            .unwrap_or_else(|| panic!("no line with {what:?} for {id} in coord-{}'s log", survivor + 1))
+    };
+    let removed = line_of("removed from the cluster", &old_id);
+    let learner = line_of("as a learner", &new_id);
+    let voter = line_of("is now a voter", &new_id);
+    assert!(removed < learner && learner < voter, "old id removed, then the new one a learner, then a voter");
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two of three coordinators lose their disks: the survivor alone has no quorum and cannot
+/// commit. Restarted with `--force-new-cluster` it becomes the only voter with its data intact;
+/// the two wiped coordinators join it again (at once: one waits for the other's change) and
+/// writes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_quorum_is_recovered_with_force_new_cluster() {
+    let dir = test_dir("quorum");
+    let options = Options { coordinators: 3, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    let survivor = cluster.wait_leader(DEADLINE).await.unwrap();
+    let token = |d: &str| CreateToken { role: "read".into(), ttl: None, max_uses: None, description: d.into() };
+    for i in 0..5 {
+        cluster.client_for(survivor).post::<TokenCreated>("/v1/tokens", &token(&format!("before-{i}"))).await.unwrap();
+    }
+    let lost: Vec<usize> = (0..3).filter(|i| *i != survivor).collect();
+    for i in &lost {
+        cluster.kill_coordinator(*i).await.unwrap();
+        cluster.wipe_coordinator(*i).unwrap();
+    }
+    let refused = cluster.client_for(survivor).post::<TokenCreated>("/v1/tokens", &token("no-quorum")).await;
+    assert!(refused.is_err(), "one coordinator of three committed a write: {refused:?}");
+
+    cluster.kill_coordinator(survivor).await.unwrap();
+    cluster.start_coordinator_with(survivor, &["--force-new-cluster"]).unwrap();
+    assert_eq!(cluster.wait_leader(DEADLINE).await.unwrap(), survivor);
+    let log = std::fs::read_to_string(dir.join("logs").join(format!("coord-{}.log", survivor + 1))).unwrap();
+    assert!(log.contains("FORCE NEW CLUSTER"), "the forced start is logged loudly");
+    let members: ClusterView = cluster.client().get("/v1/cluster/members").await.unwrap();
+    assert_eq!(members.members.len(), 1, "{members:?}");
+    let held = local_descriptions(&cluster, survivor).await;
+    assert!((0..5).all(|i| held.get(&format!("before-{i}")) == Some(&1)), "the survivor kept its data: {held:?}");
+    assert_eq!(held.get("no-quorum"), None, "an uncommitted write was kept");
+
+    for i in &lost {
+        cluster.rejoin_wiped(*i, false).await.unwrap();
+    }
+    wait_for("three voters again", DEADLINE, || async {
+        let view: ClusterView = cluster.client().get("/v1/cluster/members").await?;
+        Ok((view.members.len() == 3 && view.members.iter().all(|m| m.voter)).then_some(()))
+    })
+    .await
+    .unwrap();
+    cluster.client_for(lost[0]).post::<TokenCreated>("/v1/tokens", &token("after")).await.unwrap();
+    wait_converged(&cluster).await;
+    for i in 0..3 {
+        let held = local_descriptions(&cluster, i).await;
+        assert!((0..5).all(|n| held.get(&format!("before-{n}")) == Some(&1)), "coordinator {i}: {held:?}");
+        assert_eq!(held.get("after"), Some(&1), "coordinator {i}");
+    }
+    // With the survivor killed, the two rejoined coordinators still hold a quorum of three.
+    cluster.kill_coordinator(survivor).await.unwrap();
+    let next = cluster.wait_leader(DEADLINE).await.unwrap();
+    cluster.client_for(next).post::<TokenCreated>("/v1/tokens", &token("after-survivor")).await.unwrap();
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);

@@ -125,6 +125,8 @@ pub fn cluster(c: &ClusterView) -> String {
                     "leader"
                 } else if m.voter {
                     "follower"
+                } else if m.learner {
+                    "learner"
                 } else {
                     "not voting"
                 }
@@ -259,6 +261,36 @@ mod tests {
     fn tables_align_columns() {
         let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()]]);
         assert_eq!(t, "A     BB\nlong  x\n");
+    }
+
+    /// A coordinator still catching up shows as a learner, not as "not voting".
+    #[test]
+    fn members_show_learners() {
+        let member = |id: &str, leader: bool, voter: bool, learner: bool| crate::views::MemberView {
+            id: id.into(),
+            quic_addr: "q".into(),
+            http_addr: "h".into(),
+            leader,
+            voter,
+            learner,
+            matched: None,
+        };
+        let view = ClusterView {
+            node_id: "a".into(),
+            leader_id: Some("a".into()),
+            term: 2,
+            commit_index: 9,
+            applied_index: 9,
+            members: vec![
+                member("a", true, true, false),
+                member("b", false, true, false),
+                member("c", false, false, true),
+            ],
+        };
+        let text = cluster(&view);
+        let role =
+            |id: &str| text.lines().find(|l| l.starts_with(id)).unwrap().split_whitespace().nth(1).unwrap().to_string();
+        assert_eq!([role("a"), role("b"), role("c")], ["leader", "follower", "learner"]);
     }
 }
 

@@ -74,6 +74,9 @@ pub enum ConsensusError {
         /// The command's version.
         needs: u32,
     },
+    /// Another configuration change is not yet applied; raft-rs takes one at a time.
+    #[error("a configuration change is in progress; retry")]
+    ConfChangeInProgress,
     /// The command is larger than one entry may be.
     #[error("the request makes a decision of {size} bytes; the cluster takes at most {max} bytes in one decision")]
     TooLarge {
@@ -102,6 +105,8 @@ pub struct RaftStatus {
     pub applied: u64,
     /// Voters in the configuration.
     pub voters: Vec<u64>,
+    /// Learners in the configuration: coordinators catching up before they vote.
+    pub learners: Vec<u64>,
     /// On the leader: each peer's matched index.
     pub matched: Vec<(u64, u64)>,
 }
@@ -387,7 +392,72 @@ impl Consensus {
         self.ask(|reply| Input::ReadIndex { reply }, READ_TIMEOUT).await
     }
 
-    /// Adds a coordinator as a voter (a Raft configuration change), on the leader.
+    /// Answers a coordinator asking to join (`PeerRequest::Join`/`JoinReplacing`), on the leader:
+    /// adds it as a learner (the Raft loop makes it a voter once it has caught up). A member
+    /// listed at its address under another id means its data dir was lost: without `replace`
+    /// that is refused with the recovery; with it, that member is removed first — only if its
+    /// address no longer answers as that member, so a running coordinator is never replaced.
+    pub async fn join(&self, info: PeerInfo, replace: bool) -> PeerResponse {
+        self.inner.transport.learn(info.node_id, &info.quic_addr);
+        match self.admit(&info, replace).await {
+            Ok(Ok(())) => match self.inner.store.members() {
+                Ok(members) => PeerResponse::Joined { members: members.into_iter().map(peer_info).collect() },
+                Err(e) => PeerResponse::Refused { reason: e.to_string() },
+            },
+            Ok(Err(reason)) => PeerResponse::Refused { reason },
+            Err(ConsensusError::NotLeader { leader }) => {
+                PeerResponse::NotLeader { leader: leader.map(|l| l.quic_addr) }
+            }
+            Err(ConsensusError::NoLeader) => PeerResponse::NotLeader { leader: None },
+            Err(e @ (ConsensusError::ConfChangeInProgress | ConsensusError::Timeout(_))) => {
+                PeerResponse::Retry { reason: e.to_string() }
+            }
+            Err(e) => PeerResponse::Refused { reason: e.to_string() },
+        }
+    }
+
+    /// The configuration changes behind [`Consensus::join`]; `Ok(Err(why))` is a refusal.
+    async fn admit(&self, info: &PeerInfo, replace: bool) -> Result<Result<(), String>, ConsensusError> {
+        self.ensure_leader()?;
+        let status = self.status();
+        if status.voters.contains(&info.node_id) || status.learners.contains(&info.node_id) {
+            // A join retried after its answer was lost: already done.
+            return Ok(Ok(()));
+        }
+        let members: Vec<PeerInfo> = self.inner.store.members()?.into_iter().map(peer_info).collect();
+        if let Some(old) = bootstrap::same_address(&members, info) {
+            if !replace {
+                return Ok(Err(bootstrap::lost_data_dir(&old, info, &self.inner.me.quic_addr)));
+            }
+            let hello = PeerRequest::Hello(self.inner.me.clone());
+            if let Ok(PeerResponse::Hello { info: there, .. }) =
+                self.inner.transport.request(&old.quic_addr, &hello).await
+            {
+                if there.node_id == old.node_id {
+                    return Ok(Err(format!(
+                        "coordinator {:016x} still answers at {}: it is running, so it is not replaced; stop it \
+                         (or give the new coordinator another address) first",
+                        old.node_id, old.quic_addr
+                    )));
+                }
+            }
+            tracing::warn!(
+                old = format!("{:016x}", old.node_id),
+                new = format!("{:016x}", info.node_id),
+                quic = %info.quic_addr,
+                "replacing a coordinator whose data dir was lost: removing the old member, then adding the new one"
+            );
+            if let Err(rejection) = self.remove_member(old.node_id).await? {
+                return Ok(Err(rejection.to_string()));
+            }
+        }
+        let member =
+            MemberRecord { id: info.node_id, quic_addr: info.quic_addr.clone(), http_addr: info.http_addr.clone() };
+        Ok(self.add_member(member).await?.map(|_| ()).map_err(|r| r.to_string()))
+    }
+
+    /// Adds a coordinator as a learner (a Raft configuration change), on the leader; the Raft
+    /// loop promotes it to voter once it has caught up.
     pub async fn add_member(&self, member: MemberRecord) -> Result<Result<Applied, Rejection>, ConsensusError> {
         self.ensure_leader()?;
         self.ask(|reply| Input::AddMember { member, reply }, PROPOSE_TIMEOUT).await
@@ -412,6 +482,10 @@ impl Consensus {
 }
 
 pub use node::Options;
+
+fn peer_info(m: MemberRecord) -> PeerInfo {
+    PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr }
+}
 
 /// The first voter whose reported version is below `needs`.
 fn first_behind(reported: &[(u64, u32)], needs: u32) -> Option<(u64, u32)> {

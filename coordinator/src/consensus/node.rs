@@ -243,6 +243,7 @@ impl Node {
         if self.raw.has_ready() {
             self.on_ready()?;
         }
+        self.promote_caught_up_learners()?;
         self.publish_status();
         Ok(())
     }
@@ -290,25 +291,29 @@ impl Node {
                     Ok(p) => p,
                     Err(_) => return,
                 };
+                // A new coordinator joins as a learner: it receives the log (or a snapshot) but
+                // counts toward no quorum until `promote_caught_up_learners` makes it a voter.
                 let mut cc = ConfChange::default();
-                cc.set_change_type(ConfChangeType::AddNode);
+                cc.set_change_type(ConfChangeType::AddLearnerNode);
                 cc.node_id = member.id;
-                self.propose_conf_change(cc, &payload, reply);
+                self.propose_conf_change(cc, &payload, Some(reply));
             }
             Input::RemoveMember { id, reply } => {
-                let voters = self.raw.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
-                if !voters.contains(&id) {
+                let conf = self.raw.raft.prs().conf();
+                let voters = conf.voters().ids().iter().collect::<Vec<_>>();
+                let is_learner = conf.learners().contains(&id);
+                if !voters.contains(&id) && !is_learner {
                     let _ = reply.send(Ok(Err(Rejection::UnknownMember(id))));
                     return;
                 }
-                if voters.len() == 1 {
+                if !is_learner && voters.len() == 1 {
                     let _ = reply.send(Ok(Err(Rejection::LastMember(id))));
                     return;
                 }
                 let mut cc = ConfChange::default();
                 cc.set_change_type(ConfChangeType::RemoveNode);
                 cc.node_id = id;
-                self.propose_conf_change(cc, &[], reply);
+                self.propose_conf_change(cc, &[], Some(reply));
             }
             Input::ReadIndex { reply } => {
                 let ctx = proposal_context(self.next_proposer(), &[]);
@@ -359,17 +364,63 @@ impl Node {
         }
     }
 
-    fn propose_conf_change(&mut self, cc: ConfChange, payload: &[u8], reply: Reply) {
+    /// Proposes a configuration change, one at a time: raft-rs turns a change proposed while
+    /// another is pending into an empty entry (its proposer would wait for nothing), so that is
+    /// refused here with an answer the caller can retry on.
+    fn propose_conf_change(&mut self, cc: ConfChange, payload: &[u8], reply: Option<Reply>) {
+        if self.raw.raft.state != StateRole::Leader {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ConsensusError::NoLeader));
+            }
+            return;
+        }
+        if self.raw.raft.has_pending_conf() {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ConsensusError::ConfChangeInProgress));
+            }
+            return;
+        }
         let who = self.next_proposer();
         match self.raw.propose_conf_change(proposal_context(who, payload), cc) {
             Ok(()) => {
-                self.proposals.insert(who.proposal, (reply, Instant::now()));
+                if let Some(reply) = reply {
+                    self.proposals.insert(who.proposal, (reply, Instant::now()));
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "configuration change not proposed");
-                let _ = reply.send(Err(ConsensusError::NoLeader));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(ConsensusError::NoLeader));
+                }
             }
         }
+    }
+
+    /// On the leader: makes a learner a voter once its log has caught up with the commit index,
+    /// so a new coordinator never counts toward a quorum while it is still receiving its snapshot.
+    /// One change at a time; the next learner waits for the next turn.
+    fn promote_caught_up_learners(&mut self) -> Result<(), Fatal> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+            return Ok(());
+        }
+        let committed = raft.raft_log.committed;
+        let caught_up = raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .find(|id| raft.prs().get(*id).is_some_and(|pr| pr.matched >= committed));
+        let Some(id) = caught_up else { return Ok(()) };
+        let member = self.log.store().members()?.into_iter().find(|m| m.id == id);
+        let payload = member.and_then(|m| fifty_shared::codec::to_bytes(&m).ok()).unwrap_or_default();
+        tracing::info!(node = format!("{id:016x}"), matched = committed, "learner caught up; proposing it as a voter");
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = id;
+        self.propose_conf_change(cc, &payload, None);
+        Ok(())
     }
 
     /// Drops waiters the caller has given up on (their oneshot is closed), so the maps stay small.
@@ -507,14 +558,19 @@ impl Node {
         };
         RaftLog::set_conf_state(&mut batch, &cs);
         match cc.get_change_type() {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+            change @ (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode) => {
+                let node = format!("{:016x}", cc.node_id);
                 let payload = parse_context(&entry.context).map(|(_, p)| p).unwrap_or_default();
                 match fifty_shared::codec::from_bytes::<MemberRecord>(payload) {
-                    Ok(member) => {
-                        tracing::info!(node = format!("{:016x}", member.id), quic = %member.quic_addr, "coordinator added to the cluster");
-                        batch.put_member(&member);
-                    }
-                    Err(e) => tracing::error!(error = %e, "added member carries no addresses"),
+                    Ok(member) => batch.put_member(&member),
+                    // A promotion may carry no addresses: the learner's record is already kept.
+                    Err(_) if self.log.store().members()?.iter().any(|m| m.id == cc.node_id) => {}
+                    Err(e) => tracing::error!(node, error = %e, "added member carries no addresses"),
+                }
+                if change == ConfChangeType::AddNode {
+                    tracing::info!(node, "coordinator is now a voter");
+                } else {
+                    tracing::info!(node, "coordinator added to the cluster as a learner");
                 }
             }
             ConfChangeType::RemoveNode => {
@@ -552,6 +608,8 @@ impl Node {
         };
         let mut voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
         voters.sort_unstable();
+        let mut learners: Vec<u64> = raft.prs().conf().learners().iter().copied().collect();
+        learners.sort_unstable();
         let status = RaftStatus {
             id: self.id,
             leader_id: raft.leader_id,
@@ -559,6 +617,7 @@ impl Node {
             commit: raft.raft_log.committed,
             applied: raft.raft_log.applied,
             voters,
+            learners,
             matched,
         };
         self.status.send_if_modified(|s| {
@@ -569,5 +628,81 @@ impl Node {
                 false
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use fifty_shared::wire::PeerInfo;
+
+    /// A network that loses everything: the other coordinators never answer.
+    struct NoNetwork;
+
+    impl Outbox for NoNetwork {
+        fn send(&self, _: Vec<Message>) {}
+    }
+
+    fn member(id: u64) -> MemberRecord {
+        MemberRecord { id, quic_addr: format!("127.0.0.1:{id}"), http_addr: format!("127.0.0.1:{}", id + 1000) }
+    }
+
+    /// A cluster of one (node 1) that leads and has committed in its term.
+    fn leading_node() -> (Node, watch::Receiver<RaftStatus>) {
+        let dir = std::env::temp_dir().join(format!("fifty-node-{}-{}", std::process::id(), rand::random::<u64>()));
+        let log = RaftLog::new(Store::open(&dir).expect("open a temp store"));
+        let me = PeerInfo { node_id: 1, quic_addr: member(1).quic_addr, http_addr: member(1).http_addr };
+        super::super::bootstrap::genesis(&log, &[me]).expect("genesis");
+        let (tx, rx) = watch::channel(RaftStatus::default());
+        let mut node =
+            Node::new(1, log, tx, Box::new(NoNetwork), Arc::default(), Options::default(), (10, 11), 7).expect("node");
+        for _ in 0..100 {
+            node.tick();
+            node.process().expect("process");
+            if node.raw.raft.state == StateRole::Leader && !node.raw.raft.has_pending_conf() {
+                return (node, rx);
+            }
+        }
+        panic!("a cluster of one did not elect itself");
+    }
+
+    /// A new coordinator is added as a learner; a second change proposed before the first is
+    /// applied is refused with a retryable answer (raft-rs would turn it into an empty entry and
+    /// its proposer would wait for nothing); a learner that has not caught up is not promoted.
+    #[test]
+    fn members_join_as_learners_one_change_at_a_time() {
+        let (mut node, status) = leading_node();
+        let (first, mut first_rx) = oneshot::channel();
+        node.handle(Input::AddMember { member: member(2), reply: first });
+        let (second, mut second_rx) = oneshot::channel();
+        node.handle(Input::AddMember { member: member(3), reply: second });
+        assert!(
+            matches!(second_rx.try_recv(), Ok(Err(ConsensusError::ConfChangeInProgress))),
+            "the second change is refused while the first is pending"
+        );
+        for _ in 0..10 {
+            node.process().expect("process");
+        }
+        assert!(matches!(first_rx.try_recv(), Ok(Ok(Ok(Applied::Done)))), "the first change is applied");
+        let s = status.borrow().clone();
+        assert_eq!((s.voters.clone(), s.learners.clone()), (vec![1], vec![2]), "node 2 is a learner: {s:?}");
+        assert!(node.store().members().expect("members").iter().any(|m| m.id == 2), "its addresses are kept");
+
+        // Node 2 never answers (matched 0): it stays a learner however long the leader runs.
+        for _ in 0..30 {
+            node.tick();
+            node.process().expect("process");
+        }
+        assert_eq!(status.borrow().learners, vec![2], "a learner that has not caught up is not promoted");
+
+        // Once nothing is pending, the next change goes through.
+        let (third, mut third_rx) = oneshot::channel();
+        node.handle(Input::AddMember { member: member(3), reply: third });
+        for _ in 0..10 {
+            node.process().expect("process");
+        }
+        assert!(matches!(third_rx.try_recv(), Ok(Ok(Ok(Applied::Done)))));
+        assert_eq!(status.borrow().learners, vec![2, 3]);
     }
 }

@@ -25,7 +25,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{Consensus, Input};
-use crate::state::MemberRecord;
 use crate::store::Store;
 
 /// Largest snapshot a peer may stream to us.
@@ -396,27 +395,8 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
             let answer = consensus.digest_at(index, Duration::from_secs(5)).await;
             PeerResponse::Digest { applied: answer.applied, digest: answer.digest }
         }
-        PeerRequest::Join(info) => {
-            let member =
-                MemberRecord { id: info.node_id, quic_addr: info.quic_addr.clone(), http_addr: info.http_addr.clone() };
-            consensus.transport().learn(info.node_id, &info.quic_addr);
-            match consensus.add_member(member).await {
-                Ok(Ok(_)) => {
-                    let members = consensus.store().members().unwrap_or_default();
-                    let members = members
-                        .into_iter()
-                        .map(|m| PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr })
-                        .collect();
-                    PeerResponse::Joined { members }
-                }
-                Ok(Err(rejection)) => PeerResponse::Refused { reason: rejection.to_string() },
-                Err(super::ConsensusError::NotLeader { leader }) => {
-                    PeerResponse::NotLeader { leader: leader.map(|l| l.quic_addr) }
-                }
-                Err(super::ConsensusError::NoLeader) => PeerResponse::NotLeader { leader: None },
-                Err(e) => PeerResponse::Refused { reason: e.to_string() },
-            }
-        }
+        PeerRequest::Join(info) => consensus.join(info, false).await,
+        PeerRequest::JoinReplacing(info) => consensus.join(info, true).await,
     };
     if write_frame(&mut send, &response).await.is_ok() {
         let _ = send.finish();

@@ -316,6 +316,21 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Adds to `batch` the removal of every entry after `index` (`--force-new-cluster` drops
+    /// the entries no quorum committed). Returns how many.
+    pub fn discard_after(&self, batch: &mut Batch, index: u64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for item in self.store.tree.range(log_key(index + 1)..) {
+            let (key, _) = item?;
+            if !key.starts_with(LOG) {
+                break;
+            }
+            batch.remove_raw(&key);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Drops entries up to and including `index` (which must be applied), remembering its term.
     pub fn compact(&self, index: u64) -> Result<(), StoreError> {
         let first = self.first()?;
