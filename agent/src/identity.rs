@@ -38,6 +38,9 @@ impl Identity {
     pub fn save(&self, data_dir: &Path) -> Result<()> {
         let d = dir(data_dir);
         std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+        // Owner-only, so a CI job running as another user cannot even list it.
+        std::fs::set_permissions(&d, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700))
+            .with_context(|| format!("make {} owner-only", d.display()))?;
         write_private(&d.join("key.pem"), &self.cert.key_pem)?;
         write_private(&d.join("cert.pem"), &self.cert.cert_pem)?;
         write_private(&d.join("ca.pem"), &self.ca_pem)?;
