@@ -520,6 +520,43 @@ async fn the_commit_gate_refuses_pushes_while_closed() {
     let out = commit_and_push(&work, "a.txt", "first feature").await;
     assert!(out.status.success(), "push to an open gate: {}", text(&out.stderr));
 
+    // Nobody deletes the gated branch, open gate or not; other branches go as they come, unless
+    // their gate is closed. (Git itself refuses to delete the branch the bare repository's HEAD
+    // names; the gated branch need not be that one.)
+    assert!(git(&bare, &["symbolic-ref", "HEAD", "refs/heads/trunk"]).await.status.success());
+    let out = git(&work, &["push", "-q", "origin", "--delete", "main"]).await;
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "main was deleted: {said}");
+    assert!(said.contains("deleting main refused") && said.contains("branch Fifty tests"), "{said}");
+    assert!(git(&bare, &["rev-parse", "--verify", "main"]).await.status.success(), "main is gone");
+    for branch in ["spike", "held"] {
+        let out = git(&work, &["push", "-q", "origin", &format!("HEAD:{branch}")]).await;
+        assert!(out.status.success(), "push {branch}: {}", text(&out.stderr));
+    }
+    let out = git(&work, &["push", "-q", "origin", "--delete", "spike"]).await;
+    assert!(out.status.success(), "deleting an ungated branch: {}", text(&out.stderr));
+    let out =
+        cli(&cluster, &cluster.admin_token, &["gate", "close", "shop", "--branch", "held", "--reason", "frozen"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = git(&work, &["push", "-q", "origin", "--delete", "held"]).await;
+    let said = text(&out.stderr);
+    assert!(!out.status.success() && said.contains("gate is closed") && said.contains("frozen"), "{said}");
+
+    // What reaches git on build hosts is checked when a repository is added: 400, naming the field.
+    let pwned = dir.join("PWNED");
+    let upload_pack = format!("--url=--upload-pack=touch {}", pwned.display());
+    for (args, field) in [
+        (vec!["repo", "add", "evil", upload_pack.as_str()], "url"),
+        (vec!["repo", "add", "evil", "--url=ext::sh -c touch% PWNED"], "url"),
+        (vec!["repo", "add", "evil", "--url", bare.to_str().unwrap(), "--branch=--orphan"], "branch"),
+        (vec!["repo", "add", "--url", bare.to_str().unwrap(), "--", "-evil"], "repository name"),
+    ] {
+        let out = cli(&cluster, &cluster.admin_token, &args).await;
+        let said = text(&out.stderr);
+        assert!(!out.status.success() && said.contains("400") && said.contains(field), "{args:?}: {said}");
+    }
+    assert!(!pwned.exists());
+
     // Closed by an admin: refused, and the pusher reads why.
     let out =
         cli(&cluster, &cluster.admin_token, &["gate", "close", "shop", "--reason", "trunk is red: investigating"])
