@@ -61,6 +61,8 @@ pub struct Jobs {
 #[derive(Default)]
 struct Inner {
     running: HashMap<JobRef, watch::Sender<bool>>,
+    /// The job user's lock, held shared while any job runs ([`JobUser::hold_while_running`]).
+    running_lock: Option<std::fs::File>,
     done: BTreeMap<JobRef, JobDone>,
     link: Option<mpsc::UnboundedSender<AgentMsg>>,
 }
@@ -126,6 +128,9 @@ impl Jobs {
             if inner.running.contains_key(&job) || inner.done.contains_key(&job) {
                 return;
             }
+            if inner.running.is_empty() {
+                inner.running_lock = self.user.hold_while_running();
+            }
             inner.running.insert(job, cancel_tx);
         }
         let this = self.clone();
@@ -140,6 +145,7 @@ impl Jobs {
                 if inner.running.is_empty() {
                     // No job runs, so nothing of the job user may: a daemon a job left would
                     // otherwise wait for the next job (held under the lock: none starts meanwhile).
+                    inner.running_lock = None;
                     this.user.kill_leftovers();
                 }
                 if cancelled {

@@ -9,7 +9,8 @@
 //! - files it leaves (artifact, JUnit reports, `fifty.toml`) are read only if the job's user owns
 //!   them, so a symlink or link to the agent's own files reads nothing;
 //! - when no job runs, nothing of the job user runs either: leftovers (daemons a job started in a
-//!   new session) are killed.
+//!   new session) are killed. Agents sharing a job user (several on one host) take turns through a
+//!   lock: each holds it shared while any of its jobs run, and the sweep needs it exclusively.
 //!
 //! An agent not running as root cannot switch users: then jobs run as the agent's own user and
 //! can read and write whatever the agent can. The agent says so at start (WARN).
@@ -146,11 +147,65 @@ impl JobUser {
         Ok(())
     }
 
+    /// The lock agents running jobs as this user share (see the module docs): a root-owned
+    /// 0600 file in the temporary directory, which the job user can neither open nor replace.
+    fn lock_file(&self) -> std::io::Result<File> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("fifty-agent-jobs-{}.lock", self.uid));
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        };
+        let file = match open() {
+            Ok(f) => f,
+            Err(_) => {
+                // Made by someone else (the job user?), or a symlink: replaced by ours.
+                let _ = std::fs::remove_file(&path);
+                open()?
+            }
+        };
+        let meta = file.metadata()?;
+        if meta.uid() != effective_ids().0 || meta.permissions().mode() & 0o077 != 0 {
+            let _ = std::fs::remove_file(&path);
+            return Err(std::io::Error::other(format!("{} was not the agent's own; removed", path.display())));
+        }
+        Ok(file)
+    }
+
+    /// Holds the job user's lock shared while this agent runs jobs (dropping it lets go):
+    /// another agent sharing the user does not sweep meanwhile.
+    pub fn hold_while_running(&self) -> Option<File> {
+        if !self.switch {
+            return None;
+        }
+        let file = match self.lock_file() {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "the job user's lock: jobs may be swept by another agent sharing the user");
+                return None;
+            }
+        };
+        // SAFETY: plain syscall on a descriptor we own; blocks only while a sweep runs.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_SH) };
+        Some(file)
+    }
+
     /// Kills every process of the job user (the sweep between jobs): `kill -KILL -1` run as that
-    /// user reaches exactly its processes. Only for a user the agent switches to, and only while
-    /// it runs no job.
+    /// user reaches exactly its processes. Only for a user the agent switches to, only while it
+    /// runs no job, and only if no other agent sharing the user runs one (else that agent sweeps
+    /// when its jobs end).
     pub fn kill_leftovers(&self) {
         if !self.switch {
+            return;
+        }
+        let Ok(lock) = self.lock_file() else { return };
+        // SAFETY: plain syscall on a descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return;
         }
         for _ in 0..2 {

@@ -657,6 +657,8 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
         .unwrap();
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
+    // The tests leave their marks as the build hosts' job user, not as the test's.
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let deadline = Duration::from_secs(120);
 
     // 1. A good commit: the post-receive hook queues it; green, its two shards on both agents.
@@ -741,7 +743,8 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
                 let name = entry?.file_name().to_string_lossy().into_owned();
                 if name.starts_with(&format!("started-{killed}")) {
                     let pwd = std::fs::read_to_string(marks.join(&name))?;
-                    let agent = ["build-1", "build-2"].into_iter().find(|a| pwd.contains(&format!("/agents/{a}/")));
+                    let agent =
+                        ["build-1", "build-2"].into_iter().find(|a| pwd.contains(&format!("/agents/{a}-jobs/")));
                     return Ok(agent.map(str::to_string));
                 }
             }
@@ -829,6 +832,8 @@ async fn ci_jobs_queue_and_survive_a_leader_failover() {
     wait_finished(&cluster, &base, Duration::from_secs(120)).await;
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
+    // The tests leave their marks as the build hosts' job user, not as the test's.
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let hold = marks.join("hold");
     std::fs::write(&hold, "").unwrap();
     let slow = format!(
