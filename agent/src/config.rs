@@ -41,6 +41,10 @@ pub struct JobsConfig {
     /// data dir, which jobs must not be able to enter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// Names of the agent's environment variables passed on to jobs (`FIFTY_JOBS_ENV`,
+    /// comma-separated), e.g. `["CARGO_HOME"]`; jobs get no others of the agent's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
 }
 
 /// The user `fifty-agent join` creates for jobs when it runs as root.
@@ -119,6 +123,9 @@ impl Config {
         if let Some(v) = env_var::<PathBuf>("FIFTY_JOBS_DIR")? {
             cfg.jobs.dir = Some(v);
         }
+        if let Some(v) = env_var::<String>("FIFTY_JOBS_ENV")? {
+            cfg.jobs.env = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -141,6 +148,13 @@ impl Config {
                 && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
             if !ok {
                 bail!("config key jobs.user: {user:?} is not a user name (letters, digits, '.', '_', '-')");
+            }
+        }
+        for name in &self.jobs.env {
+            let ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                bail!("config key jobs.env: {name:?} is not an environment variable name");
             }
         }
         if let Some(dir) = &self.jobs.dir {
@@ -190,6 +204,8 @@ mod tests {
         let cfg: Config = toml::from_str(&format!("{base}[jobs]\ndir = \"/var/lib/fifty-agent/work\"\n")).unwrap();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("jobs.dir") && err.contains("outside data_dir"), "{err}");
+        let cfg: Config = toml::from_str(&format!("{base}[jobs]\nenv = [\"CARGO_HOME\", \"A=B\"]\n")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("jobs.env"));
         let cfg: Config = toml::from_str(&format!("{base}[jobs]\nuser = \"-x\"\n")).unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("jobs.user"));
         let err = toml::from_str::<Config>(&format!("{base}[jobs]\nusr = \"x\"\n")).unwrap_err().to_string();

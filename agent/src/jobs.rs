@@ -54,6 +54,8 @@ pub struct Jobs {
     data_dir: PathBuf,
     jobs_dir: PathBuf,
     user: JobUser,
+    /// The agent's environment variables jobs get (`[jobs] env`).
+    pass_env: Arc<Vec<String>>,
     repo_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     queued_output: Arc<AtomicUsize>,
 }
@@ -92,9 +94,16 @@ impl Jobs {
             data_dir: data_dir.to_path_buf(),
             jobs_dir: jobs_dir.to_path_buf(),
             user,
+            pass_env: Arc::default(),
             repo_locks: Arc::default(),
             queued_output: Arc::default(),
         }
+    }
+
+    /// Jobs also get these of the agent's environment variables (`[jobs] env`).
+    pub fn pass_env(mut self, names: &[String]) -> Self {
+        self.pass_env = Arc::new(names.to_vec());
+        self
     }
 
     /// A new link is up: messages for the coordinator go to `tx`, starting with every result not
@@ -259,7 +268,7 @@ impl Jobs {
             env.extend_from_slice(extra);
             env
         };
-        let ctx = CommandCtx { user: &self.user, dir: &dir };
+        let ctx = CommandCtx { user: &self.user, dir: &dir, pass_env: &self.pass_env };
         match checkout {
             Err(e) => {
                 log.note(&format!("fifty-agent: {e}\n"));
@@ -668,6 +677,7 @@ async fn plan(
 struct CommandCtx<'a> {
     user: &'a JobUser,
     dir: &'a JobDir,
+    pass_env: &'a [String],
 }
 
 /// `PATH` for jobs when the agent has none.
@@ -675,7 +685,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Runs `sh -c command` in the job's clone, in its own process group, as the job user with a
 /// clean environment: `PATH` and `LANG` (the agent's, or defaults), `HOME` and `TMPDIR` in the
-/// job's directory, and `env`. Output goes to `log`; stdout also to `capture` when given. A
+/// job's directory, the agent's variables named in `[jobs] env`, and `env`. Output goes to `log`; stdout also to `capture` when given. A
 /// timeout or a cancel kills the group.
 async fn run_command(
     command: &str,
@@ -698,6 +708,11 @@ async fn run_command(
         .env("LANG", std::env::var_os("LANG").unwrap_or_else(|| "C.UTF-8".into()))
         .env("HOME", &ctx.dir.home)
         .env("TMPDIR", &ctx.dir.tmp);
+    for name in ctx.pass_env {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -1166,7 +1181,9 @@ echo "evil done"
         .trim()
         .to_string();
 
-        let jobs = Jobs::new(&data, &jobs_dir, user.clone());
+        // `cargo test` runs tests with CARGO_MANIFEST_DIR set: passed on by name, like an
+        // operator's `[jobs] env`.
+        let jobs = Jobs::new(&data, &jobs_dir, user.clone()).pass_env(&["CARGO_MANIFEST_DIR".into()]);
         let mut rx = attach(&jobs);
         let job = |n: u64| JobRef { job: n, attempt: 1 };
         let shard = |command: &str, junit: Option<&str>| JobKind::Shard {
@@ -1186,11 +1203,13 @@ echo "evil done"
         assert!(!log.contains("LISTED") && !log.contains("WROTE"), "the job reached the agent's files: {log}");
         for line in log.lines().filter_map(|l| l.strip_prefix("ENV ")) {
             let name = line.split('=').next().unwrap_or_default();
-            let expected = ["PATH", "HOME", "LANG", "TMPDIR", "PWD", "SHLVL", "_", "OLDPWD"].contains(&name)
+            let expected = ["PATH", "HOME", "LANG", "TMPDIR", "PWD", "SHLVL", "_", "OLDPWD", "CARGO_MANIFEST_DIR"]
+                .contains(&name)
                 || name.starts_with("FIFTY_");
             assert!(expected, "the job saw the agent's environment: {line}");
         }
         assert!(log.contains(&format!("ENV HOME={}", jobs_dir.join("job-1-1/home").display())), "{log}");
+        assert!(log.contains(&format!("ENV CARGO_MANIFEST_DIR={}", env!("CARGO_MANIFEST_DIR"))), "{log}");
         assert!(done.junit.is_empty(), "a link to the key was read as a JUnit report");
         let note = done.junit_note.unwrap_or_default();
         assert!(note.contains("not the job's own file"), "{note}");
@@ -1245,6 +1264,20 @@ echo "evil done"
         assert_eq!(done.exit, JobExit::Exited(0), "{}", String::from_utf8_lossy(&done.log_tail));
         assert_eq!(done.artifact.unwrap().digest, hex_digest(b"good\n"), "the artifact was tampered with");
 
+        // A revert of a later commit of main, pushed from a fresh clone: no planted hook runs.
+        sh(&src, "echo 50 > price && git add price && git commit -qm 'Cheaper pears'");
+        let cheaper = String::from_utf8(
+            std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&src).output().unwrap().stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_string();
+        let pushed_to = bare(&src);
+        let kind = JobKind::Revert { revert: cheaper.clone(), branch: "main".into(), reason: "errors".into() };
+        jobs.start(JobSpec { job: job(6), ..spec(&pushed_to, &cheaper, kind) });
+        let done = wait_done(&jobs, &mut rx).await;
+        done.revert.expect("a revert result").unwrap_or_else(|e| panic!("{e}"));
+
         let ran: Vec<_> = std::fs::read_dir(&marks)
             .unwrap()
             .flatten()
@@ -1263,5 +1296,6 @@ echo "evil done"
         let _ = std::fs::remove_dir_all(&marks);
         let _ = std::fs::remove_dir_all(&jobs_dir);
         let _ = std::fs::remove_dir_all(&data);
+        let _ = std::fs::remove_dir_all(&pushed_to);
     }
 }

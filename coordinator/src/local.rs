@@ -481,7 +481,8 @@ impl LocalCluster {
         let agent = self.agent_mut(name)?;
         let mut command = Command::new(bin);
         if sample.exists() {
-            command.env("FIFTY_SAMPLE_SERVICE", sample);
+            // Jobs get a clean environment: this one is passed on by name.
+            command.env("FIFTY_SAMPLE_SERVICE", sample).env("FIFTY_JOBS_ENV", "FIFTY_SAMPLE_SERVICE");
         }
         let child = command
             .args(["run", "--config"])
