@@ -1142,7 +1142,7 @@ mod tests {
         std::fs::create_dir_all(&marks).unwrap();
         chmod(&marks, 0o777);
         let evil = format!(
-            r#"echo "uid $(id -u)"; env | sed 's/^/ENV /'
+            r#"echo "uid $(id -u) groups $(id -G)"; grep NoNewPrivs /proc/self/status; env | sed 's/^/ENV /'
 cat {key} && echo "STOLE the key"
 ls {data}/repos && echo "LISTED the cache"
 mkdir -p {cache}/hooks 2>/dev/null
@@ -1198,7 +1198,8 @@ echo "evil done"
         let done = wait_done(&jobs, &mut rx).await;
         let log = String::from_utf8_lossy(&done.log_tail).into_owned();
         assert_eq!(done.exit, JobExit::Exited(0), "{log}");
-        assert!(log.contains("evil done") && log.contains(&format!("uid {}", user.uid)), "{log}");
+        assert!(log.contains("evil done") && log.contains(&format!("uid {} groups {}\n", user.uid, user.gid)), "{log}");
+        assert!(log.contains("NoNewPrivs:\t1"), "setuid programs could raise the job's privileges: {log}");
         assert!(!log.contains(secret) && !log.contains("STOLE"), "the job read the agent's key: {log}");
         assert!(!log.contains("LISTED") && !log.contains("WROTE"), "the job reached the agent's files: {log}");
         for line in log.lines().filter_map(|l| l.strip_prefix("ENV ")) {

@@ -284,3 +284,23 @@ pub fn create_user(name: &str) -> Result<()> {
 pub fn is_root() -> bool {
     effective_ids().0 == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_user_that_cannot_be_used_is_refused_naming_the_key() {
+        let err = JobUser::resolve(Some("no-such-user-fifty")).unwrap_err().to_string();
+        assert!(err.contains("config key jobs.user") && err.contains("useradd"), "{err}");
+        if is_root() {
+            let err = JobUser::resolve(Some("root")).unwrap_err().to_string();
+            assert!(err.contains("jobs.user") && err.contains("is root"), "{err}");
+        } else {
+            let err = JobUser::resolve(Some("root")).unwrap_err().to_string();
+            assert!(err.contains("jobs.user"), "{err}");
+        }
+        let me = JobUser::resolve(None).unwrap();
+        assert!(!me.switch && me.uid == effective_ids().0);
+    }
+}
