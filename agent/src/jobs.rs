@@ -76,7 +76,7 @@ impl Jobs {
     pub fn new(data_dir: &Path, jobs_dir: &Path, user: JobUser) -> Self {
         let _ = std::fs::remove_dir_all(data_dir.join("work"));
         if let Ok(entries) = std::fs::read_dir(jobs_dir) {
-            for entry in entries.flatten() {
+            for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -484,9 +484,18 @@ impl JobDir {
     /// Creates the directory with `home/` and `tmp/`, under a jobs dir others may pass through
     /// but not list (0711).
     fn create(&self) -> Result<(), String> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
         let parent = self.root.parent().expect("job dirs have a parent");
         std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+        // A directory shared with others (such as /tmp, sticky) would let anyone replace a job's.
+        let meta = std::fs::metadata(parent).map_err(|e| format!("stat {}: {e}", parent.display()))?;
+        // SAFETY: plain syscall without arguments.
+        if meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o1000 != 0 {
+            return Err(format!(
+                "the jobs dir {} is not the agent's own (it must be a directory only the agent writes; set [jobs] dir)",
+                parent.display()
+            ));
+        }
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| format!("set the mode of {}: {e}", parent.display()))?;
         for d in [&self.root, &self.home, &self.tmp] {
@@ -1100,6 +1109,22 @@ mod tests {
         assert!(matches!(&done.exit, JobExit::Failed(e) if e.contains("not a full commit SHA")), "{:?}", done.exit);
         assert!(!data.join("repos/app.git/HEAD").exists(), "git ran at all");
         let _ = std::fs::remove_dir_all(&src);
+    }
+
+    #[tokio::test]
+    async fn a_shared_jobs_dir_is_refused() {
+        let (src, sha) = repo(&[("README", "x")]);
+        let shared = src.with_extension("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        chmod(&shared, 0o1777);
+        let jobs = Jobs::new(&src.with_extension("agent"), &shared, JobUser::agent_itself());
+        let mut rx = attach(&jobs);
+        jobs.start(spec(&src, &sha, JobKind::Plan));
+        let done = wait_done(&jobs, &mut rx).await;
+        assert!(matches!(&done.exit, JobExit::Failed(e) if e.contains("is not the agent's own")), "{:?}", done.exit);
+        for dir in [&src, &shared, &src.with_extension("agent")] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     /// The user the sandbox test switches jobs to (created if missing; the test needs root).
