@@ -753,6 +753,27 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
     })
     .await
     .unwrap();
+    // The test ran as the job user `fifty-agent join` set up when run as root, not as the agent.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mark = std::fs::read_dir(&marks)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&format!("started-{killed}")))
+            .expect("the slow test's mark");
+        let owner = mark.metadata().unwrap().uid();
+        // SAFETY: plain syscall without arguments.
+        let me = unsafe { libc::geteuid() };
+        let toml = std::fs::read_to_string(cluster.agent_dir(&victim).join("agent.toml")).unwrap();
+        if me == 0 {
+            let out = std::process::Command::new("id").args(["-u", "fifty-job"]).output().unwrap();
+            let job_uid: u32 = text(&out.stdout).trim().parse().expect("join as root creates the user fifty-job");
+            assert_eq!(owner, job_uid, "the job ran as uid {owner}, not as fifty-job");
+            assert!(toml.contains("[jobs]") && toml.contains("user = \"fifty-job\""), "{toml}");
+        } else {
+            assert_eq!(owner, me, "an agent that is not root runs jobs as itself");
+        }
+    }
     cluster.kill_agent(&victim).await.unwrap();
     std::fs::remove_file(&hold).unwrap();
     let view = wait_finished(&cluster, &killed, deadline).await;
