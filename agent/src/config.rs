@@ -23,7 +23,32 @@ pub struct Config {
     /// `[sidecar]`: the local A/B endpoint.
     #[serde(default)]
     pub sidecar: SidecarConfig,
+    /// `[jobs]`: how CI jobs run on a build host.
+    #[serde(default)]
+    pub jobs: JobsConfig,
 }
+
+/// `[jobs]` of `agent.toml`: who CI jobs run as and where their directories live.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// The unprivileged user jobs run as (`FIFTY_JOBS_USER`), e.g. `fifty-job`. Switching to it
+    /// needs an agent running as root; `fifty-agent join` run as root creates `fifty-job` and
+    /// sets it here. Unset, jobs run as the agent's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Where each job gets its directory (`FIFTY_JOBS_DIR`); default `<data_dir>-jobs`, beside the
+    /// data dir, which jobs must not be able to enter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Names of the agent's environment variables passed on to jobs (`FIFTY_JOBS_ENV`,
+    /// comma-separated), e.g. `["CARGO_HOME"]`; jobs get no others of the agent's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+}
+
+/// The user `fifty-agent join` creates for jobs when it runs as root.
+pub const DEFAULT_JOB_USER: &str = "fifty-job";
 
 /// `[sidecar]` of `agent.toml`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -92,6 +117,15 @@ impl Config {
         if let Some(v) = env_var::<String>("FIFTY_SIDECAR_LISTEN")? {
             cfg.sidecar.listen = v;
         }
+        if let Some(v) = env_var::<String>("FIFTY_JOBS_USER")? {
+            cfg.jobs.user = Some(v).filter(|u| !u.is_empty());
+        }
+        if let Some(v) = env_var::<PathBuf>("FIFTY_JOBS_DIR")? {
+            cfg.jobs.dir = Some(v);
+        }
+        if let Some(v) = env_var::<String>("FIFTY_JOBS_ENV")? {
+            cfg.jobs.env = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -107,7 +141,41 @@ impl Config {
             }
         }
         self.sidecar.addr()?;
+        if let Some(user) = &self.jobs.user {
+            let ok = !user.is_empty()
+                && user.len() <= 32
+                && !user.starts_with('-')
+                && user.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                bail!("config key jobs.user: {user:?} is not a user name (letters, digits, '.', '_', '-')");
+            }
+        }
+        for name in &self.jobs.env {
+            let ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                bail!("config key jobs.env: {name:?} is not an environment variable name");
+            }
+        }
+        if let Some(dir) = &self.jobs.dir {
+            if !dir.is_absolute() || dir.starts_with(&self.data_dir) {
+                bail!(
+                    "config key jobs.dir: {} must be an absolute path outside data_dir ({}), which jobs cannot enter",
+                    dir.display(),
+                    self.data_dir.display()
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Where jobs' directories live: `jobs.dir`, or `<data_dir>-jobs`.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.jobs.dir.clone().unwrap_or_else(|| {
+            let mut name = self.data_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "fifty-agent".into());
+            name.push("-jobs");
+            self.data_dir.with_file_name(name)
+        })
     }
 }
 
@@ -121,6 +189,27 @@ mod tests {
         assert!(err.contains("port"), "{err}");
         let cfg: Config = toml::from_str("data_dir = \"/x\"\ncoordinators = [\"nowhere\"]\n").unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("HOST:PORT"));
+    }
+
+    #[test]
+    fn jobs_get_a_user_and_a_directory_outside_the_data_dir() {
+        let base = "data_dir = \"/var/lib/fifty-agent\"\ncoordinators = [\"c:7071\"]\n";
+        let cfg: Config = toml::from_str(base).unwrap();
+        assert_eq!(cfg.jobs, JobsConfig::default());
+        assert_eq!(cfg.jobs_dir(), PathBuf::from("/var/lib/fifty-agent-jobs"));
+        let cfg: Config =
+            toml::from_str(&format!("{base}[jobs]\nuser = \"fifty-job\"\ndir = \"/srv/jobs\"\n")).unwrap();
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.jobs_dir(), PathBuf::from("/srv/jobs"));
+        let cfg: Config = toml::from_str(&format!("{base}[jobs]\ndir = \"/var/lib/fifty-agent/work\"\n")).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("jobs.dir") && err.contains("outside data_dir"), "{err}");
+        let cfg: Config = toml::from_str(&format!("{base}[jobs]\nenv = [\"CARGO_HOME\", \"A=B\"]\n")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("jobs.env"));
+        let cfg: Config = toml::from_str(&format!("{base}[jobs]\nuser = \"-x\"\n")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("jobs.user"));
+        let err = toml::from_str::<Config>(&format!("{base}[jobs]\nusr = \"x\"\n")).unwrap_err().to_string();
+        assert!(err.contains("usr"), "{err}");
     }
 
     #[test]

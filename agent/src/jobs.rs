@@ -1,8 +1,12 @@
 //! The build agent's job runner. The coordinator hands out jobs (`CoordinatorMsg::RunJob`); each
 //! one runs here as a task that
+//! 0. checks what the coordinator sent (URL, SHA, branch: [`fifty_shared::git`]) before any of it
+//!    reaches git;
 //! 1. fetches the repository into a cached bare clone (`<data_dir>/repos/<repo>.git`, one per
-//!    repository, fetches serialised) and checks the exact commit out into a fresh work tree
-//!    (`<data_dir>/work/job-<id>-<attempt>`), removed afterwards;
+//!    repository, fetches serialised) and clones the exact commit out of it into the job's own
+//!    directory (`<jobs dir>/job-<id>-<attempt>/src`, with `home/` and `tmp/` beside it), removed
+//!    afterwards. The clone shares no git dir with the cache, and every git command the agent
+//!    runs has hooks and fsmonitor off, so nothing a job writes runs in a later job;
 //! 2. for a plan, reads `fifty.toml` and runs `[test] list`; for a shard, runs `[test] command`
 //!    with `FIFTY_COMMIT`, `FIFTY_SHARD_INDEX`, `FIFTY_SHARD_COUNT` and `FIFTY_TESTS_FILE`; for a
 //!    package job, runs `[package] command` and keeps the artifact (`<data_dir>/artifacts/`), which
@@ -11,9 +15,10 @@
 //!    coordinator acknowledges it — across reconnects, so a result finished while no coordinator
 //!    answered is not lost.
 //!
-//! Commands run as `sh -c` in a process group of their own: a timeout or a cancel kills the whole
-//! tree, and so does the end of the command (nothing it left running survives the job). If the
-//! agent itself dies, the shell gets SIGKILL (`PR_SET_PDEATHSIG`).
+//! Commands run as `sh -c` in a process group of their own, as the job user with a clean
+//! environment ([`crate::sandbox`]): a timeout or a cancel kills the whole tree, and so does the
+//! end of the command (nothing it left running survives the job). If the agent itself dies, the
+//! shell gets SIGKILL (`PR_SET_PDEATHSIG`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fifty_shared::git::{check_branch, check_repo_url, is_full_sha};
 use fifty_shared::pipeline::{self, Pipeline};
 use fifty_shared::wire::{AgentMsg, ArtifactInfo, JobDone, JobExit, JobKind, JobRef, JobSpec, PlanFound};
 use fifty_shared::wire::{ARTIFACT_CHUNK, MAX_ARTIFACT_BYTES, MAX_JUNIT_BYTES, MAX_LOG_TAIL_BYTES};
@@ -29,6 +35,8 @@ use sha2::Digest;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
+
+use crate::sandbox::JobUser;
 
 /// How long `[test] list` may run.
 const LIST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -44,6 +52,10 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Jobs {
     inner: Arc<Mutex<Inner>>,
     data_dir: PathBuf,
+    jobs_dir: PathBuf,
+    user: JobUser,
+    /// The agent's environment variables jobs get (`[jobs] env`).
+    pass_env: Arc<Vec<String>>,
     repo_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     queued_output: Arc<AtomicUsize>,
 }
@@ -51,21 +63,47 @@ pub struct Jobs {
 #[derive(Default)]
 struct Inner {
     running: HashMap<JobRef, watch::Sender<bool>>,
+    /// The job user's lock, held shared while any job runs ([`JobUser::hold_while_running`]).
+    running_lock: Option<std::fs::File>,
     done: BTreeMap<JobRef, JobDone>,
     link: Option<mpsc::UnboundedSender<AgentMsg>>,
 }
 
 impl Jobs {
-    /// A runner keeping its clones and work trees under `data_dir`. Work trees left by an
-    /// earlier run of the agent belong to no job now and are removed.
-    pub fn new(data_dir: &Path) -> Self {
+    /// A runner keeping its cached clones under `data_dir` and its jobs' directories under
+    /// `jobs_dir`, running jobs as `user`. Directories and processes left by an earlier run of
+    /// the agent belong to no job now and are removed.
+    pub fn new(data_dir: &Path, jobs_dir: &Path, user: JobUser) -> Self {
         let _ = std::fs::remove_dir_all(data_dir.join("work"));
+        if let Ok(entries) = std::fs::read_dir(jobs_dir) {
+            for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        user.kill_leftovers();
+        // The agent's own: jobs (another user) may not even list them.
+        for private in ["repos", "artifacts"] {
+            let path = data_dir.join(private);
+            if std::fs::create_dir_all(&path).is_ok() {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700));
+            }
+        }
         Self {
             inner: Arc::default(),
             data_dir: data_dir.to_path_buf(),
+            jobs_dir: jobs_dir.to_path_buf(),
+            user,
+            pass_env: Arc::default(),
             repo_locks: Arc::default(),
             queued_output: Arc::default(),
         }
+    }
+
+    /// Jobs also get these of the agent's environment variables (`[jobs] env`).
+    pub fn pass_env(mut self, names: &[String]) -> Self {
+        self.pass_env = Arc::new(names.to_vec());
+        self
     }
 
     /// A new link is up: messages for the coordinator go to `tx`, starting with every result not
@@ -99,6 +137,9 @@ impl Jobs {
             if inner.running.contains_key(&job) || inner.done.contains_key(&job) {
                 return;
             }
+            if inner.running.is_empty() {
+                inner.running_lock = self.user.hold_while_running();
+            }
             inner.running.insert(job, cancel_tx);
         }
         let this = self.clone();
@@ -110,6 +151,12 @@ impl Jobs {
                 let cancelled = *cancel_rx.borrow();
                 let mut inner = this.inner.lock().expect("jobs lock");
                 inner.running.remove(&job);
+                if inner.running.is_empty() {
+                    // No job runs, so nothing of the job user may: a daemon a job left would
+                    // otherwise wait for the next job (held under the lock: none starts meanwhile).
+                    inner.running_lock = None;
+                    this.user.kill_leftovers();
+                }
                 if cancelled {
                     info!("job cancelled by the coordinator");
                     return;
@@ -159,7 +206,7 @@ impl Jobs {
     async fn run(&self, spec: JobSpec, mut cancel: watch::Receiver<bool>) -> JobDone {
         let started = Instant::now();
         let mut log = Log::new(self.clone(), spec.job);
-        let work = self.data_dir.join("work").join(format!("job-{}-{}", spec.job.job, spec.job.attempt));
+        let dir = JobDir::new(&self.jobs_dir, spec.job);
         let mut done = JobDone {
             job: spec.job,
             exit: JobExit::Exited(0),
@@ -172,9 +219,26 @@ impl Jobs {
             artifact: None,
             revert: None,
         };
+        let finish = |mut done: JobDone, log: Log| {
+            let _ = std::fs::remove_dir_all(&dir.root);
+            done.duration = started.elapsed();
+            done.log_bytes = log.total;
+            done.log_tail = log.tail.into_iter().collect();
+            done
+        };
+        // The coordinator checked these too; git must not see a bad one whoever sent it.
+        if let Err(e) = check_spec(&spec) {
+            warn!(error = %e, "job refused before running git");
+            log.note(&format!("fifty-agent: refused: {e}\n"));
+            if matches!(spec.kind, JobKind::Revert { .. }) {
+                done.revert = Some(Err(e.clone()));
+            }
+            done.exit = JobExit::Failed(e);
+            return finish(done, log);
+        }
         if let JobKind::Revert { revert, branch, reason } = &spec.kind {
             let result = tokio::select! {
-                r = self.revert(&spec, revert, branch, reason, &work, &mut log) => r,
+                r = self.revert(&spec, revert, branch, reason, &dir, &mut log) => r,
                 _ = async { let _ = cancel.wait_for(|c| *c).await; } => Err("cancelled".into()),
             };
             match &result {
@@ -182,16 +246,29 @@ impl Jobs {
                 Err(e) => log.note(&format!("fifty-agent: no revert: {e}\n")),
             }
             done.revert = Some(result);
-            self.remove_work_tree(&spec, &work).await;
-            done.duration = started.elapsed();
-            done.log_bytes = log.total;
-            done.log_tail = log.tail.into_iter().collect();
-            return done;
+            return finish(done, log);
         }
         let checkout = tokio::select! {
-            r = self.checkout(&spec, &work) => r,
+            r = self.checkout(&spec, &dir) => r,
             _ = async { let _ = cancel.wait_for(|c| *c).await; } => Err("cancelled".into()),
         };
+        // What the plan reports of the commit is read before the job's user owns the tree.
+        let described = match (&checkout, &spec.kind) {
+            (Ok(()), JobKind::Plan) => describe(&dir.work).await,
+            _ => (String::new(), String::new()),
+        };
+        let checkout = checkout.and_then(|()| {
+            self.user
+                .hand_over(&dir.root)
+                .map_err(|e| format!("give {} to {}: {e}", dir.root.display(), self.user.name))
+        });
+        let work = &dir.work;
+        let env = |extra: &[(&'static str, String)]| {
+            let mut env = vec![("FIFTY_COMMIT", spec.sha.clone()), ("FIFTY_REPO", spec.repo.to_string())];
+            env.extend_from_slice(extra);
+            env
+        };
+        let ctx = CommandCtx { user: &self.user, dir: &dir, pass_env: &self.pass_env };
         match checkout {
             Err(e) => {
                 log.note(&format!("fifty-agent: {e}\n"));
@@ -199,15 +276,16 @@ impl Jobs {
             }
             Ok(()) => match &spec.kind {
                 JobKind::Plan => {
-                    let (exit, plan) = plan(&work, &mut log, &mut cancel).await;
+                    let (exit, plan) = plan(&ctx, described, &mut log, &mut cancel).await;
                     done.exit = exit;
                     done.plan = Some(plan);
                 }
                 JobKind::Package { command, artifact, timeout } => {
-                    let env = [("FIFTY_COMMIT", spec.sha.clone()), ("FIFTY_REPO", spec.repo.to_string())];
-                    done.exit = run_command(command, &work, &env, *timeout, &mut log, None, &mut cancel).await;
+                    done.exit = run_command(command, &ctx, &env(&[]), *timeout, &mut log, None, &mut cancel).await;
                     if done.exit == JobExit::Exited(0) {
-                        match keep_artifact(&work.join(artifact), &artifact_path(&self.data_dir, spec.job)) {
+                        let kept =
+                            keep_artifact(&self.user, &work.join(artifact), &artifact_path(&self.data_dir, spec.job));
+                        match kept {
                             Ok(info) => {
                                 log.note(&format!(
                                     "fifty-agent: artifact {artifact}: {} bytes, sha256 {}\n",
@@ -224,90 +302,97 @@ impl Jobs {
                 }
                 JobKind::Revert { .. } => unreachable!("revert jobs are run above"),
                 JobKind::Shard { index, count, tests, command, timeout, junit } => {
-                    let tests_file = work.with_extension("tests");
+                    let tests_file = dir.root.join("tests");
                     let mut body = tests.join("\n");
                     if !body.is_empty() {
                         body.push('\n');
                     }
-                    done.exit = match std::fs::write(&tests_file, body) {
+                    // Written by the agent, then given to the job (whose directory it is in).
+                    let written = std::fs::write(&tests_file, body).and_then(|()| self.user.hand_over(&tests_file));
+                    done.exit = match written {
                         Err(e) => JobExit::Failed(format!("write {}: {e}", tests_file.display())),
                         Ok(()) => {
-                            let env = [
-                                ("FIFTY_COMMIT", spec.sha.clone()),
-                                ("FIFTY_REPO", spec.repo.to_string()),
+                            let env = env(&[
                                 ("FIFTY_SHARD_INDEX", index.to_string()),
                                 ("FIFTY_SHARD_COUNT", count.to_string()),
                                 ("FIFTY_TESTS_FILE", tests_file.display().to_string()),
-                            ];
-                            run_command(command, &work, &env, *timeout, &mut log, None, &mut cancel).await
+                            ]);
+                            run_command(command, &ctx, &env, *timeout, &mut log, None, &mut cancel).await
                         }
                     };
-                    let _ = std::fs::remove_file(&tests_file);
                     if let Some(glob) = junit {
-                        let (files, note) = collect_junit(&work, glob);
+                        let (files, note) = collect_junit(&self.user, work, glob);
                         done.junit = files;
                         done.junit_note = note;
                     }
                 }
             },
         }
-        self.remove_work_tree(&spec, &work).await;
-        done.duration = started.elapsed();
-        done.log_bytes = log.total;
-        done.log_tail = log.tail.into_iter().collect();
-        done
+        finish(done, log)
     }
 
-    /// Fetches into the cached clone and adds a detached work tree at the commit.
-    async fn checkout(&self, spec: &JobSpec, work: &Path) -> Result<(), String> {
+    /// Fetches into the cached clone (`<data_dir>/repos/<repo>.git`) and clones `spec.sha` (a
+    /// SHA, or a ref of the cache) out of it into `dir.work`, detached. The clone copies what it
+    /// needs and keeps no link to the cache, so the job cannot write anything the agent or another
+    /// job later reads as git config or hooks.
+    async fn checkout(&self, spec: &JobSpec, dir: &JobDir) -> Result<(), String> {
         let lock = {
             let mut locks = self.repo_locks.lock().expect("repo locks");
             locks.entry(spec.repo.to_string()).or_default().clone()
         };
         let _guard = lock.lock().await;
-        let cache = self.data_dir.join("repos").join(format!("{}.git", spec.repo));
+        let cache = self.cache(spec);
         if !cache.join("HEAD").exists() {
             std::fs::create_dir_all(&cache).map_err(|e| format!("create {}: {e}", cache.display()))?;
             git(&cache, &["init", "-q", "--bare"]).await?;
         }
-        let have = |sha: &str| {
+        let have = |rev: &str| {
             let cache = cache.clone();
-            let object = format!("{sha}^{{commit}}");
-            async move { git(&cache, &["cat-file", "-e", &object]).await.is_ok() }
+            let object = format!("{rev}^{{commit}}");
+            async move { git(&cache, &["rev-parse", "-q", "--verify", "--end-of-options", &object]).await.ok() }
         };
-        if !have(&spec.sha).await {
-            git(&cache, &["fetch", "-q", "--prune", "--no-tags", &spec.url, "+refs/heads/*:refs/heads/*"])
-                .await
-                .map_err(|e| format!("fetch {}: {e}", spec.url))?;
-            if !have(&spec.sha).await {
-                return Err(format!("commit {} is not on any branch of {}", spec.sha, spec.url));
+        let sha = match have(&spec.sha).await {
+            Some(sha) => sha,
+            None => {
+                fetch(&cache, &spec.url).await?;
+                have(&spec.sha)
+                    .await
+                    .ok_or_else(|| format!("commit {} is not on any branch of {}", spec.sha, spec.url))?
             }
-        }
-        let _ = std::fs::remove_dir_all(work);
-        let _ = git(&cache, &["worktree", "prune"]).await;
-        std::fs::create_dir_all(work.parent().expect("work dirs have a parent"))
-            .map_err(|e| format!("create {}: {e}", work.display()))?;
-        let path = work.display().to_string();
-        git(&cache, &["worktree", "add", "-q", "--detach", "--force", &path, &spec.sha])
+        };
+        let sha = sha.trim();
+        let _ = std::fs::remove_dir_all(&dir.root);
+        dir.create()?;
+        let (from, to) = (cache.display().to_string(), dir.work.display().to_string());
+        git(&dir.root, &["clone", "-q", "--no-hardlinks", "--no-checkout", "--", &from, &to])
             .await
-            .map_err(|e| format!("check out {}: {e}", spec.sha))?;
+            .map_err(|e| format!("clone {}: {e}", spec.repo))?;
+        git(&dir.work, &["-c", "advice.detachedHead=false", "checkout", "-q", "--detach", "--end-of-options", sha])
+            .await
+            .map_err(|e| format!("check out {sha}: {e}"))?;
         Ok(())
+    }
+
+    fn cache(&self, spec: &JobSpec) -> PathBuf {
+        self.data_dir.join("repos").join(format!("{}.git", spec.repo))
     }
 
     /// Reverts `bad` on the tip of `branch` and pushes the revert, with a `Fifty-Revert: <sha>`
     /// trailer (the one push a gate closed by the immune system lets in). A refused push is made
     /// again on the new tip, [`PUSH_ATTEMPTS`] times over about a minute. Returns the revert's sha;
-    /// a revert that does not apply cleanly is an error at once.
+    /// a revert that does not apply cleanly is an error at once. Each attempt starts from a
+    /// fresh clone; no job command runs in it.
     async fn revert(
         &self,
         spec: &JobSpec,
         bad: &str,
         branch: &str,
         reason: &str,
-        work: &Path,
+        dir: &JobDir,
         log: &mut Log,
     ) -> Result<String, String> {
         let mut last = String::new();
+        let work = &dir.work;
         // A push can be refused for a while for reasons that pass (the gate cannot be checked
         // during an election, another push won the race): try again on the new tip, backing off.
         for attempt in 0..PUSH_ATTEMPTS {
@@ -315,13 +400,14 @@ impl Jobs {
                 tokio::time::sleep(Duration::from_secs(1 << attempt.min(4))).await;
             }
             let tip = JobSpec { sha: format!("refs/heads/{branch}"), ..spec.clone() };
-            self.checkout_fresh(&tip, work).await?;
-            if git(work, &["merge-base", "--is-ancestor", bad, "HEAD"]).await.is_err() {
+            self.checkout_fresh(&tip, dir).await?;
+            if git(work, &["merge-base", "--is-ancestor", "--end-of-options", bad, "HEAD"]).await.is_err() {
                 return Err(format!("commit {} is not on {branch}", short(bad)));
             }
-            let subject = git(work, &["log", "-1", "--format=%s", bad]).await.unwrap_or_default();
+            let subject =
+                git(work, &["log", "-1", "--format=%s", "--end-of-options", bad, "--"]).await.unwrap_or_default();
             log.note(&format!("$ git revert --no-edit {bad}\n"));
-            if let Err(e) = git_as_fifty(work, &["revert", "--no-edit", bad]).await {
+            if let Err(e) = git_as_fifty(work, &["revert", "--no-edit", "--end-of-options", bad]).await {
                 let _ = git(work, &["revert", "--abort"]).await;
                 return Err(format!("{} cannot be reverted cleanly on {branch}: {e}", short(bad)));
             }
@@ -332,7 +418,7 @@ impl Jobs {
             git_as_fifty(work, &["commit", "--amend", "-q", "-m", &message]).await?;
             let sha = git(work, &["rev-parse", "HEAD"]).await?.trim().to_string();
             log.note(&format!("$ git push {} HEAD:refs/heads/{branch}\n", spec.url));
-            match git(work, &["push", "-q", &spec.url, &format!("HEAD:refs/heads/{branch}")]).await {
+            match git(work, &["push", "-q", "--", &spec.url, &format!("HEAD:refs/heads/{branch}")]).await {
                 Ok(_) => return Ok(sha),
                 Err(e) => {
                     log.note(&format!("fifty-agent: push refused: {e}\n"));
@@ -344,26 +430,78 @@ impl Jobs {
     }
 
     /// Fetches the repository (whatever the cache holds) and checks `spec.sha` (a ref) out.
-    async fn checkout_fresh(&self, spec: &JobSpec, work: &Path) -> Result<(), String> {
-        let cache = self.data_dir.join("repos").join(format!("{}.git", spec.repo));
+    async fn checkout_fresh(&self, spec: &JobSpec, dir: &JobDir) -> Result<(), String> {
+        let cache = self.cache(spec);
         if cache.join("HEAD").exists() {
-            git(&cache, &["fetch", "-q", "--prune", "--no-tags", &spec.url, "+refs/heads/*:refs/heads/*"])
-                .await
-                .map_err(|e| format!("fetch {}: {e}", spec.url))?;
+            let lock = self.repo_locks.lock().expect("repo locks").get(spec.repo.as_str()).cloned();
+            let _guard = match &lock {
+                Some(lock) => Some(lock.lock().await),
+                None => None,
+            };
+            fetch(&cache, &spec.url).await?;
         }
-        self.checkout(spec, work).await
+        self.checkout(spec, dir).await
+    }
+}
+
+/// Checks what a job spec carries to git: the URL, the commit and the branch.
+fn check_spec(spec: &JobSpec) -> Result<(), String> {
+    check_repo_url(&spec.url).map_err(|e| e.to_string())?;
+    if !is_full_sha(&spec.sha) {
+        return Err(format!("sha {:?} is not a full commit SHA (40 lower-case hex digits)", spec.sha));
+    }
+    if let JobKind::Revert { revert, branch, .. } = &spec.kind {
+        if !is_full_sha(revert) {
+            return Err(format!("revert {revert:?} is not a full commit SHA (40 lower-case hex digits)"));
+        }
+        check_branch(branch).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Fetches every branch of `url` into the bare `cache`.
+async fn fetch(cache: &Path, url: &str) -> Result<(), String> {
+    git(cache, &["fetch", "-q", "--prune", "--no-tags", "--", url, "+refs/heads/*:refs/heads/*"])
+        .await
+        .map(drop)
+        .map_err(|e| format!("fetch {url}: {e}"))
+}
+
+/// A job's directory: `root` (0700, the job user's), the clone in `work`, `home/` and `tmp/`.
+struct JobDir {
+    root: PathBuf,
+    work: PathBuf,
+    home: PathBuf,
+    tmp: PathBuf,
+}
+
+impl JobDir {
+    fn new(jobs_dir: &Path, job: JobRef) -> Self {
+        let root = jobs_dir.join(format!("job-{}-{}", job.job, job.attempt));
+        Self { work: root.join("src"), home: root.join("home"), tmp: root.join("tmp"), root }
     }
 
-    async fn remove_work_tree(&self, spec: &JobSpec, work: &Path) {
-        let cache = self.data_dir.join("repos").join(format!("{}.git", spec.repo));
-        let _ = std::fs::remove_dir_all(work);
-        if cache.exists() {
-            let lock = self.repo_locks.lock().expect("repo locks").get(spec.repo.as_str()).cloned();
-            if let Some(lock) = lock {
-                let _guard = lock.lock().await;
-                let _ = git(&cache, &["worktree", "prune"]).await;
-            }
+    /// Creates the directory with `home/` and `tmp/`, under a jobs dir others may pass through
+    /// but not list (0711).
+    fn create(&self) -> Result<(), String> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let parent = self.root.parent().expect("job dirs have a parent");
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+        // A directory shared with others (such as /tmp, sticky) would let anyone replace a job's.
+        let meta = std::fs::metadata(parent).map_err(|e| format!("stat {}: {e}", parent.display()))?;
+        // SAFETY: plain syscall without arguments.
+        if meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o1000 != 0 {
+            return Err(format!(
+                "the jobs dir {} is not the agent's own (it must be a directory only the agent writes; set [jobs] dir)",
+                parent.display()
+            ));
         }
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| format!("set the mode of {}: {e}", parent.display()))?;
+        for d in [&self.root, &self.home, &self.tmp] {
+            std::fs::DirBuilder::new().mode(0o700).create(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        Ok(())
     }
 }
 
@@ -381,19 +519,21 @@ fn artifact_path(data_dir: &Path, job: JobRef) -> PathBuf {
     data_dir.join("artifacts").join(format!("job-{}-{}", job.job, job.attempt))
 }
 
-/// Checks the artifact a package command left and moves it out of the work tree; returns its
-/// digest and size.
-fn keep_artifact(from: &Path, to: &Path) -> Result<ArtifactInfo, String> {
-    let meta = std::fs::metadata(from).map_err(|e| format!("the artifact {} is missing: {e}", from.display()))?;
-    if !meta.is_file() {
-        return Err(format!("the artifact {} is not a file", from.display()));
-    }
+/// Checks the artifact a package command left (a regular file of the job user's, so not a link
+/// to the agent's files) and copies it out of the work tree; returns its digest and size.
+fn keep_artifact(user: &JobUser, from: &Path, to: &Path) -> Result<ArtifactInfo, String> {
+    let (file, meta) = user.open_job_file(from).map_err(|e| format!("the artifact: {e}"))?;
     if meta.len() > MAX_ARTIFACT_BYTES {
         return Err(format!("the artifact is {} bytes; the limit is {MAX_ARTIFACT_BYTES}", meta.len()));
     }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_ARTIFACT_BYTES + 1), &mut bytes)
+        .map_err(|e| format!("read the artifact: {e}"))?;
+    if bytes.len() as u64 > MAX_ARTIFACT_BYTES {
+        return Err(format!("the artifact grew past the limit of {MAX_ARTIFACT_BYTES} bytes"));
+    }
     std::fs::create_dir_all(to.parent().expect("artifacts have a directory")).map_err(|e| e.to_string())?;
-    std::fs::copy(from, to).map_err(|e| format!("keep the artifact: {e}"))?;
-    let bytes = std::fs::read(to).map_err(|e| format!("read the artifact: {e}"))?;
+    std::fs::write(to, &bytes).map_err(|e| format!("keep the artifact: {e}"))?;
     Ok(ArtifactInfo { digest: hex_digest(&bytes), size: bytes.len() as u64 })
 }
 
@@ -448,10 +588,24 @@ impl Log {
     }
 }
 
-/// Runs `git` with `args` in `dir`; the error holds what git said.
+/// Settings every git command of the agent runs with: no hooks and no fsmonitor (whatever a
+/// repository's config says, so a repository cannot make the agent run a command), and no
+/// transports that run commands.
+const GIT_SAFE: &[&str] = &[
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "protocol.ext.allow=never",
+    "-c",
+    "protocol.fd.allow=never",
+];
+
+/// Runs `git` with `args` in `dir` (with [`GIT_SAFE`]); the error holds what git said.
 async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     let mut cmd = tokio::process::Command::new("git");
-    cmd.args(args).current_dir(dir).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.args(GIT_SAFE).args(args).current_dir(dir).stdin(Stdio::null()).kill_on_drop(true);
     // The agent's own environment must not point git elsewhere.
     cmd.env_remove("GIT_DIR").env_remove("GIT_WORK_TREE").env("GIT_TERMINAL_PROMPT", "0");
     let out = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
@@ -476,25 +630,41 @@ async fn git_as_fifty(dir: &Path, args: &[&str]) -> Result<String, String> {
     git(dir, &full).await
 }
 
-/// Reads `fifty.toml` and the commit's subject and author; runs `[test] list` if there is one.
-async fn plan(work: &Path, log: &mut Log, cancel: &mut watch::Receiver<bool>) -> (JobExit, PlanFound) {
-    let mut found = PlanFound { subject: String::new(), author: String::new(), pipeline: None, tests: Vec::new() };
-    if let Ok(text) = git(work, &["log", "-1", "--format=%s%x1f%an"]).await {
-        let (subject, author) = text.trim_end().split_once('\u{1f}').unwrap_or((text.trim_end(), ""));
-        found.subject = subject.chars().take(200).collect();
-        found.author = author.chars().take(100).collect();
+/// The checked-out commit's subject and author (read by the agent before the job owns the tree).
+async fn describe(work: &Path) -> (String, String) {
+    let Ok(text) = git(work, &["log", "-1", "--format=%s%x1f%an"]).await else {
+        return (String::new(), String::new());
+    };
+    let (subject, author) = text.trim_end().split_once('\u{1f}').unwrap_or((text.trim_end(), ""));
+    (subject.chars().take(200).collect(), author.chars().take(100).collect())
+}
+
+/// Reads `fifty.toml` (only as a file of the job's own) and runs `[test] list` if there is one.
+async fn plan(
+    ctx: &CommandCtx<'_>,
+    (subject, author): (String, String),
+    log: &mut Log,
+    cancel: &mut watch::Receiver<bool>,
+) -> (JobExit, PlanFound) {
+    let mut found = PlanFound { subject, author, pipeline: None, tests: Vec::new() };
+    let path = ctx.dir.work.join(pipeline::FILE_NAME);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return (JobExit::Exited(0), found);
     }
-    let path = work.join(pipeline::FILE_NAME);
-    let text = match std::fs::metadata(&path) {
-        Err(_) => return (JobExit::Exited(0), found),
-        Ok(m) if m.len() as usize > pipeline::MAX_FILE_BYTES => {
+    let text = match ctx.user.open_job_file(&path) {
+        Err(e) => return (JobExit::Failed(e), found),
+        Ok((_, m)) if m.len() as usize > pipeline::MAX_FILE_BYTES => {
             let e = format!("{} is {} bytes; the limit is {}", pipeline::FILE_NAME, m.len(), pipeline::MAX_FILE_BYTES);
             return (JobExit::Failed(e), found);
         }
-        Ok(_) => match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) => return (JobExit::Failed(format!("read {}: {e}", pipeline::FILE_NAME)), found),
-        },
+        Ok((file, _)) => {
+            let mut text = String::new();
+            let limit = pipeline::MAX_FILE_BYTES as u64 + 1;
+            match std::io::Read::read_to_string(&mut std::io::Read::take(file, limit), &mut text) {
+                Ok(_) => text,
+                Err(e) => return (JobExit::Failed(format!("read {}: {e}", pipeline::FILE_NAME)), found),
+            }
+        }
     };
     found.pipeline = Some(text.clone());
     // The coordinator reports a bad file; here it only decides whether there is a list to run.
@@ -503,7 +673,7 @@ async fn plan(work: &Path, log: &mut Log, cancel: &mut watch::Receiver<bool>) ->
     };
     log.note(&format!("$ {list}\n"));
     let mut stdout = Vec::new();
-    let exit = run_command(&list, work, &[], LIST_TIMEOUT, log, Some(&mut stdout), cancel).await;
+    let exit = run_command(&list, ctx, &[], LIST_TIMEOUT, log, Some(&mut stdout), cancel).await;
     if stdout.len() > MAX_LIST_BYTES {
         return (JobExit::Failed(format!("[test] list printed more than {MAX_LIST_BYTES} bytes")), found);
     }
@@ -512,11 +682,23 @@ async fn plan(work: &Path, log: &mut Log, cancel: &mut watch::Receiver<bool>) ->
     (exit, found)
 }
 
-/// Runs `sh -c command` in its own process group. Output goes to `log`; stdout also to `capture`
-/// when given. A timeout or a cancel kills the group.
+/// Who runs a job's command, and where.
+struct CommandCtx<'a> {
+    user: &'a JobUser,
+    dir: &'a JobDir,
+    pass_env: &'a [String],
+}
+
+/// `PATH` for jobs when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs `sh -c command` in the job's clone, in its own process group, as the job user with a
+/// clean environment: `PATH` and `LANG` (the agent's, or defaults), `HOME` and `TMPDIR` in the
+/// job's directory, the agent's variables named in `[jobs] env`, and `env`. Output goes to `log`; stdout also to `capture` when given. A
+/// timeout or a cancel kills the group.
 async fn run_command(
     command: &str,
-    dir: &Path,
+    ctx: &CommandCtx<'_>,
     env: &[(&str, String)],
     timeout: Duration,
     log: &mut Log,
@@ -524,10 +706,26 @@ async fn run_command(
     cancel: &mut watch::Receiver<bool>,
 ) -> JobExit {
     let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c").arg(command).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("-c")
+        .arg(command)
+        .current_dir(&ctx.dir.work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()))
+        .env("LANG", std::env::var_os("LANG").unwrap_or_else(|| "C.UTF-8".into()))
+        .env("HOME", &ctx.dir.home)
+        .env("TMPDIR", &ctx.dir.tmp);
+    for name in ctx.pass_env {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
+    ctx.user.apply(&mut cmd);
     cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the shell if the
     // agent dies, so no test run outlives its agent unnoticed.
@@ -616,8 +814,9 @@ fn humantime_secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-/// The JUnit files under `work` matching `pattern`, up to [`MAX_JUNIT_BYTES`] in all.
-fn collect_junit(work: &Path, pattern: &str) -> (Vec<(String, String)>, Option<String>) {
+/// The JUnit files under `work` matching `pattern`, up to [`MAX_JUNIT_BYTES`] in all; only files
+/// of the job user's own.
+fn collect_junit(user: &JobUser, work: &Path, pattern: &str) -> (Vec<(String, String)>, Option<String>) {
     let full = work.join(pattern).display().to_string();
     let paths = match glob::glob(&full) {
         Ok(paths) => paths,
@@ -628,7 +827,13 @@ fn collect_junit(work: &Path, pattern: &str) -> (Vec<(String, String)>, Option<S
     let mut skipped = Vec::new();
     for path in paths.flatten() {
         let name = path.strip_prefix(work).unwrap_or(&path).display().to_string();
-        match std::fs::read_to_string(&path) {
+        let read = user.open_job_file(&path).and_then(|(file, _)| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_JUNIT_BYTES as u64 + 1), &mut text)
+                .map_err(|e| e.to_string())?;
+            Ok(text)
+        });
+        match read {
             Ok(text) if total + text.len() <= MAX_JUNIT_BYTES => {
                 total += text.len();
                 files.push((name, text));
@@ -691,6 +896,11 @@ mod tests {
         }
     }
 
+    /// A runner with its data dir `data`, jobs beside it, running jobs as the test's own user.
+    fn jobs_at(data: &Path) -> Jobs {
+        Jobs::new(data, &data.with_extension("jobs"), JobUser::agent_itself())
+    }
+
     fn attach(jobs: &Jobs) -> mpsc::UnboundedReceiver<AgentMsg> {
         let (tx, rx) = mpsc::unbounded_channel();
         jobs.attach(tx);
@@ -718,7 +928,7 @@ mod tests {
             ("tests/b.sh", ""),
         ]);
         let data = src.join("agent");
-        let jobs = Jobs::new(&data);
+        let jobs = jobs_at(&data);
         let mut rx = attach(&jobs);
         jobs.start(spec(&src, &sha, JobKind::Plan));
         let done = wait_done(&jobs, &mut rx).await;
@@ -727,7 +937,7 @@ mod tests {
         assert_eq!(plan.subject, "add the app");
         assert_eq!(plan.tests, ["a.sh", "b.sh"]);
         assert!(plan.pipeline.unwrap().contains("ls tests"));
-        assert!(!data.join("work/job-1-1").exists(), "the work tree is removed");
+        assert!(!data.with_extension("jobs").join("job-1-1").exists(), "the job's directory is removed");
         assert!(jobs.held().is_empty());
         let _ = std::fs::remove_dir_all(&src);
     }
@@ -738,7 +948,7 @@ mod tests {
                       mkdir -p reports; echo '<testsuite><testcase name=\"t1\" time=\"0.5\"/></testsuite>' > reports/r.xml; \
                       echo to-stderr >&2; exit 3";
         let (src, sha) = repo(&[("README", "x")]);
-        let jobs = Jobs::new(&src.join("agent"));
+        let jobs = jobs_at(&src.join("agent"));
         let mut rx = attach(&jobs);
         let kind = JobKind::Shard {
             index: 1,
@@ -764,7 +974,7 @@ mod tests {
         let pidfile = src.join("grandchild.pid");
         // The grandchild would outlive a kill of the shell alone.
         let script = format!("sh -c 'echo $$ > {}; exec sleep 600' & wait", pidfile.display());
-        let jobs = Jobs::new(&src.join("agent"));
+        let jobs = jobs_at(&src.join("agent"));
         let mut rx = attach(&jobs);
         let kind = JobKind::Shard {
             index: 0,
@@ -812,7 +1022,7 @@ mod tests {
         .to_string();
         let bare = bare(&dir);
         let data = dir.with_extension("agent");
-        let jobs = Jobs::new(&data);
+        let jobs = jobs_at(&data);
         let mut rx = attach(&jobs);
         let kind =
             JobKind::Revert { revert: bad.clone(), branch: "main".into(), reason: "error_rate 2% → 25%".into() };
@@ -846,11 +1056,272 @@ mod tests {
     #[tokio::test]
     async fn a_missing_commit_fails_with_a_reason() {
         let (src, _) = repo(&[("README", "x")]);
-        let jobs = Jobs::new(&src.join("agent"));
+        let jobs = jobs_at(&src.join("agent"));
         let mut rx = attach(&jobs);
         jobs.start(spec(&src, "0123456789012345678901234567890123456789", JobKind::Plan));
         let done = wait_done(&jobs, &mut rx).await;
         assert!(matches!(&done.exit, JobExit::Failed(e) if e.contains("not on any branch")), "{:?}", done.exit);
         let _ = std::fs::remove_dir_all(&src);
+    }
+
+    #[tokio::test]
+    async fn a_job_spec_that_would_inject_git_options_is_refused_before_git_runs() {
+        let (src, sha) = repo(&[("README", "x")]);
+        let data = src.join("agent");
+        let jobs = jobs_at(&data);
+        let mut rx = attach(&jobs);
+        let pwned = src.join("PWNED");
+        let url = format!("--upload-pack=touch {}", pwned.display());
+        jobs.start(JobSpec { url: url.clone(), ..spec(&src, &sha, JobKind::Plan) });
+        let done = wait_done(&jobs, &mut rx).await;
+        assert!(
+            matches!(&done.exit, JobExit::Failed(e) if e.starts_with("url ") && e.contains("starts with '-'")),
+            "{:?}",
+            done.exit
+        );
+        let log = String::from_utf8_lossy(&done.log_tail).into_owned();
+        assert!(log.contains("refused: url"), "{log}");
+        assert!(!pwned.exists(), "git ran the URL's command");
+        assert!(!data.join("repos/app.git/HEAD").exists(), "git ran at all");
+
+        for url in [format!("ext::sh -c touch% {}", pwned.display()), "ssh://-oProxyCommand=x/y".into()] {
+            jobs.start(JobSpec { job: JobRef { job: 2, attempt: 1 }, url, ..spec(&src, &sha, JobKind::Plan) });
+            let done = wait_done(&jobs, &mut rx).await;
+            assert!(matches!(&done.exit, JobExit::Failed(e) if e.starts_with("url ")), "{:?}", done.exit);
+        }
+
+        // A revert onto a branch named like an option, or of something not a SHA, is refused too.
+        let kind = JobKind::Revert { revert: sha.clone(), branch: "--orphan".into(), reason: "r".into() };
+        jobs.start(JobSpec { job: JobRef { job: 3, attempt: 1 }, ..spec(&src, &sha, kind) });
+        let done = wait_done(&jobs, &mut rx).await;
+        let err = done.revert.expect("a revert result").unwrap_err();
+        assert!(err.starts_with("branch \"--orphan\"") && err.contains("starts with '-'"), "{err}");
+        let kind = JobKind::Revert { revert: "--abort".into(), branch: "main".into(), reason: "r".into() };
+        jobs.start(JobSpec { job: JobRef { job: 4, attempt: 1 }, ..spec(&src, &sha, kind) });
+        let err = wait_done(&jobs, &mut rx).await.revert.expect("a revert result").unwrap_err();
+        assert!(err.contains("not a full commit SHA"), "{err}");
+        jobs.start(JobSpec {
+            job: JobRef { job: 5, attempt: 1 },
+            sha: "--all".into(),
+            ..spec(&src, &sha, JobKind::Plan)
+        });
+        let done = wait_done(&jobs, &mut rx).await;
+        assert!(matches!(&done.exit, JobExit::Failed(e) if e.contains("not a full commit SHA")), "{:?}", done.exit);
+        assert!(!data.join("repos/app.git/HEAD").exists(), "git ran at all");
+        let _ = std::fs::remove_dir_all(&src);
+    }
+
+    #[tokio::test]
+    async fn a_shared_jobs_dir_is_refused() {
+        let (src, sha) = repo(&[("README", "x")]);
+        let shared = src.with_extension("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        chmod(&shared, 0o1777);
+        let jobs = Jobs::new(&src.with_extension("agent"), &shared, JobUser::agent_itself());
+        let mut rx = attach(&jobs);
+        jobs.start(spec(&src, &sha, JobKind::Plan));
+        let done = wait_done(&jobs, &mut rx).await;
+        assert!(matches!(&done.exit, JobExit::Failed(e) if e.contains("is not the agent's own")), "{:?}", done.exit);
+        for dir in [&src, &shared, &src.with_extension("agent")] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// The user the sandbox test switches jobs to (created if missing; the test needs root).
+    const TEST_JOB_USER: &str = "fifty-job-test";
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A commit on a side branch whose jobs try to reach beyond it: read the host's key, plant
+    /// hooks and fsmonitor in the agent's cached clone, leave a daemon that rewrites later jobs'
+    /// trees, and hand the agent links to its key as `fifty.toml`, JUnit report and artifact.
+    /// Every attempt fails; the later jobs of main's commit (plan, package) are what they would
+    /// have been, and nothing planted ever runs.
+    #[tokio::test]
+    async fn a_job_reaches_nothing_beyond_its_own_commit() {
+        assert!(
+            crate::sandbox::is_root(),
+            "this test switches jobs to a second user ({TEST_JOB_USER}, created with useradd): run it as root"
+        );
+        crate::sandbox::create_user(TEST_JOB_USER).expect("create the job user");
+        let user = JobUser::resolve(Some(TEST_JOB_USER)).unwrap();
+        assert!(user.switch && user.uid != 0, "{user:?}");
+
+        let secret = "SECRET-KEY-MATERIAL-0123";
+        let (src, good) = repo(&[("app.txt", "good\n"), ("README", "the shop\n")]);
+        let data = src.with_extension("agent");
+        let jobs_dir = data.with_extension("jobs");
+        crate::identity::Identity {
+            cert: fifty_shared::tls::CertAndKey { cert_pem: "CERT".into(), key_pem: secret.into() },
+            ca_pem: "CA".into(),
+        }
+        .save(&data)
+        .unwrap();
+        let key = data.join("identity/key.pem");
+        let cache = data.join("repos/app.git");
+        // Whatever runs a planted command, as any user, leaves its mark here.
+        let marks = src.with_extension("marks");
+        std::fs::create_dir_all(&marks).unwrap();
+        chmod(&marks, 0o777);
+        let evil = format!(
+            r#"echo "uid $(id -u) groups $(id -G)"; grep NoNewPrivs /proc/self/status; env | sed 's/^/ENV /'
+cat {key} && echo "STOLE the key"
+ls {data}/repos && echo "LISTED the cache"
+mkdir -p {cache}/hooks 2>/dev/null
+for h in post-checkout reference-transaction post-merge; do
+  printf '#!/bin/sh\ntouch {marks}/hook-ran\n' > {cache}/hooks/$h && chmod +x {cache}/hooks/$h && echo "WROTE hook $h"
+done
+git --git-dir={cache} config core.fsmonitor "touch {marks}/fsmonitor-ran" && echo "WROTE cache config"
+printf '[core]\n\tfsmonitor = touch {marks}/home-ran\n' > "$HOME/.gitconfig"
+common=$(git rev-parse --git-common-dir)
+printf '#!/bin/sh\ntouch {marks}/common-ran\n' > "$common/hooks/post-checkout" && chmod +x "$common/hooks/post-checkout"
+git config core.fsmonitor "touch {marks}/common-ran"
+touch {jobs}/planted && echo "WROTE the jobs dir"
+setsid sh -c 'echo $$ > {marks}/daemon.pid; while :; do for j in 2 3 4 5; do echo tampered > {jobs}/job-$j-1/src/app.txt; done; sleep 0.05; done' </dev/null >/dev/null 2>&1 &
+sleep 0.5
+echo "evil done"
+"#,
+            key = key.display(),
+            data = data.display(),
+            cache = cache.display(),
+            marks = marks.display(),
+            jobs = jobs_dir.display(),
+        );
+        std::fs::write(src.join("evil.sh"), evil).unwrap();
+        sh(
+            &src,
+            &format!(
+                "git checkout -q -b feature && ln -s {key} report.xml && ln -s {key} key-link && rm -f fifty.toml && \
+                 ln -s {key} fifty.toml && git add -A && git commit -q -m 'Harmless change' && git checkout -q main",
+                key = key.display()
+            ),
+        );
+        let bad = String::from_utf8(
+            std::process::Command::new("git").args(["rev-parse", "feature"]).current_dir(&src).output().unwrap().stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_string();
+
+        // `cargo test` runs tests with CARGO_MANIFEST_DIR set: passed on by name, like an
+        // operator's `[jobs] env`.
+        let jobs = Jobs::new(&data, &jobs_dir, user.clone()).pass_env(&["CARGO_MANIFEST_DIR".into()]);
+        let mut rx = attach(&jobs);
+        let job = |n: u64| JobRef { job: n, attempt: 1 };
+        let shard = |command: &str, junit: Option<&str>| JobKind::Shard {
+            index: 0,
+            count: 1,
+            tests: vec![],
+            command: command.into(),
+            timeout: Duration::from_secs(60),
+            junit: junit.map(str::to_string),
+        };
+        jobs.start(JobSpec { job: job(1), ..spec(&src, &bad, shard("sh evil.sh", Some("report.xml"))) });
+        let done = wait_done(&jobs, &mut rx).await;
+        let log = String::from_utf8_lossy(&done.log_tail).into_owned();
+        assert_eq!(done.exit, JobExit::Exited(0), "{log}");
+        assert!(log.contains("evil done") && log.contains(&format!("uid {} groups {}\n", user.uid, user.gid)), "{log}");
+        assert!(log.contains("NoNewPrivs:\t1"), "setuid programs could raise the job's privileges: {log}");
+        assert!(!log.contains(secret) && !log.contains("STOLE"), "the job read the agent's key: {log}");
+        assert!(!log.contains("LISTED") && !log.contains("WROTE"), "the job reached the agent's files: {log}");
+        for line in log.lines().filter_map(|l| l.strip_prefix("ENV ")) {
+            let name = line.split('=').next().unwrap_or_default();
+            let expected = ["PATH", "HOME", "LANG", "TMPDIR", "PWD", "SHLVL", "_", "OLDPWD", "CARGO_MANIFEST_DIR"]
+                .contains(&name)
+                || name.starts_with("FIFTY_");
+            assert!(expected, "the job saw the agent's environment: {line}");
+        }
+        assert!(log.contains(&format!("ENV HOME={}", jobs_dir.join("job-1-1/home").display())), "{log}");
+        assert!(log.contains(&format!("ENV CARGO_MANIFEST_DIR={}", env!("CARGO_MANIFEST_DIR"))), "{log}");
+        assert!(done.junit.is_empty(), "a link to the key was read as a JUnit report");
+        let note = done.junit_note.unwrap_or_default();
+        assert!(note.contains("not the job's own file"), "{note}");
+        let daemon: i32 = std::fs::read_to_string(marks.join("daemon.pid")).unwrap().trim().parse().unwrap();
+
+        // The daemon it left in a session of its own is gone once no job runs.
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')))
+                .unwrap_or(false)
+        };
+        // SIGKILL is delivered asynchronously: wait for the kernel to finish it.
+        let start = Instant::now();
+        while alive(daemon) && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(daemon), "the job's daemon {daemon} outlived it");
+
+        // Its links to the key are not read as fifty.toml or as an artifact.
+        jobs.start(JobSpec { job: job(2), ..spec(&src, &bad, JobKind::Plan) });
+        let done = wait_done(&jobs, &mut rx).await;
+        assert!(matches!(&done.exit, JobExit::Failed(e) if e.contains("not the job's own file")), "{:?}", done.exit);
+        assert_eq!(done.plan.as_ref().and_then(|p| p.pipeline.clone()), None);
+        let package = |artifact: &str| JobKind::Package {
+            command: "cp app.txt app.tar".into(),
+            artifact: artifact.into(),
+            timeout: Duration::from_secs(60),
+        };
+        jobs.start(JobSpec { job: job(3), ..spec(&src, &bad, package("key-link")) });
+        let done = wait_done(&jobs, &mut rx).await;
+        assert!(matches!(&done.exit, JobExit::Failed(e) if e.contains("not the job's own file")), "{:?}", done.exit);
+        assert!(done.artifact.is_none() && !String::from_utf8_lossy(&done.log_tail).contains(secret));
+
+        // main's commit: planned and packaged from a pristine clone; nothing planted runs.
+        jobs.start(JobSpec { job: job(4), ..spec(&src, &good, JobKind::Plan) });
+        let done = wait_done(&jobs, &mut rx).await;
+        assert_eq!(done.exit, JobExit::Exited(0), "{}", String::from_utf8_lossy(&done.log_tail));
+        assert_eq!(done.plan.unwrap().subject, "add the app");
+        jobs.start(JobSpec {
+            job: job(5),
+            ..spec(
+                &src,
+                &good,
+                JobKind::Package {
+                    command: "git status --short >/dev/null; sleep 0.3; cp app.txt app.tar".into(),
+                    artifact: "app.tar".into(),
+                    timeout: Duration::from_secs(60),
+                },
+            )
+        });
+        let done = wait_done(&jobs, &mut rx).await;
+        assert_eq!(done.exit, JobExit::Exited(0), "{}", String::from_utf8_lossy(&done.log_tail));
+        assert_eq!(done.artifact.unwrap().digest, hex_digest(b"good\n"), "the artifact was tampered with");
+
+        // A revert of a later commit of main, pushed from a fresh clone: no planted hook runs.
+        sh(&src, "echo 50 > price && git add price && git commit -qm 'Cheaper pears'");
+        let cheaper = String::from_utf8(
+            std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&src).output().unwrap().stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_string();
+        let pushed_to = bare(&src);
+        let kind = JobKind::Revert { revert: cheaper.clone(), branch: "main".into(), reason: "errors".into() };
+        jobs.start(JobSpec { job: job(6), ..spec(&pushed_to, &cheaper, kind) });
+        let done = wait_done(&jobs, &mut rx).await;
+        done.revert.expect("a revert result").unwrap_or_else(|e| panic!("{e}"));
+
+        let ran: Vec<_> = std::fs::read_dir(&marks)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "daemon.pid")
+            .collect();
+        assert!(ran.is_empty(), "planted commands ran: {ran:?}");
+        let hooks: Vec<_> = std::fs::read_dir(cache.join("hooks"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        assert!(hooks.iter().all(|h| h.ends_with(".sample")), "hooks in the cache: {hooks:?}");
+        let config = std::fs::read_to_string(cache.join("config")).unwrap();
+        assert!(!config.contains("fsmonitor"), "{config}");
+        assert!(!jobs_dir.join("planted").exists());
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = std::fs::remove_dir_all(&marks);
+        let _ = std::fs::remove_dir_all(&jobs_dir);
+        let _ = std::fs::remove_dir_all(&data);
+        let _ = std::fs::remove_dir_all(&pushed_to);
     }
 }

@@ -175,7 +175,20 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
         sidecar.listen = listen.to_string();
         sidecar.addr().context("--sidecar")?;
     }
-    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators, service, sidecar };
+    // Jobs run as a user of their own when the agent can switch to one (it runs as root).
+    let mut jobs = crate::config::JobsConfig::default();
+    if crate::sandbox::is_root() {
+        let user = crate::config::DEFAULT_JOB_USER;
+        crate::sandbox::create_user(user).context("create the user CI jobs run as")?;
+        println!("CI jobs on this host run as the user {user} ([jobs] user in agent.toml).");
+        jobs.user = Some(user.to_string());
+    } else {
+        println!(
+            "Note: not running as root, so CI jobs on this host will run as your own user and can read its \
+             identity; join and run as root to isolate them."
+        );
+    }
+    let config = Config { data_dir: req.data_dir.to_path_buf(), coordinators, service, sidecar, jobs };
     let config_path = req.data_dir.join("agent.toml");
     // Owner-only: `[service]` settings may hold secrets the release's commands use.
     fifty_shared::config::write_private(&config_path, &toml::to_string(&config)?)

@@ -18,5 +18,6 @@ pub mod jobs;
 pub mod join;
 pub mod link;
 pub mod metrics;
+pub mod sandbox;
 pub mod service;
 pub mod sidecar;

@@ -88,7 +88,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let endpoint = client_endpoint(first)?;
     let mut probe = HealthProbe::new(&config.data_dir);
     let mut health = move || probe.sample();
-    let jobs = Jobs::new(&config.data_dir);
+    let jobs =
+        Jobs::new(&config.data_dir, &config.jobs_dir(), crate::sandbox::JobUser::resolve(config.jobs.user.as_deref())?)
+            .pass_env(&config.jobs.env);
     let deployer = Deployer::new(&config.data_dir, config.service_vars());
     deployer.resume().await;
     tokio::spawn(crate::metrics::run(deployer.clone()));

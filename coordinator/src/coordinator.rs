@@ -184,10 +184,12 @@ impl Coordinator {
         if req.url.trim().is_empty() {
             return Err(OpError::BadRequest("url: give the git URL build hosts fetch (a local path works)".into()));
         }
+        let branch = req.branch.unwrap_or_else(|| "main".into());
+        crate::ci::ops::check_repo_source(req.url.trim(), &branch)?;
         let record = RepoRecord {
             name,
             url: req.url.trim().to_string(),
-            branch: req.branch.unwrap_or_else(|| "main".into()),
+            branch,
             fix_marker: req.fix_marker.unwrap_or_else(|| "[fix]".into()),
             webhook_secret: req.webhook_secret.filter(|s| !s.is_empty()),
             added_at: SystemTime::now(),

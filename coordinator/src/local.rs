@@ -530,7 +530,10 @@ impl LocalCluster {
         let agent = self.agent_mut(name)?;
         let mut command = Command::new(bin);
         if sample.exists() {
-            command.env("FIFTY_SAMPLE_SERVICE", sample);
+            // Jobs get a clean environment: this one is passed on by name (with any the caller named).
+            let names = std::env::var("FIFTY_JOBS_ENV")
+                .map_or("FIFTY_SAMPLE_SERVICE".into(), |v| format!("{v},FIFTY_SAMPLE_SERVICE"));
+            command.env("FIFTY_SAMPLE_SERVICE", sample).env("FIFTY_JOBS_ENV", names);
         }
         let child = command
             .args(["run", "--config"])

@@ -17,7 +17,9 @@ pub enum IdError {
     #[error("invalid label {0:?}: write labels as key=value[,key=value...] with keys and values of a-z, A-Z, 0-9, '.', '_', '-'")]
     Label(String),
     /// Repository names are simple identifiers.
-    #[error("invalid repository name {0:?}: use 1-100 characters a-z, A-Z, 0-9, '.', '_' and '-'")]
+    #[error(
+        "invalid repository name {0:?}: use 1-100 characters a-z, A-Z, 0-9, '.', '_' and '-', starting with a letter or digit"
+    )]
     RepoName(String),
     /// Roles are a fixed set.
     #[error("unknown role {0:?}: expected one of admin, ci, read, agent")]
@@ -97,7 +99,9 @@ impl RepoName {
         let ok = !name.is_empty()
             && name.len() <= 100
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            && !name.starts_with('.');
+            && !name.starts_with('.')
+            // A leading '-' would read as an option wherever the name reaches a command line.
+            && !name.starts_with('-');
         if ok {
             Ok(Self(name.to_string()))
         } else {
@@ -276,6 +280,14 @@ mod tests {
         assert!(HostName::new("").is_err());
         assert!(HostName::new(&"a".repeat(64)).is_err());
         assert!(HostName::new("web_1").is_err());
+    }
+
+    #[test]
+    fn repo_names_are_plain_identifiers() {
+        assert!(RepoName::new("shop.v2_x-y").is_ok());
+        for bad in ["", "-shop", "--upload-pack=x", ".git", "a/b", "a b", "a\nb"] {
+            assert!(RepoName::new(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

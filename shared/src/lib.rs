@@ -11,6 +11,7 @@
 pub mod codec;
 pub mod config;
 pub mod experiment;
+pub mod git;
 pub mod ids;
 pub mod logging;
 pub mod pipeline;

@@ -269,8 +269,11 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         let marks = dir.join("marks");
         std::fs::create_dir_all(&marks).unwrap();
-        // The shards' commands write their start times here.
+        // The shards' commands write their start times here, as the agents' job user, which gets
+        // MARKS from the agents' environment by name (jobs get a clean one).
+        std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         std::env::set_var("MARKS", &marks);
+        std::env::set_var("FIFTY_JOBS_ENV", "MARKS");
         let bins = bin_dir().unwrap();
         println!("binaries: {}", bins.display());
         let mut cluster = LocalCluster::start(&dir, &bins, Options::default()).await.unwrap();

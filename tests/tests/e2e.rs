@@ -1134,6 +1134,43 @@ async fn the_commit_gate_refuses_pushes_while_closed() {
     let out = commit_and_push(&work, "a.txt", "first feature").await;
     assert!(out.status.success(), "push to an open gate: {}", text(&out.stderr));
 
+    // Nobody deletes the gated branch, open gate or not; other branches go as they come, unless
+    // their gate is closed. (Git itself refuses to delete the branch the bare repository's HEAD
+    // names; the gated branch need not be that one.)
+    assert!(git(&bare, &["symbolic-ref", "HEAD", "refs/heads/trunk"]).await.status.success());
+    let out = git(&work, &["push", "-q", "origin", "--delete", "main"]).await;
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "main was deleted: {said}");
+    assert!(said.contains("deleting main refused") && said.contains("branch Fifty tests"), "{said}");
+    assert!(git(&bare, &["rev-parse", "--verify", "main"]).await.status.success(), "main is gone");
+    for branch in ["spike", "held"] {
+        let out = git(&work, &["push", "-q", "origin", &format!("HEAD:{branch}")]).await;
+        assert!(out.status.success(), "push {branch}: {}", text(&out.stderr));
+    }
+    let out = git(&work, &["push", "-q", "origin", "--delete", "spike"]).await;
+    assert!(out.status.success(), "deleting an ungated branch: {}", text(&out.stderr));
+    let out =
+        cli(&cluster, &cluster.admin_token, &["gate", "close", "shop", "--branch", "held", "--reason", "frozen"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = git(&work, &["push", "-q", "origin", "--delete", "held"]).await;
+    let said = text(&out.stderr);
+    assert!(!out.status.success() && said.contains("gate is closed") && said.contains("frozen"), "{said}");
+
+    // What reaches git on build hosts is checked when a repository is added: 400, naming the field.
+    let pwned = dir.join("PWNED");
+    let upload_pack = format!("--url=--upload-pack=touch {}", pwned.display());
+    for (args, field) in [
+        (vec!["repo", "add", "evil", upload_pack.as_str()], "url"),
+        (vec!["repo", "add", "evil", "--url=ext::sh -c touch% PWNED"], "url"),
+        (vec!["repo", "add", "evil", "--url", bare.to_str().unwrap(), "--branch=--orphan"], "branch"),
+        (vec!["repo", "add", "--url", bare.to_str().unwrap(), "--", "-evil"], "repository name"),
+    ] {
+        let out = cli(&cluster, &cluster.admin_token, &args).await;
+        let said = text(&out.stderr);
+        assert!(!out.status.success() && said.contains("400") && said.contains(field), "{args:?}: {said}");
+    }
+    assert!(!pwned.exists());
+
     // Closed by an admin: refused, and the pusher reads why.
     let out =
         cli(&cluster, &cluster.admin_token, &["gate", "close", "shop", "--reason", "trunk is red: investigating"])
@@ -1234,6 +1271,8 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
         .unwrap();
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
+    // The tests leave their marks as the build hosts' job user, not as the test's.
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let deadline = Duration::from_secs(120);
 
     // 1. A good commit: the post-receive hook queues it; green, its two shards on both agents.
@@ -1318,7 +1357,8 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
                 let name = entry?.file_name().to_string_lossy().into_owned();
                 if name.starts_with(&format!("started-{killed}")) {
                     let pwd = std::fs::read_to_string(marks.join(&name))?;
-                    let agent = ["build-1", "build-2"].into_iter().find(|a| pwd.contains(&format!("/agents/{a}/")));
+                    let agent =
+                        ["build-1", "build-2"].into_iter().find(|a| pwd.contains(&format!("/agents/{a}-jobs/")));
                     return Ok(agent.map(str::to_string));
                 }
             }
@@ -1327,6 +1367,27 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
     })
     .await
     .unwrap();
+    // The test ran as the job user `fifty-agent join` set up when run as root, not as the agent.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mark = std::fs::read_dir(&marks)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&format!("started-{killed}")))
+            .expect("the slow test's mark");
+        let owner = mark.metadata().unwrap().uid();
+        // SAFETY: plain syscall without arguments.
+        let me = unsafe { libc::geteuid() };
+        let toml = std::fs::read_to_string(cluster.agent_dir(&victim).join("agent.toml")).unwrap();
+        if me == 0 {
+            let out = std::process::Command::new("id").args(["-u", "fifty-job"]).output().unwrap();
+            let job_uid: u32 = text(&out.stdout).trim().parse().expect("join as root creates the user fifty-job");
+            assert_eq!(owner, job_uid, "the job ran as uid {owner}, not as fifty-job");
+            assert!(toml.contains("[jobs]") && toml.contains("user = \"fifty-job\""), "{toml}");
+        } else {
+            assert_eq!(owner, me, "an agent that is not root runs jobs as itself");
+        }
+    }
     cluster.kill_agent(&victim).await.unwrap();
     std::fs::remove_file(&hold).unwrap();
     let view = wait_finished(&cluster, &killed, deadline).await;
@@ -1406,6 +1467,8 @@ async fn ci_jobs_queue_and_survive_a_leader_failover() {
     wait_finished(&cluster, &base, Duration::from_secs(120)).await;
     let marks = dir.join("marks");
     std::fs::create_dir_all(&marks).unwrap();
+    // The tests leave their marks as the build hosts' job user, not as the test's.
+    std::fs::set_permissions(&marks, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let hold = marks.join("hold");
     std::fs::write(&hold, "").unwrap();
     let slow = format!(

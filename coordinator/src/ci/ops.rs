@@ -11,6 +11,13 @@ use crate::state::{Applied, Command};
 use crate::store::StoreError;
 use crate::views::{self, AttemptView, CommitSummary, CommitView, FailedTest, JobView, Notified, TestsView};
 
+/// Checks what `fifty repo add` gives that reaches git on build hosts: the URL and the branch.
+/// The error names the field (`url ...`, `branch ...`) and is a 400.
+pub fn check_repo_source(url: &str, branch: &str) -> Result<(), OpError> {
+    fifty_shared::git::check_repo_url(url).map_err(|e| OpError::BadRequest(e.to_string()))?;
+    fifty_shared::git::check_branch(branch).map_err(|e| OpError::BadRequest(e.to_string()))
+}
+
 /// Most commits one notification may carry.
 pub const MAX_COMMITS_PER_NOTIFY: usize = 1000;
 
@@ -26,6 +33,7 @@ impl Coordinator {
     ) -> Result<Notified, OpError> {
         let record = self.repo(repo)?;
         let branch = branch.unwrap_or_else(|| record.branch.clone());
+        fifty_shared::git::check_branch(&branch).map_err(|e| OpError::BadRequest(e.to_string()))?;
         let mut answer = Notified {
             repo: record.name.to_string(),
             branch: branch.clone(),

@@ -454,6 +454,10 @@ enum GateCommand {
         /// for a `Fifty-Revert:` commit): the one push a closure by the immune system lets in.
         #[arg(long)]
         reverts: Option<String>,
+        /// The push deletes the branch (the pre-receive hook sets it): refused (exit 1) when it is
+        /// the branch Fifty tests, or its gate is closed.
+        #[arg(long, conflicts_with_all = ["message", "reverts"])]
+        delete: bool,
     },
     /// Close the gate by hand (the fix marker does not pass this).
     Close {
@@ -722,7 +726,8 @@ async fn commit(opts: &ClientOpts, command: CommitCommand) -> Result<()> {
 /// hook's) has it.
 fn describe_commit(sha: &str) -> NewCommit {
     let out = std::process::Command::new("git")
-        .args(["log", "-1", "--format=%s%x1f%an", sha, "--"])
+        // The SHA comes from the command line: `--end-of-options` keeps it from being read as an option.
+        .args(["log", "-1", "--format=%s%x1f%an", "--end-of-options", sha, "--"])
         .stderr(std::process::Stdio::null())
         .output();
     let text = match out {
@@ -840,7 +845,36 @@ async fn gate(opts: &ClientOpts, command: GateCommand) -> Result<()> {
             let view: GateView = client.get(&path).await?;
             output::print(json, &view, output::gate)
         }
-        GateCommand::Check { target, message, reverts } => {
+        GateCommand::Check { target, delete: true, .. } => {
+            // A gated branch is never deleted by a push: that would undo everything the gate let in.
+            let get = |branch: Option<&str>| {
+                let path = format!("{}{}", gate_path(&target, ""), query(&[("branch", branch)]));
+                let client = client.clone();
+                async move { client.get::<GateView>(&path).await }
+            };
+            let (view, tested) = match tokio::try_join!(get(target.branch.as_deref()), get(None)) {
+                Ok(views) => views,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(2);
+                }
+            };
+            if view.branch == tested.branch {
+                println!(
+                    "Deleting {}/{} is refused: it is the branch Fifty tests and gates; only its gate decides what \
+                     changes it.",
+                    view.repo, view.branch
+                );
+                std::process::exit(1);
+            }
+            if !view.open {
+                println!("Deleting {}/{} is refused: its gate is closed.", view.repo, view.branch);
+                print!("{}", output::gate(&view));
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        GateCommand::Check { target, message, reverts, .. } => {
             // Exit codes for hooks: 0 let in, 1 gate closed, 2 could not check.
             let q = query(&[
                 ("branch", target.branch.as_deref()),
