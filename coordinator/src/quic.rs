@@ -223,7 +223,7 @@ async fn read_agent(
                 coordinator.on_job_report(host, beat.jobs);
                 let _ = tx.send(CoordinatorMsg::HeartbeatAck { seq: beat.seq });
             }
-            Ok(Some(AgentMsg::JobOutput { job, offset, data })) => coordinator.on_job_output(job, offset, &data),
+            Ok(Some(AgentMsg::JobOutput { job, offset, data })) => coordinator.on_job_output(host, job, offset, &data),
             Ok(Some(AgentMsg::ArtifactChunk { job, offset, data })) => {
                 coordinator.on_artifact_chunk(host, job, offset, &data)
             }

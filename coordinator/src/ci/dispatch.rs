@@ -94,9 +94,8 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
     for (host, report) in &reports {
         for job in &report.jobs {
             if current.get(job) != Some(host) && report.at > now.checked_sub(Duration::from_secs(5)).unwrap_or(now) {
-                let still_current = store.job(job.job)?.is_some_and(|j| {
-                    j.state == JobState::Running && j.current().is_some_and(|a| a.n == job.attempt && a.host == *host)
-                });
+                let still_current =
+                    store.job(job.job)?.is_some_and(|j| j.state == JobState::Running && j.runs(*job, host));
                 if !still_current {
                     debug!(%host, job = job.job, attempt = job.attempt, "agent holds a stale attempt; cancelling it");
                     c.send_to(host, CoordinatorMsg::CancelJob(*job));
@@ -188,8 +187,19 @@ impl Coordinator {
     }
 
     /// A chunk of a running job's output.
-    pub fn on_job_output(&self, job: JobRef, offset: u64, data: &[u8]) {
-        self.ci.lock().expect("ci lock").on_output(job, offset, data);
+    /// Live output of a running job, kept only from the host running that attempt (so a host
+    /// can neither write into another's log nor hold the leader's memory with made-up jobs: there
+    /// are as many live logs as running attempts).
+    pub fn on_job_output(&self, host: &HostName, job: JobRef, offset: u64, data: &[u8]) {
+        match self.consensus.store().job(job.job) {
+            Ok(Some(record)) if record.runs(job, host) => {
+                self.ci.lock().expect("ci lock").on_output(job, offset, data);
+            }
+            Ok(_) => {
+                debug!(job = job.job, attempt = job.attempt, %host, "output of an attempt this host does not run; dropped")
+            }
+            Err(e) => warn!(error = %e, "cannot read the job some output is for"),
+        }
     }
 
     /// A job's result: record it, then acknowledge it to the agent. A result of an attempt that
@@ -201,7 +211,7 @@ impl Coordinator {
             Ok(r) => r,
             Err(e) => return warn!(error = %e, "cannot read the job a result is for"),
         };
-        let Some(record) = record.filter(|r| r.current().is_some_and(|a| a.n == job.attempt && a.host == *host)) else {
+        let Some(record) = record.filter(|r| r.runs(job, host)) else {
             debug!(job = job.job, attempt = job.attempt, "result of an attempt that is not running; dropped");
             let _ = tx.send(CoordinatorMsg::JobDoneAck(job));
             return;

@@ -236,6 +236,12 @@ impl JobRecord {
         self.attempts.last().filter(|a| a.end == AttemptEnd::Running)
     }
 
+    /// Whether attempt `job` is the one running, and on `host`: only that host may report its
+    /// output, upload its artifact or give its result.
+    pub fn runs(&self, job: fifty_shared::wire::JobRef, host: &HostName) -> bool {
+        self.id == job.job && self.current().is_some_and(|a| a.n == job.attempt && a.host == *host)
+    }
+
     /// Shard index, or None for the plan.
     pub fn shard(&self) -> Option<u32> {
         match &self.kind {
@@ -359,4 +365,46 @@ pub fn valid_sha(sha: &str) -> bool {
 /// A short form for people.
 pub fn short(sha: &str) -> &str {
     &sha[..sha.len().min(10)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Output, artifacts and results of an attempt are taken only from the host running it.
+    #[test]
+    fn only_the_host_running_an_attempt_may_speak_for_it() {
+        let web = HostName::new("build-1").unwrap();
+        let other = HostName::new("build-2").unwrap();
+        let attempt = |n, end| Attempt {
+            n,
+            host: web.clone(),
+            started_at: SystemTime::UNIX_EPOCH,
+            finished_at: None,
+            end,
+            exit: None,
+            passed: 0,
+            failed: 0,
+            log_bytes: 0,
+        };
+        let mut job = JobRecord {
+            id: 7,
+            repo: RepoName::new("shop").unwrap(),
+            sha: "a".repeat(40),
+            commit_seq: 1,
+            kind: JobKind::Plan,
+            state: JobState::Running,
+            max_failures: 2,
+            avoid: vec![],
+            attempts: vec![attempt(1, AttemptEnd::Lost), attempt(2, AttemptEnd::Running)],
+            queued_at: SystemTime::UNIX_EPOCH,
+        };
+        use fifty_shared::wire::JobRef;
+        assert!(job.runs(JobRef { job: 7, attempt: 2 }, &web));
+        assert!(!job.runs(JobRef { job: 7, attempt: 2 }, &other), "another host");
+        assert!(!job.runs(JobRef { job: 7, attempt: 1 }, &web), "an earlier attempt");
+        assert!(!job.runs(JobRef { job: 8, attempt: 2 }, &web), "another job");
+        job.attempts[1].end = AttemptEnd::Lost;
+        assert!(!job.runs(JobRef { job: 7, attempt: 2 }, &web), "an attempt that ended");
+    }
 }

@@ -413,8 +413,7 @@ impl Coordinator {
     pub fn on_artifact_chunk(&self, host: &HostName, job: JobRef, offset: u64, data: &[u8]) {
         let runs_job = || match self.consensus.store().job(job.job) {
             Ok(Some(record)) => {
-                matches!(record.kind, fifty_shared::wire::JobKind::Package { .. })
-                    && record.current().is_some_and(|a| a.n == job.attempt && a.host == *host)
+                matches!(record.kind, fifty_shared::wire::JobKind::Package { .. }) && record.runs(job, host)
             }
             Ok(None) => false,
             Err(e) => {
