@@ -678,3 +678,84 @@ impl WebhookReceiver {
         self.bodies.lock().expect("bodies").clone()
     }
 }
+
+/// Streams token creations (descriptions `w-0`, `w-1`, ...) through the clients in turn until
+/// stopped or `budget` is spent; remembers which ones the API acknowledged. For tests and
+/// benchmarks that kill coordinators under writes and then check every acknowledged one.
+pub struct Writer {
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts writing through `clients`, for at most `budget` (and 1,000,000 attempts).
+    pub fn start(clients: Vec<Client>, budget: Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                // A failed attempt waits 20 ms, so a failover's instant refusals cannot use up
+                // the budget.
+                let started = Instant::now();
+                for n in 0..1_000_000usize {
+                    if started.elapsed() > budget || stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let client = &clients[n % clients.len()];
+                    let req = CreateToken { role: "read".into(), ttl: None, max_uses: None, description: format!("w-{n}") };
+                    let sent = tokio::time::timeout(
+                        Duration::from_secs(15),
+                        client.post::<crate::views::TokenCreated>("/v1/tokens", &req),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(_)) => acked.lock().expect("acked lock").push(format!("w-{n}")),
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        };
+        Writer { acked, stop, task }
+    }
+
+    /// How many writes were acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().expect("acked lock").len()
+    }
+
+    /// Stops writing; the acknowledged writes.
+    pub async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.task.await;
+        self.acked.lock().expect("acked lock").clone()
+    }
+}
+
+impl LocalCluster {
+    /// Token descriptions as coordinator `i` itself holds them (a stale, local read), with counts.
+    pub async fn token_descriptions(&self, i: usize) -> Result<std::collections::HashMap<String, usize>> {
+        let tokens: Vec<crate::views::TokenView> = self.client_for(i).get("/v1/tokens?stale=true").await?;
+        let mut counts = std::collections::HashMap::new();
+        for t in tokens {
+            *counts.entry(t.description).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Waits until every running coordinator has applied everything the leader committed;
+    /// returns that commit index.
+    pub async fn wait_converged(&self, deadline: Duration) -> Result<u64> {
+        wait_for("every coordinator to apply the leader's commit index", deadline, || async {
+            let views = self.views().await;
+            let leader = views.iter().find(|(_, v)| v.leader_id.as_deref() == Some(v.node_id.as_str()));
+            let Some((_, leader)) = leader else { return Ok(None) };
+            let all =
+                views.len() == self.running().len() && views.iter().all(|(_, v)| v.applied_index >= leader.commit_index);
+            Ok(all.then_some(leader.commit_index))
+        })
+        .await
+    }
+}

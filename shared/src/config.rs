@@ -51,15 +51,18 @@ pub fn write_private(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates `dir` and any missing parent readable by the owner only (0700). An existing directory
-/// is left as it is: [`check_private`] says whether it is good enough.
+/// Creates `dir` readable by the owner only (0700); missing parents are created as usual (the
+/// process's umask decides), since they may be shared, e.g. with a build job's directory beside
+/// `dir`. An existing directory is left as it is: [`check_private`] says whether it is good enough.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("create {}", dir.display()))
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other.with_context(|| format!("create {}", dir.display())),
+    }
 }
 
 /// Refuses `path` when users other than its owner may read, write or enter it: a directory must

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use fifty::cli::Client;
-use fifty::local::{bin_dir, wait_for, LocalCluster, Options};
+use fifty::local::{Writer, bin_dir, wait_for, LocalCluster, Options};
 use fifty::views::{CreateToken, TokenCreated};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -93,6 +93,9 @@ async fn main() -> anyhow::Result<()> {
     let mut fwd = writes(vec![cluster.client_for(follower)], (writes_n / 4).max(100), 2_000_000).await;
     println!("{}", fwd.line("1 client  → follower (forwarded)"));
 
+    // Writes stream through every coordinator during the whole kill loop; once it is over, every
+    // write the API acknowledged must be on every coordinator exactly once.
+    let writer = Writer::start((0..3).map(|i| cluster.client_for(i)).collect(), Duration::from_secs(3600));
     let mut failovers = Vec::new();
     for trial in 0..trials {
         let leader = cluster.wait_leader(Duration::from_secs(60)).await?;
@@ -127,6 +130,22 @@ async fn main() -> anyhow::Result<()> {
                 .then_some(()))
         })
         .await?;
+    }
+    let acked = writer.finish().await;
+    cluster.wait_converged(Duration::from_secs(60)).await?;
+    let mut lost = 0;
+    for i in 0..3 {
+        let held = cluster.token_descriptions(i).await?;
+        lost += acked.iter().filter(|d| held.get(*d) != Some(&1)).count();
+    }
+    println!(
+        "kill loop: {} leader kills (kill -9, restart, catch up), {} writes acknowledged meanwhile, {} missing or doubled on some coordinator",
+        trials,
+        acked.len(),
+        lost
+    );
+    if lost > 0 {
+        anyhow::bail!("{lost} acknowledged writes were lost or applied twice");
     }
     failovers.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -685,87 +685,18 @@ async fn liveness_and_coordinator_restart() {
 
 // ---- the replicated coordinator ------------------------------------------------------------
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
 use fifty::cli::Client;
+use fifty::local::Writer;
 use fifty::views::{ClusterView, CreateToken};
 
-/// Streams token creations (descriptions `w-0`, `w-1`, ...) through every coordinator in turn
-/// until stopped; remembers which ones the API acknowledged.
-struct Writer {
-    acked: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(clients: Vec<Client>) -> Self {
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = {
-            let (acked, stop) = (acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                // Bounded: at most 20,000 attempts and 5 minutes, whatever happens. A failed
-                // attempt waits 20 ms, so a failover's instant refusals cannot use up the budget.
-                let started = std::time::Instant::now();
-                for n in 0..20_000usize {
-                    if started.elapsed() > Duration::from_secs(300) {
-                        return;
-                    }
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let client = &clients[n % clients.len()];
-                    let req =
-                        CreateToken { role: "read".into(), ttl: None, max_uses: None, description: format!("w-{n}") };
-                    let sent =
-                        tokio::time::timeout(Duration::from_secs(15), client.post::<TokenCreated>("/v1/tokens", &req))
-                            .await;
-                    match sent {
-                        Ok(Ok(_)) => acked.lock().unwrap().push(format!("w-{n}")),
-                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
-            })
-        };
-        Writer { acked, stop, task }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn finish(self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.unwrap();
-        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
-    }
-}
-
 /// Token descriptions as coordinator `i` itself holds them (a stale, local read), with counts.
-async fn local_descriptions(cluster: &LocalCluster, i: usize) -> HashMap<String, usize> {
-    let tokens: Vec<TokenView> = cluster.client_for(i).get("/v1/tokens?stale=true").await.unwrap();
-    let mut counts = HashMap::new();
-    for t in tokens {
-        *counts.entry(t.description).or_insert(0) += 1;
-    }
-    counts
+async fn local_descriptions(cluster: &LocalCluster, i: usize) -> std::collections::HashMap<String, usize> {
+    cluster.token_descriptions(i).await.unwrap()
 }
 
 /// Waits until every running coordinator has applied everything the leader committed.
 async fn wait_converged(cluster: &LocalCluster) -> u64 {
-    wait_for("every coordinator to apply the leader's commit index", DEADLINE, || async {
-        let views = cluster.views().await;
-        let leader = views.iter().find(|(_, v)| v.leader_id.as_deref() == Some(v.node_id.as_str()));
-        let Some((_, leader)) = leader else { return Ok(None) };
-        let all =
-            views.len() == cluster.running().len() && views.iter().all(|(_, v)| v.applied_index >= leader.commit_index);
-        Ok(all.then_some(leader.commit_index))
-    })
-    .await
-    .unwrap()
+    cluster.wait_converged(DEADLINE).await.unwrap()
 }
 
 async fn wait_acked(writer: &Writer, at_least: usize) {
@@ -786,7 +717,7 @@ async fn replicated_writes_survive_leader_kill_restart_and_wipe() {
     let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
 
     let clients: Vec<Client> = (0..3).map(|i| cluster.client_for(i)).collect();
-    let writer = Writer::start(clients);
+    let writer = Writer::start(clients, Duration::from_secs(300));
     wait_acked(&writer, 30).await;
     let leader = cluster.wait_leader(DEADLINE).await.unwrap();
     cluster.kill_coordinator(leader).await.unwrap();

@@ -633,6 +633,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Ca { command: CaCommand::Init { out } } => crate::server::ca_init(&out),
         Command::Store { command: StoreCommand::Check { data_dir, json } } => {
+            // Opening sled may write files in the data dir: owner-only, as `fifty server` makes
+            // them (the server refuses to start on a file others can read).
+            // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+            unsafe { libc::umask(0o077) };
             let report = crate::store::check::check(&data_dir.join("state"))?;
             output::print(json, &report, output::store_check)?;
             if !report.problems.is_empty() {
