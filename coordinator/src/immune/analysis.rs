@@ -258,7 +258,8 @@ impl fmt::Display for Verdict {
 /// What a verdict rests on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Evidence {
-    /// The baseline's value: pooled rate, mean of the histogram (`_sum / _count`), mean gauge value.
+    /// The baseline's value: pooled rate, median of the histogram (interpolated within its bucket),
+    /// mean gauge value.
     pub baseline: f64,
     /// The canary's value, on the same scale.
     pub canary: f64,
@@ -297,6 +298,8 @@ pub struct MetricResult {
     pub metric: String,
     /// How its values are shown.
     kind: ShownAs,
+    /// Whether the values are a histogram's medians.
+    histogram: bool,
     /// The verdict.
     pub verdict: Verdict,
     /// What it rests on.
@@ -339,8 +342,10 @@ impl MetricResult {
                 format!("{pct}%")
             }
         };
+        // A histogram is judged on its requests' ranks, so it is shown by its median, not its mean.
+        let what = if self.histogram { " median" } else { "" };
         let mut line = format!(
-            "{} {} → {} ({}, p={})",
+            "{}{what} {} → {} ({}, p={})",
             self.metric,
             shown(e.baseline),
             shown(e.canary),
@@ -561,6 +566,7 @@ impl Monitor {
         MetricResult {
             metric: self.spec.name.clone(),
             kind: shown,
+            histogram: matches!(self.spec.kind, MetricKind::Histogram { .. }),
             verdict,
             evidence: Evidence {
                 baseline: look.baseline,
@@ -587,7 +593,7 @@ impl Monitor {
         let can = self.canary.active();
         let mut look = match &self.spec.kind {
             MetricKind::Ratio => self.ratio_look(&base, &can),
-            MetricKind::Histogram { .. } => self.histogram_look(&base, &can),
+            MetricKind::Histogram { bounds } => self.histogram_look(&base, &can, bounds),
             MetricKind::Gauge => self.gauge_look(&base, &can),
         };
         look.baseline_hosts = base.len();
@@ -670,16 +676,27 @@ impl Monitor {
     }
 
     /// Histogram: each host's Mann-Whitney AUC against the baseline's requests, with a between-host
-    /// spread.
-    fn histogram_look(&self, base: &[&Host], can: &[&Host]) -> Look {
+    /// spread. The effect that gates a `Fail` and that a `Pass` bounds is the change of the median
+    /// (from the buckets, as `histogram_quantile` interpolates it), a quantity the rank test
+    /// measures; the mean would need `_sum`, which not every service exports, and can move while
+    /// the ranks do not (or the other way round).
+    fn histogram_look(&self, base: &[&Host], can: &[&Host], bounds: &[f64]) -> Look {
         let count = |hosts: &[&Host]| hosts.iter().map(|h| h.den).sum::<f64>();
-        let sum = |hosts: &[&Host]| hosts.iter().map(|h| h.num).sum::<f64>();
+        let pooled_of = |hosts: &[&Host]| -> Vec<f64> {
+            let mut pooled = vec![0.0; bounds.len() + 1];
+            for h in hosts {
+                for (p, c) in pooled.iter_mut().zip(&h.buckets) {
+                    *p += c;
+                }
+            }
+            pooled
+        };
         let (cb, cc) = (count(base), count(can));
         let mut look = Look::insufficient(String::new());
         look.baseline_n = cb;
         look.canary_n = cc;
-        look.baseline = if cb > 0.0 { sum(base) / cb } else { f64::NAN };
-        look.canary = if cc > 0.0 { sum(can) / cc } else { f64::NAN };
+        look.baseline = if cb > 0.0 { bucket_quantile(&pooled_of(base), bounds, 0.5) } else { f64::NAN };
+        look.canary = if cc > 0.0 { bucket_quantile(&pooled_of(can), bounds, 0.5) } else { f64::NAN };
         let min = self.settings.min_denominator.max(1.0);
         if base.is_empty() || can.is_empty() || cb < min || cc < min {
             look.note = Some(too_little(base.len(), can.len(), cb, cc, min, "observations"));
@@ -687,13 +704,7 @@ impl Monitor {
         }
         look.effect = relative(look.canary, look.baseline);
         look.bad_effect = bad_relative(look.canary, look.baseline, self.spec.bad);
-        let buckets = base[0].buckets.len();
-        let mut pooled = vec![0.0; buckets];
-        for h in base {
-            for (p, c) in pooled.iter_mut().zip(&h.buckets) {
-                *p += c;
-            }
-        }
+        let pooled = pooled_of(base);
         let auc_unit = |h: &Host, reference: &[f64]| -> Unit {
             let (auc, var) = mann_whitney_auc(&h.buckets, reference);
             Unit { x: auc, v_null: var, v_own: var, w: 1.0 }
@@ -716,11 +727,19 @@ impl Monitor {
         }
         let scale = self.settings.mixture_scale * AUC_PER_RELATIVE;
         let mut stat = self.sequential(self.spec.bad.sign() * c.delta, &c.null, f64::INFINITY, scale);
-        // The bound on the relative change of the mean comes from the hosts' means.
-        let mean_b = look.baseline;
-        stat.bad_effect_upper = if mean_b > 0.0 {
+        // The bound on the relative change of the median comes from the hosts' medians.
+        let median_b = look.baseline;
+        stat.bad_effect_upper = if median_b > 0.0 {
             let means = |hosts: &[&Host]| -> Vec<Unit> {
-                hosts.iter().map(|h| Unit { x: h.num / h.den / mean_b, v_null: 0.0, v_own: 0.0, w: 1.0 }).collect()
+                hosts
+                    .iter()
+                    .map(|h| Unit {
+                        x: bucket_quantile(&h.buckets, bounds, 0.5) / median_b,
+                        v_null: 0.0,
+                        v_own: 0.0,
+                        w: 1.0,
+                    })
+                    .collect()
             };
             let m = Contrast::estimate(&means(can), &means(base), Spread::Absolute, 0.0);
             let q = t_quantile(self.settings.pass_confidence, m.own.df(f64::INFINITY));
@@ -1155,6 +1174,28 @@ impl Contrast {
 }
 
 /// The Mann-Whitney AUC of `host` against `reference`, both as per-bucket counts over the same
+/// The `q` quantile of a histogram's per-bucket `counts` (`bounds.len() + 1` of them, the last the
+/// `+Inf` bucket), as Prometheus' `histogram_quantile` estimates it: linear within the bucket that
+/// holds it, the first bucket starting at 0 (when its bound is positive), and the last finite bound
+/// for a quantile in the `+Inf` bucket. NaN without observations.
+fn bucket_quantile(counts: &[f64], bounds: &[f64], q: f64) -> f64 {
+    let total: f64 = counts.iter().sum();
+    if total <= 0.0 || bounds.is_empty() {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut below = 0.0;
+    for (i, &c) in counts.iter().enumerate() {
+        if below + c >= rank && c > 0.0 {
+            let Some(&upper) = bounds.get(i) else { return bounds[bounds.len() - 1] };
+            let lower = if i == 0 { upper.min(0.0) } else { bounds[i - 1] };
+            return lower + (upper - lower) * (rank - below) / c;
+        }
+        below += c;
+    }
+    bounds[bounds.len() - 1]
+}
+
 /// buckets: P(host's observation > reference's) + ½·P(tie). Returns it with its variance if both came
 /// from one distribution, tie-corrected: σ²(U) = n₁n₂/12 · (N + 1 − Σ(t³ − t)/(N(N − 1))), over
 /// (n₁n₂)².
@@ -1422,17 +1463,61 @@ mod tests {
         close(results[0].evidence.statistic, 4.252954603750974, 1e-9);
         close(results[0].evidence.p_value, 0.0004407226583591762, 1e-7);
         let last = &results[1].evidence;
-        close(last.baseline, 0.0915, 1e-12);
-        close(last.canary, 0.15, 1e-12);
+        close(last.baseline, 0.07976190476190477, 1e-12);
+        close(last.canary, 0.12771739130434784, 1e-12);
         close(last.statistic, 6.352791612303349, 1e-9);
         close(last.p_value, 9.373969146822534e-09, 1e-6);
-        close(last.bad_effect_upper.expect("bounded"), 0.6512422088295481, 1e-9);
+        close(last.bad_effect_upper.expect("bounded"), 0.6241836300556473, 1e-9);
         assert_eq!(results[1].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
         assert_eq!(
             results[1].summary(),
-            "http_request_duration_seconds 91.5ms → 150ms (+64%, p=9.4e-9): a change of +64% but not significant \
-             (p 9.4e-9 > 1.0e-9)"
+            "http_request_duration_seconds median 79.8ms → 128ms (+60%, p=9.4e-9): a change of +60% but not \
+             significant (p 9.4e-9 > 1.0e-9)"
         );
+    }
+
+    #[test]
+    fn a_histograms_quantiles_match_the_reference() {
+        // numpy.interp on the cumulative counts (scripts/reference/immune_reference.py).
+        let bounds = [0.05, 0.1, 0.25, 0.5];
+        close(bucket_quantile(&[20.0, 50.0, 25.0, 4.0, 1.0], &bounds, 0.5), 0.08, 1e-12);
+        close(bucket_quantile(&[20.0, 50.0, 25.0, 4.0, 1.0], &bounds, 0.9), 0.22, 1e-12);
+        close(bucket_quantile(&[2.0, 10.0, 40.0, 40.0, 8.0], &bounds, 0.5), 0.2425, 1e-12);
+        assert_eq!(bucket_quantile(&[0.0, 0.0, 1.0, 0.0, 9.0], &bounds, 0.5), 0.5, "in +Inf: the last bound");
+        close(bucket_quantile(&[3.0, 0.0, 0.0, 0.0, 0.0], &bounds, 0.5), 0.025, 1e-12);
+        assert!(bucket_quantile(&[0.0; 5], &bounds, 0.5).is_nan());
+    }
+
+    #[test]
+    fn a_histogram_without_sum_is_still_reverted_on_its_median() {
+        // The service exports buckets but no `_sum`: every sum is 0. The canary's requests are about
+        // three times slower; the gate uses the median the buckets give, not the (absent) mean.
+        let obs = |host: String, k: u64, counts: [f64; 5]| {
+            let mut cumulative = Vec::new();
+            let mut running = 0.0;
+            for c in &counts[..4] {
+                running += c;
+                cumulative.push(running);
+            }
+            let count = counts.iter().sum();
+            Observation { host, interval: k, sample: Sample::Histogram { buckets: cumulative, sum: 0.0, count } }
+        };
+        let base = [[20.0, 50.0, 25.0, 4.0, 1.0], [22.0, 48.0, 26.0, 3.0, 1.0], [18.0, 52.0, 24.0, 5.0, 1.0]];
+        let mut m = monitor(&latency());
+        for k in 0..10 {
+            let b: Vec<_> = base.iter().enumerate().map(|(i, c)| obs(format!("b{i}"), k, *c)).collect();
+            m.observe(&b, &[obs("c0".into(), k, [2.0, 10.0, 40.0, 40.0, 8.0])]);
+        }
+        let r = m.verdict(false);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.summary().starts_with("http_request_duration_seconds median 80.0ms → 243ms (+20"), "{}", r.summary());
+        // The same service, healthy: the median does not move and the wave passes.
+        let mut m = monitor(&latency());
+        for k in 0..30 {
+            let b: Vec<_> = base.iter().enumerate().map(|(i, c)| obs(format!("b{i}"), k, *c)).collect();
+            m.observe(&b, &[obs("c0".into(), k, base[k as usize % 3])]);
+        }
+        assert_eq!(m.verdict(true).verdict, Verdict::Pass, "{:?}", m.verdict(true));
     }
 
     #[test]
