@@ -878,6 +878,7 @@ mod judged_tests {
             min_effect: 0.5,
             pass_bound: 2.0,
             watch: Duration::from_secs(120),
+            max_bake: Duration::from_secs(120),
             metrics: vec![ImmuneMetric { name: "error_rate".into(), kind: "ratio".into(), bad_decrease: false }],
         }
     }

@@ -269,6 +269,20 @@ impl Judge {
         if watch.results.iter().all(|r| r.as_ref().is_some_and(|r| r.verdict == Verdict::Pass)) {
             return Call::Judge(Judgement::Promote);
         }
+        // Undecided at the end of the bake: bake on while more data can still decide (each
+        // undecided metric has data on both sides and a spread it can measure), up to
+        // `max_bake`. The sequential test stays valid however long it runs, so this spends no
+        // extra alpha; a pass still needs the data to rule out `pass_bound`.
+        let max_bake = plan.max_bake.max(bake);
+        let decidable = watch.results.iter().flatten().filter(|r| r.verdict != Verdict::Pass).all(|r| {
+            r.evidence.canary_n > 0
+                && r.evidence.baseline_n > 0
+                && !r.evidence.note.as_deref().is_some_and(|n| n.contains("not measurable"))
+        });
+        let all_present = watch.results.iter().all(Option::is_some);
+        if watch.first_data.is_some() && observed < max_bake && all_present && decidable {
+            return Call::Judge(Judgement::Watching);
+        }
         let why: Vec<String> = plan
             .metrics
             .iter()
@@ -281,7 +295,15 @@ impl Judge {
                 _ => format!("{} has no data", m.name),
             })
             .collect();
-        Call::Judge(Judgement::Hold { why: why.join("; ") })
+        let mut why = why.join("; ");
+        if observed > bake {
+            why.push_str(&format!(
+                "; still undecided after extending the bake to {}s (immune.max_bake): more traffic per host or a \
+                 longer max_bake would decide it",
+                observed.as_secs()
+            ));
+        }
+        Call::Judge(Judgement::Hold { why })
     }
 
     /// The latest verdicts of `rollout`'s current wave, one line per metric (for people).
@@ -366,6 +388,7 @@ mod tests {
             min_effect: 0.5,
             pass_bound: 2.0,
             watch: Duration::from_secs(10),
+            max_bake: Duration::from_secs(10),
             metrics: vec![ImmuneMetric { name: "error_rate".into(), kind: "ratio".into(), bad_decrease: false }],
         }
     }
@@ -441,6 +464,47 @@ mod tests {
         }
         let call = second(&mut judge, &mut series, &r, t0 + Duration::from_secs(11), 11, 2.0);
         assert_eq!(call, Call::Judge(Judgement::Promote));
+    }
+
+    #[test]
+    fn an_undecided_bake_is_extended_until_the_data_pass_it_up_to_max_bake() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        // A tight pass bound (+35%) that 10 s of a healthy canary cannot yet rule out.
+        let tight = ImmunePlan { pass_bound: 0.35, max_bake: Duration::from_secs(60), ..plan() };
+        let held = ImmunePlan { max_bake: Duration::from_secs(10), ..tight.clone() };
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        let (mut calls, mut held_calls) = (Vec::new(), Vec::new());
+        let mut other = Judge::default();
+        for s in 1..=60 {
+            feed(&mut series, t0 + Duration::from_secs(s), s, Some((2.0, 100.0)));
+            calls.push(judge.judge(&r, Some(&tight), &series, t0 + Duration::from_secs(s)));
+            held_calls.push(other.judge(&r, Some(&held), &series, t0 + Duration::from_secs(s)));
+        }
+        // Without an extension the wave is held at the end of its 10 s bake.
+        let Call::Judge(Judgement::Hold { why }) = &held_calls[10] else { panic!("{held_calls:?}") };
+        assert!(why.starts_with("error_rate inconclusive"), "{why}");
+        // With one, it bakes on and passes by itself once the data rule out +35 %.
+        assert_eq!(calls[10], Call::Judge(Judgement::Watching));
+        let promoted = calls.iter().position(|c| *c == Call::Judge(Judgement::Promote)).expect("promoted");
+        assert!((15..50).contains(&promoted), "promoted at second {}: {calls:?}", promoted + 1);
+    }
+
+    #[test]
+    fn a_wave_still_undecided_at_max_bake_is_held_with_what_would_decide_it() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        // A pass bound (+5 %) that a canary of 100 requests a second cannot reach in 30 s.
+        let plan = ImmunePlan { pass_bound: 0.05, max_bake: Duration::from_secs(30), ..plan() };
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        let mut calls = Vec::new();
+        for s in 1..=40 {
+            feed(&mut series, t0 + Duration::from_secs(s), s, Some((2.0, 100.0)));
+            calls.push(judge.judge(&r, Some(&plan), &series, t0 + Duration::from_secs(s)));
+        }
+        assert!(calls[..30].iter().all(|c| *c == Call::Judge(Judgement::Watching)), "{calls:?}");
+        let Call::Judge(Judgement::Hold { why }) = &calls[30] else { panic!("{calls:?}") };
+        assert!(why.contains("still undecided after extending the bake to 30s (immune.max_bake)"), "{why}");
     }
 
     #[test]
