@@ -101,10 +101,22 @@ def t_ppf(p, df):
     return stats.norm.ppf(p) if not math.isfinite(df) else stats.t.ppf(p, df)
 
 
+# The sequential test mixes equally over these multiples of its prior's spread.
+MIXTURE_MULTIPLES = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def mixture_scales_log_lr(z, r):
+    return math.log(np.mean([math.exp(mixture_log_lr_quad(z, min(r * m * m, 1e12))) for m in MIXTURE_MULTIPLES]))
+
+
+for z, r in [(2.0, 1.0), (4.0, 25.0), (9.0, 0.04)]:
+    show(f"mixture_log_lr_scales({z}, {r})", mixture_scales_log_lr(z, r))
+
+
 def mixture_p(t, df, total, prior_sd):
     z = stats.norm.isf(t_sf(t, df))
     r = prior_sd**2 / total
-    return min(1.0, math.exp(-mixture_log_lr_quad(z, r)))
+    return min(1.0, math.exp(-mixture_scales_log_lr(z, r)))
 
 
 def spread_estimate(sides, relative, floor=0.0):

@@ -823,7 +823,7 @@ impl Monitor {
         let z = normal_isf(t_sf(t, df));
         let total = var.total();
         let ratio = if total > 0.0 { (prior_sd * prior_sd / total).min(MAX_RATIO) } else { MAX_RATIO };
-        let p_now = (-mixture_log_lr(z, ratio)).exp().min(1.0);
+        let p_now = (-mixture_log_lr_scales(z, ratio)).exp().min(1.0);
         Stat { t, df, p_now, bad_effect_upper: None }
     }
 }
@@ -1276,6 +1276,22 @@ fn normal_isf(p: f64) -> f64 {
 /// Λ = ∫₀^∞ exp(θS − θ²I/2) 2φ(θ/σ)/σ dθ = 2/√(1+r) · exp(z²r/(2(1+r))) · Φ(z√(r/(1+r))),
 /// with I = 1/V and S = z√I. Under no regression Λ is a nonnegative martingale in the looks, so
 /// P(sup Λ ≥ 1/α) ≤ α (Ville).
+/// The effect scales the sequential test mixes over, as multiples of its prior's spread
+/// (`mixture_scale`): a regression of any of these sizes is caught in about the fewest looks its
+/// size allows, a large one in one or two, where one scale tuned for small effects would wait. The
+/// mixture is an equal-weight average of the scales' likelihood ratios: an average of nonnegative
+/// martingales is one, so Ville's bound P(sup Λ ≥ 1/α) ≤ α holds as for one scale; the price is at
+/// most ln 6 ≈ 1.8 of log-evidence at the best-fitting scale.
+const MIXTURE_MULTIPLES: [f64; 6] = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0];
+
+/// ln of the average of [`mixture_log_lr`]'s Λ over [`MIXTURE_MULTIPLES`] of the prior's spread
+/// (`ratio` is the base scale's σ²/V).
+fn mixture_log_lr_scales(z: f64, ratio: f64) -> f64 {
+    let logs: Vec<f64> = MIXTURE_MULTIPLES.iter().map(|m| mixture_log_lr(z, (ratio * m * m).min(MAX_RATIO))).collect();
+    let top = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    top + logs.iter().map(|l| (l - top).exp()).sum::<f64>().ln() - (MIXTURE_MULTIPLES.len() as f64).ln()
+}
+
 fn mixture_log_lr(z: f64, ratio: f64) -> f64 {
     let r = ratio.max(0.0);
     let shrink = r / (1.0 + r);
@@ -1316,6 +1332,10 @@ mod tests {
         close(mixture_log_lr(4.0, 25.0), 6.756362753183592, 1e-8);
         close(mixture_log_lr(-1.0, 4.0), -1.3960205343828018, 1e-7);
         close(mixture_log_lr(6.5, 0.3), 5.436068032551893, 1e-8);
+        // The equal-weight mixture over six scales, from six numerical integrals.
+        close(mixture_log_lr_scales(2.0, 1.0), 0.9628309694713147, 1e-8);
+        close(mixture_log_lr_scales(4.0, 25.0), 6.093001349601974, 1e-8);
+        close(mixture_log_lr_scales(9.0, 0.04), 34.5891929887545, 1e-8);
     }
 
     #[test]
@@ -1405,19 +1425,19 @@ mod tests {
         let first = &results[0].0.evidence;
         close(first.statistic, 1.647908091719474, 1e-9);
         close(first.df, 222.86104385044155, 1e-9);
-        close(first.p_value, 0.42830629251547286, 1e-7);
-        close(results[1].0.evidence.p_value, 0.014920353446401451, 1e-7);
+        close(first.p_value, 0.609984940637504, 1e-7);
+        close(results[1].0.evidence.p_value, 0.010468481336073551, 1e-7);
         let last = &results[2].0.evidence;
         close(last.baseline, 0.004426002766251729, 1e-12);
         close(last.canary, 0.016421052631578947, 1e-12);
         close(last.statistic, 3.7933006337465858, 1e-9);
         assert!(last.df.is_infinite(), "the host spread is at its floor");
-        close(last.p_value, 0.006077985695401691, 1e-7);
+        close(last.p_value, 0.0047088297803939555, 1e-7);
         close(last.bad_effect_upper.expect("bounded"), 3.7855031092072564, 1e-8);
         // With all of alpha = 0.01 on this one metric, the third look fails.
         assert_eq!(results[1].1.verdict, Verdict::Inconclusive);
         assert_eq!(results[2].1.verdict, Verdict::Fail);
-        assert_eq!(results[2].1.summary(), "error_rate 0.44% → 1.6% (+271%, p=0.0061)");
+        assert_eq!(results[2].1.summary(), "error_rate 0.44% → 1.6% (+271%, p=0.0047)");
     }
 
     #[test]
@@ -1461,18 +1481,18 @@ mod tests {
             results.push(m.verdict(false));
         }
         close(results[0].evidence.statistic, 4.252954603750974, 1e-9);
-        close(results[0].evidence.p_value, 0.0004407226583591762, 1e-7);
+        close(results[0].evidence.p_value, 0.0008528646377354335, 1e-7);
         let last = &results[1].evidence;
         close(last.baseline, 0.07976190476190477, 1e-12);
         close(last.canary, 0.12771739130434784, 1e-12);
         close(last.statistic, 6.352791612303349, 1e-9);
-        close(last.p_value, 9.373969146822534e-09, 1e-6);
+        close(last.p_value, 1.861852268247511e-08, 1e-6);
         close(last.bad_effect_upper.expect("bounded"), 0.6241836300556473, 1e-9);
         assert_eq!(results[1].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
         assert_eq!(
             results[1].summary(),
-            "http_request_duration_seconds median 79.8ms → 128ms (+60%, p=9.4e-9): a change of +60% but not \
-             significant (p 9.4e-9 > 1.0e-9)"
+            "http_request_duration_seconds median 79.8ms → 128ms (+60%, p=1.9e-8): a change of +60% but not \
+             significant (p 1.9e-8 > 1.0e-9)"
         );
     }
 
@@ -1536,17 +1556,17 @@ mod tests {
         }
         close(results[0].evidence.statistic, 6.033977866125207, 1e-9);
         close(results[0].evidence.df, 4.0, 1e-9);
-        close(results[0].evidence.p_value, 0.07486591463563265, 1e-7);
+        close(results[0].evidence.p_value, 0.12152188456543266, 1e-7);
         close(results[1].evidence.df, 7.833714118252916, 1e-9);
-        close(results[1].evidence.p_value, 0.0015863726740597813, 1e-7);
+        close(results[1].evidence.p_value, 0.002579042067743866, 1e-7);
         let last = &results[2].evidence;
         close(last.statistic, 6.8814114947526805, 1e-9);
         close(last.df, 5.463599170634333, 1e-9);
         // The always-valid p-value is the smallest so far (look 2's).
-        close(last.p_value, 0.0015863726740597813, 1e-7);
+        close(last.p_value, 0.002579042067743866, 1e-7);
         close(last.bad_effect_upper.expect("bounded"), 0.43758422654822454, 1e-8);
         assert_eq!(results[2].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
-        assert!(results[2].summary().starts_with("cpu_percent 42.0 → 57.2 (+36%, p=0.0016): a change of +36%"));
+        assert!(results[2].summary().starts_with("cpu_percent 42.0 → 57.2 (+36%, p=0.0026): a change of +36%"));
     }
 
     #[test]
