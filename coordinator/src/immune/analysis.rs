@@ -321,6 +321,17 @@ impl MetricResult {
         self.final_look && self.verdict == Verdict::Inconclusive
     }
 
+    /// Whether more data may still decide this metric: it is passed, or undecided with data on
+    /// both sides and a host spread it can measure (a wave's bake is extended only then).
+    pub fn more_data_can_decide(&self) -> bool {
+        let e = &self.evidence;
+        self.verdict == Verdict::Pass
+            || (self.verdict == Verdict::Inconclusive
+                && e.canary_n > 0
+                && e.baseline_n > 0
+                && !e.note.as_deref().is_some_and(|n| n.contains("not measurable")))
+    }
+
     /// One line for a gate or incident reason, e.g. `error_rate 0.41% → 3.9% (+850%, p=2.1e-05)`.
     pub fn summary(&self) -> String {
         let e = &self.evidence;

@@ -274,11 +274,7 @@ impl Judge {
         // `max_bake`. The sequential test stays valid however long it runs, so this spends no
         // extra alpha; a pass still needs the data to rule out `pass_bound`.
         let max_bake = plan.max_bake.max(bake);
-        let decidable = watch.results.iter().flatten().filter(|r| r.verdict != Verdict::Pass).all(|r| {
-            r.evidence.canary_n > 0
-                && r.evidence.baseline_n > 0
-                && !r.evidence.note.as_deref().is_some_and(|n| n.contains("not measurable"))
-        });
+        let decidable = watch.results.iter().flatten().all(MetricResult::more_data_can_decide);
         let all_present = watch.results.iter().all(Option::is_some);
         if watch.first_data.is_some() && observed < max_bake && all_present && decidable {
             return Call::Judge(Judgement::Watching);

@@ -66,6 +66,15 @@ pub struct Fleet {
     pub interval: Duration,
     /// How long a wave bakes.
     pub bake: Duration,
+    /// How long an undecided bake may be extended, in all (as `[immune] max_bake`; at most `bake`
+    /// means no extension).
+    pub max_bake: Duration,
+    /// Share of hosts that are noisy neighbours: their error rate is `noisy_factor` times the others'.
+    pub noisy_share: f64,
+    /// See `noisy_share`.
+    pub noisy_factor: f64,
+    /// Probability that a host's report of an interval is lost (a failed scrape: its data are gone).
+    pub missing_scrapes: f64,
 }
 
 impl Default for Fleet {
@@ -87,6 +96,10 @@ impl Default for Fleet {
             bounds: DEFAULT_BUCKETS.to_vec(),
             interval: Duration::from_secs(2),
             bake: Duration::from_secs(60),
+            max_bake: Duration::from_secs(60),
+            noisy_share: 0.0,
+            noisy_factor: 1.0,
+            missing_scrapes: 0.0,
         }
     }
 }
@@ -156,14 +169,24 @@ pub fn run_wave(scenario: &Scenario, seed: u64) -> Outcome {
     let hosts = scenario.baseline_hosts + scenario.canary_hosts;
     let names: Vec<String> = (0..hosts).map(|h| format!("host-{h}")).collect();
     let traffic: Vec<f64> = (0..hosts).map(|_| gamma_mean_one(&mut rng, fleet.traffic_host_cv)).collect();
-    let error_effect: Vec<f64> = (0..hosts).map(|_| gamma_mean_one(&mut rng, fleet.error_host_cv)).collect();
+    let error_effect: Vec<f64> = (0..hosts)
+        .map(|_| {
+            let noisy = if fleet.noisy_share > 0.0 && rng.random::<f64>() < fleet.noisy_share {
+                fleet.noisy_factor
+            } else {
+                1.0
+            };
+            gamma_mean_one(&mut rng, fleet.error_host_cv) * noisy
+        })
+        .collect();
     let latency_effect: Vec<f64> =
         (0..hosts).map(|_| (fleet.latency_host_sd * standard_normal(&mut rng)).exp()).collect();
     let phase = rng.random::<f64>() * std::f64::consts::TAU;
     let (mut error_drift, mut latency_drift) = (0.0f64, 0.0f64);
     let seconds = fleet.interval.as_secs_f64();
     let intervals = (fleet.bake.as_secs_f64() / seconds).round().max(1.0) as u64;
-    for k in 0..intervals {
+    let most = (fleet.max_bake.as_secs_f64() / seconds).round().max(intervals as f64) as u64;
+    for k in 0..most {
         error_drift += fleet.drift_sd * standard_normal(&mut rng);
         latency_drift += fleet.drift_sd * standard_normal(&mut rng);
         let t = k as f64 * seconds;
@@ -194,6 +217,9 @@ pub fn run_wave(scenario: &Scenario, seed: u64) -> Outcome {
                     pair.0.push(o)
                 }
             };
+            if fleet.missing_scrapes > 0.0 && rng.random::<f64>() < fleet.missing_scrapes {
+                continue;
+            }
             side(&mut ratio, Sample::Ratio { num: errors, den: errors + successes });
             side(&mut histogram, Sample::Histogram { buckets, sum, count });
         }
@@ -206,6 +232,16 @@ pub fn run_wave(scenario: &Scenario, seed: u64) -> Outcome {
                 reason: Some(failed.summary()),
                 action: WaveAction::Revert,
             };
+        }
+        // From the end of the bake, as the leader's judge does: promote when every metric passes,
+        // else bake on while more data can decide, up to `max_bake`.
+        if k + 1 >= intervals {
+            let finals: Vec<_> = monitors.iter().map(|m| m.verdict(true)).collect();
+            let action = decide_wave(&finals, true);
+            let undecided = action == WaveAction::Hold && finals.iter().all(|r| r.more_data_can_decide());
+            if !undecided || k + 1 >= most {
+                return Outcome { reverted_after: None, reason: None, action };
+            }
         }
     }
     let results: Vec<_> = monitors.iter().map(|m| m.verdict(true)).collect();
