@@ -201,7 +201,8 @@ fn main() {
 /// Issue 16's fleets: A/A false reverts and holds with a 60 s bake that may extend to 5 minutes
 /// (`max_bake`), and the time to catch ×1.5, ×2 and ×4 against Wald's SPRT.
 fn fleets(budget: Budget) {
-    let base = Fleet { max_bake: Duration::from_secs(300), ..Fleet::default() };
+    let history = std::env::var("FIFTY_IMMUNE_HISTORY").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(600);
+    let base = Fleet { max_bake: Duration::from_secs(300), history: Duration::from_secs(history), ..Fleet::default() };
     let fleets: Vec<(&str, Fleet)> = vec![
         ("realistic, 100 req/s, 0.5%", base.clone()),
         ("20 req/s", Fleet { requests_per_second: 20.0, ..base.clone() }),
@@ -221,7 +222,10 @@ fn fleets(budget: Budget) {
             Fleet { noisy_share: 0.1, noisy_factor: 2.5, bake: Duration::from_secs(300), ..base.clone() },
         ),
     ];
-    println!("\n## Issue 16 fleets: healthy waves (A/A), 60 s bake extended while undecided up to 300 s\n");
+    println!(
+        "\n## Issue 16 fleets: healthy waves (A/A), 60 s bake extended while undecided up to 300 s; error rate judged \
+         against each host's own past {history} s (0: hosts against each other)\n"
+    );
     println!(
         "| fleet | canary + baseline | waves | false reverts | rate | 95% CI (Wilson) | held for a person | promoted |"
     );
@@ -258,7 +262,7 @@ fn fleets(budget: Budget) {
     println!("## Issue 16: time and canary requests to revert (1 canary + 5, 100 req/s, 0.5%, max_bake 600 s)\n");
     println!("| regression | fleet | reverted | within 30 s | within 10 min | median time | median canary requests | Wald SPRT E[N] | ratio |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let long = Fleet { max_bake: Duration::from_secs(600), ..Fleet::default() };
+    let long = Fleet { max_bake: Duration::from_secs(600), history: Duration::from_secs(history), ..Fleet::default() };
     let cv3 = Fleet { error_host_cv: 0.3, ..long.clone() };
     // Wald's SPRT expected sample size under H1 (α = β = 0.01, p0 = 0.5%): from the issue.
     let rows = [

@@ -357,3 +357,33 @@ for k in range(1, 4):
     look = gauge_look({h: v[:k] for h, v in GAUGE_BASE.items()}, {h: v[:k] for h, v in GAUGE_CAN.items()})
     p_min = min(p_min, look["p"])
     print(f"look {k}: " + ", ".join(f"{key}={val!r}" for key, val in look.items()) + f", p_min={p_min!r}")
+
+print("# ratio judged against each host's own past (difference in differences), one interval after")
+
+
+def change_look(before, after, canary, floor=0.05, mixture_scale=0.5, confidence=0.9):
+    """before/after: {host: (num, den)}; canary: the canary hosts' names. phi = 1 (one interval)."""
+    def unit(h):
+        (n, d), (nb, db) = after[h], before[h]
+        return math.log((n + 0.5) / d) - math.log((nb + 0.5) / db), 1 / (n + 0.5) + 1 / (nb + 0.5)
+
+    cu = np.array([unit(h) for h in after if h in canary])
+    bu = np.array([unit(h) for h in after if h not in canary])
+    xc, vc, xb, vb = cu[:, 0], cu[:, 1], bu[:, 0], bu[:, 1]
+    tau2, tau_df, _ = spread_estimate([(xc, vc, None), (xb, vb, None)], relative=False, floor=floor)
+    nc, nb = len(xc), len(xb)
+    delta = xc.mean() - xb.mean()
+    spread = tau2 * (1 / nc + 1 / nb)
+    sampling = vc.sum() / nc**2 + vb.sum() / nb**2
+    total = spread + sampling
+    df = satterthwaite(spread, tau_df, sampling, math.inf)
+    t = delta / math.sqrt(total)
+    p = mixture_p(t, df, total, mixture_scale)
+    upper = math.exp(delta + t_ppf(confidence, df) * math.sqrt(total)) - 1
+    return dict(effect=math.exp(delta) - 1, t=t, df=df, p=p, upper=upper)
+
+
+CHANGE_BEFORE = {"b0": (12, 6000), "b1": (15, 6000), "b2": (30, 6000), "c0": (24, 6000)}
+CHANGE_AFTER = {"b0": (3, 1000), "b1": (2, 1000), "b2": (5, 1000), "c0": (9, 1000)}
+look = change_look(CHANGE_BEFORE, CHANGE_AFTER, {"c0"})
+print("change look: " + ", ".join(f"{key}={val!r}" for key, val in look.items()))

@@ -101,6 +101,10 @@ pub struct Settings {
     /// out a large spread, and a quiet-looking baseline would otherwise let an unusual canary host
     /// fail; the spread the data show above it is still estimated and its uncertainty counted.
     pub ratio_host_spread: f64,
+    /// Ratio metrics judged against each host's own past ([`Monitor::with_history`]): the spread
+    /// of healthy hosts' changes (relative, one standard deviation) taken as at least this. Host
+    /// effects cancel in a change, so this is far smaller than `ratio_host_spread`.
+    pub change_host_spread: f64,
 }
 
 impl Default for Settings {
@@ -113,6 +117,7 @@ impl Default for Settings {
             min_denominator: 100.0,
             mixture_scale: 0.5,
             ratio_host_spread: 0.2,
+            change_host_spread: 0.05,
         }
     }
 }
@@ -169,6 +174,9 @@ impl Settings {
         }
         if !(self.mixture_scale.is_finite() && self.mixture_scale > 0.0) {
             return Err(SettingsError::MixtureScale(self.mixture_scale));
+        }
+        if !(self.change_host_spread.is_finite() && self.change_host_spread >= 0.0) {
+            return Err(SettingsError::RatioHostSpread(self.change_host_spread));
         }
         if !(self.ratio_host_spread.is_finite() && self.ratio_host_spread >= 0.0) {
             return Err(SettingsError::RatioHostSpread(self.ratio_host_spread));
@@ -419,6 +427,8 @@ pub struct Monitor {
     min_p: f64,
     last: Option<Look>,
     failed: Option<MetricResult>,
+    /// Each host's data from before the wave, on the old release.
+    before: Side,
     rejected: u64,
 }
 
@@ -445,6 +455,7 @@ impl Monitor {
             min_p: 1.0,
             last: None,
             failed: None,
+            before: Side::default(),
             rejected: 0,
         })
     }
@@ -507,13 +518,31 @@ impl Monitor {
         self.min_p
     }
 
+    /// Loads each host's data from before the wave (on the old release, e.g. its last ten
+    /// minutes), without counting a look. A ratio is then judged on each host's change against its
+    /// own past, the canary hosts' changes against the baseline hosts' over the same intervals
+    /// (difference in differences): a host's persistent effect (hardware, neighbours, traffic mix)
+    /// cancels, so an unusual canary host is neither reverted for being unusual nor keeps a wave
+    /// from passing. A look falls back to comparing hosts with each other while any host lacks
+    /// `min_denominator` requests of history.
+    pub fn with_history(&mut self, before: &[Observation]) {
+        for o in before {
+            let Some(delta) = Delta::parse(&self.spec.kind, &o.sample) else { continue };
+            let host = self.before.hosts.entry(o.host.clone()).or_default();
+            if host.last_interval.is_none_or(|last| o.interval > last) {
+                host.last_interval = Some(o.interval);
+                host.add(&delta);
+            }
+        }
+    }
+
     fn ingest(&mut self, o: &Observation, baseline: bool) {
         let Some(delta) = Delta::parse(&self.spec.kind, &o.sample) else {
             self.rejected += 1;
             return;
         };
         let side = if baseline { &mut self.baseline } else { &mut self.canary };
-        let host = side.hosts.entry(o.host.clone()).or_default();
+        let host = side.hosts.entry(o.host.clone()).or_insert_with(|| Host { name: o.host.clone(), ..Host::default() });
         if host.last_interval.is_some_and(|last| o.interval <= last) {
             return;
         }
@@ -660,6 +689,9 @@ impl Monitor {
                 })
                 .collect()
         };
+        if let Some(did) = self.ratio_change_look(base, can, phi, phi_df, look.clone()) {
+            return did;
+        }
         let c =
             Contrast::estimate(&units(can, rc), &units(base, rb), Spread::Relative, self.settings.ratio_host_spread);
         // The sampling part is tested with the signed root of the Poisson likelihood ratio (continuity
@@ -684,6 +716,40 @@ impl Monitor {
         }
         look.stat = Some(stat);
         look
+    }
+
+    /// Ratio, each host against its own past: `y = ln(rate now / rate before)` per host (half an
+    /// event added to each count), with quasi-Poisson variance `φ/(n + ½)` per window; the
+    /// canary hosts' mean change minus the baseline hosts', with a between-host spread of changes
+    /// of at least `change_host_spread`. None when a host lacks history.
+    fn ratio_change_look(&self, base: &[&Host], can: &[&Host], phi: f64, phi_df: f64, mut look: Look) -> Option<Look> {
+        let min = self.settings.min_denominator.max(f64::MIN_POSITIVE);
+        let units = |hosts: &[&Host]| -> Option<Vec<Unit>> {
+            hosts
+                .iter()
+                .map(|h| {
+                    let past = self.before.hosts.get(&h.name)?;
+                    if past.den < min {
+                        return None;
+                    }
+                    let x = ((h.num + 0.5) / h.den).ln() - ((past.num + 0.5) / past.den).ln();
+                    let v = phi / (h.num + 0.5) + phi / (past.num + 0.5);
+                    Some(Unit { x, v_null: v, v_own: v, w: 1.0 })
+                })
+                .collect()
+        };
+        let (cu, bu) = (units(can)?, units(base)?);
+        let c = Contrast::estimate(&cu, &bu, Spread::Absolute, self.settings.change_host_spread);
+        let sign = self.spec.bad.sign();
+        let relative = |log_change: f64| log_change.exp() - 1.0;
+        look.effect = relative(c.delta);
+        look.bad_effect = sign * relative(c.delta);
+        let mut stat = self.sequential(sign * c.delta, &c.null, phi_df, self.settings.mixture_scale);
+        let q = t_quantile(self.settings.pass_confidence, c.own.df(phi_df));
+        stat.bad_effect_upper = Some(sign * relative(c.delta + sign * q * c.own.total().sqrt()));
+        look.stat = Some(stat);
+        look.note = Some("each host against its own past".into());
+        Some(look)
     }
 
     /// Histogram: each host's Mann-Whitney AUC against the baseline's requests, with a between-host
@@ -994,6 +1060,8 @@ impl Delta {
 /// Σ count, per-bucket counts. Gauge: `num` = Σ value, `num_sq_over_den` = Σ value².
 #[derive(Clone, Debug, Default)]
 struct Host {
+    /// The host's name, as observed.
+    name: String,
     last_interval: Option<u64>,
     intervals: u64,
     num: f64,
@@ -1184,7 +1252,6 @@ impl Contrast {
     }
 }
 
-/// The Mann-Whitney AUC of `host` against `reference`, both as per-bucket counts over the same
 /// The `q` quantile of a histogram's per-bucket `counts` (`bounds.len() + 1` of them, the last the
 /// `+Inf` bucket), as Prometheus' `histogram_quantile` estimates it: linear within the bucket that
 /// holds it, the first bucket starting at 0 (when its bound is positive), and the last finite bound
@@ -1207,6 +1274,7 @@ fn bucket_quantile(counts: &[f64], bounds: &[f64], q: f64) -> f64 {
     bounds[bounds.len() - 1]
 }
 
+/// The Mann-Whitney AUC of `host` against `reference`, both as per-bucket counts over the same
 /// buckets: P(host's observation > reference's) + ½·P(tie). Returns it with its variance if both came
 /// from one distribution, tie-corrected: σ²(U) = n₁n₂/12 · (N + 1 − Σ(t³ − t)/(N(N − 1))), over
 /// (n₁n₂)².
@@ -1449,6 +1517,31 @@ mod tests {
         assert_eq!(results[1].1.verdict, Verdict::Inconclusive);
         assert_eq!(results[2].1.verdict, Verdict::Fail);
         assert_eq!(results[2].1.summary(), "error_rate 0.44% → 1.6% (+271%, p=0.0047)");
+    }
+
+    #[test]
+    fn a_ratio_against_each_hosts_own_past_matches_the_reference() {
+        let before = [("b0", 12.0, 6000.0), ("b1", 15.0, 6000.0), ("b2", 30.0, 6000.0), ("c0", 24.0, 6000.0)];
+        let after = [("b0", 3.0, 1000.0), ("b1", 2.0, 1000.0), ("b2", 5.0, 1000.0)];
+        let mut m = watcher(&error_rate());
+        m.with_history(&before.iter().map(|(h, n, d)| ratio(h, 0, *n, *d)).collect::<Vec<_>>());
+        m.observe(
+            &after.iter().map(|(h, n, d)| ratio(h, 1, *n, *d)).collect::<Vec<_>>(),
+            &[ratio("c0", 1, 9.0, 1000.0)],
+        );
+        let e = m.verdict(false).evidence;
+        close(e.effect, 0.9272932051473226, 1e-12);
+        close(e.statistic, 1.2733391708739734, 1e-9);
+        assert!(e.df.is_infinite(), "the spread of changes is at its floor");
+        close(e.p_value, 0.929738670978176, 1e-7);
+        close(e.bad_effect_upper.expect("bounded"), 2.7302105829065404, 1e-8);
+        // Without history the same look compares the hosts with each other.
+        let mut m = watcher(&error_rate());
+        m.observe(
+            &after.iter().map(|(h, n, d)| ratio(h, 1, *n, *d)).collect::<Vec<_>>(),
+            &[ratio("c0", 1, 9.0, 1000.0)],
+        );
+        assert!(m.verdict(false).evidence.note.is_none_or(|n| !n.contains("own past")));
     }
 
     #[test]

@@ -32,6 +32,10 @@ const SILENT_GRACE: Duration = Duration::from_secs(30);
 /// See [`SILENT_GRACE`].
 const SILENT_INTERVALS: u32 = 5;
 
+/// How much of each host's past on the previous release a wave's ratio metrics are judged against
+/// (each host against itself; see `Monitor::with_history`).
+const HISTORY: Duration = Duration::from_secs(600);
+
 /// What the analysis concluded at its latest look.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
@@ -61,6 +65,9 @@ struct Watch {
     served: HashMap<HostName, SystemTime>,
     /// When a host on the previous release last served.
     baseline_served: Option<SystemTime>,
+    /// Every host's reports on the previous release in the [`HISTORY`] before this wave's
+    /// analysis began (empty for the last wave, and for what this leader did not see).
+    history: Vec<(HostName, fifty_shared::wire::MetricsReport)>,
     results: Vec<Option<MetricResult>>,
 }
 
@@ -128,8 +135,23 @@ impl Judge {
                     seen: HashMap::new(),
                     served: HashMap::new(),
                     baseline_served: None,
+                    history: Vec::new(),
                     results: vec![None; plan.metrics.len()],
                 };
+                if !last_wave {
+                    let from = now.checked_sub(HISTORY).unwrap_or(SystemTime::UNIX_EPOCH);
+                    w.history = rollout
+                        .hosts
+                        .iter()
+                        .flat_map(|h| {
+                            series
+                                .between(h, from, now)
+                                .into_iter()
+                                .filter(|r| r.report.release == previous)
+                                .map(move |r| (h.clone(), r.report))
+                        })
+                        .collect();
+                }
                 if last_wave {
                     // The previous release's fleet from `watch` before the rollout began until
                     // now: before it, and the hosts that stayed on it during the earlier waves
@@ -200,6 +222,9 @@ impl Judge {
                     let bounds = first_bounds(&canary, &m.name).or_else(|| first_bounds(&baseline, &m.name));
                     if let Some(kind) = kind_of(&m.kind, bounds.as_deref()) {
                         watch.monitors[i] = Monitor::new(&spec(m, kind), &settings(plan), budget(rollout, plan)).ok();
+                        if let Some(monitor) = watch.monitors[i].as_mut() {
+                            monitor.with_history(&observations(&watch.history, &m.name));
+                        }
                     }
                 }
                 if let Some(monitor) = watch.monitors[i].as_mut() {
@@ -501,6 +526,48 @@ mod tests {
         assert!(calls[..30].iter().all(|c| *c == Call::Judge(Judgement::Watching)), "{calls:?}");
         let Call::Judge(Judgement::Hold { why }) = &calls[30] else { panic!("{calls:?}") };
         assert!(why.contains("still undecided after extending the bake to 30s (immune.max_bake)"), "{why}");
+    }
+
+    #[test]
+    fn an_unusual_canary_host_is_judged_against_its_own_past() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let plan = ImmunePlan { pass_bound: 0.5, ..plan() };
+        // web-1 always fails twice as often as the others (4 % against 2 %), before and after.
+        let report = |release: u64, seq: u64, at: SystemTime, num: f64| MetricsReport {
+            release,
+            seq,
+            at,
+            span: Duration::from_secs(1),
+            samples: vec![("error_rate".into(), MetricSample::Ratio { num, den: 100.0 })],
+            error: None,
+        };
+        let run = |with_history: bool| {
+            let (mut judge, mut series) = (Judge::default(), Series::default());
+            if with_history {
+                for s in 0..60 {
+                    let at = t0 - Duration::from_secs(60 - s);
+                    for i in 1..=4 {
+                        series.push(&host(i), report(1, s + 1, at, if i == 1 { 4.0 } else { 2.0 }), at);
+                    }
+                }
+            }
+            let mut calls = vec![judge.judge(&r, Some(&plan), &series, t0)];
+            for s in 1..=11 {
+                let at = t0 + Duration::from_secs(s);
+                for i in 1..=4 {
+                    let release = if i == 1 { 2 } else { 1 };
+                    series.push(&host(i), report(release, 100 + s, at, if i == 1 { 4.0 } else { 2.0 }), at);
+                }
+                calls.push(judge.judge(&r, Some(&plan), &series, at));
+            }
+            calls
+        };
+        // Against its own past it did not change: the wave passes by itself.
+        assert_eq!(run(true)[11], Call::Judge(Judgement::Promote));
+        // Against the other hosts alone it looks twice as bad: not a pass.
+        let without = run(false);
+        assert!(without.iter().all(|c| *c != Call::Judge(Judgement::Promote)), "{without:?}");
     }
 
     #[test]

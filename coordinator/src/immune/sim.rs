@@ -75,6 +75,9 @@ pub struct Fleet {
     pub noisy_factor: f64,
     /// Probability that a host's report of an interval is lost (a failed scrape: its data are gone).
     pub missing_scrapes: f64,
+    /// How much of every host's past (on the old release, before the wave) the error-rate monitor
+    /// gets, to judge each host against itself ([`Monitor::with_history`]); zero for none.
+    pub history: Duration,
 }
 
 impl Default for Fleet {
@@ -100,6 +103,7 @@ impl Default for Fleet {
             noisy_share: 0.0,
             noisy_factor: 1.0,
             missing_scrapes: 0.0,
+            history: Duration::ZERO,
         }
     }
 }
@@ -186,6 +190,31 @@ pub fn run_wave(scenario: &Scenario, seed: u64) -> Outcome {
     let seconds = fleet.interval.as_secs_f64();
     let intervals = (fleet.bake.as_secs_f64() / seconds).round().max(1.0) as u64;
     let most = (fleet.max_bake.as_secs_f64() / seconds).round().max(intervals as f64) as u64;
+    let past = (fleet.history.as_secs_f64() / seconds).round() as u64;
+    if past > 0 {
+        // The hosts' past on the old release: the same host effects, bursts and drift; only the
+        // error rate (the histogram monitor does not use history).
+        let mut before = Vec::new();
+        for j in 0..past {
+            error_drift += fleet.drift_sd * standard_normal(&mut rng);
+            let t = (j as f64 - past as f64) * seconds;
+            let swing = 1.0
+                + fleet.traffic_swing * (std::f64::consts::TAU * t / fleet.swing_period.as_secs_f64() + phase).sin();
+            for h in 0..hosts {
+                let requests = fleet.requests_per_second * seconds * traffic[h] * swing;
+                let burst = gamma_mean_one(&mut rng, fleet.error_burst_cv);
+                let p = (fleet.error_rate * error_effect[h] * burst * error_drift.exp()).min(1.0);
+                let errors = poisson(&mut rng, requests * p);
+                let successes = poisson(&mut rng, requests * (1.0 - p));
+                if fleet.missing_scrapes > 0.0 && rng.random::<f64>() < fleet.missing_scrapes {
+                    continue;
+                }
+                let sample = Sample::Ratio { num: errors, den: errors + successes };
+                before.push(Observation { host: names[h].clone(), interval: j, sample });
+            }
+        }
+        monitors[0].with_history(&before);
+    }
     for k in 0..most {
         error_drift += fleet.drift_sd * standard_normal(&mut rng);
         latency_drift += fleet.drift_sd * standard_normal(&mut rng);
