@@ -28,6 +28,14 @@
 //! - **gauge** (CPU, memory): the host's mean over its intervals, relative to the fleet mean, with the
 //!   intervals' variance as sampling variance.
 //!
+//! **Each host against itself.** When the monitor has each host's past on the old release
+//! ([`analysis::Monitor::with_history`]; the judge gives it the ten minutes before the wave), a
+//! ratio is judged on `y_h = ln(rate now / rate before)` per host instead (half an event added to
+//! each count; variance `φ/(n + ½)` per window): the canary hosts' mean change minus the baseline
+//! hosts', a difference in differences in which a host's persistent effect and fleet-wide drift
+//! cancel. The hosts' changes still get a between-host spread (DerSimonian-Laird, floor
+//! `change_host_spread`, 5%). Without that history for every host, the model below applies.
+//!
 //! Hosts differ for reasons other than the release (hardware, neighbours, traffic mix), and a canary
 //! host can simply be an unusual host. So each host summary is `x_h = level_side + u_h + e_h`: a
 //! random host effect `u_h` with variance `τ²` plus sampling noise `e_h` with its model variance `v_h`.
