@@ -1,14 +1,17 @@
 //! The service's metrics, for the cluster immune system: while the current release's manifest
 //! carries a `MetricsOrder` (`[immune]` in `fifty.toml`), scrape its Prometheus endpoint every
-//! interval, reduce each configured metric to one cumulative value (the sum of the series its
-//! selector matches), and report the change since the last scrape, tagged with the release the
-//! service ran for the whole interval.
+//! interval, keep each series the metric's selector matches, and report the metric's change since
+//! the last scrape (the sum of its series' increases), tagged with the release the service ran for
+//! the whole interval.
 //!
-//! An interval in which the release changed, the service restarted (a counter went down) or the
-//! scrape failed is not reported as data: the next one starts afresh. Reports wait in a bounded
+//! Increases are taken per series, as Prometheus' `rate()` does: a counter that went down was reset
+//! (its process restarted) and counts from zero, and a series that appeared counts from zero too (a
+//! labelled counter is exported from its first event). Summing first would hide one series' reset
+//! behind the others' growth and report a wrong change. An interval in which the release changed or
+//! the scrape failed is not reported as data: the next one starts afresh. Reports wait in a bounded
 //! buffer while no coordinator answers, and go out when a link is back.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,11 +28,24 @@ const BUFFERED: usize = 150;
 /// Largest scrape read.
 const MAX_SCRAPE_BYTES: usize = 4 << 20;
 
-/// One metric's cumulative value at one scrape.
+/// Each matching series' cumulative value at one scrape, by its name and labels
+/// (`http_requests_total{code="500"}`).
+type Counters = BTreeMap<String, f64>;
+
+/// One metric's cumulative values at one scrape, series by series.
 #[derive(Clone, Debug, PartialEq)]
 enum Total {
-    Ratio { num: f64, den: f64 },
-    Histogram { bounds: Vec<f64>, buckets: Vec<f64>, sum: f64, count: f64 },
+    Ratio {
+        num: Counters,
+        den: Counters,
+    },
+    Histogram {
+        bounds: Vec<f64>,
+        /// Each series' cumulative bucket counts (the last is `+Inf`, the count).
+        series: BTreeMap<String, Vec<f64>>,
+        /// The `_sum` series (none when the service does not export them).
+        sum: Counters,
+    },
     Gauge(f64),
 }
 
@@ -64,23 +80,37 @@ fn scalar(v: &Value) -> Option<f64> {
     }
 }
 
-/// The sum of every scalar series `selector` matches, or None if none does.
-fn sum_of(scrape: &Scrape, selector: &Selector) -> Option<f64> {
-    let mut total = None;
+/// The series `selector` matches, each by its name and labels, or None if none does.
+fn series_of(scrape: &Scrape, selector: &Selector) -> Option<Counters> {
+    let mut found = None;
     for s in &scrape.samples {
         if let Some(v) = scalar(&s.value) {
             if selector.matches(&s.metric, |l| s.labels.get(l)) {
-                *total.get_or_insert(0.0) += v;
+                found.get_or_insert_with(Counters::new).insert(format!("{}{{{}}}", s.metric, s.labels), v);
             }
         }
     }
-    total
+    found
 }
 
-/// The sum of every histogram `selector` matches (buckets added by bound), or why not.
+/// How much a counter grew from `before` to `now`, as Prometheus' `rate()` takes it: a counter
+/// that went down was reset and counts from zero, as does one not seen before.
+fn increase(before: Option<f64>, now: f64) -> f64 {
+    match before {
+        Some(b) if now >= b => now - b,
+        _ => now,
+    }
+}
+
+/// The sum of the increases of every series of `now` since `before`.
+fn increase_of(before: &Counters, now: &Counters) -> f64 {
+    now.iter().map(|(key, v)| increase(before.get(key).copied(), *v)).sum()
+}
+
+/// Every histogram series `selector` matches (they must share their buckets), or why not.
 fn histogram_of(scrape: &Scrape, selector: &Selector) -> Result<Total, String> {
     let mut bounds: Option<Vec<f64>> = None;
-    let mut buckets: Vec<f64> = Vec::new();
+    let mut series = BTreeMap::new();
     for s in &scrape.samples {
         let Value::Histogram(counts) = &s.value else { continue };
         if !selector.matches(&s.metric, |l| s.labels.get(l)) {
@@ -93,26 +123,16 @@ fn histogram_of(scrape: &Scrape, selector: &Selector) -> Result<Total, String> {
             return Err(format!("histogram {} has no +Inf bucket", s.metric));
         }
         match &bounds {
-            None => {
-                bounds = Some(these);
-                buckets = counts.iter().map(|c| c.count).collect();
-            }
-            Some(b) if *b == these => {
-                for (total, c) in buckets.iter_mut().zip(&counts) {
-                    *total += c.count;
-                }
-            }
+            None => bounds = Some(these),
+            Some(b) if *b == these => {}
             Some(_) => return Err(format!("the series of histogram {} have different buckets", s.metric)),
         }
+        series.insert(format!("{}{{{}}}", s.metric, s.labels), counts.iter().map(|c| c.count).collect());
     }
     let Some(bounds) = bounds else { return Err(format!("no histogram matches {selector}")) };
-    let part = |suffix: &str| {
-        let s = Selector { name: format!("{}{suffix}", selector.name), matchers: selector.matchers.clone() };
-        sum_of(scrape, &s)
-    };
-    let count = part("_count").unwrap_or(*buckets.last().expect("a +Inf bucket"));
-    let sum = part("_sum").unwrap_or(0.0);
-    Ok(Total::Histogram { bounds, buckets, sum, count })
+    let sum_selector = Selector { name: format!("{}_sum", selector.name), matchers: selector.matchers.clone() };
+    let sum = series_of(scrape, &sum_selector).unwrap_or_default();
+    Ok(Total::Histogram { bounds, series, sum })
 }
 
 /// Reduces one scrape to each metric's total; metrics without data are named in the errors.
@@ -121,15 +141,15 @@ fn totals(scrape: &Scrape, queries: &[(String, Query)], host: &mut HostProbe) ->
     let mut errors = Vec::new();
     for (name, q) in queries {
         let total = match q {
-            Query::Ratio { numerator, denominator } => match sum_of(scrape, denominator) {
+            Query::Ratio { numerator, denominator } => match series_of(scrape, denominator) {
                 None => Err(format!("no series matches {denominator}")),
                 // A labelled counter that never moved is absent: no matching numerator is 0.
-                Some(den) => Ok(Total::Ratio { num: sum_of(scrape, numerator).unwrap_or(0.0), den }),
+                Some(den) => Ok(Total::Ratio { num: series_of(scrape, numerator).unwrap_or_default(), den }),
             },
             Query::Histogram(selector) => histogram_of(scrape, selector),
-            Query::Gauge(selector) => {
-                sum_of(scrape, selector).map(Total::Gauge).ok_or(format!("no series matches {selector}"))
-            }
+            Query::Gauge(selector) => series_of(scrape, selector)
+                .map(|c| Total::Gauge(c.values().sum()))
+                .ok_or(format!("no series matches {selector}")),
             Query::Cpu => Ok(Total::Gauge(host.cpu())),
             Query::Memory => Ok(Total::Gauge(host.memory())),
         };
@@ -141,25 +161,31 @@ fn totals(scrape: &Scrape, queries: &[(String, Query)], host: &mut HostProbe) ->
     (out, errors)
 }
 
-/// The change from `before` to `now`, or None when a counter went down (the service restarted).
+/// The change from `before` to `now`: each series' increase (a reset counts from zero), summed;
+/// None when the two cannot be compared (a histogram's buckets changed).
 fn delta(before: &Total, now: &Total) -> Option<MetricSample> {
     match (before, now) {
         (Total::Ratio { num: n0, den: d0 }, Total::Ratio { num: n1, den: d1 }) => {
-            (n1 >= n0 && d1 >= d0).then(|| MetricSample::Ratio { num: n1 - n0, den: d1 - d0 })
+            Some(MetricSample::Ratio { num: increase_of(n0, n1), den: increase_of(d0, d1) })
         }
         (
-            Total::Histogram { bounds: b0, buckets: c0, sum: s0, count: k0 },
-            Total::Histogram { bounds: b1, buckets: c1, sum: s1, count: k1 },
+            Total::Histogram { bounds: b0, series: c0, sum: s0 },
+            Total::Histogram { bounds: b1, series: c1, sum: s1 },
         ) => {
-            if b0 != b1 || c0.len() != c1.len() || k1 < k0 || c1.iter().zip(c0).any(|(a, b)| a < b) {
+            if b0 != b1 {
                 return None;
             }
-            Some(MetricSample::Histogram {
-                bounds: b1.clone(),
-                buckets: c1.iter().zip(c0).map(|(a, b)| a - b).collect(),
-                sum: s1 - s0,
-                count: k1 - k0,
-            })
+            let mut buckets = vec![0.0; b1.len() + 1];
+            for (key, now) in c1 {
+                // A series resets as a whole: its buckets are one process's counters.
+                let grew =
+                    c0.get(key).filter(|was| was.len() == now.len() && now.iter().zip(was.iter()).all(|(a, b)| a >= b));
+                for (i, c) in now.iter().enumerate().take(buckets.len()) {
+                    buckets[i] += c - grew.map_or(0.0, |was| was[i]);
+                }
+            }
+            let count = *buckets.last().expect("a +Inf bucket");
+            Some(MetricSample::Histogram { bounds: b1.clone(), buckets, sum: increase_of(s0, s1), count })
         }
         (_, Total::Gauge(v)) => Some(MetricSample::Gauge(*v)),
         _ => None,
@@ -344,28 +370,26 @@ mod tests {
         ]
     }
 
+    fn counters(pairs: &[(&str, f64)]) -> Counters {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
     #[test]
-    fn a_scrape_reduces_to_each_metrics_total() {
+    fn a_scrape_reduces_to_each_metrics_series() {
         let (totals, errors) = totals(&scrape(TEXT), &queries(), &mut HostProbe { system: None });
-        assert_eq!(totals[0], ("error_rate".into(), Total::Ratio { num: 30.0, den: 1000.0 }));
-        assert_eq!(
-            totals[1],
-            (
-                "latency".into(),
-                Total::Histogram {
-                    bounds: vec![0.1, 0.5],
-                    buckets: vec![900.0, 990.0, 1000.0],
-                    sum: 42.5,
-                    count: 1000.0
-                }
-            )
-        );
+        let num = counters(&[("http_requests_total{code=\"500\"}", 20.0), ("http_requests_total{code=\"503\"}", 10.0)]);
+        let mut den = num.clone();
+        den.insert("http_requests_total{code=\"200\"}".into(), 970.0);
+        assert_eq!(totals[0], ("error_rate".into(), Total::Ratio { num, den }));
+        let series = [("http_request_duration_seconds{}".to_string(), vec![900.0, 990.0, 1000.0])].into();
+        let sum = counters(&[("http_request_duration_seconds_sum{}", 42.5)]);
+        assert_eq!(totals[1], ("latency".into(), Total::Histogram { bounds: vec![0.1, 0.5], series, sum }));
         assert_eq!(totals[2], ("queue".into(), Total::Gauge(7.0)));
         assert_eq!(errors, ["missing: no series matches not_there"]);
     }
 
     #[test]
-    fn deltas_are_taken_and_a_reset_is_not_reported() {
+    fn deltas_are_taken_series_by_series() {
         let q = queries();
         let mut host = HostProbe { system: None };
         let (before, _) = totals(&scrape(TEXT), &q, &mut host);
@@ -384,9 +408,61 @@ mod tests {
                 count: 105.0
             })
         );
-        // The service restarted: its counters start again from zero.
-        let (restarted, _) = totals(&scrape(&TEXT.replace("} 970", "} 3")), &q, &mut host);
-        assert_eq!(delta(&before[0].1, &restarted[0].1), None);
+    }
+
+    #[test]
+    fn a_counter_reset_counts_from_zero_in_its_own_series_only() {
+        let q = queries();
+        let mut host = HostProbe { system: None };
+        let (before, _) = totals(&scrape(TEXT), &q, &mut host);
+        // One worker restarted: its 503 counter went from 10 to 2, while the 500s grew from 20 to
+        // 40 and the total of 5xx rose (30 → 42). The 5xx that happened are 20 + 2, not 42 − 30.
+        let later = TEXT.replace("} 970", "} 1070").replace("} 20", "} 40").replace("\"503\"} 10", "\"503\"} 2");
+        let (after, _) = totals(&scrape(&later), &q, &mut host);
+        assert_eq!(delta(&before[0].1, &after[0].1), Some(MetricSample::Ratio { num: 22.0, den: 122.0 }));
+        // The whole service restarted: every counter counts from zero, as `rate()` takes it.
+        let restarted = "# TYPE http_requests_total counter\n\
+            http_requests_total{code=\"200\"} 30\n\
+            http_requests_total{code=\"500\"} 1\n";
+        let (restarted, _) = totals(&scrape(restarted), &q[..1], &mut host);
+        assert_eq!(delta(&before[0].1, &restarted[0].1), Some(MetricSample::Ratio { num: 1.0, den: 31.0 }));
+        // A histogram series resets as a whole; a second series appearing counts from zero.
+        let two = TEXT.replace("le=\"0.1\"} 900", "le=\"0.1\"} 9").replace("le=\"0.5\"} 990", "le=\"0.5\"} 10");
+        let two = two.replace("le=\"+Inf\"} 1000", "le=\"+Inf\"} 10").replace("_sum 42.5", "_sum 0.5")
+            + "http_request_duration_seconds_bucket{le=\"0.1\",worker=\"2\"} 3\n\
+               http_request_duration_seconds_bucket{le=\"0.5\",worker=\"2\"} 4\n\
+               http_request_duration_seconds_bucket{le=\"+Inf\",worker=\"2\"} 5\n\
+               http_request_duration_seconds_sum{worker=\"2\"} 1.25\n";
+        let (after, errors) = totals(&scrape(&two), &q, &mut host);
+        assert_eq!(errors, ["missing: no series matches not_there"]);
+        assert_eq!(
+            delta(&before[1].1, &after[1].1),
+            Some(MetricSample::Histogram {
+                bounds: vec![0.1, 0.5],
+                buckets: vec![12.0, 14.0, 15.0],
+                sum: 1.75,
+                count: 15.0
+            })
+        );
+    }
+
+    #[test]
+    fn a_histogram_without_sum_still_reports_its_buckets() {
+        let q = queries();
+        let text = TEXT.replace("http_request_duration_seconds_sum 42.5\n", "");
+        let mut host = HostProbe { system: None };
+        let (before, _) = totals(&scrape(&text), &q, &mut host);
+        let later = text.replace("le=\"+Inf\"} 1000", "le=\"+Inf\"} 1010");
+        let (after, _) = totals(&scrape(&later), &q, &mut host);
+        assert_eq!(
+            delta(&before[1].1, &after[1].1),
+            Some(MetricSample::Histogram {
+                bounds: vec![0.1, 0.5],
+                buckets: vec![0.0, 0.0, 10.0],
+                sum: 0.0,
+                count: 10.0
+            })
+        );
     }
 
     #[test]
@@ -394,7 +470,11 @@ mod tests {
         let text = "# TYPE http_requests_total counter\nhttp_requests_total{code=\"200\"} 10\n";
         let (found, errors) = totals(&scrape(text), &queries()[..1], &mut HostProbe { system: None });
         assert!(errors.is_empty());
-        assert_eq!(found[0].1, Total::Ratio { num: 0.0, den: 10.0 });
+        let den = counters(&[("http_requests_total{code=\"200\"}", 10.0)]);
+        assert_eq!(found[0].1, Total::Ratio { num: Counters::new(), den: den.clone() });
+        let later =
+            Total::Ratio { num: Counters::new(), den: counters(&[("http_requests_total{code=\"200\"}", 15.0)]) };
+        assert_eq!(delta(&found[0].1, &later), Some(MetricSample::Ratio { num: 0.0, den: 5.0 }));
         let (_, errors) = totals(&scrape("# nothing\n"), &queries()[..1], &mut HostProbe { system: None });
         assert_eq!(errors, ["error_rate: no series matches http_requests_total"]);
     }

@@ -2,7 +2,8 @@
 //! catch regressions, over many seeded waves of a 6-host fleet. Prints Markdown.
 //!
 //! Run: `nice cargo bench -p fifty --bench immune` (a few minutes on 2 cores). Every number below is
-//! reproducible from the printed seed. `FIFTY_IMMUNE_SCALE=0.1` runs a tenth of the waves, for a quick look.
+//! reproducible from the printed seed. `FIFTY_IMMUNE_SCALE=0.1` runs a tenth of the waves, for a quick look;
+//! `FIFTY_IMMUNE_FLEETS_ONLY=1` only issue 16's fleets; `FIFTY_IMMUNE_HISTORY=0` judges them without each host's past.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ const AA_RUNS: usize = 50_000;
 const STRESS_RUNS: usize = 20_000;
 const POWER_RUNS: usize = 2_000;
 const THREADS: usize = 2;
+const AA16_RUNS: usize = 5_000;
+const POWER16_RUNS: usize = 1_000;
 
 /// `runs` scaled by `FIFTY_IMMUNE_SCALE` (default 1).
 fn scaled(runs: usize) -> usize {
@@ -82,6 +85,13 @@ fn main() {
         settings.mixture_scale,
         settings.ratio_host_spread
     );
+
+    if std::env::var_os("FIFTY_IMMUNE_FLEETS_ONLY").is_some() {
+        // Only issue 16's fleets (the sections above are the earlier model's record).
+        fleets(budget);
+        println!("\nwall time: {:.1?}", started.elapsed());
+        return;
+    }
 
     // A/A
     let stress =
@@ -192,5 +202,105 @@ fn main() {
             if within >= 0.99 { "met" } else { "NOT met" }
         );
     }
+    fleets(budget);
     println!("\nwall time: {:.1?}", started.elapsed());
+}
+
+/// Issue 16's fleets: A/A false reverts and holds with a 60 s bake that may extend to 5 minutes
+/// (`max_bake`), and the time to catch ×1.5, ×2 and ×4 against Wald's SPRT.
+fn fleets(budget: Budget) {
+    let history = std::env::var("FIFTY_IMMUNE_HISTORY").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(600);
+    let base = Fleet { max_bake: Duration::from_secs(300), history: Duration::from_secs(history), ..Fleet::default() };
+    let fleets: Vec<(&str, Fleet)> = vec![
+        ("realistic, 100 req/s, 0.5%", base.clone()),
+        ("20 req/s", Fleet { requests_per_second: 20.0, ..base.clone() }),
+        ("2% errors", Fleet { error_rate: 0.02, ..base.clone() }),
+        ("host CV 0.2", Fleet { error_host_cv: 0.2, ..base.clone() }),
+        ("host CV 0.3", Fleet { error_host_cv: 0.3, ..base.clone() }),
+        ("host CV 0.5", Fleet { error_host_cv: 0.5, ..base.clone() }),
+        ("10% of hosts at 2.5×", Fleet { noisy_share: 0.1, noisy_factor: 2.5, ..base.clone() }),
+        (
+            "bursts CV 0.6, drift 0.05, swing ±50%",
+            Fleet { error_burst_cv: 0.6, drift_sd: 0.05, traffic_swing: 0.5, ..base.clone() },
+        ),
+        ("20% missing scrapes", Fleet { missing_scrapes: 0.2, ..base.clone() }),
+        ("host CV 0.3, 300 s bake", Fleet { error_host_cv: 0.3, bake: Duration::from_secs(300), ..base.clone() }),
+        (
+            "10% at 2.5×, 300 s bake",
+            Fleet { noisy_share: 0.1, noisy_factor: 2.5, bake: Duration::from_secs(300), ..base.clone() },
+        ),
+    ];
+    println!(
+        "\n## Issue 16 fleets: healthy waves (A/A), 60 s bake extended while undecided up to 300 s; error rate judged \
+         against each host's own past {history} s (0: hosts against each other)\n"
+    );
+    println!(
+        "| fleet | canary + baseline | waves | false reverts | rate | 95% CI (Wilson) | held for a person | promoted |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |");
+    let mut worst = (0.0f64, 0.0f64);
+    for (i, (label, fleet)) in fleets.iter().enumerate() {
+        for canary in [1, 4] {
+            let tally = run_many(
+                &scenario(fleet, canary, Regression::None, budget),
+                scaled(AA16_RUNS),
+                SEED + 5000 + 10 * i as u64 + canary as u64,
+                THREADS,
+            );
+            let (lo, hi) = tally.revert_interval();
+            worst = (worst.0.max(tally.revert_rate()), worst.1.max(hi));
+            println!(
+                "| {label} | {canary} + {} | {} | {} | {} | {} – {} | {} | {} |",
+                6 - canary,
+                tally.runs,
+                tally.reverts(),
+                pct(tally.revert_rate()),
+                pct(lo),
+                pct(hi),
+                pct(tally.held as f64 / tally.runs as f64),
+                pct(tally.promoted as f64 / tally.runs as f64),
+            );
+            for reason in tally.reasons.iter().take(1) {
+                eprintln!("  A/A {label} {canary}+{}: reverted on {reason}", 6 - canary);
+            }
+        }
+    }
+    println!("\nworst false-revert rate {}, worst Wilson upper bound {}\n", pct(worst.0), pct(worst.1));
+
+    println!("## Issue 16: time and canary requests to revert (1 canary + 5, 100 req/s, 0.5%, max_bake 600 s)\n");
+    println!("| regression | fleet | reverted | within 30 s | within 10 min | median time | median canary requests | Wald SPRT E[N] | ratio |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let long = Fleet { max_bake: Duration::from_secs(600), history: Duration::from_secs(history), ..Fleet::default() };
+    let cv3 = Fleet { error_host_cv: 0.3, ..long.clone() };
+    // Wald's SPRT expected sample size under H1 (α = β = 0.01, p0 = 0.5%): from the issue.
+    let rows = [
+        ("×1.5", 1.5, &long, "realistic", Some(8276.0)),
+        ("×2", 2.0, &long, "realistic", Some(2316.0)),
+        ("×4", 4.0, &long, "realistic", Some(351.0)),
+        ("×10", 10.0, &long, "realistic", Some(63.0)),
+        ("×10", 10.0, &cv3, "host CV 0.3", None),
+    ];
+    for (i, (label, factor, fleet, name, wald)) in rows.iter().enumerate() {
+        let tally = run_many(
+            &scenario(fleet, 1, Regression::ErrorRate(*factor), budget),
+            scaled(POWER16_RUNS),
+            SEED + 7000 + i as u64,
+            THREADS,
+        );
+        let median = tally.time_to_revert(0.5);
+        let requests = median.map(|d| d.as_secs_f64() * fleet.requests_per_second);
+        println!(
+            "| {label} | {name} | {} | {} | {} | {} | {} | {} | {} |",
+            pct(tally.revert_rate()),
+            pct(tally.reverted_within(Duration::from_secs(30))),
+            pct(tally.reverted_within(Duration::from_secs(600))),
+            secs(median),
+            requests.map_or("—".into(), |r| format!("{r:.0}")),
+            wald.map_or("—".into(), |w| format!("{w:.0}")),
+            match (requests, wald) {
+                (Some(r), Some(w)) => format!("{:.1}×", r / w),
+                _ => "—".into(),
+            },
+        );
+    }
 }

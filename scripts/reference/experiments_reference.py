@@ -21,6 +21,11 @@ r = stats.chisquare([2050, 2950, 5000], [2000, 3000, 5000])
 print(f"REF_SRM_3_CHI2 = {float(r.statistic)!r}\nREF_SRM_3_P = {float(r.pvalue)!r}")
 # Two periods (a ramp): statistics and degrees of freedom add up.
 print(f"REF_SRM_SUM_P = {float(stats.chi2.sf(16.0 + float(r.statistic), 1 + 2))!r}")
+# Far in the tail, where 1 - cdf rounds to 0.
+print(f"REF_SRM_FAR_P = {float(stats.chisquare([5600, 4400], [5000, 5000]).pvalue)!r}")
+print(f"REF_SRM_FARTHER_P = {float(stats.chisquare([6000, 4000], [5000, 5000]).pvalue)!r}")
+r = stats.ttest_ind_from_stats(2.0, 1.0, 100, 0.0, 1.0, 100, equal_var=False)
+print(f"REF_WELCH_FAR_P = {float(r.pvalue)!r}")
 
 # Welch's t-test from summary statistics.
 r = stats.ttest_ind_from_stats(10.5, math.sqrt(9), 400, 10.0, math.sqrt(16), 500, equal_var=False)

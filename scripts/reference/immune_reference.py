@@ -101,10 +101,22 @@ def t_ppf(p, df):
     return stats.norm.ppf(p) if not math.isfinite(df) else stats.t.ppf(p, df)
 
 
+# The sequential test mixes equally over these multiples of its prior's spread.
+MIXTURE_MULTIPLES = [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def mixture_scales_log_lr(z, r):
+    return math.log(np.mean([math.exp(mixture_log_lr_quad(z, min(r * m * m, 1e12))) for m in MIXTURE_MULTIPLES]))
+
+
+for z, r in [(2.0, 1.0), (4.0, 25.0), (9.0, 0.04)]:
+    show(f"mixture_log_lr_scales({z}, {r})", mixture_scales_log_lr(z, r))
+
+
 def mixture_p(t, df, total, prior_sd):
     z = stats.norm.isf(t_sf(t, df))
     r = prior_sd**2 / total
-    return min(1.0, math.exp(-mixture_log_lr_quad(z, r)))
+    return min(1.0, math.exp(-mixture_scales_log_lr(z, r)))
 
 
 def spread_estimate(sides, relative, floor=0.0):
@@ -218,13 +230,26 @@ def auc(host, ref):
     return u / (n1 * n2), var_u / (n1 * n2) ** 2
 
 
-def histogram_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
-    """base/can: {host: (per-bucket counts, sum, count)} cumulative so far."""
+def bucket_median(counts, bounds):
+    """The median as Prometheus' histogram_quantile estimates it, here by inverting the piecewise
+    linear cumulative distribution with numpy.interp (edges 0, bounds...; the +Inf bucket is cut at
+    the last bound)."""
+    counts = np.asarray(counts, float)
+    cumulative = np.concatenate([[0.0], np.cumsum(counts[:-1])])
+    edges = np.concatenate([[0.0], np.asarray(bounds, float)])
+    half = counts.sum() / 2
+    if half > cumulative[-1]:
+        return float(bounds[-1])
+    return float(np.interp(half, cumulative, edges))
+
+
+def histogram_look(base, can, bounds, mixture_scale=0.5, bad=1.0, confidence=0.9):
+    """base/can: {host: (per-bucket counts, sum, count)} cumulative so far. The effect is the
+    median's (interpolated within the buckets), the quantity a rank test measures."""
     pooled = np.sum([np.asarray(c, float) for c, _, _ in base.values()], axis=0)
-    cb = sum(c for _, _, c in base.values())
-    cc = sum(c for _, _, c in can.values())
-    mean_b = sum(s for _, s, _ in base.values()) / cb
-    mean_c = sum(s for _, s, _ in can.values()) / cc
+    pooled_can = np.sum([np.asarray(c, float) for c, _, _ in can.values()], axis=0)
+    median_b = bucket_median(pooled, bounds)
+    median_c = bucket_median(pooled_can, bounds)
     can_u = [auc(c, pooled) for c, _, _ in can.values()]
     base_u = [auc(c, pooled - np.asarray(c, float)) for c, _, _ in base.values()]
     xc, vc = np.array([u[0] for u in can_u]), np.array([u[1] for u in can_u])
@@ -238,13 +263,13 @@ def histogram_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
     df = satterthwaite(spread, tau_df, sampling, math.inf)
     t = bad * delta / math.sqrt(total)
     p = mixture_p(t, df, total, mixture_scale * 0.4)
-    # Upper bound on the relative change of the mean, from the hosts' means.
-    yc = np.array([s / c / mean_b for _, s, c in can.values()])
-    yb = np.array([s / c / mean_b for _, s, c in base.values()])
+    # Upper bound on the relative change of the median, from the hosts' medians.
+    yc = np.array([bucket_median(c, bounds) / median_b for c, _, _ in can.values()])
+    yb = np.array([bucket_median(c, bounds) / median_b for c, _, _ in base.values()])
     tau2y, dfy, _ = spread_estimate([(yc, np.zeros(nc), None), (yb, np.zeros(nb), None)], relative=False)
     spread_y = tau2y * (1 / nc + 1 / nb)
     upper = bad * (yc.mean() - yb.mean()) + t_ppf(confidence, dfy) * math.sqrt(spread_y)
-    return dict(baseline=mean_b, canary=mean_c, tau2=tau2, t=t, df=df, p=p, upper=upper)
+    return dict(baseline=median_b, canary=median_c, tau2=tau2, t=t, df=df, p=p, upper=upper)
 
 
 def gauge_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
@@ -303,6 +328,7 @@ HIST_BASE = {
     "b2": ([[22, 47, 27, 3, 1], [25, 45, 24, 5, 1]], [9.0, 9.2]),
     "b3": ([[19, 51, 26, 3, 1], [21, 49, 25, 4, 1]], [9.2, 9.1]),
 }
+HIST_BOUNDS = [0.05, 0.1, 0.25, 0.5]
 HIST_CAN = {"c1": ([[8, 35, 45, 10, 2], [7, 33, 47, 11, 2]], [14.8, 15.2])}
 
 
@@ -314,9 +340,12 @@ def hist_so_far(side, k):
     return out
 
 
+for counts, q in [([20, 50, 25, 4, 1], 0.5), ([20, 50, 25, 4, 1], 0.9), ([2, 10, 40, 40, 8], 0.5)]:
+    show(f"bucket quantile {q} of {counts}", bucket_median(counts, HIST_BOUNDS) if q == 0.5 else
+         float(np.interp(q * sum(counts), np.concatenate([[0.0], np.cumsum(counts[:-1])]), [0.0] + HIST_BOUNDS)))
 p_min = 1.0
 for k in range(1, 3):
-    look = histogram_look(hist_so_far(HIST_BASE, k), hist_so_far(HIST_CAN, k))
+    look = histogram_look(hist_so_far(HIST_BASE, k), hist_so_far(HIST_CAN, k), HIST_BOUNDS)
     p_min = min(p_min, look["p"])
     print(f"look {k}: " + ", ".join(f"{key}={val!r}" for key, val in look.items()) + f", p_min={p_min!r}")
 
@@ -328,3 +357,33 @@ for k in range(1, 4):
     look = gauge_look({h: v[:k] for h, v in GAUGE_BASE.items()}, {h: v[:k] for h, v in GAUGE_CAN.items()})
     p_min = min(p_min, look["p"])
     print(f"look {k}: " + ", ".join(f"{key}={val!r}" for key, val in look.items()) + f", p_min={p_min!r}")
+
+print("# ratio judged against each host's own past (difference in differences), one interval after")
+
+
+def change_look(before, after, canary, floor=0.05, mixture_scale=0.5, confidence=0.9):
+    """before/after: {host: (num, den)}; canary: the canary hosts' names. phi = 1 (one interval)."""
+    def unit(h):
+        (n, d), (nb, db) = after[h], before[h]
+        return math.log((n + 0.5) / d) - math.log((nb + 0.5) / db), 1 / (n + 0.5) + 1 / (nb + 0.5)
+
+    cu = np.array([unit(h) for h in after if h in canary])
+    bu = np.array([unit(h) for h in after if h not in canary])
+    xc, vc, xb, vb = cu[:, 0], cu[:, 1], bu[:, 0], bu[:, 1]
+    tau2, tau_df, _ = spread_estimate([(xc, vc, None), (xb, vb, None)], relative=False, floor=floor)
+    nc, nb = len(xc), len(xb)
+    delta = xc.mean() - xb.mean()
+    spread = tau2 * (1 / nc + 1 / nb)
+    sampling = vc.sum() / nc**2 + vb.sum() / nb**2
+    total = spread + sampling
+    df = satterthwaite(spread, tau_df, sampling, math.inf)
+    t = delta / math.sqrt(total)
+    p = mixture_p(t, df, total, mixture_scale)
+    upper = math.exp(delta + t_ppf(confidence, df) * math.sqrt(total)) - 1
+    return dict(effect=math.exp(delta) - 1, t=t, df=df, p=p, upper=upper)
+
+
+CHANGE_BEFORE = {"b0": (12, 6000), "b1": (15, 6000), "b2": (30, 6000), "c0": (24, 6000)}
+CHANGE_AFTER = {"b0": (3, 1000), "b1": (2, 1000), "b2": (5, 1000), "c0": (9, 1000)}
+look = change_look(CHANGE_BEFORE, CHANGE_AFTER, {"c0"})
+print("change look: " + ", ".join(f"{key}={val!r}" for key, val in look.items()))

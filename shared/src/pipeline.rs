@@ -72,6 +72,11 @@ pub struct ImmuneStep {
     /// the window before the rollout (default 5m).
     #[serde(default = "five_minutes", with = "crate::config::duration")]
     pub watch: Duration,
+    /// How long a wave's bake may be extended, in all, while the data cannot yet tell a pass from
+    /// a regression (default 5m; no longer than `[deploy] bake` means no extension). Only at this
+    /// point is an undecided wave held for a person.
+    #[serde(default = "five_minutes", with = "crate::config::duration")]
+    pub max_bake: Duration,
     /// The metrics.
     #[serde(default)]
     pub metric: Vec<MetricStep>,
@@ -167,6 +172,9 @@ impl ImmuneStep {
         }
         if !(self.pass_bound.is_finite() && self.pass_bound > 0.0) {
             return bad("immune.pass_bound", format!("{} must be more than 0 (0.5 = +50%)", self.pass_bound));
+        }
+        if self.max_bake > Duration::from_secs(24 * 3600) {
+            return bad("immune.max_bake", "must be at most 24h".into());
         }
         if self.metric.is_empty() {
             return bad("immune.metric", "is empty; add at least one [[immune.metric]]".into());
@@ -587,8 +595,8 @@ mod tests {
         let p = Pipeline::parse(&format!("{DEPLOY}{IMMUNE}")).unwrap();
         let i = p.immune.unwrap();
         assert_eq!(
-            (i.interval, i.alpha, i.min_effect, i.watch),
-            (Duration::from_secs(2), 0.01, 0.2, Duration::from_secs(30))
+            (i.interval, i.alpha, i.min_effect, i.watch, i.max_bake),
+            (Duration::from_secs(2), 0.01, 0.2, Duration::from_secs(30), Duration::from_secs(300))
         );
         assert_eq!(i.metric.len(), 3);
         assert_eq!(i.metric[0].bad, "increase");
@@ -608,6 +616,8 @@ mod tests {
         assert!(err.contains("immune.metric[0].numerator"), "{err}");
         let err = Pipeline::parse(&full.replace("watch = ", "alpha = 2.0\nwatch = ")).unwrap_err();
         assert!(err.contains("immune.alpha"), "{err}");
+        let err = Pipeline::parse(&full.replace("watch = ", "max_bake = \"2d\"\nwatch = ")).unwrap_err();
+        assert!(err.contains("immune.max_bake"), "{err}");
         let err = Pipeline::parse(&full.replace("series = \"cpu\"", "series = \"gpu\"")).unwrap_err();
         assert!(err.contains("immune.metric[2].series"), "{err}");
         let err = Pipeline::parse(&full.replace("name = \"latency\"", "name = \"error_rate\"")).unwrap_err();

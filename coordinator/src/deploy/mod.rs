@@ -58,6 +58,8 @@ pub struct ImmunePlan {
     pub pass_bound: f64,
     /// How long the last wave is compared with the previous release's earlier window.
     pub watch: Duration,
+    /// How long a bake may be extended, in all, while the data cannot yet tell.
+    pub max_bake: Duration,
     /// The metrics.
     pub metrics: Vec<ImmuneMetric>,
 }
@@ -82,6 +84,7 @@ impl ImmunePlan {
             min_effect: step.min_effect,
             pass_bound: step.pass_bound,
             watch: step.watch,
+            max_bake: step.max_bake,
             metrics: step
                 .metric
                 .iter()

@@ -929,3 +929,226 @@ mod tests {
         assert_eq!(done.outcome, Some(Outcome::Succeeded));
     }
 }
+
+/// The controller with the immune system's judgement on: held waves, promotion by the judge and
+/// reverts, alone and driven by the real [`crate::immune::judge::Judge`] over reported metrics.
+#[cfg(test)]
+mod judged_tests {
+    use super::*;
+    use crate::deploy::{ImmuneMetric, ImmunePlan};
+    use crate::immune::judge::{Call, Judge};
+    use crate::immune::series::Series;
+    use fifty_shared::wire::{MetricSample, MetricsReport};
+
+    fn h(i: usize) -> HostName {
+        HostName::new(&format!("web-{i}")).unwrap()
+    }
+
+    fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    /// Release 7 over six hosts (release 6 before it), one canary then everyone; 60 s bakes and,
+    /// as the immune system sets it, a 120 s watch for the last wave.
+    fn watched(waves: Vec<WaveStep>) -> Rollout {
+        let mut r = Rollout::start(
+            1,
+            RepoName::new("shop").unwrap(),
+            Kind::Deploy,
+            7,
+            Some(6),
+            (1..=6).map(h).collect(),
+            waves,
+            Duration::from_secs(60),
+            1,
+            Duration::from_secs(600),
+            t(0),
+        )
+        .rollout;
+        r.watch = Some(Duration::from_secs(120));
+        r
+    }
+
+    fn fleet(on: &[usize]) -> HashMap<HostName, HostView> {
+        (1..=6)
+            .map(|i| {
+                let current = if on.contains(&i) { Some(7) } else { Some(6) };
+                (h(i), HostView { up: true, reported: true, current, healthy: true, failed: None })
+            })
+            .collect()
+    }
+
+    fn hold() -> Judgement {
+        Judgement::Hold { why: "error_rate inconclusive (too little data)".into() }
+    }
+
+    #[test]
+    fn a_held_wave_waits_for_a_person_then_promote_goes_on() {
+        let r = watched(vec![WaveStep::Hosts(1), WaveStep::Percent(100)]);
+        let r = r.step(&fleet(&[1]), &Judgement::Watching, t(10)).unwrap().rollout;
+        assert_eq!(r.phase, Phase::Baking);
+        // The judge's hold means nothing before the bake is over.
+        assert_eq!(r.step(&fleet(&[1]), &hold(), t(69)), None);
+        let held = r.step(&fleet(&[1]), &hold(), t(70)).unwrap();
+        assert!(held.targets.is_empty(), "a hold moves no host");
+        let r = held.rollout;
+        assert_eq!(r.phase, Phase::AwaitingPromotion);
+        assert_eq!(r.held.as_deref(), Some("error_rate inconclusive (too little data)"));
+        assert!(r.events.last().unwrap().1.starts_with("wave 1 held by the immune system: error_rate inconclusive"));
+        // Held: neither time nor a later promote from the judge moves it; a person does.
+        assert_eq!(r.step(&fleet(&[1]), &Judgement::Promote, t(5000)), None);
+        let s = r.promote("admin", t(5001)).unwrap();
+        assert_eq!(
+            s.targets.iter().map(|(h, _)| h.to_string()).collect::<Vec<_>>(),
+            ["web-2", "web-3", "web-4", "web-5", "web-6"]
+        );
+        assert!(s.targets.iter().all(|(_, rel)| *rel == 7));
+        assert_eq!((s.rollout.wave, s.rollout.phase, s.rollout.held.clone()), (1, Phase::Deploying, None));
+        assert!(s.rollout.events.last().unwrap().1.starts_with("wave 2: 6 of 6 hosts"));
+    }
+
+    #[test]
+    fn a_held_wave_can_be_aborted_back_to_the_previous_release() {
+        let r = watched(vec![WaveStep::Hosts(2), WaveStep::Percent(100)]);
+        let r = r.step(&fleet(&[1, 2]), &Judgement::Watching, t(10)).unwrap().rollout;
+        let r = r.step(&fleet(&[1, 2]), &hold(), t(70)).unwrap().rollout;
+        assert_eq!(r.phase, Phase::AwaitingPromotion);
+        let s = r.abort("admin", t(80)).unwrap();
+        assert_eq!(s.targets, vec![(h(1), 6), (h(2), 6)]);
+        assert_eq!(s.rollout.phase, Phase::RollingBack);
+        let done = s.rollout.step(&fleet(&[]), &Judgement::Off, t(90)).unwrap().rollout;
+        assert_eq!(done.outcome, Some(Outcome::Aborted { by: "admin".into() }));
+    }
+
+    #[test]
+    fn the_judge_promotes_each_wave_and_watching_waits_past_the_bake() {
+        let r = watched(vec![WaveStep::Hosts(1), WaveStep::Percent(50), WaveStep::Percent(100)]);
+        let r = r.step(&fleet(&[1]), &Judgement::Watching, t(10)).unwrap().rollout;
+        // A promote before the bake is over does not cut it short.
+        assert_eq!(r.step(&fleet(&[1]), &Judgement::Promote, t(69)), None);
+        // The analysis has not seen a whole bake yet (a new leader): the wave keeps baking.
+        assert_eq!(r.step(&fleet(&[1]), &Judgement::Watching, t(500)), None);
+        let s = r.step(&fleet(&[1]), &Judgement::Promote, t(501)).unwrap();
+        assert_eq!(s.targets, vec![(h(2), 7), (h(3), 7)]);
+        let r = s.rollout.step(&fleet(&[1, 2, 3]), &Judgement::Watching, t(510)).unwrap().rollout;
+        let r = r.step(&fleet(&[1, 2, 3]), &Judgement::Promote, t(570)).unwrap().rollout;
+        assert_eq!((r.wave, r.phase), (2, Phase::Deploying));
+        let all = [1, 2, 3, 4, 5, 6];
+        let r = r.step(&fleet(&all), &Judgement::Watching, t(580)).unwrap().rollout;
+        // The last wave bakes for the immune system's watch (120 s), not the 60 s bake.
+        assert_eq!(r.bake_of(r.wave), Duration::from_secs(120));
+        assert_eq!(r.step(&fleet(&all), &Judgement::Promote, t(699)), None);
+        let done = r.step(&fleet(&all), &Judgement::Promote, t(700)).unwrap().rollout;
+        assert_eq!(done.outcome, Some(Outcome::Succeeded));
+    }
+
+    #[test]
+    fn a_revert_sends_every_touched_host_back_at_once_even_when_held() {
+        let r = watched(vec![WaveStep::Hosts(1), WaveStep::Percent(50), WaveStep::Percent(100)]);
+        let r = r.step(&fleet(&[1]), &Judgement::Watching, t(10)).unwrap().rollout;
+        let r = r.step(&fleet(&[1]), &Judgement::Promote, t(70)).unwrap().rollout;
+        let r = r.step(&fleet(&[1, 2, 3]), &Judgement::Watching, t(80)).unwrap().rollout;
+        let r = r.step(&fleet(&[1, 2, 3]), &hold(), t(140)).unwrap().rollout;
+        assert_eq!(r.phase, Phase::AwaitingPromotion);
+        let s = r.revert("error_rate 0.50% → 5.0% (+900%, p=1e-06)", t(150)).unwrap();
+        assert_eq!(s.targets, vec![(h(1), 6), (h(2), 6), (h(3), 6)]);
+        assert_eq!(s.rollout.held, None);
+        assert!(s.rollout.events.last().unwrap().1.contains("reverting 3 hosts to release 6 at once"));
+        let done = s.rollout.step(&fleet(&[]), &Judgement::Off, t(151)).unwrap().rollout;
+        assert!(matches!(&done.outcome, Some(Outcome::Reverted { why }) if why.starts_with("error_rate 0.50%")));
+        assert!(done.revert("again", t(152)).is_err(), "a finished rollout is not reverted twice");
+    }
+
+    fn plan() -> ImmunePlan {
+        ImmunePlan {
+            interval: Duration::from_secs(1),
+            alpha: 0.01,
+            min_effect: 0.5,
+            pass_bound: 2.0,
+            watch: Duration::from_secs(120),
+            max_bake: Duration::from_secs(120),
+            metrics: vec![ImmuneMetric { name: "error_rate".into(), kind: "ratio".into(), bad_decrease: false }],
+        }
+    }
+
+    /// One second of reports: 200 requests a host, 1 error on the old release and `new_errors` on
+    /// the new one.
+    fn report_second(
+        series: &mut Series,
+        hosts: &HashMap<HostName, HostView>,
+        now: SystemTime,
+        seq: u64,
+        new_errors: f64,
+    ) {
+        for (name, v) in hosts {
+            let release = v.current.expect("every host runs a release");
+            let num = if release == 7 { new_errors } else { 1.0 };
+            let report = MetricsReport {
+                release,
+                seq,
+                at: now,
+                span: Duration::from_secs(1),
+                samples: vec![("error_rate".into(), MetricSample::Ratio { num, den: 200.0 })],
+                error: None,
+            };
+            series.push(name, report, now);
+        }
+    }
+
+    /// Drives the rollout as the leader's deploy round does: reports, the judge's call, then the
+    /// controller's step (or the revert), one second at a time, hosts switching when targeted.
+    fn drive(new_errors: f64, seconds: u64) -> Rollout {
+        let mut r = watched(vec![WaveStep::Hosts(1), WaveStep::Percent(100)]);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        let mut on: Vec<usize> = vec![];
+        // The hour before the rollout on release 6, for the last wave's comparison.
+        for s in 0..200 {
+            report_second(&mut series, &fleet(&on), t(0) - Duration::from_secs(200 - s), s + 1, 1.0);
+        }
+        for s in 1..=seconds {
+            let now = t(s);
+            for target in r.touched() {
+                let i: usize = target.as_str().trim_start_matches("web-").parse().unwrap();
+                if !on.contains(&i) && r.phase == Phase::Deploying {
+                    on.push(i);
+                }
+            }
+            if r.phase == Phase::RollingBack {
+                on.clear();
+            }
+            let hosts = fleet(&on);
+            report_second(&mut series, &hosts, now, 200 + s, new_errors);
+            match judge.judge(&r, Some(&plan()), &series, now) {
+                Call::Revert { why, .. } => r = r.revert(&why, now).unwrap().rollout,
+                Call::Judge(j) => {
+                    if let Some(step) = r.step(&hosts, &j, now) {
+                        r = step.rollout;
+                    }
+                }
+            }
+            if r.finished() {
+                break;
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn a_healthy_release_is_promoted_by_the_judge_through_every_wave() {
+        let r = drive(1.0, 1000);
+        assert_eq!(r.outcome, Some(Outcome::Succeeded), "{:#?}", r.events);
+        assert!(r.events.iter().all(|(_, e)| !e.contains("held")), "{:#?}", r.events);
+        // Canary bake (60 s) plus the last wave's watch (120 s), each with a second of deploy.
+        let took = r.finished_at.unwrap().duration_since(t(0)).unwrap();
+        assert!(took >= Duration::from_secs(180) && took <= Duration::from_secs(190), "{took:?}");
+    }
+
+    #[test]
+    fn a_bad_canary_is_reverted_by_the_judge_before_its_bake_ends() {
+        let r = drive(40.0, 1000);
+        let Some(Outcome::Reverted { why }) = &r.outcome else { panic!("not reverted: {:#?}", r.events) };
+        assert!(why.starts_with("error_rate 0.50% → 20%"), "{why}");
+        assert!(r.finished_at.unwrap() < t(60), "reverted at {:?}", r.finished_at);
+        assert_eq!(r.wave, 0, "the bad release never left its canary");
+    }
+}

@@ -227,7 +227,8 @@ pub fn welch(diff: f64, v1: f64, n1: f64, v2: f64, n2: f64) -> (f64, f64, f64) {
     let t = diff / se;
     let df = (a + b).powi(2) / (a * a / (n1 - 1.0) + b * b / (n2 - 1.0));
     let p = match StudentsT::new(0.0, 1.0, df) {
-        Ok(dist) => 2.0 * (1.0 - dist.cdf(t.abs())),
+        // The survival function, not 1 − cdf: the tail keeps its digits below 1e-16.
+        Ok(dist) => 2.0 * dist.sf(t.abs()),
         Err(_) => 1.0,
     };
     (t, p.clamp(0.0, 1.0), df)
@@ -279,7 +280,8 @@ pub fn srm_periods(periods: &[(&[u32], &[u64])], srm_alpha: f64) -> Option<Srm> 
         return None;
     }
     let p_value = match ChiSquared::new(df as f64) {
-        Ok(dist) => (1.0 - dist.cdf(chi2)).clamp(0.0, 1.0),
+        // The survival function, not 1 − cdf, which rounds every p below 1e-16 to 0.
+        Ok(dist) => dist.sf(chi2).clamp(0.0, 1.0),
         Err(_) => 1.0,
     };
     Some(Srm { chi2, p_value, flagged: p_value < srm_alpha })
@@ -349,6 +351,18 @@ mod tests {
     }
 
     #[test]
+    fn tiny_p_values_keep_their_digits() {
+        // scipy.stats.chisquare([5600, 4400], [5000, 5000]) and [6000, 4000]: 1 − cdf gave 0.
+        let s = srm(&[5600, 4400], &[50, 50], 0.001).unwrap();
+        assert!(close(s.p_value, REF_SRM_FAR_P, 1e-6), "{}", s.p_value);
+        let s = srm(&[6000, 4000], &[50, 50], 0.001).unwrap();
+        assert!(close(s.p_value, REF_SRM_FARTHER_P, 1e-6), "{}", s.p_value);
+        // scipy.stats.ttest_ind_from_stats(2.0, 1.0, 100, 0.0, 1.0, 100, equal_var=False)
+        let (_, p, _) = welch(2.0, 1.0, 100.0, 1.0, 100.0);
+        assert!(close(p, REF_WELCH_FAR_P, 1e-6), "{p}");
+    }
+
+    #[test]
     fn welch_matches_scipy() {
         // scipy.stats.ttest_ind_from_stats(10.5, sqrt(9), 400, 10.0, sqrt(16), 500, equal_var=False)
         let (t, p, df) = welch(0.5, 9.0, 400.0, 16.0, 500.0);
@@ -401,6 +415,9 @@ mod tests {
     const REF_SRM_3_CHI2: f64 = 2.0833333333333335;
     const REF_SRM_3_P: f64 = 0.35286608145884896;
     const REF_SRM_SUM_P: f64 = 0.0004227810943474292;
+    const REF_SRM_FAR_P: f64 = 3.5529642241553834e-33;
+    const REF_SRM_FARTHER_P: f64 = 5.507248237212379e-89;
+    const REF_WELCH_FAR_P: f64 = 7.617128426617721e-32;
     const REF_WELCH_T: f64 = 2.1417646843905964;
     const REF_WELCH_P: f64 = 0.03248197114164559;
     const REF_WELCH_DF: f64 = 894.4108301676624;

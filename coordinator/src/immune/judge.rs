@@ -25,6 +25,17 @@ use crate::deploy::ImmunePlan;
 /// the wave without data (inconclusive: a person decides).
 const NO_DATA_GRACE: Duration = Duration::from_secs(60);
 
+/// How long a host on the new release may serve nothing (no report, or reports with no requests
+/// counted) while the hosts on the previous release serve, before the release counts as having
+/// stopped serving and is reverted. At least this, and at least [`SILENT_INTERVALS`] intervals.
+const SILENT_GRACE: Duration = Duration::from_secs(30);
+/// See [`SILENT_GRACE`].
+const SILENT_INTERVALS: u32 = 5;
+
+/// How much of each host's past on the previous release a wave's ratio metrics are judged against
+/// (each host against itself; see `Monitor::with_history`).
+const HISTORY: Duration = Duration::from_secs(600);
+
 /// What the analysis concluded at its latest look.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Call {
@@ -50,6 +61,13 @@ struct Watch {
     monitors: Vec<Option<Monitor>>,
     /// Newest report seq taken from each host.
     seen: HashMap<HostName, u64>,
+    /// When each host on the new release last served (a report counting requests).
+    served: HashMap<HostName, SystemTime>,
+    /// When a host on the previous release last served.
+    baseline_served: Option<SystemTime>,
+    /// Every host's reports on the previous release in the [`HISTORY`] before this wave's
+    /// analysis began (empty for the last wave, and for what this leader did not see).
+    history: Vec<(HostName, fifty_shared::wire::MetricsReport)>,
     results: Vec<Option<MetricResult>>,
 }
 
@@ -115,8 +133,25 @@ impl Judge {
                     last_look: None,
                     monitors: vec![None; plan.metrics.len()],
                     seen: HashMap::new(),
+                    served: HashMap::new(),
+                    baseline_served: None,
+                    history: Vec::new(),
                     results: vec![None; plan.metrics.len()],
                 };
+                if !last_wave {
+                    let from = now.checked_sub(HISTORY).unwrap_or(SystemTime::UNIX_EPOCH);
+                    w.history = rollout
+                        .hosts
+                        .iter()
+                        .flat_map(|h| {
+                            series
+                                .between(h, from, now)
+                                .into_iter()
+                                .filter(|r| r.report.release == previous)
+                                .map(move |r| (h.clone(), r.report))
+                        })
+                        .collect();
+                }
                 if last_wave {
                     // The previous release's fleet from `watch` before the rollout began until
                     // now: before it, and the hosts that stayed on it during the earlier waves
@@ -174,11 +209,22 @@ impl Judge {
             if !canary.is_empty() && watch.first_data.is_none() {
                 watch.first_data = Some(now);
             }
+            for (h, r) in &canary {
+                if serves(r) {
+                    watch.served.insert(h.clone(), now);
+                }
+            }
+            if baseline.iter().any(|(_, r)| serves(r)) {
+                watch.baseline_served = Some(now);
+            }
             for (i, m) in plan.metrics.iter().enumerate() {
                 if watch.monitors[i].is_none() {
                     let bounds = first_bounds(&canary, &m.name).or_else(|| first_bounds(&baseline, &m.name));
                     if let Some(kind) = kind_of(&m.kind, bounds.as_deref()) {
                         watch.monitors[i] = Monitor::new(&spec(m, kind), &settings(plan), budget(rollout, plan)).ok();
+                        if let Some(monitor) = watch.monitors[i].as_mut() {
+                            monitor.with_history(&observations(&watch.history, &m.name));
+                        }
                     }
                 }
                 if let Some(monitor) = watch.monitors[i].as_mut() {
@@ -208,11 +254,55 @@ impl Judge {
         if !failed.is_empty() {
             return Call::Revert { why: failed.join("; "), evidence };
         }
+        // A host on the new release that serves nothing while the old release's hosts serve: the
+        // release stopped serving (it crashed behind a passing health check, or its metrics
+        // endpoint died), which no metric can show. Not in the last wave, where no host is left
+        // on the old release to tell a broken release from a quiet hour.
+        let grace = SILENT_GRACE.max(plan.interval * SILENT_INTERVALS);
+        let counts_requests = plan.metrics.iter().any(|m| m.kind == "ratio" || m.kind == "histogram");
+        let old_serves = watch.baseline_served.is_some_and(|t| now.duration_since(t).unwrap_or_default() < grace);
+        let silent = (!last_wave && counts_requests && old_serves)
+            .then(|| {
+                rollout
+                    .touched()
+                    .iter()
+                    .map(|h| {
+                        let since = watch.served.get(h).copied().unwrap_or(watch.started);
+                        (h, now.duration_since(since).unwrap_or_default())
+                    })
+                    .max_by_key(|(_, quiet)| *quiet)
+            })
+            .flatten();
+        if let Some((h, quiet)) = silent {
+            if quiet >= grace {
+                let why = format!(
+                    "{h} on release {} served no requests for {}s while the hosts on release {previous} served",
+                    rollout.release,
+                    quiet.as_secs()
+                );
+                return Call::Revert { why, evidence };
+            }
+            if final_look && quiet >= plan.interval * 2 {
+                // Gone quiet near the end of the bake: neither pass nor hold before the grace
+                // tells whether it serves again.
+                return Call::Judge(Judgement::Watching);
+            }
+        }
         if !final_look {
             return Call::Judge(Judgement::Watching);
         }
         if watch.results.iter().all(|r| r.as_ref().is_some_and(|r| r.verdict == Verdict::Pass)) {
             return Call::Judge(Judgement::Promote);
+        }
+        // Undecided at the end of the bake: bake on while more data can still decide (each
+        // undecided metric has data on both sides and a spread it can measure), up to
+        // `max_bake`. The sequential test stays valid however long it runs, so this spends no
+        // extra alpha; a pass still needs the data to rule out `pass_bound`.
+        let max_bake = plan.max_bake.max(bake);
+        let decidable = watch.results.iter().flatten().all(MetricResult::more_data_can_decide);
+        let all_present = watch.results.iter().all(Option::is_some);
+        if watch.first_data.is_some() && observed < max_bake && all_present && decidable {
+            return Call::Judge(Judgement::Watching);
         }
         let why: Vec<String> = plan
             .metrics
@@ -226,7 +316,15 @@ impl Judge {
                 _ => format!("{} has no data", m.name),
             })
             .collect();
-        Call::Judge(Judgement::Hold { why: why.join("; ") })
+        let mut why = why.join("; ");
+        if observed > bake {
+            why.push_str(&format!(
+                "; still undecided after extending the bake to {}s (immune.max_bake): more traffic per host or a \
+                 longer max_bake would decide it",
+                observed.as_secs()
+            ));
+        }
+        Call::Judge(Judgement::Hold { why })
     }
 
     /// The latest verdicts of `rollout`'s current wave, one line per metric (for people).
@@ -280,6 +378,15 @@ fn observations(reports: &[(HostName, fifty_shared::wire::MetricsReport)], metri
         .collect()
 }
 
+/// Whether a report counts any request (a ratio's denominator or a histogram's count).
+fn serves(report: &fifty_shared::wire::MetricsReport) -> bool {
+    report.samples.iter().any(|(_, s)| match s {
+        MetricSample::Ratio { den, .. } => *den > 0.0,
+        MetricSample::Histogram { count, .. } => *count > 0.0,
+        MetricSample::Gauge(_) => false,
+    })
+}
+
 fn first_bounds(reports: &[(HostName, fifty_shared::wire::MetricsReport)], metric: &str) -> Option<Vec<f64>> {
     reports.iter().find_map(|(_, r)| {
         r.samples.iter().find_map(|(n, s)| match s {
@@ -302,6 +409,7 @@ mod tests {
             min_effect: 0.5,
             pass_bound: 2.0,
             watch: Duration::from_secs(10),
+            max_bake: Duration::from_secs(10),
             metrics: vec![ImmuneMetric { name: "error_rate".into(), kind: "ratio".into(), bad_decrease: false }],
         }
     }
@@ -380,6 +488,89 @@ mod tests {
     }
 
     #[test]
+    fn an_undecided_bake_is_extended_until_the_data_pass_it_up_to_max_bake() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        // A tight pass bound (+35%) that 10 s of a healthy canary cannot yet rule out.
+        let tight = ImmunePlan { pass_bound: 0.35, max_bake: Duration::from_secs(60), ..plan() };
+        let held = ImmunePlan { max_bake: Duration::from_secs(10), ..tight.clone() };
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        let (mut calls, mut held_calls) = (Vec::new(), Vec::new());
+        let mut other = Judge::default();
+        for s in 1..=60 {
+            feed(&mut series, t0 + Duration::from_secs(s), s, Some((2.0, 100.0)));
+            calls.push(judge.judge(&r, Some(&tight), &series, t0 + Duration::from_secs(s)));
+            held_calls.push(other.judge(&r, Some(&held), &series, t0 + Duration::from_secs(s)));
+        }
+        // Without an extension the wave is held at the end of its 10 s bake.
+        let Call::Judge(Judgement::Hold { why }) = &held_calls[10] else { panic!("{held_calls:?}") };
+        assert!(why.starts_with("error_rate inconclusive"), "{why}");
+        // With one, it bakes on and passes by itself once the data rule out +35 %.
+        assert_eq!(calls[10], Call::Judge(Judgement::Watching));
+        let promoted = calls.iter().position(|c| *c == Call::Judge(Judgement::Promote)).expect("promoted");
+        assert!((15..50).contains(&promoted), "promoted at second {}: {calls:?}", promoted + 1);
+    }
+
+    #[test]
+    fn a_wave_still_undecided_at_max_bake_is_held_with_what_would_decide_it() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        // A pass bound (+5 %) that a canary of 100 requests a second cannot reach in 30 s.
+        let plan = ImmunePlan { pass_bound: 0.05, max_bake: Duration::from_secs(30), ..plan() };
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        let mut calls = Vec::new();
+        for s in 1..=40 {
+            feed(&mut series, t0 + Duration::from_secs(s), s, Some((2.0, 100.0)));
+            calls.push(judge.judge(&r, Some(&plan), &series, t0 + Duration::from_secs(s)));
+        }
+        assert!(calls[..30].iter().all(|c| *c == Call::Judge(Judgement::Watching)), "{calls:?}");
+        let Call::Judge(Judgement::Hold { why }) = &calls[30] else { panic!("{calls:?}") };
+        assert!(why.contains("still undecided after extending the bake to 30s (immune.max_bake)"), "{why}");
+    }
+
+    #[test]
+    fn an_unusual_canary_host_is_judged_against_its_own_past() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let plan = ImmunePlan { pass_bound: 0.5, ..plan() };
+        // web-1 always fails twice as often as the others (4 % against 2 %), before and after.
+        let report = |release: u64, seq: u64, at: SystemTime, num: f64| MetricsReport {
+            release,
+            seq,
+            at,
+            span: Duration::from_secs(1),
+            samples: vec![("error_rate".into(), MetricSample::Ratio { num, den: 100.0 })],
+            error: None,
+        };
+        let run = |with_history: bool| {
+            let (mut judge, mut series) = (Judge::default(), Series::default());
+            if with_history {
+                for s in 0..60 {
+                    let at = t0 - Duration::from_secs(60 - s);
+                    for i in 1..=4 {
+                        series.push(&host(i), report(1, s + 1, at, if i == 1 { 4.0 } else { 2.0 }), at);
+                    }
+                }
+            }
+            let mut calls = vec![judge.judge(&r, Some(&plan), &series, t0)];
+            for s in 1..=11 {
+                let at = t0 + Duration::from_secs(s);
+                for i in 1..=4 {
+                    let release = if i == 1 { 2 } else { 1 };
+                    series.push(&host(i), report(release, 100 + s, at, if i == 1 { 4.0 } else { 2.0 }), at);
+                }
+                calls.push(judge.judge(&r, Some(&plan), &series, at));
+            }
+            calls
+        };
+        // Against its own past it did not change: the wave passes by itself.
+        assert_eq!(run(true)[11], Call::Judge(Judgement::Promote));
+        // Against the other hosts alone it looks twice as bad: not a pass.
+        let without = run(false);
+        assert!(without.iter().all(|c| *c != Call::Judge(Judgement::Promote)), "{without:?}");
+    }
+
+    #[test]
     fn no_data_holds_the_wave_instead_of_passing_it() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let r = baking(t0);
@@ -392,5 +583,140 @@ mod tests {
         assert_eq!(why, "error_rate has no data");
         let unwatched = Rollout { previous: None, ..r };
         assert_eq!(judge.judge(&unwatched, Some(&plan()), &series, later), Call::Judge(Judgement::Off));
+    }
+
+    /// One second of reports: 100 requests with 2 errors on each old-release host; the canary
+    /// (web-1) reports `canary` (errors, requests), or nothing at all.
+    fn feed(series: &mut Series, t: SystemTime, seq: u64, canary: Option<(f64, f64)>) {
+        for i in 1..=4 {
+            let (release, (num, den)) = match (i, canary) {
+                (1, Some(c)) => (2, c),
+                (1, None) => continue,
+                _ => (1, (2.0, 100.0)),
+            };
+            let report = MetricsReport {
+                release,
+                seq,
+                at: t,
+                span: Duration::from_secs(1),
+                samples: vec![("error_rate".into(), MetricSample::Ratio { num, den })],
+                error: None,
+            };
+            series.push(&host(i), report, t);
+        }
+    }
+
+    #[test]
+    fn a_canary_that_stops_serving_is_reverted_after_a_grace_not_held() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        let mut calls = Vec::new();
+        for s in 1..=60 {
+            // Five healthy seconds, then the canary counts no requests at all.
+            let canary = if s <= 5 { (2.0, 100.0) } else { (0.0, 0.0) };
+            feed(&mut series, t0 + Duration::from_secs(s), s, Some(canary));
+            let call = judge.judge(&r, Some(&plan()), &series, t0 + Duration::from_secs(s));
+            let done = matches!(call, Call::Revert { .. });
+            calls.push(call);
+            if done {
+                break;
+            }
+        }
+        // Past the 10 s bake it neither passes nor holds: it waits for the grace (30 s).
+        assert!(calls[..34].iter().all(|c| *c == Call::Judge(Judgement::Watching)), "{calls:?}");
+        let Some(Call::Revert { why, .. }) = calls.get(34) else { panic!("not reverted at 35 s: {calls:?}") };
+        assert_eq!(why, "web-1 on release 2 served no requests for 30s while the hosts on release 1 served");
+    }
+
+    #[test]
+    fn a_canary_that_never_reports_is_reverted_while_the_old_release_serves() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        assert_eq!(judge.judge(&r, Some(&plan()), &series, t0), Call::Judge(Judgement::Watching));
+        let mut call = Call::Judge(Judgement::Watching);
+        let mut at = 0;
+        for s in 1..=60 {
+            feed(&mut series, t0 + Duration::from_secs(s), s, None);
+            call = judge.judge(&r, Some(&plan()), &series, t0 + Duration::from_secs(s));
+            at = s;
+            if matches!(call, Call::Revert { .. }) {
+                break;
+            }
+        }
+        let Call::Revert { why, .. } = call else { panic!("not reverted: {call:?}") };
+        assert_eq!(at, 30, "{why}");
+        assert!(why.starts_with("web-1 on release 2 served no requests for 30s"), "{why}");
+    }
+
+    /// Reports of every host from `from` for `seconds` seconds at one a second, all on `release`
+    /// with `errors` of 100 requests.
+    fn history(series: &mut Series, from: SystemTime, seconds: u64, first_seq: u64, release: u64, errors: f64) {
+        for s in 0..seconds {
+            for i in 1..=4 {
+                let at = from + Duration::from_secs(s);
+                let report = MetricsReport {
+                    release,
+                    seq: first_seq + s,
+                    at,
+                    span: Duration::from_secs(1),
+                    samples: vec![("error_rate".into(), MetricSample::Ratio { num: errors, den: 100.0 })],
+                    error: None,
+                };
+                series.push(&host(i), report, at);
+            }
+        }
+    }
+
+    /// The last wave (every host on release 2, baking since `t0`), the rollout started 100 s
+    /// before it; the previous release's fleet is compared over the `watch` (10 s) before the
+    /// rollout and the earlier waves.
+    fn last_wave(t0: SystemTime) -> Rollout {
+        let mut r = baking(t0 - Duration::from_secs(100));
+        r.wave = 1;
+        r.phase_since = t0;
+        r
+    }
+
+    #[test]
+    fn the_last_wave_is_compared_with_the_previous_release_in_the_window_before_the_rollout() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = last_wave(t0);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        // Long before the rollout the old release failed 30 %: outside the window, so ignored (if it
+        // counted, the new release's 10 % would look like an improvement).
+        history(&mut series, t0 - Duration::from_secs(200), 80, 1, 1, 30.0);
+        // The 10 s before the rollout (and its first 100 s, the canary wave): 2 %.
+        history(&mut series, t0 - Duration::from_secs(110), 110, 81, 1, 2.0);
+        let mut call = judge.judge(&r, Some(&plan()), &series, t0);
+        for s in 1..=10 {
+            history(&mut series, t0 + Duration::from_secs(s), 1, 1000 + s, 2, 10.0);
+            call = judge.judge(&r, Some(&plan()), &series, t0 + Duration::from_secs(s));
+            if matches!(call, Call::Revert { .. }) {
+                break;
+            }
+        }
+        let Call::Revert { why, evidence } = call else { panic!("not reverted: {call:?}") };
+        assert!(why.starts_with("error_rate 2.0% → 10%"), "{why}");
+        assert!(evidence[0].contains("baseline 4 hosts"), "{evidence:?}");
+    }
+
+    #[test]
+    fn a_healthy_last_wave_is_promoted_after_its_watch() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = last_wave(t0);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        history(&mut series, t0 - Duration::from_secs(110), 110, 1, 1, 2.0);
+        assert_eq!(judge.judge(&r, Some(&plan()), &series, t0), Call::Judge(Judgement::Watching));
+        let mut calls = Vec::new();
+        for s in 1..=12 {
+            history(&mut series, t0 + Duration::from_secs(s), 1, 1000 + s, 2, 2.0);
+            calls.push(judge.judge(&r, Some(&plan()), &series, t0 + Duration::from_secs(s)));
+        }
+        // Data from second 1: the watch (10 s) is over at second 11.
+        assert!(calls[..10].iter().all(|c| *c == Call::Judge(Judgement::Watching)), "{calls:?}");
+        assert_eq!(calls[10], Call::Judge(Judgement::Promote), "{:?}", judge.verdicts(r.id));
+        assert!(judge.verdicts(r.id)[0].contains("baseline 4 hosts n="), "{:?}", judge.verdicts(r.id));
     }
 }

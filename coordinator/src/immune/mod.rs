@@ -28,6 +28,14 @@
 //! - **gauge** (CPU, memory): the host's mean over its intervals, relative to the fleet mean, with the
 //!   intervals' variance as sampling variance.
 //!
+//! **Each host against itself.** When the monitor has each host's past on the old release
+//! ([`analysis::Monitor::with_history`]; the judge gives it the ten minutes before the wave), a
+//! ratio is judged on `y_h = ln(rate now / rate before)` per host instead (half an event added to
+//! each count; variance `φ/(n + ½)` per window): the canary hosts' mean change minus the baseline
+//! hosts', a difference in differences in which a host's persistent effect and fleet-wide drift
+//! cancel. The hosts' changes still get a between-host spread (DerSimonian-Laird, floor
+//! `change_host_spread`, 5%). Without that history for every host, the model below applies.
+//!
 //! Hosts differ for reasons other than the release (hardware, neighbours, traffic mix), and a canary
 //! host can simply be an unusual host. So each host summary is `x_h = level_side + u_h + e_h`: a
 //! random host effect `u_h` with variance `τ²` plus sampling noise `e_h` with its model variance `v_h`.
@@ -54,7 +62,9 @@
 //! The one-sided t is mapped to a normal score `z`, and `z` with the contrast's variance `V` to a
 //! one-sided normal-mixture likelihood ratio (mSPRT, Robbins; Johari et al. 2017) with a half-normal
 //! prior on the regression of standard deviation `σ` (`Settings::mixture_scale`, relative):
-//! `Λ = 2/√(1+r) · exp(z² r / (2(1+r))) · Φ(z √(r/(1+r)))`, `r = σ²/V`. For a Gaussian contrast whose
+//! `Λ = 2/√(1+r) · exp(z² r / (2(1+r))) · Φ(z √(r/(1+r)))`, `r = σ²/V`, averaged with equal weights
+//! over six scales `σ · {½, 1, 2, 4, 8, 16}` so that a large regression is caught in a look or two
+//! while small ones are still tuned for (an average of martingales is a martingale). For a Gaussian contrast whose
 //! information grows with the looks, `Λ` is a nonnegative martingale when there is no regression, so by
 //! Ville's inequality `P(Λ ever ≥ 1/α) ≤ α`: the always-valid p-value `min over looks of 1/Λ` may be
 //! checked after every interval without inflating false reverts. The host-effect part of `Δ` does not
@@ -69,8 +79,12 @@
 //! metric of every analysed wave ([`analysis::Budget`]). A metric fails when its always-valid p-value
 //! is at or below its share and the observed change is at least `min_effect` in the bad direction. A
 //! metric passes when the observed change is below `min_effect` and a `pass_confidence` upper bound on
-//! it rules out `pass_bound`; otherwise it is inconclusive — too little data is never a pass — and an inconclusive metric at the end of the
-//! bake holds the wave for a person.
+//! it rules out `pass_bound`; otherwise it is inconclusive — too little data is never a pass. A wave
+//! undecided at the end of its bake bakes on while more data can decide (`max_bake`, default 5
+//! minutes; the sequential test spends no extra alpha on it) and only then holds for a person. A
+//! histogram's effect is its median's change (interpolated within the buckets), which its rank test
+//! measures and which needs no `_sum`. A host of the wave that serves no requests while the old
+//! release's hosts serve is reverted after a grace (30 s, or five intervals).
 //!
 //! After the last wave there is no baseline left: [`analysis::Monitor::against_window`] compares the
 //! whole fleet with the previous release's fleet in an earlier window. That comparison assumes the
