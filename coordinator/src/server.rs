@@ -25,8 +25,8 @@ use crate::store::Store;
 /// Runs a coordinator until `shutdown` turns true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
     std::fs::create_dir_all(config.tls_dir()).with_context(|| format!("create {}", config.tls_dir().display()))?;
-    let store =
-        Store::open(&config.state_dir()).with_context(|| format!("open state in {}", config.state_dir().display()))?;
+    let store = Store::open_with_blobs(&config.state_dir(), &config.blob_dir())
+        .with_context(|| format!("open state in {}", config.state_dir().display()))?;
     let node_id = RaftLog::new(store.clone()).node_id()?;
     let ca = load_or_create_ca(&config)?;
 
@@ -68,6 +68,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     tokio::spawn(leadership(coordinator.clone(), config.clone(), ca));
     tokio::spawn(crate::ci::dispatch::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::deploy::dispatch::run(coordinator.clone(), shutdown.clone()));
+    tokio::spawn(crate::deploy::artifacts::run(coordinator.consensus.clone(), shutdown.clone()));
     tokio::spawn(crate::notify::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::experiments::leader::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::alerts::run::run(coordinator.clone(), shutdown.clone()));
