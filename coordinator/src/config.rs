@@ -343,6 +343,11 @@ impl Config {
         self.data_dir.join("state")
     }
 
+    /// Where the artifacts this coordinator holds live (`store::blobs`).
+    pub fn blob_dir(&self) -> PathBuf {
+        self.data_dir.join("blobs")
+    }
+
     /// Path of the CA certificate users point `FIFTY_CACERT` at.
     pub fn ca_path(&self) -> PathBuf {
         self.tls_dir().join("ca.pem")

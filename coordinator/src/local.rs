@@ -705,7 +705,8 @@ impl Writer {
                         return;
                     }
                     let client = &clients[n % clients.len()];
-                    let req = CreateToken { role: "read".into(), ttl: None, max_uses: None, description: format!("w-{n}") };
+                    let req =
+                        CreateToken { role: "read".into(), ttl: None, max_uses: None, description: format!("w-{n}") };
                     let sent = tokio::time::timeout(
                         Duration::from_secs(15),
                         client.post::<crate::views::TokenCreated>("/v1/tokens", &req),
@@ -752,8 +753,8 @@ impl LocalCluster {
             let views = self.views().await;
             let leader = views.iter().find(|(_, v)| v.leader_id.as_deref() == Some(v.node_id.as_str()));
             let Some((_, leader)) = leader else { return Ok(None) };
-            let all =
-                views.len() == self.running().len() && views.iter().all(|(_, v)| v.applied_index >= leader.commit_index);
+            let all = views.len() == self.running().len()
+                && views.iter().all(|(_, v)| v.applied_index >= leader.commit_index);
             Ok(all.then_some(leader.commit_index))
         })
         .await

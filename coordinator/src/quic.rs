@@ -228,7 +228,7 @@ async fn read_agent(
                 coordinator.on_artifact_chunk(host, job, offset, &data)
             }
             Ok(Some(AgentMsg::FetchArtifact { digest, offset })) => {
-                let _ = tx.send(coordinator.serve_artifact(host, &digest, offset));
+                let _ = tx.send(coordinator.serve_artifact(host, &digest, offset).await);
             }
             Ok(Some(AgentMsg::JobDone(done))) => {
                 let (coordinator, host, tx) = (coordinator.clone(), host.clone(), tx.clone());

@@ -29,8 +29,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
     unsafe { libc::umask(0o077) };
     prepare_data_dir(&config)?;
-    let store =
-        Store::open(&config.state_dir()).with_context(|| format!("open state in {}", config.state_dir().display()))?;
+    let store = Store::open_with_blobs(&config.state_dir(), &config.blob_dir())
+        .with_context(|| format!("open state in {}", config.state_dir().display()))?;
     // Before anything reads the Raft log: refuse a log that lost what this node acknowledged.
     RaftLog::new(store.clone()).verify()?;
     let node_id = RaftLog::new(store.clone()).node_id()?;
@@ -76,6 +76,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     tokio::spawn(leadership(coordinator.clone(), config.clone(), ca));
     tokio::spawn(crate::ci::dispatch::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::deploy::dispatch::run(coordinator.clone(), shutdown.clone()));
+    tokio::spawn(crate::deploy::artifacts::run(coordinator.consensus.clone(), shutdown.clone()));
     tokio::spawn(crate::notify::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::experiments::leader::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::alerts::run::run(coordinator.clone(), shutdown.clone()));

@@ -183,7 +183,7 @@ pub const PLAN_MAX_FAILURES: u32 = 2;
 /// command raises it and makes [`Command::since`] return the new version for that kind: the
 /// leader then proposes it only once every voter reports it (a rolling upgrade's old followers
 /// would stop at an entry they cannot decode). Commands are only ever added at the end.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
@@ -264,7 +264,9 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
-    /// Store one chunk of an artifact, content-addressed.
+    /// Kept so that old log entries decode: versions before the blob store stored artifacts in
+    /// Raft this way. Applying it now changes nothing (and logs a warning): artifact bytes are
+    /// never in the Raft state; see [`Command::BlobAvailable`].
     PutBlob {
         /// SHA-256 of the whole artifact, hex.
         digest: String,
@@ -435,6 +437,14 @@ pub enum Command {
         /// When.
         at: SystemTime,
     },
+    /// A quorum of coordinators holds artifact `digest` (verified by SHA-256) in its blob store:
+    /// a release may now name it. Only the digest and size are in Raft, never the bytes.
+    BlobAvailable {
+        /// SHA-256 of the artifact, lower-case hex.
+        digest: String,
+        /// Its size in bytes.
+        size: u64,
+    },
 }
 
 impl Command {
@@ -473,6 +483,7 @@ impl Command {
             | Command::AlertResolved { .. }
             | Command::AckAlert { .. }
             | Command::Checkpoint { .. } => 1,
+            Command::BlobAvailable { .. } => 2,
         }
     }
 }
@@ -577,6 +588,9 @@ pub enum Rejection {
     /// The weights do not fit the experiment's variants.
     #[error("experiment {0}: give one weight per variant, not all zero")]
     ExperimentVariants(String),
+    /// An artifact record names no SHA-256 digest, or a size over `wire::MAX_ARTIFACT_BYTES`.
+    #[error("artifact {0}: not a SHA-256 digest, or too large")]
+    BadArtifact(String),
 }
 
 /// What applying a command produced.
@@ -784,8 +798,17 @@ impl Machine {
                 }
                 Ok(Applied::Done)
             }
-            Command::PutBlob { digest, index, total, data } => {
-                batch.put_blob_chunk(digest, *index, *total, data);
+            Command::PutBlob { digest, index, .. } => {
+                // Deterministic on every node: nothing is written.
+                tracing::warn!(digest, index, "an artifact chunk from an older version's log is ignored: artifacts live in the blob store now; package that release again");
+                Ok(Applied::Done)
+            }
+            Command::BlobAvailable { digest, size } => {
+                if crate::store::blobs::check_digest(digest).is_err() || *size > fifty_shared::wire::MAX_ARTIFACT_BYTES
+                {
+                    return Ok(Err(Rejection::BadArtifact(format!("{digest:.80} of {size} bytes"))));
+                }
+                batch.put_blob_available(digest, *size);
                 Ok(Applied::Done)
             }
             Command::StartRollout { rollout, targets, at } => {
@@ -1540,15 +1563,18 @@ mod tests {
 
     #[test]
     fn old_artifacts_are_dropped_unless_a_host_runs_them() {
+        use sha2::Digest as _;
         let (m, _d) = machine();
         let repo = RepoName::new("shop").unwrap();
+        let bytes = |id: u64| format!("artifact {id:08}").into_bytes();
+        let digest = |id: u64| hex::encode(sha2::Sha256::digest(bytes(id)));
         let release = |id: u64| crate::deploy::ReleaseRecord {
             id,
             repo: repo.clone(),
             sha: "a".repeat(40),
             subject: String::new(),
-            digest: format!("{id:064x}"),
-            size: 10,
+            digest: digest(id),
+            size: 17,
             manifest: vec![],
             signature: vec![],
             plan: crate::deploy::DeployPlan {
@@ -1565,7 +1591,8 @@ mod tests {
         let mut b = Batch::default();
         for id in 1..=12 {
             b.put_release(&release(id));
-            b.put_blob_chunk(&format!("{id:064x}"), 0, 10, b"0123456789");
+            m.store().blobs().put(&digest(id), &bytes(id)).unwrap();
+            b.put_blob_available(&digest(id), 17);
         }
         b.put_host_target(&crate::deploy::HostTarget {
             host: HostName::new("web-1").unwrap(),
@@ -1577,12 +1604,22 @@ mod tests {
         let mut b = Batch::default();
         m.drop_old_artifacts(&release(12), &mut b).unwrap();
         m.store().apply(b).unwrap();
-        let kept = |id: u64| m.store().blob_size(&format!("{id:064x}")).unwrap().is_some();
+        // The record and, once the batch is applied, the blob file.
+        let kept = |id: u64| {
+            let recorded = m.store().blob_size(&digest(id)).unwrap().is_some();
+            let held = m.store().blobs().size(&digest(id)).unwrap().is_some();
+            assert_eq!(recorded, held, "release {id}: record and file go together");
+            recorded
+        };
         assert!(kept(1), "a host is targeted at release 1");
         assert!(!kept(2), "release 2 is older than the newest ten");
         assert!((3..=12).all(kept), "the newest ten are kept");
-        assert!(m.store().blob_chunk(&format!("{:064x}", 2), 0).unwrap().is_none());
         assert!(m.store().release(2).unwrap().is_some(), "the record stays");
+        // Dropping again (an entry applied again after a restart) is harmless.
+        let mut b = Batch::default();
+        b.remove_blob(&digest(2), 17);
+        m.store().apply(b).unwrap();
+        let _ = std::fs::remove_dir_all(m.store().blobs().dir());
     }
 
     mod ci {

@@ -550,6 +550,24 @@ pub enum PeerRequest {
     /// data dir was lost): the leader removes that member once its address no longer answers
     /// as it, then adds me (`fifty server --join ADDR --replace`).
     JoinReplacing(PeerInfo),
+    /// Send me the artifact with this digest from `offset`: answered on the same stream by
+    /// [`PeerResponse::BlobChunk`]s up to its end, or one [`PeerResponse::Refused`].
+    FetchBlob {
+        /// SHA-256 of the artifact, lower-case hex.
+        digest: String,
+        /// Where to start.
+        offset: u64,
+    },
+    /// Hold this artifact in your blob store (fetch it from `from` if you do not), and answer
+    /// [`PeerResponse::BlobHeld`] once it is there, verified.
+    HoldBlob {
+        /// SHA-256 of the artifact, lower-case hex.
+        digest: String,
+        /// Its size.
+        size: u64,
+        /// The QUIC address of a coordinator that holds it (the one asking).
+        from: String,
+    },
 }
 
 /// Answers to [`PeerRequest`].
@@ -594,6 +612,17 @@ pub enum PeerResponse {
         /// Why.
         reason: String,
     },
+    /// A piece of an artifact, answering [`PeerRequest::FetchBlob`].
+    BlobChunk {
+        /// Where in the artifact it starts.
+        offset: u64,
+        /// The artifact's whole size.
+        total: u64,
+        /// At most [`ARTIFACT_CHUNK`] bytes.
+        data: Vec<u8>,
+    },
+    /// The artifact asked for in [`PeerRequest::HoldBlob`] is in this coordinator's blob store.
+    BlobHeld,
 }
 
 /// Decodes `bytes` as every wire type in turn and throws the results away. The codec's property

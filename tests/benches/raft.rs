@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use fifty::cli::Client;
-use fifty::local::{Writer, bin_dir, wait_for, LocalCluster, Options};
+use fifty::local::{bin_dir, wait_for, LocalCluster, Options, Writer};
 use fifty::views::{CreateToken, TokenCreated};
 
 fn env_or(name: &str, default: usize) -> usize {

@@ -1463,6 +1463,26 @@ async fn wait_serving(ports: &[u16], v: &str) {
     fifty::sample_app::wait_serving(ports, v, DEADLINE).await.unwrap()
 }
 
+/// Waits until coordinator `i` holds artifact `digest` in its blob store (`<data_dir>/blobs/`):
+/// a private file named by its SHA-256 whose bytes hash to it.
+async fn wait_blob(cluster: &LocalCluster, i: usize, digest: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = cluster.dir.join(&cluster.coordinators[i].name).join("blobs");
+    let file = dir.join(digest);
+    wait_for(&format!("coordinator {i} to hold artifact {digest}"), DEADLINE, || {
+        let file = file.clone();
+        async move {
+            let bytes = std::fs::read(&file).ok();
+            Ok(bytes.filter(|b| hex::encode(ring::digest::digest(&ring::digest::SHA256, b)) == digest).map(|_| ()))
+        }
+    })
+    .await
+    .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    assert_eq!(mode(&file), 0o600, "{}", file.display());
+}
+
 /// A cluster with one build agent and four web agents (`role=prod`, each serving the sample shop on
 /// its own port), the shop's repository keeping the `fifty.toml` sections `steps` says.
 async fn shop_cluster(
@@ -1522,6 +1542,11 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     assert_eq!(releases[0].state, "live");
     assert_eq!(releases[0].hosts.len(), 4, "{releases:#?}");
     assert!(releases[0].digest.len() == 64 && releases[0].size > 0);
+    // The artifact is not in Raft: every coordinator holds it in its blob store (a quorum before
+    // the release was recorded, the last one by fetching it from a peer).
+    for i in 0..3 {
+        wait_blob(&cluster, i, &releases[0].digest).await;
+    }
 
     // 2. The next one, with web-4 away and the leader killed mid-rollout: the same rollout
     // finishes, and web-4 converges when it comes back.
@@ -1531,8 +1556,8 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     assert!(repo.push().await.unwrap().status.success());
     let r2 = wait_release(&cluster, &second).await;
     let baking = wait_rollout(&cluster, r2, Phase::Baking).await;
-    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
-    cluster.kill_coordinator(leader).await.unwrap();
+    let killed = cluster.wait_leader(DEADLINE).await.unwrap();
+    cluster.kill_coordinator(killed).await.unwrap();
     cluster.wait_leader(DEADLINE).await.unwrap();
     let done = wait_rollout(&cluster, r2, Phase::Done).await;
     assert_eq!(done.id, baking.id, "the rollout resumed, not restarted");
@@ -1540,6 +1565,16 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     wait_serving(&ports[..3], &second[..10]).await;
     cluster.start_agent("web-4").unwrap();
     wait_serving(&ports[3..], &second[..10]).await;
+    // The killed coordinator comes back with its blob store lost: it fetches the artifacts the
+    // state records from its peers by digest.
+    let lost = cluster.dir.join(&cluster.coordinators[killed].name).join("blobs");
+    std::fs::remove_dir_all(&lost).unwrap();
+    cluster.start_coordinator(killed).await.unwrap();
+    let releases: Vec<ReleaseView> = cluster.client().get("/v1/releases").await.unwrap();
+    assert_eq!(releases.len(), 2, "{releases:#?}");
+    for r in &releases {
+        wait_blob(&cluster, killed, &r.digest).await;
+    }
 
     // 3. A release whose service fails its health check: the canary goes back by itself, the
     // rollout fails and stops there; every host keeps serving the previous release.
@@ -1626,6 +1661,13 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
         .unwrap();
         assert!(why.contains(expect), "{tamper}: {why}");
         assert_eq!(served_version(ports[port]).await.as_deref(), Some(&second[..10]), "{host} kept its release");
+    }
+
+    // The coordinator that came back in step 2 holds every release's artifact too.
+    let releases: Vec<ReleaseView> = cluster.client().get("/v1/releases").await.unwrap();
+    assert_eq!(releases.len(), 5, "{releases:#?}");
+    for r in &releases {
+        wait_blob(&cluster, killed, &r.digest).await;
     }
 
     drop(cluster);

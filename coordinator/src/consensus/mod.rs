@@ -487,9 +487,12 @@ fn peer_info(m: MemberRecord) -> PeerInfo {
     PeerInfo { node_id: m.id, quic_addr: m.quic_addr, http_addr: m.http_addr }
 }
 
-/// The first voter whose reported version is below `needs`.
+/// The first voter whose reported version is below `needs`. A voter that did not answer (0)
+/// does not hold the cluster back: a coordinator that is down must not stop new kinds of
+/// decisions (a release's artifact, say) while a quorum goes on. Should it come back still
+/// running the older binary, it stops at the first entry it cannot decode, saying to upgrade it.
 fn first_behind(reported: &[(u64, u32)], needs: u32) -> Option<(u64, u32)> {
-    reported.iter().copied().find(|(_, has)| *has < needs)
+    reported.iter().copied().find(|(_, has)| *has != 0 && *has < needs)
 }
 
 /// Encodes a command for the log, refusing one larger than [`MAX_COMMAND`].
@@ -538,7 +541,7 @@ mod tests {
         let voters = [(1, 2), (2, 1), (3, 2)];
         assert_eq!(first_behind(&voters, 2), Some((2, 1)), "node 2 still runs the older binary");
         assert_eq!(first_behind(&voters, 1), None);
-        assert_eq!(first_behind(&[(1, 2), (2, 0)], 2), Some((2, 0)), "a voter that did not answer counts as old");
+        assert_eq!(first_behind(&[(1, 2), (2, 0)], 2), None, "a voter that is down does not hold the cluster back");
     }
 
     /// The largest command the leader accepts still replicates: wrapped in its entry (with the

@@ -1,7 +1,8 @@
 //! Coordinator-to-coordinator links over QUIC with mutual TLS (ALPN `fifty-peer/1`), on the same
 //! endpoint agents use. Raft messages go out on one long-lived unidirectional stream per peer;
 //! a snapshot goes on a stream of its own, in chunks, so heartbeats never wait behind it.
-//! Requests (bootstrap hellos, joins) use one bidirectional stream each.
+//! Requests (bootstrap hellos, joins, artifacts) use one bidirectional stream each; an artifact
+//! (`FetchBlob`) comes back on its stream in chunks.
 //!
 //! Only a client presenting a coordinator certificate from the cluster CA is heard. A fault hook
 //! (`set_isolated`) drops all Raft traffic in and out, for partition tests.
@@ -288,6 +289,11 @@ impl Transport {
 
     /// Sends one request to the coordinator at `addr` and reads its answer.
     pub async fn request(&self, addr: &str, req: &PeerRequest) -> Result<PeerResponse> {
+        self.request_within(addr, req, Duration::from_secs(15)).await
+    }
+
+    /// Sends one request to the coordinator at `addr` and reads its answer within `limit`.
+    pub async fn request_within(&self, addr: &str, req: &PeerRequest, limit: Duration) -> Result<PeerResponse> {
         let conn = self.dial(addr).await.with_context(|| format!("dial coordinator {addr}"))?;
         let answer = async {
             let (mut send, mut recv) = conn.open_bi().await?;
@@ -295,11 +301,77 @@ impl Transport {
             send.finish()?;
             read_frame::<PeerResponse, _>(&mut recv).await?.ok_or_else(|| anyhow!("{addr} closed without answering"))
         };
-        let out = tokio::time::timeout(Duration::from_secs(15), answer)
-            .await
-            .map_err(|_| anyhow!("{addr} did not answer"))?;
+        let out = tokio::time::timeout(limit, answer).await.map_err(|_| anyhow!("{addr} did not answer"))?;
         conn.close(close::DONE.into(), b"done");
         out
+    }
+
+    /// Streams artifact `digest` (`size` bytes) from the coordinator at `addr` into `sink`, piece
+    /// by piece, in order. The caller verifies the digest.
+    pub async fn fetch_blob(
+        &self,
+        addr: &str,
+        digest: &str,
+        size: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let conn = self.dial(addr).await.with_context(|| format!("dial coordinator {addr}"))?;
+        let fetched = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_frame(&mut send, &PeerRequest::FetchBlob { digest: digest.to_string(), offset: 0 }).await?;
+            send.finish()?;
+            let mut at = 0u64;
+            while at < size {
+                // Bounded per piece, not for the whole: a large artifact on a slow link is fine
+                // as long as it keeps coming.
+                let frame = tokio::time::timeout(BLOB_PIECE_TIMEOUT, read_frame::<PeerResponse, _>(&mut recv))
+                    .await
+                    .map_err(|_| anyhow!("no piece of the artifact for {BLOB_PIECE_TIMEOUT:?}"))??;
+                match frame {
+                    Some(PeerResponse::BlobChunk { offset, total, data }) => {
+                        if total != size {
+                            return Err(anyhow!("the artifact is {total} bytes there; {size} were recorded"));
+                        }
+                        if offset != at || data.is_empty() || at + data.len() as u64 > size {
+                            return Err(anyhow!("a piece at {offset} of {} bytes does not follow {at}", data.len()));
+                        }
+                        sink(&data)?;
+                        at += data.len() as u64;
+                    }
+                    Some(PeerResponse::Refused { reason }) => return Err(anyhow!("refused: {reason}")),
+                    Some(other) => return Err(anyhow!("unexpected answer {other:?}")),
+                    None => return Err(anyhow!("the stream ended after {at} of {size} bytes")),
+                }
+            }
+            anyhow::Ok(())
+        };
+        let out = fetched.await;
+        conn.close(close::DONE.into(), b"done");
+        out
+    }
+}
+
+/// How long a blob fetch waits for its next piece.
+const BLOB_PIECE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Answers `PeerRequest::FetchBlob` on its stream: the artifact's pieces from `offset` to its end.
+async fn send_blob(send: &mut quinn::SendStream, store: &Store, digest: &str, mut offset: u64) -> Result<()> {
+    loop {
+        let piece = store.blobs().read_at(digest, offset, CHUNK);
+        let (total, data) = match piece {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                let reason = format!("this coordinator does not hold artifact {digest}");
+                return Ok(write_frame(send, &PeerResponse::Refused { reason }).await?);
+            }
+            Err(e) => return Ok(write_frame(send, &PeerResponse::Refused { reason: e.to_string() }).await?),
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        let next = offset + data.len() as u64;
+        write_frame(send, &PeerResponse::BlobChunk { offset, total, data }).await?;
+        offset = next;
     }
 }
 
@@ -377,6 +449,16 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
         Ok(Some(r)) => r,
         _ => return,
     };
+    if let PeerRequest::FetchBlob { digest, offset } = &req {
+        match send_blob(&mut send, consensus.store(), digest, *offset).await {
+            Ok(()) => {
+                let _ = send.finish();
+                let _ = send.stopped().await;
+            }
+            Err(e) => debug!(digest, error = %e, "sending an artifact to a peer stopped"),
+        }
+        return;
+    }
     let response = match req {
         PeerRequest::Hello(info) => {
             consensus.transport().learn(info.node_id, &info.quic_addr);
@@ -397,6 +479,11 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
         }
         PeerRequest::Join(info) => consensus.join(info, false).await,
         PeerRequest::JoinReplacing(info) => consensus.join(info, true).await,
+        PeerRequest::HoldBlob { digest, size, from } => {
+            crate::deploy::artifacts::hold(&consensus, &digest, size, &from).await
+        }
+        // Streamed above; never reaches this match.
+        PeerRequest::FetchBlob { .. } => return,
     };
     if write_frame(&mut send, &response).await.is_ok() {
         let _ = send.finish();

@@ -462,8 +462,9 @@ impl Coordinator {
         Ok(false)
     }
 
-    /// Answers `host`'s download request with the next piece of an artifact, if it may have it.
-    pub fn serve_artifact(&self, host: &HostName, digest: &str, offset: u64) -> CoordinatorMsg {
+    /// Answers `host`'s download request with the next piece of an artifact, if it may have it,
+    /// from this coordinator's blob store (fetching the artifact from a peer first if it lacks it).
+    pub async fn serve_artifact(&self, host: &HostName, digest: &str, offset: u64) -> CoordinatorMsg {
         let missing = |why: String| CoordinatorMsg::ArtifactData {
             digest: digest.to_string(),
             offset,
@@ -495,24 +496,26 @@ impl Coordinator {
         if offset >= total {
             return missing(format!("offset {offset} is past the end of the artifact ({total} bytes)"));
         }
-        let index = (offset / ARTIFACT_CHUNK as u64) as u32;
-        let within = (offset % ARTIFACT_CHUNK as u64) as usize;
-        match store.blob_chunk(digest, index) {
-            Ok(Some(chunk)) if within < chunk.len() => CoordinatorMsg::ArtifactData {
-                digest: digest.to_string(),
-                offset,
-                total,
-                data: chunk[within..].to_vec(),
-                missing: None,
-            },
-            Ok(_) => missing(format!("chunk {index} of artifact {digest} is not stored")),
-            Err(e) => missing(format!("storage: {e}")),
+        if !matches!(store.blobs().size(digest), Ok(Some(t)) if t == total) {
+            if let Err(e) = super::artifacts::ensure_local(&self.consensus, digest, total, None).await {
+                return missing(format!("this coordinator lacks artifact {digest} and no peer sent it: {e:#}"));
+            }
+        }
+        // Up to the next chunk boundary: the agent asks for chunk-aligned pieces after the first.
+        let upto = ARTIFACT_CHUNK - (offset % ARTIFACT_CHUNK as u64) as usize;
+        match store.blobs().read_at(digest, offset, upto) {
+            Ok(Some((t, data))) if t == total && !data.is_empty() => {
+                CoordinatorMsg::ArtifactData { digest: digest.to_string(), offset, total, data, missing: None }
+            }
+            Ok(_) => missing(format!("artifact {digest} is not stored whole here")),
+            Err(e) => missing(format!("blob store: {e}")),
         }
     }
 
     /// Turns a package job's result into a release: checks the uploaded bytes against the
-    /// digest, stores them through Raft (a quorum holds every chunk before the release is
-    /// recorded), and signs the manifest.
+    /// digest, writes them to this coordinator's blob store, has a quorum of coordinators hold
+    /// them and records that through Raft (digest and size only) before the release is
+    /// recorded, and signs the manifest.
     pub(crate) async fn package_report(
         &self,
         job: &JobRecord,
@@ -547,13 +550,8 @@ impl Coordinator {
         let (Some(deploy), Some(service)) = (plan.deploy.clone(), plan.service.clone()) else {
             return Ok(Err("the commit's fifty.toml has no [deploy]".into()));
         };
-        for (index, chunk) in bytes.chunks(ARTIFACT_CHUNK).enumerate() {
-            if store.blob_chunk(&digest, index as u32)?.is_some() {
-                continue;
-            }
-            let cmd =
-                Command::PutBlob { digest: digest.clone(), index: index as u32, total: size, data: chunk.to_vec() };
-            self.consensus.propose(cmd).await??;
+        if let Err(why) = self.store_artifact(&digest, size, bytes).await? {
+            return Ok(Err(why));
         }
         let manifest = ReleaseManifest {
             release: commit.seq,
@@ -579,10 +577,35 @@ impl Coordinator {
         }))
     }
 
+    /// Where a completed upload goes: this coordinator's blob store, then a quorum's, then the
+    /// record `Command::BlobAvailable` (digest and size; the bytes never enter Raft). An
+    /// artifact already recorded is only written here if this coordinator lacks it.
+    async fn store_artifact(&self, digest: &str, size: u64, bytes: Vec<u8>) -> Result<Result<(), String>, OpError> {
+        let store = self.consensus.store().clone();
+        if store.blobs().size(digest).ok().flatten() != Some(size) {
+            let (d, s) = (digest.to_string(), store.clone());
+            let written = tokio::task::spawn_blocking(move || s.blobs().put(&d, &bytes)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Ok(Err(format!("the artifact could not be stored: {e}"))),
+                Err(e) => return Ok(Err(format!("the artifact could not be stored: {e}"))),
+            }
+        }
+        if store.blob_size(digest)? == Some(size) {
+            return Ok(Ok(()));
+        }
+        if let Err(e) = super::artifacts::replicate(&self.consensus, digest, size).await {
+            return Ok(Err(format!("the artifact could not be stored on a quorum of coordinators: {e:#}")));
+        }
+        self.consensus.propose(Command::BlobAvailable { digest: digest.to_string(), size }).await??;
+        Ok(Ok(()))
+    }
+
     /// Fault injection (`POST /v1/debug/deploy`, only with `fault_injection = true`): sends `host`
     /// an order for `release` whose signature is broken (`tamper = "signature"`), or first
-    /// overwrites the stored artifact's first chunk with garbage through Raft, so every
-    /// coordinator serves corrupted bytes under the signed digest (`tamper = "artifact"`).
+    /// overwrites the start of this coordinator's (the leader's: agents download from it) blob
+    /// file with garbage, so it serves corrupted bytes under the signed digest
+    /// (`tamper = "artifact"`).
     pub async fn debug_deploy(&self, host: &HostName, release: u64, tamper: &str) -> Result<(), OpError> {
         let store = self.consensus.store();
         let Some(record) = store.release(release)? else {
@@ -592,11 +615,13 @@ impl Coordinator {
         match tamper {
             "signature" => order.signature[0] ^= 0xff,
             "artifact" => {
-                let chunk = store.blob_chunk(&record.digest, 0)?.unwrap_or_default();
-                let garbage = vec![0x5a; chunk.len()];
-                let cmd =
-                    Command::PutBlob { digest: record.digest.clone(), index: 0, total: record.size, data: garbage };
-                self.consensus.propose(cmd).await??;
+                super::artifacts::ensure_local(&self.consensus, &record.digest, record.size, None)
+                    .await
+                    .map_err(|e| OpError::NotFound(format!("artifact of release {release}: {e:#}")))?;
+                store
+                    .blobs()
+                    .corrupt_for_fault_injection(&record.digest)
+                    .map_err(|e| OpError::BadRequest(format!("tamper: {e}")))?;
             }
             other => {
                 return Err(OpError::BadRequest(format!("tamper: {other:?} is not \"signature\" or \"artifact\"")))

@@ -2,9 +2,10 @@
 //!
 //! 1. When a commit of a repository with `[package]` and `[deploy]` passes, the state machine
 //!    queues a *package* job; a build agent runs it and uploads the artifact over its link
-//!    (`AgentMsg::ArtifactChunk`). The leader checks its digest, stores it content-addressed
-//!    through Raft (`Command::PutBlob`, 256 KiB chunks, so a quorum holds it before anything
-//!    refers to it), signs the release manifest with the cluster's ed25519 key and records the
+//!    (`AgentMsg::ArtifactChunk`). The leader checks its digest, writes it to its blob store
+//!    (content-addressed files beside sled), has a quorum of coordinators fetch and verify it
+//!    (`artifacts`), records only its digest and size through Raft (`Command::BlobAvailable`,
+//!    so a quorum holds it before anything refers to it), signs the release manifest with the cluster's ed25519 key and records the
 //!    release (`FinishJob` with a package report).
 //! 2. A release of a repository with `auto = true` queues for its deploy target (the
 //!    repository); the newest queued release supersedes older ones. The leader's deploy loop
@@ -15,6 +16,7 @@
 //! 3. `fifty rollout promote|pause|resume|abort` and `fifty rollback` are steps of the same
 //!    machine, decided on the leader.
 
+pub mod artifacts;
 pub mod dispatch;
 pub mod rollout;
 pub mod upload;

@@ -9,19 +9,25 @@
 //! `sm/counters`, `sm/commit/<repo>/<seq>`, `sm/sha/<repo>/<sha>` (→ seq), `sm/job/<id>`,
 //! `sm/active/<id>` (jobs queued or running), `sm/log/<id>/<attempt>`, `sm/results/<id>/<attempt>`
 //! (an attempt's test results), `sm/tests/<repo>`, `sm/duration/<repo>/<test>`,
-//! `sm/delivery/<id>` (webhook deliveries seen); deploy: `sm/blob/<digest>/<chunk>` and
-//! `sm/blobsize/<digest>` (artifacts, content-addressed), `sm/release/<id>`, `sm/rollout/<id>`,
+//! `sm/delivery/<id>` (webhook deliveries seen); deploy: `sm/blobsize/<digest>` (an artifact a
+//! quorum holds in its blob store, [`blobs`]; the bytes are not in sled), `sm/release/<id>`, `sm/rollout/<id>`,
 //! `sm/target/<repo>`, `sm/hosttarget/<host>`; the immune system: `sm/incident/<id>`,
 //! `sm/notification/<id>`, `sm/webhook/<id>`; experiments: `sm/exp/def/<name>`, `sm/exp/stats/<name>`,
 //! `sm/exp/unit/<name>/<unit hash>`, `sm/exp/mark/<host>`; alerts: `sm/alertrule/<id>`, `sm/alert/<id>`,
 //! `sm/firing/<id>` (alerts firing now). Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
 //! (`fifty_shared::codec`); Raft's own types are kept in raft-rs's protobuf encoding.
+//!
+//! Artifact bytes live beside sled, in the [`blobs`] directory, never in a record. Older
+//! versions kept them as `sm/blob/<digest>/<chunk>` records: such legacy keys are read once to
+//! move an artifact into the blob store, and are in neither snapshots nor state digests.
 
+pub mod blobs;
 pub mod check;
 pub mod mark;
 pub mod raft_log;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 use fifty_shared::codec::{self, CodecError};
@@ -80,6 +86,7 @@ pub struct Store {
     tree: sled::Tree,
     /// sled's directory (the Raft log's flushed mark lives beside sled's files).
     dir: std::sync::Arc<std::path::PathBuf>,
+    blobs: Arc<blobs::Blobs>,
 }
 
 /// A set of writes applied all at once.
@@ -87,7 +94,12 @@ pub struct Store {
 pub struct Batch {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     error: Option<StoreError>,
+    /// Blob files to delete once the batch is applied (their records go in `ops`).
+    blob_deletions: Vec<String>,
 }
+
+/// The prefix of legacy artifact chunk records (see the module docs).
+pub const LEGACY_BLOB_PREFIX: &str = "sm/blob/";
 
 /// Prefix of the state machine's keys: everything a snapshot carries.
 pub const STATE_PREFIX: &str = "sm/";
@@ -155,6 +167,7 @@ impl Batch {
     /// Appends another batch's writes after this one's.
     pub fn merge(&mut self, other: Batch) {
         self.ops.extend(other.ops);
+        self.blob_deletions.extend(other.blob_deletions);
         if self.error.is_none() {
             self.error = other.error;
         }
@@ -242,19 +255,27 @@ impl Batch {
         self.put(format!("duration/{repo}/{test}"), &(test.to_string(), d));
     }
 
-    /// Stores one chunk of an artifact, and its total size.
-    pub fn put_blob_chunk(&mut self, digest: &str, index: u32, total: u64, data: &[u8]) {
+    /// Records that a quorum of coordinators holds artifact `digest` of `size` bytes.
+    pub fn put_blob_available(&mut self, digest: &str, size: u64) {
+        self.put(format!("blobsize/{digest}"), &size);
+    }
+
+    /// Writes one legacy artifact chunk record (as versions before the blob store did).
+    #[cfg(test)]
+    pub(crate) fn put_legacy_blob_chunk(&mut self, digest: &str, index: u32, total: u64, data: &[u8]) {
         self.put(format!("blob/{digest}/{index:08x}"), &data.to_vec());
         self.put(format!("blobsize/{digest}"), &total);
     }
 
-    /// Drops an artifact's chunks.
+    /// Drops an artifact: its record (and any legacy chunk records) now, and its blob file on
+    /// this coordinator once the batch is applied.
     pub fn remove_blob(&mut self, digest: &str, size: u64) {
         let chunks = size.div_ceil(fifty_shared::wire::ARTIFACT_CHUNK as u64).max(1);
         for index in 0..chunks {
             self.remove(format!("blob/{digest}/{index:08x}"));
         }
         self.remove(format!("blobsize/{digest}"));
+        self.blob_deletions.push(digest.to_string());
     }
 
     /// Writes a release.
@@ -360,21 +381,38 @@ impl Batch {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`. A new `dir` is made 0700: it will hold the
-    /// cluster's keys (`fifty server` also sets a umask of 077, so sled's own files are 0600).
+    /// Opens (or creates) the database in `dir`, with its blob store beside it in
+    /// `<dir>.blobs` (tests and tools; a coordinator uses [`Store::open_with_blobs`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_blobs(dir, &dir.with_extension("blobs"))
+    }
+
+    /// Opens (or creates) the database in `dir` and the blob store in `blob_dir` (created on
+    /// the first write). A new `dir` is made 0700: it will hold the cluster's keys (`fifty
+    /// server` also sets a umask of 077, so sled's own files are 0600).
+    pub fn open_with_blobs(dir: &Path, blob_dir: &Path) -> Result<Self, StoreError> {
         if !dir.exists() {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(sled::Error::Io)?;
         }
         let db = sled::Config::new().path(dir).open()?;
         let tree = db.open_tree("fifty")?;
-        Ok(Self { db, tree, dir: std::sync::Arc::new(dir.to_path_buf()) })
+        Ok(Self {
+            db,
+            tree,
+            dir: std::sync::Arc::new(dir.to_path_buf()),
+            blobs: Arc::new(blobs::Blobs::new(blob_dir.to_path_buf())),
+        })
     }
 
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The artifact bytes this coordinator holds.
+    pub fn blobs(&self) -> &blobs::Blobs {
+        &self.blobs
     }
 
     fn get<T: Decode<()>>(&self, key: &str) -> Result<Option<T>, StoreError> {
@@ -536,14 +574,28 @@ impl Store {
         Ok(pairs.into_iter().collect())
     }
 
-    /// One chunk of an artifact.
-    pub fn blob_chunk(&self, digest: &str, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
+    /// One chunk of an artifact as versions before the blob store kept it (read only to move
+    /// it into the blob store).
+    pub fn legacy_blob_chunk(&self, digest: &str, index: u32) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(&format!("blob/{digest}/{index:08x}"))
     }
 
-    /// An artifact's size, once any chunk of it is stored.
+    /// An artifact's size, once it is recorded as available.
     pub fn blob_size(&self, digest: &str) -> Result<Option<u64>, StoreError> {
         self.get(&format!("blobsize/{digest}"))
+    }
+
+    /// Every artifact recorded as available: its digest and size.
+    pub fn recorded_blobs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let prefix = format!("{STATE_PREFIX}blobsize/");
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let size = codec::from_bytes(&value).map_err(|source| StoreError::Corrupt { key: key.clone(), source })?;
+            out.push((key[prefix.len()..].to_string(), size));
+        }
+        Ok(out)
     }
 
     /// A release by id.
@@ -715,6 +767,13 @@ impl Store {
             }
         }
         self.tree.apply_batch(sled_batch)?;
+        // The records are gone: their files follow. Idempotent (an entry applied again after a
+        // restart removes nothing), and a failure only leaves a file the orphan sweep removes.
+        for digest in batch.blob_deletions {
+            if let Err(e) = self.blobs.remove(&digest) {
+                tracing::warn!(error = %e, "could not delete a dropped artifact's blob file");
+            }
+        }
         Ok(())
     }
 
@@ -730,21 +789,22 @@ impl Store {
         Ok(())
     }
 
-    /// SHA-256 (hex) of the state machine's records: every `sm/` key and value in key order.
-    /// Artifact chunks count by key and length only (their keys name their content's digest), so
-    /// the digest costs little however large the artifacts. Coordinators that applied the same
-    /// entries have the same digest; the Raft loop takes it at checkpoints (etcd's `hashkv`).
+    /// SHA-256 (hex) of the state machine's records: every `sm/` key and value in key order,
+    /// except legacy artifact chunks, which are not replicated (not in snapshots). Coordinators
+    /// that applied the same entries have the same digest; the Raft loop takes it at
+    /// checkpoints (etcd's `hashkv`).
     pub fn state_digest(&self) -> Result<String, StoreError> {
         use sha2::Digest as _;
         let mut hash = sha2::Sha256::new();
         for item in self.tree.scan_prefix(STATE_PREFIX.as_bytes()) {
             let (key, value) = item?;
+            if key.starts_with(LEGACY_BLOB_PREFIX.as_bytes()) {
+                continue;
+            }
             hash.update((key.len() as u64).to_be_bytes());
             hash.update(&key);
             hash.update((value.len() as u64).to_be_bytes());
-            if !key.starts_with(b"sm/blob/") {
-                hash.update(&value);
-            }
+            hash.update(&value);
         }
         Ok(hex::encode(hash.finalize()))
     }

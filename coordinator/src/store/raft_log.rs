@@ -363,11 +363,16 @@ impl RaftLog {
         Ok((self.last()? + 1).saturating_sub(self.first()?))
     }
 
-    /// Writes the state machine's records as snapshot data.
+    /// Writes the state machine's records as snapshot data. Artifact bytes are not state: they
+    /// live in the blob store, and a coordinator that installs the snapshot fetches the blobs
+    /// its records name from a peer; legacy chunk records are left out.
     fn snapshot_data(&self) -> Result<Vec<u8>, StoreError> {
         let mut data = Vec::new();
         for item in self.store.tree.scan_prefix(STATE_PREFIX.as_bytes()) {
             let (key, value) = item?;
+            if key.starts_with(super::LEGACY_BLOB_PREFIX.as_bytes()) {
+                continue;
+            }
             let record = SnapshotRecord { key: key.to_vec(), value: value.to_vec() };
             let frame = codec::encode_frame(&record)
                 .map_err(|source| StoreError::Encode { key: String::from_utf8_lossy(&key).into_owned(), source })?;
@@ -707,5 +712,36 @@ mod tests {
             ["raft/log/3: it has no checksum (damaged, or written before checksums and not upgraded)"]
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_snapshot_names_artifacts_but_holds_none_of_their_bytes() {
+        use sha2::Digest as _;
+        let (a, dir_a) = log();
+        let (b, dir_b) = log();
+        // A 1 MiB artifact in a's blob store, recorded as available; and a legacy chunk record
+        // of another, as versions before the blob store wrote them.
+        let bytes = vec![0xab_u8; 1 << 20];
+        let digest = hex::encode(sha2::Sha256::digest(&bytes));
+        a.store.blobs().put(&digest, &bytes).unwrap();
+        let legacy = format!("{:064x}", 1);
+        let mut batch = Batch::default();
+        batch.put_blob_available(&digest, bytes.len() as u64);
+        batch.put_legacy_blob_chunk(&legacy, 0, 200_000, &[0xcd; 200_000]);
+        RaftLog::set_applied(&mut batch, 1);
+        append(&a, &[entry(1, 1)]);
+        a.store.apply(batch).unwrap();
+
+        let snap = a.snapshot(1, 0).unwrap();
+        assert!(snap.data.len() < 4096, "the snapshot is {} bytes", snap.data.len());
+        assert!(!snap.data.windows(64).any(|w| w.iter().all(|&x| x == 0xab || x == 0xcd)), "artifact bytes");
+        b.apply_snapshot(&snap, &HardState::default()).unwrap();
+        let recorded = b.store.recorded_blobs().unwrap();
+        assert!(recorded.contains(&(digest.clone(), bytes.len() as u64)), "{recorded:?}");
+        assert!(recorded.contains(&(legacy.clone(), 200_000)), "{recorded:?}");
+        assert_eq!(b.store.blobs().size(&digest).unwrap(), None, "b fetches the bytes from a peer");
+        assert_eq!(b.store.legacy_blob_chunk(&legacy, 0).unwrap(), None);
+        let _ = std::fs::remove_dir_all(a.store.blobs().dir());
+        let _ = (std::fs::remove_dir_all(dir_a), std::fs::remove_dir_all(dir_b));
     }
 }
