@@ -385,8 +385,11 @@ mod tests {
             exit: None,
             passed: 0,
             failed: 0,
+            skipped: 0,
+            notes: vec![],
             log_bytes: 0,
         };
+        let lost = || AttemptEnd::Lost { why: "gone".into() };
         let mut job = JobRecord {
             id: 7,
             repo: RepoName::new("shop").unwrap(),
@@ -396,7 +399,7 @@ mod tests {
             state: JobState::Running,
             max_failures: 2,
             avoid: vec![],
-            attempts: vec![attempt(1, AttemptEnd::Lost), attempt(2, AttemptEnd::Running)],
+            attempts: vec![attempt(1, lost()), attempt(2, AttemptEnd::Running)],
             queued_at: SystemTime::UNIX_EPOCH,
         };
         use fifty_shared::wire::JobRef;
@@ -404,7 +407,7 @@ mod tests {
         assert!(!job.runs(JobRef { job: 7, attempt: 2 }, &other), "another host");
         assert!(!job.runs(JobRef { job: 7, attempt: 1 }, &web), "an earlier attempt");
         assert!(!job.runs(JobRef { job: 8, attempt: 2 }, &web), "another job");
-        job.attempts[1].end = AttemptEnd::Lost;
+        job.attempts[1].end = lost();
         assert!(!job.runs(JobRef { job: 7, attempt: 2 }, &web), "an attempt that ended");
     }
 }

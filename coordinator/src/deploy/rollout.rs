@@ -973,7 +973,7 @@ mod judged_tests {
         (1..=6)
             .map(|i| {
                 let current = if on.contains(&i) { Some(7) } else { Some(6) };
-                (h(i), HostView { up: true, reported: true, current, healthy: true, failed: None })
+                (h(i), HostView { up: true, reported: true, current, healthy: true, failed: None, applying: None })
             })
             .collect()
     }
