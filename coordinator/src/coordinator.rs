@@ -88,6 +88,9 @@ pub struct Coordinator {
     pub(crate) immune: Mutex<crate::immune::Live>,
     /// Wakes the notification loop.
     pub(crate) notify_wake: tokio::sync::Notify,
+    /// The last consistency check's coordinators that differed from this one, and when (for the
+    /// `divergence` alert rule). None: no check ran yet here.
+    pub(crate) last_divergence: Mutex<Option<(Vec<String>, SystemTime)>>,
     /// Experiments soft state (leader only): what each host was sent.
     pub(crate) experiments: Mutex<crate::experiments::leader::Live>,
     /// Wakes the experiments loop (a definition changed).
@@ -114,6 +117,7 @@ impl Coordinator {
             deploy_wake: tokio::sync::Notify::new(),
             immune: Mutex::default(),
             notify_wake: tokio::sync::Notify::new(),
+            last_divergence: Mutex::new(None),
             experiments: Mutex::default(),
             experiments_wake: tokio::sync::Notify::new(),
         })
@@ -610,9 +614,15 @@ impl Coordinator {
             nodes.push(views::NodeDigestView { id: format!("{:016x}", m.id), applied, digest: theirs, verdict });
         }
         let consistent = nodes.iter().all(|n| n.verdict == "agrees");
-        if nodes.iter().any(|n| n.verdict == "DIFFERS") {
-            tracing::error!(index, "coordinators' states differ at the same log index: see `fifty cluster check`");
+        let differing: Vec<String> = nodes.iter().filter(|n| n.verdict == "DIFFERS").map(|n| n.id.clone()).collect();
+        if !differing.is_empty() {
+            tracing::error!(
+                index,
+                ?differing,
+                "coordinators' states differ at the same log index: see `fifty cluster check`"
+            );
         }
+        *self.last_divergence.lock().expect("divergence lock") = Some((differing, SystemTime::now()));
         Ok(views::ClusterCheckView { index, consistent, nodes })
     }
 

@@ -127,6 +127,7 @@ pub fn prepare_data_dir(config: &Config) -> Result<()> {
     if config.data_dir.exists() {
         fifty_shared::config::check_private_tree(&config.data_dir).context("the data dir")?;
     }
+    fifty_shared::config::create_private_dir(&config.data_dir)?;
     fifty_shared::config::create_private_dir(&config.tls_dir())?;
     if let Some(key) = &config.ca_key {
         fifty_shared::config::check_private(key).context("config key ca_key")?;

@@ -451,6 +451,8 @@ impl Command {
     /// The [`STATE_VERSION`] that introduced this kind of command.
     pub fn since(&self) -> u32 {
         match self {
+            // A newer kind of alert rule inside an older kind of command.
+            Command::AddAlertRule { rule } if rule.condition == crate::alerts::Condition::Divergence => 2,
             Command::InitCluster { .. }
             | Command::CreateToken(_)
             | Command::RevokeToken { .. }

@@ -43,7 +43,7 @@ pub fn classify(condition: &Condition, value: f64, said: String) -> Level {
         Condition::DiskFree { below_percent } => (value < *below_percent, value >= below_percent * (1.0 + HYSTERESIS)),
         Condition::Cpu { above_percent } => (value > *above_percent, value <= above_percent * (1.0 - HYSTERESIS)),
         Condition::ErrorRate { above, .. } => (value > *above, value <= above * (1.0 - HYSTERESIS)),
-        Condition::HostDown | Condition::Immune => (value > 0.0, value <= 0.0),
+        Condition::HostDown | Condition::Immune | Condition::Divergence => (value > 0.0, value <= 0.0),
     };
     if bad {
         Level::Bad(said)

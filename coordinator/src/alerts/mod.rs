@@ -71,6 +71,10 @@ pub enum Condition {
     /// Any immune-system decision (a revert, or a wave held as inconclusive). Subject: the
     /// incident or the rollout.
     Immune,
+    /// The last consistency check (`fifty cluster check`, or the leader's own every
+    /// `consistency_check_interval`) found coordinators whose state differs from the leader's at
+    /// the same log index. Subject: `coordinators`. (State version 2.)
+    Divergence,
 }
 
 impl Condition {
@@ -82,6 +86,7 @@ impl Condition {
             Condition::Cpu { .. } => "cpu",
             Condition::ErrorRate { .. } => "error_rate",
             Condition::Immune => "immune",
+            Condition::Divergence => "divergence",
         }
     }
 
@@ -99,6 +104,7 @@ impl Condition {
                 format!("{on} {metric} above {}", percent(*above))
             }
             Condition::Immune => "immune-system revert or hold".into(),
+            Condition::Divergence => "coordinators' states differ".into(),
         }
     }
 }
@@ -226,17 +232,23 @@ impl RuleSpec {
                 }
             }
             "immune" => Condition::Immune,
+            "divergence" => Condition::Divergence,
             other => {
-                return Err(format!("kind {other:?}: use host_down, disk_free, cpu, error_rate or immune"));
+                return Err(format!("kind {other:?}: use host_down, disk_free, cpu, error_rate, immune or divergence"));
             }
         };
         if !matches!(condition, Condition::ErrorRate { .. }) && (self.metric.is_some() || self.pool.is_some()) {
             return Err(format!("metric/pool: only error_rate rules take them, not {}", self.kind));
         }
-        if matches!(condition, Condition::HostDown | Condition::Immune) && self.threshold.is_some() {
+        if matches!(condition, Condition::HostDown | Condition::Immune | Condition::Divergence)
+            && self.threshold.is_some()
+        {
             return Err(format!("threshold: a {} rule takes none", self.kind));
         }
-        let default_for = if condition == Condition::Immune { Duration::ZERO } else { Duration::from_secs(60) };
+        let default_for = match condition {
+            Condition::Immune | Condition::Divergence => Duration::ZERO,
+            _ => Duration::from_secs(60),
+        };
         let for_ = match self.for_.as_deref() {
             None => default_for,
             Some(text) => fifty_shared::config::parse_duration(text).map_err(|e| format!("for: {e}"))?,
@@ -421,5 +433,19 @@ mod tests {
             .starts_with("pool"));
         assert!(err(RuleSpec { name: "two words".into(), ..spec("host_down") }).starts_with("name"));
         assert!(err(RuleSpec { threshold: Some("1".into()), ..spec("host_down") }).starts_with("threshold:"));
+    }
+
+    /// A divergence rule takes no threshold, fires at once by default, and is a newer kind of
+    /// rule: proposed only once every voter understands it.
+    #[test]
+    fn a_divergence_rule_is_a_state_version_2_rule() {
+        let at = SystemTime::UNIX_EPOCH;
+        let rule = spec("divergence").to_rule("admin", at).unwrap();
+        assert_eq!((rule.condition.clone(), rule.for_), (Condition::Divergence, Duration::ZERO));
+        assert_eq!(crate::state::Command::AddAlertRule { rule }.since(), 2);
+        let refused = RuleSpec { threshold: Some("1".into()), ..spec("divergence") }.to_rule("admin", at).unwrap_err();
+        assert!(refused.starts_with("threshold:"), "{refused}");
+        let host_down = spec("host_down").to_rule("admin", at).unwrap();
+        assert_eq!(crate::state::Command::AddAlertRule { rule: host_down }.since(), 1);
     }
 }

@@ -201,6 +201,19 @@ fn readings(c: &Coordinator, rules: &[Rule], now: SystemTime) -> Result<Vec<Read
                     push(format!("rollout {} held", r.id), level, None);
                 }
             }
+            Condition::Divergence => {
+                if let Some((differing, at)) = c.last_divergence.lock().expect("divergence lock").clone() {
+                    let level = if differing.is_empty() {
+                        Level::Clear("every coordinator agreed at the last check".into())
+                    } else {
+                        Level::Bad(format!(
+                            "{} differ from the leader at the last check: `fifty cluster check`",
+                            differing.join(", ")
+                        ))
+                    };
+                    push("coordinators".into(), level, Some(at));
+                }
+            }
         }
     }
     Ok(out)

@@ -41,7 +41,7 @@ pub enum RuleCommand {
     Add {
         /// A unique name, e.g. `web-down`.
         name: String,
-        /// host_down, disk_free, cpu, error_rate or immune.
+        /// host_down, disk_free, cpu, error_rate, immune or divergence.
         #[arg(long)]
         kind: String,
         /// disk_free: percent free; cpu: percent; error_rate: a ratio (0.05) or a percentage (5%).

@@ -154,6 +154,9 @@ pub enum Fault {
     /// The leader proposes an entry no coordinator can decode (as a newer binary's command
     /// would look to an older one).
     Undecodable,
+    /// This coordinator writes a record to its own state outside the log (as a damaged disk or
+    /// a bug could), so its state differs from the others'.
+    Diverge,
 }
 
 /// The result of applying one entry.

@@ -332,6 +332,23 @@ impl Node {
                 self.raw.report_snapshot(to, status);
             }
             Input::Fault(Fault::Panic) => panic!("fault injection: the Raft thread panics"),
+            Input::Fault(Fault::Diverge) => {
+                let mut batch = Batch::default();
+                batch.put_token(&crate::state::TokenRecord {
+                    accessor: "d1ve4ged00000000".into(),
+                    hash: "written-outside-the-log".into(),
+                    role: fifty_shared::ids::Role::Read,
+                    description: "fault injection: a record no entry wrote".into(),
+                    created_at: std::time::SystemTime::UNIX_EPOCH,
+                    expires_at: None,
+                    max_uses: None,
+                    uses: 0,
+                    revoked: true,
+                });
+                if let Err(e) = self.log.store().apply(batch) {
+                    tracing::warn!(error = %e, "fault injection: divergence not written");
+                }
+            }
             Input::Fault(Fault::Undecodable) => {
                 let who = self.next_proposer();
                 if let Err(e) = self.raw.propose(proposal_context(who, &[]), vec![0xff; 16]) {
