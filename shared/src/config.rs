@@ -201,6 +201,7 @@ mod tests {
     #[test]
     fn private_trees_refuse_any_entry_others_can_reach_and_name_it() {
         let root = temp("private");
+        create_private_dir(&root).unwrap();
         create_private_dir(&root.join("tls")).unwrap();
         write_private(&root.join("tls/ca-key.pem"), "key").unwrap();
         check_private_tree(&root).unwrap();
