@@ -10,6 +10,9 @@ use bincode::{Decode, Encode};
 use fifty_shared::ids::RepoName;
 use serde::{Deserialize, Serialize};
 
+use crate::state::{Applied, ApplyResult, Rejection};
+use crate::store::{Batch, Store};
+
 /// One incident.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
 pub struct IncidentRecord {
@@ -268,6 +271,25 @@ impl crate::coordinator::Coordinator {
         self.consensus.propose(cmd).await??;
         self.incident(id)
     }
+}
+
+/// A person's change to an incident (see `Command::ChangeIncident`).
+pub(crate) fn apply_change(
+    store: &Store,
+    id: u64,
+    change: &Change,
+    by: &str,
+    at: SystemTime,
+    batch: &mut Batch,
+) -> ApplyResult {
+    let Some(mut incident) = store.incident(id)? else {
+        return Ok(Err(Rejection::UnknownIncident(id)));
+    };
+    if let Err(why) = incident.change(change, by, at) {
+        return Ok(Err(Rejection::IncidentChange(why)));
+    }
+    batch.put_incident(&incident);
+    Ok(Ok(Applied::Done))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod api;
 pub mod ci;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod consensus;
 pub mod coordinator;

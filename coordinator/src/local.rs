@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use tokio::process::{Child, Command};
 
-use crate::cli::Client;
+use crate::client::Client;
 use crate::views::{ClusterView, CreateToken, HostView};
 
 /// How the local cluster runs.

@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::coordinator::Coordinator;
-use crate::state::Command;
+use crate::state::{Applied, ApplyResult, Command, Rejection};
+use crate::store::{Batch, Store};
 
 /// The body a webhook gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
@@ -229,6 +230,46 @@ pub async fn post(url: &str, id: u64, body: String) -> Result<(), String> {
         }
     };
     tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "no answer within 10 s".to_string())?
+}
+
+/// Adds a webhook (see `Command::AddWebhook`).
+pub(crate) fn apply_add_webhook(
+    store: &Store,
+    url: &str,
+    format: Format,
+    by: &str,
+    at: SystemTime,
+    batch: &mut Batch,
+) -> ApplyResult {
+    let mut counters = store.counters()?;
+    counters.last_webhook += 1;
+    let hook =
+        crate::notify::Webhook { id: counters.last_webhook, url: url.to_string(), format, added: (at, by.to_string()) };
+    batch.put_counters(&counters);
+    batch.put_webhook(&hook);
+    Ok(Ok(Applied::Done))
+}
+
+/// Removes a webhook (see `Command::RemoveWebhook`).
+pub(crate) fn apply_remove_webhook(store: &Store, id: u64, batch: &mut Batch) -> ApplyResult {
+    if store.webhook(id)?.is_none() {
+        return Ok(Err(Rejection::UnknownWebhook(id)));
+    }
+    batch.remove_webhook(id);
+    Ok(Ok(Applied::Done))
+}
+
+/// Records a delivery (see `Command::Delivered`).
+pub(crate) fn apply_delivered(store: &Store, notification: u64, webhook: u64, batch: &mut Batch) -> ApplyResult {
+    if let Some(mut n) = store.notification(notification)? {
+        for (id, done) in n.to.iter_mut() {
+            if *id == webhook {
+                *done = true;
+            }
+        }
+        batch.put_notification(&n);
+    }
+    Ok(Ok(Applied::Done))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
-use crate::cli::Client;
+use crate::client::Client;
 use crate::consensus::ConsensusError;
 use crate::coordinator::Coordinator;
 use crate::state::MemberRecord;

@@ -14,8 +14,10 @@
 //! 5. when every shard is done the commit passes or fails, flaky tests are noted, and the
 //!    branch's gate follows the newest finished commit.
 //!
-//! The records below are what the state machine keeps; `outcome` holds the pure rules it applies.
+//! The records below are what the state machine keeps; `apply` is how it applies the commands above,
+//! and `outcome` holds the pure rules it applies.
 
+pub mod apply;
 pub mod dispatch;
 pub mod junit;
 pub mod live;

@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::client::{Client, ClientOpts};
 use super::output;
 use crate::alerts::live::{SeriesView, TopView};
 use crate::alerts::ops::{AlertsView, Silence};
 use crate::alerts::{percent, AlertView, RuleSpec, RuleView, Severity};
+use crate::client::{Client, ClientOpts};
 
 #[derive(Debug, Subcommand)]
 pub enum AlertCommand {

@@ -3,8 +3,8 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::client::{Client, ClientOpts};
 use super::output;
+use crate::client::{Client, ClientOpts};
 use crate::incidents::Change;
 use crate::views::{AddWebhook, IncidentView, WebhookView};
 

@@ -2,7 +2,6 @@
 //! verbs, which talk to a coordinator only through its HTTPS API.
 
 mod alert;
-pub mod client;
 mod demo;
 mod demo_experiment;
 mod dev;
@@ -14,13 +13,13 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::ci::NewCommit;
+pub use crate::client::{ApiFailure, Client, ClientOpts};
 use crate::gate::Verdict;
 use crate::views::{
     AddRepo, ClusterView, CommitSummary, CommitView, CreateToken, GateChange, GateView, HostView, Notified,
     NotifyCommits, Quarantine, RepoView, StatusView, TestsView, TokenCreated, TokenView,
 };
 use crate::views::{ReleaseView, RollbackRequest, RolloutView};
-pub use client::{ApiFailure, Client, ClientOpts};
 
 /// Fifty: ship to production fifty times a day without breaking it.
 #[derive(Debug, Parser)]

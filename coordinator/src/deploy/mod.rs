@@ -16,6 +16,7 @@
 //! 3. `fifty rollout promote|pause|resume|abort` and `fifty rollback` are steps of the same
 //!    machine, decided on the leader.
 
+pub mod apply;
 pub mod artifacts;
 pub mod dispatch;
 pub mod rollout;

@@ -6,6 +6,8 @@
 //! Prometheus scrapes, tagged with the release they were observed under) and returns verdicts; it
 //! knows nothing of scraping, time or the rollout controller, which feeds it and acts on
 //! [`analysis::decide_wave`]. [`sim`] drives the same code with a seeded, simulated fleet.
+//! [`apply`] is the state machine's part, outside that rule: it writes a decided revert
+//! (`Command::ImmuneRevert`) to the store, from the command alone, like every command's apply.
 //!
 //! # The model
 //!
@@ -91,6 +93,7 @@
 //! metric does not move between the two windows for other reasons; drift no longer cancels.
 
 pub mod analysis;
+pub mod apply;
 pub mod judge;
 pub mod series;
 pub mod sim;

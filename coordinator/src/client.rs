@@ -1,5 +1,6 @@
-//! The CLI's HTTPS client: one request per call, TLS verified against the cluster CA
-//! (`FIFTY_CACERT`), bearer token from `FIFTY_TOKEN`.
+//! The HTTPS client of the API: one request per call, TLS verified against the cluster CA
+//! (`FIFTY_CACERT`), bearer token from `FIFTY_TOKEN`. The CLI uses it (re-exported from `cli`), and
+//! so do a follower forwarding a request to its leader (`api::forward`) and the local cluster (`local`).
 
 use std::sync::Arc;
 

@@ -1,0 +1,299 @@
+//! How the state machine applies the immune system's revert (`ImmuneRevert`): one entry turns the
+//! rollout back, closes the gate, queues the git revert, opens the incident and notifies. A free
+//! function over the store, called from the dispatch in `state::Machine::apply`; the statistics
+//! that decide a revert are elsewhere in this module and never touch the store.
+
+use std::time::SystemTime;
+
+use fifty_shared::ids::HostName;
+use fifty_shared::wire::JobKind;
+
+use crate::ci::JobState;
+use crate::deploy::apply::record_rollout;
+use crate::gate::{Cause, Closure};
+use crate::state::{Applied, ApplyResult, GateRecord, Rejection};
+use crate::store::{Batch, Store};
+
+/// The immune system's revert (see `Command::ImmuneRevert`).
+pub(crate) fn immune_revert(
+    store: &Store,
+    rollout: &crate::deploy::Rollout,
+    targets: &[(HostName, u64)],
+    incident: &crate::incidents::IncidentRecord,
+    at: SystemTime,
+    batch: &mut Batch,
+) -> ApplyResult {
+    let stored = store.rollout(rollout.id)?;
+    if stored.as_ref().map(|r| r.version + 1) != Some(rollout.version) {
+        return Ok(Err(Rejection::RolloutConflict(rollout.id)));
+    }
+    let mut target = store.target(&rollout.repo)?;
+    // The bad release must not be started again by itself.
+    if target.queued == Some(rollout.release) {
+        target.queued = None;
+    }
+    record_rollout(rollout, targets, &mut target, at, batch);
+    let mut counters = store.counters()?;
+    counters.last_incident += 1;
+    counters.next_job += 1;
+    counters.last_notification += 1;
+    let mut incident = incident.clone();
+    incident.id = counters.last_incident;
+    let Some(repo) = incident.repo.clone() else {
+        return Ok(Err(Rejection::IncidentChange("a revert's incident names its repository".into())));
+    };
+    let short = crate::ci::short(&incident.sha).to_string();
+    // 1. every touched host goes back: the rollout's targets, above. 2. the gate closes.
+    let reason = format!("immune system reverted {short}: {}", incident.reason);
+    let gate = store.gate(&repo, &incident.branch)?;
+    batch.put_gate(&GateRecord {
+        repo: repo.clone(),
+        branch: incident.branch.clone(),
+        closed: Some(Closure {
+            reason: reason.clone(),
+            cause: Cause::Immune { sha: incident.sha.clone(), incident: incident.id },
+            since: at,
+        }),
+        changed_at: at,
+        changed_by: "fifty immune system".into(),
+        last_finished_seq: gate.map_or(0, |g| g.last_finished_seq),
+    });
+    incident.say(at, format!("gate of {} closed: {reason}", incident.branch));
+    // 3. a build agent reverts the commit in git. The job names the commit by its own
+    // sequence number (0: the commit is not known here; seqs start at 1).
+    let commit_seq = store.commit_by_sha(&repo, &incident.sha)?.map_or(0, |c| c.seq);
+    let job = crate::ci::JobRecord {
+        id: counters.next_job,
+        repo: repo.clone(),
+        sha: incident.sha.clone(),
+        commit_seq,
+        kind: JobKind::Revert {
+            revert: incident.sha.clone(),
+            branch: incident.branch.clone(),
+            reason: incident.reason.clone(),
+        },
+        state: JobState::Queued,
+        max_failures: 2,
+        avoid: Vec::new(),
+        attempts: Vec::new(),
+        queued_at: at,
+    };
+    incident.revert_job = Some(job.id);
+    incident.say(at, format!("revert of {short} on {} queued for a build agent (job {})", incident.branch, job.id));
+    batch.put_job(&job);
+    // 4. the incident. 5. the notification.
+    let hooks = store.webhooks()?;
+    incident.say(at, format!("incident {} opened; {} webhooks notified", incident.id, hooks.len()));
+    let notification = crate::notify::Notification {
+        id: counters.last_notification,
+        kind: "immune.revert".into(),
+        title: format!("{}: {}", repo, reason),
+        text: format!(
+            "Release {} ({short} \"{}\") was reverted on every host to release {}; the gate of {} is closed until an admin opens it (`fifty gate open {}`). Incident {}: `fifty incident show {}`.\n{}",
+            incident.release,
+            incident.subject,
+            incident.previous,
+            incident.branch,
+            repo,
+            incident.id,
+            incident.id,
+            incident.evidence.join("\n")
+        ),
+        repo: Some(repo.to_string()),
+        incident: Some(incident.id),
+        at: Some(at),
+        to: hooks.iter().map(|h| (h.id, false)).collect(),
+    };
+    batch.put_notification(&notification);
+    batch.put_incident(&incident);
+    batch.put_counters(&counters);
+    Ok(Ok(Applied::Done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ci::{JobReport, NewCommit};
+    use crate::state::testkit::*;
+    use crate::state::{Command, RepoRecord};
+    use std::time::Duration;
+
+    /// The immune system's revert through the state machine alone: one entry turns the
+    /// rollout back, closes the gate, queues the git revert, opens the incident and the
+    /// notification; a second leader's copy of the same decision is refused; the hosts coming
+    /// back, the revert commit, the admin opening the gate and the delivery are recorded.
+    #[test]
+    fn an_immune_revert_is_one_decision_with_five_effects() {
+        use crate::deploy::{Kind, Rollout, WaveStep};
+        let (mut m, _d) = machine();
+        let now = SystemTime::now();
+        let record = RepoRecord {
+            name: repo(),
+            url: "/srv/shop.git".into(),
+            branch: "main".into(),
+            fix_marker: "[fix]".into(),
+            webhook_secret: None,
+            added_at: now,
+        };
+        apply(&mut m, Command::PutRepo(record)).unwrap();
+        let hook = Command::AddWebhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            format: crate::notify::Format::Json,
+            by: "admin".into(),
+            at: now,
+        };
+        apply(&mut m, hook).unwrap();
+        let hosts = vec![b("web-1"), b("web-2"), b("web-3")];
+        let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(100)];
+        let d = Duration::from_secs(10);
+        let start = Rollout::start(1, repo(), Kind::Deploy, 2, Some(1), hosts, waves, d, 1, d * 6, now);
+        let cmd = Command::StartRollout { rollout: start.rollout.clone(), targets: start.targets, at: now };
+        apply(&mut m, cmd).unwrap();
+        let bad = "3f2a9c1e20".repeat(4);
+        let why = "error_rate 0.41% → 3.9% (+850%, p=2e-05)";
+        let step = start.rollout.revert(why, now).unwrap();
+        let incident = crate::incidents::IncidentRecord {
+            id: 0,
+            repo: Some(repo()),
+            branch: "main".into(),
+            title: "t".into(),
+            opened_at: now,
+            sha: bad.clone(),
+            subject: "Faster checkout".into(),
+            release: 2,
+            previous: 1,
+            rollout: 1,
+            reason: why.into(),
+            evidence: vec![format!("FAIL: {why}")],
+            revert_job: None,
+            revert: None,
+            timeline: vec![],
+            whys: vec![],
+            actions: vec![],
+            closed: None,
+            alert: None,
+        };
+        let decide = Command::ImmuneRevert {
+            rollout: step.rollout.clone(),
+            targets: step.targets.clone(),
+            incident: incident.clone(),
+            at: now,
+        };
+        apply(&mut m, decide.clone()).unwrap();
+        assert_eq!(apply(&mut m, decide), Err(Rejection::RolloutConflict(1)), "a second copy is refused");
+
+        let store = m.store();
+        // 1. The canary goes back.
+        let targets = store.host_targets().unwrap();
+        assert_eq!(targets.iter().find(|t| t.host == b("web-1")).map(|t| t.release), Some(1));
+        // 2. The gate closes, naming the commit and the incident.
+        let gate = store.gate(&repo(), "main").unwrap().unwrap().closed.unwrap();
+        assert_eq!(gate.cause, Cause::Immune { sha: bad.clone(), incident: 1 });
+        assert_eq!(gate.reason, format!("immune system reverted 3f2a9c1e20: {why}"));
+        // 3. The revert is queued for a build agent. 4. The incident. 5. The notification.
+        let i = store.incident(1).unwrap().unwrap();
+        let job = store.job(i.revert_job.unwrap()).unwrap().unwrap();
+        assert!(matches!(&job.kind, JobKind::Revert { revert, branch, .. } if *revert == bad && branch == "main"));
+        assert_eq!(job.state, JobState::Queued);
+        assert!(i.timeline.iter().any(|(_, e)| e.starts_with("gate of main closed")), "{:?}", i.timeline);
+        let n = store.notification(1).unwrap().unwrap();
+        assert_eq!((n.kind.as_str(), n.incident, n.to.clone()), ("immune.revert", Some(1), vec![(1, false)]));
+
+        // The hosts are back: the rollout ends, and the incident says so.
+        let back = step.rollout.step(&std::collections::HashMap::new(), &crate::deploy::Judgement::Off, now).unwrap();
+        let cmd = Command::StepRollout { rollout: back.rollout, targets: back.targets, at: now };
+        apply(&mut m, cmd).unwrap();
+        // The revert commit is pushed.
+        let r = assign(&mut m, job.id, "build-1");
+        finish(&mut m, r, "build-1", JobReport::Revert { outcome: Ok("9b64de79f4".repeat(4)) }).unwrap();
+        // An admin opens the gate; the webhook got it.
+        let open = GateRecord {
+            repo: repo(),
+            branch: "main".into(),
+            closed: None,
+            changed_at: now,
+            changed_by: "token a (admin)".into(),
+            last_finished_seq: 0,
+        };
+        apply(&mut m, Command::SetGate(open)).unwrap();
+        apply(&mut m, Command::Delivered { notification: 1, webhook: 1 }).unwrap();
+        let store = m.store();
+        let i = store.incident(1).unwrap().unwrap();
+        let said: Vec<&str> = i.timeline.iter().map(|(_, e)| e.as_str()).collect();
+        assert!(said.iter().any(|e| e.starts_with("every host of rollout 1 is back on release 1")), "{said:?}");
+        assert!(said.iter().any(|e| e.starts_with("revert commit 9b64de79f4 pushed to main")), "{said:?}");
+        assert!(said.iter().any(|e| e.starts_with("gate of main opened by token a")), "{said:?}");
+        assert_eq!(i.revert, Some(Ok("9b64de79f4".repeat(4))));
+        assert_eq!(store.notification(1).unwrap().unwrap().to, vec![(1, true)]);
+        assert_eq!(store.job(job.id).unwrap().unwrap().state, JobState::Passed);
+
+        // A held wave (the next rollout) notifies the webhooks once.
+        let hosts = vec![b("web-1"), b("web-2")];
+        let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(100)];
+        let start = Rollout::start(2, repo(), Kind::Deploy, 3, Some(1), hosts, waves, d, 1, d * 6, now);
+        let cmd = Command::StartRollout { rollout: start.rollout.clone(), targets: start.targets, at: now };
+        apply(&mut m, cmd).unwrap();
+        let mut held = start.rollout.clone();
+        held.version += 1;
+        held.held = Some("error_rate has no data".into());
+        apply(&mut m, Command::StepRollout { rollout: held.clone(), targets: vec![], at: now }).unwrap();
+        held.version += 1;
+        apply(&mut m, Command::StepRollout { rollout: held, targets: vec![], at: now }).unwrap();
+        let notes = m.store().notifications().unwrap();
+        assert_eq!(notes.iter().filter(|n| n.kind == "immune.hold").count(), 1, "{notes:?}");
+        assert!(notes[1].text.contains("error_rate has no data"));
+    }
+
+    /// The immune system's git revert job names the reverted commit by the commit's own
+    /// sequence number, not by the release's id (it carried the release id).
+    #[test]
+    fn the_revert_job_names_the_commit_it_reverts() {
+        use crate::deploy::{Kind, Rollout, WaveStep};
+        let (mut m, _d) = machine();
+        let now = SystemTime::now();
+        add_repo(&mut m);
+        let (good, bad) = ("a".repeat(40), "b".repeat(40));
+        let commits = [&good, &bad]
+            .into_iter()
+            .map(|sha| NewCommit { sha: sha.clone(), subject: "s".into(), author: "a".into() })
+            .collect();
+        let notify = Command::NotifyCommits { repo: repo(), branch: "main".into(), commits, delivery: None, at: now };
+        apply(&mut m, notify).unwrap();
+        let seq = m.store().commit_by_sha(&repo(), &bad).unwrap().unwrap().seq;
+        let (release, d) = (9, Duration::from_secs(10));
+        assert_ne!(seq, release);
+        let hosts = vec![b("web-1"), b("web-2")];
+        let waves = vec![WaveStep::Hosts(1), WaveStep::Percent(100)];
+        let start = Rollout::start(1, repo(), Kind::Deploy, release, Some(1), hosts, waves, d, 1, d * 6, now);
+        let cmd = Command::StartRollout { rollout: start.rollout.clone(), targets: start.targets, at: now };
+        apply(&mut m, cmd).unwrap();
+        let step = start.rollout.revert("worse", now).unwrap();
+        let incident = crate::incidents::IncidentRecord {
+            id: 0,
+            repo: Some(repo()),
+            branch: "main".into(),
+            title: "t".into(),
+            opened_at: now,
+            sha: bad.clone(),
+            subject: "s".into(),
+            release,
+            previous: 1,
+            rollout: 1,
+            reason: "worse".into(),
+            evidence: vec![],
+            revert_job: None,
+            revert: None,
+            timeline: vec![],
+            whys: vec![],
+            actions: vec![],
+            closed: None,
+            alert: None,
+        };
+        let decide = Command::ImmuneRevert { rollout: step.rollout, targets: step.targets, incident, at: now };
+        apply(&mut m, decide).unwrap();
+        let store = m.store();
+        let job = store.job(store.incident(1).unwrap().unwrap().revert_job.unwrap()).unwrap().unwrap();
+        assert_eq!(job.commit_seq, seq);
+        assert_eq!(store.commit(&repo(), job.commit_seq).unwrap().unwrap().sha, bad);
+    }
+}
