@@ -1698,7 +1698,7 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
 
     // The coordinator that came back in step 2 holds every release's artifact too.
     let releases: Vec<ReleaseView> = cluster.client().get("/v1/releases").await.unwrap();
-    assert_eq!(releases.len(), 5, "{releases:#?}");
+    assert_eq!(releases.len(), 6, "{releases:#?}");
     for r in &releases {
         wait_blob(&cluster, killed, &r.digest).await;
     }
