@@ -9,9 +9,10 @@
 //! (a follower's conflicting tail replaced, or an older snapshot installed).
 //!
 //! The Raft loop does not wait for the mark: [`MarkWriter`] writes it on a thread of its own (its
-//! fdatasync would otherwise add to every write's latency), always the newest mark posted. So the
-//! mark may trail the log by the flushes of the last few milliseconds, and a loss confined to
-//! those goes unnoticed; anything older that the disk loses is caught at the next start.
+//! fdatasync would otherwise add to every write's latency), always the newest mark posted, at most
+//! every 20 ms (`MIN_INTERVAL`). So the mark may trail the log by the flushes of the last few tens
+//! of milliseconds, and a loss confined to those goes unnoticed; anything older that the disk loses
+//! is caught at the next start.
 //!
 //! Format: two 64-byte slots, each `"FMRK"`, a sequence number and the four fields (u64 big-endian),
 //! then the first 8 bytes of the SHA-256 of all that. Writes alternate between the slots and are
@@ -248,8 +249,16 @@ impl MarkWriter {
     }
 }
 
-/// The writer thread: writes whatever is posted; ends when the writer is dropped.
+/// Least time between two marks written by the writer thread. Under a stream of writes, each
+/// fdatasync of the mark competes with sled's fsync on the same disk (measured: 1-client write
+/// p50 6.2 ms with a mark per flush, 4.1 ms without); writing at most every 20 ms bounds that to
+/// 50 a second, while the mark trails the log by at most 20 ms more.
+const MIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The writer thread: writes whatever is posted (the newest, at most every [`MIN_INTERVAL`]);
+/// ends when the writer is dropped.
 fn write_posted(writer: Weak<MarkWriter>) {
+    let mut last_write: Option<std::time::Instant> = None;
     loop {
         let Some(w) = writer.upgrade() else { return };
         {
@@ -260,6 +269,13 @@ fn write_posted(writer: Weak<MarkWriter>) {
                 continue;
             }
         }
+        // A rate limit, not a wait for an event: the marks posted meanwhile become one write.
+        if let Some(wait) = last_write.map(|at| MIN_INTERVAL.saturating_sub(at.elapsed())).filter(|d| !d.is_zero()) {
+            drop(w);
+            std::thread::sleep(wait);
+            continue;
+        }
+        last_write = Some(std::time::Instant::now());
         if let Err(e) = w.sync() {
             tracing::error!(error = %e, "could not write the flushed mark; damage to the Raft log may go unnoticed at the next start");
         }
