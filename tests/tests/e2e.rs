@@ -1634,7 +1634,9 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     let lost = cluster.dir.join(&cluster.coordinators[killed].name).join("blobs");
     std::fs::remove_dir_all(&lost).unwrap();
     cluster.start_coordinator(killed).await.unwrap();
-    let releases: Vec<ReleaseView> = cluster.client().get("/v1/releases").await.unwrap();
+    // Ask the leader: the restarted coordinator's API may not listen yet.
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    let releases: Vec<ReleaseView> = cluster.client_for(leader).get("/v1/releases").await.unwrap();
     assert_eq!(releases.len(), 2, "{releases:#?}");
     for r in &releases {
         wait_blob(&cluster, killed, &r.digest).await;
