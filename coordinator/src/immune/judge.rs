@@ -140,34 +140,14 @@ impl Judge {
                 };
                 if !last_wave {
                     let from = now.checked_sub(HISTORY).unwrap_or(SystemTime::UNIX_EPOCH);
-                    w.history = rollout
-                        .hosts
-                        .iter()
-                        .flat_map(|h| {
-                            series
-                                .between(h, from, now)
-                                .into_iter()
-                                .filter(|r| r.report.release == previous)
-                                .map(move |r| (h.clone(), r.report))
-                        })
-                        .collect();
+                    w.history = reports_on(series, &rollout.hosts, previous, from, now);
                 }
                 if last_wave {
                     // The previous release's fleet from `watch` before the rollout began until
                     // now: before it, and the hosts that stayed on it during the earlier waves
                     // (all this leader saw, if it took over during the rollout).
                     let from = rollout.started_at.checked_sub(plan.watch).unwrap_or(SystemTime::UNIX_EPOCH);
-                    let earlier: Vec<(HostName, fifty_shared::wire::MetricsReport)> = rollout
-                        .hosts
-                        .iter()
-                        .flat_map(|h| {
-                            series
-                                .between(h, from, now)
-                                .into_iter()
-                                .filter(|r| r.report.release == previous)
-                                .map(move |r| (h.clone(), r.report))
-                        })
-                        .collect();
+                    let earlier = reports_on(series, &rollout.hosts, previous, from, now);
                     for (i, m) in plan.metrics.iter().enumerate() {
                         let obs = observations(&earlier, &m.name);
                         let bounds = first_bounds(&earlier, &m.name);
@@ -366,6 +346,26 @@ fn settings(plan: &ImmunePlan) -> Settings {
 
 fn budget(rollout: &Rollout, plan: &ImmunePlan) -> Budget {
     Budget { metrics: plan.metrics.len().max(1), waves: judged_waves(rollout) }
+}
+
+/// Every report of `hosts` on `release` between `from` and `now`, with its host.
+fn reports_on(
+    series: &Series,
+    hosts: &[HostName],
+    release: u64,
+    from: SystemTime,
+    now: SystemTime,
+) -> Vec<(HostName, fifty_shared::wire::MetricsReport)> {
+    hosts
+        .iter()
+        .flat_map(|h| {
+            series
+                .between(h, from, now)
+                .into_iter()
+                .filter(|r| r.report.release == release)
+                .map(move |r| (h.clone(), r.report))
+        })
+        .collect()
 }
 
 fn observations(reports: &[(HostName, fifty_shared::wire::MetricsReport)], metric: &str) -> Vec<Observation> {
