@@ -253,6 +253,13 @@ where
     }
 }
 
+/// A client that sends a too-large body without waiting for `100 Continue` is still writing it
+/// when the 413 is ready. Closing the connection then, with its body unread, resets it, and the
+/// client sees a broken pipe instead of the answer. So the rest of such a body is read and
+/// thrown away first, up to this many bytes in all (as nginx's lingering close does); a body
+/// declared larger than this is answered at once.
+const MAX_DISCARD: u64 = 8 << 20;
+
 /// Middleware: reads the whole request body (at most [`MAX_BODY`], within `body_read_timeout`)
 /// before anything else looks at the request, so handlers and forwarding see it complete.
 /// Too large: 413; too slow: 408; both as JSON like every other error.
@@ -265,15 +272,33 @@ pub(super) async fn bounded_body(State(body_read_timeout): State<Duration>, req:
         .into_response()
     };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    let waits_to_send =
+        req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (parts, mut body) = req.into_parts();
+    if declared.is_some_and(|n| n > MAX_BODY as u64) && (waits_to_send || declared > Some(MAX_DISCARD)) {
+        // The client sends nothing until told to, or too much to wait for: answer now.
         return too_large();
     }
-    let (parts, body) = req.into_parts();
-    let limited = http_body_util::Limited::new(body, MAX_BODY);
-    let bytes = match tokio::time::timeout(body_read_timeout, limited.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+    // Keeps up to MAX_BODY bytes; past that, discards up to MAX_DISCARD so the answer arrives.
+    let read = async {
+        let mut kept = Vec::new();
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            seen += data.len() as u64;
+            if seen <= MAX_BODY as u64 {
+                kept.extend_from_slice(&data);
+            } else if seen > MAX_DISCARD {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>((kept, seen))
+    };
+    let bytes = match tokio::time::timeout(body_read_timeout, read).await {
+        Ok(Ok((_, seen))) if seen > MAX_BODY as u64 => return too_large(),
+        Ok(Ok((kept, _))) => kept,
         Ok(Err(e)) => return ApiError(StatusCode::BAD_REQUEST, format!("request body: {e}")).into_response(),
+        Err(_) if declared.is_some_and(|n| n > MAX_BODY as u64) => return too_large(),
         Err(_) => {
             return ApiError(
                 StatusCode::REQUEST_TIMEOUT,
@@ -430,13 +455,32 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_body_gets_413_as_json_and_a_slow_one_408() {
         let s = server(limits(|l| l.body_read_timeout = Duration::from_secs(1))).await;
-        // Declared too large.
-        let mut conn = connect(&s).await.unwrap();
-        let head = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
-        conn.write_all(head.as_bytes()).await.unwrap();
-        let (_, answer) = until_closed_or_answered(&mut conn).await;
-        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("application/json") && answer.contains("{\"error\":"), "{answer}");
+        // Declared too large and sent whole, as most clients do: the rest is read and thrown
+        // away, so the client reads the 413 instead of a reset (a broken pipe while writing).
+        for size in [MAX_BODY + 1, 7 * MAX_BODY] {
+            let mut conn = connect(&s).await.unwrap();
+            let head = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+            conn.write_all(head.as_bytes()).await.unwrap();
+            conn.write_all(&vec![b'a'; size]).await.expect("the server reads the whole body");
+            let (_, answer) = until_closed_or_answered(&mut conn).await;
+            assert!(answer.starts_with("HTTP/1.1 413"), "{size}: {answer}");
+            assert!(answer.contains("application/json") && answer.contains("{\"error\":"), "{answer}");
+        }
+        // A client that waits for `100 Continue`, or declares more than is worth reading, is
+        // answered from the head alone (this server would wait far past DEADLINE for a body).
+        let patient = server(limits(|l| l.body_read_timeout = Duration::from_secs(600))).await;
+        for head in [
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                MAX_BODY + 1
+            ),
+            format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", MAX_DISCARD + 1),
+        ] {
+            let mut conn = connect(&patient).await.unwrap();
+            conn.write_all(head.as_bytes()).await.unwrap();
+            let (_, answer) = until_closed_or_answered(&mut conn).await;
+            assert!(answer.starts_with("HTTP/1.1 413"), "{head}: {answer}");
+        }
         // A body that never comes: 408.
         let mut conn = connect(&s).await.unwrap();
         conn.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
