@@ -178,7 +178,7 @@ pub struct Counters {
 /// command raises it and makes [`Command::since`] return the new version for that kind: the
 /// leader then proposes it only once every voter reports it (a rolling upgrade's old followers
 /// would stop at an entry they cannot decode). Commands are only ever added at the end.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
@@ -440,6 +440,13 @@ pub enum Command {
         /// Its size in bytes.
         size: u64,
     },
+    /// The immune system's sequential tests of the wave baking now, so far: a new leader
+    /// continues them from here (see `immune::evidence`). Refused for a rollout that is not
+    /// baking that wave any more, and over its bounds.
+    ImmuneEvidence {
+        /// The evidence.
+        evidence: crate::immune::evidence::WaveEvidence,
+    },
 }
 
 impl Command {
@@ -481,6 +488,7 @@ impl Command {
             | Command::AckAlert { .. }
             | Command::Checkpoint { .. } => 1,
             Command::BlobAvailable { .. } => 2,
+            Command::ImmuneEvidence { .. } => 3,
         }
     }
 }
@@ -588,6 +596,9 @@ pub enum Rejection {
     /// An artifact record names no SHA-256 digest, or a size over `wire::MAX_ARTIFACT_BYTES`.
     #[error("artifact {0}: not a SHA-256 digest, or too large")]
     BadArtifact(String),
+    /// The immune system's evidence is over its bounds or malformed.
+    #[error("immune evidence refused: {0}")]
+    BadEvidence(String),
 }
 
 /// What applying a command produced.
@@ -758,6 +769,7 @@ impl Machine {
             Command::ImmuneRevert { rollout, targets, incident, at } => {
                 crate::immune::apply::immune_revert(store, rollout, targets, incident, *at, batch)?
             }
+            Command::ImmuneEvidence { evidence } => crate::immune::apply::immune_evidence(store, evidence, batch)?,
             Command::ChangeIncident { id, change, by, at } => {
                 crate::incidents::apply_change(store, *id, change, by, *at, batch)?
             }

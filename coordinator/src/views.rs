@@ -556,6 +556,68 @@ pub struct RolloutView {
     /// Why the wave waiting for `promote` is held, when the immune system held it.
     #[serde(default)]
     pub held: Option<String>,
+    /// The immune system's tests of this rollout's latest judged wave, as replicated: what a new
+    /// leader continues from.
+    #[serde(default)]
+    pub evidence: Option<EvidenceView>,
+}
+
+/// The replicated evidence of a wave's tests (see `immune::evidence`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EvidenceView {
+    /// The wave, from 1.
+    pub wave: usize,
+    /// When the leader recorded it, RFC 3339.
+    pub recorded_at: String,
+    /// The bake is counted from here (the first data from the new release), RFC 3339.
+    pub first_data: Option<String>,
+    /// How many times a new leader continued these tests from a record.
+    pub resumes: u32,
+    /// One per metric with a test.
+    pub metrics: Vec<MetricEvidenceView>,
+}
+
+/// One metric's test in an [`EvidenceView`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MetricEvidenceView {
+    /// The metric.
+    pub name: String,
+    /// Looks taken.
+    pub looks: u64,
+    /// The always-valid p-value so far.
+    pub p_value: f64,
+    /// The share of alpha it is compared with.
+    pub alpha: f64,
+    /// Hosts on the new release with data.
+    pub canary_hosts: usize,
+    /// Hosts on the previous release with data (the last wave: its fleet before the rollout).
+    pub baseline_hosts: usize,
+    /// Hosts with a pre-deploy reference (each judged against its own past).
+    pub reference_hosts: usize,
+}
+
+impl From<&crate::immune::evidence::WaveEvidence> for EvidenceView {
+    fn from(e: &crate::immune::evidence::WaveEvidence) -> Self {
+        EvidenceView {
+            wave: e.wave + 1,
+            recorded_at: rfc3339(e.at),
+            first_data: e.first_data.map(rfc3339),
+            resumes: e.resumes,
+            metrics: e
+                .metrics
+                .iter()
+                .map(|m| MetricEvidenceView {
+                    name: m.name.clone(),
+                    looks: m.test.looks,
+                    p_value: m.test.min_p,
+                    alpha: m.test.alpha,
+                    canary_hosts: m.test.canary.len(),
+                    baseline_hosts: m.test.baseline.len(),
+                    reference_hosts: m.test.before.len(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// An incident, as people read it.

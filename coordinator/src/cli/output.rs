@@ -545,6 +545,22 @@ pub fn rollout(r: &crate::views::RolloutView) -> String {
         }
         out.push('\n');
     }
+    if let Some(e) = &r.evidence {
+        let resumed = match e.resumes {
+            0 => String::new(),
+            1 => "; continued by 1 new leader".into(),
+            n => format!("; continued by {n} new leaders"),
+        };
+        let _ = writeln!(out, "immune evidence, wave {} (replicated {}{resumed}):", e.wave, e.recorded_at);
+        for m in &e.metrics {
+            let _ = writeln!(
+                out,
+                "  {}: {} looks, p={:.2e} (alpha {:.2e}); canary {} hosts, baseline {} hosts, {} with a pre-deploy reference",
+                m.name, m.looks, m.p_value, m.alpha, m.canary_hosts, m.baseline_hosts, m.reference_hosts
+            );
+        }
+        out.push('\n');
+    }
     for (at, what) in r.events.iter().rev().take(8).rev() {
         let _ = writeln!(out, "{at}  {what}");
     }

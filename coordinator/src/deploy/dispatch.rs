@@ -88,11 +88,36 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
             }
             active.push(id);
             let plan = store.release(rollout.release)?.and_then(|r| r.plan.immune);
-            let call = {
+            // What the previous leader recorded of this wave's tests, to continue them.
+            let recorded = store.evidence(&rollout.repo)?.filter(|e| e.rollout == rollout.id);
+            let (call, evidence) = {
                 let mut live = c.immune.lock().expect("immune lock");
                 let crate::immune::Live { series, judge } = &mut *live;
-                judge.judge(&rollout, plan.as_ref(), series, now)
+                if let Some(recorded) = &recorded {
+                    judge.resume(&rollout, plan.as_ref(), recorded, now);
+                }
+                let call = judge.judge(&rollout, plan.as_ref(), series, now);
+                let evidence = match (&call, &plan) {
+                    (Call::Judge(_), Some(plan)) => judge.evidence_due(&rollout, plan, now),
+                    _ => None,
+                };
+                (call, evidence)
             };
+            if let Some(evidence) = evidence {
+                match c.consensus.propose(Command::ImmuneEvidence { evidence }).await {
+                    Ok(Ok(_)) => {}
+                    // The wave moved on meanwhile: nothing to keep.
+                    Ok(Err(Rejection::RolloutConflict(_))) => {}
+                    Ok(Err(e)) => warn!(error = %e, rollout = rollout.id, "the immune system's evidence was refused"),
+                    // During a rolling upgrade the evidence is not replicated: a failover then
+                    // starts the wave's tests again, as older versions did. Said each time at
+                    // debug only: it is expected until every coordinator is upgraded.
+                    Err(e @ crate::consensus::ConsensusError::NotUpgraded { .. }) => {
+                        tracing::debug!(error = %e, "the immune system's evidence is not replicated yet")
+                    }
+                    Err(e) => warn!(error = %e, rollout = rollout.id, "the immune system's evidence was not recorded"),
+                }
+            }
             let judgement = match call {
                 Call::Judge(j) => j,
                 Call::Revert { why, evidence } => {
@@ -782,6 +807,12 @@ impl Coordinator {
             events: r.events.iter().map(|(t, e)| (crate::views::rfc3339(*t), e.clone())).collect(),
             immune: self.immune.lock().expect("immune lock").judge.verdicts(r.id),
             held: r.held.clone(),
+            evidence: self
+                .consensus
+                .store()
+                .evidence(&r.repo)?
+                .filter(|e| e.rollout == r.id)
+                .map(|e| crate::views::EvidenceView::from(&e)),
         })
     }
 }

@@ -30,6 +30,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use bincode::{Decode, Encode};
+
 use statrs::distribution::{ContinuousCDF, Normal, StudentsT};
 
 /// Which direction of change is a regression.
@@ -518,6 +520,11 @@ impl Monitor {
         self.min_p
     }
 
+    /// Looks taken so far (recorded ones included, after [`Monitor::resume`]).
+    pub fn looks(&self) -> u64 {
+        self.looks
+    }
+
     /// Loads each host's data from before the wave (on the old release, e.g. its last ten
     /// minutes), without counting a look. A ratio is then judged on each host's change against its
     /// own past, the canary hosts' changes against the baseline hosts' over the same intervals
@@ -534,6 +541,75 @@ impl Monitor {
                 host.add(&delta);
             }
         }
+    }
+
+    /// What this monitor's sequential test has accumulated, enough for [`Monitor::resume`] to go
+    /// on from it: every host's running totals on each side (and before the wave), the looks, the
+    /// running minimum p-value. Every field that carries from one look to the next is here; the
+    /// rest of a monitor is recomputed from it.
+    pub fn state(&self) -> TestState {
+        // Keyed by the map's name: the hosts before the wave are not named in their records.
+        let totals = |side: &Side| side.hosts.iter().map(|(name, h)| h.totals(name)).collect();
+        TestState {
+            looks: self.looks,
+            min_p: self.min_p,
+            alpha: self.alpha,
+            rejected: self.rejected,
+            baseline: totals(&self.baseline),
+            canary: totals(&self.canary),
+            before: totals(&self.before),
+        }
+    }
+
+    /// A monitor that goes on from `state` (recorded by another monitor of the same spec, settings
+    /// and budget) as if it had taken those looks itself: the next `observe` is look
+    /// `state.looks + 1`, a host's interval at or below the last one recorded is not counted
+    /// again, and the p-value stays the minimum over every look, recorded or new.
+    ///
+    /// Why this keeps alpha: the statistic of a look is a function of the hosts' running totals
+    /// alone, so the resumed monitor computes at each later look exactly what the one that
+    /// recorded `state` would have computed on the same observations. The looks before and after
+    /// the resume are one sequence of one test, checked against one share of alpha, not two
+    /// tests each with its own. Intervals the recording monitor took after its last record and
+    /// that never reach this one are left out, never counted twice; which ones are left out
+    /// depends on when a leader died, not on their values, so the likelihood ratio over the
+    /// intervals that are counted is still a martingale without a regression.
+    pub fn resume(
+        spec: &MetricSpec,
+        settings: &Settings,
+        budget: Budget,
+        state: &TestState,
+    ) -> Result<Self, ResumeError> {
+        let mut monitor = Monitor::new(spec, settings, budget).map_err(ResumeError::Settings)?;
+        let buckets = match &spec.kind {
+            MetricKind::Histogram { bounds } => bounds.len() + 1,
+            _ => 0,
+        };
+        state.check(buckets)?;
+        if state.alpha != monitor.alpha {
+            // Another budget or alpha: another test, which this one cannot continue.
+            return Err(ResumeError::State(format!(
+                "recorded with alpha {} where this test has {}",
+                state.alpha, monitor.alpha
+            )));
+        }
+        let side =
+            |hosts: &[HostTotals]| Side { hosts: hosts.iter().map(|h| (h.host.clone(), Host::from(h))).collect() };
+        monitor.looks = state.looks;
+        monitor.min_p = state.min_p;
+        monitor.rejected = state.rejected;
+        monitor.baseline = side(&state.baseline);
+        monitor.canary = side(&state.canary);
+        monitor.before = side(&state.before);
+        if state.looks > 0 {
+            // The last recorded look, recomputed from the same totals (not a new look).
+            monitor.last = Some(monitor.look());
+            let result = monitor.result(false);
+            if result.verdict == Verdict::Fail {
+                monitor.failed = Some(result);
+            }
+        }
+        Ok(monitor)
     }
 
     fn ingest(&mut self, o: &Observation, baseline: bool) {
@@ -1101,6 +1177,113 @@ impl Host {
             }
         }
     }
+}
+
+impl Host {
+    fn totals(&self, name: &str) -> HostTotals {
+        HostTotals {
+            host: name.to_string(),
+            last_interval: self.last_interval,
+            intervals: self.intervals,
+            num: self.num,
+            den: self.den,
+            num_sq_over_den: self.num_sq_over_den,
+            buckets: self.buckets.clone(),
+        }
+    }
+}
+
+impl From<&HostTotals> for Host {
+    fn from(t: &HostTotals) -> Host {
+        Host {
+            name: t.host.clone(),
+            last_interval: t.last_interval,
+            intervals: t.intervals,
+            num: t.num,
+            den: t.den,
+            num_sq_over_den: t.num_sq_over_den,
+            buckets: t.buckets.clone(),
+        }
+    }
+}
+
+/// One host's running totals in a [`TestState`] (see the fields of the monitor's hosts: ratio
+/// `num`/`den`/Σ num²/den, histogram Σ sum/Σ count/bucket counts, gauge Σ value/Σ value²).
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct HostTotals {
+    /// The host.
+    pub host: String,
+    /// The newest interval counted (a report at or below it is not counted again).
+    pub last_interval: Option<u64>,
+    /// Intervals counted.
+    pub intervals: u64,
+    /// Σ numerator (ratio), Σ `_sum` (histogram), Σ value (gauge).
+    pub num: f64,
+    /// Σ denominator (ratio), Σ `_count` (histogram).
+    pub den: f64,
+    /// Σ num²/den (ratio), Σ value² (gauge).
+    pub num_sq_over_den: f64,
+    /// Per-bucket counts (histogram; empty otherwise).
+    pub buckets: Vec<f64>,
+}
+
+/// A monitor's sequential test so far, as [`Monitor::state`] records it and [`Monitor::resume`]
+/// goes on from it.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct TestState {
+    /// Looks taken.
+    pub looks: u64,
+    /// The always-valid p-value so far (the minimum over the looks).
+    pub min_p: f64,
+    /// The share of the rollout's alpha this test spends (it fails when `min_p` reaches it).
+    pub alpha: f64,
+    /// Malformed observations dropped.
+    pub rejected: u64,
+    /// Baseline hosts (for the last wave, the previous release's fleet in the earlier window).
+    pub baseline: Vec<HostTotals>,
+    /// Canary hosts.
+    pub canary: Vec<HostTotals>,
+    /// Each host's data from before the wave (see [`Monitor::with_history`]).
+    pub before: Vec<HostTotals>,
+}
+
+impl TestState {
+    /// Refuses a state no monitor could have recorded: a p-value outside (0, 1], totals that are
+    /// negative or not finite, a host twice on one side, bucket counts that do not fit a metric
+    /// of `buckets` buckets (0: not a histogram).
+    pub fn check(&self, buckets: usize) -> Result<(), ResumeError> {
+        let bad = |what: String| Err(ResumeError::State(what));
+        if !(self.min_p > 0.0 && self.min_p <= 1.0) {
+            return bad(format!("p-value {} is not in (0, 1]", self.min_p));
+        }
+        for (name, side) in [("baseline", &self.baseline), ("canary", &self.canary), ("before", &self.before)] {
+            let mut seen = std::collections::BTreeSet::new();
+            for h in side {
+                let ok = |v: f64| v.is_finite() && v >= 0.0;
+                if !seen.insert(h.host.as_str()) {
+                    return bad(format!("{name} host {} appears twice", h.host));
+                }
+                if !(ok(h.num) && ok(h.den) && ok(h.num_sq_over_den) && h.buckets.iter().all(|b| ok(*b))) {
+                    return bad(format!("{name} host {} has a negative or non-finite total", h.host));
+                }
+                if !h.buckets.is_empty() && h.buckets.len() != buckets {
+                    return bad(format!("{name} host {} has {} buckets, not {buckets}", h.host, h.buckets.len()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a recorded test state cannot be continued.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ResumeError {
+    /// The metric's settings are invalid.
+    #[error(transparent)]
+    Settings(SettingsError),
+    /// The state is not one a monitor records.
+    #[error("recorded test state: {0}")]
+    State(String),
 }
 
 /// One side (baseline or canary) of a comparison.
@@ -1853,5 +2036,95 @@ mod tests {
             Monitor::new(&error_rate(), &Settings::default(), Budget { metrics: 0, waves: 1 }).err(),
             Some(SettingsError::Budget)
         );
+    }
+
+    /// Feeds look `k` of a regressed canary wave: three baseline hosts at 0.5 %, one canary at
+    /// 1.5 %, 400 requests each, and histograms whose canary is a little slower.
+    fn wave_look(k: u64, spec: &MetricSpec) -> (Vec<Observation>, Vec<Observation>) {
+        let obs = |host: &str, bad: bool| match &spec.kind {
+            MetricKind::Ratio => ratio(host, k, if bad { 6.0 } else { 2.0 } + (k % 2) as f64, 400.0),
+            _ => {
+                // A slightly slower canary, which never reaches the watcher's tiny alpha (a failed
+                // test is not recorded: the judge reverts instead).
+                let buckets =
+                    if bad { vec![36.0, 146.0, 296.0, 380.0, 400.0] } else { vec![40.0, 150.0, 300.0, 380.0, 400.0] };
+                Observation {
+                    host: host.into(),
+                    interval: k,
+                    sample: Sample::Histogram { buckets, sum: 80.0, count: 400.0 },
+                }
+            }
+        };
+        (vec![obs("b0", false), obs("b1", false), obs("b2", false)], vec![obs("c0", true)])
+    }
+
+    /// A monitor resumed from another's recorded state, fed the same later looks, is the same
+    /// test: the same verdict, p-value and looks at every later look as the one that went on, for
+    /// a ratio judged against each host's past and for a histogram; and it does not count again
+    /// an interval it was recorded with.
+    #[test]
+    fn a_resumed_monitor_goes_on_as_the_one_that_recorded_it() {
+        let past: Vec<Observation> =
+            ["b0", "b1", "b2", "c0"].iter().flat_map(|h| (0..5).map(move |k| ratio(h, 1000 + k, 2.0, 400.0))).collect();
+        for spec in [error_rate(), latency()] {
+            let mut going_on = watcher(&spec);
+            going_on.with_history(&past);
+            for k in 0..4 {
+                let (b, c) = wave_look(k, &spec);
+                going_on.observe(&b, &c);
+            }
+            let state = going_on.state();
+            let budget = Budget { metrics: 10_000, waves: 1_000 };
+            let mut resumed = Monitor::resume(&spec, &Settings::default(), budget, &state).expect("resumes");
+            assert_eq!(resumed.verdict(false), going_on.verdict(false), "{}: the recorded look", spec.name);
+            assert_eq!(resumed.state(), state, "{}: state → resume → state", spec.name);
+            // The recorded last look arrives again (an agent resends it): not counted twice.
+            let (b, c) = wave_look(3, &spec);
+            resumed.observe(&b, &c);
+            going_on.observe(&[], &[]);
+            assert_eq!(resumed.verdict(false), going_on.verdict(false), "{}: a repeated interval", spec.name);
+            for k in 4..12 {
+                let (b, c) = wave_look(k, &spec);
+                going_on.observe(&b, &c);
+                resumed.observe(&b, &c);
+                assert_eq!(resumed.verdict(false), going_on.verdict(false), "{} look {k}", spec.name);
+            }
+            assert_eq!(resumed.looks(), 13);
+            if spec.kind == MetricKind::Ratio {
+                let note = resumed.verdict(false).evidence.note.unwrap_or_default();
+                assert!(note.contains("each host against its own past"), "the pre-deploy reference kept: {note}");
+            }
+        }
+    }
+
+    /// A failed test stays failed when resumed; a state of another alpha share, or one no monitor
+    /// records, is refused rather than continued.
+    #[test]
+    fn a_resumed_state_keeps_its_failure_and_bad_states_are_refused() {
+        let budget = Budget { metrics: 1, waves: 1 };
+        let mut failing = Monitor::new(&error_rate(), &Settings::default(), budget).unwrap();
+        feed_ratio(&mut failing, 6, &[(2.0, 400.0), (1.0, 400.0), (2.0, 400.0)], &[(30.0, 400.0)]);
+        assert_eq!(failing.verdict(false).verdict, Verdict::Fail);
+        let state = failing.state();
+        let resumed = Monitor::resume(&error_rate(), &Settings::default(), budget, &state).unwrap();
+        assert_eq!(resumed.verdict(false).verdict, Verdict::Fail);
+        assert_eq!(resumed.p_value(), failing.p_value());
+
+        let other = Budget { metrics: 2, waves: 1 };
+        let err = Monitor::resume(&error_rate(), &Settings::default(), other, &state).unwrap_err();
+        assert!(err.to_string().contains("recorded with alpha 0.01 where this test has 0.005"), "{err}");
+        let bad = |change: fn(&mut TestState)| {
+            let mut s = state.clone();
+            change(&mut s);
+            Monitor::resume(&error_rate(), &Settings::default(), budget, &s).unwrap_err().to_string()
+        };
+        assert!(bad(|s| s.min_p = 0.0).contains("p-value 0 is not in (0, 1]"));
+        assert!(bad(|s| s.min_p = f64::NAN).contains("not in (0, 1]"));
+        assert!(bad(|s| s.canary[0].num = f64::INFINITY).contains("canary host c0 has a negative or non-finite total"));
+        assert!(bad(|s| s.baseline[1].den = -1.0).contains("baseline host b1"));
+        assert!(bad(|s| s.baseline[1].host = "b0".into()).contains("baseline host b0 appears twice"));
+        assert!(bad(|s| s.canary[0].buckets = vec![1.0]).contains("has 1 buckets, not 0"));
+        let hist = Monitor::resume(&latency(), &Settings::default(), budget, &state);
+        assert!(hist.is_ok(), "ratio totals carry no buckets, which a histogram may also lack");
     }
 }

@@ -1,7 +1,8 @@
-//! How the state machine applies the immune system's revert (`ImmuneRevert`): one entry turns the
-//! rollout back, closes the gate, queues the git revert, opens the incident and notifies. A free
-//! function over the store, called from the dispatch in `state::Machine::apply`; the statistics
-//! that decide a revert are elsewhere in this module and never touch the store.
+//! How the state machine applies the immune system's commands: its revert (`ImmuneRevert`), one
+//! entry that turns the rollout back, closes the gate, queues the git revert, opens the incident
+//! and notifies; and its evidence (`ImmuneEvidence`), the sequential tests of the wave baking now.
+//! Free functions over the store, called from the dispatch in `state::Machine::apply`; the
+//! statistics that decide a revert are elsewhere in this module and never touch the store.
 
 use std::time::SystemTime;
 
@@ -13,6 +14,28 @@ use crate::deploy::apply::record_rollout;
 use crate::gate::{Cause, Closure};
 use crate::state::{Applied, ApplyResult, GateRecord, Rejection};
 use crate::store::{Batch, Store};
+
+/// The immune system's evidence (see `Command::ImmuneEvidence`): kept for the wave it names only
+/// while the rollout still bakes that wave (a record that arrives after the wave moved on is
+/// refused, so a new leader never continues a test of another bake), and only within its bounds.
+pub(crate) fn immune_evidence(
+    store: &Store,
+    evidence: &super::evidence::WaveEvidence,
+    batch: &mut Batch,
+) -> ApplyResult {
+    let Some(rollout) = store.rollout(evidence.rollout)? else {
+        return Ok(Err(Rejection::RolloutConflict(evidence.rollout)));
+    };
+    let baking = rollout.phase == crate::deploy::Phase::Baking && !rollout.finished();
+    if !baking || rollout.wave != evidence.wave || rollout.phase_since != evidence.baking_since {
+        return Ok(Err(Rejection::RolloutConflict(evidence.rollout)));
+    }
+    if let Err(why) = evidence.check() {
+        return Ok(Err(Rejection::BadEvidence(format!("rollout {}: {why}", evidence.rollout))));
+    }
+    batch.put_evidence(&rollout.repo, evidence);
+    Ok(Ok(Applied::Done))
+}
 
 /// The immune system's revert (see `Command::ImmuneRevert`).
 pub(crate) fn immune_revert(
@@ -295,5 +318,123 @@ mod tests {
         let job = store.job(store.incident(1).unwrap().unwrap().revert_job.unwrap()).unwrap().unwrap();
         assert_eq!(job.commit_seq, seq);
         assert_eq!(store.commit(&repo(), job.commit_seq).unwrap().unwrap().sha, bad);
+    }
+
+    /// The immune system's evidence through the state machine: kept (one record per target)
+    /// while the rollout bakes the wave it names, refused for any other wave or bake and over its
+    /// bounds, alike on every coordinator; a kind of command older coordinators cannot decode.
+    #[test]
+    fn evidence_is_kept_for_the_wave_baking_now_within_its_bounds() {
+        use crate::deploy::{Kind, Phase, Rollout, WaveStep};
+        use crate::immune::analysis::{HostTotals, TestState};
+        use crate::immune::evidence::{MetricEvidence, WaveEvidence, MAX_METRICS};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let start = Rollout::start(
+            1,
+            repo(),
+            Kind::Deploy,
+            2,
+            Some(1),
+            vec![b("web-1"), b("web-2"), b("web-3")],
+            vec![WaveStep::Hosts(1), WaveStep::Percent(100)],
+            Duration::from_secs(10),
+            1,
+            Duration::from_secs(60),
+            now,
+        );
+        let mut baking = start.rollout.clone();
+        baking.version += 1;
+        baking.phase = Phase::Baking;
+        baking.phase_since = now + Duration::from_secs(5);
+        let setup = |m: &mut crate::state::Machine| {
+            let record = RepoRecord {
+                name: repo(),
+                url: "/srv/shop.git".into(),
+                branch: "main".into(),
+                fix_marker: "[fix]".into(),
+                webhook_secret: None,
+                added_at: now,
+            };
+            apply(m, Command::PutRepo(record)).unwrap();
+            let cmd = Command::StartRollout { rollout: start.rollout.clone(), targets: start.targets.clone(), at: now };
+            apply(m, cmd).unwrap();
+            apply(m, Command::StepRollout { rollout: baking.clone(), targets: vec![], at: now }).unwrap();
+        };
+        let host = |name: &str, num: f64| HostTotals {
+            host: name.into(),
+            last_interval: Some(7),
+            intervals: 7,
+            num,
+            den: 700.0,
+            num_sq_over_den: num * num / 100.0,
+            buckets: vec![],
+        };
+        let test = TestState {
+            looks: 7,
+            min_p: 0.42,
+            alpha: 0.005,
+            rejected: 0,
+            baseline: vec![host("web-2", 14.0), host("web-3", 13.0)],
+            canary: vec![host("web-1", 15.0)],
+            before: vec![host("web-1", 120.0), host("web-2", 121.0), host("web-3", 119.0)],
+        };
+        let evidence = WaveEvidence {
+            rollout: 1,
+            wave: 0,
+            baking_since: baking.phase_since,
+            first_data: Some(baking.phase_since + Duration::from_secs(1)),
+            seen: vec![("web-1".into(), 7), ("web-2".into(), 7), ("web-3".into(), 7)],
+            metrics: vec![MetricEvidence { name: "error_rate".into(), bounds: vec![], test: test.clone() }],
+            resumes: 0,
+            at: now + Duration::from_secs(8),
+        };
+        let record = |e: &WaveEvidence| Command::ImmuneEvidence { evidence: e.clone() };
+        assert_eq!(record(&evidence).since(), 3);
+        assert!(record(&evidence).since() <= crate::state::STATE_VERSION);
+
+        let (mut m, _d) = machine();
+        let (mut other, _d2) = machine();
+        setup(&mut m);
+        setup(&mut other);
+        assert_eq!(apply(&mut m, record(&evidence)), Ok(Applied::Done));
+        assert_eq!(apply(&mut other, record(&evidence)), Ok(Applied::Done));
+        assert_eq!(m.store().evidence(&repo()).unwrap(), Some(evidence.clone()));
+        assert_eq!(m.store().state_digest().unwrap(), other.store().state_digest().unwrap(), "deterministic");
+
+        // Another wave, another bake, another rollout: refused, the record stays.
+        let changed = |f: fn(&mut WaveEvidence)| {
+            let mut e = evidence.clone();
+            f(&mut e);
+            e
+        };
+        for stale in
+            [changed(|e| e.wave = 1), changed(|e| e.baking_since += Duration::from_secs(1)), changed(|e| e.rollout = 2)]
+        {
+            assert_eq!(apply(&mut m, record(&stale)), Err(Rejection::RolloutConflict(stale.rollout)));
+        }
+        // Malformed or over the bounds: refused, with what was wrong.
+        let refused = |m: &mut crate::state::Machine, e: WaveEvidence| match apply(m, record(&e)) {
+            Err(Rejection::BadEvidence(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        let nan = changed(|e| e.metrics[0].test.canary[0].num = f64::NAN);
+        assert!(refused(&mut m, nan).contains("metric error_rate: recorded test state: canary host web-1"));
+        let many = changed(|e| e.metrics = vec![e.metrics[0].clone(); MAX_METRICS + 1]);
+        assert!(refused(&mut m, many).contains("65 metrics; the limit is 64"));
+        let mut huge = evidence.clone();
+        huge.metrics[0].test.baseline = (0..20_000).map(|i| host(&format!("web-{i}"), 1.0)).collect();
+        let why = refused(&mut m, huge);
+        assert!(why.contains("bytes; the limit is 262144"), "{why}");
+        assert_eq!(m.store().evidence(&repo()).unwrap(), Some(evidence.clone()), "refusals change nothing");
+
+        // A newer record replaces it; once the wave is over, none is taken.
+        let newer = changed(|e| e.metrics[0].test.looks = 8);
+        assert_eq!(apply(&mut m, record(&newer)), Ok(Applied::Done));
+        assert_eq!(m.store().evidence(&repo()).unwrap().map(|e| e.looks()), Some(8));
+        let mut next = baking.clone();
+        next.version += 1;
+        next.phase = Phase::Deploying;
+        apply(&mut m, Command::StepRollout { rollout: next, targets: vec![], at: now }).unwrap();
+        assert_eq!(apply(&mut m, record(&newer)), Err(Rejection::RolloutConflict(1)));
     }
 }

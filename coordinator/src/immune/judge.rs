@@ -4,19 +4,24 @@
 //! host runs the new release, against the previous release's fleet in the window before the
 //! rollout — and turn their verdicts into what the rollout controller acts on.
 //!
-//! Soft state, like the series it reads: a new leader starts the current wave's analysis afresh
-//! from the reports it receives (the always-valid p-values do not care where a look starts), and
-//! the controller waits until the analysis has seen a whole bake before it promotes.
+//! The reports are soft state, but the tests are not: each interval (less often when the record
+//! is large) the leader records every metric's test so far ([`Judge::evidence_due`], replicated as
+//! `Command::ImmuneEvidence`), and a new leader continues the baking wave's tests from the last
+//! record ([`Judge::resume`]) — the same looks, the same always-valid p-value against the same
+//! share of alpha, the hosts' pre-deploy reference and the bake's start — instead of starting
+//! them again. The controller waits until the analysis has seen a whole bake before it promotes.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use fifty_shared::ids::HostName;
 use fifty_shared::wire::MetricSample;
+use tracing::{info, warn};
 
 use super::analysis::{
     Bad, Budget, MetricKind, MetricResult, MetricSpec, Monitor, Observation, Sample, Settings, Verdict,
 };
+use super::evidence::{MetricEvidence, WaveEvidence, MAX_EVIDENCE};
 use super::series::Series;
 use crate::deploy::rollout::{Judgement, Kind, Phase, Rollout, WaveStep};
 use crate::deploy::ImmunePlan;
@@ -31,6 +36,14 @@ const NO_DATA_GRACE: Duration = Duration::from_secs(60);
 const SILENT_GRACE: Duration = Duration::from_secs(30);
 /// See [`SILENT_GRACE`].
 const SILENT_INTERVALS: u32 = 5;
+
+/// The evidence is recorded at most once an interval and at least this far apart.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// And at most this many bytes a second on average per rollout: a record of `n` bytes waits
+/// `n / RECORD_BYTES_PER_SEC` seconds after the one before (a six-host wave's record is about
+/// 1 KiB, recorded every interval; the largest, `evidence::MAX_EVIDENCE`, every 8 s). Each record
+/// is one Raft entry, written to disk on a quorum.
+const RECORD_BYTES_PER_SEC: u64 = 32 * 1024;
 
 /// How much of each host's past on the previous release a wave's ratio metrics are judged against
 /// (each host against itself; see `Monitor::with_history`).
@@ -53,6 +66,8 @@ pub enum Call {
 /// One wave's analysis.
 struct Watch {
     wave: usize,
+    /// When the wave's bake began (the rollout's `phase_since`).
+    baking_since: SystemTime,
     /// When this leader started looking.
     started: SystemTime,
     /// The first look with data from the new release's hosts: a bake is counted from it.
@@ -69,6 +84,40 @@ struct Watch {
     /// analysis began (empty for the last wave, and for what this leader did not see).
     history: Vec<(HostName, fifty_shared::wire::MetricsReport)>,
     results: Vec<Option<MetricResult>>,
+    /// Each metric's histogram bounds, once its monitor exists (empty for other kinds).
+    bounds: Vec<Vec<f64>>,
+    /// How many leaders before this one continued the test (from the record it resumed from).
+    resumes: u32,
+    /// The last record proposed: when, after how many looks, and its size.
+    recorded: Option<(SystemTime, u64, usize)>,
+    /// Whether this leader said that the evidence is too large to record.
+    too_large: bool,
+}
+
+impl Watch {
+    fn new(rollout: &Rollout, metrics: usize, now: SystemTime) -> Watch {
+        Watch {
+            wave: rollout.wave,
+            baking_since: rollout.phase_since,
+            started: now,
+            first_data: None,
+            last_look: None,
+            monitors: vec![None; metrics],
+            seen: HashMap::new(),
+            served: HashMap::new(),
+            baseline_served: None,
+            history: Vec::new(),
+            results: vec![None; metrics],
+            bounds: vec![Vec::new(); metrics],
+            resumes: 0,
+            recorded: None,
+            too_large: false,
+        }
+    }
+
+    fn looks(&self) -> u64 {
+        self.monitors.iter().flatten().map(Monitor::looks).max().unwrap_or(0)
+    }
 }
 
 /// The analyses of every watched rollout (leader only).
@@ -126,18 +175,7 @@ impl Judge {
         let watch = match self.watches.get_mut(&rollout.id) {
             Some(w) if w.wave == rollout.wave => w,
             _ => {
-                let mut w = Watch {
-                    wave: rollout.wave,
-                    started: now,
-                    first_data: None,
-                    last_look: None,
-                    monitors: vec![None; plan.metrics.len()],
-                    seen: HashMap::new(),
-                    served: HashMap::new(),
-                    baseline_served: None,
-                    history: Vec::new(),
-                    results: vec![None; plan.metrics.len()],
-                };
+                let mut w = Watch::new(rollout, plan.metrics.len(), now);
                 if !last_wave {
                     let from = now.checked_sub(HISTORY).unwrap_or(SystemTime::UNIX_EPOCH);
                     w.history = reports_on(series, &rollout.hosts, previous, from, now);
@@ -152,6 +190,7 @@ impl Judge {
                         let obs = observations(&earlier, &m.name);
                         let bounds = first_bounds(&earlier, &m.name);
                         if let Some(kind) = kind_of(&m.kind, bounds.as_deref()) {
+                            w.bounds[i] = bounds_of(&kind);
                             w.monitors[i] =
                                 Monitor::against_window(&spec(m, kind), &settings(plan), budget(rollout, plan), &obs)
                                     .ok();
@@ -201,6 +240,7 @@ impl Judge {
                 if watch.monitors[i].is_none() {
                     let bounds = first_bounds(&canary, &m.name).or_else(|| first_bounds(&baseline, &m.name));
                     if let Some(kind) = kind_of(&m.kind, bounds.as_deref()) {
+                        watch.bounds[i] = bounds_of(&kind);
                         watch.monitors[i] = Monitor::new(&spec(m, kind), &settings(plan), budget(rollout, plan)).ok();
                         if let Some(monitor) = watch.monitors[i].as_mut() {
                             monitor.with_history(&observations(&watch.history, &m.name));
@@ -307,6 +347,124 @@ impl Judge {
         Call::Judge(Judgement::Hold { why })
     }
 
+    /// Continues the tests of `rollout`'s baking wave from `recorded`, the evidence the previous
+    /// leader replicated, when this leader has not begun that wave's analysis yet (call it before
+    /// [`Judge::judge`]). Returns whether it did. A record of another rollout, wave or bake, or of
+    /// a plan that is not watched, changes nothing.
+    ///
+    /// The bake is counted from the recorded first data; each host's reports are taken from the
+    /// newest one after those recorded; each metric's test goes on with its recorded totals,
+    /// looks and p-value (see `Monitor::resume` for why that keeps its alpha). What is not
+    /// recorded starts from this leader's takeover: a canary host's silence is timed from it.
+    pub fn resume(
+        &mut self,
+        rollout: &Rollout,
+        plan: Option<&ImmunePlan>,
+        recorded: &WaveEvidence,
+        now: SystemTime,
+    ) -> bool {
+        let Some(plan) = plan.filter(|_| watched(rollout, plan).is_ok()) else { return false };
+        let current = rollout.phase == Phase::Baking
+            && recorded.rollout == rollout.id
+            && recorded.wave == rollout.wave
+            && recorded.baking_since == rollout.phase_since;
+        let begun = self.watches.get(&rollout.id).is_some_and(|w| w.wave == rollout.wave);
+        if !current || begun {
+            return false;
+        }
+        let mut w = Watch::new(rollout, plan.metrics.len(), now);
+        w.first_data = recorded.first_data;
+        w.resumes = recorded.resumes.saturating_add(1);
+        for (host, seq) in &recorded.seen {
+            if let Ok(h) = HostName::new(host) {
+                w.seen.insert(h, *seq);
+            }
+        }
+        for h in rollout.touched() {
+            w.served.insert(h.clone(), now);
+        }
+        for (i, m) in plan.metrics.iter().enumerate() {
+            let Some(me) = recorded.metrics.iter().find(|e| e.name == m.name) else { continue };
+            let bounds = (!me.bounds.is_empty()).then_some(me.bounds.as_slice());
+            let Some(kind) = kind_of(&m.kind, bounds) else { continue };
+            match Monitor::resume(&spec(m, kind), &settings(plan), budget(rollout, plan), &me.test) {
+                Ok(monitor) => {
+                    w.bounds[i] = me.bounds.clone();
+                    w.monitors[i] = Some(monitor);
+                }
+                Err(e) => {
+                    warn!(rollout = rollout.id, metric = %m.name, error = %e, "cannot continue the recorded test; it starts again")
+                }
+            }
+        }
+        w.recorded = Some((recorded.at, w.looks(), 0));
+        info!(
+            rollout = rollout.id,
+            wave = rollout.wave + 1,
+            looks = w.looks(),
+            resumes = w.resumes,
+            "immune system: continuing the wave's tests from the evidence the previous leader recorded"
+        );
+        self.watches.insert(rollout.id, w);
+        true
+    }
+
+    /// The evidence of `rollout`'s baking wave to record now, if a record is due: once a look has
+    /// been taken since the last one, at most once an interval, and no more than
+    /// [`RECORD_BYTES_PER_SEC`] on average. None when the evidence is over
+    /// `evidence::MAX_EVIDENCE` (said once in the log: a failover then starts the test again).
+    pub fn evidence_due(&mut self, rollout: &Rollout, plan: &ImmunePlan, now: SystemTime) -> Option<WaveEvidence> {
+        let w = self.watches.get_mut(&rollout.id).filter(|w| w.wave == rollout.wave)?;
+        let looks = w.looks();
+        if let Some((at, recorded_looks, len)) = w.recorded {
+            let wait =
+                plan.interval.max(RECORD_EVERY).max(Duration::from_secs_f64(len as f64 / RECORD_BYTES_PER_SEC as f64));
+            if looks <= recorded_looks || now.duration_since(at).unwrap_or_default() < wait {
+                return None;
+            }
+        } else if looks == 0 {
+            return None;
+        }
+        let metrics = plan
+            .metrics
+            .iter()
+            .zip(&w.monitors)
+            .zip(&w.bounds)
+            .filter_map(|((m, monitor), bounds)| {
+                let test = monitor.as_ref()?.state();
+                Some(MetricEvidence { name: m.name.clone(), bounds: bounds.clone(), test })
+            })
+            .collect();
+        let mut seen: Vec<(String, u64)> = w.seen.iter().map(|(h, s)| (h.to_string(), *s)).collect();
+        seen.sort();
+        let evidence = WaveEvidence {
+            rollout: rollout.id,
+            wave: w.wave,
+            baking_since: w.baking_since,
+            first_data: w.first_data,
+            seen,
+            metrics,
+            resumes: w.resumes,
+            at: now,
+        };
+        let len = fifty_shared::codec::to_bytes(&evidence).map_or(usize::MAX, |b| b.len());
+        if len > MAX_EVIDENCE {
+            if !w.too_large {
+                warn!(
+                    rollout = rollout.id,
+                    bytes = len,
+                    max = MAX_EVIDENCE,
+                    "the immune system's evidence is too large to replicate; a new leader would start this wave's tests again"
+                );
+                w.too_large = true;
+            }
+            w.recorded = Some((now, looks, MAX_EVIDENCE));
+            return None;
+        }
+        w.recorded = Some((now, looks, len));
+        Some(evidence)
+    }
+
     /// The latest verdicts of `rollout`'s current wave, one line per metric (for people).
     pub fn verdicts(&self, rollout: u64) -> Vec<String> {
         self.watches.get(&rollout).map(|w| w.results.iter().flatten().map(describe).collect()).unwrap_or_default()
@@ -334,6 +492,13 @@ pub fn describe(r: &MetricResult) -> String {
         e.canary_n,
         e.looks
     )
+}
+
+fn bounds_of(kind: &MetricKind) -> Vec<f64> {
+    match kind {
+        MetricKind::Histogram { bounds } => bounds.clone(),
+        _ => Vec::new(),
+    }
 }
 
 fn spec(m: &crate::deploy::ImmuneMetric, kind: MetricKind) -> MetricSpec {
@@ -568,6 +733,189 @@ mod tests {
         // Against the other hosts alone it looks twice as bad: not a pass.
         let without = run(false);
         assert!(without.iter().all(|c| *c != Call::Judge(Judgement::Promote)), "{without:?}");
+    }
+
+    /// One second of reports of every host: web-1 (the canary from `t0`, on release 2) always
+    /// fails 4 of its 100 requests, the others 2 — an unusual host, healthy against its own past.
+    fn unusual_second(series: &mut Series, t0: SystemTime, s: i64) {
+        let at = if s < 0 { t0 - Duration::from_secs(s.unsigned_abs()) } else { t0 + Duration::from_secs(s as u64) };
+        for i in 1..=4 {
+            let release = if i == 1 && s > 0 { 2 } else { 1 };
+            let report = MetricsReport {
+                release,
+                seq: (s + 100) as u64,
+                at,
+                span: Duration::from_secs(1),
+                samples: vec![(
+                    "error_rate".into(),
+                    MetricSample::Ratio { num: if i == 1 { 4.0 } else { 2.0 }, den: 100.0 },
+                )],
+                error: None,
+            };
+            series.push(&host(i), report, at);
+        }
+    }
+
+    /// A leader that judges the wave from `t0` with the minute before it, records its evidence
+    /// after each look and dies after second `dies`; its last record is the one made after
+    /// second `last_record`.
+    fn old_leader(r: &Rollout, plan: &ImmunePlan, t0: SystemTime, dies: u64, last_record: u64) -> WaveEvidence {
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        for s in -60..=0 {
+            unusual_second(&mut series, t0, s);
+        }
+        judge.judge(r, Some(plan), &series, t0);
+        let mut kept = None;
+        for s in 1..=dies {
+            unusual_second(&mut series, t0, s as i64);
+            let at = t0 + Duration::from_secs(s);
+            judge.judge(r, Some(plan), &series, at);
+            let evidence = judge.evidence_due(r, plan, at).expect("a record after each look");
+            // The look at t0, before any data, is a look too.
+            assert_eq!(evidence.looks(), s + 1);
+            if s == last_record {
+                kept = Some(evidence);
+            }
+        }
+        kept.expect("recorded")
+    }
+
+    /// The calls and verdicts of a judge that never stopped, seconds 1 to 20.
+    fn never_stopped(r: &Rollout, plan: &ImmunePlan, t0: SystemTime) -> Vec<(Call, Vec<String>)> {
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        for s in -60..=0 {
+            unusual_second(&mut series, t0, s);
+        }
+        judge.judge(r, Some(plan), &series, t0);
+        (1..=20)
+            .map(|s| {
+                unusual_second(&mut series, t0, s);
+                let call = judge.judge(r, Some(plan), &series, t0 + Duration::from_secs(s as u64));
+                (call, judge.verdicts(r.id))
+            })
+            .collect()
+    }
+
+    /// A leader dies five seconds into a ten-second bake. The next leader hears only the reports
+    /// sent after it took over, and has none of the hour before the wave (reports are soft state).
+    /// The canary is an unusual host, healthy against its own past. Before the evidence was
+    /// replicated the new leader started the test again: against the other hosts the canary
+    /// looked twice as bad, its bake counted again from second 6, and it held the healthy wave
+    /// for a person at second 16 where the judge that never stopped promoted it at second 11.
+    #[test]
+    fn a_new_leader_continues_the_wave_instead_of_restarting_its_test() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let plan = ImmunePlan { pass_bound: 0.5, ..plan() };
+        let reference = never_stopped(&r, &plan, t0);
+        assert_eq!(reference[10].0, Call::Judge(Judgement::Promote), "{reference:#?}");
+
+        let recorded = old_leader(&r, &plan, t0, 5, 5);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        let mut continued = Vec::new();
+        for s in 6..=20 {
+            unusual_second(&mut series, t0, s);
+            let at = t0 + Duration::from_secs(s as u64);
+            if s == 6 {
+                assert!(judge.resume(&r, Some(&plan), &recorded, at), "resumed");
+            }
+            continued.push((judge.judge(&r, Some(&plan), &series, at), judge.verdicts(r.id)));
+            if s == 6 {
+                // Its own records say a leader continued the test, and go on counting looks.
+                let next = judge.evidence_due(&r, &plan, at).expect("a record after its first look");
+                assert_eq!((next.resumes, next.looks(), next.first_data), (1, 7, recorded.first_data));
+            }
+        }
+        assert_eq!(continued[..], reference[5..], "the new leader's calls and verdicts from second 6");
+        // A second record changes nothing for a judge that has begun the wave.
+        assert!(!judge.resume(&r, Some(&plan), &recorded, t0 + Duration::from_secs(21)));
+    }
+
+    /// The new leader may also receive reports the old one had counted (an agent's buffer sent
+    /// again) and miss the ones the old one took after its last record: the first are not counted
+    /// twice, the second are left out, and the test goes on from the recorded looks.
+    #[test]
+    fn a_continued_test_counts_no_report_twice_and_skips_what_was_not_recorded() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let plan = ImmunePlan { pass_bound: 0.5, ..plan() };
+        let reference = never_stopped(&r, &plan, t0);
+
+        // Every report from second 1 reaches the new leader: the same verdicts as never stopping.
+        let recorded = old_leader(&r, &plan, t0, 5, 5);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        for s in 1..=5 {
+            unusual_second(&mut series, t0, s);
+        }
+        let mut continued = Vec::new();
+        for s in 6..=20 {
+            unusual_second(&mut series, t0, s);
+            let at = t0 + Duration::from_secs(s as u64);
+            judge.resume(&r, Some(&plan), &recorded, at);
+            continued.push((judge.judge(&r, Some(&plan), &series, at), judge.verdicts(r.id)));
+        }
+        assert_eq!(continued[..], reference[5..]);
+
+        // The old leader's last record is from second 3; seconds 4 and 5 died with it.
+        let recorded = old_leader(&r, &plan, t0, 5, 3);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        unusual_second(&mut series, t0, 6);
+        let at = t0 + Duration::from_secs(6);
+        assert!(judge.resume(&r, Some(&plan), &recorded, at));
+        judge.judge(&r, Some(&plan), &series, at);
+        let line = &judge.verdicts(r.id)[0];
+        assert!(line.contains("canary 1 hosts n=400; 5 looks"), "{line}");
+    }
+
+    #[test]
+    fn evidence_is_recorded_once_per_new_look_and_not_over_its_bound() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        // Nothing looked at yet: nothing to record.
+        assert!(judge.evidence_due(&r, &plan(), t0).is_none());
+        feed(&mut series, t0 + Duration::from_secs(1), 1, Some((2.0, 100.0)));
+        judge.judge(&r, Some(&plan()), &series, t0 + Duration::from_secs(1));
+        let first = judge.evidence_due(&r, &plan(), t0 + Duration::from_secs(1)).expect("first record");
+        assert_eq!((first.rollout, first.wave, first.baking_since, first.looks()), (r.id, 0, t0, 1));
+        assert_eq!(first.first_data, Some(t0 + Duration::from_secs(1)));
+        assert!(first.check().is_ok());
+        // No new look: no new record.
+        assert!(judge.evidence_due(&r, &plan(), t0 + Duration::from_secs(3)).is_none());
+        feed(&mut series, t0 + Duration::from_secs(2), 2, Some((2.0, 100.0)));
+        judge.judge(&r, Some(&plan()), &series, t0 + Duration::from_secs(4));
+        // A new look, but within an interval of the last record: not yet.
+        assert!(judge.evidence_due(&r, &plan(), t0 + Duration::from_millis(1500)).is_none());
+        assert_eq!(judge.evidence_due(&r, &plan(), t0 + Duration::from_secs(4)).map(|e| e.looks()), Some(2));
+
+        // A thousand-host wave with a 200-bucket histogram is over the bound: not recorded.
+        let bounds: Vec<f64> = (1..=200).map(f64::from).collect();
+        let hist = ImmunePlan {
+            metrics: vec![ImmuneMetric { name: "latency".into(), kind: "histogram".into(), bad_decrease: false }],
+            ..plan()
+        };
+        let mut big = baking(t0);
+        big.hosts = (1..=1000).map(host).collect();
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        judge.judge(&big, Some(&hist), &series, t0);
+        let at = t0 + Duration::from_secs(1);
+        for i in 1..=1000 {
+            // Cumulative, the last the +Inf bucket.
+            let buckets: Vec<f64> = (1..=201).map(|b| f64::from(b) * 10.0).collect();
+            let sample = MetricSample::Histogram { bounds: bounds.clone(), buckets, sum: 1.0, count: 2010.0 };
+            let report = MetricsReport {
+                release: if i == 1 { 2 } else { 1 },
+                seq: 1,
+                at,
+                span: Duration::from_secs(1),
+                samples: vec![("latency".into(), sample)],
+                error: None,
+            };
+            series.push(&host(i), report, at);
+        }
+        judge.judge(&big, Some(&hist), &series, at);
+        assert!(judge.verdicts(big.id)[0].contains("1 looks"), "{:?}", judge.verdicts(big.id));
+        assert!(judge.evidence_due(&big, &hist, at).is_none(), "over MAX_EVIDENCE");
     }
 
     #[test]

@@ -94,6 +94,7 @@
 
 pub mod analysis;
 pub mod apply;
+pub mod evidence;
 pub mod judge;
 pub mod series;
 pub mod sim;

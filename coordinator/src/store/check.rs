@@ -70,6 +70,7 @@ pub const KINDS: &[(&str, &str, Check)] = &[
     ("rollout/", "a rollout", decodes::<crate::deploy::Rollout>),
     ("target/", "a deploy target", decodes::<crate::deploy::TargetRecord>),
     ("hosttarget/", "a host's target release", decodes::<crate::deploy::HostTarget>),
+    ("evidence/", "the immune system's evidence of a wave", decodes::<crate::immune::evidence::WaveEvidence>),
     ("incident/", "an incident", decodes::<crate::incidents::IncidentRecord>),
     (
         "notification/",

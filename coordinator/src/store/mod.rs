@@ -11,7 +11,8 @@
 //! (an attempt's test results), `sm/tests/<repo>`, `sm/duration/<repo>/<test>`,
 //! `sm/delivery/<id>` (webhook deliveries seen); deploy: `sm/blobsize/<digest>` (an artifact a
 //! quorum holds in its blob store, [`blobs`]; the bytes are not in sled), `sm/release/<id>`, `sm/rollout/<id>`,
-//! `sm/target/<repo>`, `sm/hosttarget/<host>`; the immune system: `sm/incident/<id>`,
+//! `sm/target/<repo>`, `sm/hosttarget/<host>`; the immune system: `sm/evidence/<repo>` (the
+//! sequential tests of the wave baking now), `sm/incident/<id>`,
 //! `sm/notification/<id>`, `sm/webhook/<id>`; experiments: `sm/exp/def/<name>`, `sm/exp/stats/<name>`,
 //! `sm/exp/unit/<name>/<unit hash>`, `sm/exp/mark/<host>`; alerts: `sm/alertrule/<id>`, `sm/alert/<id>`,
 //! `sm/firing/<id>` (alerts firing now). Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
@@ -327,6 +328,12 @@ impl Batch {
     /// Writes a rollout.
     pub fn put_rollout(&mut self, r: &Rollout) {
         self.put(format!("rollout/{:016x}", r.id), r);
+    }
+
+    /// Writes the immune system's evidence for a wave of one of `repo`'s rollouts (the target's
+    /// newest, replacing the one before).
+    pub fn put_evidence(&mut self, repo: &RepoName, e: &crate::immune::evidence::WaveEvidence) {
+        self.put(format!("evidence/{repo}"), e);
     }
 
     /// Writes a deploy target.
@@ -678,6 +685,11 @@ impl Store {
     /// A rollout by id.
     pub fn rollout(&self, id: u64) -> Result<Option<Rollout>, StoreError> {
         self.get(&format!("rollout/{id:016x}"))
+    }
+
+    /// The immune system's newest evidence for a rollout of `repo`.
+    pub fn evidence(&self, repo: &RepoName) -> Result<Option<crate::immune::evidence::WaveEvidence>, StoreError> {
+        self.get(&format!("evidence/{repo}"))
     }
 
     /// Every rollout, oldest first.
