@@ -1729,7 +1729,9 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
 /// its canary and the whole sequence follows from one decision — every host back on the previous
 /// release, the gate closed with the verdict, the commit reverted in git by a build agent (the one
 /// push the closed gate lets in), an incident with the evidence, a webhook notified — and it
-/// completes although the leader is killed just after the decision. Then ordinary pushes are
+/// completes although the leader is killed just after the decision. A leader killed while the
+/// good release bakes does not restart the wave's tests: the next one continues them from the
+/// replicated evidence, which `fifty rollout status` shows. Then ordinary pushes are
 /// refused until an admin opens the gate, and the incident takes its whys and actions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_immune_system_reverts_a_bad_release_everywhere() {
@@ -1756,6 +1758,76 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     let good = repo.commit("Harmless change").await.unwrap();
     assert!(repo.push().await.unwrap().status.success());
     let r2 = wait_release(&cluster, &good).await;
+    // The leader is killed -9 mid-bake: the next one continues the wave's tests from the evidence
+    // replicated so far (the same bake start, the looks counted on) instead of starting again.
+    // The rollout is paused while its wave bakes so that the bake outlasts the failover (the
+    // judge goes on looking and recording while paused); a wave that passed before the pause
+    // landed is let go and the next one is caught.
+    let (baking, recorded) = {
+        let mut caught = None;
+        for _ in 0..3 {
+            let seen = wait_for("a wave of the good release baking, with recorded evidence", DEADLINE, || {
+                let client = cluster.client();
+                async move {
+                    let v: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
+                    let fresh = v.evidence.as_ref().is_some_and(|e| e.wave == v.wave && e.metrics[0].looks >= 2);
+                    Ok((v.release == r2 && v.phase == Phase::Baking && fresh).then_some(v.wave))
+                }
+            })
+            .await
+            .unwrap();
+            let out = cli(&cluster, &admin, &["rollout", "pause"]).await;
+            assert!(out.status.success(), "{}", said(&out));
+            let v: RolloutView = cluster.client().get("/v1/rollouts/current?repo=shop").await.unwrap();
+            if v.phase == Phase::Baking && v.wave == seen {
+                caught = Some(v.wave);
+                break;
+            }
+            let out = cli(&cluster, &admin, &["rollout", "resume"]).await;
+            assert!(out.status.success(), "{}", said(&out));
+        }
+        let wave = caught.expect("a baking wave paused in one of three tries");
+        // The judge keeps recording while paused: at least two more looks before the kill.
+        let at_pause = cluster.client().get::<RolloutView>("/v1/rollouts/current?repo=shop").await.unwrap();
+        let looks = at_pause.evidence.as_ref().map_or(0, |e| e.metrics[0].looks);
+        let recorded = wait_for("evidence recorded while paused", DEADLINE, || {
+            let client = cluster.client();
+            async move {
+                let v: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
+                Ok(v.evidence.filter(|e| e.wave == wave && e.metrics[0].looks >= looks + 2))
+            }
+        })
+        .await
+        .unwrap();
+        (wave, recorded)
+    };
+    assert_eq!(recorded.resumes, 0, "{recorded:#?}");
+    let first_leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    cluster.kill_coordinator(first_leader).await.unwrap();
+    let continued = wait_for("the next leader to continue the wave's tests", Duration::from_secs(120), || {
+        let client = cluster.client();
+        let before = recorded.clone();
+        async move {
+            let v: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
+            Ok(v.evidence.filter(|e| e.resumes >= 1 && e.metrics[0].looks > before.metrics[0].looks))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(continued.wave, baking, "the same wave: {continued:#?}");
+    assert_eq!(continued.first_data, recorded.first_data, "the bake is counted from the same start: {continued:#?}");
+    assert_eq!(continued.metrics[0].alpha, recorded.metrics[0].alpha, "the same test, the same alpha share");
+    // What the next leader could not rebuild from the reports it hears: each host's pre-deploy
+    // reference (before the last wave), or the previous release's fleet window (the last wave).
+    let kept = if baking < 3 { continued.metrics[0].reference_hosts } else { continued.metrics[0].baseline_hosts };
+    assert!(kept >= 1, "the reference the test started from is kept: {continued:#?}");
+    // An admin sees it in `fifty rollout status`.
+    let status = cli(&cluster, &admin, &["rollout", "status"]).await;
+    let shown = text(&status.stdout);
+    assert!(shown.contains(&format!("immune evidence, wave {baking}")) && shown.contains("continued by"), "{shown}");
+    cluster.start_coordinator(first_leader).await.unwrap();
+    let out = cli(&cluster, &admin, &["rollout", "resume"]).await;
+    assert!(out.status.success(), "{}", said(&out));
     let done = wait_rollout(&cluster, r2, Phase::Done).await;
     assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
     assert!(done.events.iter().any(|(_, e)| e.contains("immune system watching error_rate")), "{:#?}", done.events);

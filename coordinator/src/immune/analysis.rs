@@ -574,6 +574,9 @@ impl Monitor {
     /// that never reach this one are left out, never counted twice; which ones are left out
     /// depends on when a leader died, not on their values, so the likelihood ratio over the
     /// intervals that are counted is still a martingale without a regression.
+    ///
+    /// A recorded test that had failed is failed again if its latest look still fails (with that
+    /// look's evidence); the judge reverts at the look that fails and records no failed test.
     pub fn resume(
         spec: &MetricSpec,
         settings: &Settings,

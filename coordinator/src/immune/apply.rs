@@ -17,7 +17,7 @@ use crate::store::{Batch, Store};
 
 /// The immune system's evidence (see `Command::ImmuneEvidence`): kept for the wave it names only
 /// while the rollout still bakes that wave (a record that arrives after the wave moved on is
-/// refused, so a new leader never continues a test of another bake), and only within its bounds.
+/// refused, so a new leader never continues a test of another wave), and only within its bounds.
 pub(crate) fn immune_evidence(
     store: &Store,
     evidence: &super::evidence::WaveEvidence,
@@ -27,7 +27,7 @@ pub(crate) fn immune_evidence(
         return Ok(Err(Rejection::RolloutConflict(evidence.rollout)));
     };
     let baking = rollout.phase == crate::deploy::Phase::Baking && !rollout.finished();
-    if !baking || rollout.wave != evidence.wave || rollout.phase_since != evidence.baking_since {
+    if !baking || rollout.wave != evidence.wave {
         return Ok(Err(Rejection::RolloutConflict(evidence.rollout)));
     }
     if let Err(why) = evidence.check() {
@@ -381,7 +381,6 @@ mod tests {
         let evidence = WaveEvidence {
             rollout: 1,
             wave: 0,
-            baking_since: baking.phase_since,
             first_data: Some(baking.phase_since + Duration::from_secs(1)),
             seen: vec![("web-1".into(), 7), ("web-2".into(), 7), ("web-3".into(), 7)],
             metrics: vec![MetricEvidence { name: "error_rate".into(), bounds: vec![], test: test.clone() }],
@@ -401,15 +400,13 @@ mod tests {
         assert_eq!(m.store().evidence(&repo()).unwrap(), Some(evidence.clone()));
         assert_eq!(m.store().state_digest().unwrap(), other.store().state_digest().unwrap(), "deterministic");
 
-        // Another wave, another bake, another rollout: refused, the record stays.
+        // Another wave, another rollout: refused, the record stays.
         let changed = |f: fn(&mut WaveEvidence)| {
             let mut e = evidence.clone();
             f(&mut e);
             e
         };
-        for stale in
-            [changed(|e| e.wave = 1), changed(|e| e.baking_since += Duration::from_secs(1)), changed(|e| e.rollout = 2)]
-        {
+        for stale in [changed(|e| e.wave = 1), changed(|e| e.rollout = 2)] {
             assert_eq!(apply(&mut m, record(&stale)), Err(Rejection::RolloutConflict(stale.rollout)));
         }
         // Malformed or over the bounds: refused, with what was wrong.

@@ -35,11 +35,9 @@ pub const MAX_METRICS: usize = 64;
 pub struct WaveEvidence {
     /// The rollout.
     pub rollout: u64,
-    /// Its wave (index into its waves).
+    /// Its wave (index into its waves). A rollout bakes each wave once (a pause and a resume
+    /// restart the bake's clock, not its tests), so the two name the test.
     pub wave: usize,
-    /// When this bake began (the rollout's `phase_since` while baking): a wave that bakes again
-    /// is a new test.
-    pub baking_since: SystemTime,
     /// The first look with data from the new release's hosts: the bake is counted from it.
     pub first_data: Option<SystemTime>,
     /// Each host's newest report seq already taken (so a new leader does not take it again).

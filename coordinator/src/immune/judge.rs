@@ -66,8 +66,6 @@ pub enum Call {
 /// One wave's analysis.
 struct Watch {
     wave: usize,
-    /// When the wave's bake began (the rollout's `phase_since`).
-    baking_since: SystemTime,
     /// When this leader started looking.
     started: SystemTime,
     /// The first look with data from the new release's hosts: a bake is counted from it.
@@ -98,7 +96,6 @@ impl Watch {
     fn new(rollout: &Rollout, metrics: usize, now: SystemTime) -> Watch {
         Watch {
             wave: rollout.wave,
-            baking_since: rollout.phase_since,
             started: now,
             first_data: None,
             last_look: None,
@@ -349,8 +346,8 @@ impl Judge {
 
     /// Continues the tests of `rollout`'s baking wave from `recorded`, the evidence the previous
     /// leader replicated, when this leader has not begun that wave's analysis yet (call it before
-    /// [`Judge::judge`]). Returns whether it did. A record of another rollout, wave or bake, or of
-    /// a plan that is not watched, changes nothing.
+    /// [`Judge::judge`]). Returns whether it did. A record of another rollout or wave, or of a
+    /// plan that is not watched, changes nothing.
     ///
     /// The bake is counted from the recorded first data; each host's reports are taken from the
     /// newest one after those recorded; each metric's test goes on with its recorded totals,
@@ -364,10 +361,7 @@ impl Judge {
         now: SystemTime,
     ) -> bool {
         let Some(plan) = plan.filter(|_| watched(rollout, plan).is_ok()) else { return false };
-        let current = rollout.phase == Phase::Baking
-            && recorded.rollout == rollout.id
-            && recorded.wave == rollout.wave
-            && recorded.baking_since == rollout.phase_since;
+        let current = rollout.phase == Phase::Baking && recorded.rollout == rollout.id && recorded.wave == rollout.wave;
         let begun = self.watches.get(&rollout.id).is_some_and(|w| w.wave == rollout.wave);
         if !current || begun {
             return false;
@@ -440,7 +434,6 @@ impl Judge {
         let evidence = WaveEvidence {
             rollout: rollout.id,
             wave: w.wave,
-            baking_since: w.baking_since,
             first_data: w.first_data,
             seen,
             metrics,
@@ -877,7 +870,7 @@ mod tests {
         feed(&mut series, t0 + Duration::from_secs(1), 1, Some((2.0, 100.0)));
         judge.judge(&r, Some(&plan()), &series, t0 + Duration::from_secs(1));
         let first = judge.evidence_due(&r, &plan(), t0 + Duration::from_secs(1)).expect("first record");
-        assert_eq!((first.rollout, first.wave, first.baking_since, first.looks()), (r.id, 0, t0, 1));
+        assert_eq!((first.rollout, first.wave, first.looks()), (r.id, 0, 1));
         assert_eq!(first.first_data, Some(t0 + Duration::from_secs(1)));
         assert!(first.check().is_ok());
         // No new look: no new record.

@@ -7,7 +7,10 @@
 //! knows nothing of scraping, time or the rollout controller, which feeds it and acts on
 //! [`analysis::decide_wave`]. [`sim`] drives the same code with a seeded, simulated fleet.
 //! [`apply`] is the state machine's part, outside that rule: it writes a decided revert
-//! (`Command::ImmuneRevert`) to the store, from the command alone, like every command's apply.
+//! (`Command::ImmuneRevert`) and the replicated evidence of a baking wave's tests
+//! (`Command::ImmuneEvidence`, [`evidence`]) to the store, from the command alone, like every
+//! command's apply. With that evidence a new leader continues a wave's tests instead of starting
+//! them again ([`judge::Judge::resume`], [`analysis::Monitor::resume`]).
 //!
 //! # The model
 //!
