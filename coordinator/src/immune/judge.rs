@@ -391,7 +391,9 @@ impl Judge {
                 }
             }
         }
-        w.recorded = Some((recorded.at, w.looks(), 0));
+        // This leader's clock, not the record's: a clock behind the old leader's would hold back
+        // the next record.
+        w.recorded = Some((now, w.looks(), 0));
         info!(
             rollout = rollout.id,
             wave = rollout.wave + 1,
@@ -814,9 +816,12 @@ mod tests {
             }
             continued.push((judge.judge(&r, Some(&plan), &series, at), judge.verdicts(r.id)));
             if s == 6 {
+                assert!(judge.evidence_due(&r, &plan, at).is_none(), "an interval after the takeover");
+            }
+            if s == 7 {
                 // Its own records say a leader continued the test, and go on counting looks.
-                let next = judge.evidence_due(&r, &plan, at).expect("a record after its first look");
-                assert_eq!((next.resumes, next.looks(), next.first_data), (1, 7, recorded.first_data));
+                let next = judge.evidence_due(&r, &plan, at).expect("a record an interval after the takeover");
+                assert_eq!((next.resumes, next.looks(), next.first_data), (1, 8, recorded.first_data));
             }
         }
         assert_eq!(continued[..], reference[5..], "the new leader's calls and verdicts from second 6");
