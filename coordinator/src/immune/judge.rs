@@ -1048,6 +1048,45 @@ mod tests {
         assert!(evidence[0].contains("baseline 4 hosts"), "{evidence:?}");
     }
 
+    /// A leader that takes over during the last wave never saw the previous release's fleet
+    /// (every host already runs the new release): the window it is compared with comes from the
+    /// record, and the wave is promoted when the judge that never stopped promotes it.
+    #[test]
+    fn a_new_leader_continues_the_last_wave_against_the_recorded_window() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = last_wave(t0);
+        let run = |series: &mut Series, judge: &mut Judge, s: u64| {
+            history(series, t0 + Duration::from_secs(s), 1, 1000 + s, 2, 2.0);
+            let call = judge.judge(&r, Some(&plan()), series, t0 + Duration::from_secs(s));
+            (call, judge.verdicts(r.id))
+        };
+        let (mut old, mut never_stopped) = (Series::default(), Series::default());
+        history(&mut old, t0 - Duration::from_secs(110), 110, 1, 1, 2.0);
+        history(&mut never_stopped, t0 - Duration::from_secs(110), 110, 1, 1, 2.0);
+        let (mut a, mut c) = (Judge::default(), Judge::default());
+        a.judge(&r, Some(&plan()), &old, t0);
+        c.judge(&r, Some(&plan()), &never_stopped, t0);
+        let mut recorded = None;
+        for s in 1..=4 {
+            run(&mut old, &mut a, s);
+            recorded = a.evidence_due(&r, &plan(), t0 + Duration::from_secs(s)).or(recorded);
+        }
+        let recorded = recorded.expect("recorded");
+        let reference: Vec<_> = (1..=12).map(|s| run(&mut never_stopped, &mut c, s)).collect();
+        assert_eq!(reference[10].0, Call::Judge(Judgement::Promote), "{reference:#?}");
+        assert!(recorded.metrics[0].test.baseline.len() == 4, "the window's fleet is recorded: {recorded:#?}");
+
+        let (mut b, mut new) = (Judge::default(), Series::default());
+        assert!(b.resume(&r, Some(&plan()), &recorded, t0 + Duration::from_secs(5)));
+        let continued: Vec<_> = (5..=12).map(|s| run(&mut new, &mut b, s)).collect();
+        assert_eq!(continued[..], reference[4..]);
+        // Without the record the new leader has nothing to compare with, and holds the wave.
+        let (mut restarted, mut new) = (Judge::default(), Series::default());
+        let calls: Vec<_> = (5..=40).map(|s| run(&mut new, &mut restarted, s).0).collect();
+        assert!(!calls.contains(&Call::Judge(Judgement::Promote)), "{calls:?}");
+        assert!(calls.iter().any(|c| matches!(c, Call::Judge(Judgement::Hold { .. }))), "{calls:?}");
+    }
+
     #[test]
     fn a_healthy_last_wave_is_promoted_after_its_watch() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
