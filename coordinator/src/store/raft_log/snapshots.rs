@@ -212,3 +212,43 @@ impl StateCopy {
         Ok(snapshot)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_with(index: u64, value_len: usize) -> StateCopy {
+        let mut conf_state = ConfState::default();
+        conf_state.voters = vec![1, 2];
+        let records = vec![(sled::IVec::from(&b"sm/x"[..]), sled::IVec::from(vec![7u8; value_len]))];
+        StateCopy { index, term: 1, conf_state, records }
+    }
+
+    fn wait_idle(s: &Snapshots) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while s.lock().building.is_some() {
+            assert!(Instant::now() < deadline, "the build did not finish within 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// A build that fails (a record over the frame limit: a bug, since records are bounded when
+    /// written) is not returned to raft-rs, which would end the process on every leader in turn;
+    /// the same state is not built again, a newer one is.
+    #[test]
+    fn a_failed_build_waits_for_the_state_to_move_on() {
+        let s = Arc::new(Snapshots::new(SnapshotBuild::Background));
+        assert!(matches!(s.serve(0, 2, 0, 5), Serve::Build));
+        assert!(matches!(s.serve(0, 2, 0, 5), Serve::Wait), "one build at a time");
+        s.build_in_background(copy_with(5, codec::MAX_FRAME + 1));
+        wait_idle(&s);
+        assert_eq!(s.lock().failed_at, Some(5));
+        assert!(matches!(s.serve(0, 2, 0, 5), Serve::Wait), "the same state would fail the same way");
+        assert!(matches!(s.serve(0, 2, 0, 6), Serve::Build), "a newer state is tried");
+        s.build_in_background(copy_with(6, 10));
+        wait_idle(&s);
+        let Serve::Ready(snap) = s.serve(0, 2, 0, 6) else { panic!("the newer build was not served") };
+        assert_eq!(snap.get_metadata().index, 6);
+        assert_eq!(s.lock().failed_at, None);
+    }
+}
