@@ -8,7 +8,9 @@
 //!    (`snapshot_threshold` is small, so it must install a snapshot). Measured: the snapshot's
 //!    size (the receiver's `snapshot received` log line, which needs
 //!    `RUST_LOG=...,fifty::consensus::transport=debug`), the time until it applied the leader's
-//!    commit index, and the time until its blob store holds every recorded artifact, verified.
+//!    commit index, and the time until its blob store holds every recorded artifact, verified;
+//!    and the sender's Raft-thread copy and background encoding times (with
+//!    `fifty::store::raft_log=debug`).
 //!
 //! Run with `scripts/bench/artifacts`.
 
@@ -86,7 +88,7 @@ fn main() {
         let _: serde_json::Value =
             cluster.client().delete(&format!("/v1/cluster/members/{old_id}")).await.unwrap_or(serde_json::Value::Null);
         let started = Instant::now();
-        cluster.rejoin_wiped(victim).await.unwrap();
+        cluster.rejoin_wiped(victim, false).await.unwrap();
         wait_for("the rejoined coordinator to apply the leader's commit", Duration::from_secs(600), || {
             let (client, victim_client) = (cluster.client(), cluster.client_for(victim));
             async move {
@@ -121,6 +123,14 @@ fn main() {
         match snapshot {
             Some(bytes) => println!("  snapshot installed by the rejoined coordinator: {bytes} bytes"),
             None => println!("  snapshot size not logged (run with RUST_LOG=info,fifty::consensus::transport=debug)"),
+        }
+        // The sender's side: how long its Raft thread spent copying the state, and the build.
+        for c in &cluster.coordinators {
+            let log = std::fs::read_to_string(dir.join("logs").join(format!("{}.log", c.name))).unwrap_or_default();
+            for line in log.lines().filter(|l| l.contains("for a snapshot (on the Raft thread)") || l.contains("encoded a snapshot")) {
+                let what = line.split_once("DEBUG").map_or(line, |(_, rest)| rest).trim();
+                println!("  {}: {what}", c.name);
+            }
         }
         println!(
             "  wiped coordinator: state caught up in {:.1} s; every artifact fetched and verified ({:.0} MiB, it held {:.0} MiB before the wipe) in {:.1} s",

@@ -27,7 +27,7 @@ use tokio::sync::{oneshot, watch};
 use super::node::{Node, Outbox};
 use super::{ApplyOutcome, ConsensusError, Input, Options, RaftStatus};
 use crate::state::{Applied, Command};
-use crate::store::raft_log::RaftLog;
+use crate::store::raft_log::{RaftLog, SnapshotBuild};
 use crate::store::Store;
 use fifty_shared::wire::PeerInfo;
 
@@ -169,9 +169,11 @@ impl Sim {
         // A small threshold, so logs compact and lagging nodes catch up from snapshots.
         let options = Options { snapshot_threshold: 40 };
         let boot = self.rng.random();
+        // Snapshots are built inline: a background build's timing would make the schedule depend
+        // on threads, not on the seed.
         let node = Node::new(
             m.id,
-            RaftLog::new(store),
+            RaftLog::with_snapshot_build(store, SnapshotBuild::Inline),
             status,
             Box::new(m.out.clone()),
             Arc::default(),

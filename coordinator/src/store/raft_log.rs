@@ -6,7 +6,8 @@
 //! `raft/conf_state`, `raft/snapshot_meta` (protobuf), `raft/applied` and `raft/node_id` (u64
 //! big-endian). The log holds the entries after the last compaction; `raft/snapshot_meta` names
 //! the index and term it was compacted at. Snapshots are made on demand from the state at the
-//! applied index: the state machine's records (`sm/...`) as a sequence of codec frames.
+//! applied index: the state machine's records (`sm/...`) as a sequence of codec frames, copied on
+//! the Raft thread and encoded on a thread of their own ([`snapshots`]).
 
 // raft-rs's protobuf types are built field by field, as its own examples do.
 #![allow(clippy::field_reassign_with_default)]
@@ -24,7 +25,10 @@ use super::mark::{self, Mark, MarkWriter};
 use super::{Batch, Store, StoreError, STATE_PREFIX};
 
 mod inspect;
+mod snapshots;
 pub use inspect::{Damage, LogInspection, OpenError};
+pub use snapshots::SnapshotBuild;
+use snapshots::{Serve, Snapshots, StateCopy};
 
 const LOG: &[u8] = b"raft/log/";
 const HARD_STATE: &[u8] = b"raft/hard_state";
@@ -46,6 +50,30 @@ const SEAL_LEN: usize = 1 + 8;
 struct SnapshotRecord {
     key: Vec<u8>,
     value: Vec<u8>,
+}
+
+/// The state records a snapshot carries, each checked to be one.
+fn snapshot_records(snapshot: &Snapshot) -> Result<Vec<SnapshotRecord>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        key: format!("snapshot at index {}", snapshot.get_metadata().index),
+        source: codec::CodecError::Decode(detail),
+    };
+    let mut records = Vec::new();
+    let mut rest: &[u8] = &snapshot.data;
+    while !rest.is_empty() {
+        match codec::decode_frame::<SnapshotRecord>(rest) {
+            Ok(Some((record, used))) => {
+                if !record.key.starts_with(STATE_PREFIX.as_bytes()) {
+                    return Err(corrupt("a record outside the state machine".into()));
+                }
+                records.push(record);
+                rest = &rest[used..];
+            }
+            Ok(None) => return Err(corrupt("truncated".into())),
+            Err(e) => return Err(corrupt(e.to_string())),
+        }
+    }
+    Ok(records)
 }
 
 pub(super) fn log_key(index: u64) -> Vec<u8> {
@@ -143,12 +171,19 @@ pub struct RaftLog {
     store: Store,
     /// The flushed mark's writer, opened at its first use.
     mark: Arc<Mutex<Option<Arc<MarkWriter>>>>,
+    /// The last snapshot built, and the build under way.
+    snapshots: Arc<Snapshots>,
 }
 
 impl RaftLog {
-    /// The log kept in `store`.
+    /// The log kept in `store`; snapshots are encoded off the calling thread.
     pub fn new(store: Store) -> Self {
-        Self { store, mark: Arc::new(Mutex::new(None)) }
+        Self::with_snapshot_build(store, SnapshotBuild::Background)
+    }
+
+    /// The log kept in `store`, building snapshots as `build` says.
+    pub fn with_snapshot_build(store: Store, build: SnapshotBuild) -> Self {
+        Self { store, mark: Arc::new(Mutex::new(None)), snapshots: Arc::new(Snapshots::new(build)) }
     }
 
     /// The payload stored under a Raft key, its seal checked.
@@ -363,22 +398,11 @@ impl RaftLog {
         Ok((self.last()? + 1).saturating_sub(self.first()?))
     }
 
-    /// Writes the state machine's records as snapshot data. Artifact bytes are not state: they
-    /// live in the blob store, and a coordinator that installs the snapshot fetches the blobs
-    /// its records name from a peer; legacy chunk records are left out.
-    fn snapshot_data(&self) -> Result<Vec<u8>, StoreError> {
-        let mut data = Vec::new();
-        for item in self.store.tree.scan_prefix(STATE_PREFIX.as_bytes()) {
-            let (key, value) = item?;
-            if key.starts_with(super::LEGACY_BLOB_PREFIX.as_bytes()) {
-                continue;
-            }
-            let record = SnapshotRecord { key: key.to_vec(), value: value.to_vec() };
-            let frame = codec::encode_frame(&record)
-                .map_err(|source| StoreError::Encode { key: String::from_utf8_lossy(&key).into_owned(), source })?;
-            data.extend_from_slice(&frame);
-        }
-        Ok(data)
+    /// A point-in-time copy of the state at the applied index, for a snapshot. Call it on the
+    /// thread that applies entries, so that nothing writes the state meanwhile.
+    fn copy_state(&self, applied: u64) -> Result<StateCopy, StoreError> {
+        let term = self.term_of(applied)?;
+        StateCopy::take(&self.store.tree, applied, term, self.conf_state()?)
     }
 
     /// Replaces the whole state with a snapshot received from the leader, in one atomic batch:
@@ -394,23 +418,8 @@ impl RaftLog {
         for item in self.store.tree.scan_prefix(LOG) {
             batch.remove_raw(&item?.0);
         }
-        let mut rest: &[u8] = &snapshot.data;
-        while !rest.is_empty() {
-            let corrupt = |detail: String| StoreError::Corrupt {
-                key: format!("snapshot at index {}", meta.index),
-                source: codec::CodecError::Decode(detail),
-            };
-            match codec::decode_frame::<SnapshotRecord>(rest) {
-                Ok(Some((record, used))) => {
-                    if !record.key.starts_with(STATE_PREFIX.as_bytes()) {
-                        return Err(corrupt("a record outside the state machine".into()));
-                    }
-                    batch.put_raw(&record.key, record.value);
-                    rest = &rest[used..];
-                }
-                Ok(None) => return Err(corrupt("truncated".into())),
-                Err(e) => return Err(corrupt(e.to_string())),
-            }
+        for record in snapshot_records(snapshot)? {
+            batch.put_raw(&record.key, record.value);
         }
         let mut hs = hard_state.clone();
         hs.term = hs.term.max(meta.term);
@@ -480,18 +489,32 @@ impl raft::Storage for RaftLog {
         self.last().map_err(store_err)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// The snapshot to send a follower behind the log. Called on the Raft thread: only the copy
+    /// of the state happens here; the encoding runs on a thread of its own (in background mode)
+    /// and this answers "temporarily unavailable" until it is done. raft-rs asks again at the
+    /// follower's next heartbeat response.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
         let applied = self.applied().map_err(store_err)?;
         if applied < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(unavailable());
         }
-        let mut snapshot = Snapshot::default();
-        snapshot.data = self.snapshot_data().map_err(store_err)?.into();
-        let meta = snapshot.mut_metadata();
-        meta.index = applied;
-        meta.term = self.term_of(applied).map_err(store_err)?;
-        meta.set_conf_state(self.conf_state().map_err(store_err)?);
-        Ok(snapshot)
+        let compacted = self.snapshot_meta().map_err(store_err)?.index;
+        match self.snapshots.serve(request_index, to, compacted, applied) {
+            Serve::Ready(snapshot) => Ok(snapshot),
+            Serve::Wait => Err(unavailable()),
+            Serve::Build => match self.snapshots.mode {
+                SnapshotBuild::Inline => {
+                    let copy = self.copy_state(applied).map_err(store_err)?;
+                    self.snapshots.build_inline(copy).map_err(store_err)
+                }
+                SnapshotBuild::Background => {
+                    let copy = self.copy_state(applied).inspect_err(|_| self.snapshots.abandon()).map_err(store_err)?;
+                    self.snapshots.build_in_background(copy);
+                    Err(unavailable())
+                }
+            },
+        }
     }
 }
 
@@ -508,9 +531,14 @@ mod tests {
         e
     }
 
+    /// A log that builds its snapshots inline, as the simulation's do.
     fn log() -> (RaftLog, std::path::PathBuf) {
+        log_building(SnapshotBuild::Inline)
+    }
+
+    fn log_building(build: SnapshotBuild) -> (RaftLog, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("fifty-raftlog-{}-{}", std::process::id(), rand::random::<u64>()));
-        (RaftLog::new(Store::open(&dir).unwrap()), dir)
+        (RaftLog::with_snapshot_build(Store::open(&dir).unwrap(), build), dir)
     }
 
     fn append(log: &RaftLog, entries: &[Entry]) {
@@ -743,5 +771,151 @@ mod tests {
         assert_eq!(b.store.legacy_blob_chunk(&legacy, 0).unwrap(), None);
         let _ = std::fs::remove_dir_all(a.store.blobs().dir());
         let _ = (std::fs::remove_dir_all(dir_a), std::fs::remove_dir_all(dir_b));
+    }
+
+    fn is_unavailable(r: &raft::Result<Snapshot>) -> bool {
+        matches!(r, Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)))
+    }
+
+    /// Asks for a snapshot for follower 2, as raft-rs does at each heartbeat response, until
+    /// one is built.
+    fn wait_snapshot(log: &RaftLog, request_index: u64) -> Snapshot {
+        wait_snapshot_for(log, request_index, 2)
+    }
+
+    fn wait_snapshot_for(log: &RaftLog, request_index: u64, to: u64) -> Snapshot {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match log.snapshot(request_index, to) {
+                Ok(snap) => return snap,
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)) => {}
+                Err(e) => panic!("snapshot: {e}"),
+            }
+            assert!(std::time::Instant::now() < deadline, "no snapshot built within 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn state_records(log: &RaftLog) -> Vec<(Vec<u8>, Vec<u8>)> {
+        log.store
+            .tree
+            .scan_prefix(STATE_PREFIX.as_bytes())
+            .map(|i| i.unwrap())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    fn records_of(snap: &Snapshot) -> Vec<(Vec<u8>, Vec<u8>)> {
+        snapshot_records(snap).unwrap().into_iter().map(|r| (r.key, r.value)).collect()
+    }
+
+    fn member(id: u64) -> crate::state::MemberRecord {
+        crate::state::MemberRecord { id, quic_addr: format!("127.0.0.1:{id}"), http_addr: "127.0.0.1:2".into() }
+    }
+
+    /// As the Raft loop applies entry `index`: its records and the applied index in one batch.
+    fn apply_members(log: &RaftLog, index: u64, term: u64, put: &[u64], remove: &[u64]) {
+        append(log, &[entry(index, term)]);
+        let mut batch = Batch::default();
+        for id in put {
+            batch.put_member(&member(*id));
+        }
+        for id in remove {
+            batch.remove_member(*id);
+        }
+        RaftLog::set_applied(&mut batch, index);
+        log.store.apply(batch).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_is_encoded_off_the_calling_thread_from_the_state_copied_at_the_call() {
+        let (log, dir) = log_building(SnapshotBuild::Background);
+        let mut batch = Batch::default();
+        let mut cs = ConfState::default();
+        cs.voters = vec![1, 2];
+        RaftLog::set_conf_state(&mut batch, &cs);
+        log.store.apply(batch).unwrap();
+        apply_members(&log, 1, 1, &[1, 2], &[]);
+        apply_members(&log, 2, 1, &[3], &[]);
+        let at_two = state_records(&log);
+
+        // The build may not encode before apply has written more: the copy must not see it.
+        let hold = log.snapshots.hold.lock().unwrap();
+        assert!(is_unavailable(&log.snapshot(0, 2)), "the first call starts a build and returns");
+        assert!(is_unavailable(&log.snapshot(0, 2)), "a build is under way");
+        apply_members(&log, 3, 2, &[4], &[1]);
+        apply_members(&log, 4, 2, &[5], &[]);
+        drop(hold);
+
+        let snap = wait_snapshot(&log, 0);
+        assert_eq!((snap.get_metadata().index, snap.get_metadata().term), (2, 1));
+        assert_eq!(snap.get_metadata().get_conf_state().voters, [1, 2]);
+        assert_eq!(records_of(&snap), at_two, "the snapshot holds the state at index 2, nothing written after");
+        assert_ne!(state_records(&log), at_two);
+
+        // It is served again while usable, not rebuilt.
+        assert_eq!(log.snapshot(2, 2).unwrap().data.as_ptr(), snap.data.as_ptr());
+
+        // Another coordinator installs it and has exactly that state.
+        let (other, dir_other) = log_building(SnapshotBuild::Inline);
+        other.apply_snapshot(&snap, &HardState::default()).unwrap();
+        assert_eq!(state_records(&other), at_two);
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(dir_other));
+    }
+
+    #[test]
+    fn a_snapshot_too_old_for_the_request_the_compacted_log_or_a_new_member_is_rebuilt() {
+        let (log, dir) = log_building(SnapshotBuild::Background);
+        let voters = |ids: &[u64], learners: &[u64], index: u64| {
+            let mut cs = ConfState::default();
+            cs.voters = ids.to_vec();
+            cs.learners = learners.to_vec();
+            apply_members(&log, index, 1, &[], &[]);
+            let mut batch = Batch::default();
+            RaftLog::set_conf_state(&mut batch, &cs);
+            log.store.apply(batch).unwrap();
+        };
+        voters(&[1, 2], &[], 1);
+        assert!(is_unavailable(&log.snapshot(0, 2)));
+        let first = wait_snapshot(&log, 0);
+        assert_eq!(first.get_metadata().index, 1);
+
+        // A follower asks for at least index 2: the snapshot at 1 will not do.
+        apply_members(&log, 2, 1, &[2], &[]);
+        assert!(is_unavailable(&log.snapshot(2, 2)), "a stale snapshot starts a new build");
+        let second = wait_snapshot(&log, 2);
+        assert_eq!(second.get_metadata().index, 2);
+        assert_eq!(records_of(&second), state_records(&log));
+
+        // Still usable after compaction up to its index; not once the log is compacted past it
+        // (a follower could not go on from the log after it).
+        apply_members(&log, 3, 1, &[3], &[]);
+        apply_members(&log, 4, 1, &[4], &[]);
+        log.compact(2).unwrap();
+        assert_eq!(log.snapshot(0, 2).unwrap().get_metadata().index, 2);
+        log.compact(3).unwrap();
+        assert!(is_unavailable(&log.snapshot(0, 2)), "compacted past it: rebuilt");
+        let third = wait_snapshot(&log, 0);
+        assert_eq!(third.get_metadata().index, 4);
+        assert_eq!(records_of(&third), state_records(&log));
+
+        // A coordinator that joined (as a learner) after it was built is not in its conf state:
+        // raft-rs on that coordinator would refuse it, forever.
+        voters(&[1, 2], &[3], 5);
+        assert!(is_unavailable(&log.snapshot(0, 3)), "a snapshot that does not name the new learner is rebuilt");
+        let built = wait_snapshot_for(&log, 0, 3);
+        assert_eq!(built.get_metadata().index, 5);
+        assert_eq!(built.get_metadata().get_conf_state().learners, [3]);
+
+        // Inline, the call builds and returns it at once (the simulation).
+        let (inline, dir_inline) = log_building(SnapshotBuild::Inline);
+        apply_members(&inline, 1, 1, &[1], &[]);
+        let mut batch = Batch::default();
+        let mut cs = ConfState::default();
+        cs.voters = vec![1];
+        RaftLog::set_conf_state(&mut batch, &cs);
+        inline.store.apply(batch).unwrap();
+        assert_eq!(inline.snapshot(0, 1).unwrap().get_metadata().index, 1);
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(dir_inline));
     }
 }
