@@ -272,6 +272,18 @@ impl Node {
         self.raw.raft.raft_log.applied
     }
 
+    /// The configuration this node has applied (voters, learners), and whether a change of it
+    /// is still pending.
+    #[cfg(test)]
+    pub(super) fn conf(&self) -> (Vec<u64>, Vec<u64>, bool) {
+        let conf = self.raw.raft.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        (voters, learners, self.raw.raft.has_pending_conf())
+    }
+
     pub(super) fn handle(&mut self, input: Input) {
         match input {
             Input::Propose { data, reply } => {

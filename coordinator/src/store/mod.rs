@@ -801,6 +801,13 @@ impl Store {
         Ok(())
     }
 
+    /// Every record as stored, in key order: the simulation keeps such images of a node's disk
+    /// to roll it back later, as a torn tail does (`consensus/sim.rs`).
+    #[cfg(test)]
+    pub(crate) fn raw_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.tree.iter().map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from)).collect()
+    }
+
     /// SHA-256 (hex) of the state machine's records: every `sm/` key and value in key order,
     /// except legacy artifact chunks, which are not replicated (not in snapshots). Coordinators
     /// that applied the same entries have the same digest; the Raft loop takes it at
