@@ -97,6 +97,7 @@ pub mod apply;
 pub mod judge;
 pub mod series;
 pub mod sim;
+pub mod sizing;
 
 /// The leader's soft state: recent metric reports and the analyses of the waves baking now.
 #[derive(Default)]
