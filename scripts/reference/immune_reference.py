@@ -410,7 +410,7 @@ def change_look(before, after, canary, floor=0.05, mixture_scale=0.5, confidence
     return dict(effect=math.exp(delta) - 1, t=t, df=df, p=p, upper=upper)
 
 
-CHANGE_BEFORE = {"b0": (12, 6000), "b1": (15, 6000), "b2": (30, 6000), "c0": (24, 6000)}
+CHANGE_BEFORE = {"b0": (36, 18000), "b1": (45, 18000), "b2": (90, 18000), "c0": (72, 18000)}
 CHANGE_AFTER = {"b0": (3, 1000), "b1": (2, 1000), "b2": (5, 1000), "c0": (9, 1000)}
 look = change_look(CHANGE_BEFORE, CHANGE_AFTER, {"c0"})
 print("change look: " + ", ".join(f"{key}={val!r}" for key, val in look.items()))

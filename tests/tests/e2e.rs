@@ -1751,6 +1751,20 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     wait_serving(&ports, &first[..10]).await;
     let _load = fifty::sample_app::Load::start(&ports, 40);
 
+    // Sizing a bake reads the leader's reports: seconds of them are too few, and it says how
+    // much it needs; a metric the release does not watch is named.
+    let sized = cli(&cluster, &admin, &["immune", "size", "--repo", &repo.name, "--effect", "3"]).await;
+    assert!(!sized.status.success(), "{}", said(&sized));
+    assert!(
+        said(&sized).contains("not enough history of error_rate")
+            && said(&sized).contains("sizing needs 5m from at least 3 hosts"),
+        "{}",
+        said(&sized)
+    );
+    let sized = cli(&cluster, &admin, &["immune", "size", "--repo", &repo.name, "--metric", "latency"]).await;
+    let named = format!("latency is not one of release {r1}'s [immune] metrics (error_rate)");
+    assert!(said(&sized).contains(&named), "{}", said(&sized));
+
     // A good release: every wave is compared with the hosts still on release 1, and passes.
     repo.write("NOTES.md", "a harmless change\n").unwrap();
     let good = repo.commit("Harmless change").await.unwrap();

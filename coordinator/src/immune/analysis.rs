@@ -535,7 +535,8 @@ impl Monitor {
     /// (difference in differences): a host's persistent effect (hardware, neighbours, traffic mix)
     /// cancels, so an unusual canary host is neither reverted for being unusual nor keeps a wave
     /// from passing. A look falls back to comparing hosts with each other while any host lacks
-    /// `min_denominator` requests of history.
+    /// `min_denominator` requests of history, or has so few events in it that its past is noisier
+    /// than the host spread it would replace (fewer than about 26 at the default spreads).
     pub fn with_history(&mut self, before: &[Observation]) {
         for o in before {
             let Some(delta) = Delta::parse(&self.spec.kind, &o.sample) else { continue };
@@ -570,9 +571,12 @@ impl Monitor {
         let look = self.last.clone().unwrap_or_else(|| Look::insufficient("no data yet".into()));
         let mut notes: Vec<String> = Vec::new();
         // The always-valid bound takes a root search: only a final look (and a pass) shows it.
-        let upper = look.stat.as_ref().and_then(|s| s.bound.as_ref()).filter(|_| final_look).map(|b| {
-            b.upper(self.settings.pass_confidence)
-        });
+        let upper = look
+            .stat
+            .as_ref()
+            .and_then(|s| s.bound.as_ref())
+            .filter(|_| final_look)
+            .map(|b| b.upper(self.settings.pass_confidence));
         let beta = 1.0 - self.settings.pass_confidence;
         let verdict = match &look.stat {
             None => Verdict::Inconclusive,
@@ -741,6 +745,16 @@ impl Monitor {
         look
     }
 
+    /// Whether a host's past window, with `events` counted, makes its change a better measure
+    /// than comparing hosts: the past's own noise (`1/(events + ½)`) plus the spread of changes
+    /// must stay below the host spread it replaces. A short or quiet past (a host that just
+    /// joined, a release that just rolled out) would otherwise put a floor under the change's
+    /// variance that no bake lowers, and a pass could never rule out `pass_bound`.
+    fn past_is_informative(&self, events: f64) -> bool {
+        let s = &self.settings;
+        1.0 / (events + 0.5) + s.change_host_spread * s.change_host_spread < s.ratio_host_spread * s.ratio_host_spread
+    }
+
     /// Ratio, each host against its own past: `y = ln(rate now / rate before)` per host (half an
     /// event added to each count), with quasi-Poisson variance `φ/(n + ½)` per window; the
     /// canary hosts' mean change minus the baseline hosts', with a between-host spread of changes
@@ -752,7 +766,7 @@ impl Monitor {
                 .iter()
                 .map(|h| {
                     let past = self.before.hosts.get(&h.name)?;
-                    if past.den < min {
+                    if past.den < min || !self.past_is_informative(past.num) {
                         return None;
                     }
                     let x = ((h.num + 0.5) / h.den).ln() - ((past.num + 0.5) / past.den).ln();
@@ -1019,7 +1033,9 @@ impl Scale {
         match self {
             Scale::Linear(f) => bad_delta * f,
             Scale::LogChange(sign) => sign * ((sign * bad_delta).exp() - 1.0),
-            Scale::Ranks { sign, reference, bounds } => sign * (rank_scale(reference, bounds, 0.5 + sign * bad_delta) - 1.0),
+            Scale::Ranks { sign, reference, bounds } => {
+                sign * (rank_scale(reference, bounds, 0.5 + sign * bad_delta) - 1.0)
+            }
         }
     }
 
@@ -1696,7 +1712,7 @@ mod tests {
 
     #[test]
     fn a_ratio_against_each_hosts_own_past_matches_the_reference() {
-        let before = [("b0", 12.0, 6000.0), ("b1", 15.0, 6000.0), ("b2", 30.0, 6000.0), ("c0", 24.0, 6000.0)];
+        let before = [("b0", 36.0, 18000.0), ("b1", 45.0, 18000.0), ("b2", 90.0, 18000.0), ("c0", 72.0, 18000.0)];
         let after = [("b0", 3.0, 1000.0), ("b1", 2.0, 1000.0), ("b2", 5.0, 1000.0)];
         let mut m = watcher(&error_rate());
         m.with_history(&before.iter().map(|(h, n, d)| ratio(h, 0, *n, *d)).collect::<Vec<_>>());
@@ -1705,11 +1721,20 @@ mod tests {
             &[ratio("c0", 1, 9.0, 1000.0)],
         );
         let e = m.verdict(false).evidence;
-        close(e.effect, 0.9272932051473226, 1e-12);
-        close(e.statistic, 1.2733391708739734, 1e-9);
+        close(e.effect, 0.9153418496992842, 1e-12);
+        close(e.statistic, 1.368593712429524, 1e-9);
         assert!(e.df.is_infinite(), "the spread of changes is at its floor");
-        close(e.p_value, 0.929738670978176, 1e-7);
-        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 6.085305794902312, 1e-7);
+        close(e.p_value, 0.860650813440239, 1e-7);
+        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 5.376433105263513, 1e-7);
+        // A past of a few events per host is noisier than the hosts' spread: the same look then
+        // compares the hosts with each other, as it does without history.
+        let mut m = watcher(&error_rate());
+        m.with_history(&before.iter().map(|(h, n, d)| ratio(h, 0, n / 6.0, d / 6.0)).collect::<Vec<_>>());
+        m.observe(
+            &after.iter().map(|(h, n, d)| ratio(h, 1, *n, *d)).collect::<Vec<_>>(),
+            &[ratio("c0", 1, 9.0, 1000.0)],
+        );
+        assert!(m.verdict(false).evidence.note.is_none_or(|n| !n.contains("own past")));
         // Without history the same look compares the hosts with each other.
         let mut m = watcher(&error_rate());
         m.observe(

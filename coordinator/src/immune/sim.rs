@@ -361,8 +361,7 @@ fn quantile(times: &[Duration], q: f64) -> Option<Duration> {
     Some(times[rank - 1])
 }
 
-impl Tally {
-}
+impl Tally {}
 
 /// Runs `runs` waves of `scenario` on `threads` threads. Wave `i` uses the seed `mix(seed, i)`, so the
 /// tally does not depend on the thread count.
@@ -627,11 +626,8 @@ mod tests {
             watch_latency: false,
             ..Fleet::default()
         };
-        let scenario = Scenario {
-            fleet,
-            budget: Budget { metrics: 1, waves: 1 },
-            ..scenario(4, 2, Regression::ErrorRate(1.5))
-        };
+        let scenario =
+            Scenario { fleet, budget: Budget { metrics: 1, waves: 1 }, ..scenario(4, 2, Regression::ErrorRate(1.5)) };
         let tally = run_many(&scenario, 240, 13, 2);
         assert!(tally.promoted <= 33, "{} of 240 passed; {} reverted", tally.promoted, tally.reverts());
         // And a healthy release on the same fleet is mostly passed by itself (the price of a
