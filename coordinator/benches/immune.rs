@@ -4,7 +4,8 @@
 //! Run: `nice cargo bench -p fifty --bench immune` (a few minutes on 2 cores). Every number below is
 //! reproducible from the printed seed. `FIFTY_IMMUNE_SCALE=0.1` runs a tenth of the waves, for a quick look;
 //! `FIFTY_IMMUNE_FLEETS_ONLY=1` only issue 16's fleets; `FIFTY_IMMUNE_HISTORY=0` judges them without each host's past;
-//! `FIFTY_IMMUNE_SEED=<n>` another seed set (every cell's seed is derived from it).
+//! `FIFTY_IMMUNE_SEED=<n>` another seed set (every cell's seed is derived from it); `FIFTY_IMMUNE_NO_POWER=1`
+//! leaves out the time-to-revert table.
 
 use std::time::{Duration, Instant};
 
@@ -344,6 +345,9 @@ fn fleets(budget: Budget) {
         pct(worst_small)
     );
 
+    if std::env::var_os("FIFTY_IMMUNE_NO_POWER").is_some() {
+        return;
+    }
     println!("## Issue 16: time and canary requests to revert (1 canary + 5, 100 req/s, 0.5%, max_bake 600 s)\n");
     println!("| regression | fleet | reverted | within 30 s | within 10 min | median time | median canary requests | Wald SPRT E[N] | ratio |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");

@@ -1166,15 +1166,17 @@ fn shifted_auc(reference: &[f64], bounds: &[f64], factor: f64) -> f64 {
     if total <= 0.0 {
         return 0.5;
     }
-    let probabilities: Vec<f64> = reference.iter().map(|c| c / total).collect();
-    mann_whitney_auc(&shifted_counts(reference, bounds, factor), &probabilities).0
+    // As counts of the reference's size: `mann_whitney_auc` takes fewer than two observations
+    // in all as no data, and two shares that sum to 1 - ε each would be that.
+    let shifted: Vec<f64> = shifted_counts(reference, bounds, factor).iter().map(|p| p * total).collect();
+    mann_whitney_auc(&shifted, reference).0
 }
 
 /// The factor by which the `reference` latencies, all multiplied, have this AUC against
 /// themselves ([`shifted_auc`] inverted by bisection on its log, within ×1/1000 … ×1000).
 fn rank_scale(reference: &[f64], bounds: &[f64], auc: f64) -> f64 {
     let (mut lo, mut hi) = (-(1000f64.ln()), 1000f64.ln());
-    for _ in 0..50 {
+    for _ in 0..40 {
         let mid = 0.5 * (lo + hi);
         if shifted_auc(reference, bounds, mid.exp()) < auc {
             lo = mid;
@@ -1801,6 +1803,21 @@ mod tests {
             "http_request_duration_seconds median 79.8ms → 128ms (+48% by rank, p=1.9e-8): a change of +48% but \
              not significant (p 1.9e-8 > 1.0e-9)"
         );
+    }
+
+    #[test]
+    fn the_change_the_ranks_give_inverts_a_scaling_of_every_request() {
+        // A fleet's pooled latencies in Prometheus' default buckets, nothing above 1 s: its
+        // shares of the whole once summed to 1 − ε and read as "no data" (AUC ½), which made
+        // every scaling look like ×31 and let an A/A wave's noise pass the min_effect gate.
+        let bounds = crate::immune::sim::DEFAULT_BUCKETS;
+        let reference = [3.0, 206.0, 8113.0, 27238.0, 29914.0, 10463.0, 348.0, 6.0, 0.0, 0.0, 0.0, 0.0];
+        for factor in [0.8, 1.0, 1.1, 1.5, 3.0] {
+            let auc = shifted_auc(&reference, &bounds, factor);
+            assert!((factor - 1.0) * (auc - 0.5) >= 0.0, "×{factor}: AUC {auc}");
+            close(rank_scale(&reference, &bounds, auc), factor, 1e-6);
+        }
+        close(shifted_auc(&reference, &bounds, 1.0), 0.5, 1e-12);
     }
 
     #[test]
