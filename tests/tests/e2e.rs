@@ -1770,7 +1770,10 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     let good = repo.commit("Harmless change").await.unwrap();
     assert!(repo.push().await.unwrap().status.success());
     let r2 = wait_release(&cluster, &good).await;
-    let done = wait_rollout(&cluster, r2, Phase::Done).await;
+    // Each wave bakes on until the data rule out a tripling of the errors at any look (the
+    // shop's hosts have seconds of history, so they are compared with each other): a minute or
+    // so a wave at 40 requests a second, three waves.
+    let done = cluster.wait_rollout("shop", r2, Phase::Done, Duration::from_secs(400)).await.unwrap();
     assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
     assert!(done.events.iter().any(|(_, e)| e.contains("immune system watching error_rate")), "{:#?}", done.events);
     assert!(!done.events.iter().any(|(_, e)| e.contains("held")), "{:#?}", done.events);
