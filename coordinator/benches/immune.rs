@@ -3,14 +3,26 @@
 //!
 //! Run: `nice cargo bench -p fifty --bench immune` (a few minutes on 2 cores). Every number below is
 //! reproducible from the printed seed. `FIFTY_IMMUNE_SCALE=0.1` runs a tenth of the waves, for a quick look;
-//! `FIFTY_IMMUNE_FLEETS_ONLY=1` only issue 16's fleets; `FIFTY_IMMUNE_HISTORY=0` judges them without each host's past.
+//! `FIFTY_IMMUNE_FLEETS_ONLY=1` only issue 16's fleets; `FIFTY_IMMUNE_HISTORY=0` judges them without each host's past;
+//! `FIFTY_IMMUNE_SEED=<n>` another seed set (every cell's seed is derived from it); `FIFTY_IMMUNE_NO_POWER=1`
+//! leaves out the time-to-revert table.
 
 use std::time::{Duration, Instant};
 
 use fifty::immune::analysis::{Budget, Settings};
 use fifty::immune::sim::{run_many, Fleet, Regression, Scenario, Tally};
 
-const SEED: u64 = 0x00F1_F7E5_EED5;
+const DEFAULT_SEED: u64 = 0x00F1_F7E5_EED5;
+
+/// The seed every cell's seed derives from: `FIFTY_IMMUNE_SEED` (decimal, or hex with `0x`).
+fn seed() -> u64 {
+    let Ok(text) = std::env::var("FIFTY_IMMUNE_SEED") else { return DEFAULT_SEED };
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.unwrap_or_else(|e| panic!("FIFTY_IMMUNE_SEED={text:?} is not a number: {e}"))
+}
 const AA_RUNS: usize = 50_000;
 const STRESS_RUNS: usize = 20_000;
 const POWER_RUNS: usize = 2_000;
@@ -51,8 +63,9 @@ fn main() {
     let alpha_each = budget.alpha_each(settings.alpha);
     println!("# Immune system simulation\n");
     println!(
-        "seed `{SEED:#x}`, {THREADS} threads; fleet of 6 hosts at {} req/s each, error rate {}, latency median {} ms \
+        "seed `{:#x}`, {THREADS} threads; fleet of 6 hosts at {} req/s each, error rate {}, latency median {} ms \
          (log-sd {}), {} s scrapes, {} s bake.",
+        seed(),
         fleet.requests_per_second,
         pct(fleet.error_rate),
         fleet.latency_median * 1000.0,
@@ -116,7 +129,7 @@ fn main() {
             let tally = run_many(
                 &scenario(f, canary, Regression::None, budget),
                 *runs,
-                SEED + seed_offset as u64 * 10 + canary as u64,
+                seed() + seed_offset as u64 * 10 + canary as u64,
                 THREADS,
             );
             let (lo, hi) = tally.revert_interval();
@@ -159,7 +172,7 @@ fn main() {
             let tally = run_many(
                 &scenario(&fleet, canary, *regression, budget),
                 scaled(POWER_RUNS),
-                SEED + 1000 + 10 * i as u64 + canary as u64,
+                seed() + 1000 + 10 * i as u64 + canary as u64,
                 THREADS,
             );
             println!(
@@ -235,38 +248,106 @@ fn fleets(budget: Budget) {
          against each host's own past {history} s (0: hosts against each other)\n"
     );
     println!(
-        "| fleet | canary + baseline | waves | false reverts | rate | 95% CI (Wilson) | held for a person | promoted |"
+        "| fleet | canary + baseline | waves | false reverts | rate | 95% CI (Wilson) | held for a person | promoted | median time to promote |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |");
     let mut worst = (0.0f64, 0.0f64);
+    let mut worst_held = (0.0f64, 0.0f64);
     for (i, (label, fleet)) in fleets.iter().enumerate() {
         for canary in [1, 4] {
             let tally = run_many(
                 &scenario(fleet, canary, Regression::None, budget),
                 scaled(AA16_RUNS),
-                SEED + 5000 + 10 * i as u64 + canary as u64,
+                seed() + 5000 + 10 * i as u64 + canary as u64,
                 THREADS,
             );
             let (lo, hi) = tally.revert_interval();
             worst = (worst.0.max(tally.revert_rate()), worst.1.max(hi));
+            let held = tally.held as f64 / tally.runs as f64;
+            if fleet.requests_per_second >= 100.0 {
+                worst_held.0 = worst_held.0.max(held);
+            } else {
+                worst_held.1 = worst_held.1.max(held);
+            }
             println!(
-                "| {label} | {canary} + {} | {} | {} | {} | {} – {} | {} | {} |",
+                "| {label} | {canary} + {} | {} | {} | {} | {} – {} | {} | {} | {} |",
                 6 - canary,
                 tally.runs,
                 tally.reverts(),
                 pct(tally.revert_rate()),
                 pct(lo),
                 pct(hi),
-                pct(tally.held as f64 / tally.runs as f64),
+                pct(held),
                 pct(tally.promoted as f64 / tally.runs as f64),
+                secs(tally.time_to_promote(0.5)),
             );
             for reason in tally.reasons.iter().take(1) {
                 eprintln!("  A/A {label} {canary}+{}: reverted on {reason}", 6 - canary);
             }
         }
     }
-    println!("\nworst false-revert rate {}, worst Wilson upper bound {}\n", pct(worst.0), pct(worst.1));
+    println!("\nworst false-revert rate {}, worst Wilson upper bound {}", pct(worst.0), pct(worst.1));
+    println!("worst held for a person: {} at 100 req/s, {} at 20 req/s\n", pct(worst_held.0), pct(worst_held.1));
 
+    // The pass rule's promise: a regression of `pass_bound` (+50%) passes at most
+    // 1 − pass_confidence (10%) of the time, however long the extension looks; and a change
+    // below `min_effect` is not what a revert is for.
+    let settings = Settings::default();
+    println!(
+        "## Issue 16: regressions at the tolerance (pass_bound +{:.0}%, promised: passed in at most {:.0}%) and below min_effect (+{:.0}%)\n",
+        settings.pass_bound * 100.0,
+        (1.0 - settings.pass_confidence) * 100.0,
+        settings.min_effect * 100.0
+    );
+    println!(
+        "| fleet | regression | canary + baseline | waves | passed (promoted) | 95% CI (Wilson) | reverted | held |"
+    );
+    println!("| --- | --- | --- | ---: | ---: | --- | ---: | ---: |");
+    let at_tolerance = 1.0 + settings.pass_bound;
+    let cases = [
+        ("error rate ×1.5", Regression::ErrorRate(at_tolerance)),
+        ("latency ×1.5", Regression::Latency(at_tolerance)),
+        ("latency +10%", Regression::Latency(1.1)),
+    ];
+    let mut worst_pass: f64 = 0.0;
+    let mut worst_small: f64 = 0.0;
+    for (i, (label, fleet)) in fleets.iter().enumerate().filter(|(i, _)| [0, 1, 5, 7].contains(i)) {
+        for (j, (what, regression)) in cases.iter().enumerate() {
+            for canary in [1, 4] {
+                let tally = run_many(
+                    &scenario(fleet, canary, *regression, budget),
+                    scaled(POWER16_RUNS),
+                    seed() + 9000 + 100 * i as u64 + 10 * j as u64 + canary as u64,
+                    THREADS,
+                );
+                let (lo, hi) = tally.promote_interval();
+                if matches!(regression, Regression::Latency(f) if *f < 1.0 + settings.min_effect) {
+                    worst_small = worst_small.max(tally.revert_rate());
+                } else {
+                    worst_pass = worst_pass.max(tally.promote_rate());
+                }
+                println!(
+                    "| {label} | {what} | {canary} + {} | {} | {} | {} – {} | {} | {} |",
+                    6 - canary,
+                    tally.runs,
+                    pct(tally.promote_rate()),
+                    pct(lo),
+                    pct(hi),
+                    pct(tally.revert_rate()),
+                    pct(tally.held as f64 / tally.runs as f64),
+                );
+            }
+        }
+    }
+    println!(
+        "\nworst pass rate at the tolerance {}; worst revert rate of latency +10% {}\n",
+        pct(worst_pass),
+        pct(worst_small)
+    );
+
+    if std::env::var_os("FIFTY_IMMUNE_NO_POWER").is_some() {
+        return;
+    }
     println!("## Issue 16: time and canary requests to revert (1 canary + 5, 100 req/s, 0.5%, max_bake 600 s)\n");
     println!("| regression | fleet | reverted | within 30 s | within 10 min | median time | median canary requests | Wald SPRT E[N] | ratio |");
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -284,7 +365,7 @@ fn fleets(budget: Budget) {
         let tally = run_many(
             &scenario(fleet, 1, Regression::ErrorRate(*factor), budget),
             scaled(POWER16_RUNS),
-            SEED + 7000 + i as u64,
+            seed() + 7000 + i as u64,
             THREADS,
         );
         let median = tally.time_to_revert(0.5);

@@ -799,3 +799,78 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// `GET /v1/immune/size`: what to size.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SizeQuery {
+    /// The repository (its latest release's `[immune]` and hosts).
+    pub repo: Option<String>,
+    /// A ratio metric of that `[immune]` (default: the first).
+    pub metric: Option<String>,
+    /// The regression to catch, as a factor on the rate (default 2.0).
+    pub effect: Option<f64>,
+    /// Hosts in the wave (default: the plan's first wave).
+    pub canaries: Option<usize>,
+}
+
+/// How soon the judge decides one way, in a sizing.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SizeDecision {
+    /// Share of simulated waves decided this way within the horizon.
+    pub share: f64,
+    /// Share decided this way within the plan's `max_bake`.
+    pub within_max_bake: f64,
+    /// Median time to decide, seconds (among those decided this way).
+    pub median_secs: Option<f64>,
+    /// 90th percentile, seconds.
+    pub p90_secs: Option<f64>,
+}
+
+/// `fifty immune size`: how long a bake needs on this fleet.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SizeView {
+    /// The repository.
+    pub repo: String,
+    /// The release whose `[immune]` was read.
+    pub release: u64,
+    /// The metric sized.
+    pub metric: String,
+    /// Hosts with enough history.
+    pub hosts: usize,
+    /// Hosts in the wave.
+    pub canaries: usize,
+    /// Measured mean requests a second per host.
+    pub requests_per_second: f64,
+    /// Measured pooled rate.
+    pub rate: f64,
+    /// Measured spread of the hosts' own rates (coefficient of variation).
+    pub host_cv: f64,
+    /// Measured burstiness of intervals (coefficient of variation beyond Poisson).
+    pub burst_cv: f64,
+    /// Report interval, seconds.
+    pub interval_secs: f64,
+    /// Shortest history used, seconds.
+    pub history_secs: f64,
+    /// The regression sized, as a factor.
+    pub effect: f64,
+    /// The plan's alpha.
+    pub alpha: f64,
+    /// The plan's min_effect.
+    pub min_effect: f64,
+    /// The plan's pass_bound.
+    pub pass_bound: f64,
+    /// The confidence of a pass.
+    pub pass_confidence: f64,
+    /// The plan's max_bake (at least its bake), seconds.
+    pub max_bake_secs: f64,
+    /// How long a wave was simulated at most, seconds.
+    pub horizon_secs: f64,
+    /// Waves simulated for each answer.
+    pub waves: usize,
+    /// A wave with the regression: how soon it is reverted.
+    pub revert: SizeDecision,
+    /// A healthy wave: how soon it passes by itself.
+    pub pass: SizeDecision,
+    /// Healthy simulated waves reverted.
+    pub false_reverts: f64,
+}

@@ -18,7 +18,7 @@ It prints the constants the Rust tests in coordinator/src/immune/analysis.rs che
 import math
 
 import numpy as np
-from scipy import integrate, stats
+from scipy import integrate, optimize, stats
 
 np.set_printoptions(precision=17)
 
@@ -119,6 +119,36 @@ def mixture_p(t, df, total, prior_sd):
     return min(1.0, math.exp(-mixture_scales_log_lr(z, r)))
 
 
+def cs_upper(delta, sd, df, confidence):
+    """The always-valid upper bound on the test's scale: the theta at which the one-scale mixture
+    (prior spread theta itself, by integration) against a regression of theta reaches
+    1/(1 - confidence); the t statistic (theta - delta)/sd mapped to a normal score as the test does."""
+    target = -math.log(1.0 - confidence)
+
+    def gap(theta):
+        z = stats.norm.isf(t_sf((theta - delta) / sd, df))
+        return mixture_log_lr_quad(z, min(theta**2 / sd**2, 1e12)) - target
+
+    return optimize.brentq(gap, max(delta, 0.0) + 1e-9 * sd, max(delta, 0.0) + 40 * sd, xtol=1e-15, rtol=1e-14)
+
+
+def shifted_auc(reference, bounds, factor):
+    """The AUC of the reference's latencies all multiplied by factor against the reference, on the
+    buckets: the reference's CDF by numpy.interp (edges 0, bounds...), read at bounds / factor."""
+    reference = np.asarray(reference, float)
+    total = reference.sum()
+    cumulative = np.concatenate([[0.0], np.cumsum(reference[:-1])]) / total
+    edges = np.concatenate([[0.0], np.asarray(bounds, float)])
+    at = np.interp(np.asarray(bounds, float) / factor, edges, cumulative)
+    shifted = np.diff(np.concatenate([[0.0], at, [1.0]]))
+    return auc(shifted, reference / total)[0]
+
+
+def rank_scale(reference, bounds, target):
+    return math.exp(optimize.brentq(lambda lk: shifted_auc(reference, bounds, math.exp(lk)) - target, -6.9, 6.9,
+                                    xtol=1e-14))
+
+
 def spread_estimate(sides, relative, floor=0.0):
     """sides: list of (x, v_own, w) arrays. DerSimonian-Laird moments pooled within sides; relative
     spreads are measured on x / (weighted side mean) with precision weights 1/v, absolute ones with
@@ -215,7 +245,7 @@ def ratio_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9, host_floor
     t = bad * z_sampling * math.sqrt(null_sampling / total)
     p = mixture_p(t, df, total, mixture_scale)
     df_own = satterthwaite(own_spread, tau_df, own_sampling, phi_df)
-    upper = (bad * delta + t_ppf(confidence, df_own) * math.sqrt(own_spread + own_sampling)) * p0 / rb
+    upper = cs_upper(bad * delta, math.sqrt(own_spread + own_sampling), df_own, confidence) * p0 / rb
     return dict(baseline=rb, canary=rc, phi=phi, tau2=tau2, t=t, df=df, p=p, upper=upper)
 
 
@@ -263,13 +293,10 @@ def histogram_look(base, can, bounds, mixture_scale=0.5, bad=1.0, confidence=0.9
     df = satterthwaite(spread, tau_df, sampling, math.inf)
     t = bad * delta / math.sqrt(total)
     p = mixture_p(t, df, total, mixture_scale * 0.4)
-    # Upper bound on the relative change of the median, from the hosts' medians.
-    yc = np.array([bucket_median(c, bounds) / median_b for c, _, _ in can.values()])
-    yb = np.array([bucket_median(c, bounds) / median_b for c, _, _ in base.values()])
-    tau2y, dfy, _ = spread_estimate([(yc, np.zeros(nc), None), (yb, np.zeros(nb), None)], relative=False)
-    spread_y = tau2y * (1 / nc + 1 / nb)
-    upper = bad * (yc.mean() - yb.mean()) + t_ppf(confidence, dfy) * math.sqrt(spread_y)
-    return dict(baseline=median_b, canary=median_c, tau2=tau2, t=t, df=df, p=p, upper=upper)
+    # The change the ranks give (all latencies scaled by one factor) and its always-valid bound.
+    effect = rank_scale(pooled, bounds, 0.5 + delta) - 1
+    upper = rank_scale(pooled, bounds, 0.5 + cs_upper(bad * delta, math.sqrt(total), df, confidence)) - 1
+    return dict(baseline=median_b, canary=median_c, effect=effect, tau2=tau2, t=t, df=df, p=p, upper=upper)
 
 
 def gauge_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
@@ -295,7 +322,7 @@ def gauge_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
     df = satterthwaite(spread, tau_df, sampling, sampling_df)
     t = bad * delta / math.sqrt(total)
     p = mixture_p(t, df, total, mixture_scale)
-    upper = (bad * delta + t_ppf(confidence, df) * math.sqrt(total)) * scale / abs(mb)
+    upper = cs_upper(bad * delta, math.sqrt(total), df, confidence) * scale / abs(mb)
     return dict(baseline=mb, canary=mc, tau2=tau2, t=t, df=df, p=p, upper=upper)
 
 
@@ -379,11 +406,11 @@ def change_look(before, after, canary, floor=0.05, mixture_scale=0.5, confidence
     df = satterthwaite(spread, tau_df, sampling, math.inf)
     t = delta / math.sqrt(total)
     p = mixture_p(t, df, total, mixture_scale)
-    upper = math.exp(delta + t_ppf(confidence, df) * math.sqrt(total)) - 1
+    upper = math.exp(cs_upper(delta, math.sqrt(total), df, confidence)) - 1
     return dict(effect=math.exp(delta) - 1, t=t, df=df, p=p, upper=upper)
 
 
-CHANGE_BEFORE = {"b0": (12, 6000), "b1": (15, 6000), "b2": (30, 6000), "c0": (24, 6000)}
+CHANGE_BEFORE = {"b0": (36, 18000), "b1": (45, 18000), "b2": (90, 18000), "c0": (72, 18000)}
 CHANGE_AFTER = {"b0": (3, 1000), "b1": (2, 1000), "b2": (5, 1000), "c0": (9, 1000)}
 look = change_look(CHANGE_BEFORE, CHANGE_AFTER, {"c0"})
 print("change look: " + ", ".join(f"{key}={val!r}" for key, val in look.items()))

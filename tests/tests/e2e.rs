@@ -1753,6 +1753,20 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     wait_serving(&ports, &first[..10]).await;
     let _load = fifty::sample_app::Load::start(&ports, 40);
 
+    // Sizing a bake reads the leader's reports: seconds of them are too few, and it says how
+    // much it needs; a metric the release does not watch is named.
+    let sized = cli(&cluster, &admin, &["immune", "size", "--repo", &repo.name, "--effect", "3"]).await;
+    assert!(!sized.status.success(), "{}", said(&sized));
+    assert!(
+        said(&sized).contains("not enough history of error_rate")
+            && said(&sized).contains("sizing needs 5m from at least 3 hosts"),
+        "{}",
+        said(&sized)
+    );
+    let sized = cli(&cluster, &admin, &["immune", "size", "--repo", &repo.name, "--metric", "latency"]).await;
+    let named = format!("latency is not one of release {r1}'s [immune] metrics (error_rate)");
+    assert!(said(&sized).contains(&named), "{}", said(&sized));
+
     // A good release: every wave is compared with the hosts still on release 1, and passes.
     repo.write("NOTES.md", "a harmless change\n").unwrap();
     let good = repo.commit("Harmless change").await.unwrap();
@@ -1828,7 +1842,10 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     cluster.start_coordinator(first_leader).await.unwrap();
     let out = cli(&cluster, &admin, &["rollout", "resume"]).await;
     assert!(out.status.success(), "{}", said(&out));
-    let done = wait_rollout(&cluster, r2, Phase::Done).await;
+    // Each wave bakes on until the data rule out a tripling of the errors at any look (the
+    // shop's hosts have seconds of history, so they are compared with each other): a minute or
+    // so a wave at 40 requests a second, three waves.
+    let done = cluster.wait_rollout("shop", r2, Phase::Done, Duration::from_secs(400)).await.unwrap();
     assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
     assert!(done.events.iter().any(|(_, e)| e.contains("immune system watching error_rate")), "{:#?}", done.events);
     assert!(!done.events.iter().any(|(_, e)| e.contains("held")), "{:#?}", done.events);

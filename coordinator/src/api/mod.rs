@@ -163,6 +163,7 @@ pub fn routes() -> Vec<Route> {
         route(M::POST, "/v1/alerts/rules/{rule}/silence", ADMIN, silence_alert_rule),
         route(M::GET, "/v1/fleet/top", READ, fleet_top),
         route(M::GET, "/v1/fleet/series", READ, fleet_series),
+        route(M::GET, "/v1/immune/size", READ, immune_size),
     ];
     table.extend(experiments::routes());
     table
@@ -650,4 +651,15 @@ async fn fleet_series(
     Query(q): Query<crate::alerts::live::SeriesQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.fleet_series(&q)?))
+}
+
+/// Runs a bounded, seeded simulation (a second or so): off the async threads.
+async fn immune_size(
+    State(c): Shared,
+    Query(q): Query<crate::views::SizeQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let sized = tokio::task::spawn_blocking(move || c.immune_size(&q))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the sizing stopped: {e}")))??;
+    Ok(Json(sized))
 }

@@ -6,6 +6,7 @@ mod demo;
 mod demo_experiment;
 mod dev;
 pub mod experiment;
+mod immune;
 mod incident;
 mod output;
 
@@ -185,6 +186,14 @@ enum Command {
         client: ClientOpts,
         #[command(subcommand)]
         command: alert::AlertCommand,
+    },
+    /// The immune system: size a bake for a repository's fleet.
+    Immune {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        command: immune::ImmuneCommand,
     },
     /// A live view of the fleet (refreshes in place on a terminal).
     Top {
@@ -593,6 +602,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Rollout { client, command } => rollout(&client, command).await,
         Command::Incidents { client, json } => incident::list(&client, json).await,
         Command::Incident { client, command } => incident::incident(&client, command).await,
+        Command::Immune { client, command } => immune::run(&client, command).await,
         Command::Webhook { client, command } => incident::webhook(&client, command).await,
         Command::Experiment { client, command } => experiment::run(&client, command).await,
         Command::Alerts { client, limit, json } => alert::list(&client, json, limit).await,

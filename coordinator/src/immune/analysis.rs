@@ -284,9 +284,13 @@ pub struct Evidence {
     pub p_value: f64,
     /// This monitor's share of the rollout's alpha.
     pub alpha: f64,
-    /// The upper confidence bound (at `pass_confidence`) of the relative effect in the bad direction,
-    /// when it can be computed; a `Pass` needs it at or below `pass_bound`.
+    /// The always-valid upper confidence bound (at `pass_confidence`) of the relative effect in the
+    /// bad direction at this look, when it can be computed; given only by a final look's verdict
+    /// (`verdict(true)`), as it takes a root search.
     pub bad_effect_upper: Option<f64>,
+    /// The always-valid p-value of "the regression is at least `pass_bound`": the smallest over
+    /// all looks so far. A `Pass` needs it at or below `1 − pass_confidence`.
+    pub pass_p_value: f64,
     /// Baseline sample size: requests (ratio), observations (histogram) or host-intervals (gauge).
     pub baseline_n: u64,
     /// Canary sample size, as `baseline_n`.
@@ -363,10 +367,11 @@ impl MetricResult {
                 format!("{pct}%")
             }
         };
-        // A histogram is judged on its requests' ranks, so it is shown by its median, not its mean.
-        let what = if self.histogram { " median" } else { "" };
+        // A histogram is judged on its requests' ranks, so it is shown by its median, not its
+        // mean, and its change is the one the ranks give (every request scaled by the same factor).
+        let (what, how) = if self.histogram { (" median", " by rank") } else { ("", "") };
         let mut line = format!(
-            "{}{what} {} → {} ({}, p={})",
+            "{}{what} {} → {} ({}{how}, p={})",
             self.metric,
             shown(e.baseline),
             shown(e.canary),
@@ -427,6 +432,8 @@ pub struct Monitor {
     canary: Side,
     looks: u64,
     min_p: f64,
+    /// The largest ln Λ so far of the pass test (evidence against a regression of `pass_bound`).
+    best_pass: f64,
     last: Option<Look>,
     failed: Option<MetricResult>,
     /// Each host's data from before the wave, on the old release.
@@ -455,6 +462,7 @@ impl Monitor {
             canary: Side::default(),
             looks: 0,
             min_p: 1.0,
+            best_pass: f64::NEG_INFINITY,
             last: None,
             failed: None,
             before: Side::default(),
@@ -497,6 +505,9 @@ impl Monitor {
         let look = self.look();
         if let Some(stat) = &look.stat {
             self.min_p = self.min_p.min(stat.p_now);
+            if let Some(bound) = &stat.bound {
+                self.best_pass = self.best_pass.max(bound.pass_log_lr(self.settings.pass_bound));
+            }
         }
         self.last = Some(look);
         if self.failed.is_none() {
@@ -531,7 +542,8 @@ impl Monitor {
     /// (difference in differences): a host's persistent effect (hardware, neighbours, traffic mix)
     /// cancels, so an unusual canary host is neither reverted for being unusual nor keeps a wave
     /// from passing. A look falls back to comparing hosts with each other while any host lacks
-    /// `min_denominator` requests of history.
+    /// `min_denominator` requests of history, or has so few events in it that its past is noisier
+    /// than the host spread it would replace (fewer than about 26 at the default spreads).
     pub fn with_history(&mut self, before: &[Observation]) {
         for o in before {
             let Some(delta) = Delta::parse(&self.spec.kind, &o.sample) else { continue };
@@ -553,6 +565,7 @@ impl Monitor {
         TestState {
             looks: self.looks,
             min_p: self.min_p,
+            best_pass: self.best_pass,
             alpha: self.alpha,
             rejected: self.rejected,
             baseline: totals(&self.baseline),
@@ -600,6 +613,7 @@ impl Monitor {
             |hosts: &[HostTotals]| Side { hosts: hosts.iter().map(|h| (h.host.clone(), Host::from(h))).collect() };
         monitor.looks = state.looks;
         monitor.min_p = state.min_p;
+        monitor.best_pass = state.best_pass;
         monitor.rejected = state.rejected;
         monitor.baseline = side(&state.baseline);
         monitor.canary = side(&state.canary);
@@ -637,6 +651,14 @@ impl Monitor {
         };
         let look = self.last.clone().unwrap_or_else(|| Look::insufficient("no data yet".into()));
         let mut notes: Vec<String> = Vec::new();
+        // The always-valid bound takes a root search: only a final look (and a pass) shows it.
+        let upper = look
+            .stat
+            .as_ref()
+            .and_then(|s| s.bound.as_ref())
+            .filter(|_| final_look)
+            .map(|b| b.upper(self.settings.pass_confidence));
+        let beta = 1.0 - self.settings.pass_confidence;
         let verdict = match &look.stat {
             None => Verdict::Inconclusive,
             Some(stat) => {
@@ -651,24 +673,29 @@ impl Monitor {
                         sig(self.alpha, 2)
                     ));
                     Verdict::Inconclusive
+                } else if stat.bound.is_none() {
+                    notes.push("the size of the regression cannot be bounded".into());
+                    Verdict::Inconclusive
+                } else if self.best_pass >= -beta.ln() {
+                    // Some look's always-valid bound ruled out `pass_bound`: a regression that
+                    // large passes at most `1 − pass_confidence` of the time, however often
+                    // and however long the wave is looked at.
+                    Verdict::Pass
                 } else {
-                    match stat.bad_effect_upper {
-                        Some(upper) if upper <= self.settings.pass_bound => Verdict::Pass,
-                        Some(upper) => {
-                            let sign = self.spec.bad.sign();
-                            notes.push(format!(
-                                "cannot yet rule out a regression of {} (a pass rules out {} at {:.0}% confidence)",
-                                signed_pct(upper * sign),
-                                signed_pct(self.settings.pass_bound * sign),
-                                self.settings.pass_confidence * 100.0
-                            ));
-                            Verdict::Inconclusive
-                        }
-                        None => {
-                            notes.push("the size of the regression cannot be bounded".into());
-                            Verdict::Inconclusive
-                        }
-                    }
+                    let sign = self.spec.bad.sign();
+                    let ruled_out = match upper {
+                        Some(u) => format!("cannot yet rule out a regression of {}", signed_pct(u * sign)),
+                        None => format!(
+                            "cannot yet rule out a regression of {}",
+                            signed_pct(self.settings.pass_bound * sign)
+                        ),
+                    };
+                    notes.push(format!(
+                        "{ruled_out} (a pass rules out {} with {:.0}% confidence, valid at any look)",
+                        signed_pct(self.settings.pass_bound * sign),
+                        self.settings.pass_confidence * 100.0
+                    ));
+                    Verdict::Inconclusive
                 }
             }
         };
@@ -695,7 +722,8 @@ impl Monitor {
                 df: stat.map_or(f64::NAN, |s| s.df),
                 p_value: self.min_p,
                 alpha: self.alpha,
-                bad_effect_upper: stat.and_then(|s| s.bad_effect_upper),
+                bad_effect_upper: upper,
+                pass_p_value: (-self.best_pass).exp().min(1.0),
                 baseline_n: look.baseline_n.round() as u64,
                 canary_n: look.canary_n.round() as u64,
                 baseline_hosts: look.baseline_hosts,
@@ -741,7 +769,8 @@ impl Monitor {
         look.note = None;
         if nb + nc <= 0.0 {
             // Nothing counted anywhere: no regression to see, and a zero rate cannot grow unseen.
-            look.stat = Some(Stat { t: 0.0, df: f64::INFINITY, p_now: 1.0, bad_effect_upper: Some(0.0) });
+            let bound = Bound { bad_delta: 0.0, sd: 0.0, df: f64::INFINITY, scale: Scale::Linear(1.0) };
+            look.stat = Some(Stat { t: 0.0, df: f64::INFINITY, p_now: 1.0, bound: Some(bound) });
             look.note = Some("no events on either side".into());
             return look;
         }
@@ -780,13 +809,13 @@ impl Monitor {
         let shrink = (c.null.sampling / c.null.total()).sqrt();
         let mut stat =
             self.score(self.spec.bad.sign() * z_sampling * shrink, &c.null, phi_df, self.settings.mixture_scale);
-        // Upper bound of the bad relative effect: the x scale is relative to p0, the effect to rb.
-        stat.bad_effect_upper = if rb > 0.0 {
-            let q = t_quantile(self.settings.pass_confidence, c.own.df(phi_df));
-            Some((self.spec.bad.sign() * c.delta + q * c.own.total().sqrt()) * p0 / rb)
-        } else {
-            None
-        };
+        // The pass test's scale: x is relative to p0, the effect to rb.
+        stat.bound = (rb > 0.0).then(|| Bound {
+            bad_delta: self.spec.bad.sign() * c.delta,
+            sd: c.own.total().sqrt(),
+            df: c.own.df(phi_df),
+            scale: Scale::Linear(p0 / rb),
+        });
         if !c.measured {
             look.note = Some(format!(
                 "host-to-host spread not measurable (one host per side): assumed {}",
@@ -795,6 +824,16 @@ impl Monitor {
         }
         look.stat = Some(stat);
         look
+    }
+
+    /// Whether a host's past window, with `events` counted, makes its change a better measure
+    /// than comparing hosts: the past's own noise (`1/(events + ½)`) plus the spread of changes
+    /// must stay below the host spread it replaces. A short or quiet past (a host that just
+    /// joined, a release that just rolled out) would otherwise put a floor under the change's
+    /// variance that no bake lowers, and a pass could never rule out `pass_bound`.
+    fn past_is_informative(&self, events: f64) -> bool {
+        let s = &self.settings;
+        1.0 / (events + 0.5) + s.change_host_spread * s.change_host_spread < s.ratio_host_spread * s.ratio_host_spread
     }
 
     /// Ratio, each host against its own past: `y = ln(rate now / rate before)` per host (half an
@@ -808,7 +847,7 @@ impl Monitor {
                 .iter()
                 .map(|h| {
                     let past = self.before.hosts.get(&h.name)?;
-                    if past.den < min {
+                    if past.den < min || !self.past_is_informative(past.num) {
                         return None;
                     }
                     let x = ((h.num + 0.5) / h.den).ln() - ((past.num + 0.5) / past.den).ln();
@@ -824,8 +863,12 @@ impl Monitor {
         look.effect = relative(c.delta);
         look.bad_effect = sign * relative(c.delta);
         let mut stat = self.sequential(sign * c.delta, &c.null, phi_df, self.settings.mixture_scale);
-        let q = t_quantile(self.settings.pass_confidence, c.own.df(phi_df));
-        stat.bad_effect_upper = Some(sign * relative(c.delta + sign * q * c.own.total().sqrt()));
+        stat.bound = Some(Bound {
+            bad_delta: sign * c.delta,
+            sd: c.own.total().sqrt(),
+            df: c.own.df(phi_df),
+            scale: Scale::LogChange(sign),
+        });
         look.stat = Some(stat);
         look.note = Some("each host against its own past".into());
         Some(look)
@@ -881,28 +924,17 @@ impl Monitor {
             look.note = Some(needs_hosts());
             return look;
         }
-        let scale = self.settings.mixture_scale * AUC_PER_RELATIVE;
-        let mut stat = self.sequential(self.spec.bad.sign() * c.delta, &c.null, f64::INFINITY, scale);
-        // The bound on the relative change of the median comes from the hosts' medians.
-        let median_b = look.baseline;
-        stat.bad_effect_upper = if median_b > 0.0 {
-            let means = |hosts: &[&Host]| -> Vec<Unit> {
-                hosts
-                    .iter()
-                    .map(|h| Unit {
-                        x: bucket_quantile(&h.buckets, bounds, 0.5) / median_b,
-                        v_null: 0.0,
-                        v_own: 0.0,
-                        w: 1.0,
-                    })
-                    .collect()
-            };
-            let m = Contrast::estimate(&means(can), &means(base), Spread::Absolute, 0.0);
-            let q = t_quantile(self.settings.pass_confidence, m.own.df(f64::INFINITY));
-            Some(self.spec.bad.sign() * m.delta + q * m.own.total().sqrt())
-        } else {
-            None
-        };
+        let prior = self.settings.mixture_scale * AUC_PER_RELATIVE;
+        let sign = self.spec.bad.sign();
+        let mut stat = self.sequential(sign * c.delta, &c.null, f64::INFINITY, prior);
+        // The effect that gates a `Fail` and that a `Pass` bounds is the one the rank test
+        // measures: the factor by which the baseline's latencies, all scaled, would give the
+        // canary's AUC. It uses every request, where the median (shown) rests on the few near it.
+        let scale = Scale::Ranks { sign, reference: pooled.clone(), bounds: bounds.to_vec() };
+        look.effect = rank_scale(&pooled, bounds, 0.5 + c.delta) - 1.0;
+        look.bad_effect = sign * look.effect;
+        stat.bound =
+            Some(Bound { bad_delta: sign * c.delta, sd: c.own.total().sqrt(), df: c.own.df(f64::INFINITY), scale });
         look.stat = Some(stat);
         look
     }
@@ -945,12 +977,12 @@ impl Monitor {
         let sampling_df = (intervals(base) + intervals(can) - (base.len() + can.len()) as f64).max(1.0);
         let mut stat =
             self.sequential(self.spec.bad.sign() * c.delta, &c.null, sampling_df, self.settings.mixture_scale);
-        stat.bad_effect_upper = if mb.abs() > 0.0 {
-            let q = t_quantile(self.settings.pass_confidence, c.own.df(sampling_df));
-            Some((self.spec.bad.sign() * c.delta + q * c.own.total().sqrt()) * scale / mb.abs())
-        } else {
-            None
-        };
+        stat.bound = (mb.abs() > 0.0).then(|| Bound {
+            bad_delta: self.spec.bad.sign() * c.delta,
+            sd: c.own.total().sqrt(),
+            df: c.own.df(sampling_df),
+            scale: Scale::Linear(scale / mb.abs()),
+        });
         look.stat = Some(stat);
         look
     }
@@ -980,7 +1012,7 @@ impl Monitor {
         let total = var.total();
         let ratio = if total > 0.0 { (prior_sd * prior_sd / total).min(MAX_RATIO) } else { MAX_RATIO };
         let p_now = (-mixture_log_lr_scales(z, ratio)).exp().min(1.0);
-        Stat { t, df, p_now, bad_effect_upper: None }
+        Stat { t, df, p_now, bound: None }
     }
 }
 
@@ -1060,7 +1092,180 @@ struct Stat {
     t: f64,
     df: f64,
     p_now: f64,
-    bad_effect_upper: Option<f64>,
+    /// What the pass test and the always-valid upper bound need, when the effect can be bounded.
+    bound: Option<Bound>,
+}
+
+/// How a look's contrast on its test's scale (`bad_delta`, signed so that positive is worse)
+/// maps to the relative change in the bad direction that `min_effect` and `pass_bound` speak of.
+#[derive(Clone, Debug, PartialEq)]
+enum Scale {
+    /// Relative change = contrast × this (hosts against each other; gauges).
+    Linear(f64),
+    /// The contrast is a change of logs (each host against its own past); the sign of the bad
+    /// direction.
+    LogChange(f64),
+    /// The contrast is an AUC shift against these baseline bucket counts (histograms).
+    Ranks { sign: f64, reference: Vec<f64>, bounds: Vec<f64> },
+}
+
+impl Scale {
+    fn to_relative(&self, bad_delta: f64) -> f64 {
+        match self {
+            Scale::Linear(f) => bad_delta * f,
+            Scale::LogChange(sign) => sign * ((sign * bad_delta).exp() - 1.0),
+            Scale::Ranks { sign, reference, bounds } => {
+                sign * (rank_scale(reference, bounds, 0.5 + sign * bad_delta) - 1.0)
+            }
+        }
+    }
+
+    /// The contrast of a relative change in the bad direction; `+inf` when no contrast is that
+    /// bad (a drop of 100 % or more when a decrease is bad).
+    fn from_relative(&self, bad_rel: f64) -> f64 {
+        match self {
+            Scale::Linear(f) if *f > 0.0 => bad_rel / f,
+            Scale::Linear(_) => f64::INFINITY,
+            Scale::LogChange(sign) => {
+                let factor = 1.0 + sign * bad_rel;
+                if factor > 0.0 {
+                    sign * factor.ln()
+                } else {
+                    f64::INFINITY
+                }
+            }
+            Scale::Ranks { sign, reference, bounds } => {
+                let factor = 1.0 + sign * bad_rel;
+                if factor > 0.0 {
+                    sign * (shifted_auc(reference, bounds, factor) - 0.5)
+                } else {
+                    f64::INFINITY
+                }
+            }
+        }
+    }
+}
+
+/// The pass side of a look: an always-valid test of "the regression is at least `pass_bound`",
+/// the mirror image of the revert test. Evidence against a regression of size θ (on the test's
+/// scale) is the revert test's one-sided normal mixture on `θ − bad_delta`, with one prior
+/// scale: θ itself (a healthy release is θ below it; one scale, not six, because the distance
+/// to rule out is known, which saves a sixth of the data a pass needs). Under a regression of θ
+/// or more it is a nonnegative supermartingale, so by Ville's inequality it reaches `1/β` with
+/// probability at most `β = 1 − pass_confidence`, at any look. Inverted (each θ with its own
+/// test), it is a confidence sequence: an upper bound on the regression valid at every look at once.
+#[derive(Clone, Debug, PartialEq)]
+struct Bound {
+    bad_delta: f64,
+    /// The contrast's standard deviation around the observed levels.
+    sd: f64,
+    /// Its degrees of freedom (the t is mapped to a normal score, as the revert test does).
+    df: f64,
+    scale: Scale,
+}
+
+impl Bound {
+    /// ln Λ against a regression of `bad_rel` (relative) at this look.
+    fn pass_log_lr(&self, bad_rel: f64) -> f64 {
+        self.log_lr_at(self.scale.from_relative(bad_rel))
+    }
+
+    /// ln Λ against a regression of `theta` on the test's scale.
+    fn log_lr_at(&self, theta: f64) -> f64 {
+        if theta == f64::INFINITY {
+            return f64::INFINITY;
+        }
+        if !(self.sd > 0.0 && self.sd.is_finite()) {
+            return if self.bad_delta < theta { f64::INFINITY } else { f64::NEG_INFINITY };
+        }
+        if theta <= 0.0 {
+            return f64::NEG_INFINITY;
+        }
+        let z = normal_isf(t_sf((theta - self.bad_delta) / self.sd, self.df));
+        mixture_log_lr(z, (theta * theta / (self.sd * self.sd)).min(MAX_RATIO))
+    }
+
+    /// The always-valid upper bound at `confidence` of the relative regression: the smallest θ
+    /// whose test reaches `1/(1 − confidence)` (a pass rules out exactly what is above it),
+    /// by bisection; `+inf` when none within 40 standard deviations does.
+    fn upper(&self, confidence: f64) -> f64 {
+        if !(self.sd > 0.0 && self.sd.is_finite()) {
+            return self.scale.to_relative(self.bad_delta);
+        }
+        let target = -(1.0 - confidence).ln();
+        let (mut lo, mut hi) = (self.bad_delta.max(0.0), self.bad_delta.max(0.0) + 40.0 * self.sd);
+        if self.log_lr_at(hi) < target {
+            return f64::INFINITY;
+        }
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            if self.log_lr_at(mid) >= target {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        self.scale.to_relative(hi)
+    }
+}
+
+/// The per-bucket probabilities of the `reference` latencies all multiplied by `factor`: the
+/// reference's distribution function is read as `histogram_quantile` reads it (linear within a
+/// bucket, the first from 0) at each bound divided by `factor`.
+fn shifted_counts(reference: &[f64], bounds: &[f64], factor: f64) -> Vec<f64> {
+    let total: f64 = reference.iter().sum();
+    let cdf = |x: f64| -> f64 {
+        let mut below = 0.0;
+        for (i, &upper) in bounds.iter().enumerate() {
+            let lower = if i == 0 { upper.min(0.0) } else { bounds[i - 1] };
+            let c = reference[i];
+            if x <= upper {
+                if x <= lower {
+                    return below / total;
+                }
+                return (below + c * (x - lower) / (upper - lower)) / total;
+            }
+            below += c;
+        }
+        below / total
+    };
+    let mut out = Vec::with_capacity(bounds.len() + 1);
+    let mut previous = 0.0;
+    for b in bounds {
+        let f = cdf(b / factor);
+        out.push((f - previous).max(0.0));
+        previous = f;
+    }
+    out.push((1.0 - previous).max(0.0));
+    out
+}
+
+/// The AUC of the `reference` latencies multiplied by `factor` against the reference itself, on
+/// the buckets (what the rank test's contrast is expected to be under that change).
+fn shifted_auc(reference: &[f64], bounds: &[f64], factor: f64) -> f64 {
+    let total: f64 = reference.iter().sum();
+    if total <= 0.0 {
+        return 0.5;
+    }
+    // As counts of the reference's size: `mann_whitney_auc` takes fewer than two observations
+    // in all as no data, and two shares that sum to 1 - ε each would be that.
+    let shifted: Vec<f64> = shifted_counts(reference, bounds, factor).iter().map(|p| p * total).collect();
+    mann_whitney_auc(&shifted, reference).0
+}
+
+/// The factor by which the `reference` latencies, all multiplied, have this AUC against
+/// themselves ([`shifted_auc`] inverted by bisection on its log, within ×1/1000 … ×1000).
+fn rank_scale(reference: &[f64], bounds: &[f64], auc: f64) -> f64 {
+    let (mut lo, mut hi) = (-(1000f64.ln()), 1000f64.ln());
+    for _ in 0..40 {
+        let mid = 0.5 * (lo + hi);
+        if shifted_auc(reference, bounds, mid.exp()) < auc {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (0.5 * (lo + hi)).exp()
 }
 
 /// What one look saw; `stat` is `None` when the data do not allow a test.
@@ -1238,6 +1443,9 @@ pub struct TestState {
     pub looks: u64,
     /// The always-valid p-value so far (the minimum over the looks).
     pub min_p: f64,
+    /// The pass test's largest ln Λ so far (evidence against a regression of `pass_bound`; minus
+    /// infinity before the first look), so a metric that has passed stays passed.
+    pub best_pass: f64,
     /// The share of the rollout's alpha this test spends (it fails when `min_p` reaches it).
     pub alpha: f64,
     /// Malformed observations dropped.
@@ -1258,6 +1466,9 @@ impl TestState {
         let bad = |what: String| Err(ResumeError::State(what));
         if !(self.min_p > 0.0 && self.min_p <= 1.0) {
             return bad(format!("p-value {} is not in (0, 1]", self.min_p));
+        }
+        if self.best_pass.is_nan() || self.best_pass == f64::INFINITY {
+            return bad(format!("pass evidence {} is not a number or minus infinity", self.best_pass));
         }
         for (name, side) in [("baseline", &self.baseline), ("canary", &self.canary), ("before", &self.before)] {
             let mut seen = std::collections::BTreeSet::new();
@@ -1514,17 +1725,6 @@ fn t_sf(t: f64, df: f64) -> f64 {
     }
 }
 
-/// The `p` quantile of Student's t with `df` degrees of freedom (the normal's when infinite).
-fn t_quantile(p: f64, df: f64) -> f64 {
-    if !df.is_finite() || df > 1e7 {
-        return Normal::standard().inverse_cdf(p);
-    }
-    match StudentsT::new(0.0, 1.0, df.max(1e-3)) {
-        Ok(dist) => dist.inverse_cdf(p),
-        Err(_) => f64::INFINITY,
-    }
-}
-
 /// The z with P(Z ≥ z) = p, capped at ±`MAX_Z`.
 fn normal_isf(p: f64) -> f64 {
     if p <= 0.0 {
@@ -1587,8 +1787,6 @@ mod tests {
         close(t_sf(4.0, 28.3), 0.0002069726987377386, 1e-7);
         close(t_sf(30.0, 2.0), 0.0005546313409798295, 1e-7);
         close(t_sf(-1.0, 6.0), 0.822041158125209, 1e-9);
-        close(t_quantile(0.9, 5.5), 1.4559770334640723, 1e-7);
-        close(t_quantile(0.9, f64::INFINITY), 1.2815515655446004, 1e-9);
     }
 
     #[test]
@@ -1698,7 +1896,10 @@ mod tests {
         close(last.statistic, 3.7933006337465858, 1e-9);
         assert!(last.df.is_infinite(), "the host spread is at its floor");
         close(last.p_value, 0.0047088297803939555, 1e-7);
-        close(last.bad_effect_upper.expect("bounded"), 3.7855031092072564, 1e-8);
+        // The always-valid 90 % upper bound (a final look's verdict searches for it).
+        assert!(last.bad_effect_upper.is_none(), "only a final look shows the bound");
+        let upper = watch.verdict(true).evidence.bad_effect_upper.expect("bounded");
+        close(upper, 4.92940417531489, 1e-7);
         // With all of alpha = 0.01 on this one metric, the third look fails.
         assert_eq!(results[1].1.verdict, Verdict::Inconclusive);
         assert_eq!(results[2].1.verdict, Verdict::Fail);
@@ -1707,7 +1908,7 @@ mod tests {
 
     #[test]
     fn a_ratio_against_each_hosts_own_past_matches_the_reference() {
-        let before = [("b0", 12.0, 6000.0), ("b1", 15.0, 6000.0), ("b2", 30.0, 6000.0), ("c0", 24.0, 6000.0)];
+        let before = [("b0", 36.0, 18000.0), ("b1", 45.0, 18000.0), ("b2", 90.0, 18000.0), ("c0", 72.0, 18000.0)];
         let after = [("b0", 3.0, 1000.0), ("b1", 2.0, 1000.0), ("b2", 5.0, 1000.0)];
         let mut m = watcher(&error_rate());
         m.with_history(&before.iter().map(|(h, n, d)| ratio(h, 0, *n, *d)).collect::<Vec<_>>());
@@ -1716,11 +1917,20 @@ mod tests {
             &[ratio("c0", 1, 9.0, 1000.0)],
         );
         let e = m.verdict(false).evidence;
-        close(e.effect, 0.9272932051473226, 1e-12);
-        close(e.statistic, 1.2733391708739734, 1e-9);
+        close(e.effect, 0.9153418496992842, 1e-12);
+        close(e.statistic, 1.368593712429524, 1e-9);
         assert!(e.df.is_infinite(), "the spread of changes is at its floor");
-        close(e.p_value, 0.929738670978176, 1e-7);
-        close(e.bad_effect_upper.expect("bounded"), 2.7302105829065404, 1e-8);
+        close(e.p_value, 0.860650813440239, 1e-7);
+        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 5.376433105263513, 1e-7);
+        // A past of a few events per host is noisier than the hosts' spread: the same look then
+        // compares the hosts with each other, as it does without history.
+        let mut m = watcher(&error_rate());
+        m.with_history(&before.iter().map(|(h, n, d)| ratio(h, 0, n / 6.0, d / 6.0)).collect::<Vec<_>>());
+        m.observe(
+            &after.iter().map(|(h, n, d)| ratio(h, 1, *n, *d)).collect::<Vec<_>>(),
+            &[ratio("c0", 1, 9.0, 1000.0)],
+        );
+        assert!(m.verdict(false).evidence.note.is_none_or(|n| !n.contains("own past")));
         // Without history the same look compares the hosts with each other.
         let mut m = watcher(&error_rate());
         m.observe(
@@ -1777,13 +1987,31 @@ mod tests {
         close(last.canary, 0.12771739130434784, 1e-12);
         close(last.statistic, 6.352791612303349, 1e-9);
         close(last.p_value, 1.861852268247511e-08, 1e-6);
-        close(last.bad_effect_upper.expect("bounded"), 0.6241836300556473, 1e-9);
+        // The change the ranks give (every request scaled by one factor), and its bound.
+        close(results[0].evidence.effect, 0.43920654177630025, 1e-8);
+        close(last.effect, 0.4848682993029423, 1e-8);
+        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.8855850178984432, 1e-7);
         assert_eq!(results[1].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
         assert_eq!(
             results[1].summary(),
-            "http_request_duration_seconds median 79.8ms → 128ms (+60%, p=1.9e-8): a change of +60% but not \
-             significant (p 1.9e-8 > 1.0e-9)"
+            "http_request_duration_seconds median 79.8ms → 128ms (+48% by rank, p=1.9e-8): a change of +48% but \
+             not significant (p 1.9e-8 > 1.0e-9)"
         );
+    }
+
+    #[test]
+    fn the_change_the_ranks_give_inverts_a_scaling_of_every_request() {
+        // A fleet's pooled latencies in Prometheus' default buckets, nothing above 1 s: its
+        // shares of the whole once summed to 1 − ε and read as "no data" (AUC ½), which made
+        // every scaling look like ×31 and let an A/A wave's noise pass the min_effect gate.
+        let bounds = crate::immune::sim::DEFAULT_BUCKETS;
+        let reference = [3.0, 206.0, 8113.0, 27238.0, 29914.0, 10463.0, 348.0, 6.0, 0.0, 0.0, 0.0, 0.0];
+        for factor in [0.8, 1.0, 1.1, 1.5, 3.0] {
+            let auc = shifted_auc(&reference, &bounds, factor);
+            assert!((factor - 1.0) * (auc - 0.5) >= 0.0, "×{factor}: AUC {auc}");
+            close(rank_scale(&reference, &bounds, auc), factor, 1e-6);
+        }
+        close(shifted_auc(&reference, &bounds, 1.0), 0.5, 1e-12);
     }
 
     #[test]
@@ -1799,7 +2027,7 @@ mod tests {
     }
 
     #[test]
-    fn a_histogram_without_sum_is_still_reverted_on_its_median() {
+    fn a_histogram_without_sum_is_still_reverted_on_its_ranks() {
         // The service exports buckets but no `_sum`: every sum is 0. The canary's requests are about
         // three times slower; the gate uses the median the buckets give, not the (absent) mean.
         let obs = |host: String, k: u64, counts: [f64; 5]| {
@@ -1820,7 +2048,12 @@ mod tests {
         }
         let r = m.verdict(false);
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
-        assert!(r.summary().starts_with("http_request_duration_seconds median 80.0ms → 243ms (+20"), "{}", r.summary());
+        // The ranks say every request is about 3.3 times slower (the medians, 80 → 243 ms, 3.0).
+        assert!(
+            r.summary().starts_with("http_request_duration_seconds median 80.0ms → 243ms (+234% by rank"),
+            "{}",
+            r.summary()
+        );
         // The same service, healthy: the median does not move and the wave passes.
         let mut m = monitor(&latency());
         for k in 0..30 {
@@ -1854,7 +2087,7 @@ mod tests {
         close(last.df, 5.463599170634333, 1e-9);
         // The always-valid p-value is the smallest so far (look 2's).
         close(last.p_value, 0.002579042067743866, 1e-7);
-        close(last.bad_effect_upper.expect("bounded"), 0.43758422654822454, 1e-8);
+        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.608265494733281, 1e-7);
         assert_eq!(results[2].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
         assert!(results[2].summary().starts_with("cpu_percent 42.0 → 57.2 (+36%, p=0.0026): a change of +36%"));
     }
@@ -2067,8 +2300,10 @@ mod tests {
     /// an interval it was recorded with.
     #[test]
     fn a_resumed_monitor_goes_on_as_the_one_that_recorded_it() {
-        let past: Vec<Observation> =
-            ["b0", "b1", "b2", "c0"].iter().flat_map(|h| (0..5).map(move |k| ratio(h, 1000 + k, 2.0, 400.0))).collect();
+        let past: Vec<Observation> = ["b0", "b1", "b2", "c0"]
+            .iter()
+            .flat_map(|h| (0..20).map(move |k| ratio(h, 1000 + k, 2.0, 400.0)))
+            .collect();
         for spec in [error_rate(), latency()] {
             let mut going_on = watcher(&spec);
             going_on.with_history(&past);

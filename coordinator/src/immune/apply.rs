@@ -372,6 +372,7 @@ mod tests {
         let test = TestState {
             looks: 7,
             min_p: 0.42,
+            best_pass: 1.5,
             alpha: 0.005,
             rejected: 0,
             baseline: vec![host("web-2", 14.0), host("web-3", 13.0)],

@@ -83,12 +83,17 @@
 //! `alpha` is the false-revert probability of a whole rollout, split evenly (Bonferroni) over every
 //! metric of every analysed wave ([`analysis::Budget`]). A metric fails when its always-valid p-value
 //! is at or below its share and the observed change is at least `min_effect` in the bad direction. A
-//! metric passes when the observed change is below `min_effect` and a `pass_confidence` upper bound on
-//! it rules out `pass_bound`; otherwise it is inconclusive — too little data is never a pass. A wave
+//! metric passes when the observed change is below `min_effect` and the mirror-image sequential test
+//! — of "the regression is at least `pass_bound`", a one-sided normal mixture on `pass_bound − Δ`
+//! with the tolerance itself as its prior's scale — has reached `1/(1 − pass_confidence)` at some
+//! look: a regression of `pass_bound` or more passes with probability at most `1 − pass_confidence`
+//! however often the bake is looked at (inverted, it is the always-valid upper bound a held wave
+//! shows); otherwise it is inconclusive — too little data is never a pass. A wave
 //! undecided at the end of its bake bakes on while more data can decide (`max_bake`, default 5
-//! minutes; the sequential test spends no extra alpha on it) and only then holds for a person. A
-//! histogram's effect is its median's change (interpolated within the buckets), which its rank test
-//! measures and which needs no `_sum`. A host of the wave that serves no requests while the old
+//! minutes; neither sequential test spends anything on it) and only then holds for a person. A
+//! histogram's effect is the factor by which every baseline request, scaled, would give the canary's
+//! AUC (on the buckets, as `histogram_quantile` reads them): what its rank test measures, from every
+//! request, and no `_sum` needed. A host of the wave that serves no requests while the old
 //! release's hosts serve is reverted after a grace (30 s, or five intervals).
 //!
 //! After the last wave there is no baseline left: [`analysis::Monitor::against_window`] compares the
@@ -101,6 +106,7 @@ pub mod evidence;
 pub mod judge;
 pub mod series;
 pub mod sim;
+pub mod sizing;
 
 /// The leader's soft state: recent metric reports and the analyses of the waves baking now.
 #[derive(Default)]
