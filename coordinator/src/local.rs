@@ -242,14 +242,35 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// (Re)starts coordinator `i` from its data dir. With several coordinators, wait for what
-    /// you need next (`wait_leader`): one node alone has no quorum.
+    /// (Re)starts coordinator `i` from its data dir and waits until its API answers (so
+    /// [`Self::client`] and [`Self::addr`], which may pick it, reach a listening coordinator),
+    /// or until its process exits by itself (a refusal to start: see
+    /// [`Self::wait_coordinator_exit`]). With several coordinators, wait for what you need next
+    /// (`wait_leader`): one node alone has no quorum.
     pub async fn start_coordinator(&mut self, i: usize) -> Result<()> {
         self.spawn_coordinator(i, &[])?;
         if self.coordinators.len() == 1 {
             self.wait_leader(Duration::from_secs(60)).await?;
+            return Ok(());
         }
-        Ok(())
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let exited = match self.coordinators[i].child.as_mut() {
+                Some(child) => child.try_wait().context("poll coordinator")?.is_some(),
+                None => true,
+            };
+            // A stale read answers from the node itself, quorum or not.
+            let answers = || async {
+                self.client_for(i).get::<serde_json::Value>("/v1/cluster/members?stale=true").await.is_ok()
+            };
+            if exited || answers().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("coordinator {i} was started but its API did not answer within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// (Re)starts coordinator `i` from its data dir with extra `fifty server` flags (e.g.
