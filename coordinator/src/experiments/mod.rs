@@ -9,16 +9,18 @@
 //! report as one command and acknowledges it once applied, so a report is counted exactly once:
 //! a report re-sent after a failover carries the same (boot, seq) and changes nothing.
 //!
-//! Submodules: [`analysis`] (pure statistics), [`sim`] (seeded simulations through `analysis`),
+//! Submodules: [`analysis`] (pure statistics), [`group_sequential`] (boundaries for scheduled
+//! looks), [`sim`] (seeded simulations through `analysis`),
 //! [`leader`] (pushing definitions to agents, turning reports into commands), [`view`] (JSON).
 
 pub mod analysis;
+pub mod group_sequential;
 pub mod leader;
 pub mod sim;
 pub mod view;
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bincode::{Decode, Encode};
 use fifty_shared::experiment::{self as shared_exp, ExperimentDef, ExperimentReport};
@@ -55,6 +57,51 @@ pub struct ExperimentRecord {
     pub ramps: Vec<(SystemTime, Vec<u32>)>,
     /// When it stopped, and the variant everyone gets since (and whether it was named the winner).
     pub stopped: Option<Stop>,
+    /// Scheduled looks (judged by a group-sequential test); None: looked at any time (mSPRT).
+    pub schedule: Option<Schedule>,
+}
+
+/// When an experiment with scheduled looks is judged: look k at `created_at + k · every`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Schedule {
+    /// How many looks (the last spends what is left of alpha).
+    pub looks: u32,
+    /// Time between looks.
+    pub every: Duration,
+}
+
+/// Most looks a schedule may have.
+pub const MAX_LOOKS: u32 = 100;
+
+impl Schedule {
+    /// Checks what a user asked for: `looks` 1 to [`MAX_LOOKS`], `look_every` a duration of at least
+    /// one second (`"1d"`, `"12h"`); both or neither.
+    pub fn parse(looks: Option<u32>, every: Option<&str>) -> Result<Option<Schedule>, String> {
+        match (looks, every) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err("look_every: give the time between scheduled looks too, e.g. \"1d\"".into()),
+            (None, Some(_)) => Err("looks: give the number of scheduled looks too, e.g. 14".into()),
+            (Some(l), Some(_)) if l == 0 || l > MAX_LOOKS => {
+                Err(format!("looks: {l} is out of range; give 1 to {MAX_LOOKS}"))
+            }
+            (Some(looks), Some(e)) => {
+                let every = humantime::parse_duration(e.trim())
+                    .map_err(|err| format!("look_every: {e:?} is not a duration like \"1d\" or \"12h\" ({err})"))?;
+                if every < Duration::from_secs(1) {
+                    return Err(format!("look_every: {e:?} is under one second"));
+                }
+                if every.checked_mul(looks).is_none_or(|d| d > Duration::from_secs(10 * 365 * 86_400)) {
+                    return Err(format!("look_every: {looks} looks of {e} run past ten years"));
+                }
+                Ok(Some(Schedule { looks, every }))
+            }
+        }
+    }
+
+    /// When look `k` (1-based) is due.
+    pub fn due(&self, start: SystemTime, k: u32) -> SystemTime {
+        start + self.every * k
+    }
 }
 
 /// How an experiment ended.
@@ -131,6 +178,81 @@ pub struct StatsRecord {
     /// Units first exposed per epoch (see `ExperimentDef::epoch`), per variant: what the
     /// sample-ratio check compares with each epoch's weights.
     pub first_exposed: Vec<Vec<u64>>,
+    /// With a schedule: every variant's totals at each look taken, the first first.
+    pub looks: Vec<Vec<TotalsRecord>>,
+    /// Per variant (the control's entry stays empty): where the always-valid test's evidence was
+    /// strongest so far, for the running minimum p-value and the intersection of intervals.
+    pub peaks: Vec<Peaks>,
+}
+
+/// Totals of the control and of a variant, as they were at one moment.
+pub type PairRecord = [TotalsRecord; 2];
+
+/// The moments at which one metric's always-valid comparison was at its strongest: the lowest
+/// p-value, the highest lower end and the lowest upper end of the interval. The totals are kept
+/// rather than the figures so that every coordinator stores the same bits (the figures go through
+/// `ln` and `exp`, whose last bit may differ between machines; the totals are exact).
+#[derive(Clone, Copy, Debug, PartialEq, Encode, Decode)]
+pub struct Peak {
+    /// Where the p-value was lowest.
+    pub p: PairRecord,
+    /// Where the interval's lower end was highest.
+    pub lo: PairRecord,
+    /// Where the interval's upper end was lowest.
+    pub hi: PairRecord,
+}
+
+/// A variant's peaks, per metric.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Encode, Decode)]
+pub struct Peaks {
+    /// Conversion.
+    pub conversion: Option<Peak>,
+    /// Value per unit.
+    pub value: Option<Peak>,
+}
+
+impl Peak {
+    /// The comparisons at the three moments, by `metric` (0 conversion, 1 value).
+    fn comparisons(&self, metric: usize, s: &analysis::Settings) -> [Option<analysis::Comparison>; 3] {
+        [self.p, self.lo, self.hi].map(|[c, v]| {
+            let (conv, value) = analysis::comparisons(&c.into(), &v.into(), s);
+            if metric == 0 {
+                conv
+            } else {
+                value
+            }
+        })
+    }
+
+    /// The running minimum p-value and the intersection of the intervals, including `now`.
+    pub fn running(&self, metric: usize, now: &analysis::Comparison, s: &analysis::Settings) -> (f64, (f64, f64)) {
+        let [p, lo, hi] = self.comparisons(metric, s);
+        let p_min = p.map_or(now.p_value, |p| p.p_value.min(now.p_value));
+        let lo = lo.map_or(now.diff_ci.0, |c| c.diff_ci.0.max(now.diff_ci.0));
+        let hi = hi.map_or(now.diff_ci.1, |c| c.diff_ci.1.min(now.diff_ci.1));
+        (p_min, (lo, hi))
+    }
+}
+
+/// Moves `peak` to `pair` where the comparison there is stronger (state-machine side, after each
+/// report: every coordinator makes the same choice).
+fn update_peak(peak: &mut Option<Peak>, pair: PairRecord, metric: usize, s: &analysis::Settings) {
+    let (conv, value) = analysis::comparisons(&pair[0].into(), &pair[1].into(), s);
+    let Some(now) = (if metric == 0 { conv } else { value }) else { return };
+    let Some(old) = peak else {
+        *peak = Some(Peak { p: pair, lo: pair, hi: pair });
+        return;
+    };
+    let [p, lo, hi] = old.comparisons(metric, s);
+    if p.is_none_or(|p| now.p_value < p.p_value) {
+        old.p = pair;
+    }
+    if lo.is_none_or(|c| now.diff_ci.0 > c.diff_ci.0) {
+        old.lo = pair;
+    }
+    if hi.is_none_or(|c| now.diff_ci.1 < c.diff_ci.1) {
+        old.hi = pair;
+    }
 }
 
 /// What the cluster knows of one unit in one experiment.
@@ -276,6 +398,15 @@ pub(crate) fn apply_report(
         stats.dropped += part.dropped;
         stats.reports += 1;
         stats.last_report = Some(at);
+        // A scheduled look takes the totals as they were when it fell due: before the first report
+        // applied after that time.
+        if let Some(schedule) = rec.schedule {
+            while (stats.looks.len() as u32) < schedule.looks
+                && at >= schedule.due(rec.created_at, stats.looks.len() as u32 + 1)
+            {
+                stats.looks.push(stats.totals.clone());
+            }
+        }
         // By unit, in order: the float sums below must be added in the same order on every
         // coordinator (a HashMap's order differs between processes, and so would the sums).
         let mut merged: BTreeMap<u64, Merge> = BTreeMap::new();
@@ -329,6 +460,13 @@ pub(crate) fn apply_report(
             }
             batch.put_experiment_unit(&part.name, unit, &after);
         }
+        let settings = analysis::Settings::default();
+        stats.peaks.resize(rec.variants.len(), Peaks::default());
+        for i in 1..rec.variants.len() {
+            let pair = [stats.totals[0], stats.totals[i]];
+            update_peak(&mut stats.peaks[i].conversion, pair, 0, &settings);
+            update_peak(&mut stats.peaks[i].value, pair, 1, &settings);
+        }
         batch.put_experiment_stats(&part.name, &stats);
     }
     Ok(Ok(Applied::Done))
@@ -366,6 +504,7 @@ impl Coordinator {
             Some(s) => s,
             None => hex::encode(rand::random::<[u8; 8]>()),
         };
+        let schedule = Schedule::parse(req.looks, req.look_every.as_deref()).map_err(OpError::BadRequest)?;
         let weights: Vec<u32> = variants.iter().map(|(_, w)| *w).collect();
         let now = SystemTime::now();
         let rec = ExperimentRecord {
@@ -381,6 +520,7 @@ impl Coordinator {
             created_by: by.to_string(),
             ramps: Vec::new(),
             stopped: None,
+            schedule,
         };
         self.consensus.propose(Command::CreateExperiment(rec)).await??;
         self.experiments_wake.notify_one();
@@ -495,6 +635,7 @@ mod tests {
             created_by: "test".into(),
             ramps: vec![],
             stopped: None,
+            schedule: None,
         }
     }
 
@@ -559,6 +700,94 @@ mod tests {
             results.push((sums, s.state_digest().unwrap()));
         }
         assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
+    }
+
+    /// `n` units of each arm starting at id `first`, of which `conv` converted (value 1 each).
+    fn arms(first: u64, n: u64, conv: [u64; 2]) -> Vec<UnitSeen> {
+        (0..2u8)
+            .flat_map(|arm| {
+                (0..n).map(move |i| {
+                    let converted = i < conv[arm as usize];
+                    seen(first + u64::from(arm) * n + i, arm, true, converted, if converted { 1.0 } else { 0.0 })
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn scheduled_looks_take_the_totals_as_they_were_when_due_and_decide_the_verdict() {
+        let (s, _dir) = store();
+        let mut rec = record();
+        rec.created_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        rec.schedule = Some(Schedule { looks: 3, every: Duration::from_secs(86_400) });
+        apply(&s, |b| apply_create(&s, &rec, b)).unwrap();
+        let day = |d: f64| rec.created_at + Duration::from_secs_f64(d * 86_400.0);
+        let web = HostName::new("web-1").unwrap();
+        // Day 0.5: 1,000 units an arm, the variant converting twice as often.
+        apply(&s, |b| apply_report(&s, &web, &report(7, 1, arms(0, 1000, [100, 200])), day(0.5), b)).unwrap();
+        let first = s.experiment_stats("checkout").unwrap().unwrap().totals;
+        assert!(s.experiment_stats("checkout").unwrap().unwrap().looks.is_empty(), "no look is due yet");
+        // Day 1.5: look 1 fell due at day 1; it holds the totals from before this report.
+        apply(&s, |b| apply_report(&s, &web, &report(7, 2, arms(10_000, 1000, [100, 100])), day(1.5), b)).unwrap();
+        let stats = s.experiment_stats("checkout").unwrap().unwrap();
+        assert_eq!(stats.looks, vec![first]);
+        // Day 3.2: looks 2 and 3 both fell due with no report between: the same totals.
+        apply(&s, |b| apply_report(&s, &web, &report(7, 3, arms(20_000, 10, [1, 1])), day(3.2), b)).unwrap();
+        let stats = s.experiment_stats("checkout").unwrap().unwrap();
+        assert_eq!(stats.looks.len(), 3);
+        assert_eq!(stats.looks[1], stats.looks[2]);
+        assert_eq!(stats.looks[1][0].exposed, 2000);
+        // Past the schedule: no more looks.
+        apply(&s, |b| apply_report(&s, &web, &report(7, 4, arms(30_000, 10, [1, 1])), day(9.0), b)).unwrap();
+        let stats = s.experiment_stats("checkout").unwrap().unwrap();
+        assert_eq!(stats.looks.len(), 3);
+
+        let v = view::experiment_view(&rec, &stats, &analysis::Settings::default());
+        let sched = v.schedule.as_ref().unwrap();
+        assert_eq!((sched.looks, sched.taken, sched.next_look_at.as_deref()), (3, 3, None));
+        let conv = v.variants[1].scheduled_conversion.as_ref().unwrap();
+        assert_eq!(conv.looks.len(), 3);
+        // 10% against 20% at 1,000 an arm: z ≈ 6.3 crosses the first boundary (3.71 for thirds).
+        assert_eq!(conv.crossed_at, Some(1), "{conv:?}");
+        assert!((conv.looks[0].bound.unwrap() - 3.7103).abs() < 1e-3, "{conv:?}");
+        assert!(conv.looks[2].bound.is_none(), "look 3 brought no new units: {conv:?}");
+        assert_eq!(conv.looks[2].alpha_spent, conv.looks[1].alpha_spent, "and so spent nothing");
+        let [lo, hi] = conv.diff_ci.unwrap();
+        assert!(lo > 0.0 && lo < hi, "{conv:?}");
+        assert_eq!(v.variants[1].verdict, "win");
+        assert_eq!(v.winner.as_deref(), Some("new_checkout"));
+    }
+
+    #[test]
+    fn the_always_valid_p_value_is_the_running_minimum_and_the_interval_the_intersection() {
+        let (s, _dir) = store();
+        apply(&s, |b| apply_create(&s, &record(), b)).unwrap();
+        let web = HostName::new("web-1").unwrap();
+        let now = SystemTime::now();
+        // First a clear lift, then units that take it back: the totals end equal.
+        apply(&s, |b| apply_report(&s, &web, &report(7, 1, arms(0, 3000, [300, 420])), now, b)).unwrap();
+        let early = view::experiment_view(
+            &record(),
+            &s.experiment_stats("checkout").unwrap().unwrap(),
+            &analysis::Settings::default(),
+        );
+        let early = early.variants[1].conversion.clone().unwrap();
+        assert!(early.p_value < 0.05, "{early:?}");
+        apply(&s, |b| apply_report(&s, &web, &report(7, 2, arms(10_000, 3000, [300, 180])), now, b)).unwrap();
+        let stats = s.experiment_stats("checkout").unwrap().unwrap();
+        let v = view::experiment_view(&record(), &stats, &analysis::Settings::default());
+        let c = v.variants[1].conversion.clone().unwrap();
+        assert_eq!(c.diff, 0.0);
+        assert!(c.p_value > 0.5, "{c:?}");
+        assert_eq!(c.p_value_min, early.p_value, "the lowest p-value seen stays");
+        assert!(c.significant && v.variants[1].verdict == "win", "{v:?}");
+        assert_eq!(c.diff_ci_intersection[0], early.diff_ci[0], "the highest lower end stays");
+        assert!(c.diff_ci_intersection[1] <= c.diff_ci[1] && c.diff_ci_intersection[1] <= early.diff_ci[1]);
+        // The state keeps the totals where the evidence peaked, not figures from `ln` and `exp`.
+        assert_eq!(
+            stats.peaks[1].conversion.unwrap().p[1],
+            TotalsRecord { exposed: 3000, converted: 420, value_sum: 420.0, value_sumsq: 420.0 }
+        );
     }
 
     #[test]
