@@ -759,6 +759,25 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_is_checked_and_a_bad_one_names_its_field() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(Schedule::parse(Some(14), Some("1d")), Ok(Some(Schedule { looks: 14, every: day })));
+        assert_eq!(Schedule::parse(None, None), Ok(None));
+        for (looks, every, field) in [
+            (Some(14), None, "look_every"),
+            (None, Some("1d"), "looks"),
+            (Some(0), Some("1d"), "looks"),
+            (Some(101), Some("1d"), "looks"),
+            (Some(14), Some("daily"), "look_every"),
+            (Some(14), Some("10ms"), "look_every"),
+            (Some(100), Some("100y"), "look_every"),
+        ] {
+            let err = Schedule::parse(looks, every).unwrap_err();
+            assert!(err.starts_with(&format!("{field}: ")), "{looks:?} {every:?}: {err}");
+        }
+    }
+
+    #[test]
     fn the_always_valid_p_value_is_the_running_minimum_and_the_interval_the_intersection() {
         let (s, _dir) = store();
         apply(&s, |b| apply_create(&s, &record(), b)).unwrap();
