@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::analysis::{self, Settings, Verdict};
-use super::{ExperimentRecord, Peak, StatsRecord};
+use super::{ExperimentRecord, Peak, RunningRecord, Schedule, StatsRecord};
 use crate::views::rfc3339;
 
 /// `POST /v1/experiments`.
@@ -298,12 +298,19 @@ fn scheduled_view(s: &analysis::Scheduled, looks: &[Vec<analysis::Totals>], vari
     }
 }
 
-/// The full view with its analysis.
-pub fn experiment_view(rec: &ExperimentRecord, stats: &StatsRecord, settings: &Settings) -> ExperimentView {
+/// The full view with its analysis (`schedule` and `running` are kept in records of their own:
+/// see `RunningRecord`; empty for an experiment created before state version 4).
+pub fn experiment_view(
+    rec: &ExperimentRecord,
+    schedule: Option<Schedule>,
+    stats: &StatsRecord,
+    running: &RunningRecord,
+    settings: &Settings,
+) -> ExperimentView {
     let totals: Vec<analysis::Totals> =
         (0..rec.variants.len()).map(|i| stats.totals.get(i).copied().unwrap_or_default().into()).collect();
     let a = analysis::analyze(&totals, &rec.weights, settings);
-    let looks: Vec<Vec<analysis::Totals>> = stats
+    let looks: Vec<Vec<analysis::Totals>> = running
         .looks
         .iter()
         .map(|l| (0..rec.variants.len()).map(|i| l.get(i).copied().unwrap_or_default().into()).collect())
@@ -314,13 +321,12 @@ pub fn experiment_view(rec: &ExperimentRecord, stats: &StatsRecord, settings: &S
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let peaks = stats.peaks.get(i);
+            let peaks = running.peaks.get(i);
             let conversion =
                 comparison(v.conversion, peaks.and_then(|p| p.conversion.as_ref()), 0, a.variants[0].rate, settings);
             let value =
                 comparison(v.value, peaks.and_then(|p| p.value.as_ref()), 1, a.variants[0].value_mean, settings);
-            let scheduled =
-                rec.schedule.filter(|_| i > 0).map(|s| analysis::scheduled(&looks, s.looks, i, settings.alpha));
+            let scheduled = schedule.filter(|_| i > 0).map(|s| analysis::scheduled(&looks, s.looks, i, settings.alpha));
             // With a schedule the group-sequential test decides; without, the always-valid
             // interval's running intersection (once it excludes 0 it stays so).
             let verdict = match (&scheduled, &conversion) {
@@ -347,8 +353,8 @@ pub fn experiment_view(rec: &ExperimentRecord, stats: &StatsRecord, settings: &S
             }
         })
         .collect();
-    let schedule = rec.schedule.map(|s| {
-        let taken = stats.looks.len() as u32;
+    let schedule = schedule.map(|s| {
+        let taken = running.looks.len() as u32;
         ScheduleView {
             looks: s.looks,
             look_every: humantime::format_duration(s.every).to_string(),
