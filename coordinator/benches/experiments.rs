@@ -1,7 +1,11 @@
 //! `cargo bench -p fifty --bench experiments`: the seeded simulations of `experiments::sim` at full
 //! size, printed as the tables in `BENCHMARKS.md` ("A/B experiments"). No network, no clock: the
 //! same seed prints the same numbers on any machine. Exits non-zero if daily peeking at A/A tests
-//! rejects more often than alpha, or the sample-ratio check misses a biased split.
+//! rejects more often than alpha, or the sample-ratio check misses a biased split, or scheduled
+//! looks miss their targets.
+//!
+//! `cargo bench -p fifty --bench experiments -- scheduled N` runs only the scheduled-looks section
+//! (issue 16's targets) with seed set N (1, 2, 3, ...).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,12 +14,18 @@ use fifty::experiments::analysis::Settings;
 use fifty::experiments::sim::{run, Scenario};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "scheduled") {
+        let set = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(1);
+        return if scheduled(set) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let settings = Settings::default();
     let started = Instant::now();
     let mut ok = true;
     println!("settings: alpha {}, phi {}, SRM flagged at p < {}", settings.alpha, settings.phi, settings.srm_alpha);
 
-    let aa = Scenario { base_rate: 0.10, lift: 0.0, variant_share: 0.5, looks: 14, units_per_look: 2_000 };
+    let aa =
+        Scenario { base_rate: 0.10, lift: 0.0, variant_share: 0.5, looks: 14, units_per_look: 2_000, scheduled: false };
     let n = 10_000;
     let o = run(1, n, &aa, &settings);
     println!("\n### A/A: {n} experiments, 14 daily looks, 2,000 units a day (28,000 in all), base rate 10%\n");
@@ -71,9 +81,71 @@ fn main() -> ExitCode {
         }
     }
     println!("\n(ran in {:.1} s)", started.elapsed().as_secs_f64());
+    ok &= scheduled(1);
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Issue 16's targets for scheduled looks: 14 daily looks, 100,000 units an arm in all, base rate
+/// 10%: A/A false positives ≤ alpha (5%), power at +5% ≥ 90%. Seed set `set` (each set is one
+/// run; the target is met only if every run meets it).
+fn scheduled(set: u64) -> bool {
+    let settings = Settings::default();
+    let started = Instant::now();
+    let mut ok = true;
+    let per_arm = 100_000u64;
+    let base = Scenario {
+        base_rate: 0.10,
+        lift: 0.0,
+        variant_share: 0.5,
+        looks: 14,
+        // At least 100,000 an arm over the 14 looks.
+        units_per_look: (per_arm * 2).div_ceil(14),
+        scheduled: true,
+    };
+    println!(
+        "\n### Scheduled looks, seed set {set}: 14 daily looks, {} units a day ({} an arm in all), base rate 10%\n",
+        base.units_per_look,
+        base.units_per_look * 14 / 2
+    );
+    println!("| experiments | lift | test | rejected (wins) | rate (wins with a lift) | Wilson 95% |");
+    println!("| ---: | ---: | --- | ---: | ---: | --- |");
+    let row = |n: u64, lift: f64, test: &str, k: u64, wins: Option<u64>, o: &fifty::experiments::sim::Outcome| {
+        let (lo, hi) = o.wilson(wins.unwrap_or(k));
+        let count = match wins {
+            Some(w) => format!("{k} ({w})"),
+            None => k.to_string(),
+        };
+        println!(
+            "| {n} | +{:.0}% | {test} | {count} | {:.4} | {:.4}-{:.4} |",
+            lift * 100.0,
+            o.share(wins.unwrap_or(k)),
+            lo,
+            hi
+        );
+    };
+    let n = 10_000;
+    let o = run(10_000 * set + 1, n, &base, &settings);
+    row(n, 0.0, "group-sequential, conversion", o.scheduled_rejected, None, &o);
+    row(n, 0.0, "group-sequential, value", o.scheduled_value_rejected, None, &o);
+    row(n, 0.0, "always-valid mSPRT, conversion", o.conversion_rejected, None, &o);
+    let (lo, _) = o.wilson(o.scheduled_rejected);
+    if lo > settings.alpha {
+        eprintln!("FAIL: scheduled A/A false positives above alpha beyond chance");
+        ok = false;
+    }
+    let n = 2_000;
+    let lifted = Scenario { lift: 0.05, ..base };
+    let o = run(10_000 * set + 2, n, &lifted, &settings);
+    row(n, 0.05, "group-sequential, conversion", o.scheduled_rejected, Some(o.scheduled_wins), &o);
+    row(n, 0.05, "always-valid mSPRT, conversion", o.conversion_rejected, Some(o.wins), &o);
+    if o.share(o.scheduled_wins) < 0.90 {
+        eprintln!("FAIL: power at +5% below 90%");
+        ok = false;
+    }
+    println!("\n(seed set {set} ran in {:.1} s)", started.elapsed().as_secs_f64());
+    ok
 }

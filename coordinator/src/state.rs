@@ -178,7 +178,7 @@ pub struct Counters {
 /// command raises it and makes [`Command::since`] return the new version for that kind: the
 /// leader then proposes it only once every voter reports it (a rolling upgrade's old followers
 /// would stop at an entry they cannot decode). Commands are only ever added at the end.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
@@ -447,6 +447,16 @@ pub enum Command {
         /// The evidence.
         evidence: crate::immune::evidence::WaveEvidence,
     },
+    /// Creates an experiment (state version 4): with its schedule of scheduled looks, if any, and
+    /// the record of its looks and peaks of evidence, both kept in records of their own
+    /// (`experiments::RunningRecord`). [`Command::CreateExperiment`] stays as it was, for a
+    /// cluster that still has a version 3 voter.
+    CreateExperimentV4 {
+        /// The definition, in the layout every version reads.
+        experiment: crate::experiments::ExperimentRecord,
+        /// Scheduled looks (judged by a group-sequential test); None: looked at any time.
+        schedule: Option<crate::experiments::Schedule>,
+    },
 }
 
 impl Command {
@@ -489,6 +499,7 @@ impl Command {
             | Command::Checkpoint { .. } => 1,
             Command::BlobAvailable { .. } => 2,
             Command::ImmuneEvidence { .. } => 3,
+            Command::CreateExperimentV4 { .. } => 4,
         }
     }
 }
@@ -802,6 +813,9 @@ impl Machine {
             }
             Command::StopExperiment { name, winner, at } => {
                 return crate::experiments::apply_stop(store, name, *winner, *at, batch)
+            }
+            Command::CreateExperimentV4 { experiment, schedule } => {
+                return crate::experiments::apply_create_v4(store, experiment, *schedule, true, batch)
             }
             Command::DeleteExperiment { name } => return crate::experiments::apply_delete(store, name, batch),
             Command::RecordExperimentReport { host, report, at } => {

@@ -2063,6 +2063,31 @@ async fn experiments_assign_on_every_host_and_judge_a_real_lift() {
     create(&["ramp-check", "--variants", "control=50,new=50", "--hosts", "role=prod", "--salt", "e2e-3"]).await;
     let out = cli(&cluster, &admin, &["experiment", "create", "bad", "--variants", "control=50"]).await;
     assert!(!out.status.success() && text(&out.stderr).contains("at least two"), "{}", text(&out.stderr));
+    // Scheduled looks: a bad schedule is refused naming its field; a good one is kept and shown.
+    let out = cli(
+        &cluster,
+        &admin,
+        &["experiment", "create", "bad", "--variants", "control=50,b=50", "--looks", "0", "--look-every", "1d"],
+    )
+    .await;
+    assert!(!out.status.success() && text(&out.stderr).contains("looks: 0 is out of range"), "{}", text(&out.stderr));
+    create(&[
+        "two-weeks",
+        "--variants",
+        "control=50,b=50",
+        "--hosts",
+        "role=prod",
+        "--looks",
+        "14",
+        "--look-every",
+        "1d",
+    ])
+    .await;
+    let v = experiment_json(&cluster, "two-weeks").await;
+    assert_eq!((v["schedule"]["looks"].as_u64(), v["schedule"]["taken"].as_u64()), (Some(14), Some(0)), "{v:#}");
+    assert_eq!(v["schedule"]["look_every"], "1day", "{v:#}");
+    let out = cli(&cluster, &admin, &["experiment", "show", "two-weeks"]).await;
+    assert!(text(&out.stdout).contains("0 of 14 looks taken, one every 1day"), "{}", text(&out.stdout));
 
     // Every selected host serves them within seconds; the build host's sidecar stays off.
     wait_for("every prod sidecar to serve the experiments", DEADLINE, || async {

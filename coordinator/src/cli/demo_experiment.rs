@@ -34,6 +34,8 @@ pub async fn story(cluster: &LocalCluster, web: &[&str], ports: &[u16], say: &dy
         hosts: Some("role=prod".into()),
         metric: Some("conversion".into()),
         salt: None,
+        looks: None,
+        look_every: None,
     };
     let _: ExperimentView = client.post("/v1/experiments", &create).await.context("create the experiment")?;
     let sidecars: Vec<SocketAddr> = web.iter().map(|n| cluster.sidecar(n)).collect::<Result<_>>()?;

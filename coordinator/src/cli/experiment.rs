@@ -28,6 +28,13 @@ pub enum ExperimentCommand {
         /// Assignment salt (default: random); the same salt and unit give the same bucket.
         #[arg(long)]
         salt: Option<String>,
+        /// Judge it only at this many scheduled looks (1-100), with a group-sequential test that
+        /// spends all of alpha by the last: more power than looking at any time. Needs --look-every.
+        #[arg(long, requires = "look_every")]
+        looks: Option<u32>,
+        /// Time between scheduled looks, e.g. 1d or 12h; the first is this long after creation.
+        #[arg(long, requires = "looks")]
+        look_every: Option<String>,
     },
     /// Every experiment.
     List {
@@ -71,8 +78,8 @@ pub enum ExperimentCommand {
 pub async fn run(opts: &ClientOpts, command: ExperimentCommand) -> Result<()> {
     let client = Client::from_opts(opts)?;
     match command {
-        ExperimentCommand::Create { name, variants, hosts, metric, salt } => {
-            let req = CreateExperiment { name, variants, hosts, metric: Some(metric), salt };
+        ExperimentCommand::Create { name, variants, hosts, metric, salt, looks, look_every } => {
+            let req = CreateExperiment { name, variants, hosts, metric: Some(metric), salt, looks, look_every };
             let view: ExperimentView = client.post("/v1/experiments", &req).await?;
             print!("{}", show(&view));
         }
@@ -124,15 +131,60 @@ fn pct(x: f64) -> String {
     format!("{:+.1}%", x * 100.0)
 }
 
+/// The lift with the intersection of every interval so far, and the running minimum p-value.
 fn lift(c: &Option<ComparisonView>) -> (String, String) {
     match c {
         None => ("—".into(), "—".into()),
         Some(c) => {
-            let l = match (c.lift, c.lift_ci) {
+            let [dlo, dhi] = c.diff_ci_intersection;
+            let l = match (c.lift, c.lift_ci_intersection) {
                 (Some(l), Some([lo, hi])) => format!("{} [{}, {}]", pct(l), pct(lo), pct(hi)),
-                _ => format!("{:+.4} [{:+.4}, {:+.4}]", c.diff, c.diff_ci[0], c.diff_ci[1]),
+                _ => format!("{:+.4} [{:+.4}, {:+.4}]", c.diff, dlo, dhi),
             };
-            (l, format!("{:.4}", c.p_value))
+            (l, format!("{:.4}", c.p_value_min))
+        }
+    }
+}
+
+fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map_or_else(|| "—".into(), f)
+}
+
+/// The looks of a scheduled experiment, per variant.
+fn looks_table(out: &mut String, v: &ExperimentView) {
+    for r in &v.variants {
+        let Some(s) = &r.scheduled_conversion else { continue };
+        out.push_str(&format!("\nScheduled looks, {} against {}:\n", r.name, v.variants[0].name));
+        let rows: Vec<Vec<String>> = s
+            .looks
+            .iter()
+            .map(|l| {
+                vec![
+                    l.look.to_string(),
+                    l.exposed.to_string(),
+                    opt(l.diff, |d| format!("{:+.4}", d)),
+                    opt(l.z, |z| format!("{z:+.2}")),
+                    opt(l.bound, |b| format!("±{b:.2}")),
+                    opt(l.nominal_p, |p| format!("{p:.2e}")),
+                    opt(l.threshold, |p| format!("{p:.2e}")),
+                    format!("{:.4}", l.alpha_spent),
+                ]
+            })
+            .collect();
+        out.push_str(&output::table(&["LOOK", "EXPOSED", "DIFF", "Z", "BOUND", "P", "NEEDED", "ALPHA SPENT"], &rows));
+        match (s.crossed_at, s.lift_ci.or(s.diff_ci)) {
+            (Some(k), Some([lo, hi])) => out.push_str(&format!(
+                "Decided at look {k} ({}); intersection of the looks' intervals [{}, {}].\n",
+                r.verdict,
+                pct(lo),
+                pct(hi)
+            )),
+            (None, Some([lo, hi])) => out.push_str(&format!(
+                "No boundary reached yet; intersection of the looks' intervals [{}, {}].\n",
+                pct(lo),
+                pct(hi)
+            )),
+            _ => out.push_str("No look has tested yet.\n"),
         }
     }
 }
@@ -173,6 +225,17 @@ pub fn show(v: &ExperimentView) -> String {
             vec![r.name.clone(), format!("{:.3}", r.value_mean), l, p]
         })
         .collect();
+    if let Some(s) = &v.schedule {
+        looks_table(&mut out, v);
+        out.push_str(&format!(
+            "{} of {} looks taken, one every {}{}. The verdict is the scheduled test's (group-sequential, \
+             O'Brien-Fleming spending); the table above is the always-valid test's, for reference.\n",
+            s.taken,
+            s.looks,
+            s.look_every,
+            s.next_look_at.as_ref().map(|t| format!("; the next due at {t}")).unwrap_or_default()
+        ));
+    }
     out.push_str(&format!("\nValue of {} per exposed unit:\n", v.metric));
     out.push_str(&output::table(&["VARIANT", "MEAN", &ci, "P"], &value_rows));
     out.push('\n');
@@ -188,6 +251,9 @@ pub fn show(v: &ExperimentView) -> String {
         }
     }
     match &v.winner {
+        Some(w) if v.schedule.is_some() => {
+            out.push_str(&format!("Winner: {w} (a scheduled look crossed its boundary at level {}).\n", v.alpha))
+        }
         Some(w) => out.push_str(&format!("Winner so far: {w} (always-valid p < {}).\n", v.alpha)),
         None => out.push_str("No significant winner.\n"),
     }
@@ -202,6 +268,10 @@ pub fn show(v: &ExperimentView) -> String {
             String::new()
         }
     ));
-    out.push_str(&format!("P-values and intervals stay valid at every look (mSPRT). {}\n", v.note));
+    out.push_str(&format!(
+        "P is the lowest always-valid p-value so far and the interval the intersection of every one so far (mSPRT): \
+         both stay valid however often you look. {}\n",
+        v.note
+    ));
     out
 }

@@ -361,10 +361,7 @@ impl Consensus {
             };
             reported.push((id, version));
         }
-        match first_behind(&reported, needs) {
-            Some((node, has)) => Err(ConsensusError::NotUpgraded { node, has, needs }),
-            None => Ok(()),
-        }
+        version_gate(&reported, needs)
     }
 
     /// Proposes a checkpoint and returns its index and this node's state digest right after it.
@@ -498,6 +495,15 @@ fn first_behind(reported: &[(u64, u32)], needs: u32) -> Option<(u64, u32)> {
     reported.iter().copied().find(|(_, has)| *has != 0 && *has < needs)
 }
 
+/// The leader's answer to a command that `needs` a state version, given what each voter
+/// `reported`: refused while one that answers is older.
+fn version_gate(reported: &[(u64, u32)], needs: u32) -> Result<(), ConsensusError> {
+    match first_behind(reported, needs) {
+        Some((node, has)) => Err(ConsensusError::NotUpgraded { node, has, needs }),
+        None => Ok(()),
+    }
+}
+
 /// Encodes a command for the log, refusing one larger than [`MAX_COMMAND`].
 fn encode_command(cmd: &Command) -> Result<Vec<u8>, ConsensusError> {
     let data = match fifty_shared::codec::to_bytes(cmd) {
@@ -545,6 +551,40 @@ mod tests {
         assert_eq!(first_behind(&voters, 2), Some((2, 1)), "node 2 still runs the older binary");
         assert_eq!(first_behind(&voters, 1), None);
         assert_eq!(first_behind(&[(1, 2), (2, 0)], 2), None, "a voter that is down does not hold the cluster back");
+    }
+
+    /// An experiment with scheduled looks is created by state version 4's command: refused with
+    /// "upgrade every coordinator first" while a voter reports version 3 (which could not decode
+    /// it), proposed once all do. One without a schedule has the version 1 command to fall back
+    /// on (`Coordinator::create_experiment`), which every voter reads.
+    #[test]
+    fn a_scheduled_experiment_waits_for_every_voter_on_version_4() {
+        let rec = crate::experiments::ExperimentRecord {
+            name: "checkout".into(),
+            salt: "salt".into(),
+            variants: vec!["control".into(), "new".into()],
+            weights: vec![50, 50],
+            initial_weights: vec![50, 50],
+            slots: fifty_shared::experiment::initial_slots(&[50, 50]),
+            hosts: "*".into(),
+            metric: "conversion".into(),
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+            created_by: "test".into(),
+            ramps: vec![],
+            stopped: None,
+        };
+        let every = Duration::from_secs(86_400);
+        let schedule = Some(crate::experiments::Schedule { looks: 14, every });
+        let scheduled = Command::CreateExperimentV4 { experiment: rec.clone(), schedule };
+        assert_eq!(scheduled.since(), 4);
+        assert_eq!(crate::state::STATE_VERSION, 4);
+        let mixed = [(1, 4), (2, 3), (3, 4)];
+        let err = version_gate(&mixed, scheduled.since()).expect_err("node 2 still runs version 3");
+        assert!(matches!(err, ConsensusError::NotUpgraded { node: 2, has: 3, needs: 4 }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("upgrade every coordinator first") && msg.contains("version 3"), "{msg}");
+        assert!(version_gate(&mixed, Command::CreateExperiment(rec).since()).is_ok(), "the old command goes");
+        assert!(version_gate(&[(1, 4), (2, 4), (3, 4)], scheduled.since()).is_ok());
     }
 
     /// The largest command the leader accepts still replicates: wrapped in its entry (with the

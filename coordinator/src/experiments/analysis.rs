@@ -11,12 +11,20 @@
 //! - Sample-ratio mismatch: χ² goodness of fit of the exposed units against the configured weights,
 //!   flagged at p < 0.001 (as GrowthBook and Statsig do).
 //!
+//! - Scheduled looks ([`scheduled`]): an experiment declared with a number of looks is judged only
+//!   at them, by a group-sequential z-test whose boundaries spend alpha by the Lan-DeMets
+//!   O'Brien-Fleming function ([`super::group_sequential`]). It spends all of alpha by the last
+//!   look, where the mSPRT, valid for looking at any time, spends little of it at 14 looks: more
+//!   power for the same units, in exchange for looking only when scheduled.
+//!
 //! τ² is set per comparison as (φ·σ̂)², σ̂² the pooled per-unit variance: the mixture expects effects
 //! of about φ standard deviations of the metric. With φ = 0.05 and a 10% base rate that is a
 //! difference of 1.5 points (15% relative), which keeps power for 5–10% lifts at a few hundred
 //! thousand units; `BENCHMARKS.md` has the table from `sim`.
 
-use statrs::distribution::{ChiSquared, ContinuousCDF, StudentsT};
+use statrs::distribution::{ChiSquared, ContinuousCDF, Normal, StudentsT};
+
+use super::group_sequential::{self, Look};
 
 /// Exposed units of one variant and what they did.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -180,6 +188,12 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The always-valid comparisons of `variant` against `control`: (conversion, value); None with
+/// fewer than [`MIN_UNITS`] in either.
+pub fn comparisons(control: &Totals, variant: &Totals, s: &Settings) -> (Option<Comparison>, Option<Comparison>) {
+    (compare_rates(control, variant, s), compare_means(control, variant, s).map(|v| v.0))
+}
+
 fn compare_rates(control: &Totals, variant: &Totals, s: &Settings) -> Option<Comparison> {
     if control.exposed < MIN_UNITS || variant.exposed < MIN_UNITS {
         return None;
@@ -263,6 +277,129 @@ pub fn confidence_sequence(diff: f64, var: f64, tau2: f64, alpha: f64) -> (f64, 
     }
     let half = ((2.0 * var * (var + tau2) / tau2) * ((1.0 / alpha).ln() + 0.5 * ((var + tau2) / var).ln())).sqrt();
     (diff - half, diff + half)
+}
+
+/// One scheduled look of a variant against the control, on one metric.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScheduledLook {
+    /// Variant minus control at the look (None with too few units to test).
+    pub diff: Option<f64>,
+    /// diff / its standard error.
+    pub z: Option<f64>,
+    /// Reject when |z| ≥ this (None: this look spends nothing).
+    pub bound: Option<f64>,
+    /// Alpha spent by the end of this look.
+    pub spent: f64,
+    /// Two-sided p-value of z as if this look were the only one.
+    pub nominal_p: Option<f64>,
+    /// The nominal p-value this look needs to reject: 2 − 2Φ(bound).
+    pub threshold: Option<f64>,
+}
+
+/// A variant against the control over the scheduled looks taken so far, on one metric.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scheduled {
+    /// Each look taken, the first first.
+    pub looks: Vec<ScheduledLook>,
+    /// The first look (1-based) whose |z| reached its boundary: the result, which later looks do
+    /// not change.
+    pub crossed_at: Option<usize>,
+    /// The intersection of the repeated confidence intervals diff ± bound · se of the looks that
+    /// tested (Jennison and Turnbull): all of them cover the true difference together with
+    /// probability 1 − alpha, so their intersection does too. None before a look tests.
+    pub diff_ci: Option<(f64, f64)>,
+    /// The interval relative to the control's rate (or mean) at the last look.
+    pub lift_ci: Option<(f64, f64)>,
+}
+
+impl Scheduled {
+    /// Win or loss once a boundary is crossed (by the sign of the difference at that look).
+    pub fn verdict(&self) -> Verdict {
+        match self.crossed_at.and_then(|k| self.looks[k - 1].diff) {
+            Some(d) if d > 0.0 => Verdict::Win,
+            Some(d) if d < 0.0 => Verdict::Loss,
+            _ => Verdict::Inconclusive,
+        }
+    }
+}
+
+/// The group-sequential analysis of `variant` (index ≥ 1) against the control (index 0), from
+/// the totals at each look taken (`looks[k]` holds every variant's totals at look k + 1) of
+/// `planned` looks: returns (conversion, value). The information at a look is
+/// n_c·n_v / (n_c + n_v), the inverse of the variance of a difference up to the metric's variance,
+/// which is the same at every look under no difference; look k spends up to α*(k / planned).
+pub fn scheduled(looks: &[Vec<Totals>], planned: u32, variant: usize, alpha: f64) -> (Scheduled, Scheduled) {
+    let pairs: Vec<(Totals, Totals)> = looks
+        .iter()
+        .map(|t| (t.first().copied().unwrap_or_default(), t.get(variant).copied().unwrap_or_default()))
+        .collect();
+    let tests: Vec<bool> = pairs.iter().map(|(c, v)| c.exposed >= MIN_UNITS && v.exposed >= MIN_UNITS).collect();
+    let design: Vec<Look> = pairs
+        .iter()
+        .zip(&tests)
+        .enumerate()
+        .map(|(k, ((c, v), tests))| {
+            let (nc, nv) = (c.exposed as f64, v.exposed as f64);
+            let info = if *tests { nc * nv / (nc + nv) } else { 0.0 };
+            Look { time: (k + 1) as f64 / f64::from(planned.max(1)), info }
+        })
+        .collect();
+    let bounds = group_sequential::boundaries(alpha, &design);
+    let rates: Vec<Option<(f64, f64, f64)>> = pairs
+        .iter()
+        .zip(&tests)
+        .map(|((c, v), tests)| {
+            tests.then(|| {
+                let (nc, nv) = (c.exposed as f64, v.exposed as f64);
+                let (pc, pv) = (c.converted as f64 / nc, v.converted as f64 / nv);
+                (pv - pc, pc * (1.0 - pc) / nc + pv * (1.0 - pv) / nv, pc)
+            })
+        })
+        .collect();
+    let means: Vec<Option<(f64, f64, f64)>> = pairs
+        .iter()
+        .zip(&tests)
+        .map(|((c, v), tests)| {
+            tests.then(|| {
+                let ((mc, vc), (mv, vv)) = (mean_var(c), mean_var(v));
+                (mv - mc, vc / c.exposed as f64 + vv / v.exposed as f64, mc)
+            })
+        })
+        .collect();
+    (scheduled_metric(&rates, &bounds), scheduled_metric(&means, &bounds))
+}
+
+/// One metric's looks: (diff, its variance, the control's value) where it can be tested.
+fn scheduled_metric(points: &[Option<(f64, f64, f64)>], bounds: &[group_sequential::Bound]) -> Scheduled {
+    let normal = Normal::new(0.0, 1.0).expect("the standard normal is valid");
+    let mut out = Scheduled { looks: Vec::new(), crossed_at: None, diff_ci: None, lift_ci: None };
+    let mut base = None;
+    for (k, (point, b)) in points.iter().zip(bounds).enumerate() {
+        let tested = point.filter(|(_, var, _)| *var > 0.0);
+        let z = tested.map(|(d, var, _)| d / var.sqrt());
+        let look = ScheduledLook {
+            diff: point.map(|p| p.0),
+            z,
+            bound: b.z,
+            spent: b.spent,
+            nominal_p: z.map(|z| (2.0 * normal.sf(z.abs())).min(1.0)),
+            threshold: b.z.map(|b| 2.0 * normal.sf(b)),
+        };
+        if let (Some((d, var, control)), Some(bound)) = (tested, b.z) {
+            let half = bound * var.sqrt();
+            let (lo, hi) = out.diff_ci.unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
+            out.diff_ci = Some((lo.max(d - half), hi.min(d + half)));
+            if out.crossed_at.is_none() && (d / var.sqrt()).abs() >= bound {
+                out.crossed_at = Some(k + 1);
+            }
+            base = Some(control);
+        }
+        out.looks.push(look);
+    }
+    if let (Some((lo, hi)), Some(base)) = (out.diff_ci, base.filter(|b| *b > 0.0)) {
+        out.lift_ci = Some((lo / base, hi / base));
+    }
+    out
 }
 
 /// χ² goodness of fit over several periods, each with its own weights (an experiment's epochs:

@@ -47,6 +47,9 @@ pub struct Scenario {
     pub looks: u32,
     /// New units per look, both arms together.
     pub units_per_look: u64,
+    /// Also judge each experiment as one with `looks` scheduled looks (the group-sequential test
+    /// of [`analysis::scheduled`]), besides the always-valid test.
+    pub scheduled: bool,
 }
 
 /// What a batch of simulated experiments showed.
@@ -65,6 +68,12 @@ pub struct Outcome {
     /// Experiments a fixed-horizon z-test at level alpha would have rejected at some look (the
     /// mistake the sequential test avoids).
     pub naive_rejected: u64,
+    /// With `scheduled`: experiments whose conversion crossed a group-sequential boundary.
+    pub scheduled_rejected: u64,
+    /// Of those, in the variant's favour.
+    pub scheduled_wins: u64,
+    /// With `scheduled`: experiments whose value crossed a boundary.
+    pub scheduled_value_rejected: u64,
 }
 
 impl Outcome {
@@ -72,6 +81,24 @@ impl Outcome {
     pub fn share(&self, n: u64) -> f64 {
         n as f64 / self.experiments.max(1) as f64
     }
+
+    /// The Wilson score interval (95%) of the share `n`.
+    pub fn wilson(&self, n: u64) -> (f64, f64) {
+        wilson(n, self.experiments)
+    }
+}
+
+/// The 95% Wilson score interval of `k` successes in `n` trials.
+pub fn wilson(k: u64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let (k, n) = (k as f64, n as f64);
+    let p = k / n;
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
 /// Runs `experiments` experiments of `scenario` from `seed`.
@@ -84,6 +111,7 @@ pub fn run(seed: u64, experiments: u64, scenario: &Scenario, settings: &Settings
         let mut totals = [Totals::default(); 2];
         let (mut rejected, mut won, mut value_rejected, mut naive) = (false, false, false, false);
         let mut last = None;
+        let mut looks: Vec<Vec<Totals>> = Vec::new();
         for _ in 0..scenario.looks {
             for _ in 0..scenario.units_per_look {
                 let arm = usize::from(rng.uniform() < scenario.variant_share);
@@ -107,6 +135,17 @@ pub fn run(seed: u64, experiments: u64, scenario: &Scenario, settings: &Settings
             }
             value_rejected |= v.value.is_some_and(|c| c.p_value < settings.alpha);
             last = a.srm;
+            if scenario.scheduled {
+                looks.push(totals.to_vec());
+            }
+        }
+        if scenario.scheduled {
+            // The boundary of look k depends only on looks 1..k, so judging all the looks at the
+            // end is what looking after each day would have shown.
+            let (conv, value) = analysis::scheduled(&looks, scenario.looks, 1, settings.alpha);
+            out.scheduled_rejected += u64::from(conv.crossed_at.is_some());
+            out.scheduled_wins += u64::from(conv.verdict() == analysis::Verdict::Win);
+            out.scheduled_value_rejected += u64::from(value.crossed_at.is_some());
         }
         out.conversion_rejected += u64::from(rejected);
         out.wins += u64::from(won);
@@ -133,7 +172,7 @@ mod tests {
     use super::*;
 
     fn aa(units_per_look: u64) -> Scenario {
-        Scenario { base_rate: 0.1, lift: 0.0, variant_share: 0.5, looks: 14, units_per_look }
+        Scenario { base_rate: 0.1, lift: 0.0, variant_share: 0.5, looks: 14, units_per_look, scheduled: false }
     }
 
     #[test]
@@ -155,6 +194,28 @@ mod tests {
         assert!(o.share(o.srm_flagged) >= 0.95, "{o:?}");
         let o = run(3, 200, &aa(2000), &s);
         assert!(o.share(o.srm_flagged) <= 0.01, "{o:?}");
+    }
+
+    #[test]
+    fn scheduled_looks_spend_alpha_and_find_more_than_peeking_at_any_time() {
+        let s = Settings::default();
+        // A/A: the group-sequential test rejects about alpha of the time (it spends all of it),
+        // the always-valid one far less.
+        let o = run(5, 400, &Scenario { scheduled: true, ..aa(1000) }, &s);
+        let (lo, hi) = o.wilson(o.scheduled_rejected);
+        assert!(lo <= s.alpha && hi >= 0.02, "{o:?} [{lo}, {hi}]");
+        assert!(o.share(o.value_rejected) < 0.03, "{o:?}");
+        // A +10% lift at 14 × 1,000 units: found more often with the schedule.
+        let lifted = Scenario { lift: 0.1, scheduled: true, ..aa(2000) };
+        let o = run(6, 100, &lifted, &s);
+        assert!(o.scheduled_wins > o.wins + 10, "{o:?}");
+    }
+
+    #[test]
+    fn the_wilson_interval_matches_its_formula() {
+        // scipy.stats.binomtest(50, 1000).proportion_ci(method="wilson")
+        let (lo, hi) = wilson(50, 1000);
+        assert!((lo - 0.03813026239274881).abs() < 1e-12 && (hi - 0.06531382024425081).abs() < 1e-12, "{lo} {hi}");
     }
 
     #[test]

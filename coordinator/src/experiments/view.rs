@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::analysis::{self, Settings};
-use super::{ExperimentRecord, StatsRecord};
+use super::analysis::{self, Settings, Verdict};
+use super::{ExperimentRecord, Peak, RunningRecord, Schedule, StatsRecord};
 use crate::views::rfc3339;
 
 /// `POST /v1/experiments`.
@@ -20,6 +20,13 @@ pub struct CreateExperiment {
     /// The assignment salt (default: random). Reusing one reproduces a split exactly.
     #[serde(default)]
     pub salt: Option<String>,
+    /// Scheduled looks (1-100), judged by a group-sequential test; with `look_every`. Without
+    /// both, the experiment may be looked at any time (mSPRT).
+    #[serde(default)]
+    pub looks: Option<u32>,
+    /// Time between scheduled looks, e.g. `"1d"`; the first is this long after creation.
+    #[serde(default)]
+    pub look_every: Option<String>,
 }
 
 /// `POST /v1/experiments/{name}/ramp`.
@@ -68,10 +75,66 @@ pub struct ComparisonView {
     pub lift: Option<f64>,
     /// Its interval.
     pub lift_ci: Option<[f64; 2]>,
-    /// Always-valid (sequential) p-value.
+    /// Always-valid (sequential) p-value of the current totals.
     pub p_value: f64,
-    /// p < alpha.
+    /// The lowest `p_value` since the experiment began (after every agent report): the
+    /// always-valid p-value proper, which never rises.
+    pub p_value_min: f64,
+    /// The intersection of every interval since the experiment began: still valid, and never
+    /// wider than any of them.
+    pub diff_ci_intersection: [f64; 2],
+    /// It, relative to the control's current value.
+    pub lift_ci_intersection: Option<[f64; 2]>,
+    /// p_value_min < alpha.
     pub significant: bool,
+}
+
+/// An experiment's schedule of looks.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScheduleView {
+    /// Looks planned.
+    pub looks: u32,
+    /// Time between them.
+    pub look_every: String,
+    /// Looks taken so far.
+    pub taken: u32,
+    /// When the next is due (none after the last); in the past, it is taken with the next agent
+    /// report.
+    pub next_look_at: Option<String>,
+}
+
+/// One scheduled look of a variant against the control.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LookView {
+    /// 1-based.
+    pub look: usize,
+    /// Units exposed in the control and the variant by then.
+    pub exposed: u64,
+    /// Variant minus control then.
+    pub diff: Option<f64>,
+    /// diff / its standard error.
+    pub z: Option<f64>,
+    /// The boundary |z| had to reach (none: the look spent nothing: too few units or no new ones).
+    pub bound: Option<f64>,
+    /// This look's own p-value, and the one it needed (2 − 2Φ(bound)).
+    pub nominal_p: Option<f64>,
+    /// The nominal p-value needed to reject at this look.
+    pub threshold: Option<f64>,
+    /// Alpha spent by the end of this look.
+    pub alpha_spent: f64,
+}
+
+/// A variant against the control at the scheduled looks, on one metric.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScheduledView {
+    /// Each look taken.
+    pub looks: Vec<LookView>,
+    /// The first look whose boundary was reached: the result stands from then on.
+    pub crossed_at: Option<usize>,
+    /// The intersection of the looks' repeated 1 − alpha confidence intervals.
+    pub diff_ci: Option<[f64; 2]>,
+    /// It, relative to the control.
+    pub lift_ci: Option<[f64; 2]>,
 }
 
 /// One variant in `GET /v1/experiments/{name}`.
@@ -95,6 +158,10 @@ pub struct VariantView {
     pub value: Option<ComparisonView>,
     /// Welch's fixed-horizon p-value of the value difference (valid for one look only).
     pub value_welch_p: Option<f64>,
+    /// With a schedule: conversion at the scheduled looks (this decides the verdict).
+    pub scheduled_conversion: Option<ScheduledView>,
+    /// With a schedule: value at the scheduled looks.
+    pub scheduled_value: Option<ScheduledView>,
     /// `control`, `win`, `loss` or `inconclusive`.
     pub verdict: String,
 }
@@ -129,6 +196,8 @@ pub struct ExperimentView {
     pub serving: Option<String>,
     /// The test's level.
     pub alpha: f64,
+    /// Scheduled looks (group-sequential test); none: looked at any time (mSPRT).
+    pub schedule: Option<ScheduleView>,
     /// Per variant, the control first.
     pub variants: Vec<VariantView>,
     /// None until units arrive.
@@ -181,39 +250,119 @@ pub fn summary(rec: &ExperimentRecord, stats: &StatsRecord) -> ExperimentSummary
     }
 }
 
-fn comparison(c: Option<analysis::Comparison>, alpha: f64) -> Option<ComparisonView> {
-    c.map(|c| ComparisonView {
-        diff: c.diff,
-        diff_ci: [c.diff_ci.0, c.diff_ci.1],
-        lift: c.lift,
-        lift_ci: c.lift_ci.map(|(a, b)| [a, b]),
-        p_value: c.p_value,
-        significant: c.p_value < alpha,
+/// A comparison with its running minimum p-value and intersected interval (from `peak`, the
+/// strongest evidence recorded as reports were applied; `base` is the control's current value).
+fn comparison(
+    c: Option<analysis::Comparison>,
+    peak: Option<&Peak>,
+    metric: usize,
+    base: f64,
+    settings: &Settings,
+) -> Option<ComparisonView> {
+    c.map(|c| {
+        let (p_min, (lo, hi)) = peak.map_or((c.p_value, c.diff_ci), |p| p.running(metric, &c, settings));
+        ComparisonView {
+            diff: c.diff,
+            diff_ci: [c.diff_ci.0, c.diff_ci.1],
+            lift: c.lift,
+            lift_ci: c.lift_ci.map(|(a, b)| [a, b]),
+            p_value: c.p_value,
+            p_value_min: p_min,
+            diff_ci_intersection: [lo, hi],
+            lift_ci_intersection: (base > 0.0).then(|| [lo / base, hi / base]),
+            significant: p_min < settings.alpha,
+        }
     })
 }
 
-/// The full view with its analysis.
-pub fn experiment_view(rec: &ExperimentRecord, stats: &StatsRecord, settings: &Settings) -> ExperimentView {
+fn scheduled_view(s: &analysis::Scheduled, looks: &[Vec<analysis::Totals>], variant: usize) -> ScheduledView {
+    ScheduledView {
+        looks: s
+            .looks
+            .iter()
+            .enumerate()
+            .map(|(k, l)| LookView {
+                look: k + 1,
+                exposed: looks[k].first().map_or(0, |t| t.exposed) + looks[k].get(variant).map_or(0, |t| t.exposed),
+                diff: l.diff,
+                z: l.z,
+                bound: l.bound,
+                nominal_p: l.nominal_p,
+                threshold: l.threshold,
+                alpha_spent: l.spent,
+            })
+            .collect(),
+        crossed_at: s.crossed_at,
+        diff_ci: s.diff_ci.map(|(a, b)| [a, b]),
+        lift_ci: s.lift_ci.map(|(a, b)| [a, b]),
+    }
+}
+
+/// The full view with its analysis (`schedule` and `running` are kept in records of their own:
+/// see `RunningRecord`; empty for an experiment created before state version 4).
+pub fn experiment_view(
+    rec: &ExperimentRecord,
+    schedule: Option<Schedule>,
+    stats: &StatsRecord,
+    running: &RunningRecord,
+    settings: &Settings,
+) -> ExperimentView {
     let totals: Vec<analysis::Totals> =
         (0..rec.variants.len()).map(|i| stats.totals.get(i).copied().unwrap_or_default().into()).collect();
     let a = analysis::analyze(&totals, &rec.weights, settings);
+    let looks: Vec<Vec<analysis::Totals>> = running
+        .looks
+        .iter()
+        .map(|l| (0..rec.variants.len()).map(|i| l.get(i).copied().unwrap_or_default().into()).collect())
+        .collect();
+    let mut verdicts = Vec::new();
     let variants: Vec<VariantView> = a
         .variants
         .iter()
         .enumerate()
-        .map(|(i, v)| VariantView {
-            name: rec.variants[i].clone(),
-            weight: rec.weights[i],
-            exposed: v.totals.exposed,
-            converted: v.totals.converted,
-            rate: v.rate,
-            conversion: comparison(v.conversion, settings.alpha),
-            value_mean: v.value_mean,
-            value: comparison(v.value, settings.alpha),
-            value_welch_p: v.value_welch_p,
-            verdict: v.verdict.as_str().into(),
+        .map(|(i, v)| {
+            let peaks = running.peaks.get(i);
+            let conversion =
+                comparison(v.conversion, peaks.and_then(|p| p.conversion.as_ref()), 0, a.variants[0].rate, settings);
+            let value =
+                comparison(v.value, peaks.and_then(|p| p.value.as_ref()), 1, a.variants[0].value_mean, settings);
+            let scheduled = schedule.filter(|_| i > 0).map(|s| analysis::scheduled(&looks, s.looks, i, settings.alpha));
+            // With a schedule the group-sequential test decides; without, the always-valid
+            // interval's running intersection (once it excludes 0 it stays so).
+            let verdict = match (&scheduled, &conversion) {
+                _ if i == 0 => Verdict::Control,
+                (Some((conv, _)), _) => conv.verdict(),
+                (None, Some(c)) if c.diff_ci_intersection[0] > 0.0 => Verdict::Win,
+                (None, Some(c)) if c.diff_ci_intersection[1] < 0.0 => Verdict::Loss,
+                _ => Verdict::Inconclusive,
+            };
+            verdicts.push(verdict);
+            VariantView {
+                name: rec.variants[i].clone(),
+                weight: rec.weights[i],
+                exposed: v.totals.exposed,
+                converted: v.totals.converted,
+                rate: v.rate,
+                conversion,
+                value_mean: v.value_mean,
+                value,
+                value_welch_p: v.value_welch_p,
+                scheduled_conversion: scheduled.as_ref().map(|(c, _)| scheduled_view(c, &looks, i)),
+                scheduled_value: scheduled.as_ref().map(|(_, v)| scheduled_view(v, &looks, i)),
+                verdict: verdict.as_str().into(),
+            }
         })
         .collect();
+    let schedule = schedule.map(|s| {
+        let taken = running.looks.len() as u32;
+        ScheduleView {
+            looks: s.looks,
+            look_every: humantime::format_duration(s.every).to_string(),
+            taken,
+            // In the past: due, and taken with the next agent report.
+            next_look_at: (taken < s.looks && rec.stopped.is_none()).then(|| rfc3339(s.due(rec.created_at, taken + 1))),
+        }
+    });
     // Each epoch (each ramp starts one) against its own weights; before any report, the totals.
     let periods: Vec<(&[u32], &[u64])> = stats
         .first_exposed
@@ -229,7 +378,7 @@ pub fn experiment_view(rec: &ExperimentRecord, stats: &StatsRecord, settings: &S
         a.variants
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.verdict == analysis::Verdict::Win)
+            .filter(|(i, _)| verdicts[*i] == Verdict::Win)
             .max_by(|x, y| x.1.rate.total_cmp(&y.1.rate))
             .map(|(i, _)| rec.variants[i].clone())
     };
@@ -243,6 +392,7 @@ pub fn experiment_view(rec: &ExperimentRecord, stats: &StatsRecord, settings: &S
         ramps: rec.ramps.iter().map(|(at, w)| (rfc3339(*at), weights_text(&rec.variants, w))).collect(),
         serving,
         alpha: settings.alpha,
+        schedule,
         variants,
         srm,
         winner,

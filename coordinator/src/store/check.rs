@@ -83,6 +83,8 @@ pub const KINDS: &[(&str, &str, Check)] = &[
     ("firing/", "a firing alert's id", decodes::<u64>),
     ("exp/def/", "an experiment", decodes::<crate::experiments::ExperimentRecord>),
     ("exp/stats/", "an experiment's counts", decodes::<crate::experiments::StatsRecord>),
+    ("exp/schedule/", "an experiment's schedule", decodes::<crate::experiments::Schedule>),
+    ("exp/running/", "an experiment's looks and peaks", decodes::<crate::experiments::RunningRecord>),
     ("exp/unit/", "an experiment unit", decodes::<crate::experiments::UnitRecord>),
     ("exp/mark/", "a host's last applied report", decodes::<crate::experiments::ReportMark>),
 ];

@@ -357,7 +357,9 @@ impl Batch {
     }
 
     // ---- experiments: `sm/exp/def/<name>`, `sm/exp/stats/<name>`, `sm/exp/unit/<name>/<hash>`,
-    // `sm/exp/mark/<host>` (the last agent report applied) -----------------------------------
+    // `sm/exp/mark/<host>` (the last agent report applied); since state version 4 also
+    // `sm/exp/schedule/<name>` and `sm/exp/running/<name>` (records of their own, so the older
+    // ones keep the layout every version reads) ----------------------------------------------
 
     /// Writes an experiment's definition.
     pub fn put_experiment(&mut self, e: &crate::experiments::ExperimentRecord) {
@@ -367,6 +369,16 @@ impl Batch {
     /// Writes an experiment's counts.
     pub fn put_experiment_stats(&mut self, name: &str, s: &crate::experiments::StatsRecord) {
         self.put(format!("exp/stats/{name}"), s);
+    }
+
+    /// Writes an experiment's schedule of looks.
+    pub fn put_experiment_schedule(&mut self, name: &str, s: &crate::experiments::Schedule) {
+        self.put(format!("exp/schedule/{name}"), s);
+    }
+
+    /// Writes an experiment's looks taken and peaks of evidence.
+    pub fn put_experiment_running(&mut self, name: &str, r: &crate::experiments::RunningRecord) {
+        self.put(format!("exp/running/{name}"), r);
     }
 
     /// Writes what is known of one unit in one experiment.
@@ -379,6 +391,8 @@ impl Batch {
     pub fn remove_experiment(&mut self, name: &str) {
         self.remove(format!("exp/def/{name}"));
         self.remove(format!("exp/stats/{name}"));
+        self.remove(format!("exp/schedule/{name}"));
+        self.remove(format!("exp/running/{name}"));
     }
 
     /// Records the last agent report applied for `host`.
@@ -749,6 +763,18 @@ impl Store {
     /// An experiment's counts.
     pub fn experiment_stats(&self, name: &str) -> Result<Option<crate::experiments::StatsRecord>, StoreError> {
         self.get(&format!("exp/stats/{name}"))
+    }
+
+    /// An experiment's schedule of looks; None: it has none (or was created before state
+    /// version 4).
+    pub fn experiment_schedule(&self, name: &str) -> Result<Option<crate::experiments::Schedule>, StoreError> {
+        self.get(&format!("exp/schedule/{name}"))
+    }
+
+    /// An experiment's looks taken and peaks of evidence; None: created before state version 4,
+    /// it keeps none.
+    pub fn experiment_running(&self, name: &str) -> Result<Option<crate::experiments::RunningRecord>, StoreError> {
+        self.get(&format!("exp/running/{name}"))
     }
 
     /// What is known of one unit in one experiment.
