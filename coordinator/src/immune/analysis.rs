@@ -706,7 +706,7 @@ impl Monitor {
             notes.push(format!("{} malformed observations dropped", self.rejected));
         }
         if final_look && verdict == Verdict::Inconclusive {
-            notes.push("end of bake: hold the wave for a person".into());
+            notes.push("end of bake: hold the wave for a person (`fifty immune size` tells what bake or canaries would decide)".into());
         }
         let stat = look.stat.as_ref();
         MetricResult {
