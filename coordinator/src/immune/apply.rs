@@ -150,15 +150,7 @@ mod tests {
         use crate::deploy::{Kind, Rollout, WaveStep};
         let (mut m, _d) = machine();
         let now = SystemTime::now();
-        let record = RepoRecord {
-            name: repo(),
-            url: "/srv/shop.git".into(),
-            branch: "main".into(),
-            fix_marker: "[fix]".into(),
-            webhook_secret: None,
-            added_at: now,
-        };
-        apply(&mut m, Command::PutRepo(record)).unwrap();
+        add_repo(&mut m);
         let hook = Command::AddWebhook {
             url: "http://127.0.0.1:9/hook".into(),
             format: crate::notify::Format::Json,
@@ -347,6 +339,7 @@ mod tests {
         baking.phase = Phase::Baking;
         baking.phase_since = now + Duration::from_secs(5);
         let setup = |m: &mut crate::state::Machine| {
+            // Both machines get the same repository record (the same time): their digests are compared.
             let record = RepoRecord {
                 name: repo(),
                 url: "/srv/shop.git".into(),
