@@ -654,12 +654,47 @@ async fn fleet_series(
 }
 
 /// Runs a bounded, seeded simulation (a second or so): off the async threads.
+/// Sizings running at once: each simulates a hundred waves on a blocking thread, so a read
+/// token asking over and over must not take every core of a coordinator.
+static SIZINGS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// A permit to run one sizing, or 429 while another one runs.
+fn sizing_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    SIZINGS.try_acquire().map_err(|_| {
+        ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "another sizing is running on this coordinator; retry in a few seconds".into(),
+        )
+    })
+}
+
 async fn immune_size(
     State(c): Shared,
     Query(q): Query<crate::views::SizeQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let sized = tokio::task::spawn_blocking(move || c.immune_size(&q))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the sizing stopped: {e}")))??;
+    let permit = sizing_permit()?;
+    let sized = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        c.immune_size(&q)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the sizing stopped: {e}")))??;
     Ok(Json(sized))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One sizing at a time: while one holds its permit another is refused with 429 (as JSON,
+    /// like every error); once it ends the next one runs.
+    #[test]
+    fn one_sizing_runs_at_a_time() {
+        let Ok(first) = sizing_permit() else { panic!("the first sizing runs") };
+        let refused = sizing_permit().err().expect("a second one at the same time is refused");
+        assert_eq!(refused.0, StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.1.contains("another sizing is running"), "{}", refused.1);
+        drop(first);
+        assert!(sizing_permit().is_ok(), "the next sizing runs once the first ended");
+    }
 }
