@@ -448,12 +448,12 @@ fn ten_minutes() -> Duration {
 
 impl Pipeline {
     /// Parses and checks the text of a `fifty.toml`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, PipelineError> {
         if text.len() > MAX_FILE_BYTES {
-            return Err(format!("{FILE_NAME} is {} bytes; the limit is {MAX_FILE_BYTES}", text.len()));
+            return Err(PipelineError::whole(format!("{} bytes; the limit is {MAX_FILE_BYTES}", text.len())));
         }
-        let p: Pipeline = toml::from_str(text).map_err(|e| format!("{FILE_NAME}: {}", e.to_string().trim_end()))?;
-        let bad = |key: &str, problem: String| Err(format!("{FILE_NAME}: key {key}: {problem}"));
+        let p: Pipeline = toml::from_str(text).map_err(|e| PipelineError::from_toml(text, &e))?;
+        let bad = |key: &str, problem: String| Err(PipelineError::at_key(text, key, problem));
         if p.test.command.trim().is_empty() {
             return bad("test.command", "is empty; give the command that runs the tests".into());
         }
@@ -535,6 +535,201 @@ impl Pipeline {
     }
 }
 
+/// What is wrong with a `fifty.toml`, and where. Its text is what every reader of the mistake
+/// sees: `fifty pipeline check`, the failed commit's error and the closed gate's reason. The first
+/// line stands alone (file, line, key, problem), so a one-line summary loses nothing; the next two
+/// show the line of the file with a caret under the part at fault:
+///
+/// ```text
+/// fifty.toml:4: key test.shards: invalid type: string "two", expected u32
+///   4 | shards  = "two"
+///     |           ^^^^^
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineError {
+    /// The key at fault, dotted as the reference names it (`test.shards`, `immune.metric[1].kind`).
+    pub key: Option<String>,
+    /// Line of the file, from 1.
+    pub line: Option<usize>,
+    /// That line's text (cut to [`MAX_SHOWN_LINE`]) and the caret under the part at fault.
+    pub source: Option<(String, String)>,
+    /// What is wrong, or what was expected, in one line.
+    pub problem: String,
+}
+
+/// Longest stretch of a bad line an error shows, in characters.
+pub const MAX_SHOWN_LINE: usize = 160;
+
+/// Longest problem an error keeps, in bytes (a pusher's unknown key may be long).
+const MAX_PROBLEM: usize = 600;
+
+impl std::fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{FILE_NAME}:")?;
+        if let Some(line) = self.line {
+            write!(f, "{line}:")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, " key {key}:")?;
+        }
+        write!(f, " {}", self.problem)?;
+        if let (Some(line), Some((text, caret))) = (self.line, &self.source) {
+            let gutter = " ".repeat(line.to_string().len());
+            write!(f, "\n  {line} | {text}\n  {gutter} | {caret}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PipelineError {}
+
+impl PipelineError {
+    /// A problem with the file as a whole (its size).
+    fn whole(problem: String) -> Self {
+        PipelineError { key: None, line: None, source: None, problem }
+    }
+
+    /// A problem the checks found with `key`, located in `text` (at the key's value, or at the
+    /// nearest enclosing key the file has when the key itself is missing).
+    fn at_key(text: &str, key: &str, problem: String) -> Self {
+        let span = toml::de::DeTable::parse(text).ok().and_then(|doc| span_of(doc.get_ref(), key));
+        Self::located(text, Some(key.to_string()), span, problem)
+    }
+
+    /// A TOML syntax error or a wrong type or name, as the parser reports it, with the key it
+    /// happened in.
+    fn from_toml(text: &str, e: &toml::de::Error) -> Self {
+        let problem = e.message().trim().replace('\n', "; ");
+        let key = e.span().and_then(|span| {
+            let (doc, _) = toml::de::DeTable::parse_recoverable(text);
+            let mut path = key_at(doc.get_ref(), span.start)?;
+            // "missing field `command`" is about a key the table lacks: name that key.
+            if let Some(missing) = problem.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                path = if path.is_empty() { missing.to_string() } else { format!("{path}.{missing}") };
+            }
+            (!path.is_empty()).then_some(path)
+        });
+        Self::located(text, key, e.span(), problem)
+    }
+
+    fn located(text: &str, key: Option<String>, span: Option<std::ops::Range<usize>>, problem: String) -> Self {
+        let mut problem = problem;
+        if problem.len() > MAX_PROBLEM {
+            let mut end = MAX_PROBLEM;
+            while !problem.is_char_boundary(end) {
+                end -= 1;
+            }
+            problem.truncate(end);
+            problem.push_str("...");
+        }
+        let Some(span) = span.filter(|s| s.start <= text.len()) else {
+            return PipelineError { key, line: None, source: None, problem };
+        };
+        let mut start = span.start;
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let line = text[..start].matches('\n').count() + 1;
+        let whole = text[line_start..line_end].trim_end_matches('\r');
+        let column = text[line_start..start].chars().count();
+        // A long line is shown from a little before the fault, and cut.
+        let skip = column.saturating_sub(MAX_SHOWN_LINE / 2);
+        let shown: String = whole.chars().skip(skip).take(MAX_SHOWN_LINE).collect();
+        let before: String = shown.chars().take(column - skip).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
+        let room = shown.chars().count().saturating_sub(column - skip);
+        let width = text[start..span.end.clamp(start, line_end.max(start))].chars().count().min(room).max(1);
+        let caret = format!("{before}{}", "^".repeat(width));
+        PipelineError { key, line: Some(line), source: Some((shown, caret)), problem }
+    }
+
+    /// The first line alone: file, line, key and problem.
+    pub fn summary(&self) -> String {
+        self.to_string().lines().next().unwrap_or_default().to_string()
+    }
+}
+
+/// The span of `key` (`deploy.health.url`, `immune.metric[1].kind`) in a parsed file: its value,
+/// or for a table its name; when the key is missing, the nearest enclosing key that is there.
+fn span_of(doc: &toml::de::DeTable<'_>, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut table = doc;
+    let mut found = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some((k, v)) = table.get_key_value(name) else {
+            return found;
+        };
+        let mut value = v;
+        if let (Some(i), toml::de::DeValue::Array(items)) = (index, v.get_ref()) {
+            match items.get(i) {
+                Some(item) => value = item,
+                None => return Some(k.span()),
+            }
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => {
+                // A table's own span may cover all of it: point at its name, or the item of an
+                // array of tables.
+                found = Some(if index.is_some() && value.span().start < value.span().end {
+                    value.span()
+                } else {
+                    k.span()
+                });
+                table = t;
+            }
+            _ => found = Some(value.span()),
+        }
+    }
+    found
+}
+
+/// The dotted key whose name or value holds byte `at` of the file, deepest first; "" when none.
+fn key_at(doc: &toml::de::DeTable<'_>, at: usize) -> Option<String> {
+    fn walk(table: &toml::de::DeTable<'_>, at: usize, path: &str) -> Option<String> {
+        for (k, v) in table.iter() {
+            let here = if path.is_empty() { k.get_ref().to_string() } else { format!("{path}.{}", k.get_ref()) };
+            let holds = |s: std::ops::Range<usize>| s.start <= at && at < s.end.max(s.start + 1);
+            match v.get_ref() {
+                toml::de::DeValue::Table(t) => {
+                    if let Some(deeper) = walk(t, at, &here) {
+                        return Some(deeper);
+                    }
+                    if holds(k.span()) || holds(v.span()) {
+                        return Some(here);
+                    }
+                }
+                toml::de::DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let indexed = format!("{here}[{i}]");
+                        if let toml::de::DeValue::Table(t) = item.get_ref() {
+                            if let Some(deeper) = walk(t, at, &indexed) {
+                                return Some(deeper);
+                            }
+                        }
+                        if holds(item.span()) {
+                            return Some(indexed);
+                        }
+                    }
+                    if holds(k.span()) || holds(v.span()) {
+                        return Some(here);
+                    }
+                }
+                _ => {
+                    if holds(k.span()) || holds(v.span()) {
+                        return Some(here);
+                    }
+                }
+            }
+        }
+        None
+    }
+    Some(walk(doc, at, "").unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,13 +769,13 @@ mod tests {
 
     #[test]
     fn deploy_errors_name_the_key() {
-        let err = Pipeline::parse(&DEPLOY.replace("\"100%\"]", "\"50%\"]")).unwrap_err();
+        let err = Pipeline::parse(&DEPLOY.replace("\"100%\"]", "\"50%\"]")).unwrap_err().to_string();
         assert!(err.contains("deploy.waves") && err.contains("last wave"), "{err}");
-        let err = Pipeline::parse(&DEPLOY.replace("\"manual\"", "\"soon\"")).unwrap_err();
+        let err = Pipeline::parse(&DEPLOY.replace("\"manual\"", "\"soon\"")).unwrap_err().to_string();
         assert!(err.contains("deploy.waves") && err.contains("soon"), "{err}");
-        let err = Pipeline::parse(&DEPLOY.replace("role=prod", "prod")).unwrap_err();
+        let err = Pipeline::parse(&DEPLOY.replace("role=prod", "prod")).unwrap_err().to_string();
         assert!(err.contains("deploy.hosts"), "{err}");
-        let err = Pipeline::parse(&DEPLOY.replace("run = ", "restart = \"x\"\nrun = ")).unwrap_err();
+        let err = Pipeline::parse(&DEPLOY.replace("run = ", "restart = \"x\"\nrun = ")).unwrap_err().to_string();
         assert!(err.contains("deploy.run"), "{err}");
     }
 
@@ -610,43 +805,86 @@ mod tests {
     #[test]
     fn immune_errors_name_the_key() {
         let full = format!("{DEPLOY}{IMMUNE}");
-        let err = Pipeline::parse(&full.replace("kind = \"histogram\"", "kind = \"summary\"")).unwrap_err();
+        let err = Pipeline::parse(&full.replace("kind = \"histogram\"", "kind = \"summary\"")).unwrap_err().to_string();
         assert!(err.contains("immune.metric[1].kind") && err.contains("summary"), "{err}");
-        let err = Pipeline::parse(&full.replace("code=~", "code~")).unwrap_err();
+        let err = Pipeline::parse(&full.replace("code=~", "code~")).unwrap_err().to_string();
         assert!(err.contains("immune.metric[0].numerator"), "{err}");
-        let err = Pipeline::parse(&full.replace("watch = ", "alpha = 2.0\nwatch = ")).unwrap_err();
+        let err = Pipeline::parse(&full.replace("watch = ", "alpha = 2.0\nwatch = ")).unwrap_err().to_string();
         assert!(err.contains("immune.alpha"), "{err}");
-        let err = Pipeline::parse(&full.replace("watch = ", "max_bake = \"2d\"\nwatch = ")).unwrap_err();
+        let err = Pipeline::parse(&full.replace("watch = ", "max_bake = \"2d\"\nwatch = ")).unwrap_err().to_string();
         assert!(err.contains("immune.max_bake"), "{err}");
-        let err = Pipeline::parse(&full.replace("series = \"cpu\"", "series = \"gpu\"")).unwrap_err();
+        let err = Pipeline::parse(&full.replace("series = \"cpu\"", "series = \"gpu\"")).unwrap_err().to_string();
         assert!(err.contains("immune.metric[2].series"), "{err}");
-        let err = Pipeline::parse(&full.replace("name = \"latency\"", "name = \"error_rate\"")).unwrap_err();
+        let err =
+            Pipeline::parse(&full.replace("name = \"latency\"", "name = \"error_rate\"")).unwrap_err().to_string();
         assert!(err.contains("immune.metric[1].name"), "{err}");
-        let err = Pipeline::parse(&format!("[test]\ncommand = \"t\"\n{IMMUNE}")).unwrap_err();
+        let err = Pipeline::parse(&format!("[test]\ncommand = \"t\"\n{IMMUNE}")).unwrap_err().to_string();
         assert!(err.contains("key immune:"), "{err}");
     }
 
     #[test]
     fn errors_name_the_key_and_the_problem() {
-        let err = Pipeline::parse("[test]\ncommand = \"x\"\nshard = 4\n").unwrap_err();
-        assert!(err.contains("unknown field `shard`") && err.contains("line 3"), "{err}");
-        let err = Pipeline::parse("[test]\ncommand = \"x\"\nshards = 0\n").unwrap_err();
+        let err = Pipeline::parse("[test]\ncommand = \"x\"\nshard = 4\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `shard`") && err.starts_with("fifty.toml:3: key test.shard:"), "{err}");
+        let err = Pipeline::parse("[test]\ncommand = \"x\"\nshards = 0\n").unwrap_err().to_string();
         assert!(err.contains("test.shards") && err.contains("out of range"), "{err}");
-        let err = Pipeline::parse("[test]\ncommand = \"x\"\ntimeout = \"soon\"\n").unwrap_err();
+        let err = Pipeline::parse("[test]\ncommand = \"x\"\ntimeout = \"soon\"\n").unwrap_err().to_string();
         assert!(err.contains("timeout") && err.contains("not a duration"), "{err}");
-        let err = Pipeline::parse("[test]\nshards = 2\n").unwrap_err();
+        let err = Pipeline::parse("[test]\nshards = 2\n").unwrap_err().to_string();
         assert!(err.contains("missing field `command`"), "{err}");
-        let err = Pipeline::parse("[test]\ncommand = \"x\"\njunit = \"../x.xml\"\n").unwrap_err();
+        let err = Pipeline::parse("[test]\ncommand = \"x\"\njunit = \"../x.xml\"\n").unwrap_err().to_string();
         assert!(err.contains("test.junit"), "{err}");
-        let err = Pipeline::parse("[tests]\ncommand = \"x\"\n").unwrap_err();
+        let err = Pipeline::parse("[tests]\ncommand = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `tests`"), "{err}");
-        let err = Pipeline::parse("[test\n").unwrap_err();
+        let err = Pipeline::parse("[test\n").unwrap_err().to_string();
         assert!(err.starts_with("fifty.toml:"), "{err}");
     }
 
     #[test]
     fn a_bake_past_the_longest_duration_is_refused_naming_it() {
-        let err = Pipeline::parse("[deploy]\nhosts = \"role=prod\"\nbake = \"100000000h\"\n").unwrap_err();
+        let err = Pipeline::parse("[deploy]\nhosts = \"role=prod\"\nbake = \"100000000h\"\n").unwrap_err().to_string();
         assert!(err.contains("bake") && err.contains("maximum, 10years"), "{err}");
+    }
+
+    /// The error CI records is the one `fifty pipeline check` prints: line, key, problem on its
+    /// first line; then the line of the file with a caret under the part at fault.
+    #[test]
+    fn errors_point_at_the_line_and_the_key() {
+        let err = Pipeline::parse("[test]\ncommand = \"x\"\nshards  = \"two\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "fifty.toml:3: key test.shards: invalid type: string \"two\", expected u32\n  3 | shards  = \"two\"\n    |           ^^^^^"
+        );
+        assert_eq!(err.summary(), "fifty.toml:3: key test.shards: invalid type: string \"two\", expected u32");
+        assert_eq!((err.key.as_deref(), err.line), (Some("test.shards"), Some(3)));
+
+        let err = Pipeline::parse("[test]\ncommand = \"x\"\nshard = 4\n").unwrap_err();
+        assert!(
+            err.summary().starts_with("fifty.toml:3: key test.shard: unknown field `shard`, expected one of"),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with("  3 | shard = 4\n    | ^^^^^"), "{err}");
+
+        let err = Pipeline::parse("[test]\nshards = 2\n").unwrap_err();
+        assert!(err.summary().starts_with("fifty.toml:1: key test.command: missing field `command`"), "{err}");
+
+        // A check after parsing points at the value it refused.
+        let full = format!("{DEPLOY}{IMMUNE}");
+        let err = Pipeline::parse(&full.replace("kind = \"histogram\"", "kind = \"summary\"")).unwrap_err();
+        let line = full.lines().position(|l| l == "kind = \"histogram\"").unwrap() + 1;
+        assert_eq!(err.line, Some(line), "{err}");
+        assert!(err.summary().contains(&format!(":{line}: key immune.metric[1].kind: \"summary\" is not")), "{err}");
+        assert!(err.to_string().ends_with("kind = \"summary\"\n     |        ^^^^^^^^^"), "{err}");
+        // A key the file lacks: at the section that needs it.
+        let err = Pipeline::parse(&DEPLOY.replace("run = ", "# run = ")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("deploy.run"));
+        assert!(err.to_string().contains("| [deploy]\n"), "{err}");
+        // A syntax error: where the parser stopped.
+        let err = Pipeline::parse("[test]\ncommand = \"x\ntimeout = \"1m\"\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        // A long line is cut around the fault.
+        let err = Pipeline::parse(&format!("[test]\ncommand = \"{}\"\nshards = 0 # {}\n", "x", "y".repeat(5000)))
+            .unwrap_err();
+        assert!(err.to_string().len() < 600, "{err}");
     }
 }

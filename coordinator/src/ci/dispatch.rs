@@ -284,7 +284,7 @@ impl Coordinator {
                             short(sha)
                         )),
                         Some(text) => match Pipeline::parse(&text) {
-                            Err(e) => Err(e),
+                            Err(e) => Err(e.to_string()),
                             Ok(p) => {
                                 let history = self.consensus.store().durations(repo)?;
                                 let shards = shard::split(&found.tests, &history, p.test.shards);

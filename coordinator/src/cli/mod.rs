@@ -9,6 +9,7 @@ pub mod experiment;
 mod immune;
 mod incident;
 mod output;
+mod pipeline;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -270,6 +271,11 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// Pipeline as code: check a fifty.toml offline, with the messages CI gives.
+    Pipeline {
+        #[command(subcommand)]
+        command: pipeline::PipelineCommand,
     },
     /// Offline tools for a coordinator's data dir (run while that coordinator is stopped).
     Store {
@@ -641,6 +647,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ca { command: CaCommand::Init { out } } => crate::server::ca_init(&out),
+        Command::Pipeline { command } => pipeline::run(command),
         Command::Store { command: StoreCommand::Check { data_dir, json } } => {
             // Opening sled may write files in the data dir: owner-only, as `fifty server` makes
             // them (the server refuses to start on a file others can read).
@@ -966,7 +973,8 @@ mod tests {
 
     #[test]
     fn server_side_commands_list_no_client_flags() {
-        for path in [&["server"][..], &["dev"], &["demo"], &["ca", "init"], &["store", "check"]] {
+        for path in [&["server"][..], &["dev"], &["demo"], &["ca", "init"], &["store", "check"], &["pipeline", "check"]]
+        {
             let text = help(path);
             for flag in ["--token", "--cacert", "--stale", "--addr"] {
                 assert!(!text.contains(flag), "fifty {} --help lists {flag}:\n{text}", path.join(" "));

@@ -354,7 +354,10 @@ pub fn commit(c: &crate::views::CommitView) -> String {
         );
     }
     if let Some(e) = &s.error {
-        let _ = writeln!(out, "  {e}");
+        // A bad fifty.toml's error shows its line with a caret under it: keep it indented.
+        for line in e.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
     }
     out.push('\n');
     let mut rows = Vec::new();
