@@ -353,6 +353,9 @@ pub struct AttemptView {
     pub tests_passed: usize,
     /// Tests that failed.
     pub tests_failed: usize,
+    /// Tests skipped.
+    #[serde(default)]
+    pub tests_skipped: usize,
     /// Notes on its reports.
     pub notes: Vec<String>,
     /// Bytes of output.
@@ -409,6 +412,9 @@ pub struct CommitView {
     pub release_error: Option<String>,
     /// Every failed test, every attempt.
     pub failed_tests: Vec<FailedTest>,
+    /// Advice on how it was tested, e.g. that its shards were not balanced by test durations.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl CommitView {

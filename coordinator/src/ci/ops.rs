@@ -189,6 +189,7 @@ impl Coordinator {
                     exit: a.exit.as_ref().map(exit_text),
                     tests_passed: a.passed as usize,
                     tests_failed: a.failed as usize,
+                    tests_skipped: a.skipped as usize,
                     notes: a.notes.clone(),
                     log_bytes: a.log_bytes,
                 });
@@ -223,6 +224,7 @@ impl Coordinator {
         }
         Ok(CommitView {
             summary: self.summary(&c)?,
+            notes: split_notes(&views_),
             jobs: views_,
             failed_tests,
             release: c.release,
@@ -325,6 +327,20 @@ impl Coordinator {
             flaky: book.flaky.into_iter().map(|(name, (sha, at))| (name, sha, views::rfc3339(at))).collect(),
         })
     }
+}
+
+/// What a commit's shards say about how its suite was split: shards given no tests were split
+/// by the test command itself, which only `[test] list` lets Fifty balance by past durations.
+pub fn split_notes(jobs: &[JobView]) -> Vec<String> {
+    let shards: Vec<&JobView> = jobs.iter().filter(|j| j.shard.is_some()).collect();
+    if shards.len() < 2 || shards.iter().any(|j| j.tests > 0) {
+        return Vec::new();
+    }
+    vec![format!(
+        "its {} shards were split by the test command itself (FIFTY_SHARD_INDEX / FIFTY_SHARD_COUNT): sharding by \
+         test duration needs `list` under [test] in fifty.toml, a command printing every test name",
+        shards.len()
+    )]
 }
 
 fn exit_text(e: &fifty_shared::wire::JobExit) -> String {

@@ -292,6 +292,172 @@ mod tests {
             |id: &str| text.lines().find(|l| l.starts_with(id)).unwrap().split_whitespace().nth(1).unwrap().to_string();
         assert_eq!([role("a"), role("b"), role("c")], ["leader", "follower", "learner"]);
     }
+
+    fn rollout_view(
+        phase: crate::deploy::Phase,
+        hosts: Vec<crate::views::RolloutHostView>,
+    ) -> crate::views::RolloutView {
+        crate::views::RolloutView {
+            id: 1,
+            repo: "shop".into(),
+            kind: crate::deploy::Kind::Deploy,
+            release: 1,
+            previous: None,
+            phase,
+            paused: false,
+            wave: 2,
+            waves: vec![
+                crate::views::WaveView { step: "1".into(), reach: 1 },
+                crate::views::WaveView { step: "manual".into(), reach: 1 },
+                crate::views::WaveView { step: "100%".into(), reach: 2 },
+            ],
+            bake: "6s".into(),
+            phase_secs: 1.0,
+            started_at: "t".into(),
+            finished_at: None,
+            outcome: None,
+            hosts,
+            events: vec![],
+            immune: vec![],
+            held: None,
+            evidence: None,
+        }
+    }
+
+    fn host(name: &str, target: Option<u64>, current: Option<u64>, healthy: bool) -> crate::views::RolloutHostView {
+        crate::views::RolloutHostView {
+            host: name.into(),
+            wave: 1,
+            target,
+            current,
+            healthy,
+            up: true,
+            applying: None,
+            failed: None,
+        }
+    }
+
+    /// The first rollout: the canary runs the release, the host after the manual wave has none
+    /// yet, which is not unhealthy; the header says its phase in words.
+    #[test]
+    fn a_first_rollout_reads_in_words() {
+        let view = rollout_view(
+            crate::deploy::Phase::AwaitingPromotion,
+            vec![
+                host("web-1", Some(1), Some(1), true),
+                host("web-2", None, None, false),
+                host("web-3", Some(1), Some(1), false),
+            ],
+        );
+        let text = rollout(&view);
+        assert!(
+            text.starts_with("rollout 1 of shop: release 1, wave 2/3 (1 → manual → 100%), awaiting promotion\n"),
+            "{text}"
+        );
+        let state = |h: &str| {
+            text.lines()
+                .find(|l| l.starts_with(h))
+                .unwrap()
+                .split("  ")
+                .filter(|c| !c.is_empty())
+                .nth(4)
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!([state("web-1"), state("web-2"), state("web-3")], ["healthy", "no release yet", "unhealthy"]);
+        let back = rollout(&rollout_view(crate::deploy::Phase::RollingBack, vec![]));
+        assert!(back.lines().next().unwrap().ends_with(", rolling back"), "{back}");
+    }
+
+    fn attempt(
+        n: u32,
+        host: &str,
+        end: crate::ci::AttemptEnd,
+        counts: (usize, usize, usize),
+    ) -> crate::views::AttemptView {
+        crate::views::AttemptView {
+            attempt: n,
+            host: host.into(),
+            started_at: "t".into(),
+            duration_secs: 2.0,
+            end,
+            exit: Some("exit 0".into()),
+            tests_passed: counts.0,
+            tests_failed: counts.1,
+            tests_skipped: counts.2,
+            notes: vec![],
+            log_bytes: 0,
+        }
+    }
+
+    /// A shard whose agent was lost: that attempt's row says lost, not the job's final state;
+    /// with no `[test] list`, TESTS counts what JUnit reported, and a note says what balancing
+    /// by duration needs.
+    #[test]
+    fn a_commit_shows_each_attempt_in_its_own_state() {
+        use crate::ci::{AttemptEnd, JobState};
+        let job = |id, shard: Option<u32>, attempts| crate::views::JobView {
+            id,
+            kind: if shard.is_some() { "shard".into() } else { "plan".into() },
+            shard,
+            state: JobState::Passed,
+            tests: 0,
+            attempts,
+        };
+        let jobs = vec![
+            job(1, None, vec![attempt(1, "build-1", AttemptEnd::Passed, (0, 0, 0))]),
+            job(
+                2,
+                Some(0),
+                vec![
+                    attempt(1, "build-1", AttemptEnd::Lost { why: "down".into() }, (0, 0, 0)),
+                    attempt(2, "build-2", AttemptEnd::Passed, (3, 0, 1)),
+                ],
+            ),
+            job(3, Some(1), vec![attempt(1, "build-2", AttemptEnd::Passed, (2, 0, 0))]),
+        ];
+        let view = crate::views::CommitView {
+            summary: crate::views::CommitSummary {
+                repo: "shop".into(),
+                seq: 1,
+                sha: "a".repeat(40),
+                branch: "main".into(),
+                subject: "s".into(),
+                author: "me".into(),
+                state: crate::ci::CommitState::Passed,
+                error: None,
+                shards: 2,
+                shards_passed: 2,
+                notified_at: "t".into(),
+                finished_at: None,
+                duration_secs: None,
+                flaky: vec![],
+            },
+            notes: crate::ci::ops::split_notes(&jobs),
+            jobs,
+            release: None,
+            release_error: None,
+            failed_tests: vec![],
+        };
+        let text = commit(&view);
+        let row = |shard: &str, attempt: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .find(|c| c.len() > 3 && c[0] == shard && c[3] == attempt)
+                .unwrap_or_else(|| panic!("no row {shard}/{attempt} in\n{text}"))
+        };
+        assert_eq!(row("0", "1")[1..3], ["lost", "-"], "{text}");
+        assert_eq!(row("0", "2")[1..3], ["passed", "4"], "{text}");
+        assert_eq!(row("1", "1")[1..3], ["passed", "2"], "{text}");
+        assert!(text.contains("note: its 2 shards were split by the test command itself"), "{text}");
+        assert!(text.contains("needs `list` under [test]"), "{text}");
+
+        // With a list, the assigned count shows and no note is given.
+        let mut listed = view.jobs.clone();
+        listed[1].tests = 5;
+        assert!(crate::ci::ops::split_notes(&listed).is_empty());
+    }
 }
 
 fn secs(s: f64) -> String {
@@ -363,34 +529,51 @@ pub fn commit(c: &crate::views::CommitView) -> String {
     let mut rows = Vec::new();
     for j in &c.jobs {
         let name = j.shard.map(|n| n.to_string()).unwrap_or_else(|| j.kind.clone());
-        let tests = if j.shard.is_some() { j.tests.to_string() } else { "-".into() };
-        if j.attempts.is_empty() {
-            rows.push(vec![
+        let waiting = |tests: String| {
+            vec![
                 name.clone(),
                 format!("{:?}", j.state).to_lowercase(),
-                tests.clone(),
+                tests,
                 "-".into(),
                 "-".into(),
                 "-".into(),
                 "waiting for a build agent".into(),
-            ]);
+            ]
+        };
+        let assigned = if j.shard.is_some() && j.tests > 0 { j.tests.to_string() } else { "-".into() };
+        if j.attempts.is_empty() {
+            rows.push(waiting(assigned.clone()));
         }
         for a in &j.attempts {
-            let result = match &a.end {
-                crate::ci::AttemptEnd::Running => "running".to_string(),
-                crate::ci::AttemptEnd::Passed => a.exit.clone().unwrap_or_else(|| "passed".into()),
-                crate::ci::AttemptEnd::Failed { why } => format!("failed: {why}"),
-                crate::ci::AttemptEnd::Lost { why } => format!("lost, re-queued: {why}"),
+            // Each row is one attempt, in its own state: a lost or failed attempt stays so even
+            // when a later one passed.
+            let (state, result) = match &a.end {
+                crate::ci::AttemptEnd::Running => ("running", "running".to_string()),
+                crate::ci::AttemptEnd::Passed => ("passed", a.exit.clone().unwrap_or_else(|| "passed".into())),
+                crate::ci::AttemptEnd::Failed { why } => ("failed", format!("failed: {why}")),
+                crate::ci::AttemptEnd::Lost { why } => ("lost", format!("lost, re-queued: {why}")),
+            };
+            // Without `[test] list` no test is assigned: count what the attempt's JUnit reported.
+            let reported = a.tests_passed + a.tests_failed + a.tests_skipped;
+            let tests = match &a.end {
+                _ if assigned != "-" => assigned.clone(),
+                crate::ci::AttemptEnd::Passed | crate::ci::AttemptEnd::Failed { .. } if j.shard.is_some() => {
+                    reported.to_string()
+                }
+                _ => "-".into(),
             };
             rows.push(vec![
                 name.clone(),
-                format!("{:?}", j.state).to_lowercase(),
-                tests.clone(),
+                state.to_string(),
+                tests,
                 a.attempt.to_string(),
                 a.host.clone(),
                 secs(a.duration_secs),
                 result,
             ]);
+        }
+        if !j.attempts.is_empty() && j.state == crate::ci::JobState::Queued {
+            rows.push(waiting(assigned.clone()));
         }
     }
     out.push_str(&table(&["SHARD", "STATE", "TESTS", "ATTEMPT", "AGENT", "TOOK", "RESULT"], &rows));
@@ -413,6 +596,9 @@ pub fn commit(c: &crate::views::CommitView) -> String {
     }
     if !s.flaky.is_empty() {
         let _ = writeln!(out, "\nFlaky tests (failed, then passed): {}", s.flaky.join(", "));
+    }
+    for n in &c.notes {
+        let _ = writeln!(out, "\nnote: {n}");
     }
     for j in &c.jobs {
         for a in &j.attempts {
@@ -481,9 +667,11 @@ fn rollout_header(r: &crate::views::RolloutView) -> String {
         (Some(crate::deploy::Outcome::Aborted { by }), _) => format!("ABORTED by {by}"),
         (Some(crate::deploy::Outcome::Superseded { by }), _) => format!("superseded by rollout {by}"),
         (Some(crate::deploy::Outcome::Reverted { why }), _) => format!("REVERTED by the immune system: {why}"),
-        (_, p) => format!("{p:?}").to_lowercase().replace('_', " "),
+        (_, p) => p.words().to_string(),
     };
-    let rolling_back = if r.phase == crate::deploy::Phase::RollingBack { " (rolling back)" } else { "" };
+    // An outcome that is not yet final while its hosts go back says so; a phase alone already does.
+    let rolling_back =
+        if r.outcome.is_some() && r.phase == crate::deploy::Phase::RollingBack { " (rolling back)" } else { "" };
     let paused = if r.paused { " PAUSED" } else { "" };
     let what = match r.kind {
         crate::deploy::Kind::Deploy => "rollout",
@@ -510,6 +698,9 @@ fn host_rows(r: &crate::views::RolloutView) -> String {
                 "down".to_string()
             } else if let Some((rel, bytes)) = h.applying {
                 format!("applying {rel} ({:.1} MiB)", bytes as f64 / (1 << 20) as f64)
+            } else if h.current.is_none() && h.target.is_none() {
+                // Not reached by the first rollout yet: nothing runs there to be unhealthy.
+                "no release yet".into()
             } else if h.current == h.target && h.healthy {
                 "healthy".into()
             } else if h.current == h.target {

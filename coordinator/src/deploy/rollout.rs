@@ -84,6 +84,19 @@ pub enum Phase {
     Done,
 }
 
+impl Phase {
+    /// The phase in words, as the CLI shows it (the API's JSON keeps `awaiting_promotion`).
+    pub fn words(self) -> &'static str {
+        match self {
+            Phase::Deploying => "deploying",
+            Phase::Baking => "baking",
+            Phase::AwaitingPromotion => "awaiting promotion",
+            Phase::RollingBack => "rolling back",
+            Phase::Done => "done",
+        }
+    }
+}
+
 /// How a rollout ended.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
