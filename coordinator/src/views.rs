@@ -441,10 +441,22 @@ pub struct TestsView {
     pub known: usize,
     /// Sum of their durations.
     pub total_secs: f64,
+    /// Every test with a known duration (its last passing run), slowest first.
+    #[serde(default)]
+    pub tests: Vec<TestTime>,
     /// Quarantined: name, by whom, since.
     pub quarantined: Vec<(String, String, String)>,
     /// Seen flaky: name, last commit, when.
     pub flaky: Vec<(String, String, String)>,
+}
+
+/// One test's last passing duration in [`TestsView`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TestTime {
+    /// As JUnit names it.
+    pub name: String,
+    /// Seconds its last passing run took.
+    pub duration_secs: f64,
 }
 
 /// `POST /v1/repos/{repo}/quarantine`.

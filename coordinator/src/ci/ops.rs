@@ -319,14 +319,27 @@ impl Coordinator {
         let record = self.repo(repo)?;
         let book = self.consensus.store().tests(&record.name)?;
         let durations = self.consensus.store().durations(&record.name)?;
+        let tests = slowest_first(&durations);
         Ok(TestsView {
             repo: record.name.to_string(),
             known: durations.len(),
             total_secs: durations.values().map(|d| d.as_secs_f64()).sum(),
+            tests,
             quarantined: book.quarantined.into_iter().map(|(name, (by, at))| (name, by, views::rfc3339(at))).collect(),
             flaky: book.flaky.into_iter().map(|(name, (sha, at))| (name, sha, views::rfc3339(at))).collect(),
         })
     }
+}
+
+/// Tests by their last passing duration, slowest first (what a shard's time is made of, and
+/// what is worth making faster); equal ones by name.
+pub fn slowest_first(durations: &std::collections::BTreeMap<String, std::time::Duration>) -> Vec<views::TestTime> {
+    let mut tests: Vec<views::TestTime> = durations
+        .iter()
+        .map(|(name, d)| views::TestTime { name: name.clone(), duration_secs: d.as_secs_f64() })
+        .collect();
+    tests.sort_by(|a, b| b.duration_secs.total_cmp(&a.duration_secs).then_with(|| a.name.cmp(&b.name)));
+    tests
 }
 
 /// What a commit's shards say about how its suite was split: shards given no tests were split
@@ -348,5 +361,23 @@ fn exit_text(e: &fifty_shared::wire::JobExit) -> String {
         fifty_shared::wire::JobExit::Exited(code) => format!("exit {code}"),
         fifty_shared::wire::JobExit::TimedOut => "timed out".into(),
         fifty_shared::wire::JobExit::Failed(why) => format!("not run: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn tests_list_slowest_first() {
+        let durations = std::collections::BTreeMap::from([
+            ("a_fast".to_string(), Duration::from_millis(20)),
+            ("b_slow".to_string(), Duration::from_secs(9)),
+            ("c_mid".to_string(), Duration::from_secs(1)),
+            ("d_mid".to_string(), Duration::from_secs(1)),
+        ]);
+        let names: Vec<String> = slowest_first(&durations).into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["b_slow", "c_mid", "d_mid", "a_fast"]);
     }
 }

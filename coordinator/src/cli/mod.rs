@@ -387,7 +387,7 @@ enum TestCommand {
         /// The test.
         test: String,
     },
-    /// Known tests, quarantined and flaky ones.
+    /// Known tests with their last passing durations, slowest first; quarantined and flaky ones.
     List {
         /// The repository.
         repo: String,

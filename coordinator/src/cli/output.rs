@@ -370,6 +370,27 @@ mod tests {
         assert!(back.lines().next().unwrap().ends_with(", rolling back"), "{back}");
     }
 
+    #[test]
+    fn test_list_shows_each_test_and_its_duration() {
+        let view = crate::views::TestsView {
+            repo: "shop".into(),
+            known: 2,
+            total_secs: 75.25,
+            tests: vec![
+                crate::views::TestTime { name: "tests.test_cart::test_checkout".into(), duration_secs: 75.0 },
+                crate::views::TestTime { name: "tests.test_cart::test_add".into(), duration_secs: 0.25 },
+            ],
+            quarantined: vec![],
+            flaky: vec![],
+        };
+        let text = tests(&view);
+        assert!(text.starts_with("shop: 2 tests with a known duration, 1m15s in all\n\nDURATION  TEST\n"), "{text}");
+        assert!(
+            text.contains("\n1m15s     tests.test_cart::test_checkout\n250ms     tests.test_cart::test_add\n"),
+            "{text}"
+        );
+    }
+
     fn attempt(
         n: u32,
         host: &str,
@@ -617,6 +638,15 @@ pub fn commit(c: &crate::views::CommitView) -> String {
 /// `fifty test list`.
 pub fn tests(t: &crate::views::TestsView) -> String {
     let mut out = format!("{}: {} tests with a known duration, {} in all\n", t.repo, t.known, secs(t.total_secs));
+    if t.tests.is_empty() {
+        out.push_str("No test has passed yet (durations come from the JUnit reports of passing tests).\n");
+    } else {
+        out.push('\n');
+        let took = |s: f64| if s < 1.0 { format!("{:.0}ms", s * 1000.0) } else { secs(s) };
+        let rows: Vec<Vec<String>> = t.tests.iter().map(|x| vec![took(x.duration_secs), x.name.clone()]).collect();
+        out.push_str(&table(&["DURATION", "TEST"], &rows));
+        out.push('\n');
+    }
     if t.quarantined.is_empty() {
         out.push_str("No quarantined tests.\n");
     } else {
