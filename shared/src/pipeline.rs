@@ -887,4 +887,57 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().len() < 600, "{err}");
     }
+
+    /// Every key the parser accepts, by section, as its own "unknown field" error lists them (so a
+    /// key added to a struct is found without being listed here).
+    fn accepted_keys() -> Vec<(&'static str, Vec<String>)> {
+        // `_unknown` sorts before every real key, so it is the first one each table meets.
+        let probes = [
+            ("", "_unknown = 1\n"),
+            ("test", "[test]\n_unknown = 1\n"),
+            ("package", "[package]\n_unknown = 1\n"),
+            ("deploy", "[deploy]\n_unknown = 1\n"),
+            ("deploy.health", "[deploy]\nhealth = { _unknown = 1 }\n"),
+            ("immune", "[immune]\n_unknown = 1\n"),
+            ("immune.metric", "[[immune.metric]]\n_unknown = 1\n"),
+        ];
+        probes
+            .into_iter()
+            .map(|(section, text)| {
+                let err = Pipeline::parse(text).unwrap_err().problem;
+                assert!(err.starts_with("unknown field `_unknown`, expected"), "{section}: {err}");
+                let keys: Vec<String> = err.split('`').skip(3).step_by(2).map(str::to_string).collect();
+                assert!(!keys.is_empty(), "{section}: {err}");
+                (section, keys)
+            })
+            .collect()
+    }
+
+    /// README's `fifty.toml` reference has a row for every key the parser accepts, in the table of
+    /// its section.
+    #[test]
+    fn the_readme_reference_lists_every_key() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let start = readme.find("\n## `fifty.toml` reference").expect("README has a `fifty.toml` reference");
+        let reference = &readme[start + 1..];
+        let reference = &reference[..reference.find("\n## ").unwrap_or(reference.len())];
+        let sections = accepted_keys();
+        assert_eq!(sections[1].1, ["command", "list", "shards", "timeout", "junit", "retries"]);
+        for (section, keys) in sections {
+            let heading = match section {
+                "" => "#### Sections".to_string(),
+                "immune.metric" => "#### `[[immune.metric]]`".to_string(),
+                s => format!("#### `[{s}]`"),
+            };
+            let at = reference.find(&format!("{heading}\n")).unwrap_or_else(|| panic!("README lacks {heading}"));
+            let table = &reference[at + heading.len()..];
+            let table = &table[..table.find("\n####").unwrap_or(table.len())];
+            for key in keys {
+                assert!(
+                    table.contains(&format!("\n| `{key}` | ")),
+                    "README's fifty.toml reference lacks a row for `{key}` under {heading}"
+                );
+            }
+        }
+    }
 }
