@@ -1306,6 +1306,14 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
     assert_eq!(out.status.code(), Some(0), "the gate should reopen after a green commit: {}", said(&out));
     let out = cli(&cluster, &ci.token, &["test", "list", "shop"]).await;
     assert!(text(&out.stdout).contains("test_flaky"), "{}", said(&out));
+    // Every test that passed is listed with its duration, slowest first.
+    let listing = text(&out.stdout);
+    assert!(listing.contains("\nDURATION  TEST\n"), "{listing}");
+    assert!(listing.lines().any(|l| l.ends_with(" test_total") && l.split_whitespace().count() == 2), "{listing}");
+    let out = cli(&cluster, &ci.token, &["test", "list", "shop", "--json"]).await;
+    let listed: fifty::views::TestsView = serde_json::from_slice(&out.stdout).expect("test list --json");
+    assert!(listed.tests.iter().any(|t| t.name == "test_total"), "{listed:?}");
+    assert!(listed.tests.windows(2).all(|w| w[0].duration_secs >= w[1].duration_secs), "slowest first: {listed:?}");
 
     // 5. A quarantined test's failure is reported but does not fail the commit.
     let out = cli(&cluster, &cluster.admin_token, &["test", "quarantine", "shop", "test_receipt"]).await;
@@ -1377,6 +1385,15 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
         .find(|j| j.attempts.iter().any(|a| a.host == victim && matches!(a.end, AttemptEnd::Lost { .. })))
         .unwrap_or_else(|| panic!("no attempt on {victim} was lost: {view:#?}"));
     assert_ne!(lost.attempts.last().unwrap().host, victim, "the job re-ran on the other agent");
+    // `commit show` prints the lost attempt as lost, not in the state its job ended in.
+    let out = cli(&cluster, &ci.token, &["commit", "show", &killed[..8]]).await;
+    let shown = text(&out.stdout);
+    let row = shown
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.len() > 4 && c[4] == victim && Some(c[0]) == lost.shard.map(|n| n.to_string()).as_deref())
+        .unwrap_or_else(|| panic!("no row on {victim}: {shown}"));
+    assert_eq!(row[1], "lost", "{shown}");
     cluster.start_agent(&victim).unwrap();
 
     // 7. A bad fifty.toml fails its commit with the key and the problem, and closes the gate.
@@ -1386,12 +1403,38 @@ async fn every_commit_is_tested_sharded_and_gates_the_branch() {
     let view = wait_finished(&cluster, &bad, deadline).await;
     assert_eq!(view.summary.state, CommitState::Failed);
     let error = view.summary.error.clone().unwrap_or_default();
-    assert!(error.contains("fifty.toml") && error.contains("shards"), "{error}");
+    // The line, the key and what was expected, then the line with a caret under the value.
+    let line = std::fs::read_to_string(repo.work.join("fifty.toml"))
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("shards"))
+        .unwrap()
+        + 1;
+    let first = format!("fifty.toml:{line}: key test.shards: invalid type: string \"two\", expected u32");
+    assert!(error.starts_with(&format!("{first}\n")) && error.contains("|           ^^^^^"), "{error}");
     let out = cli(&cluster, &ci.token, &["gate", "check", "shop"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    // The gate's reason and the commit's summary carry that message, not only where parsing stopped.
+    let out = cli(&cluster, &ci.token, &["gate", "status", "shop"]).await;
+    let gate = text(&out.stdout);
+    assert!(gate.lines().next().unwrap_or_default().ends_with(&first), "{gate}");
+    assert!(gate.contains("^^^^^"), "{gate}");
+    let out = cli(&cluster, &ci.token, &["commit", "show", &bad[..8]]).await;
+    assert!(text(&out.stdout).contains(&format!("\n  {first}\n")), "{}", said(&out));
+    // `fifty pipeline check` gives the same message offline, before a push.
+    let checked = repo.work.join("fifty.toml");
+    let out = cli(&cluster, "", &["pipeline", "check", checked.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    assert_eq!(text(&out.stdout).trim_end(), error, "{}", said(&out));
 
     // 8. Webhooks: a wrong signature is refused; a signed push is queued once per delivery.
     repo.edit("fifty.toml", "shards  = \"two\"", "shards  = 2").unwrap();
+    let out = cli(&cluster, "", &["pipeline", "check", checked.to_str().unwrap()]).await;
+    assert!(
+        out.status.success() && text(&out.stdout).contains("2 shards (balanced by past durations"),
+        "{}",
+        said(&out)
+    );
     let hooked = repo.commit("[fix] shards is a number").await.unwrap();
     // Update the bare repository without its hooks, as a GitHub-hosted repository would be.
     let out =
