@@ -318,7 +318,8 @@ pub struct CommitSummary {
     pub author: String,
     /// `planning`, `testing`, `passed` or `failed`.
     pub state: crate::ci::CommitState,
-    /// Why it failed, in a line.
+    /// Why it failed other than by a test. Its first line stands alone; a bad `fifty.toml`'s goes
+    /// on with the file's line and a caret under the fault.
     pub error: Option<String>,
     /// Shards planned.
     pub shards: usize,
