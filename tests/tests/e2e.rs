@@ -1692,7 +1692,8 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     let r4 = wait_release(&cluster, &manual).await;
     wait_rollout(&cluster, r4, Phase::AwaitingPromotion).await;
     let out = cli(&cluster, &admin, &["rollout", "pause"]).await;
-    assert!(out.status.success() && text(&out.stdout).contains("PAUSED"), "{}", said(&out));
+    // The phase in words, as people say it.
+    assert!(out.status.success() && text(&out.stdout).contains(", awaiting promotion PAUSED\n"), "{}", said(&out));
     let out = cli(&cluster, &admin, &["rollout", "resume"]).await;
     assert!(out.status.success(), "{}", said(&out));
     let out = cli(&cluster, &admin, &["rollout", "promote"]).await;
