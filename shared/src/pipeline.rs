@@ -13,8 +13,9 @@
 //! retries = 1                        # a failed shard is retried on another agent
 //! ```
 //!
-//! A bad file is an error that names the key and the problem; it fails that commit and nothing
-//! else.
+//! A bad file is a [`PipelineError`] that names the line, the key and the problem and shows the
+//! line with a caret; it fails that commit and nothing else, and `fifty pipeline check` prints the
+//! same text before a push. README's `fifty.toml` reference lists every key (a test here checks).
 
 use std::time::Duration;
 
