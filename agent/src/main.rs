@@ -96,9 +96,11 @@ fn main() -> std::process::ExitCode {
                 }
                 let config = fifty_agent::config::Config::load(&config)?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
+                // Installed before anything else runs, so a SIGTERM right after READY=1 (a quick
+                // `systemctl stop`) stops the agent cleanly instead of killing it.
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
                 tokio::spawn(async move {
-                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("install SIGTERM handler");
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => {}
                         _ = term.recv() => {}
