@@ -106,6 +106,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             }
         })?;
     }
+    // systemd (`Type=notify`): ready once the host serves what it served before (its current
+    // release resumed, the sidecar's thread up), without waiting for a coordinator: a host that
+    // boots while no coordinator answers must still come up (the agent works offline).
+    fifty_shared::sd_notify::notify_or_warn("READY=1\nSTATUS=connecting to a coordinator");
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
     let mut next = 0;
     let mut redirected: Option<String> = None;
@@ -146,6 +150,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             }
             SessionEnd::Lost(reason) => {
                 warn!(coordinator = %target, %reason, "link to the coordinator lost; reconnecting");
+                fifty_shared::sd_notify::notify_or_warn(&format!("STATUS=link to {target} lost; reconnecting"));
                 backoff.reset();
                 last_failed = Some(target.clone());
                 // Straight to another coordinator: the cluster may already have a new leader.
@@ -155,6 +160,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             }
             SessionEnd::Unreachable(reason) => {
                 warn!(coordinator = %target, %reason, "cannot reach the coordinator; will retry");
+                fifty_shared::sd_notify::notify_or_warn(&format!("STATUS=cannot reach {target}; retrying"));
                 last_failed = Some(target.clone());
             }
             SessionEnd::Redirect(leader) if !leader.is_empty() && redirects_in_a_row < 3 => {
@@ -276,6 +282,10 @@ async fn control_stream(
             Err(_) => return SessionEnd::Unreachable("no Welcome within 10 s".into()),
         };
     info!(%host, coordinator = %conn.remote_address(), ?interval, "connected to the coordinator");
+    fifty_shared::sd_notify::notify_or_warn(&format!(
+        "STATUS=host {host}: connected to the coordinator at {}",
+        conn.remote_address()
+    ));
 
     // Results not yet acknowledged go out first; then live output and new results.
     let (tx, rx) = mpsc::unbounded_channel();

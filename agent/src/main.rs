@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// The Fifty agent: enrolls this host and reports to the coordinator.
 #[derive(Debug, Parser)]
@@ -43,15 +43,39 @@ enum Command {
         #[arg(long, short = 'c', default_value = "/var/lib/fifty-agent/agent.toml")]
         config: PathBuf,
     },
+    /// Print a shell completion script, e.g. `source <(fifty-agent completions bash)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: fifty_shared::cli_docs::Shell,
+    },
+    /// Print the fifty-agent(1) man page, or with DIR write one page per command into DIR.
+    Man {
+        /// Where to write fifty-agent.1, fifty-agent-join.1, fifty-agent-run.1 (created if missing).
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     fifty_shared::logging::init("info");
     fifty_shared::logging::exit_on_panic();
+    let cli = Cli::parse();
+    // What only prints needs no runtime.
+    let printed = match &cli.command {
+        Command::Completions { shell } => Some(fifty_shared::cli_docs::print_completions(Cli::command(), *shell)),
+        Command::Man { dir: None } => Some(fifty_shared::cli_docs::print_man_page(Cli::command())),
+        Command::Man { dir: Some(dir) } => Some(
+            fifty_shared::cli_docs::write_man_pages(Cli::command(), dir)
+                .map(|pages| println!("Wrote {} man pages into {}.", pages.len(), dir.display())),
+        ),
+        Command::Join { .. } | Command::Run { .. } => None,
+    };
+    if let Some(result) = printed {
+        return exit_code(result);
+    }
     // One thread: the agent's work is a heartbeat a second; a small footprint matters more.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("start the tokio runtime");
     let result = runtime.block_on(async {
-        match Cli::parse().command {
+        match cli.command {
             Command::Join { coordinator, token, name, labels, data_dir, service, sidecar } => {
                 let coordinator = if coordinator.contains(':') { coordinator } else { format!("{coordinator}:7071") };
                 fifty_agent::join::join(fifty_agent::join::JoinRequest {
@@ -72,19 +96,27 @@ fn main() -> std::process::ExitCode {
                 }
                 let config = fifty_agent::config::Config::load(&config)?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
+                // Installed before anything else runs, so a SIGTERM right after READY=1 (a quick
+                // `systemctl stop`) stops the agent cleanly instead of killing it.
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
                 tokio::spawn(async move {
-                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("install SIGTERM handler");
                     tokio::select! {
                         _ = tokio::signal::ctrl_c() => {}
                         _ = term.recv() => {}
                     }
+                    fifty_shared::sd_notify::notify_or_warn("STOPPING=1");
                     let _ = tx.send(true);
                 });
                 fifty_agent::link::run(config, rx).await
             }
+            Command::Completions { .. } | Command::Man { .. } => unreachable!("handled before the runtime starts"),
         }
     });
+    exit_code(result)
+}
+
+fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -606,6 +606,9 @@ fn spawn(spec: &ServiceSpec, log_path: &Path) -> Result<Child, String> {
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    // The agent's systemd notification socket is the agent's: a service that speaks sd_notify
+    // itself would otherwise report to the agent's unit.
+    cmd.env_remove(fifty_shared::sd_notify::NOTIFY_SOCKET);
     cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the shell if the
     // agent dies, so the service never outlives its agent unnoticed.

@@ -59,6 +59,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let router = crate::api::router(coordinator.clone());
     let quic = tokio::spawn(crate::quic::serve(endpoint, coordinator.clone(), shutdown.clone()));
     let api = tokio::spawn(crate::api::serve(listener, https_tls, router, config.api.clone(), shutdown.clone()));
+    // systemd (`Type=notify`): ready once the API and the QUIC endpoint listen, before the cluster
+    // forms. A coordinator waiting for its peers (`bootstrap_expect`) is up and answers
+    // /v1/health; waiting for a quorum here would time out the first of three coordinators started
+    // one after the other.
+    fifty_shared::sd_notify::notify_or_warn(&format!(
+        "READY=1\nSTATUS=API on {}, QUIC on {}; forming or joining the cluster",
+        me.http_addr, me.quic_addr
+    ));
 
     let membership = Membership {
         bootstrap_expect: config.bootstrap_expect,
@@ -73,6 +81,10 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         _ = wait_for(shutdown.clone()) => return Ok(()),
     };
     started.context("form or join the cluster")?;
+    fifty_shared::sd_notify::notify_or_warn(&format!(
+        "STATUS=API on {}, QUIC on {}; a member of the cluster",
+        me.http_addr, me.quic_addr
+    ));
     tokio::spawn(leadership(coordinator.clone(), config.clone(), ca));
     tokio::spawn(crate::ci::dispatch::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::deploy::dispatch::run(coordinator.clone(), shutdown.clone()));

@@ -2524,3 +2524,185 @@ async fn alerts_fire_resolve_and_notify_once() {
     assert_eq!(value("fifty_hosts", Some(("state", "ready"))), Some(3.0), "{exposition}");
     assert!(value("fifty_heartbeats_total", None).is_some_and(|v| v > 0.0), "{exposition}");
 }
+
+// ---- systemd readiness (the packages' Type=notify units) -----------------------------------
+
+/// A stand-in for systemd's notification socket: collects what a process sends to it.
+struct NotifySocket {
+    path: PathBuf,
+    socket: tokio::net::UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind(path: PathBuf) -> Self {
+        let socket = tokio::net::UnixDatagram::bind(&path).expect("bind the notification socket");
+        Self { path, socket, seen: Vec::new() }
+    }
+
+    /// Waits for a message holding `needle` (e.g. `READY=1`) and returns it.
+    async fn wait(&mut self, needle: &str, what: &str) -> String {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(m) = self.seen.iter().find(|m| m.contains(needle)) {
+                return m.clone();
+            }
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.socket.recv(&mut buf)).await {
+                Ok(Ok(n)) => self.seen.push(text(&buf[..n])),
+                Ok(Err(e)) => panic!("read the notification socket: {e}"),
+                Err(_) => panic!("no {needle:?} from {what} within {DEADLINE:?}; it sent {:?}", self.seen),
+            }
+        }
+    }
+}
+
+fn coordinator_with_notify(
+    config: &std::path::Path,
+    notify: &NotifySocket,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    tokio::process::Command::new(bin_dir().unwrap().join("fifty"))
+        .args(["server", "--config"])
+        .arg(config)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// What a `Type=notify` unit relies on: the coordinator says READY=1 once its API answers, before
+/// its cluster has formed (a coordinator waiting for its peers is up); the agent says READY=1
+/// without waiting for a coordinator (a host booting while none answers still comes up) and
+/// reports its link in STATUS=; both say STOPPING=1 when told to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_and_agents_tell_systemd_when_they_are_ready() {
+    use fifty::local::free_port;
+    let dir = test_dir("notify");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (http, quic) = (free_port().unwrap(), free_port().unwrap());
+    let config = dir.join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nhttp_addr = \"127.0.0.1:{http}\"\nquic_addr = \"127.0.0.1:{quic}\"\n\
+             bootstrap_token_file = {:?}\n",
+            dir.join("coord"),
+            dir.join("token")
+        ),
+    )
+    .unwrap();
+    let mut coordinator_notify = NotifySocket::bind(dir.join("coordinator.sock"));
+    let mut coordinator = coordinator_with_notify(&config, &coordinator_notify, &dir.join("coordinator.log"));
+    let ready = coordinator_notify.wait("READY=1", "the coordinator").await;
+    assert!(ready.contains(&format!("STATUS=API on 127.0.0.1:{http}")), "{ready}");
+    // Ready means the API answers: no retry here.
+    let ca = std::fs::read_to_string(dir.join("coord/tls/ca.pem")).unwrap();
+    let anonymous = fifty::cli::Client::new(&format!("https://127.0.0.1:{http}"), None, &ca).unwrap();
+    let health: serde_json::Value = anonymous.get("/v1/health").await.expect("the API answers once READY=1 is sent");
+    assert_eq!(health["status"], "ok");
+    coordinator_notify.wait("a member of the cluster", "the coordinator, once its cluster formed").await;
+
+    // An agent enrolled, then started while no coordinator answers: ready all the same.
+    let token = wait_for("the bootstrap token", DEADLINE, || async {
+        Ok(std::fs::read_to_string(dir.join("token")).ok().filter(|t| !t.trim().is_empty()))
+    })
+    .await
+    .unwrap();
+    let admin = fifty::cli::Client::new(&format!("https://127.0.0.1:{http}"), Some(token.trim().into()), &ca).unwrap();
+    let join: TokenCreated = admin
+        .post(
+            "/v1/tokens",
+            &fifty::views::CreateToken { role: "agent".into(), ttl: None, max_uses: None, description: String::new() },
+        )
+        .await
+        .unwrap();
+    let agent_dir = dir.join("agent");
+    let sidecar = format!("127.0.0.1:{}", free_port().unwrap());
+    let out = tokio::process::Command::new(bin_dir().unwrap().join("fifty-agent"))
+        .args(["join", "--coordinator", &format!("127.0.0.1:{quic}"), "--token", &join.token, "--name", "ready-1"])
+        .args(["--sidecar", &sidecar, "--data-dir"])
+        .arg(&agent_dir)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "join: {}", text(&out.stderr));
+    coordinator.kill().await.unwrap();
+
+    let mut agent_notify = NotifySocket::bind(dir.join("agent.sock"));
+    let agent_log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let mut agent = tokio::process::Command::new(bin_dir().unwrap().join("fifty-agent"))
+        .args(["run", "--config"])
+        .arg(agent_dir.join("agent.toml"))
+        .env("NOTIFY_SOCKET", &agent_notify.path)
+        .stdin(std::process::Stdio::null())
+        .stdout(agent_log.try_clone().unwrap())
+        .stderr(agent_log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    agent_notify.wait("READY=1", "the agent, with no coordinator up").await;
+    let unreachable = agent_notify.wait("STATUS=cannot reach", "the agent").await;
+    assert!(unreachable.contains(&format!("127.0.0.1:{quic}")), "{unreachable}");
+
+    // The coordinator comes back: the agent's status says it is connected.
+    coordinator_notify.seen.clear();
+    let mut coordinator = coordinator_with_notify(&config, &coordinator_notify, &dir.join("coordinator-2.log"));
+    coordinator_notify.wait("READY=1", "the restarted coordinator").await;
+    agent_notify.seen.clear();
+    let connected = agent_notify.wait("STATUS=host ready-1: connected", "the agent, once linked").await;
+    assert!(connected.contains(&format!("127.0.0.1:{quic}")), "{connected}");
+
+    // SIGTERM (what `systemctl stop` sends): STOPPING=1, then a clean exit.
+    for (child, notify, what) in
+        [(&mut agent, &mut agent_notify, "the agent"), (&mut coordinator, &mut coordinator_notify, "the coordinator")]
+    {
+        // SAFETY: plain syscall on the child's pid.
+        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+        notify.wait("STOPPING=1", what).await;
+        let status = tokio::time::timeout(DEADLINE, child.wait()).await.expect("it stops").unwrap();
+        assert!(status.success(), "{what} exited with {status}");
+    }
+
+    // A coordinator of a cluster of two whose peer never comes: ready (its API answers) though no
+    // cluster has formed, so `systemctl start` of the first coordinator does not wait for the rest.
+    let out = tokio::process::Command::new(bin_dir().unwrap().join("fifty"))
+        .args(["ca", "init", "--out"])
+        .arg(dir.join("ca"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (http, quic, absent) = (free_port().unwrap(), free_port().unwrap(), free_port().unwrap());
+    let lone = dir.join("lone.toml");
+    std::fs::write(
+        &lone,
+        format!(
+            "data_dir = {:?}\nhttp_addr = \"127.0.0.1:{http}\"\nquic_addr = \"127.0.0.1:{quic}\"\n\
+             bootstrap_expect = 2\npeers = [\"127.0.0.1:{quic}\", \"127.0.0.1:{absent}\"]\n\
+             ca_cert = {:?}\nca_key = {:?}\n",
+            dir.join("lone"),
+            dir.join("ca/ca.pem"),
+            dir.join("ca/ca-key.pem"),
+        ),
+    )
+    .unwrap();
+    let mut lone_notify = NotifySocket::bind(dir.join("lone.sock"));
+    let _lone = coordinator_with_notify(&lone, &lone_notify, &dir.join("lone.log"));
+    let ready = lone_notify.wait("READY=1", "a coordinator waiting for its peer").await;
+    assert!(ready.contains("forming or joining the cluster"), "{ready}");
+    let ca = std::fs::read_to_string(dir.join("ca/ca.pem")).unwrap();
+    let anonymous = fifty::cli::Client::new(&format!("https://127.0.0.1:{http}"), None, &ca).unwrap();
+    let health: serde_json::Value = anonymous.get("/v1/health").await.expect("the API answers while no cluster formed");
+    assert_eq!(health["status"], "ok");
+    assert!(
+        !lone_notify.seen.iter().any(|m| m.contains("a member of the cluster")),
+        "no cluster of two can form with one coordinator: {:?}",
+        lone_notify.seen
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,7 @@ mod output;
 mod pipeline;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::ci::NewCommit;
 pub use crate::client::{ApiFailure, Client, ClientOpts};
@@ -281,6 +281,16 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Print a shell completion script, e.g. `source <(fifty completions bash)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: fifty_shared::cli_docs::Shell,
+    },
+    /// Print the fifty(1) man page, or with DIR write one page per command into DIR.
+    Man {
+        /// Where to write fifty.1, fifty-server.1, fifty-token-create.1, ... (created if missing).
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -570,6 +580,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             tokio::spawn(async move {
                 shutdown_signal().await;
                 tracing::info!("shutting down");
+                fifty_shared::sd_notify::notify_or_warn("STOPPING=1");
                 let _ = tx.send(true);
             });
             crate::server::run(config, rx).await
@@ -648,6 +659,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Ca { command: CaCommand::Init { out } } => crate::server::ca_init(&out),
         Command::Pipeline { command } => pipeline::run(command),
+        Command::Completions { shell } => fifty_shared::cli_docs::print_completions(Cli::command(), shell),
+        Command::Man { dir: None } => fifty_shared::cli_docs::print_man_page(Cli::command()),
+        Command::Man { dir: Some(dir) } => {
+            let pages = fifty_shared::cli_docs::write_man_pages(Cli::command(), &dir)?;
+            println!("Wrote {} man pages into {}.", pages.len(), dir.display());
+            Ok(())
+        }
         Command::Store { command: StoreCommand::Check { data_dir, json } } => {
             // Opening sled may write files in the data dir: owner-only, as `fifty server` makes
             // them (the server refuses to start on a file others can read).
@@ -972,8 +990,38 @@ mod tests {
     }
 
     #[test]
+    fn completions_load_in_bash_and_every_command_has_a_man_page_groff_renders_cleanly() {
+        let ran = fifty_shared::cli_docs::check_generated(Cli::command(), true).unwrap();
+        println!("{ran:?}");
+        let pages = fifty_shared::cli_docs::man_pages(Cli::command()).unwrap();
+        let names: Vec<&str> = pages.iter().map(|(name, _)| name.as_str()).collect();
+        for page in ["fifty.1", "fifty-server.1", "fifty-token-create.1", "fifty-gate-check.1", "fifty-man.1"] {
+            assert!(names.contains(&page), "no {page} in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains("help")), "no page for clap's help subcommand: {names:?}");
+        let token =
+            String::from_utf8_lossy(&pages.iter().find(|(n, _)| n == "fifty-token-create.1").unwrap().1).into_owned();
+        assert!(token.contains("FIFTY_TOKEN") && token.contains("\\-\\-role"), "{token}");
+        let bash = String::from_utf8(fifty_shared::cli_docs::completion_script(
+            Cli::command(),
+            fifty_shared::cli_docs::Shell::Bash,
+        ))
+        .unwrap();
+        assert!(bash.contains("fifty__token__create") || bash.contains("fifty,token"), "subcommands complete");
+    }
+
+    #[test]
     fn server_side_commands_list_no_client_flags() {
-        for path in [&["server"][..], &["dev"], &["demo"], &["ca", "init"], &["store", "check"], &["pipeline", "check"]]
+        for path in [
+            &["server"][..],
+            &["dev"],
+            &["demo"],
+            &["ca", "init"],
+            &["store", "check"],
+            &["pipeline", "check"],
+            &["completions"],
+            &["man"],
+        ]
         {
             let text = help(path);
             for flag in ["--token", "--cacert", "--stale", "--addr"] {
