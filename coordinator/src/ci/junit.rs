@@ -214,6 +214,26 @@ mod tests {
         assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), listed.len());
     }
 
+    /// README's test-runner recipes (`scripts/recipes/<runner>/fifty.toml`, tried for real by
+    /// `scripts/recipes/check`) are valid pipelines, and README shows them as they are.
+    #[test]
+    fn the_readme_recipes_are_valid_pipelines_shown_as_tried() {
+        let readme = include_str!("../../../README.md");
+        let recipes = [
+            ("pytest", include_str!("../../../scripts/recipes/pytest/fifty.toml")),
+            ("nextest", include_str!("../../../scripts/recipes/nextest/fifty.toml")),
+            ("gotestsum", include_str!("../../../scripts/recipes/gotestsum/fifty.toml")),
+            ("jest", include_str!("../../../scripts/recipes/jest/fifty.toml")),
+        ];
+        for (runner, text) in recipes {
+            let pipeline = fifty_shared::pipeline::Pipeline::parse(text).unwrap_or_else(|e| panic!("{runner}: {e}"));
+            assert!(pipeline.test.list.is_some() && pipeline.test.junit.is_some(), "{runner}");
+            for line in text.lines().filter(|l| l.starts_with("list ") || l.starts_with("command ")) {
+                assert!(readme.contains(line), "README shows {runner}'s recipe as tried: {line}");
+            }
+        }
+    }
+
     #[test]
     fn names_as_listed_leave_exact_unknown_and_ambiguous_names_alone() {
         let result = |name: &str| TestResult {
