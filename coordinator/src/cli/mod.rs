@@ -584,13 +584,18 @@ fn junit_names(files: &[std::path::PathBuf], listed: Option<&std::path::Path>) -
         let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
         crate::ci::junit::name_as_listed(&mut tests, &names);
     }
+    let mut out = std::io::stdout().lock();
     for t in tests {
         let outcome = match t.outcome {
             crate::ci::TestOutcome::Passed => "passed",
             crate::ci::TestOutcome::Failed => "failed",
             crate::ci::TestOutcome::Skipped => "skipped",
         };
-        println!("{outcome}\t{}", t.name);
+        match std::io::Write::write_fmt(&mut out, format_args!("{outcome}\t{}\n", t.name)) {
+            // A reader that stopped reading (`| head`) wanted no more.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            written => written.context("write to stdout")?,
+        }
     }
     Ok(())
 }
