@@ -183,6 +183,15 @@ impl Jobs {
         );
     }
 
+    /// The agent is stopping: every running job's processes are killed (not left for the next
+    /// start to find). Results not yet sent are lost with the agent, as the jobs are.
+    pub fn end_all(&self) {
+        let killed = self.trees.kill_leftovers();
+        if killed > 0 {
+            info!(processes = killed, "killed the running jobs' processes: the agent is stopping");
+        }
+    }
+
     /// Stops a job the coordinator gave to another host.
     pub fn cancel(&self, job: JobRef) {
         let mut inner = self.inner.lock().expect("jobs lock");
@@ -1063,6 +1072,43 @@ mod tests {
             trees.remove_parent();
             let _ = std::fs::remove_dir_all(&src);
         }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_agent_kills_its_running_jobs_processes() {
+        let (src, sha) = repo(&[("README", "x")]);
+        let pidfile = src.join("daemon.pid");
+        let script = format!(
+            "setsid sh -c 'echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 600' </dev/null >/dev/null 2>&1 & sleep 600",
+            pidfile.display()
+        );
+        let jobs = jobs_at(&src.join("agent"));
+        let _rx = attach(&jobs);
+        let kind = JobKind::Shard {
+            index: 0,
+            count: 1,
+            tests: vec![],
+            command: script,
+            timeout: Duration::from_secs(600),
+            junit: None,
+        };
+        jobs.start(spec(&src, &sha, kind));
+        let start = Instant::now();
+        let pid: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()) {
+                break pid;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "the job's daemon never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let daemon = crate::procs::ProcessId::of(pid).expect("the daemon runs");
+        jobs.end_all();
+        let start = Instant::now();
+        while daemon.is_running() && start.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!daemon.is_running(), "the daemon {pid} outlived its stopping agent");
+        let _ = std::fs::remove_dir_all(&src);
     }
 
     /// A bare copy of `dir` to push to; returns its path.
