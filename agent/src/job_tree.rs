@@ -28,6 +28,9 @@ use tracing::{info, warn};
 
 use crate::procs::{all_pids, ProcessId};
 
+/// The file in `<data_dir>/job-trees/` naming the cgroup that holds this agent's job cgroups.
+pub const CGROUP_FILE: &str = "cgroup";
+
 /// The variable that marks a job's processes when there are no cgroups.
 pub const TREE_VAR: &str = "FIFTY_JOB_TREE";
 
@@ -55,6 +58,12 @@ impl JobTrees {
         let cgroups = match jobs_cgroup(data_dir) {
             Ok(dir) => {
                 info!(cgroup = %dir.display(), "each job's processes run in a cgroup of their own");
+                // Named in the data dir, for whoever cleans up after this agent (tests' harness).
+                let named = std::fs::create_dir_all(&records)
+                    .and_then(|()| std::fs::write(records.join(CGROUP_FILE), dir.as_os_str().as_encoded_bytes()));
+                if let Err(e) = named {
+                    warn!(error = %e, "cannot note the jobs' cgroup in the data dir");
+                }
                 Some(dir)
             }
             Err(why) => {
@@ -81,6 +90,17 @@ impl JobTrees {
         if let Some(dir) = &self.cgroups {
             let _ = std::fs::remove_dir(dir);
         }
+    }
+
+    /// The agent is stopping: kills every tree, as [`JobTrees::kill_leftovers`] does, and removes
+    /// the agent's cgroup of job cgroups; returns how many processes were killed.
+    pub fn end(&self) -> usize {
+        let killed = self.kill_leftovers();
+        if let Some(dir) = &self.cgroups {
+            let _ = std::fs::remove_dir(dir);
+            let _ = std::fs::remove_file(self.records.join(CGROUP_FILE));
+        }
+        killed
     }
 
     /// Whether trees are cgroups here.
@@ -359,7 +379,8 @@ mod tests {
         let killed = trees(&dir).kill_leftovers();
         assert!(killed >= 1, "killed {killed}");
         assert!(wait_gone(daemon), "the daemon {daemon} survived the agent's restart");
-        assert_eq!(std::fs::read_dir(dir.join("job-trees")).unwrap().count(), 0, "records removed");
+        let records = std::fs::read_dir(dir.join("job-trees")).unwrap().flatten();
+        assert_eq!(records.filter(|e| e.path().extension().is_some_and(|x| x == "json")).count(), 0, "records removed");
         trees(&dir).remove_parent();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -186,7 +186,7 @@ impl Jobs {
     /// The agent is stopping: every running job's processes are killed (not left for the next
     /// start to find). Results not yet sent are lost with the agent, as the jobs are.
     pub fn end_all(&self) {
-        let killed = self.trees.kill_leftovers();
+        let killed = self.trees.end();
         if killed > 0 {
             info!(processes = killed, "killed the running jobs' processes: the agent is stopping");
         }

@@ -90,8 +90,28 @@ impl Drop for LocalCluster {
         }
         for agent in &self.agents {
             stop_services(&agent.data_dir);
+            remove_job_cgroups(&agent.data_dir);
         }
     }
+}
+
+/// Kills what is left in an agent's job cgroups and removes them (the agent notes where they are
+/// in `<data_dir>/job-trees/cgroup`); a killed agent would do it at its next start, which a
+/// dropped cluster's agents never have.
+fn remove_job_cgroups(agent_dir: &Path) {
+    let Ok(parent) = std::fs::read_to_string(agent_dir.join("job-trees/cgroup")) else { return };
+    let parent = PathBuf::from(parent.trim());
+    if !parent.file_name().is_some_and(|n| n.to_string_lossy().starts_with("fifty-jobs-")) {
+        return;
+    }
+    for tree in std::fs::read_dir(&parent).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+        let _ = std::fs::write(tree.path().join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(tree.path()).is_err() && tree.path().exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = std::fs::remove_dir(&parent);
 }
 
 /// Kills every process working in an agent's release dirs (its services and what they started).
