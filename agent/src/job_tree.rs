@@ -125,6 +125,13 @@ impl JobTrees {
             }
             let _ = std::fs::remove_file(&path);
         }
+        // Tree cgroups whose removal timed out earlier (a process slow to die), or whose record
+        // was never written: no tree is live now, so whatever is in them goes too.
+        if let Some(parent) = &self.cgroups {
+            for tree in std::fs::read_dir(parent).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+                killed += kill_cgroup(&tree.path());
+            }
+        }
         if killed > 0 {
             warn!(processes = killed, "killed job processes an earlier run of the agent left running");
         }
@@ -273,8 +280,10 @@ fn kill_cgroup(cgroup: &Path) -> usize {
             }
         }
     }
-    // The cgroup can be removed once its processes are gone (the kernel finishes the kill).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // The cgroup can be removed once its processes are gone (the kernel finishes the kill within
+    // milliseconds). The wait is short, as it holds up the agent: one left behind is removed at
+    // the agent's next start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     while std::fs::remove_dir(cgroup).is_err() && cgroup.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -406,6 +415,29 @@ mod tests {
             return;
         }
         a_daemon_left_by_a_killed_agent_is_killed_at_the_next_start(JobTrees::new).await;
+    }
+
+    #[tokio::test]
+    async fn with_cgroups_a_tree_without_its_record_is_still_killed_at_the_next_start() {
+        let dir = scratch("job-tree-norecord");
+        let trees = JobTrees::new(&dir);
+        if !trees.uses_cgroups() {
+            trees.remove_parent();
+            eprintln!("no writable cgroup2 here: nothing to check");
+            return;
+        }
+        let (tree, daemon) = run_with_daemon(&trees, &dir).await;
+        std::mem::forget(tree);
+        // The record was lost (the agent died before writing it, or the disk lost it).
+        for entry in std::fs::read_dir(dir.join("job-trees")).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|x| x == "json") {
+                std::fs::remove_file(entry.path()).unwrap();
+            }
+        }
+        assert!(JobTrees::new(&dir).kill_leftovers() >= 1);
+        assert!(wait_gone(daemon), "the daemon {daemon} in a cgroup without a record survived");
+        trees.remove_parent();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
