@@ -47,6 +47,9 @@ pub struct JobsConfig {
     pub env: Vec<String>,
 }
 
+/// Where `fifty-agent join` keeps a host's identity and `agent.toml` unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/fifty-agent";
+
 /// The user `fifty-agent join` creates for jobs when it runs as root.
 pub const DEFAULT_JOB_USER: &str = "fifty-job";
 

@@ -13,8 +13,11 @@
 //! If anything fails the host goes back to the release it ran before, by itself, and reports why.
 //! Nothing is applied from a manifest whose signature, size or digest is wrong.
 //!
-//! On start the agent brings the current release's service back up from disk, so a restarted
-//! agent, or one that cannot reach any coordinator, keeps serving.
+//! The service outlives the agent: stopping or killing the agent leaves it serving. On start the
+//! agent adopts the current release's service if it still runs (the very process its earlier run
+//! recorded, running the current release's command); otherwise it says why and brings the
+//! service back up from disk. So a restarted agent, or one that cannot reach any coordinator,
+//! keeps serving.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +32,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::service::{http_get, ServiceSpec, Supervisor};
+use crate::service::{http_get, Adoption, ServiceSpec, Supervisor};
 
 /// Download requests kept in flight (each answered with up to one 256 KiB chunk).
 const FETCH_WINDOW: u64 = 8;
@@ -75,7 +78,7 @@ impl Deployer {
             inner: Arc::default(),
             data_dir: data_dir.to_path_buf(),
             vars,
-            supervisor: Supervisor::new(data_dir.join("service.log")),
+            supervisor: Supervisor::new(data_dir.join("service.log"), data_dir.join("service.json")),
             changed: Arc::default(),
         }
     }
@@ -89,19 +92,39 @@ impl Deployer {
         self.changed.notify_one();
     }
 
-    /// Brings the current release (if any) back up, then checks its health every few seconds.
-    /// Call once, at start. A service an earlier run of the agent left running (it was killed)
-    /// is stopped first, so the new one can take its port.
+    /// Adopts the current release's service if an earlier run of the agent left it running, or
+    /// brings it (if any) back up; then checks its health every few seconds. Call once, at start.
+    /// A service not adopted is stopped first, with anything else left running in a release
+    /// dir, so the new one can take its port.
     pub async fn resume(&self) {
-        let orphans = kill_orphans(&self.data_dir.join("releases"));
-        if orphans > 0 {
-            warn!(processes = orphans, "stopped service processes an earlier agent left running");
+        let current = self.read_current();
+        let mut adopted = false;
+        if let Some((id, manifest)) = &current {
+            match self.adopt_service(manifest, &self.release_dir(*id)).await {
+                Ok(Adoption::Adopted(pid)) => {
+                    info!(release = id, pid, "adopted the running service of the current release (not restarted)");
+                    adopted = true;
+                }
+                Ok(Adoption::NothingRecorded) => {}
+                Ok(Adoption::Refused(why)) => {
+                    warn!(release = id, %why, "not adopting the running service; restarting it")
+                }
+                Err(why) => warn!(release = id, %why, "cannot adopt the running service; restarting it"),
+            }
         }
-        if let Some((id, manifest)) = self.read_current() {
-            info!(release = id, "starting the current release's service");
+        if !adopted {
+            let orphans = kill_orphans(&self.data_dir.join("releases"));
+            if orphans > 0 {
+                warn!(processes = orphans, "stopped service processes an earlier agent left running");
+            }
+        }
+        if let Some((id, manifest)) = current {
             self.inner.lock().expect("deploy lock").report.current = Some(id);
-            if let Err(e) = self.start_service(&manifest, &self.release_dir(id)).await {
-                warn!(release = id, error = %e, "could not start the current release's service");
+            if !adopted {
+                info!(release = id, "starting the current release's service");
+                if let Err(e) = self.start_service(&manifest, &self.release_dir(id)).await {
+                    warn!(release = id, error = %e, "could not start the current release's service");
+                }
             }
             self.inner.lock().expect("deploy lock").current = Some(manifest);
         }
@@ -410,11 +433,25 @@ impl Deployer {
         Ok(())
     }
 
-    async fn start_service(&self, m: &ReleaseManifest, dir: &Path) -> Result<(), String> {
+    /// The variables a release's commands get.
+    fn service_env(&self, m: &ReleaseManifest) -> Vec<(String, String)> {
         let mut env =
             vec![("FIFTY_RELEASE".to_string(), m.release.to_string()), ("FIFTY_COMMIT".to_string(), m.sha.clone())];
         // Where the application asks for its A/B variants (the agent's sidecar, loopback).
         env.extend(self.vars.get("sidecar").map(|s| ("FIFTY_SIDECAR".to_string(), s.clone())));
+        env
+    }
+
+    /// Adopts the supervised service of release `m` an earlier run of the agent left running
+    /// ([`Supervisor::adopt`]); a release managed elsewhere (`restart`) has nothing to adopt.
+    async fn adopt_service(&self, m: &ReleaseManifest, dir: &Path) -> Result<Adoption, String> {
+        let Some(run) = &m.service.run else { return Ok(Adoption::NothingRecorded) };
+        let command = fill(run, &self.vars)?;
+        Ok(self.supervisor.adopt(ServiceSpec { command, dir: dir.to_path_buf(), env: self.service_env(m) }).await)
+    }
+
+    async fn start_service(&self, m: &ReleaseManifest, dir: &Path) -> Result<(), String> {
+        let env = self.service_env(m);
         if let Some(run) = &m.service.run {
             let command = fill(run, &self.vars)?;
             self.supervisor.start(ServiceSpec { command, dir: dir.to_path_buf(), env }).await;

@@ -16,9 +16,11 @@
 //!    answered is not lost.
 //!
 //! Commands run as `sh -c` in a process group of their own, as the job user with a clean
-//! environment ([`crate::sandbox`]): a timeout or a cancel kills the whole tree, and so does the
-//! end of the command (nothing it left running survives the job). If the agent itself dies, the
-//! shell gets SIGKILL (`PR_SET_PDEATHSIG`).
+//! environment ([`crate::sandbox`]), each in a job tree ([`crate::job_tree`]: a cgroup, or a
+//! variable its descendants inherit): a timeout or a cancel kills the whole tree, and so does
+//! the end of the command (nothing it left running survives the job, even in a session of its
+//! own). If the agent itself dies, the shell gets SIGKILL (`PR_SET_PDEATHSIG`) and the next
+//! start of the agent kills what is left of every tree it recorded.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -36,6 +38,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
 
+use crate::job_tree::JobTrees;
 use crate::sandbox::JobUser;
 
 /// How long `[test] list` may run.
@@ -54,6 +57,8 @@ pub struct Jobs {
     data_dir: PathBuf,
     jobs_dir: PathBuf,
     user: JobUser,
+    /// Where each command's processes are tracked.
+    trees: JobTrees,
     /// The agent's environment variables jobs get (`[jobs] env`).
     pass_env: Arc<Vec<String>>,
     repo_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -74,6 +79,12 @@ impl Jobs {
     /// `jobs_dir`, running jobs as `user`. Directories and processes left by an earlier run of
     /// the agent belong to no job now and are removed.
     pub fn new(data_dir: &Path, jobs_dir: &Path, user: JobUser) -> Self {
+        Self::with_trees(data_dir, jobs_dir, user, JobTrees::new(data_dir))
+    }
+
+    /// [`Jobs::new`] with the job trees given (tests choose cgroups or not).
+    pub fn with_trees(data_dir: &Path, jobs_dir: &Path, user: JobUser, trees: JobTrees) -> Self {
+        trees.kill_leftovers();
         let _ = std::fs::remove_dir_all(data_dir.join("work"));
         if let Ok(entries) = std::fs::read_dir(jobs_dir) {
             for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")) {
@@ -94,6 +105,7 @@ impl Jobs {
             data_dir: data_dir.to_path_buf(),
             jobs_dir: jobs_dir.to_path_buf(),
             user,
+            trees,
             pass_env: Arc::default(),
             repo_locks: Arc::default(),
             queued_output: Arc::default(),
@@ -169,6 +181,15 @@ impl Jobs {
             }
             .instrument(span),
         );
+    }
+
+    /// The agent is stopping: every running job's processes are killed (not left for the next
+    /// start to find). Results not yet sent are lost with the agent, as the jobs are.
+    pub fn end_all(&self) {
+        let killed = self.trees.end();
+        if killed > 0 {
+            info!(processes = killed, "killed the running jobs' processes: the agent is stopping");
+        }
     }
 
     /// Stops a job the coordinator gave to another host.
@@ -268,7 +289,7 @@ impl Jobs {
             env.extend_from_slice(extra);
             env
         };
-        let ctx = CommandCtx { user: &self.user, dir: &dir, pass_env: &self.pass_env };
+        let ctx = CommandCtx { user: &self.user, dir: &dir, pass_env: &self.pass_env, trees: &self.trees };
         match checkout {
             Err(e) => {
                 log.note(&format!("fifty-agent: {e}\n"));
@@ -687,6 +708,7 @@ struct CommandCtx<'a> {
     user: &'a JobUser,
     dir: &'a JobDir,
     pass_env: &'a [String],
+    trees: &'a JobTrees,
 }
 
 /// `PATH` for jobs when the agent has none.
@@ -694,8 +716,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Runs `sh -c command` in the job's clone, in its own process group, as the job user with a
 /// clean environment: `PATH` and `LANG` (the agent's, or defaults), `HOME` and `TMPDIR` in the
-/// job's directory, the agent's variables named in `[jobs] env`, and `env`. Output goes to `log`; stdout also to `capture` when given. A
-/// timeout or a cancel kills the group.
+/// job's directory, the agent's variables named in `[jobs] env`, and `env`. Output goes to `log`;
+/// stdout also to `capture` when given. A timeout or a cancel kills the group; the end of the
+/// command kills its whole tree, whatever left the group.
 async fn run_command(
     command: &str,
     ctx: &CommandCtx<'_>,
@@ -726,6 +749,12 @@ async fn run_command(
         cmd.env(k, v);
     }
     ctx.user.apply(&mut cmd);
+    // Dropped when this returns, which kills whatever of the command is left.
+    let mut tree = match ctx.trees.start() {
+        Ok(tree) => tree,
+        Err(e) => return JobExit::Failed(format!("record the job's processes in the data dir: {e}")),
+    };
+    tree.prepare(&mut cmd);
     cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the shell if the
     // agent dies, so no test run outlives its agent unnoticed.
@@ -739,6 +768,7 @@ async fn run_command(
         Ok(c) => c,
         Err(e) => return JobExit::Failed(format!("start `sh -c {command}`: {e}")),
     };
+    tree.started(child.id());
     let pgid = child.id().map(|p| p as i32);
     let kill_group = || {
         if let Some(pgid) = pgid {
@@ -747,6 +777,7 @@ async fn run_command(
                 libc::killpg(pgid, libc::SIGKILL);
             }
         }
+        tree.kill();
     };
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
@@ -897,8 +928,10 @@ mod tests {
     }
 
     /// A runner with its data dir `data`, jobs beside it, running jobs as the test's own user.
+    /// Jobs without cgroups (each would leave its agent's empty cgroup behind); the cgroup path
+    /// has tests of its own.
     fn jobs_at(data: &Path) -> Jobs {
-        Jobs::new(data, &data.with_extension("jobs"), JobUser::agent_itself())
+        Jobs::with_trees(data, &data.with_extension("jobs"), JobUser::agent_itself(), JobTrees::without_cgroups(data))
     }
 
     fn attach(jobs: &Jobs) -> mpsc::UnboundedReceiver<AgentMsg> {
@@ -1000,6 +1033,81 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!alive(pid), "the grandchild {pid} survived the timeout");
+        let _ = std::fs::remove_dir_all(&src);
+    }
+
+    #[tokio::test]
+    async fn a_daemon_a_test_started_in_a_session_of_its_own_dies_with_the_job() {
+        for trees in [JobTrees::new, JobTrees::without_cgroups] {
+            let (src, sha) = repo(&[("README", "x")]);
+            let pidfile = src.join("daemon.pid");
+            // setsid: the daemon leaves the command's process group, so killing the group misses it.
+            let script = format!(
+                "setsid sh -c 'echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 600' </dev/null >/dev/null 2>&1 & \
+                 while [ ! -s {0} ]; do sleep 0.05; done",
+                pidfile.display()
+            );
+            let data = src.join("agent");
+            let trees = trees(&data);
+            let jobs = Jobs::with_trees(&data, &data.with_extension("jobs"), JobUser::agent_itself(), trees.clone());
+            let mut rx = attach(&jobs);
+            let kind = JobKind::Shard {
+                index: 0,
+                count: 1,
+                tests: vec![],
+                command: script,
+                timeout: Duration::from_secs(60),
+                junit: None,
+            };
+            jobs.start(spec(&src, &sha, kind));
+            let done = wait_done(&jobs, &mut rx).await;
+            assert_eq!(done.exit, JobExit::Exited(0));
+            let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+            let daemon = crate::procs::ProcessId::of(pid);
+            let start = Instant::now();
+            while daemon.as_ref().is_some_and(|d| d.is_running()) && start.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(!daemon.is_some_and(|d| d.is_running()), "the daemon {pid} outlived its job");
+            trees.remove_parent();
+            let _ = std::fs::remove_dir_all(&src);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_agent_kills_its_running_jobs_processes() {
+        let (src, sha) = repo(&[("README", "x")]);
+        let pidfile = src.join("daemon.pid");
+        let script = format!(
+            "setsid sh -c 'echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 600' </dev/null >/dev/null 2>&1 & sleep 600",
+            pidfile.display()
+        );
+        let jobs = jobs_at(&src.join("agent"));
+        let _rx = attach(&jobs);
+        let kind = JobKind::Shard {
+            index: 0,
+            count: 1,
+            tests: vec![],
+            command: script,
+            timeout: Duration::from_secs(600),
+            junit: None,
+        };
+        jobs.start(spec(&src, &sha, kind));
+        let start = Instant::now();
+        let pid: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse().ok()) {
+                break pid;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "the job's daemon never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let daemon = crate::procs::ProcessId::of(pid).expect("the daemon runs");
+        jobs.end_all();
+        let start = Instant::now();
+        while daemon.is_running() && start.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!daemon.is_running(), "the daemon {pid} outlived its stopping agent");
         let _ = std::fs::remove_dir_all(&src);
     }
 
@@ -1117,7 +1225,12 @@ mod tests {
         let shared = src.with_extension("shared");
         std::fs::create_dir_all(&shared).unwrap();
         chmod(&shared, 0o1777);
-        let jobs = Jobs::new(&src.with_extension("agent"), &shared, JobUser::agent_itself());
+        let jobs = Jobs::with_trees(
+            &src.with_extension("agent"),
+            &shared,
+            JobUser::agent_itself(),
+            JobTrees::without_cgroups(&src),
+        );
         let mut rx = attach(&jobs);
         jobs.start(spec(&src, &sha, JobKind::Plan));
         let done = wait_done(&jobs, &mut rx).await;
@@ -1208,7 +1321,10 @@ echo "evil done"
 
         // `cargo test` runs tests with CARGO_MANIFEST_DIR set: passed on by name, like an
         // operator's `[jobs] env`.
-        let jobs = Jobs::new(&data, &jobs_dir, user.clone()).pass_env(&["CARGO_MANIFEST_DIR".into()]);
+        // Cgroups where the host has them, as a real agent: the job user's commands join theirs.
+        let trees = JobTrees::new(&data);
+        let jobs =
+            Jobs::with_trees(&data, &jobs_dir, user.clone(), trees.clone()).pass_env(&["CARGO_MANIFEST_DIR".into()]);
         let mut rx = attach(&jobs);
         let job = |n: u64| JobRef { job: n, attempt: 1 };
         let shard = |command: &str, junit: Option<&str>| JobKind::Shard {
@@ -1318,6 +1434,7 @@ echo "evil done"
         let config = std::fs::read_to_string(cache.join("config")).unwrap();
         assert!(!config.contains("fsmonitor"), "{config}");
         assert!(!jobs_dir.join("planted").exists());
+        trees.remove_parent();
         let _ = std::fs::remove_dir_all(&src);
         let _ = std::fs::remove_dir_all(&marks);
         let _ = std::fs::remove_dir_all(&jobs_dir);

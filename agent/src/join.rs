@@ -33,6 +33,40 @@ pub struct JoinRequest<'a> {
     pub sidecar: Option<&'a str>,
 }
 
+/// How many ports, from the default one up, `join` considers for the A/B sidecar.
+const SIDECAR_PORTS: u16 = 100;
+
+/// The sidecar addresses other agents on this host are configured with: those in the
+/// `agent.toml` of every data dir beside `data_dir` (e.g. `/var/lib/fifty-agent-2` beside
+/// `/var/lib/fifty-agent`) and of the default data dir. A sidecar listens only while its host
+/// serves an experiment, so a free port is not enough to tell.
+fn claimed_sidecars(data_dir: &Path) -> std::collections::BTreeSet<SocketAddr> {
+    let own = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut dirs: Vec<std::path::PathBuf> = vec![crate::config::DEFAULT_DATA_DIR.into()];
+    if let Some(Ok(entries)) = own.parent().map(std::fs::read_dir) {
+        dirs.extend(entries.flatten().map(|e| e.path()));
+    }
+    dirs.into_iter()
+        .filter(|dir| dir.canonicalize().map_or(true, |d| d != own))
+        .filter_map(|dir| std::fs::read_to_string(dir.join("agent.toml")).ok())
+        .filter_map(|text| toml::from_str::<Config>(&text).ok())
+        .filter_map(|config| config.sidecar.addr().ok())
+        .collect()
+}
+
+/// The first address from `default` up (same IP, at most [`SIDECAR_PORTS`] ports) that no other
+/// agent claims and that is not `in_use`.
+fn first_free_sidecar(
+    default: SocketAddr,
+    claimed: &std::collections::BTreeSet<SocketAddr>,
+    in_use: impl Fn(SocketAddr) -> bool,
+) -> Option<SocketAddr> {
+    (0..SIDECAR_PORTS)
+        .filter_map(|i| default.port().checked_add(i))
+        .map(|port| SocketAddr::new(default.ip(), port))
+        .find(|addr| !claimed.contains(addr) && !in_use(*addr))
+}
+
 /// Resolves `HOST:PORT`.
 pub async fn resolve(addr: &str) -> Result<SocketAddr> {
     tokio::net::lookup_host(addr)
@@ -174,6 +208,24 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
     if let Some(listen) = req.sidecar.filter(|s| !s.is_empty()) {
         sidecar.listen = listen.to_string();
         sidecar.addr().context("--sidecar")?;
+    } else {
+        let default = sidecar.addr().expect("the default sidecar address is valid");
+        let claimed = claimed_sidecars(req.data_dir);
+        let chosen = first_free_sidecar(default, &claimed, |addr| std::net::TcpListener::bind(addr).is_err())
+            .with_context(|| {
+                format!(
+                    "no free port for the A/B sidecar from {default} to {} (another agent on this host has each); \
+                     give one with --sidecar 127.0.0.1:PORT",
+                    SIDECAR_PORTS - 1 + default.port()
+                )
+            })?;
+        if chosen != default {
+            println!(
+                "The A/B sidecar's default address {default} is taken on this host (another agent's, or in use): this \
+                 agent's sidecar listens on {chosen} ([sidecar] listen in agent.toml)."
+            );
+        }
+        sidecar.listen = chosen.to_string();
     }
     // Jobs run as a user of their own when the agent can switch to one (it runs as root).
     let mut jobs = crate::config::JobsConfig::default();
@@ -196,4 +248,40 @@ pub async fn join(req: JoinRequest<'_>) -> Result<()> {
     println!("Enrolled {name} ({labels}). Identity in {}.", req.data_dir.join("identity").display());
     println!("Start the agent with:\n\n    fifty-agent run --config {}", config_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sidecar_port_another_agent_claims_or_something_uses_is_skipped() {
+        let default: SocketAddr = "127.0.0.1:7072".parse().unwrap();
+        let none = std::collections::BTreeSet::new();
+        assert_eq!(first_free_sidecar(default, &none, |_| false), Some(default));
+        let claimed = ["127.0.0.1:7072".parse().unwrap()].into_iter().collect();
+        let in_use = |a: SocketAddr| a.port() == 7073;
+        assert_eq!(first_free_sidecar(default, &claimed, in_use), Some("127.0.0.1:7074".parse().unwrap()));
+        assert_eq!(first_free_sidecar(default, &none, |_| true), None, "gives up after {SIDECAR_PORTS} ports");
+    }
+
+    #[test]
+    fn the_sidecars_of_agents_in_data_dirs_beside_this_one_are_claimed() {
+        let root = std::env::temp_dir().join(format!("fifty-join-{}-{}", std::process::id(), rand::random::<u32>()));
+        let (mine, other) = (root.join("agent-b"), root.join("agent-a"));
+        for dir in [&mine, &other, &root.join("not-an-agent")] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        let toml = |listen: &str| {
+            format!("data_dir = \"/x\"\ncoordinators = [\"c:7071\"]\n[sidecar]\nlisten = \"{listen}\"\n")
+        };
+        std::fs::write(other.join("agent.toml"), toml("127.0.0.1:7080")).unwrap();
+        // Its own earlier agent.toml (a join again into the same dir) claims nothing.
+        std::fs::write(mine.join("agent.toml"), toml("127.0.0.1:7081")).unwrap();
+        std::fs::write(root.join("not-an-agent/agent.toml"), "garbage").unwrap();
+        let claimed = claimed_sidecars(&mine);
+        assert!(claimed.contains(&"127.0.0.1:7080".parse().unwrap()), "{claimed:?}");
+        assert!(!claimed.contains(&"127.0.0.1:7081".parse().unwrap()), "{claimed:?}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

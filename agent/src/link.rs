@@ -141,6 +141,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         };
         match end {
             SessionEnd::Shutdown => {
+                jobs.end_all();
                 endpoint.close(close::DONE.into(), b"agent shutting down");
                 endpoint.wait_idle().await;
                 return Ok(());
@@ -177,7 +178,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = shutdown.wait_for(|s| *s) => {
+                jobs.end_all();
+                return Ok(());
+            }
         }
     }
 }

@@ -2,15 +2,25 @@
 //! running, and [`http_get`], the minimal HTTP client that checks its health (and scrapes its
 //! metrics).
 //!
-//! The service runs like a CI job (see `jobs.rs`): `sh -c command` in a process group of its
-//! own, its output appended to one log file. Stopping it signals the whole group, and whenever the
-//! shell exits, by itself or because it was stopped, what is left of its group is killed: nothing
-//! the service started outlives it. If the agent dies, the shell gets SIGKILL
-//! (`PR_SET_PDEATHSIG`).
+//! The service runs as `sh -c command` in a session (and process group) of its own, its output
+//! appended to one log file. Stopping it signals the whole group, and whenever the shell exits,
+//! by itself or because it was stopped, what is left of its group is killed: nothing the service
+//! started outlives it.
+//!
+//! Production does not depend on the agent being up: the service is not the agent's to take
+//! down when the agent stops or is killed (no parent-death signal; the agent's unit stops the
+//! agent alone). What runs is recorded in the data dir (`service.json`: the shell's pid, its
+//! start time and boot, and the spec it runs), and a starting agent adopts it
+//! ([`Supervisor::adopt`]) when it is that very process running the same spec, then supervises
+//! it as it would its own child: it sees it exit through a pidfd, restarts it, stops it.
 //!
 //! Invariants:
 //! - At most one service (process group) per `Supervisor` at a time: `start` stops the old one and
-//!   waits until it is gone before it starts the new one; `start` and `stop` are serialised.
+//!   waits until it is gone before it starts the new one; `start`, `adopt` and `stop` are
+//!   serialised.
+//! - A process is adopted only if its pid, start time and boot are the recorded ones (a reused
+//!   pid is never signalled) and the recorded spec is the one asked for; otherwise it is stopped,
+//!   and the caller starts the spec afresh.
 //! - A service that exits by itself is restarted after a backoff (500 ms doubling to 30 s, back to
 //!   500 ms after a run that stayed up 30 s), until `stop` or the next `start`.
 //! - `http_get` never takes longer than its timeout and never holds more than
@@ -24,12 +34,15 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
+
+use crate::procs::{group_alive, ProcessId};
 
 /// The most body `http_get` accepts.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -382,7 +395,7 @@ fn truncate(text: &str) -> String {
 }
 
 /// What to run as the service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// A shell command, run as `sh -c command`.
     pub command: String,
@@ -416,6 +429,8 @@ pub struct Supervisor {
 
 struct Shared {
     log_path: PathBuf,
+    /// Where the running service is recorded for the next run of the agent.
+    record_path: PathBuf,
     status: Arc<Mutex<StatusCell>>,
     /// The supervising task of the current spec. Held across `start` and `stop`, so they run
     /// one at a time.
@@ -436,11 +451,77 @@ struct Run {
     task: JoinHandle<()>,
 }
 
+/// What `service.json` holds: the process running a spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    process: ProcessId,
+    spec: ServiceSpec,
+}
+
+/// What [`Supervisor::adopt`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    /// The recorded process runs the spec asked for: it is supervised now (its pid).
+    Adopted(u32),
+    /// Nothing was recorded: no earlier run of the agent left a service.
+    NothingRecorded,
+    /// Not adopted, and why; a recorded process that still ran was stopped.
+    Refused(String),
+}
+
 impl Supervisor {
-    /// A supervisor appending the service's stdout and stderr to `log_path`. Nothing runs until
-    /// [`Supervisor::start`].
-    pub fn new(log_path: PathBuf) -> Self {
-        Supervisor { shared: Arc::new(Shared { log_path, status: Arc::default(), run: tokio::sync::Mutex::new(None) }) }
+    /// A supervisor appending the service's stdout and stderr to `log_path` and recording what
+    /// runs in `record_path`. Nothing runs until [`Supervisor::start`] or [`Supervisor::adopt`].
+    pub fn new(log_path: PathBuf, record_path: PathBuf) -> Self {
+        let run = tokio::sync::Mutex::new(None);
+        Supervisor { shared: Arc::new(Shared { log_path, record_path, status: Arc::default(), run }) }
+    }
+
+    /// Takes over the service an earlier run of the agent left running, if the record in the
+    /// data dir names a process that still runs (same pid, start time and boot) with `spec`;
+    /// then it is supervised as if [`Supervisor::start`] had started it. A recorded process
+    /// that runs another spec is stopped (SIGTERM to its group, then SIGKILL), as `start`
+    /// stops an old service. Whatever runs under this supervisor now is left alone unless adopted.
+    pub async fn adopt(&self, spec: ServiceSpec) -> Adoption {
+        let mut run = self.shared.run.lock().await;
+        let record = match std::fs::read(&self.shared.record_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Adoption::NothingRecorded,
+            Err(e) => return Adoption::Refused(format!("read {}: {e}", self.shared.record_path.display())),
+            Ok(bytes) => match serde_json::from_slice::<Record>(&bytes) {
+                Ok(record) => record,
+                Err(e) => return Adoption::Refused(format!("{} is damaged: {e}", self.shared.record_path.display())),
+            },
+        };
+        let process = record.process;
+        if !process.is_running() {
+            let _ = std::fs::remove_file(&self.shared.record_path);
+            return Adoption::Refused(format!("the recorded service process {} is no longer running", process.pid));
+        }
+        if crate::procs::stat(process.pid).map(|s| s.pgrp) != Some(process.pid) {
+            // Not the leader of its group any more: it cannot be stopped as a group.
+            return Adoption::Refused(format!("the recorded service process {} left its process group", process.pid));
+        }
+        if record.spec != spec {
+            let what = if record.spec.dir != spec.dir {
+                format!("it runs in {}, not {}", record.spec.dir.display(), spec.dir.display())
+            } else if record.spec.command != spec.command {
+                format!("it runs `{}`, not `{}`", record.spec.command, spec.command)
+            } else {
+                "its environment differs (FIFTY_* variables or [service] settings changed)".to_string()
+            };
+            warn!(pid = process.pid, "the running service is not the current release's; stopping it");
+            let exit = terminate(&mut Proc::Adopted(process.clone()), Some(process.pid)).await;
+            info!(exit, "service stopped");
+            let _ = std::fs::remove_file(&self.shared.record_path);
+            return Adoption::Refused(format!("the running service (pid {}) is not what to run: {what}", process.pid));
+        }
+        if let Some(old) = run.take() {
+            finish(old).await;
+        }
+        let pid = process.pid as u32;
+        let started = self.begin(&mut run, spec, Some(process));
+        let _ = started.await;
+        Adoption::Adopted(pid)
     }
 
     /// Stops whatever runs (as [`Supervisor::stop`] does), then runs `spec` and keeps it running.
@@ -451,6 +532,18 @@ impl Supervisor {
         if let Some(old) = run.take() {
             finish(old).await;
         }
+        let started = self.begin(&mut run, spec, None);
+        let _ = started.await;
+    }
+
+    /// Starts supervising `spec` (running `adopted` first, if given); resolves once the first
+    /// process runs or has failed to start.
+    fn begin(
+        &self,
+        run: &mut Option<Run>,
+        spec: ServiceSpec,
+        adopted: Option<ProcessId>,
+    ) -> tokio::sync::oneshot::Receiver<()> {
         let generation = {
             let mut cell = self.shared.status.lock().expect("status lock");
             cell.generation += 1;
@@ -461,10 +554,11 @@ impl Supervisor {
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let status = Arc::clone(&self.shared.status);
         let span = tracing::info_span!("service", command = %spec.command);
-        let supervise = supervise(spec, self.shared.log_path.clone(), status, generation, stop_rx, started_tx);
+        let paths = (self.shared.log_path.clone(), self.shared.record_path.clone());
+        let supervise = supervise(spec, paths, adopted, status, generation, stop_rx, started_tx);
         let task = tokio::spawn(supervise.instrument(span));
         *run = Some(Run { stop, task });
-        let _ = started_rx.await;
+        started_rx
     }
 
     /// Stops restarting and stops the service: SIGTERM to its process group, up to 10 s for it to
@@ -479,6 +573,15 @@ impl Supervisor {
         cell.status.running = false;
         cell.status.pid = None;
         cell.status.spec = None;
+    }
+
+    /// Forgets the service without stopping it, as the agent's death would (tests).
+    #[cfg(test)]
+    async fn abandon(&self) {
+        if let Some(run) = self.shared.run.lock().await.take() {
+            run.task.abort();
+            let _ = run.task.await;
+        }
     }
 
     /// The service's state now.
@@ -502,11 +605,32 @@ async fn stop_asked(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Runs `spec` until a stop is asked for, restarting it with backoff. `started` is told once the
-/// first run has spawned (or failed to).
+/// A service process: the agent's child, or one an earlier run of the agent started.
+enum Proc {
+    Child(Child),
+    Adopted(ProcessId),
+}
+
+impl Proc {
+    /// Waits for it to exit; says how, for people.
+    async fn wait(&mut self) -> String {
+        match self {
+            Proc::Child(child) => describe(&child.wait().await),
+            Proc::Adopted(process) => {
+                process.exited().await;
+                // Its parent (init, or a subreaper) collects its status, not the agent.
+                "exited (adopted: status unknown)".to_string()
+            }
+        }
+    }
+}
+
+/// Runs `spec` until a stop is asked for, restarting it with backoff; `adopted`, if given, is
+/// its first run. `started` is told once the first run has spawned (or failed to).
 async fn supervise(
     spec: ServiceSpec,
-    log_path: PathBuf,
+    (log_path, record_path): (PathBuf, PathBuf),
+    mut adopted: Option<ProcessId>,
     status: Arc<Mutex<StatusCell>>,
     generation: u64,
     mut stop: watch::Receiver<bool>,
@@ -526,28 +650,42 @@ async fn supervise(
             return;
         }
         let run_started = Instant::now();
-        let spawned = spawn(&spec, &log_path);
+        let spawned = match adopted.take() {
+            Some(process) => {
+                info!(pid = process.pid, "supervising the service an earlier run of the agent started");
+                Ok(Proc::Adopted(process))
+            }
+            None => spawn(&spec, &log_path).map(|child| {
+                let pid = child.id();
+                info!(pid, dir = %spec.dir.display(), "service started");
+                record(&record_path, pid, &spec);
+                Proc::Child(child)
+            }),
+        };
         let exit = match spawned {
             Err(e) => format!("failed to start: {e}"),
-            Ok(mut child) => {
-                let pid = child.id();
+            Ok(mut proc) => {
+                let pid = match &proc {
+                    Proc::Child(child) => child.id(),
+                    Proc::Adopted(process) => u32::try_from(process.pid).ok(),
+                };
                 update(&|s| {
                     s.running = true;
                     s.pid = pid;
                 });
-                info!(pid, dir = %spec.dir.display(), "service started");
                 if let Some(started) = started.take() {
                     let _ = started.send(());
                 }
                 let pgid = pid.and_then(|pid| i32::try_from(pid).ok());
                 tokio::select! {
-                    status = child.wait() => {
+                    exit = proc.wait() => {
                         // Nothing the service started outlives it.
                         signal_group(pgid, libc::SIGKILL);
-                        describe(&status)
+                        exit
                     }
                     () = stop_asked(&mut stop) => {
-                        let exit = describe(&terminate(&mut child, pgid).await);
+                        let exit = terminate(&mut proc, pgid).await;
+                        let _ = std::fs::remove_file(&record_path);
                         info!(exit, "service stopped");
                         update(&|s| {
                             s.running = false;
@@ -588,7 +726,21 @@ async fn supervise(
     }
 }
 
-/// Spawns `sh -c command` in `dir`, in a new process group, output appended to `log_path`.
+/// Records in `path` that `pid` runs `spec` (for the next run of the agent to adopt).
+fn record(path: &Path, pid: Option<u32>, spec: &ServiceSpec) {
+    let Some(process) = pid.and_then(|p| i32::try_from(p).ok()).and_then(ProcessId::of) else { return };
+    let record = Record { process, spec: spec.clone() };
+    let tmp = path.with_extension("tmp");
+    let written = serde_json::to_vec(&record)
+        .map_err(io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        warn!(error = %e, file = %path.display(), "cannot record the service; a restarted agent will restart it");
+    }
+}
+
+/// Spawns `sh -c command` in `dir`, in a new session, output appended to `log_path`.
 fn spawn(spec: &ServiceSpec, log_path: &Path) -> Result<Child, String> {
     if let Some(parent) = log_path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
@@ -609,12 +761,15 @@ fn spawn(spec: &ServiceSpec, log_path: &Path) -> Result<Child, String> {
     // The agent's systemd notification socket is the agent's: a service that speaks sd_notify
     // itself would otherwise report to the agent's unit.
     cmd.env_remove(fifty_shared::sd_notify::NOTIFY_SOCKET);
-    cmd.process_group(0);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the shell if the
-    // agent dies, so the service never outlives its agent unnoticed.
+    // A session of its own (so a process group of its own, with the shell's pid as its id): no
+    // signal meant for the agent's terminal or group reaches it, and no parent-death signal
+    // either: the service outlives the agent, which adopts it when it starts again.
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -622,11 +777,12 @@ fn spawn(spec: &ServiceSpec, log_path: &Path) -> Result<Child, String> {
 }
 
 /// Stops a running service: SIGTERM to the group; once the shell has exited, the rest of the
-/// group gets what is left of [`STOP_GRACE`] to follow; then SIGKILL to whatever remains.
-async fn terminate(child: &mut Child, pgid: Option<i32>) -> io::Result<ExitStatus> {
+/// group gets what is left of [`STOP_GRACE`] to follow; then SIGKILL to whatever remains. Says
+/// how it ended.
+async fn terminate(proc: &mut Proc, pgid: Option<i32>) -> String {
     signal_group(pgid, libc::SIGTERM);
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
-    let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+    let status = match tokio::time::timeout_at(deadline, proc.wait()).await {
         Ok(status) => {
             wait_group_gone(pgid, deadline).await;
             status
@@ -634,7 +790,7 @@ async fn terminate(child: &mut Child, pgid: Option<i32>) -> io::Result<ExitStatu
         Err(_) => {
             warn!(grace = ?STOP_GRACE, "service ignored SIGTERM; killing it");
             signal_group(pgid, libc::SIGKILL);
-            child.wait().await
+            proc.wait().await
         }
     };
     signal_group(pgid, libc::SIGKILL);
@@ -659,29 +815,6 @@ async fn wait_group_gone(pgid: Option<i32>, deadline: tokio::time::Instant) {
     while group_alive(pgid) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(GROUP_POLL).await;
     }
-}
-
-/// Whether a process of the group is alive. Zombies do not count: they are dead, waiting for
-/// their parent (often init, for a service's orphans) to collect them.
-fn group_alive(pgid: i32) -> bool {
-    // SAFETY: signal 0 only asks whether the group exists.
-    if unsafe { libc::killpg(pgid, 0) } != 0 {
-        return io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else { return true };
-    let wanted = pgid.to_string();
-    entries.flatten().any(|entry| {
-        let Some(pid) = entry.file_name().to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(String::from)
-        else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
-        let Some((_, fields)) = stat.rsplit_once(") ") else { return false };
-        let mut fields = fields.split_whitespace();
-        let (state, pgrp) = (fields.next(), fields.nth(1));
-        pgrp == Some(wanted.as_str()) && !matches!(state, Some("Z" | "X"))
-    })
 }
 
 /// How a run ended, for people: `exit 1`, `signal 9`.
@@ -737,7 +870,7 @@ mod tests {
     #[tokio::test]
     async fn a_crashing_service_is_restarted_with_its_output_logged() {
         let dir = temp_dir();
-        let supervisor = Supervisor::new(dir.join("logs/service.log"));
+        let supervisor = Supervisor::new(dir.join("logs/service.log"), dir.join("service.json"));
         supervisor.start(spec(&dir, "echo run >> runs.txt; echo crashing now; exit 1")).await;
         let runs = || std::fs::read_to_string(dir.join("runs.txt")).map_or(0, |t| t.lines().count());
         let logged =
@@ -758,7 +891,7 @@ mod tests {
     #[tokio::test]
     async fn stop_kills_the_whole_process_group() {
         let dir = temp_dir();
-        let supervisor = Supervisor::new(dir.join("service.log"));
+        let supervisor = Supervisor::new(dir.join("service.log"), dir.join("service.json"));
         // The grandchild would outlive a kill of the shell alone.
         supervisor.start(spec(&dir, "sh -c 'echo $$ > grandchild.pid; exec sleep 600' & wait")).await;
         let pidfile = dir.join("grandchild.pid");
@@ -776,7 +909,7 @@ mod tests {
     #[tokio::test]
     async fn start_replaces_the_running_service() {
         let dir = temp_dir();
-        let supervisor = Supervisor::new(dir.join("service.log"));
+        let supervisor = Supervisor::new(dir.join("service.log"), dir.join("service.json"));
         supervisor.start(spec(&dir, "echo $$ > old.pid; exec sleep 600")).await;
         wait_until("the old service to run", || read_pid(&dir.join("old.pid")).is_some()).await;
         let old = read_pid(&dir.join("old.pid")).unwrap();
@@ -797,10 +930,86 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A service left running by a supervisor that went away (the agent died), and its pid.
+    async fn left_running(dir: &Path, command: &str) -> (ServiceSpec, u32) {
+        let first = Supervisor::new(dir.join("service.log"), dir.join("service.json"));
+        let spec = spec(dir, command);
+        first.start(spec.clone()).await;
+        let pid = first.status().pid.expect("running");
+        first.abandon().await;
+        assert!(alive(pid), "the service outlives its supervisor");
+        (spec, pid)
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_adopts_the_running_service_and_supervises_it() {
+        let dir = temp_dir();
+        let (left, pid) = left_running(&dir, "exec sleep 600").await;
+        let second = Supervisor::new(dir.join("service.log"), dir.join("service.json"));
+        assert_eq!(second.adopt(left.clone()).await, Adoption::Adopted(pid));
+        let status = second.status();
+        assert!(status.running && status.pid == Some(pid) && status.spec == Some(left), "{status:?}");
+        // It crashes: seen through its pidfd although it is not the supervisor's child, and restarted.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        wait_until("the adopted service to be restarted", || {
+            let s = second.status();
+            s.restarts == 1 && s.running && s.pid.is_some_and(|p| p != pid)
+        })
+        .await;
+        assert_eq!(second.status().last_exit.as_deref(), Some("exited (adopted: status unknown)"));
+        let restarted = second.status().pid.unwrap();
+        second.stop().await;
+        assert!(!alive(restarted));
+        assert!(!dir.join("service.json").exists(), "a stopped service leaves no record");
+        assert_eq!(second.adopt(spec(&dir, "exec sleep 600")).await, Adoption::NothingRecorded);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_adopted_service_is_stopped_as_a_group() {
+        let dir = temp_dir();
+        let (spec, pid) = left_running(&dir, "sh -c 'echo $$ > grandchild.pid; exec sleep 600' & wait").await;
+        wait_until("the grandchild to start", || read_pid(&dir.join("grandchild.pid")).is_some()).await;
+        let grandchild = read_pid(&dir.join("grandchild.pid")).unwrap();
+        let second = Supervisor::new(dir.join("service.log"), dir.join("service.json"));
+        assert_eq!(second.adopt(spec).await, Adoption::Adopted(pid));
+        second.stop().await;
+        assert!(!alive(pid) && !alive(grandchild), "the adopted service's group was stopped");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_service_running_another_spec_is_stopped_not_adopted_and_a_reused_pid_is_left_alone() {
+        let dir = temp_dir();
+        let (_, pid) = left_running(&dir, "exec sleep 600").await;
+        let second = Supervisor::new(dir.join("service.log"), dir.join("service.json"));
+        match second.adopt(spec(&dir, "exec sleep 601")).await {
+            Adoption::Refused(why) => assert!(why.contains("not what to run") && why.contains("sleep 601"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!alive(pid), "the service running the old command was stopped");
+        assert!(!second.status().running);
+
+        // The record names a pid that another process has now (another start time): refused,
+        // and that process is not signalled.
+        let (spec, pid) = left_running(&dir, "exec sleep 600").await;
+        let path = dir.join("service.json");
+        let mut record: Record = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        record.process.start_ticks += 1;
+        std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+        match second.adopt(spec).await {
+            Adoption::Refused(why) => assert!(why.contains("no longer running"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(alive(pid), "a process that is not the recorded one is left alone");
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn a_service_that_cannot_start_is_retried_and_reported() {
         let dir = temp_dir();
-        let supervisor = Supervisor::new(dir.join("service.log"));
+        let supervisor = Supervisor::new(dir.join("service.log"), dir.join("service.json"));
         supervisor.start(spec(&dir.join("missing"), "true")).await;
         wait_until("a failed start", || supervisor.status().last_exit.is_some()).await;
         let exit = supervisor.status().last_exit.unwrap();

@@ -78,6 +78,57 @@ pub struct LocalCluster {
     ca_pem: String,
 }
 
+impl Drop for LocalCluster {
+    /// The agents die with the cluster (their children are killed on drop), but the services
+    /// they supervise outlive an agent by design (a restarted agent adopts them): they are
+    /// stopped here, or they would keep serving on their ports after the cluster is gone.
+    fn drop(&mut self) {
+        for agent in &mut self.agents {
+            if let Some(child) = agent.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        for agent in &self.agents {
+            stop_services(&agent.data_dir);
+            remove_job_cgroups(&agent.data_dir);
+        }
+    }
+}
+
+/// Kills what is left in an agent's job cgroups and removes them (the agent notes where they are
+/// in `<data_dir>/job-trees/cgroup`); a killed agent would do it at its next start, which a
+/// dropped cluster's agents never have.
+fn remove_job_cgroups(agent_dir: &Path) {
+    let Ok(parent) = std::fs::read_to_string(agent_dir.join("job-trees/cgroup")) else { return };
+    let parent = PathBuf::from(parent.trim());
+    if !parent.file_name().is_some_and(|n| n.to_string_lossy().starts_with("fifty-jobs-")) {
+        return;
+    }
+    for tree in std::fs::read_dir(&parent).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+        let _ = std::fs::write(tree.path().join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(tree.path()).is_err() && tree.path().exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = std::fs::remove_dir(&parent);
+}
+
+/// Kills every process working in an agent's release dirs (its services and what they started).
+pub fn stop_services(agent_dir: &Path) {
+    let Ok(releases) = agent_dir.join("releases").canonicalize() else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&releases)) {
+            // SAFETY: kill(2) on a process working in this cluster's own agent's release dir.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// A port on 127.0.0.1 that is free for both TCP and UDP right now, chosen below the kernel's
 /// ephemeral port range when it can be.
 pub fn free_port() -> Result<u16> {

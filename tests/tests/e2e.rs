@@ -191,6 +191,22 @@ async fn enrollment_identity_and_api_auth() {
     assert_private_tree(&cluster.agent_dir("web-1").join("identity"));
     assert_private_tree(&cluster.agent_dir("web-1").join("agent.toml"));
 
+    // Several agents on one machine: joined without --sidecar into data dirs side by side, each
+    // gets an A/B sidecar port of its own (the default 127.0.0.1:7072 to the first if it is free).
+    let mut listens = Vec::new();
+    for name in ["side-a", "side-b"] {
+        let join = token(&cluster, "agent", None).await;
+        let out = join_into(&cluster, &cluster.agent_dir(name), name, "role=prod", &join.token).await;
+        assert!(out.status.success(), "join {name}: {}", text(&out.stderr));
+        let listen = cluster.sidecar(name).unwrap();
+        if listens.first().is_some_and(|first: &std::net::SocketAddr| first.port() == 7072) {
+            assert!(text(&out.stdout).contains("is taken on this host"), "{}", text(&out.stdout));
+        }
+        listens.push(listen);
+    }
+    assert_ne!(listens[0], listens[1], "two agents on one host share no sidecar port");
+    assert_ne!(listens[1], cluster.sidecar("web-1").unwrap());
+
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1640,8 +1656,9 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     }
 
     // 2. The next one, with web-4 away and the leader killed mid-rollout: the same rollout
-    // finishes, and web-4 converges when it comes back.
+    // finishes, and web-4 converges when it comes back. Its service keeps serving meanwhile.
     cluster.kill_agent("web-4").await.unwrap();
+    assert_eq!(served_version(ports[3]).await.as_deref(), Some(&first[..10]), "web-4 serves with its agent dead");
     repo.write("NOTES.md", "second\n").unwrap();
     let second = repo.commit("Second release").await.unwrap();
     assert!(repo.push().await.unwrap().status.success());
@@ -1763,6 +1780,94 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     for r in &releases {
         wait_blob(&cluster, killed, &r.digest).await;
     }
+
+    // 8. An agent killed with SIGKILL leaves production serving; started again, it adopts the
+    // very process (no restart) and reports it healthy.
+    let served_by = listener_pid(ports[0]).expect("web-1's service listens");
+    let log = cluster.dir.join("logs/web-1.log");
+    let adoptions = || std::fs::read_to_string(&log).unwrap_or_default().matches("adopted the running service").count();
+    let adopted_before = adoptions();
+    cluster.kill_agent("web-1").await.unwrap();
+    assert_eq!(served_version(ports[0]).await.as_deref(), Some(&second[..10]), "web-1 serves with its agent dead");
+    cluster.start_agent("web-1").unwrap();
+    wait_for("web-1's agent to adopt its service", DEADLINE, || {
+        let found = adoptions() > adopted_before;
+        async move { Ok(found.then_some(())) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(listener_pid(ports[0]), Some(served_by), "the same process serves after the agent's restart");
+    wait_for("web-1 to report its adopted service healthy", DEADLINE, || {
+        let client = cluster.client();
+        async move {
+            let view: RolloutView = client.get("/v1/rollouts/current?repo=shop").await?;
+            Ok(view.hosts.iter().find(|h| h.host == "web-1" && h.up && h.healthy && h.current == Some(r2)).map(|_| ()))
+        }
+    })
+    .await
+    .unwrap();
+
+    // 9. A build agent killed mid-job: the test's daemon (in a session of its own, so out of
+    // the shell's process group) outlives the agent, and is killed when the agent starts again.
+    // The agent runs jobs as its own user here (no [jobs] user), so no sweep of a job user does it.
+    let marks = dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    std::fs::write(marks.join("hang"), "").unwrap();
+    let daemons = marks.join("daemons");
+    repo.write(
+        "tests/test_hang.sh",
+        &format!(
+            "#!/bin/sh\n# While {m}/hang exists: starts a daemon in a session of its own and waits.\n\
+             if [ -e {m}/hang ]; then\n  setsid sh -c 'echo $$ >> {m}/daemons; exec sleep 600' </dev/null >/dev/null 2>&1 &\n\
+             \x20 while [ -e {m}/hang ]; do sleep 0.1; done\nfi\n",
+            m = marks.display()
+        ),
+    )
+    .unwrap();
+    let config = cluster.agent_dir("build-1").join("agent.toml");
+    let agent_toml = std::fs::read_to_string(&config).unwrap();
+    let job_user = "user = \"fifty-job\"\n";
+    if fifty_agent_runs_as_root() {
+        assert!(agent_toml.contains(job_user), "{agent_toml}");
+    }
+    std::fs::write(&config, agent_toml.replace(job_user, "")).unwrap();
+    cluster.kill_agent("build-1").await.unwrap();
+    cluster.start_agent("build-1").unwrap();
+    let hanging = repo.commit("A test that starts a daemon").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let daemon_pids = || -> Vec<i32> {
+        std::fs::read_to_string(&daemons).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    };
+    let daemon = wait_for("the test's daemon to start", DEADLINE, || {
+        let first = daemon_pids().first().copied();
+        async move { Ok(first) }
+    })
+    .await
+    .unwrap();
+    let daemon_start = process_start(daemon).expect("the daemon runs");
+    cluster.kill_agent("build-1").await.unwrap();
+    assert_eq!(process_start(daemon), Some(daemon_start), "the daemon outlives its killed agent");
+    cluster.start_agent("build-1").unwrap();
+    wait_for("the restarted build agent to kill the daemon its killed run left", DEADLINE, || {
+        let gone = process_start(daemon) != Some(daemon_start);
+        async move { Ok(gone.then_some(())) }
+    })
+    .await
+    .unwrap();
+    // The test stops hanging: the commit goes green (a retried test's daemon dies with its job).
+    std::fs::remove_file(marks.join("hang")).unwrap();
+    let view = wait_finished(&cluster, &hanging, Duration::from_secs(180)).await;
+    assert_eq!(view.summary.state, CommitState::Passed, "{view:#?}");
+    for pid in daemon_pids() {
+        assert!(process_start(pid).is_none(), "daemon {pid} outlived its job");
+    }
+
+    // 10. The next deploy replaces the adopted service: web-1 is the canary and serves the new
+    // release from a new process.
+    let r7 = wait_release(&cluster, &hanging).await;
+    wait_rollout(&cluster, r7, Phase::AwaitingPromotion).await;
+    wait_serving(&ports[..1], &hanging[..10]).await;
+    assert_ne!(listener_pid(ports[0]), Some(served_by), "the deploy started a new process");
 
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
@@ -2001,6 +2106,36 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
         md.contains("## Five whys") && md.contains("1. the error rate was set") && md.contains("gate of main opened"),
         "{md}"
     );
+}
+
+/// The pid of the process listening on 127.0.0.1:`port` (TCP), from `/proc/net/tcp`.
+fn listener_pid(port: u16) -> Option<i32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    // `sl local_address rem_address st ... inode`: 0A is LISTEN; addresses are hex IP:port.
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+        (local_port == port && *f.get(3)? == "0A").then(|| f.get(9).map(|i| i.to_string()))?
+    })?;
+    let socket = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+        let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+        fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_str() == Some(&socket))).then_some(pid)
+    })
+}
+
+/// Whether the tests (and so the agents they start) run as root.
+fn fifty_agent_runs_as_root() -> bool {
+    // SAFETY: a plain syscall without arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// When process `pid` started (clock ticks since boot), while it runs (a zombie does not).
+fn process_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    (!matches!(fields.first(), Some(&"Z") | Some(&"X"))).then(|| fields.get(19)?.parse().ok())?
 }
 
 /// One HTTP/1.1 exchange on loopback (connection: close): status and body.

@@ -329,8 +329,9 @@ impl Coordinator {
             JobKind::Package { .. } | JobKind::Revert { .. } => {
                 unreachable!("package and revert results are handled by on_job_done")
             }
-            JobKind::Shard { .. } => {
-                let (tests, mut notes) = junit::parse(&done.junit);
+            JobKind::Shard { tests: listed, .. } => {
+                let (mut tests, mut notes) = junit::parse(&done.junit);
+                junit::name_as_listed(&mut tests, listed);
                 notes.extend(done.junit_note.clone());
                 JobReport::Shard { exit: done.exit.clone(), tests, notes, log_bytes: done.log_bytes }
             }

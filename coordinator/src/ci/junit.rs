@@ -60,6 +60,56 @@ pub fn parse(files: &[(String, String)]) -> (Vec<TestResult>, Vec<String>) {
     (tests, notes)
 }
 
+/// Renames each test as `[test] list` named it when its JUnit name is another spelling of a
+/// listed name, so durations, retries and `FIFTY_TESTS_FILE` use one name per test. pytest is
+/// the case: a node id `tests/test_x.py::TestC::test_y[1-a]` is reported as classname
+/// `tests.test_x.TestC`, name `test_y[1-a]` (its junitxml plugin's `mangle_test_address`), which
+/// [`parse`] names `tests.test_x.TestC::test_y[1-a]`. Both spell `tests.test_x.TestC.test_y[1-a]`
+/// in dotted form; a listed name is used when exactly one listed test has the result's dotted
+/// form. Results already named as listed, and names no list entry matches, are left alone.
+pub fn name_as_listed(results: &mut [TestResult], listed: &[String]) {
+    if listed.is_empty() {
+        return;
+    }
+    let exact: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+    let mut dotted: std::collections::HashMap<String, Option<&String>> = std::collections::HashMap::new();
+    for name in listed {
+        dotted
+            .entry(dotted_node_id(name))
+            .and_modify(|seen| *seen = None) // two listed tests with one dotted form: ambiguous
+            .or_insert(Some(name));
+    }
+    for result in results.iter_mut() {
+        if exact.contains(result.name.as_str()) {
+            continue;
+        }
+        if let Some(Some(listed)) = dotted.get(&dotted_junit_name(&result.name)) {
+            result.name = (*listed).clone();
+        }
+    }
+}
+
+/// A pytest node id in dotted form: the path's `/` become `.`, `.py` goes, `::` become `.`; the
+/// parameters (from the first `[`) stay as they are.
+fn dotted_node_id(id: &str) -> String {
+    let (path, params) = id.find('[').map_or((id, ""), |i| id.split_at(i));
+    let mut names: Vec<String> = path.split("::").map(String::from).collect();
+    names[0] = names[0].replace('/', ".");
+    if let Some(module) = names[0].strip_suffix(".py") {
+        names[0] = module.to_string();
+    }
+    format!("{}{params}", names.join("."))
+}
+
+/// A JUnit name as [`parse`] makes it (`classname::name`) in dotted form: `classname.name`.
+fn dotted_junit_name(name: &str) -> String {
+    let (before, params) = name.find('[').map_or((name, ""), |i| name.split_at(i));
+    match before.split_once("::") {
+        Some((class, rest)) => format!("{class}.{rest}{params}"),
+        None => name.to_string(),
+    }
+}
+
 fn collect(suite: &junit_parser::TestSuite, out: &mut Vec<TestResult>) {
     for case in &suite.cases {
         let (outcome, message) = match &case.status {
@@ -132,6 +182,72 @@ mod tests {
         assert_eq!(by("test_skip").outcome, TestOutcome::Skipped);
         assert_eq!(by("test_err").outcome, TestOutcome::Failed);
         assert_eq!(by("test_err").message, "boom");
+    }
+
+    /// Real pytest 9 output (`--collect-only -q` and `--junitxml`) for a module with a class,
+    /// parametrized tests (parameters holding `/`, `::` and a space), a failure, a skip, and a
+    /// module in a subdirectory.
+    const PYTEST_COLLECT: &str = include_str!("fixtures/pytest-collect.txt");
+    const PYTEST_JUNIT: &str = include_str!("fixtures/pytest-junit.xml");
+
+    #[test]
+    fn pytest_junit_names_come_back_as_the_node_ids_the_list_gave() {
+        let listed: Vec<String> = PYTEST_COLLECT.lines().map(String::from).collect();
+        let (mut tests, notes) = parse(&[("reports/junit.xml".into(), PYTEST_JUNIT.into())]);
+        assert!(notes.is_empty(), "{notes:?}");
+        // Before: JUnit's spelling, which no list entry matches.
+        assert!(tests.iter().any(|t| t.name == "tests.test_shop.TestPrices::test_bulk[2-x::y]"), "{tests:?}");
+        name_as_listed(&mut tests, &listed);
+        let mut names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
+        names.sort_unstable();
+        let mut expected: Vec<&str> = listed.iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        assert_eq!(names, expected, "every JUnit name is a listed node id");
+        let by = |n: &str| tests.iter().find(|t| t.name == n).unwrap_or_else(|| panic!("{n} in {tests:?}"));
+        assert_eq!(by("tests/test_shop.py::TestRefunds::test_negative[-1]").outcome, TestOutcome::Failed);
+        assert_eq!(by("tests/test_shop.py::TestRefunds::test_partial").outcome, TestOutcome::Skipped);
+        assert_eq!(by("tests/unit/test_receipt.py::test_receipt").outcome, TestOutcome::Passed);
+        assert_eq!(by("tests/test_shop.py::TestPrices::test_bulk[3-sp ace]").outcome, TestOutcome::Passed);
+        // The durations recorded under those names are what the next split looks up.
+        let history = tests.iter().map(|t| (t.name.clone(), t.duration + Duration::from_millis(1))).collect();
+        let shards = crate::ci::shard::split(&listed, &history, 3);
+        assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), listed.len());
+    }
+
+    /// README's test-runner recipes (`scripts/recipes/<runner>/fifty.toml`, tried for real by
+    /// `scripts/recipes/check`) are valid pipelines, and README shows them as they are.
+    #[test]
+    fn the_readme_recipes_are_valid_pipelines_shown_as_tried() {
+        let readme = include_str!("../../../README.md");
+        let recipes = [
+            ("pytest", include_str!("../../../scripts/recipes/pytest/fifty.toml")),
+            ("nextest", include_str!("../../../scripts/recipes/nextest/fifty.toml")),
+            ("gotestsum", include_str!("../../../scripts/recipes/gotestsum/fifty.toml")),
+            ("jest", include_str!("../../../scripts/recipes/jest/fifty.toml")),
+        ];
+        for (runner, text) in recipes {
+            let pipeline = fifty_shared::pipeline::Pipeline::parse(text).unwrap_or_else(|e| panic!("{runner}: {e}"));
+            assert!(pipeline.test.list.is_some() && pipeline.test.junit.is_some(), "{runner}");
+            for line in text.lines().filter(|l| l.starts_with("list ") || l.starts_with("command ")) {
+                assert!(readme.contains(line), "README shows {runner}'s recipe as tried: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_as_listed_leave_exact_unknown_and_ambiguous_names_alone() {
+        let result = |name: &str| TestResult {
+            name: name.into(),
+            outcome: TestOutcome::Passed,
+            duration: Duration::ZERO,
+            message: String::new(),
+        };
+        let mut tests = vec![result("test_ok"), result("pkg.mod::test_gone"), result("a.b::c")];
+        // `a/b.py::c` and `a/b::c` both spell `a.b.c`: which one ran cannot be told.
+        let listed = ["test_ok", "a/b.py::c", "a/b::c"].map(String::from);
+        name_as_listed(&mut tests, &listed);
+        let names: Vec<&str> = tests.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["test_ok", "pkg.mod::test_gone", "a.b::c"]);
     }
 
     #[test]

@@ -169,7 +169,8 @@ pub enum TestOutcome {
 /// One test in one attempt, from JUnit.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub struct TestResult {
-    /// As JUnit names it.
+    /// As `[test] list` names it when JUnit spells a listed test another way (pytest), else as
+    /// JUnit names it (`classname::name`).
     pub name: String,
     /// What happened.
     pub outcome: TestOutcome,

@@ -46,6 +46,18 @@ enum Command {
     },
     /// Tell Fifty's story with real processes on this machine; exit 0 only if every step happened.
     Demo,
+    /// Print the tests Fifty reads from JUnit XML files, one `OUTCOME<TAB>NAME` a line, named as
+    /// it records them: with `--listed`, a JUnit spelling of a listed test becomes the listed
+    /// name. For trying a test runner's recipe (`scripts/recipes/check`).
+    #[command(hide = true, name = "junit-names")]
+    JunitNames {
+        /// JUnit XML files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// What `[test] list` printed: one test a line.
+        #[arg(long)]
+        listed: Option<std::path::PathBuf>,
+    },
     /// Cluster summary.
     Status {
         /// Where the coordinator is, and the token (flags or FIFTY_* variables).
@@ -571,6 +583,39 @@ enum TokenCommand {
     },
 }
 
+/// `fifty junit-names`: what Fifty records of these JUnit files (see [`Command::JunitNames`]).
+fn junit_names(files: &[std::path::PathBuf], listed: Option<&std::path::Path>) -> Result<()> {
+    use anyhow::Context;
+    let mut read = Vec::new();
+    for file in files {
+        let xml = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+        read.push((file.display().to_string(), xml));
+    }
+    let (mut tests, notes) = crate::ci::junit::parse(&read);
+    if !notes.is_empty() {
+        anyhow::bail!("{}", notes.join("; "));
+    }
+    if let Some(listed) = listed {
+        let text = std::fs::read_to_string(listed).with_context(|| format!("read {}", listed.display()))?;
+        let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        crate::ci::junit::name_as_listed(&mut tests, &names);
+    }
+    let mut out = std::io::stdout().lock();
+    for t in tests {
+        let outcome = match t.outcome {
+            crate::ci::TestOutcome::Passed => "passed",
+            crate::ci::TestOutcome::Failed => "failed",
+            crate::ci::TestOutcome::Skipped => "skipped",
+        };
+        match std::io::Write::write_fmt(&mut out, format_args!("{outcome}\t{}\n", t.name)) {
+            // A reader that stopped reading (`| head`) wanted no more.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            written => written.context("write to stdout")?,
+        }
+    }
+    Ok(())
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -587,6 +632,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Dev { agents } => dev::run(agents).await,
         Command::Demo => demo::run().await,
+        Command::JunitNames { files, listed } => junit_names(&files, listed.as_deref()),
         Command::Status { client, json } => {
             let status: StatusView = Client::from_opts(&client)?.get("/v1/status").await?;
             output::print(json, &status, output::status)
