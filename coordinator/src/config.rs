@@ -71,6 +71,8 @@ pub struct Config {
     pub force_new_cluster: bool,
     /// `[api]`: how long the HTTPS API waits for clients, and how many it serves at once.
     pub api: ApiConfig,
+    /// `[retention]`: how long commits, logs, incidents and alerts are kept (`retention`).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// `[api]`: the bounds every HTTPS API client is held to, so that slow, idle or numerous
@@ -145,6 +147,7 @@ impl Default for Config {
             replace: false,
             force_new_cluster: false,
             api: ApiConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -297,6 +300,18 @@ impl Config {
             if d < Duration::from_millis(100) {
                 bail!("config key api.{key}: {d:?} is too short (at least 100ms)");
             }
+        }
+        let r = &self.retention;
+        for (key, d) in [("commits", r.commits), ("logs", r.logs), ("incidents", r.incidents), ("alerts", r.alerts)] {
+            if !d.is_zero() && d < Duration::from_secs(3600) {
+                bail!("config key retention.{key}: {d:?} is too short (at least 1h, or 0s to keep forever)");
+            }
+        }
+        if !r.interval.is_zero() && r.interval < Duration::from_secs(1) {
+            bail!(
+                "config key retention.interval: {:?} is too short (at least 1s, or 0s to turn retention off)",
+                r.interval
+            );
         }
         if api.max_connections == 0 {
             bail!("config key api.max_connections: must be at least 1");
