@@ -14,8 +14,8 @@
 //! - the commit a closed gate names (its reason comes from it);
 //! - the commit of a release a host is targeted at, a rollout in progress runs (or goes back
 //!   to), or a repository keeps as its last good or queued release;
-//! - the commit of an open incident; an open incident; an alert still firing, or whose incident
-//!   is open.
+//! - the commit of an open incident; an open incident, or one a closed gate names; an alert
+//!   still firing, or whose incident is open.
 //!
 //! Artifacts have their own retention (`deploy::apply::drop_old_artifacts`: the newest
 //! `deploy::KEEP_ARTIFACTS` releases of each repository, and every targeted one); release and
@@ -199,9 +199,19 @@ pub fn plan(store: &Store, cutoffs: &Cutoffs, batch: &mut Batch) -> Result<(Remo
         more |= plan_commits(store, cutoffs, batch, &mut removed)?;
     }
     if let Some(before) = cutoffs.incidents {
+        // An incident a closed gate names stays while the gate is closed (opening the gate is
+        // part of its story).
+        let mut named = HashSet::new();
+        for repo in store.repos()? {
+            for gate in store.gates(&repo.name)? {
+                if let Some(Closure { cause: Cause::Immune { incident, .. }, .. }) = gate.closed {
+                    named.insert(incident);
+                }
+            }
+        }
         let mut n = 0;
         for i in store.incidents()? {
-            if matches!(i.closed, Some((at, _)) if at < before) {
+            if matches!(i.closed, Some((at, _)) if at < before) && !named.contains(&i.id) {
                 if n == MAX_PER_COMMAND {
                     more = true;
                     break;
@@ -351,6 +361,18 @@ pub fn apply_forget(store: &Store, cutoffs: &Cutoffs, at: SystemTime, batch: &mu
     Ok(Ok(Applied::Done))
 }
 
+/// What the leader proposes at `now` under `config`: a [`Command::Forget`] if anything in
+/// `store` is out of retention (checked with the same rules the command is applied by), else
+/// nothing, so an idle cluster's log does not grow by a command an hour.
+pub fn proposal(store: &Store, config: &RetentionConfig, now: SystemTime) -> Result<Option<Command>, StoreError> {
+    if config.interval.is_zero() {
+        return Ok(None);
+    }
+    let cutoffs = config.cutoffs(now);
+    let (removed, _) = plan(store, &cutoffs, &mut Batch::default())?;
+    Ok((!removed.is_empty()).then_some(Command::Forget { cutoffs, at: now }))
+}
+
 /// On the leader, every `[retention] interval`: proposes a [`Command::Forget`] when something is
 /// out of retention (checked on this coordinator's state first, so an idle cluster's log does
 /// not grow by a command an hour), again at once while a command stopped at its bound.
@@ -382,14 +404,11 @@ pub async fn run(coordinator: Arc<Coordinator>, mut shutdown: watch::Receiver<bo
 
 /// One round: true if the command stopped at its bound with more to forget.
 async fn forget_once(coordinator: &Coordinator, config: &RetentionConfig) -> anyhow::Result<bool> {
-    let now = SystemTime::now();
-    let cutoffs = config.cutoffs(now);
     let store = coordinator.consensus.store().clone();
-    let (removed, _) = tokio::task::spawn_blocking(move || plan(&store, &cutoffs, &mut Batch::default())).await??;
-    if removed.is_empty() {
-        return Ok(false);
-    }
-    match coordinator.consensus.propose(Command::Forget { cutoffs, at: now }).await? {
+    let config = config.clone();
+    let proposed = tokio::task::spawn_blocking(move || proposal(&store, &config, SystemTime::now())).await??;
+    let Some(command) = proposed else { return Ok(false) };
+    match coordinator.consensus.propose(command).await? {
         Ok(_) => {}
         Err(rejection) => anyhow::bail!("{rejection}"),
     }
@@ -571,6 +590,39 @@ mod tests {
         assert_eq!(m.store().retention().unwrap().unwrap().total.commits, 2 + 4);
     }
 
+    /// One command forgets at most MAX_PER_COMMAND of a kind and says more remain; the next
+    /// takes the rest.
+    #[test]
+    fn one_command_is_bounded_and_the_next_goes_on() {
+        let (mut m, _d) = machine();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(DAY);
+        let mut b = Batch::default();
+        for id in 1..=(MAX_PER_COMMAND as u64 + 1) {
+            b.put_alert(&crate::alerts::AlertRecord {
+                id,
+                rule: 1,
+                rule_name: "r".into(),
+                subject: "s".into(),
+                severity: crate::alerts::Severity::Warning,
+                summary: String::new(),
+                since: t0,
+                fired_at: t0,
+                resolved: Some((t0, String::new())),
+                acked: None,
+                silenced: false,
+                notifications: vec![],
+                incident: None,
+            });
+        }
+        m.store().apply(b).unwrap();
+        let cut = Cutoffs { alerts: Some(t0 + Duration::from_secs(1)), ..Cutoffs::default() };
+        let r = forget(&mut m, cut);
+        assert_eq!((r.removed.alerts, r.more), (MAX_PER_COMMAND as u64, true));
+        let r = forget(&mut m, cut);
+        assert_eq!((r.removed.alerts, r.more, r.total.alerts), (1, false, MAX_PER_COMMAND as u64 + 1));
+        assert!(m.store().all_alerts().unwrap().is_empty());
+    }
+
     /// A kind of command new in state version 5: the leader proposes it only once every voter
     /// runs a binary that knows it.
     #[test]
@@ -585,6 +637,7 @@ mod tests {
     #[test]
     fn closed_incidents_and_resolved_alerts_go_open_ones_stay() {
         let (mut m, _d) = machine();
+        add_repo(&mut m);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(100 * DAY);
         let incident = |id, closed: Option<SystemTime>| crate::incidents::IncidentRecord {
             id,
@@ -621,5 +674,62 @@ mod tests {
         let r = forget(&mut m, Cutoffs { incidents: Some(cut), ..Cutoffs::default() });
         assert!(r.removed.is_empty());
         assert_eq!(r.total.incidents, 1);
+
+        // The leader proposes only when something is out of retention: not now (incident 2 is
+        // open, 3 closed 50 days after the others)...
+        let config = RetentionConfig::default();
+        let soon = t0 + Duration::from_secs(300 * DAY);
+        assert!(proposal(m.store(), &config, soon).unwrap().is_none());
+        // ... but once 3 has been closed a year, with the times fixed in the command.
+        let later = t0 + Duration::from_secs(450 * DAY);
+        let Some(Command::Forget { cutoffs, at }) = proposal(m.store(), &config, later).unwrap() else {
+            panic!("nothing proposed")
+        };
+        assert_eq!((at, cutoffs), (later, config.cutoffs(later)));
+        let off = RetentionConfig { interval: Duration::ZERO, ..config.clone() };
+        assert!(proposal(m.store(), &off, later).unwrap().is_none(), "interval 0s turns it off");
+        // An incident a closed gate names stays while the gate is closed.
+        let mut b = Batch::default();
+        b.put_gate(&crate::state::GateRecord {
+            repo: repo(),
+            branch: "main".into(),
+            closed: Some(Closure {
+                reason: "immune system reverted".into(),
+                cause: Cause::Immune { sha: "a".repeat(40), incident: 3 },
+                since: t0,
+            }),
+            changed_at: t0,
+            changed_by: "fifty".into(),
+            last_finished_seq: 0,
+        });
+        m.store().apply(b).unwrap();
+        assert!(proposal(m.store(), &config, later).unwrap().is_none(), "incident 3 is the gate's");
+
+        // Alerts: one resolved long ago goes; one still firing, or whose incident is open, stays.
+        let alert = |id, resolved: Option<SystemTime>, incident| crate::alerts::AlertRecord {
+            id,
+            rule: 1,
+            rule_name: "host-down".into(),
+            subject: "web-1".into(),
+            severity: crate::alerts::Severity::Critical,
+            summary: String::new(),
+            since: t0,
+            fired_at: t0,
+            resolved: resolved.map(|at| (at, "back".into())),
+            acked: None,
+            silenced: false,
+            notifications: vec![],
+            incident,
+        };
+        let mut b = Batch::default();
+        b.put_alert(&alert(1, Some(t0), None));
+        b.put_alert(&alert(2, None, None));
+        b.put_alert(&alert(3, Some(t0), Some(2)));
+        m.store().apply(b).unwrap();
+        let r = forget(&mut m, Cutoffs { alerts: Some(cut), ..Cutoffs::default() });
+        assert_eq!(r.removed, Removed { alerts: 1, ..Removed::default() });
+        let left: Vec<u64> = m.store().all_alerts().unwrap().iter().map(|a| a.id).collect();
+        assert_eq!(left, vec![2, 3]);
+        assert_eq!(m.store().firing_alerts().unwrap().len(), 1, "the firing index keeps the firing one");
     }
 }
