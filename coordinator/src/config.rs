@@ -388,6 +388,25 @@ mod tests {
     }
 
     #[test]
+    fn retention_has_defaults_and_is_checked() {
+        let cfg: Config = toml::from_str("[retention]\nlogs = \"14d\"\nalerts = \"0s\"\n").unwrap();
+        assert_eq!(cfg.retention.logs, Duration::from_secs(14 * 86_400));
+        assert_eq!(cfg.retention.commits, Duration::from_secs(90 * 86_400), "the default");
+        assert_eq!(
+            cfg.retention.describe(),
+            "commits 90d, logs 14d, incidents 365d, alerts forever (checked every 1h)"
+        );
+        cfg.validate().unwrap();
+        let cfg: Config = toml::from_str("[retention]\ncommits = \"10m\"\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("retention.commits") && err.contains("at least 1h"), "{err}");
+        let err = toml::from_str::<Config>("[retention]\nlog = \"1d\"\n").unwrap_err().to_string();
+        assert!(err.contains("log"), "{err}");
+        let cfg: Config = toml::from_str("[retention]\ninterval = \"0s\"\n").unwrap();
+        assert_eq!(cfg.retention.describe(), "off");
+    }
+
+    #[test]
     fn api_limits_have_defaults_and_are_checked() {
         let cfg: Config = toml::from_str("[api]\nidle_timeout = \"2s\"\n").unwrap();
         assert_eq!(cfg.api.idle_timeout, Duration::from_secs(2));
