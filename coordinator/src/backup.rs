@@ -585,6 +585,8 @@ fn restore_ca(store: &Store, config: &Config) -> anyhow::Result<std::path::PathB
                 config.tls_dir().display()
             );
         }
+        std::fs::write(config.ca_path(), &cluster.ca_cert_pem)
+            .with_context(|| format!("write {}", config.ca_path().display()))?;
         return Ok(config.ca_path());
     }
     let key = config.tls_dir().join("ca-key.pem");
