@@ -291,6 +291,63 @@ impl Client {
         self.call(Method::DELETE, path, None).await
     }
 
+    /// `GET path`, its body written to `out` as it arrives (a backup, which may be far larger
+    /// than memory should hold); returns how many bytes. A failure answer is an [`ApiFailure`].
+    pub async fn download(&self, path: &str, out: &mut (impl tokio::io::AsyncWrite + Unpin)) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = self.conn.lock().await;
+        let reusable = match conn.as_mut() {
+            Some(sender) => sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            *conn = Some(self.connect().await?);
+        }
+        let sender = conn.as_mut().expect("a connection was just ensured");
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, format!("{}:{}", self.target().host, self.target().port));
+        if let Some(token) = &self.token {
+            let value = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .context("FIFTY_TOKEN holds characters not allowed in a header")?;
+            req = req.header(hyper::header::AUTHORIZATION, value);
+        }
+        let req = req.body(Full::new(Bytes::new())).context("build request")?;
+        let resp = match sender.send_request(req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                *conn = None;
+                return Err(e).context("send request");
+            }
+        };
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.context("read response")?.to_bytes();
+            let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ApiFailure { status, message }.into());
+        }
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    *conn = None;
+                    return Err(anyhow!("the coordinator stopped sending after {written} bytes: {e}"));
+                }
+            };
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).await.context("write what the coordinator sent")?;
+                written += data.len() as u64;
+            }
+        }
+        out.flush().await?;
+        Ok(written)
+    }
+
     /// `GET path` as text (e.g. `/metrics`).
     pub async fn get_text(&self, path: &str) -> Result<String> {
         let (status, bytes) = self.request(Method::GET, path, None).await?;

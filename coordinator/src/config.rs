@@ -71,6 +71,8 @@ pub struct Config {
     pub force_new_cluster: bool,
     /// `[api]`: how long the HTTPS API waits for clients, and how many it serves at once.
     pub api: ApiConfig,
+    /// `[retention]`: how long commits, logs, incidents and alerts are kept (`retention`).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 /// `[api]`: the bounds every HTTPS API client is held to, so that slow, idle or numerous
@@ -145,6 +147,7 @@ impl Default for Config {
             replace: false,
             force_new_cluster: false,
             api: ApiConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -298,6 +301,18 @@ impl Config {
                 bail!("config key api.{key}: {d:?} is too short (at least 100ms)");
             }
         }
+        let r = &self.retention;
+        for (key, d) in [("commits", r.commits), ("logs", r.logs), ("incidents", r.incidents), ("alerts", r.alerts)] {
+            if !d.is_zero() && d < Duration::from_secs(3600) {
+                bail!("config key retention.{key}: {d:?} is too short (at least 1h, or 0s to keep forever)");
+            }
+        }
+        if !r.interval.is_zero() && r.interval < Duration::from_secs(1) {
+            bail!(
+                "config key retention.interval: {:?} is too short (at least 1s, or 0s to turn retention off)",
+                r.interval
+            );
+        }
         if api.max_connections == 0 {
             bail!("config key api.max_connections: must be at least 1");
         }
@@ -370,6 +385,25 @@ mod tests {
     fn a_bad_duration_is_named() {
         let err = toml::from_str::<Config>("down_after = \"five\"\n").unwrap_err().to_string();
         assert!(err.contains("down_after") && err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn retention_has_defaults_and_is_checked() {
+        let cfg: Config = toml::from_str("[retention]\nlogs = \"14d\"\nalerts = \"0s\"\n").unwrap();
+        assert_eq!(cfg.retention.logs, Duration::from_secs(14 * 86_400));
+        assert_eq!(cfg.retention.commits, Duration::from_secs(90 * 86_400), "the default");
+        assert_eq!(
+            cfg.retention.describe(),
+            "commits 90d, logs 14d, incidents 365d, alerts forever (checked every 1h)"
+        );
+        cfg.validate().unwrap();
+        let cfg: Config = toml::from_str("[retention]\ncommits = \"10m\"\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("retention.commits") && err.contains("at least 1h"), "{err}");
+        let err = toml::from_str::<Config>("[retention]\nlog = \"1d\"\n").unwrap_err().to_string();
+        assert!(err.contains("log"), "{err}");
+        let cfg: Config = toml::from_str("[retention]\ninterval = \"0s\"\n").unwrap();
+        assert_eq!(cfg.retention.describe(), "off");
     }
 
     #[test]

@@ -632,6 +632,7 @@ impl Coordinator {
         let ready = hosts.iter().filter(|h| h.state == HostState::Ready).count();
         let raft = self.consensus.status();
         let me = self.consensus.me();
+        let store = self.consensus.store();
         Ok(StatusView {
             version: fifty_shared::VERSION.to_string(),
             cluster_created_at: self.consensus.store().cluster()?.map(|c| views::rfc3339(c.created_at)),
@@ -649,6 +650,24 @@ impl Coordinator {
             hosts: HostCounts { total: hosts.len(), ready, down: hosts.len() - ready },
             heartbeat_interval: humantime::format_duration(self.config.heartbeat_interval).to_string(),
             down_after: humantime::format_duration(self.config.down_after).to_string(),
+            store: Some(store.sizes()?),
+            artifacts: Some(store.recorded_blobs()?.iter().fold((0, 0), |(n, bytes), (_, size)| (n + 1, bytes + size))),
+            retention: Some(match store.retention()? {
+                Some(r) => views::RetentionView {
+                    settings: self.config.retention.describe(),
+                    last_run: Some(views::rfc3339(r.at)),
+                    removed: r.removed,
+                    more: r.more,
+                    total: r.total,
+                },
+                None => views::RetentionView {
+                    settings: self.config.retention.describe(),
+                    last_run: None,
+                    removed: Default::default(),
+                    more: false,
+                    total: Default::default(),
+                },
+            }),
         })
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod backup;
 pub mod ci;
 pub mod cli;
 pub mod client;
@@ -24,6 +25,7 @@ pub mod local;
 pub mod metrics;
 pub mod notify;
 pub mod quic;
+pub mod retention;
 pub mod sample_app;
 pub mod server;
 pub mod state;

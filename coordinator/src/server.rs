@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     tokio::spawn(crate::notify::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::experiments::leader::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(crate::alerts::run::run(coordinator.clone(), shutdown.clone()));
+    tokio::spawn(crate::retention::run(coordinator.clone(), shutdown.clone()));
     tokio::spawn(consistency_checks(coordinator.clone(), config.consistency_check_interval, shutdown.clone()));
 
     let _ = tokio::join!(quic, api);

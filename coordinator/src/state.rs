@@ -178,7 +178,7 @@ pub struct Counters {
 /// command raises it and makes [`Command::since`] return the new version for that kind: the
 /// leader then proposes it only once every voter reports it (a rolling upgrade's old followers
 /// would stop at an entry they cannot decode). Commands are only ever added at the end.
-pub const STATE_VERSION: u32 = 4;
+pub const STATE_VERSION: u32 = 5;
 
 /// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
@@ -457,6 +457,15 @@ pub enum Command {
         /// Scheduled looks (judged by a group-sequential test); None: looked at any time.
         schedule: Option<crate::experiments::Schedule>,
     },
+    /// Forget what is out of retention (state version 5): records that finished before the
+    /// cut-off times, fixed by the leader when it proposes this, except what is still needed
+    /// (see `retention`). Never rejected; what it removed is recorded in `sm/retention`.
+    Forget {
+        /// The cut-off times.
+        cutoffs: crate::retention::Cutoffs,
+        /// When it was proposed.
+        at: SystemTime,
+    },
 }
 
 impl Command {
@@ -500,6 +509,7 @@ impl Command {
             Command::BlobAvailable { .. } => 2,
             Command::ImmuneEvidence { .. } => 3,
             Command::CreateExperimentV4 { .. } => 4,
+            Command::Forget { .. } => 5,
         }
     }
 }
@@ -818,6 +828,7 @@ impl Machine {
                 return crate::experiments::apply_create_v4(store, experiment, *schedule, true, batch)
             }
             Command::DeleteExperiment { name } => return crate::experiments::apply_delete(store, name, batch),
+            Command::Forget { cutoffs, at } => crate::retention::apply_forget(store, cutoffs, *at, batch)?,
             Command::RecordExperimentReport { host, report, at } => {
                 return crate::experiments::apply_report(store, host, report, *at, batch)
             }

@@ -99,6 +99,30 @@ pub struct StatusView {
     pub heartbeat_interval: String,
     /// How long without a heartbeat makes a host down, e.g. `5s`.
     pub down_after: String,
+    /// How big the answering coordinator's state and Raft log are (absent from older servers).
+    #[serde(default)]
+    pub store: Option<crate::store::StoreSizes>,
+    /// Artifacts the state names: how many, and their bytes (in the blob store, beside sled).
+    #[serde(default)]
+    pub artifacts: Option<(u64, u64)>,
+    /// Retention's settings and what it last removed.
+    #[serde(default)]
+    pub retention: Option<RetentionView>,
+}
+
+/// Retention in `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RetentionView {
+    /// The settings, as a person reads them (`off`, or what is kept how long).
+    pub settings: String,
+    /// When it last removed something (none yet: never).
+    pub last_run: Option<String>,
+    /// What it removed then.
+    pub removed: crate::retention::Removed,
+    /// Whether that run stopped at its bound with more to remove (the next follows at once).
+    pub more: bool,
+    /// Everything it removed since the cluster began.
+    pub total: crate::retention::Removed,
 }
 
 /// One token in `GET /v1/tokens` (never its secret).

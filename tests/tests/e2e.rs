@@ -469,6 +469,8 @@ async fn the_api_checks_every_route_bounds_its_input_and_does_not_wait_on_a_paus
         let policy = match (&r.method, r.path) {
             (_, "/v1/health" | "/v1/webhooks/github") => Access::Public,
             (_, "/v1/repos/{repo}/commits") => Access::Token(Role::Ci),
+            // A backup holds the CA key and every token's hash.
+            (_, "/v1/snapshot") => Access::Token(Role::Admin),
             (&Method::GET, p) if !p.starts_with("/v1/tokens") => Access::Token(Role::Read),
             _ => Access::Token(Role::Admin),
         };
@@ -2840,4 +2842,215 @@ async fn coordinators_and_agents_tell_systemd_when_they_are_ready() {
         lone_notify.seen
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Downloads artifact `digest` whole as agent `host` would (its own certificate, the agent
+/// protocol, chunk by chunk) and returns its bytes.
+async fn download_artifact_as(cluster: &LocalCluster, host: &str, digest: &str) -> Vec<u8> {
+    use fifty_shared::codec::{read_frame, write_frame};
+    use fifty_shared::wire::{AgentMsg, CoordinatorMsg};
+    let ids = cluster.agent_dir(host).join("identity");
+    let read = |f: &str| std::fs::read_to_string(ids.join(f)).unwrap();
+    let cert = fifty_shared::tls::CertAndKey { cert_pem: read("cert.pem"), key_pem: read("key.pem") };
+    let config = fifty_shared::tls::quic_client_config(&read("ca.pem"), &cert, fifty_shared::wire::ALPN_AGENT).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let attempt = async {
+        let conn = endpoint.connect(cluster.quic(), fifty_shared::tls::COORDINATOR_NAME)?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(&mut send, &AgentMsg::Hello { agent_version: "probe".into() }).await?;
+        let mut bytes = Vec::new();
+        loop {
+            let offset = bytes.len() as u64;
+            write_frame(&mut send, &AgentMsg::FetchArtifact { digest: digest.to_string(), offset }).await?;
+            let (total, data) = loop {
+                match read_frame::<CoordinatorMsg, _>(&mut recv).await? {
+                    Some(CoordinatorMsg::ArtifactData { data, missing: None, total, offset: at, .. })
+                        if at == offset =>
+                    {
+                        break (total, data)
+                    }
+                    Some(CoordinatorMsg::ArtifactData { missing: Some(why), .. }) => anyhow::bail!("refused: {why}"),
+                    Some(_) => continue,
+                    None => anyhow::bail!("the coordinator closed the link without answering"),
+                }
+            };
+            bytes.extend_from_slice(&data);
+            if bytes.len() as u64 >= total {
+                conn.close(0u32.into(), b"done");
+                return anyhow::Ok(bytes);
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, attempt).await.expect("an answer").unwrap()
+}
+
+/// Backup and restore, as an operator would after losing every coordinator: `fifty snapshot
+/// save` (admin only; the file 0600), every coordinator killed and its data dir deleted, a
+/// damaged copy refused saying where, `fifty snapshot restore` into an empty data dir, the
+/// others joined to it; then every token (the old ones work), host (its agent reconnects with the
+/// certificate it had), repository, release (its artifact downloadable and on every
+/// coordinator) and incident is there, and a new push goes from commit to release as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_restored_from_a_backup_after_losing_every_coordinator() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = test_dir("backup");
+    let options = Options { coordinators: 3, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    cluster.add_agent("build-1", "role=build,slots=2").await.unwrap();
+    cluster.add_agent("spare-1", "role=spare").await.unwrap();
+    let port = fifty::local::free_port().unwrap();
+    cluster.add_agent_with("web-1", "role=prod", &format!("port={port}")).await.unwrap();
+    cluster.wait_reporting(&["build-1", "spare-1", "web-1"], DEADLINE).await.unwrap();
+    let admin = cluster.admin_token.clone();
+    let read = token(&cluster, "read", None).await;
+    let ci = token(&cluster, "ci", None).await;
+    let repo =
+        SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Deploy).await.unwrap();
+    let first = repo.git_head().await;
+    assert!(repo.push().await.unwrap().status.success());
+    let r1 = wait_release(&cluster, &first).await;
+    let done = wait_rollout(&cluster, r1, Phase::Done).await;
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
+    wait_serving(&[port], &first[..10]).await;
+    let releases: Vec<ReleaseView> = cluster.client().get("/v1/releases").await.unwrap();
+    let release = releases.into_iter().find(|r| r.id == r1).expect("release 1 listed");
+    // An incident: a critical alert on a host that goes away.
+    let rule = ["alert", "rule", "add", "host-down", "--kind", "host_down", "--for", "1s", "--severity", "critical"];
+    let out = cli(&cluster, &admin, &rule).await;
+    assert!(out.status.success(), "{}", said(&out));
+    cluster.kill_agent("spare-1").await.unwrap();
+    let incident = wait_for("the host-down incident", DEADLINE, || {
+        let client = cluster.client();
+        async move {
+            let list: Vec<IncidentView> = client.get("/v1/incidents").await?;
+            Ok(list.into_iter().find(|i| i.title == "host-down firing: spare-1"))
+        }
+    })
+    .await
+    .unwrap();
+
+    // `fifty status` shows how big the state is and that retention has nothing to do yet.
+    let status = cli(&cluster, &read.token, &["status"]).await;
+    let shown = text(&status.stdout);
+    assert!(status.status.success(), "{}", said(&status));
+    for expected in ["records", "Raft log", "on disk", "Artifacts    1,", "Retention    commits 90d, logs 30d"] {
+        assert!(shown.contains(expected), "{expected:?} missing: {shown}");
+    }
+    assert!(shown.contains("nothing removed yet"), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&cli(&cluster, &read.token, &["status", "--json"]).await.stdout).expect("status JSON");
+    let records = json["store"]["state_records"].as_u64().unwrap_or(0);
+    assert!(records > 20 && json["store"]["disk_bytes"].as_u64().unwrap_or(0) > 0, "{json:#}");
+
+    // Only an admin may take a backup; the file is the owner's only.
+    let file = dir.join("cluster.backup");
+    let refused = cli(&cluster, &read.token, &["snapshot", "save", file.to_str().unwrap()]).await;
+    assert!(!refused.status.success() && said(&refused).contains("it needs admin"), "{}", said(&refused));
+    assert!(!file.exists(), "a refused backup leaves no file");
+    let saved = cli(&cluster, &admin, &["snapshot", "save", file.to_str().unwrap()]).await;
+    assert!(saved.status.success(), "{}", said(&saved));
+    assert!(said(&saved).contains("1 artifacts") && said(&saved).contains("CA key"), "{}", said(&saved));
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let checked = cli(&cluster, &admin, &["snapshot", "verify", file.to_str().unwrap()]).await;
+    assert!(checked.status.success() && said(&checked).contains("a whole backup"), "{}", said(&checked));
+
+    // Every coordinator is lost, with its disk.
+    for i in 0..3 {
+        cluster.kill_coordinator(i).await.unwrap();
+        cluster.wipe_coordinator(i).unwrap();
+    }
+    let fifty = |args: &[&std::ffi::OsStr]| {
+        let mut c = tokio::process::Command::new(cluster.bin_dir.join("fifty"));
+        c.args(args);
+        c
+    };
+    let config = dir.join("coord-1.toml");
+    // A copy cut short, or with a changed byte, is refused before anything is written.
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = dir.join("cut.backup");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let out = fifty(&["snapshot".as_ref(), "restore".as_ref(), cut.as_ref(), "--config".as_ref(), config.as_ref()])
+        .output()
+        .await
+        .unwrap();
+    let expected = format!("truncated: the file ends at byte {}", bytes.len() - 100);
+    assert!(!out.status.success() && said(&out).contains(&expected), "{}", said(&out));
+    let mut flipped = bytes.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    let bad = dir.join("flipped.backup");
+    std::fs::write(&bad, &flipped).unwrap();
+    let out = fifty(&["snapshot".as_ref(), "restore".as_ref(), bad.as_ref(), "--config".as_ref(), config.as_ref()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success() && said(&out).contains("backup "), "{}", said(&out));
+    assert!(said(&out).contains("damaged at byte") || said(&out).contains("checksum mismatch"), "{}", said(&out));
+    assert!(!dir.join("coord-1").join("state").exists(), "nothing was written");
+
+    // Restore into coordinator 1's empty data dir; start it; the others join it.
+    let out = fifty(&["snapshot".as_ref(), "restore".as_ref(), file.as_ref(), "--config".as_ref(), config.as_ref()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("Restored a cluster of one"), "{}", said(&out));
+    assert_private_tree(&dir.join("coord-1"));
+    cluster.start_coordinator(0).await.unwrap();
+    cluster.wait_leader(DEADLINE).await.unwrap();
+    let via = cluster.coordinators[0].quic.to_string();
+    for i in 1..3 {
+        cluster.start_coordinator_with(i, &["--join", &via]).unwrap();
+    }
+    wait_for("three voters again", Duration::from_secs(120), || {
+        let client = cluster.client_for(0);
+        async move {
+            let v: ClusterView = client.get("/v1/cluster/members").await?;
+            Ok((v.members.iter().filter(|m| m.voter).count() == 3).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
+
+    // Every token works as before: the bootstrap admin's, the read token, the CI token (below).
+    let hosts = cli(&cluster, &read.token, &["hosts"]).await;
+    assert!(hosts.status.success(), "{}", said(&hosts));
+    for host in ["build-1", "spare-1", "web-1"] {
+        assert!(text(&hosts.stdout).contains(host), "{host}: {}", text(&hosts.stdout));
+    }
+    // The agents reconnect with the certificates they had: the cluster kept its CA.
+    cluster.wait_reporting(&["build-1", "web-1"], DEADLINE).await.unwrap();
+    let repos = cli(&cluster, &admin, &["repo", "list"]).await;
+    assert!(repos.status.success() && text(&repos.stdout).contains("shop"), "{}", said(&repos));
+    let releases: Vec<ReleaseView> = cluster.client().get("/v1/releases").await.unwrap();
+    assert!(releases.iter().any(|r| r.id == r1 && r.digest == release.digest), "{releases:#?}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(&cluster, &admin, &["status", "--json"]).await.stdout).expect("status JSON");
+    let restored = status["store"]["state_records"].as_u64().unwrap_or(0);
+    assert!(restored >= records, "every record came back: {restored} of at least {records}");
+    let incidents: Vec<IncidentView> = cluster.client().get("/v1/incidents").await.unwrap();
+    assert!(incidents.iter().any(|i| i.id == incident.id && i.title == incident.title), "{incidents:#?}");
+    // The release's artifact came back with the state: on the restored coordinator, on those that
+    // joined it, and to a host it targets.
+    for i in 0..3 {
+        wait_blob(&cluster, i, &release.digest).await;
+    }
+    // (web-1's own agent is stopped meanwhile: a host has one link, the newest.)
+    cluster.kill_agent("web-1").await.unwrap();
+    let artifact = download_artifact_as(&cluster, "web-1", &release.digest).await;
+    assert_eq!(artifact.len() as u64, release.size);
+    assert_eq!(hex::encode(ring::digest::digest(&ring::digest::SHA256, &artifact)), release.digest);
+    cluster.start_agent("web-1").unwrap();
+    cluster.wait_reporting(&["web-1"], DEADLINE).await.unwrap();
+
+    // And the cluster goes on: a push is tested, packaged and rolled out.
+    repo.write("NOTES.md", "after the restore\n").unwrap();
+    let next = repo.commit("After the restore").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r2 = wait_release(&cluster, &next).await;
+    assert!(r2 > r1);
+    let done = wait_rollout(&cluster, r2, Phase::Done).await;
+    assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
+    wait_serving(&[port], &next[..10]).await;
 }

@@ -2,7 +2,7 @@
 //! write, and every read unless `?stale=true` — are forwarded to it by a follower, and the
 //! leader confirms it still leads (Raft ReadIndex) before serving a read; a write is ordered by
 //! its own commit. `/v1/health`, `/metrics` and `/v1/debug/...` are always answered by the node
-//! asked.
+//! asked, and so is `/v1/snapshot` (a backup streams; see `backup`).
 //!
 //! A forwarded request is bounded: connecting to the leader (TCP, TLS, HTTP) gets
 //! [`CONNECT_TIMEOUT`], the whole exchange `api.forward_timeout`, and it is given up as soon as
@@ -76,7 +76,8 @@ fn answered_locally(req: &Request) -> bool {
     let path = req.uri().path();
     let stale = req.method() == Method::GET
         && req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "stale=true" || kv == "stale"));
-    stale || path == "/v1/health" || path == "/metrics" || path.starts_with("/v1/debug/")
+    // A backup streams from the coordinator asked (`backup::stream`), which takes its own barrier.
+    stale || path == "/v1/health" || path == "/metrics" || path == "/v1/snapshot" || path.starts_with("/v1/debug/")
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {

@@ -234,7 +234,7 @@ impl Drop for RequestGuard {
 
 impl<S, B> hyper::service::Service<hyper::Request<B>> for Tracked<S>
 where
-    S: hyper::service::Service<hyper::Request<B>>,
+    S: hyper::service::Service<hyper::Request<B>, Response = hyper::Response<axum::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -246,10 +246,37 @@ where
         let guard = RequestGuard(self.activity.clone());
         let answer = self.inner.call(req);
         Box::pin(async move {
-            let out = answer.await;
-            drop(guard);
-            out
+            // The request stays busy until its body is sent, not only its head: a streamed
+            // answer (a backup) may take longer than `idle_timeout`, and is not idle meanwhile.
+            let out = answer.await?;
+            Ok(out.map(|inner| axum::body::Body::new(GuardedBody { inner, _guard: guard })))
         })
+    }
+}
+
+/// A response body that keeps its request busy until it is sent (or dropped).
+struct GuardedBody {
+    inner: axum::body::Body,
+    _guard: RequestGuard,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = hyper::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -344,6 +371,7 @@ mod tests {
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/echo", post(|body: axum::body::Bytes| async move { body.len().to_string() }))
+            .route("/slow", get(slow_body))
             .layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, bounded_body));
         let (stop, rx) = watch::channel(false);
         tokio::spawn(serve(listener, config, router, limits, rx));
@@ -379,6 +407,41 @@ mod tests {
         };
         tokio::time::timeout(DEADLINE, read).await.expect("the server closes the connection");
         (start.elapsed(), String::from_utf8_lossy(&got).into_owned())
+    }
+
+    /// An answer whose body takes 3 s to send, in pieces.
+    async fn slow_body() -> axum::body::Body {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Bytes, std::io::Error>>(1);
+        tokio::spawn(async move {
+            for i in 0..6 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = tx.send(Ok(hyper::body::Bytes::from(format!("piece {i};")))).await;
+            }
+        });
+        struct Pieces(tokio::sync::mpsc::Receiver<Result<hyper::body::Bytes, std::io::Error>>);
+        impl hyper::body::Body for Pieces {
+            type Data = hyper::body::Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+                self.0.poll_recv(cx).map(|p| p.map(|r| r.map(hyper::body::Frame::data)))
+            }
+        }
+        axum::body::Body::new(Pieces(rx))
+    }
+
+    /// A body that streams for longer than the idle timeout is sent whole: the connection is
+    /// busy, not idle, until the body ends (a backup streams for as long as it takes).
+    #[tokio::test]
+    async fn a_long_streamed_answer_is_not_cut_by_the_idle_timeout() {
+        let s = server(limits(|l| l.idle_timeout = Duration::from_secs(1))).await;
+        let mut conn = connect(&s).await.unwrap();
+        conn.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let (took, answer) = until_closed(&mut conn).await;
+        assert!(answer.contains("piece 5;"), "cut short after {took:?}: {answer}");
+        assert!(took >= Duration::from_secs(3), "closed after {took:?}");
     }
 
     #[tokio::test]

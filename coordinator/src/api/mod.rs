@@ -151,6 +151,7 @@ pub fn routes() -> Vec<Route> {
         route(M::GET, "/v1/cluster/members", READ, members),
         route(M::DELETE, "/v1/cluster/members/{id}", ADMIN, remove_member),
         route(M::POST, "/v1/cluster/check", ADMIN, cluster_check),
+        route(M::GET, "/v1/snapshot", ADMIN, snapshot),
         route(M::POST, "/v1/debug/isolate", ADMIN, isolate),
         route(M::POST, "/v1/debug/deploy", ADMIN, debug_deploy),
         route(M::POST, "/v1/debug/raft", ADMIN, debug_raft),
@@ -504,6 +505,22 @@ async fn add_webhook(
 
 async fn remove_webhook(State(c): Shared, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(c.remove_webhook(number(&id, "a webhook")?).await?))
+}
+
+/// A backup of the whole cluster (`fifty snapshot save`), streamed: see `backup`. Served by the
+/// coordinator asked, not forwarded (a backup can be far larger than a forwarded answer may be);
+/// on the leader it holds every write acknowledged before the request.
+async fn snapshot(State(c): Shared) -> Result<Response, ApiError> {
+    let (header, body) = crate::backup::stream(&c.consensus)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("backup not taken: {e:#}")))?;
+    let name = format!("attachment; filename=\"fifty-{:016x}-{}.backup\"", header.taken_by, header.index);
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = header::HeaderValue::from_str(&name) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
 }
 
 async fn cluster_check(State(c): Shared) -> Result<impl IntoResponse, ApiError> {

@@ -289,6 +289,11 @@ enum Command {
         #[command(subcommand)]
         command: pipeline::PipelineCommand,
     },
+    /// Back up the cluster (state and artifacts) to a file, or start a new cluster from one.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Offline tools for a coordinator's data dir (run while that coordinator is stopped).
     Store {
         #[command(subcommand)]
@@ -416,6 +421,34 @@ enum TestCommand {
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Save a backup of the whole cluster to FILE (admin token): every state record at one log
+    /// index and every artifact the state names, checksummed. FILE (mode 0600) holds the
+    /// cluster's CA key and release-signing key: keep it as secret as a coordinator's data dir.
+    Save {
+        /// Where the coordinator is, and the token (flags or FIFTY_* variables).
+        #[command(flatten)]
+        client: ClientOpts,
+        /// The backup file to write (replaced only once the new one is whole).
+        file: std::path::PathBuf,
+    },
+    /// Check a backup file whole (checksum, every record and artifact) without restoring it.
+    Verify {
+        /// The backup file.
+        file: std::path::PathBuf,
+    },
+    /// Make an empty data dir the first coordinator of a new cluster whose state is FILE's
+    /// (offline; then start it with `fifty server`, and join the other coordinators to it).
+    Restore {
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// The new coordinator's config, as `fifty server` takes it (data dir, addresses, CA).
+        #[command(flatten)]
+        flags: crate::config::Overrides,
     },
 }
 
@@ -616,6 +649,102 @@ fn junit_names(files: &[std::path::PathBuf], listed: Option<&std::path::Path>) -
     Ok(())
 }
 
+/// `fifty snapshot save|verify|restore`.
+async fn snapshot(command: SnapshotCommand) -> Result<()> {
+    use anyhow::Context as _;
+    match command {
+        SnapshotCommand::Save { client, file } => {
+            let client = Client::from_opts(&client)?;
+            let name = file.file_name().context("the backup FILE names no file")?.to_string_lossy().into_owned();
+            let partial = file.with_file_name(format!(".{name}.partial"));
+            let mut out = {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&partial)
+                    .with_context(|| format!("create {}", partial.display()))?;
+                // An existing file keeps its mode: make sure no one else can read the keys.
+                use std::os::unix::fs::PermissionsExt;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                tokio::fs::File::from_std(f)
+            };
+            let got = client.download("/v1/snapshot", &mut out).await;
+            let checked = match got {
+                Ok(_) => {
+                    out.sync_all().await?;
+                    drop(out);
+                    let p = partial.clone();
+                    tokio::task::spawn_blocking(move || crate::backup::verify(&p)).await?.map_err(anyhow::Error::from)
+                }
+                Err(e) => Err(e),
+            };
+            let summary = match checked {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(e.context("no backup was saved"));
+                }
+            };
+            std::fs::rename(&partial, &file).with_context(|| format!("rename into {}", file.display()))?;
+            print_backup(&file, &summary);
+            println!(
+                "It holds the cluster's CA key, its release-signing key and every token's hash: keep it as secret as a \
+                 coordinator's data dir (README: Backup and restore)."
+            );
+            Ok(())
+        }
+        SnapshotCommand::Verify { file } => {
+            let summary = crate::backup::verify(&file).with_context(|| format!("backup {}", file.display()))?;
+            print_backup(&file, &summary);
+            Ok(())
+        }
+        SnapshotCommand::Restore { file, flags } => {
+            // The restored data dir holds the cluster's keys: owner-only, as `fifty server` makes it.
+            // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+            unsafe { libc::umask(0o077) };
+            let config = crate::config::Config::load(&flags)?;
+            let r = tokio::task::spawn_blocking(move || crate::backup::restore(&file, &config)).await??;
+            let h = &r.summary.header;
+            println!(
+                "Restored a cluster of one from a backup of log index {} ({} records, {} artifacts).\n\
+                 New coordinator {:016x} at {} (API {}); its CA certificate: {}.\n\
+                 Start it with `fifty server` and this config; join the other coordinators to it with empty data \
+                 dirs and `fifty server --join {}`. Agents and tokens from before the backup work as they did.",
+                h.index,
+                h.records,
+                h.blobs.len(),
+                r.node_id,
+                r.me.quic_addr,
+                r.me.http_addr,
+                r.ca_path.display(),
+                r.me.quic_addr
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_backup(file: &std::path::Path, s: &crate::backup::Summary) {
+    let h = &s.header;
+    println!(
+        "{}: a whole backup of {} bytes (SHA-256 {}): state at log index {} (term {}), {} records, {} artifacts \
+         ({} bytes), taken {} by coordinator {:016x}.",
+        file.display(),
+        s.bytes,
+        s.sha256,
+        h.index,
+        h.term,
+        h.records,
+        h.blobs.len(),
+        s.blob_bytes(),
+        humantime::format_rfc3339_seconds(h.taken_at),
+        h.taken_by
+    );
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -712,6 +841,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("Wrote {} man pages into {}.", pages.len(), dir.display());
             Ok(())
         }
+        Command::Snapshot { command } => snapshot(command).await,
         Command::Store { command: StoreCommand::Check { data_dir, json } } => {
             // Opening sled may write files in the data dir: owner-only, as `fifty server` makes
             // them (the server refuses to start on a file others can read).

@@ -110,7 +110,51 @@ pub fn status(s: &StatusView) -> String {
         s.agent_links,
         s.heartbeat_interval,
         s.down_after,
-    )
+    ) + &status_storage(s)
+}
+
+/// The state's size and retention, in `fifty status`.
+fn status_storage(s: &StatusView) -> String {
+    let mut out = String::new();
+    if let Some(st) = &s.store {
+        out += &format!(
+            "State        {} records, {}; Raft log {} entries, {}; on disk {}\n",
+            st.state_records,
+            size(st.state_bytes),
+            st.log_entries,
+            size(st.log_bytes),
+            size(st.disk_bytes),
+        );
+    }
+    if let Some((n, bytes)) = s.artifacts {
+        out += &format!("Artifacts    {n}, {} (in the blob store)\n", size(bytes));
+    }
+    if let Some(r) = &s.retention {
+        out += &format!("Retention    {}\n", r.settings);
+        match &r.last_run {
+            Some(at) => {
+                out += &format!(
+                    "             last removed {} at {}{}; {} since the cluster began\n",
+                    r.removed.describe(),
+                    at,
+                    if r.more { " (more to go)" } else { "" },
+                    r.total.describe()
+                )
+            }
+            None => out += "             nothing removed yet\n",
+        }
+    }
+    out
+}
+
+/// Bytes as people read them.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 10 << 30 => format!("{} GiB", b >> 30),
+        b if b >= 10 << 20 => format!("{} MiB", b >> 20),
+        b if b >= 10 << 10 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
 }
 
 /// `fifty cluster members`.

@@ -131,7 +131,7 @@ pub(super) fn lost_data_dir(old: &PeerInfo, me: &PeerInfo, via: &str) -> String 
 /// Makes `me` the only voter of the cluster its data dir belongs to, keeping its state:
 /// the conf state becomes `me` alone, the other members leave the member table, and entries
 /// past the commit index (no quorum holds them) are dropped. The others come back with `--join`.
-fn force_new_cluster(log: &RaftLog, me: &PeerInfo) -> Result<()> {
+pub(crate) fn force_new_cluster(log: &RaftLog, me: &PeerInfo) -> Result<()> {
     if !log.initialized()? {
         bail!("--force-new-cluster: this data dir holds no cluster to recover (start without the flag)");
     }

@@ -333,6 +333,9 @@ impl Node {
                 self.deferred_reads.push(ctx);
                 self.issue_reads();
             }
+            Input::CopyState { reply } => {
+                let _ = reply.send(self.log.state_image().map_err(ConsensusError::from));
+            }
             Input::Step(msg) => {
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(error = %e, "raft message not stepped");

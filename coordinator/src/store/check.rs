@@ -47,6 +47,7 @@ fn decodes<T: Decode<()>>(bytes: &[u8]) -> Result<(), CodecError> {
 /// under no entry here is reported, and a test keeps this table in step with the store.
 pub const KINDS: &[(&str, &str, Check)] = &[
     ("cluster", "the cluster record", decodes::<crate::state::ClusterRecord>),
+    ("retention", "what retention last removed", decodes::<crate::retention::RetentionRecord>),
     ("counters", "the counters", decodes::<crate::state::Counters>),
     ("token/", "a token", decodes::<crate::state::TokenRecord>),
     ("host/", "a host", decodes::<HostRecord>),

@@ -80,6 +80,21 @@ pub enum StoreError {
     Mark(#[from] mark::MarkError),
 }
 
+/// How big a coordinator's store is ([`Store::sizes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreSizes {
+    /// State records (`sm/`).
+    pub state_records: u64,
+    /// Their keys and values, in bytes.
+    pub state_bytes: u64,
+    /// Raft log entries kept (those after the last compaction).
+    pub log_entries: u64,
+    /// Their keys and values, in bytes.
+    pub log_bytes: u64,
+    /// What sled's files take on disk.
+    pub disk_bytes: u64,
+}
+
 /// The coordinator's durable state.
 #[derive(Clone)]
 pub struct Store {
@@ -277,6 +292,43 @@ impl Batch {
         }
         self.remove(format!("blobsize/{digest}"));
         self.blob_deletions.push(digest.to_string());
+    }
+
+    /// Forgets a commit and its SHA index (retention).
+    pub fn remove_commit(&mut self, c: &CommitRecord) {
+        self.remove(format!("commit/{}/{:016x}", c.repo, c.seq));
+        self.remove(format!("sha/{}/{}", c.repo, c.sha));
+    }
+
+    /// Forgets a finished job, with every attempt's output and test results (retention).
+    pub fn remove_job(&mut self, j: &JobRecord) {
+        self.remove(format!("job/{:016x}", j.id));
+        self.remove(format!("active/{:016x}", j.id));
+        for a in &j.attempts {
+            self.remove_log(j.id, a.n);
+            self.remove(format!("results/{:016x}/{:08x}", j.id, a.n));
+        }
+    }
+
+    /// Forgets one attempt's output (retention).
+    pub fn remove_log(&mut self, job: u64, attempt: u32) {
+        self.remove(format!("log/{job:016x}/{attempt:08x}"));
+    }
+
+    /// Forgets an incident (retention).
+    pub fn remove_incident(&mut self, id: u64) {
+        self.remove(format!("incident/{id:016x}"));
+    }
+
+    /// Forgets an alert (retention).
+    pub fn remove_alert(&mut self, id: u64) {
+        self.remove(format!("alert/{id:016x}"));
+        self.remove(format!("firing/{id:016x}"));
+    }
+
+    /// Records what retention last removed.
+    pub fn put_retention(&mut self, r: &crate::retention::RetentionRecord) {
+        self.put("retention".into(), r);
     }
 
     /// Writes a release.
@@ -559,6 +611,49 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// Every commit of every repository, by repository then sequence number.
+    pub fn all_commits(&self) -> Result<Vec<CommitRecord>, StoreError> {
+        self.scan("commit/")
+    }
+
+    /// Whether an attempt's output is kept.
+    pub fn has_log(&self, job: u64, attempt: u32) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(format!("{STATE_PREFIX}log/{job:016x}/{attempt:08x}").as_bytes())?)
+    }
+
+    /// Whether an attempt's test results are kept.
+    pub fn has_results(&self, job: u64, attempt: u32) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(format!("{STATE_PREFIX}results/{job:016x}/{attempt:08x}").as_bytes())?)
+    }
+
+    /// Every alert, oldest first.
+    pub fn all_alerts(&self) -> Result<Vec<crate::alerts::AlertRecord>, StoreError> {
+        self.scan("alert/")
+    }
+
+    /// What retention last removed, once it has run.
+    pub fn retention(&self) -> Result<Option<crate::retention::RetentionRecord>, StoreError> {
+        self.get("retention")
+    }
+
+    /// How big the state and the Raft log are: records and bytes (keys and values), and what
+    /// sled takes on disk (state, log and sled's own overhead together).
+    pub fn sizes(&self) -> Result<StoreSizes, StoreError> {
+        let mut sizes = StoreSizes { disk_bytes: self.db.size_on_disk()?, ..StoreSizes::default() };
+        for item in self.tree.iter() {
+            let (key, value) = item?;
+            let bytes = (key.len() + value.len()) as u64;
+            if key.starts_with(STATE_PREFIX.as_bytes()) {
+                sizes.state_records += 1;
+                sizes.state_bytes += bytes;
+            } else if key.starts_with(b"raft/log/") {
+                sizes.log_entries += 1;
+                sizes.log_bytes += bytes;
+            }
+        }
+        Ok(sizes)
     }
 
     /// A job by id.

@@ -52,6 +52,34 @@ struct SnapshotRecord {
     value: Vec<u8>,
 }
 
+/// The state machine's records at one applied index, copied between two applies: what a backup
+/// (`crate::backup`) carries. sled hands the records out reference-counted, so taking the copy
+/// on the Raft thread copies no record's bytes.
+pub struct StateImage {
+    /// The applied index the records are the state at.
+    pub index: u64,
+    /// The term of that entry.
+    pub term: u64,
+    records: Vec<(sled::IVec, sled::IVec)>,
+}
+
+impl StateImage {
+    /// Every record, key and value as stored, in key order.
+    pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.records.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
 /// The state records a snapshot carries, each checked to be one.
 fn snapshot_records(snapshot: &Snapshot) -> Result<Vec<SnapshotRecord>, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
@@ -403,6 +431,44 @@ impl RaftLog {
     fn copy_state(&self, applied: u64) -> Result<StateCopy, StoreError> {
         let term = self.term_of(applied)?;
         StateCopy::take(&self.store.tree, applied, term, self.conf_state()?)
+    }
+
+    /// The state at the applied index, for a backup. Call it on the thread that applies entries
+    /// (the Raft thread), so that nothing writes the state meanwhile.
+    pub fn state_image(&self) -> Result<StateImage, StoreError> {
+        let applied = self.applied()?;
+        let copy = self.copy_state(applied)?;
+        Ok(StateImage { index: copy.index, term: copy.term, records: copy.into_records() })
+    }
+
+    /// Makes this (empty) log hold `records` as the state at `index` (of `term`), with `node` the
+    /// only voter: a cluster restored from a backup (`crate::backup::restore`). The records go
+    /// through the same checks and the same one batch as a snapshot received from a leader.
+    pub fn restore_state(
+        &self,
+        index: u64,
+        term: u64,
+        records: &[(Vec<u8>, Vec<u8>)],
+        node: u64,
+    ) -> Result<(), StoreError> {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            let record = SnapshotRecord { key: key.clone(), value: value.clone() };
+            let frame = codec::encode_frame(&record)
+                .map_err(|source| StoreError::Encode { key: String::from_utf8_lossy(key).into_owned(), source })?;
+            data.extend_from_slice(&frame);
+        }
+        let mut snapshot = Snapshot::default();
+        snapshot.data = data.into();
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        let mut cs = ConfState::default();
+        cs.voters = vec![node];
+        meta.set_conf_state(cs);
+        self.apply_snapshot(&snapshot, &HardState::default())?;
+        self.flush_and_mark()?;
+        self.sync_mark()
     }
 
     /// Replaces the whole state with a snapshot received from the leader, in one atomic batch:

@@ -185,6 +185,11 @@ impl StateCopy {
         Ok(Self { index, term, conf_state, records })
     }
 
+    /// The records as copied, for a backup (`crate::backup`).
+    pub(super) fn into_records(self) -> Vec<(sled::IVec, sled::IVec)> {
+        self.records
+    }
+
     /// The snapshot: metadata, and the records as a sequence of codec frames.
     pub(super) fn encode(self) -> Result<Snapshot, StoreError> {
         let started = Instant::now();
