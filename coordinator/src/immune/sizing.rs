@@ -509,6 +509,7 @@ mod tests {
             Fleet { error_host_cv: 0.15, error_burst_cv: 0.3, drift_sd: 0.0, traffic_swing: 0.0, ..Fleet::default() };
         let m = measure("error_rate", &history(&truth, 6, 20, 2)).expect("enough history");
         let estimate = size(&m, &ask(2.0)).expect("sizable");
+        eprintln!("{m:?}\n{estimate:?}");
         let scenario = |regression| Scenario {
             fleet: Fleet {
                 bake: Duration::from_secs(2),
