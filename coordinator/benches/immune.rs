@@ -5,7 +5,8 @@
 //! reproducible from the printed seed. `FIFTY_IMMUNE_SCALE=0.1` runs a tenth of the waves, for a quick look;
 //! `FIFTY_IMMUNE_FLEETS_ONLY=1` only issue 16's fleets; `FIFTY_IMMUNE_HISTORY=0` judges them without each host's past;
 //! `FIFTY_IMMUNE_SEED=<n>` another seed set (every cell's seed is derived from it); `FIFTY_IMMUNE_NO_POWER=1`
-//! leaves out the time-to-revert table.
+//! leaves out the time-to-revert table; `FIFTY_IMMUNE_HOST_DRIFT=<sd>` gives each host its own drift;
+//! `FIFTY_IMMUNE_HISTORY_STUDY=1` only compares 10, 30 and 60 minutes of each host's past.
 
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,11 @@ fn main() {
         settings.ratio_host_spread
     );
 
+    if std::env::var_os("FIFTY_IMMUNE_HISTORY_STUDY").is_some() {
+        history_study(budget);
+        println!("\nwall time: {:.1?}", started.elapsed());
+        return;
+    }
     if std::env::var_os("FIFTY_IMMUNE_FLEETS_ONLY").is_some() {
         // Only issue 16's fleets (the sections above are the earlier model's record).
         fleets(budget);
@@ -219,11 +225,70 @@ fn main() {
     println!("\nwall time: {:.1?}", started.elapsed());
 }
 
+/// Each host's own drift of its error rate (`Fleet::host_drift_sd`): `FIFTY_IMMUNE_HOST_DRIFT`,
+/// default 0.
+fn host_drift() -> f64 {
+    std::env::var("FIFTY_IMMUNE_HOST_DRIFT").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0)
+}
+
+/// How much of each host's past to judge it against: A/A false reverts and holds, and passes of a
+/// regression at the tolerance, for 10, 30 and 60 minutes of history, with and without each
+/// host's own drift (which makes an older past a worse reference).
+fn history_study(budget: Budget) {
+    println!("## How much of each host's past (one canary + 5, 60 s bake extended to 300 s)\n");
+    println!("| fleet | host drift | history | A/A waves | false reverts | 95% CI (Wilson) | held | median time to promote | ×1.5 waves | ×1.5 passed | ×1.5 reverted |");
+    println!("| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    let fleets = [
+        ("realistic, 100 req/s", Fleet::default()),
+        ("20 req/s", Fleet { requests_per_second: 20.0, ..Fleet::default() }),
+    ];
+    for (i, (label, fleet)) in fleets.iter().enumerate() {
+        for (j, drift) in [0.0, 0.004, 0.01].into_iter().enumerate() {
+            for (k, history) in [600u64, 1800, 3600].into_iter().enumerate() {
+                let fleet = Fleet {
+                    max_bake: Duration::from_secs(300),
+                    history: Duration::from_secs(history),
+                    host_drift_sd: drift,
+                    ..fleet.clone()
+                };
+                let cell = seed() + 20_000 + 100 * i as u64 + 10 * j as u64 + k as u64;
+                let aa = run_many(&scenario(&fleet, 1, Regression::None, budget), scaled(AA16_RUNS), cell, THREADS);
+                let bad = run_many(
+                    &scenario(&fleet, 1, Regression::ErrorRate(1.5), budget),
+                    scaled(POWER16_RUNS),
+                    cell + 1_000_000,
+                    THREADS,
+                );
+                let (lo, hi) = aa.revert_interval();
+                println!(
+                    "| {label} | {drift} | {history} s | {} | {} ({}) | {} – {} | {} | {} | {} | {} | {} |",
+                    aa.runs,
+                    aa.reverts(),
+                    pct(aa.revert_rate()),
+                    pct(lo),
+                    pct(hi),
+                    pct(aa.held as f64 / aa.runs as f64),
+                    secs(aa.time_to_promote(0.5)),
+                    bad.runs,
+                    pct(bad.promote_rate()),
+                    pct(bad.revert_rate()),
+                );
+            }
+        }
+    }
+}
+
 /// Issue 16's fleets: A/A false reverts and holds with a 60 s bake that may extend to 5 minutes
 /// (`max_bake`), and the time to catch ×1.5, ×2 and ×4 against Wald's SPRT.
 fn fleets(budget: Budget) {
-    let history = std::env::var("FIFTY_IMMUNE_HISTORY").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(600);
-    let base = Fleet { max_bake: Duration::from_secs(300), history: Duration::from_secs(history), ..Fleet::default() };
+    // The judge's `HISTORY` by default.
+    let history = std::env::var("FIFTY_IMMUNE_HISTORY").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(1800);
+    let base = Fleet {
+        max_bake: Duration::from_secs(300),
+        history: Duration::from_secs(history),
+        host_drift_sd: host_drift(),
+        ..Fleet::default()
+    };
     let fleets: Vec<(&str, Fleet)> = vec![
         ("realistic, 100 req/s, 0.5%", base.clone()),
         ("20 req/s", Fleet { requests_per_second: 20.0, ..base.clone() }),
@@ -245,7 +310,9 @@ fn fleets(budget: Budget) {
     ];
     println!(
         "\n## Issue 16 fleets: healthy waves (A/A), 60 s bake extended while undecided up to 300 s; error rate judged \
-         against each host's own past {history} s (0: hosts against each other)\n"
+         against each host's own past {history} s (0: hosts against each other); each host's own drift {} per \
+         interval\n",
+        host_drift()
     );
     println!(
         "| fleet | canary + baseline | waves | false reverts | rate | 95% CI (Wilson) | held for a person | promoted | median time to promote |"

@@ -132,6 +132,12 @@ def cs_upper(delta, sd, df, confidence):
     return optimize.brentq(gap, max(delta, 0.0) + 1e-9 * sd, max(delta, 0.0) + 40 * sd, xtol=1e-15, rtol=1e-14)
 
 
+def fixed_upper(delta, sd, df, confidence):
+    """The end look's fixed-horizon upper bound on the test's scale: delta + t_{confidence, df} sd
+    (scipy.stats.t.ppf; the normal's quantile when df is infinite)."""
+    return delta + t_ppf(confidence, df) * sd
+
+
 def shifted_auc(reference, bounds, factor):
     """The AUC of the reference's latencies all multiplied by factor against the reference, on the
     buckets: the reference's CDF by numpy.interp (edges 0, bounds...), read at bounds / factor."""
@@ -197,7 +203,7 @@ def signed_root_lr(n1, d1, n2, d2):
     return math.copysign(math.sqrt(max(dev, 0.0)), gap)
 
 
-def ratio_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9, host_floor=0.2):
+def ratio_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.95, host_floor=0.2):
     """base/can: {host: [(num, den), ...]} cumulative so far."""
     def agg(side):
         out = []
@@ -246,7 +252,8 @@ def ratio_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9, host_floor
     p = mixture_p(t, df, total, mixture_scale)
     df_own = satterthwaite(own_spread, tau_df, own_sampling, phi_df)
     upper = cs_upper(bad * delta, math.sqrt(own_spread + own_sampling), df_own, confidence) * p0 / rb
-    return dict(baseline=rb, canary=rc, phi=phi, tau2=tau2, t=t, df=df, p=p, upper=upper)
+    fixed = fixed_upper(bad * delta, math.sqrt(own_spread + own_sampling), df_own, confidence) * p0 / rb
+    return dict(baseline=rb, canary=rc, phi=phi, tau2=tau2, t=t, df=df, p=p, upper=upper, fixed=fixed)
 
 
 def auc(host, ref):
@@ -273,7 +280,7 @@ def bucket_median(counts, bounds):
     return float(np.interp(half, cumulative, edges))
 
 
-def histogram_look(base, can, bounds, mixture_scale=0.5, bad=1.0, confidence=0.9):
+def histogram_look(base, can, bounds, mixture_scale=0.5, bad=1.0, confidence=0.95):
     """base/can: {host: (per-bucket counts, sum, count)} cumulative so far. The effect is the
     median's (interpolated within the buckets), the quantity a rank test measures."""
     pooled = np.sum([np.asarray(c, float) for c, _, _ in base.values()], axis=0)
@@ -296,10 +303,12 @@ def histogram_look(base, can, bounds, mixture_scale=0.5, bad=1.0, confidence=0.9
     # The change the ranks give (all latencies scaled by one factor) and its always-valid bound.
     effect = rank_scale(pooled, bounds, 0.5 + delta) - 1
     upper = rank_scale(pooled, bounds, 0.5 + cs_upper(bad * delta, math.sqrt(total), df, confidence)) - 1
-    return dict(baseline=median_b, canary=median_c, effect=effect, tau2=tau2, t=t, df=df, p=p, upper=upper)
+    fixed = rank_scale(pooled, bounds, 0.5 + fixed_upper(bad * delta, math.sqrt(total), df, confidence)) - 1
+    return dict(baseline=median_b, canary=median_c, effect=effect, tau2=tau2, t=t, df=df, p=p, upper=upper,
+                fixed=fixed)
 
 
-def gauge_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
+def gauge_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.95):
     """base/can: {host: [values...]} so far."""
     mb = np.mean([np.mean(v) for v in base.values()])
     mc = np.mean([np.mean(v) for v in can.values()])
@@ -323,7 +332,8 @@ def gauge_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.9):
     t = bad * delta / math.sqrt(total)
     p = mixture_p(t, df, total, mixture_scale)
     upper = cs_upper(bad * delta, math.sqrt(total), df, confidence) * scale / abs(mb)
-    return dict(baseline=mb, canary=mc, tau2=tau2, t=t, df=df, p=p, upper=upper)
+    fixed = fixed_upper(bad * delta, math.sqrt(total), df, confidence) * scale / abs(mb)
+    return dict(baseline=mb, canary=mc, tau2=tau2, t=t, df=df, p=p, upper=upper, fixed=fixed)
 
 
 print("# two-Poisson signed root LR (continuity corrected) vs the exact conditional binomial test")
@@ -388,7 +398,7 @@ for k in range(1, 4):
 print("# ratio judged against each host's own past (difference in differences), one interval after")
 
 
-def change_look(before, after, canary, floor=0.05, mixture_scale=0.5, confidence=0.9):
+def change_look(before, after, canary, floor=0.05, mixture_scale=0.5, confidence=0.95):
     """before/after: {host: (num, den)}; canary: the canary hosts' names. phi = 1 (one interval)."""
     def unit(h):
         (n, d), (nb, db) = after[h], before[h]
@@ -407,10 +417,60 @@ def change_look(before, after, canary, floor=0.05, mixture_scale=0.5, confidence
     t = delta / math.sqrt(total)
     p = mixture_p(t, df, total, mixture_scale)
     upper = math.exp(cs_upper(delta, math.sqrt(total), df, confidence)) - 1
-    return dict(effect=math.exp(delta) - 1, t=t, df=df, p=p, upper=upper)
+    fixed = math.exp(fixed_upper(delta, math.sqrt(total), df, confidence)) - 1
+    return dict(effect=math.exp(delta) - 1, t=t, df=df, p=p, upper=upper, fixed=fixed)
 
 
 CHANGE_BEFORE = {"b0": (36, 18000), "b1": (45, 18000), "b2": (90, 18000), "c0": (72, 18000)}
 CHANGE_AFTER = {"b0": (3, 1000), "b1": (2, 1000), "b2": (5, 1000), "c0": (9, 1000)}
 look = change_look(CHANGE_BEFORE, CHANGE_AFTER, {"c0"})
 print("change look: " + ", ".join(f"{key}={val!r}" for key, val in look.items()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The end look and what it can do: the chance that a healthy wave is held at a fixed-horizon
+# 1 - beta/2 bound, and the bake or canaries that make it small.
+print("# end look: t quantiles and the information limit")
+show("t.ppf(0.95, 5.5)", stats.t.ppf(0.95, 5.5))
+show("norm.ppf(0.95)", stats.norm.ppf(0.95))
+
+
+def change_variance(events_now, events_past, canaries, baselines, floor=0.05, phi=1.0):
+    """The variance of the canary-minus-baseline mean log change, each host against its own past:
+    phi/(n + 1/2) per window per host, plus the spread floor, over canaries and baselines."""
+    per_host = phi / (events_now + 0.5) + phi / (events_past + 0.5)
+    k = 1.0 / canaries + 1.0 / baselines
+    return k * (per_host + floor * floor)
+
+
+def held(se, pass_bound=0.5, beta=0.1):
+    """P(a healthy wave's end-look bound exceeds pass_bound): Phi(z_{1-beta/2} - ln(1+pass_bound)/SE)."""
+    return stats.norm.cdf(stats.norm.ppf(1 - beta / 2) - math.log(1 + pass_bound) / se)
+
+
+def se_for(held_share, pass_bound=0.5, beta=0.1):
+    return math.log(1 + pass_bound) / (stats.norm.ppf(1 - beta / 2) - stats.norm.ppf(held_share))
+
+
+show("held(0.2)", held(0.2))
+show("held(0.12)", held(0.12))
+for share in (0.02, 0.05):
+    show(f"SE for {share:.0%} held", se_for(share))
+for rps, rate, phi in [(100, 0.005, 1.09), (20, 0.005, 1.018)]:
+    per_s = rps * rate
+    for history in (600, 1800, 3600):
+        for canaries, baselines in [(1, 5), (4, 2)]:
+            v = change_variance(per_s * 300, per_s * history, canaries, baselines, phi=phi)
+            print(f"{rps} req/s, {rate:.1%}, phi {phi}, history {history} s, {canaries} + {baselines}, 300 s: "
+                  f"SE {math.sqrt(v):.4f}, held {held(math.sqrt(v)):.4f}")
+        for canaries, baselines in [(1, 5), (4, 2), (3, 1000), (6, 6)]:
+            for share in (0.02, 0.05):
+                target = se_for(share) ** 2
+                try:
+                    bake = optimize.brentq(
+                        lambda t: change_variance(per_s * t, per_s * history, canaries, baselines, phi=phi) - target,
+                        1.0, 1e6)
+                    print(f"    {canaries} + {baselines}, history {history} s: {share:.0%} held needs a bake of "
+                          f"{bake:.0f} s")
+                except ValueError:
+                    print(f"    {canaries} + {baselines}, history {history} s: {share:.0%} held is out of reach")

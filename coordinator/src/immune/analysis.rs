@@ -24,8 +24,11 @@
 //! Invariants: a `Fail` needs the always-valid p-value at or below this monitor's share of alpha AND a
 //! relative effect of at least `min_effect` in the bad direction; once failed, a monitor stays failed
 //! and keeps the evidence of the failing look. No data, too little data or a host spread that cannot
-//! be measured is `Inconclusive`, never `Pass`. A `Pass` needs an observed change below `min_effect`
-//! and the data to rule out (at `pass_confidence`) a regression larger than `pass_bound`.
+//! be measured is `Inconclusive`, never `Pass`. A `Pass` needs the data to rule out a regression
+//! larger than `pass_bound`: early, at any look, with an observed change below `min_effect` and an
+//! always-valid bound at `1 − β/2` (`β = 1 − pass_confidence`); or once, at the end of the bake
+//! ([`Monitor::end_look`]), with a fixed-horizon bound at `1 − β/2`. Together they pass a
+//! regression of `pass_bound` in at most `β` of waves.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -284,12 +287,14 @@ pub struct Evidence {
     pub p_value: f64,
     /// This monitor's share of the rollout's alpha.
     pub alpha: f64,
-    /// The always-valid upper confidence bound (at `pass_confidence`) of the relative effect in the
-    /// bad direction at this look, when it can be computed; given only by a final look's verdict
-    /// (`verdict(true)`), as it takes a root search.
+    /// The upper confidence bound (at `1 − β/2`, `β = 1 − pass_confidence`) of the relative effect
+    /// in the bad direction, when it can be computed: after the end look
+    /// ([`Monitor::end_look`]), that look's fixed-horizon bound; before it, the always-valid
+    /// bound at this look, given only by a final look's verdict (`verdict(true)`), as it takes a
+    /// root search.
     pub bad_effect_upper: Option<f64>,
     /// The always-valid p-value of "the regression is at least `pass_bound`": the smallest over
-    /// all looks so far. A `Pass` needs it at or below `1 − pass_confidence`.
+    /// all looks so far. An early `Pass` needs it at or below `β/2`, `β = 1 − pass_confidence`.
     pub pass_p_value: f64,
     /// Baseline sample size: requests (ratio), observations (histogram) or host-intervals (gauge).
     pub baseline_n: u64,
@@ -434,6 +439,9 @@ pub struct Monitor {
     min_p: f64,
     /// The largest ln Λ so far of the pass test (evidence against a regression of `pass_bound`).
     best_pass: f64,
+    /// The one fixed-horizon look at the end of the bake's extension, once taken
+    /// ([`Monitor::end_look`]); frozen from then on.
+    end: Option<EndLook>,
     last: Option<Look>,
     failed: Option<MetricResult>,
     /// Each host's data from before the wave, on the old release.
@@ -463,6 +471,7 @@ impl Monitor {
             looks: 0,
             min_p: 1.0,
             best_pass: f64::NEG_INFINITY,
+            end: None,
             last: None,
             failed: None,
             before: Side::default(),
@@ -526,6 +535,36 @@ impl Monitor {
         }
     }
 
+    /// The one fixed-horizon look at the end of the bake's extension (when `max_bake` is reached,
+    /// or when the wave cannot be baked any longer), then the verdict. The metric passes if the
+    /// `1 − β/2` upper confidence bound of this look alone (`β = 1 − pass_confidence`; the same
+    /// estimate and variance as the sequential test, the spread floor included, Student's t on
+    /// its degrees of freedom) is at or below `pass_bound`, whatever the change observed below
+    /// it. The early, always-valid pass spends the other `β/2`, so by the union bound a
+    /// regression of `pass_bound` passes in at most `β` of waves.
+    ///
+    /// Taken once: a second call (or a later `observe`) changes nothing about it, so the caller
+    /// cannot look again at the end with more data. A failed test stays failed.
+    pub fn end_look(&mut self) -> MetricResult {
+        if self.end.is_none() && self.failed.is_none() {
+            let confidence = 1.0 - (1.0 - self.settings.pass_confidence) / 2.0;
+            let upper = self
+                .last
+                .as_ref()
+                .and_then(|l| l.stat.as_ref())
+                .and_then(|s| s.bound.as_ref())
+                .map(|b| b.fixed_upper(confidence));
+            let passed = upper.is_some_and(|u| u <= self.settings.pass_bound);
+            self.end = Some(EndLook { upper, passed, confidence });
+        }
+        self.verdict(true)
+    }
+
+    /// Whether [`Monitor::end_look`] has been taken.
+    pub fn ended(&self) -> bool {
+        self.end.is_some()
+    }
+
     /// The always-valid p-value so far (1 before any usable look).
     pub fn p_value(&self) -> f64 {
         self.min_p
@@ -556,7 +595,8 @@ impl Monitor {
     }
 
     /// What this monitor's sequential test has accumulated, enough for [`Monitor::resume`] to go
-    /// on from it: every host's running totals on each side (and before the wave), the looks, the
+    /// on from it (all but the end look's outcome, which ends the wave's bake; see
+    /// [`Monitor::end_look`]): every host's running totals on each side (and before the wave), the looks, the
     /// running minimum p-value. Every field that carries from one look to the next is here; the
     /// rest of a monitor is recomputed from it.
     pub fn state(&self) -> TestState {
@@ -651,20 +691,40 @@ impl Monitor {
         };
         let look = self.last.clone().unwrap_or_else(|| Look::insufficient("no data yet".into()));
         let mut notes: Vec<String> = Vec::new();
-        // The always-valid bound takes a root search: only a final look (and a pass) shows it.
-        let upper = look
-            .stat
-            .as_ref()
-            .and_then(|s| s.bound.as_ref())
-            .filter(|_| final_look)
-            .map(|b| b.upper(self.settings.pass_confidence));
         let beta = 1.0 - self.settings.pass_confidence;
+        // After the end look, its fixed-horizon bound; before it, the always-valid bound at the
+        // early pass's 1 − β/2, which takes a root search: only a final look shows it.
+        let upper = match &self.end {
+            Some(end) => end.upper,
+            None => look
+                .stat
+                .as_ref()
+                .and_then(|s| s.bound.as_ref())
+                .filter(|_| final_look)
+                .map(|b| b.upper(1.0 - beta / 2.0)),
+        };
+        let sign = self.spec.bad.sign();
         let verdict = match &look.stat {
             None => Verdict::Inconclusive,
             Some(stat) => {
                 let significant = self.min_p <= self.alpha;
                 if significant && look.bad_effect >= self.settings.min_effect {
                     Verdict::Fail
+                } else if self.end.as_ref().is_some_and(|e| e.passed) {
+                    // The end look ruled out `pass_bound` at 1 − β/2: within the tolerance the
+                    // user set, whatever the change observed below it.
+                    Verdict::Pass
+                } else if let Some(end) = &self.end {
+                    notes.push(match end.upper {
+                        Some(u) => format!(
+                            "at the end of the bake the {}% bound, {}, does not rule out a regression of {}",
+                            plain(end.confidence * 100.0),
+                            signed_pct(u * sign),
+                            signed_pct(self.settings.pass_bound * sign)
+                        ),
+                        None => "the size of the regression cannot be bounded".into(),
+                    });
+                    Verdict::Inconclusive
                 } else if look.bad_effect >= self.settings.min_effect {
                     notes.push(format!(
                         "a change of {} but not significant (p {} > {})",
@@ -676,13 +736,12 @@ impl Monitor {
                 } else if stat.bound.is_none() {
                     notes.push("the size of the regression cannot be bounded".into());
                     Verdict::Inconclusive
-                } else if self.best_pass >= -beta.ln() {
+                } else if self.best_pass >= (2.0 / beta).ln() {
                     // Some look's always-valid bound ruled out `pass_bound`: a regression that
-                    // large passes at most `1 − pass_confidence` of the time, however often
-                    // and however long the wave is looked at.
+                    // large passes this way at most `β/2` of the time, however often and however
+                    // long the wave is looked at (the end look spends the other half).
                     Verdict::Pass
                 } else {
-                    let sign = self.spec.bad.sign();
                     let ruled_out = match upper {
                         Some(u) => format!("cannot yet rule out a regression of {}", signed_pct(u * sign)),
                         None => format!(
@@ -691,9 +750,10 @@ impl Monitor {
                         ),
                     };
                     notes.push(format!(
-                        "{ruled_out} (a pass rules out {} with {:.0}% confidence, valid at any look)",
+                        "{ruled_out} (an early pass rules out {} with {}% confidence, valid at any look; the \
+                         end of the bake looks once more at the same confidence)",
                         signed_pct(self.settings.pass_bound * sign),
-                        self.settings.pass_confidence * 100.0
+                        plain((1.0 - beta / 2.0) * 100.0)
                     ));
                     Verdict::Inconclusive
                 }
@@ -1072,6 +1132,12 @@ fn signed_pct(x: f64) -> String {
     }
 }
 
+/// A percentage as people write it: `95`, `97.5`.
+fn plain(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// `v` with `digits` significant digits, plainly (`0.0041`, `3.9`, `850`), or in exponent form below
 /// 1e-4.
 fn sig(v: f64, digits: i32) -> String {
@@ -1164,7 +1230,29 @@ struct Bound {
     scale: Scale,
 }
 
+/// The end look's outcome ([`Monitor::end_look`]).
+#[derive(Clone, Debug, PartialEq)]
+struct EndLook {
+    /// Its fixed-horizon upper bound of the relative regression (None: it cannot be bounded).
+    upper: Option<f64>,
+    /// Whether that bound is at or below `pass_bound`.
+    passed: bool,
+    /// The bound's confidence, `1 − β/2`.
+    confidence: f64,
+}
+
 impl Bound {
+    /// The fixed-horizon upper confidence bound at `confidence` of the relative regression, for
+    /// this one look: `bad_delta + t_{confidence, df} · sd` on the test's scale (the t mapped
+    /// through its normal score, as the tests do), then on the relative scale. Valid for a look
+    /// whose time does not depend on the data's values; the end of the bake is one.
+    fn fixed_upper(&self, confidence: f64) -> f64 {
+        if !(self.sd > 0.0 && self.sd.is_finite()) {
+            return self.scale.to_relative(self.bad_delta);
+        }
+        self.scale.to_relative(self.bad_delta + t_isf(1.0 - confidence, self.df) * self.sd)
+    }
+
     /// ln Λ against a regression of `bad_rel` (relative) at this look.
     fn pass_log_lr(&self, bad_rel: f64) -> f64 {
         self.log_lr_at(self.scale.from_relative(bad_rel))
@@ -1725,6 +1813,18 @@ fn t_sf(t: f64, df: f64) -> f64 {
     }
 }
 
+/// The t with P(T ≥ t) = p for Student's t with `df` degrees of freedom (the normal's when `df`
+/// is infinite or huge).
+fn t_isf(p: f64, df: f64) -> f64 {
+    if !df.is_finite() || df > 1e7 {
+        return normal_isf(p);
+    }
+    match StudentsT::new(0.0, 1.0, df.max(1e-3)) {
+        Ok(dist) => -dist.inverse_cdf(p),
+        Err(_) => normal_isf(p),
+    }
+}
+
 /// The z with P(Z ≥ z) = p, capped at ±`MAX_Z`.
 fn normal_isf(p: f64) -> f64 {
     if p <= 0.0 {
@@ -1787,6 +1887,8 @@ mod tests {
         close(t_sf(4.0, 28.3), 0.0002069726987377386, 1e-7);
         close(t_sf(30.0, 2.0), 0.0005546313409798295, 1e-7);
         close(t_sf(-1.0, 6.0), 0.822041158125209, 1e-9);
+        close(t_isf(0.05, 5.5), 1.9752797040389098, 1e-8);
+        close(t_isf(0.05, f64::INFINITY), 1.6448536269514722, 1e-9);
     }
 
     #[test]
@@ -1896,10 +1998,14 @@ mod tests {
         close(last.statistic, 3.7933006337465858, 1e-9);
         assert!(last.df.is_infinite(), "the host spread is at its floor");
         close(last.p_value, 0.0047088297803939555, 1e-7);
-        // The always-valid 90 % upper bound (a final look's verdict searches for it).
+        // The always-valid 95 % upper bound (a final look's verdict searches for it).
         assert!(last.bad_effect_upper.is_none(), "only a final look shows the bound");
         let upper = watch.verdict(true).evidence.bad_effect_upper.expect("bounded");
-        close(upper, 4.92940417531489, 1e-7);
+        close(upper, 5.154389533871339, 1e-7);
+        // The end look's fixed-horizon 95 % bound: t quantile × the same standard deviation.
+        let end = watch.end_look();
+        close(end.evidence.bad_effect_upper.expect("bounded"), 4.090355995525302, 1e-9);
+        assert_eq!(end.verdict, Verdict::Inconclusive, "+409 % is not ruled out");
         // With all of alpha = 0.01 on this one metric, the third look fails.
         assert_eq!(results[1].1.verdict, Verdict::Inconclusive);
         assert_eq!(results[2].1.verdict, Verdict::Fail);
@@ -1921,7 +2027,8 @@ mod tests {
         close(e.statistic, 1.368593712429524, 1e-9);
         assert!(e.df.is_infinite(), "the spread of changes is at its floor");
         close(e.p_value, 0.860650813440239, 1e-7);
-        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 5.376433105263513, 1e-7);
+        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 6.3136731435960405, 1e-7);
+        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 3.1827886774066663, 1e-9);
         // A past of a few events per host is noisier than the hosts' spread: the same look then
         // compares the hosts with each other, as it does without history.
         let mut m = watcher(&error_rate());
@@ -1990,7 +2097,8 @@ mod tests {
         // The change the ranks give (every request scaled by one factor), and its bound.
         close(results[0].evidence.effect, 0.43920654177630025, 1e-8);
         close(last.effect, 0.4848682993029423, 1e-8);
-        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.8855850178984432, 1e-7);
+        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.9321904244894337, 1e-7);
+        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 0.6980426968628786, 1e-7);
         assert_eq!(results[1].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
         assert_eq!(
             results[1].summary(),
@@ -2087,7 +2195,8 @@ mod tests {
         close(last.df, 5.463599170634333, 1e-9);
         // The always-valid p-value is the smallest so far (look 2's).
         close(last.p_value, 0.002579042067743866, 1e-7);
-        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.608265494733281, 1e-7);
+        close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.6573612610929475, 1e-7);
+        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 0.4649033001057428, 1e-9);
         assert_eq!(results[2].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
         assert!(results[2].summary().starts_with("cpu_percent 42.0 → 57.2 (+36%, p=0.0026): a change of +36%"));
     }
@@ -2333,6 +2442,67 @@ mod tests {
                 assert!(note.contains("each host against its own past"), "the pre-deploy reference kept: {note}");
             }
         }
+    }
+
+    /// Each host's past at 1 % errors: 300 intervals of 200 requests with 2 errors each.
+    fn steady_past() -> Vec<Observation> {
+        ["b0", "b1", "b2", "b3", "b4", "c0"]
+            .iter()
+            .flat_map(|h| (0..300).map(move |k| ratio(h, 1000 + k, 2.0, 200.0)))
+            .collect()
+    }
+
+    /// One look of five baseline hosts at 1 % and one canary host at `canary` errors of 200.
+    fn past_and_now(m: &mut Monitor, k: u64, canary: f64) {
+        let b: Vec<_> = (0..5).map(|i| ratio(&format!("b{i}"), 2000 + k, 2.0, 200.0)).collect();
+        m.observe(&b, &[ratio("c0", 2000 + k, canary, 200.0)]);
+    }
+
+    /// The end look passes a healthy canary the always-valid rule has not passed yet, holds one
+    /// whose change is at the tolerance, and is taken once: more data after it change neither.
+    #[test]
+    fn the_end_look_passes_what_the_data_bound_and_is_taken_once() {
+        // 20 looks of a canary exactly at the fleet's rate: the change is 0 with a 95 % fixed
+        // bound of +36 % (under +50 %), while the always-valid bound is still wider.
+        let mut healthy = monitor(&error_rate());
+        healthy.with_history(&steady_past());
+        for k in 0..20 {
+            past_and_now(&mut healthy, k, 2.0);
+        }
+        let before = healthy.verdict(true);
+        assert_eq!(before.verdict, Verdict::Inconclusive, "{before:?}");
+        assert!(before.evidence.bad_effect_upper.expect("bounded") > 0.5, "{before:?}");
+        let end = healthy.end_look();
+        assert_eq!(end.verdict, Verdict::Pass, "{end:?}");
+        let upper = end.evidence.bad_effect_upper.expect("bounded");
+        assert!(upper < 0.5, "{end:?}");
+        // Reference: exp(z_0.95 · sd) − 1 with sd² = (1 + 1/5)(1/40.5 + 1/600.5 + 0.05²)
+        // (scipy.stats.norm.ppf(0.95); no dispersion, no spread above the floor).
+        let sd = (1.2f64 * (1.0 / 40.5 + 1.0 / 600.5 + 0.0025)).sqrt();
+        close(upper, (1.6448536269514722 * sd).exp() - 1.0, 1e-9);
+        close(upper, 0.3580964866141403, 1e-9);
+        // Later looks of a worse canary do not take the end look again (they could still revert).
+        for k in 20..25 {
+            past_and_now(&mut healthy, k, 3.0);
+        }
+        assert_eq!(healthy.end_look(), healthy.verdict(true));
+        assert_eq!(healthy.verdict(true).verdict, Verdict::Pass);
+        assert!(healthy.ended());
+
+        // The same data with the canary's rate +50 %: its bound is above +50 %, held.
+        let mut tolerance = monitor(&error_rate());
+        tolerance.with_history(&steady_past());
+        for k in 0..20 {
+            past_and_now(&mut tolerance, k, 3.0);
+        }
+        let end = tolerance.end_look();
+        assert_eq!(end.verdict, Verdict::Inconclusive, "{end:?}");
+        assert!(end.summary().contains("at the end of the bake the 95% bound"), "{}", end.summary());
+        // Healthy data afterwards do not get a second end look.
+        for k in 20..200 {
+            past_and_now(&mut tolerance, k, 2.0);
+        }
+        assert_eq!(tolerance.end_look().verdict, Verdict::Inconclusive);
     }
 
     /// A failed test stays failed when resumed; a state of another alpha share, or one no monitor

@@ -46,8 +46,12 @@ const RECORD_EVERY: Duration = Duration::from_secs(1);
 const RECORD_BYTES_PER_SEC: u64 = 32 * 1024;
 
 /// How much of each host's past on the previous release a wave's ratio metrics are judged against
-/// (each host against itself; see `Monitor::with_history`).
-const HISTORY: Duration = Duration::from_secs(600);
+/// (each host against itself; see `Monitor::with_history`). Half an hour: in the simulation
+/// (BENCHMARKS §9, "how much of each host's past") it holds a fifth as many healthy one-canary
+/// waves as ten minutes when hosts do not drift apart, as many when each host drifts as much as
+/// the judge's 5% spread of changes allows over ten minutes, and an hour is never better; the
+/// leader keeps an hour of reports (`series::KEEP`).
+const HISTORY: Duration = Duration::from_secs(1800);
 
 /// What the analysis concluded at its latest look.
 #[derive(Clone, Debug, PartialEq)]
@@ -318,8 +322,27 @@ impl Judge {
         let max_bake = plan.max_bake.max(bake);
         let decidable = watch.results.iter().flatten().all(MetricResult::more_data_can_decide);
         let all_present = watch.results.iter().all(Option::is_some);
-        if watch.first_data.is_some() && observed < max_bake && all_present && decidable {
+        let ended = watch.monitors.iter().flatten().any(Monitor::ended);
+        if watch.first_data.is_some() && observed < max_bake && all_present && decidable && !ended {
             return Call::Judge(Judgement::Watching);
+        }
+        // The bake cannot go on: each metric not yet passed takes its one fixed-horizon look
+        // (`Monitor::end_look`, at 1 − β/2; the early passes spent the other β/2). Its time is
+        // set by `max_bake` or by which metrics have data, never by their values, and the
+        // monitor keeps its outcome, so later calls of this wave (the controller may ask again
+        // before its step commits) get the same answer, not a second look. A new leader that
+        // continues the wave from its record takes its own end look only if this one's call
+        // never committed: at most one end look's outcome is ever acted on (README, "The
+        // decision").
+        for (monitor, result) in watch.monitors.iter_mut().zip(watch.results.iter_mut()) {
+            if let Some(monitor) = monitor {
+                if monitor.verdict(true).verdict == Verdict::Inconclusive {
+                    *result = Some(monitor.end_look());
+                }
+            }
+        }
+        if watch.results.iter().all(|r| r.as_ref().is_some_and(|r| r.verdict == Verdict::Pass)) {
+            return Call::Judge(Judgement::Promote);
         }
         let why: Vec<String> = plan
             .metrics
@@ -651,13 +674,14 @@ mod tests {
     fn an_undecided_bake_is_extended_until_the_data_pass_it_up_to_max_bake() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let r = baking(t0);
-        // A tight pass bound (+70%) that 10 s of a healthy canary cannot yet rule out.
-        let tight = ImmunePlan { pass_bound: 0.7, max_bake: Duration::from_secs(60), ..plan() };
+        // A tight pass bound (+50%) that 10 s of a healthy canary cannot rule out, even at the
+        // end look (hosts compared with each other, taken to differ by 20%).
+        let tight = ImmunePlan { pass_bound: 0.5, max_bake: Duration::from_secs(60), ..plan() };
         let held = ImmunePlan { max_bake: Duration::from_secs(10), ..tight.clone() };
         let (mut judge, mut series) = (Judge::default(), Series::default());
         let (mut calls, mut held_calls) = (Vec::new(), Vec::new());
         let mut other = Judge::default();
-        for s in 1..=60 {
+        for s in 1..=61 {
             feed(&mut series, t0 + Duration::from_secs(s), s, Some((2.0, 100.0)));
             calls.push(judge.judge(&r, Some(&tight), &series, t0 + Duration::from_secs(s)));
             held_calls.push(other.judge(&r, Some(&held), &series, t0 + Duration::from_secs(s)));
@@ -665,11 +689,71 @@ mod tests {
         // Without an extension the wave is held at the end of its 10 s bake.
         let Call::Judge(Judgement::Hold { why }) = &held_calls[10] else { panic!("{held_calls:?}") };
         assert!(why.starts_with("error_rate inconclusive"), "{why}");
-        // With one, it bakes on and passes by itself once the data rule out +70 % (always-valid:
-        // the hosts are taken to differ by 20 %, which no bake shrinks).
+        // With one, it bakes on and passes by itself at max_bake, where its end look rules out
+        // +50 % (the always-valid bound never does: the hosts' assumed 20 % spread, which no bake
+        // shrinks, keeps it wider).
         assert_eq!(calls[10], Call::Judge(Judgement::Watching));
         let promoted = calls.iter().position(|c| *c == Call::Judge(Judgement::Promote)).expect("promoted");
-        assert!((15..50).contains(&promoted), "promoted at second {}: {calls:?}", promoted + 1);
+        assert_eq!(promoted + 1, 61, "promoted at second {}: {calls:?}", promoted + 1);
+    }
+
+    /// At `max_bake` each metric not yet passed takes one fixed-horizon look: a healthy canary
+    /// the always-valid rule has not passed yet is promoted, one whose errors are up by the
+    /// tolerance is held, and the held wave's outcome stays what that look said however long
+    /// the controller keeps asking (it may ask again before its step commits).
+    #[test]
+    fn at_max_bake_the_end_look_passes_a_healthy_wave_and_holds_one_at_the_tolerance_once() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let plan = ImmunePlan { pass_bound: 0.7, max_bake: Duration::from_secs(12), ..plan() };
+        let run = |canary: f64, seconds: u64| {
+            let (mut judge, mut series) = (Judge::default(), Series::default());
+            let mut calls = Vec::new();
+            for s in 1..=seconds {
+                let errors = if s <= 13 { canary } else { 2.0 };
+                feed(&mut series, t0 + Duration::from_secs(s), s, Some((errors, 100.0)));
+                calls.push(judge.judge(&r, Some(&plan), &series, t0 + Duration::from_secs(s)));
+            }
+            (calls, judge.verdicts(r.id))
+        };
+        // Data from second 1: max_bake (12 s) is reached at second 13.
+        let (healthy, verdicts) = run(2.0, 13);
+        assert!(healthy[..12].iter().all(|c| *c == Call::Judge(Judgement::Watching)), "{healthy:?}");
+        assert_eq!(healthy[12], Call::Judge(Judgement::Promote), "{verdicts:?}");
+        // Without the end look (the always-valid rule alone) the same wave is still undecided.
+        let mut alone = Monitor::new(&spec(&plan.metrics[0], MetricKind::Ratio), &settings(&plan), budget(&r, &plan))
+            .expect("valid");
+        for s in 1..=13 {
+            let b: Vec<_> = (2..=4)
+                .map(|i| Observation {
+                    host: host(i).to_string(),
+                    interval: s,
+                    sample: Sample::Ratio { num: 2.0, den: 100.0 },
+                })
+                .collect();
+            alone.observe(
+                &b,
+                &[Observation {
+                    host: host(1).to_string(),
+                    interval: s,
+                    sample: Sample::Ratio { num: 2.0, den: 100.0 },
+                }],
+            );
+        }
+        assert_eq!(alone.verdict(true).verdict, Verdict::Inconclusive, "{:?}", alone.verdict(true));
+
+        // Errors up 70 % (the tolerance): held at max_bake, and still held on the same end
+        // look's bound after 20 more seconds of a healthy canary (the rates shown move on).
+        let (tolerance, verdicts) = run(3.4, 33);
+        let end_bound = |c: &Call| match c {
+            Call::Judge(Judgement::Hold { why }) => why
+                .find("at the end of the bake the 95% bound")
+                .map(|at| why[at..].split(';').next().unwrap_or_default().to_string()),
+            _ => None,
+        };
+        let first = end_bound(&tolerance[12]).unwrap_or_else(|| panic!("{tolerance:?}"));
+        assert!(tolerance[12..].iter().all(|c| end_bound(c).as_ref() == Some(&first)), "{tolerance:?}");
+        assert!(verdicts[0].starts_with("inconclusive"), "{verdicts:?}");
     }
 
     #[test]

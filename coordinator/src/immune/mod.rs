@@ -82,15 +82,29 @@
 //!
 //! `alpha` is the false-revert probability of a whole rollout, split evenly (Bonferroni) over every
 //! metric of every analysed wave ([`analysis::Budget`]). A metric fails when its always-valid p-value
-//! is at or below its share and the observed change is at least `min_effect` in the bad direction. A
-//! metric passes when the observed change is below `min_effect` and the mirror-image sequential test
-//! — of "the regression is at least `pass_bound`", a one-sided normal mixture on `pass_bound − Δ`
-//! with the tolerance itself as its prior's scale — has reached `1/(1 − pass_confidence)` at some
-//! look: a regression of `pass_bound` or more passes with probability at most `1 − pass_confidence`
-//! however often the bake is looked at (inverted, it is the always-valid upper bound a held wave
-//! shows); otherwise it is inconclusive — too little data is never a pass. A wave
-//! undecided at the end of its bake bakes on while more data can decide (`max_bake`, default 5
-//! minutes; neither sequential test spends anything on it) and only then holds for a person. A
+//! is at or below its share and the observed change is at least `min_effect` in the bad direction.
+//! A metric passes in one of two ways, which split `β = 1 − pass_confidence` in halves:
+//!
+//! - **early, at any look**: the observed change is below `min_effect` and the mirror-image
+//!   sequential test — of "the regression is at least `pass_bound`", a one-sided normal mixture on
+//!   `pass_bound − Δ` with the tolerance itself as its prior's scale — has reached `2/β` at some
+//!   look (inverted, it is the always-valid upper bound a held wave shows);
+//! - **at the end look**, once: when the bake can be extended no more (`max_bake` reached, or a
+//!   metric more data cannot decide), each metric not yet passed takes one fixed-horizon look
+//!   ([`analysis::Monitor::end_look`]) and passes if its `1 − β/2` upper confidence bound — the same
+//!   estimate and variance, the spread floor included, Student's t on their degrees of freedom — is
+//!   at or below `pass_bound`.
+//!
+//! Under a regression of `pass_bound` or more the first happens with probability at most `β/2`
+//! however often the bake is looked at (Ville), the second at most `β/2` because its time does not
+//! depend on the data's values, so by the union bound such a regression passes in at most `β` of
+//! waves. Otherwise a metric is inconclusive — too little data is never a pass. A wave undecided at
+//! the end of its bake bakes on while more data can decide (`max_bake`, default 5 minutes; neither
+//! sequential test spends anything on it), takes its end look, and only then holds for a person.
+//! The end look's outcome is kept by the monitor, so the leader that took it never looks again; it
+//! is not in the replicated evidence, so a new leader that continues a wave whose end look's call
+//! never committed takes its own (the one that ends the wave is then chosen by when the old leader
+//! died, not by what either look said). A
 //! histogram's effect is the factor by which every baseline request, scaled, would give the canary's
 //! AUC (on the buckets, as `histogram_quantile` reads them): what its rank test measures, from every
 //! request, and no `_sum` needed. A host of the wave that serves no requests while the old

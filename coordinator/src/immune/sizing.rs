@@ -23,7 +23,7 @@ pub const MIN_HOSTS: usize = 3;
 pub const MAX_CANARIES: usize = 50;
 const MAX_BASELINE: usize = 20;
 /// How much history the judge gives each host (see `judge::HISTORY`).
-const JUDGE_HISTORY: Duration = Duration::from_secs(600);
+const JUDGE_HISTORY: Duration = Duration::from_secs(1800);
 
 /// One report interval of one host: a ratio's numerator and denominator deltas and its span.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -205,7 +205,8 @@ pub struct Ask {
 pub struct Decision {
     /// Share of waves decided this way within the horizon.
     pub share: f64,
-    /// Share decided this way within `Ask::limit` (the plan's `max_bake`).
+    /// Share decided this way within `Ask::limit` (the plan's `max_bake`). For a pass, with the
+    /// end look at that limit, as the judge takes it.
     pub within_limit: f64,
     /// Median time to decide, among the waves decided this way.
     pub median: Option<Duration>,
@@ -284,9 +285,18 @@ pub fn size(m: &Measured, ask: &Ask) -> Result<Estimate, SizingError> {
         median: quantile(tally, 0.5),
         p90: quantile(tally, 0.9),
     };
+    let mut pass = decision(&healthy.promoted_after, &healthy, Tally::time_to_promote);
+    if ask.limit < ask.horizon {
+        // The judge's end look comes at `max_bake`, not at the horizon: what passes within the
+        // plan's `max_bake` is what a wave that ends there passes (the same seeds, so the same
+        // waves up to it; the end look adds the ones only a fixed-horizon bound can pass).
+        let at_limit =
+            Scenario { fleet: Fleet { max_bake: ask.limit, ..fleet_of(m, ask.horizon) }, ..scenario(Regression::None) };
+        pass.within_limit = run_many(&at_limit, ask.waves, SEED + 1, 1).promote_rate();
+    }
     Ok(Estimate {
         revert: decision(&bad.reverted_after, &bad, Tally::time_to_revert),
-        pass: decision(&healthy.promoted_after, &healthy, Tally::time_to_promote),
+        pass,
         false_reverts: healthy.revert_rate(),
     })
 }
@@ -499,6 +509,7 @@ mod tests {
             Fleet { error_host_cv: 0.15, error_burst_cv: 0.3, drift_sd: 0.0, traffic_swing: 0.0, ..Fleet::default() };
         let m = measure("error_rate", &history(&truth, 6, 20, 2)).expect("enough history");
         let estimate = size(&m, &ask(2.0)).expect("sizable");
+        eprintln!("{m:?}\n{estimate:?}");
         let scenario = |regression| Scenario {
             fleet: Fleet {
                 bake: Duration::from_secs(2),
@@ -522,6 +533,14 @@ mod tests {
         };
         within(estimate.revert.median, bad.time_to_revert(0.5));
         within(estimate.pass.median, healthy.time_to_promote(0.5));
+        // Passed within the plan's max_bake (5 minutes), where the judge takes its end look.
+        let at_limit = Scenario {
+            fleet: Fleet { max_bake: Duration::from_secs(300), ..scenario(Regression::None).fleet },
+            ..scenario(Regression::None)
+        };
+        let passed = run_many(&at_limit, 400, 78, 2).promote_rate();
+        eprintln!("passed within max_bake: predicted {}, simulated {passed}", estimate.pass.within_limit);
+        assert!((estimate.pass.within_limit - passed).abs() <= 0.15, "{estimate:?}, simulated {passed}");
         assert!(estimate.revert.share >= 0.9 && estimate.pass.share >= 0.9, "{estimate:?}");
     }
 
