@@ -7,8 +7,10 @@
 //! A forwarded request is bounded: connecting to the leader (TCP, TLS, HTTP) gets
 //! [`CONNECT_TIMEOUT`], the whole exchange `api.forward_timeout`, and it is given up as soon as
 //! this node sees another leader (or none) than the one it forwarded to. Each case answers 503
-//! with "retry": a paused or partitioned leader costs a client seconds, not minutes. The
-//! follower keeps a few connections to the leader open between requests.
+//! with "retry": a paused or partitioned leader costs a client seconds, not minutes. A request
+//! arriving while no leader is known (an election, a coordinator just started) waits up to
+//! [`LEADER_WAIT`] for one before it is answered so. The follower keeps a few connections to the
+//! leader open between requests.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +35,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A kept connection idle longer than this is not reused (the leader closes idle connections
 /// after its `api.idle_timeout`, 60 s by default).
 const POOL_IDLE: Duration = Duration::from_secs(20);
+/// How long a request waits for a leader to be known before it is answered 503 "retry": a
+/// few election timeouts.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// At most this many idle connections are kept.
 const POOL_SIZE: usize = 8;
 
@@ -92,7 +97,24 @@ pub async fn to_leader(State(f): State<Arc<Forwarder>>, req: Request, next: Next
     let c = &f.coordinator;
     // A read confirms leadership first (ReadIndex); a write needs only to reach the leader, since
     // committing it through Raft already orders it.
-    let here = if req.method() == Method::GET { c.consensus.read_barrier().await } else { c.consensus.ensure_leader() };
+    let check = || async {
+        if req.method() == Method::GET {
+            c.consensus.read_barrier().await
+        } else {
+            c.consensus.ensure_leader()
+        }
+    };
+    let mut here = check().await;
+    if matches!(here, Err(ConsensusError::NoLeader)) {
+        // No leader known here: an election under way, or this coordinator just started and has
+        // not heard from the leader yet. Nothing was proposed, so waiting a little for one and
+        // asking again is safe, and spares every client a retry loop for the usual second or two.
+        let mut status = c.consensus.watch();
+        let known = status.wait_for(|s| s.leader_id != 0);
+        if tokio::time::timeout(LEADER_WAIT, known).await.is_ok_and(|r| r.is_ok()) {
+            here = check().await;
+        }
+    }
     match here {
         Ok(()) => next.run(req).await,
         Err(ConsensusError::NotLeader { leader: Some(leader) }) if !req.headers().contains_key(FORWARDED) => {
