@@ -1197,8 +1197,7 @@ mod tests {
             &["pipeline", "check"],
             &["completions"],
             &["man"],
-        ]
-        {
+        ] {
             let text = help(path);
             for flag in ["--token", "--cacert", "--stale", "--addr"] {
                 assert!(!text.contains(flag), "fifty {} --help lists {flag}:\n{text}", path.join(" "));
