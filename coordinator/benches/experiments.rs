@@ -11,13 +11,19 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use fifty::experiments::analysis::Settings;
-use fifty::experiments::sim::{run, Scenario};
+use fifty::experiments::sim::{run, run_parallel, Scenario};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "scheduled") {
         let set = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(1);
         return if scheduled(set) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
+    if let Some(i) = args.iter().position(|a| a == "diagnose") {
+        let set = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(1);
+        let n = args.get(i + 2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+        diagnose(set, n);
+        return ExitCode::SUCCESS;
     }
     let settings = Settings::default();
     let started = Instant::now();
@@ -132,6 +138,11 @@ fn scheduled(set: u64) -> bool {
     row(n, 0.0, "group-sequential, conversion", o.scheduled_rejected, None, &o);
     row(n, 0.0, "group-sequential, value", o.scheduled_value_rejected, None, &o);
     row(n, 0.0, "always-valid mSPRT, conversion", o.conversion_rejected, None, &o);
+    // The same experiments and boundaries with other variances in z (diagnosis): with the true
+    // one nothing is estimated, so what it rejects is the design's own rate on these data.
+    row(n, 0.0, "(same boundaries, z with the pooled variance)", o.scheduled_pooled_rejected, None, &o);
+    row(n, 0.0, "(same boundaries, z with the true variance)", o.scheduled_known_rejected, None, &o);
+    println!("\nshipped and true-variance z disagree in {} of {n} A/A experiments", o.scheduled_known_discordant);
     let (lo, _) = o.wilson(o.scheduled_rejected);
     if lo > settings.alpha {
         eprintln!("FAIL: scheduled A/A false positives above alpha beyond chance");
@@ -148,4 +159,39 @@ fn scheduled(set: u64) -> bool {
     }
     println!("\n(seed set {set} ran in {:.1} s)", started.elapsed().as_secs_f64());
     ok
+}
+
+/// Where scheduled looks' A/A false positives come from: the same simulated experiments judged by
+/// the shipped test and by the same boundaries with z from the variance pooled under no difference
+/// and from the true variance (no estimate at all), in a large and a small experiment.
+fn diagnose(set: u64, n: u64) {
+    let settings = Settings::default();
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get() as u64);
+    println!("\n### Scheduled looks, A/A diagnosis, seed set {set}, {n} experiments each, {threads} threads\n");
+    println!("| units a day | base rate | shipped | pooled variance | true variance | shipped vs true: discordant |");
+    println!("| ---: | ---: | --- | --- | --- | ---: |");
+    for (units, rate) in [(14_286u64, 0.10), (1_000, 0.10), (300, 0.02), (100, 0.05)] {
+        let started = Instant::now();
+        let s = Scenario {
+            base_rate: rate,
+            lift: 0.0,
+            variant_share: 0.5,
+            looks: 14,
+            units_per_look: units,
+            scheduled: true,
+        };
+        let o = run_parallel(100 * set + 3, n, threads, &s, &settings);
+        let cell = |k: u64| {
+            let (lo, hi) = o.wilson(k);
+            format!("{k} = {:.3}% ({:.3}-{:.3}%)", 100.0 * o.share(k), 100.0 * lo, 100.0 * hi)
+        };
+        println!(
+            "| {units} | {rate} | {} | {} | {} | {} |",
+            cell(o.scheduled_rejected),
+            cell(o.scheduled_pooled_rejected),
+            cell(o.scheduled_known_rejected),
+            o.scheduled_known_discordant
+        );
+        eprintln!("({units} a day: {:.1} s)", started.elapsed().as_secs_f64());
+    }
 }

@@ -272,6 +272,19 @@ mod tests {
     }
 
     #[test]
+    fn fourteen_equal_looks_match_the_independent_recursion() {
+        // The schedule of issue 16 (`--looks 14 --look-every 1d`), checked against the script's
+        // own recursion on a uniform grid (the multivariate normal CDF is too slow at 14
+        // dimensions), which 20 million Gaussian paths confirm spends alpha.
+        let b = boundaries(0.05, &equal(14));
+        assert_eq!(b[0].z, None, "the first look's share of alpha is 1e-16: it spends nothing");
+        assert_eq!(b[0].spent, 0.0);
+        let got: Vec<f64> = b[1..].iter().map(|b| b.z.expect("looks 2-14 test")).collect();
+        assert_close(&got, &REF_K14, 2e-5);
+        assert!((b[13].spent - 0.05).abs() < 1e-12, "{b:?}");
+    }
+
+    #[test]
     fn unequal_looks_match_the_multivariate_normal() {
         // Looks at 20%, 45%, 80% and 100% of the information.
         let looks: Vec<Look> = [0.2, 0.45, 0.8, 1.0].iter().map(|&t| Look { time: t, info: t }).collect();
@@ -337,4 +350,9 @@ mod tests {
     const REF_UNEQUAL: [f64; 4] = [4.8768849, 3.1438484, 2.2591945, 2.0266396];
     const REF_TIME_VS_INFO: [f64; 3] = [3.7103029, 2.5137542, 2.0026383];
     const REF_SPENT_02: f64 = 1.0777425258117499e-06;
+    // `... group_sequential_reference.py k14`: looks 2-14 of fourteen equal looks.
+    const REF_K14: [f64; 13] = [
+        5.8153274, 4.7026012, 4.0372171, 3.5869287, 3.2584772, 3.0059269, 2.8041292, 2.6381520, 2.4985388, 2.3789848,
+        2.2751082, 2.1837580, 2.1026035,
+    ];
 }

@@ -74,6 +74,16 @@ pub struct Outcome {
     pub scheduled_wins: u64,
     /// With `scheduled`: experiments whose value crossed a boundary.
     pub scheduled_value_rejected: u64,
+    /// With `scheduled`, for diagnosis: experiments whose conversion would have crossed the same
+    /// boundaries with z from the variance pooled under no difference, p̂(1 − p̂)(1/n_c + 1/n_v).
+    pub scheduled_pooled_rejected: u64,
+    /// With `scheduled`, for diagnosis: the same with the true variance, p(1 − p)(1/n_c + 1/n_v)
+    /// of the control's real rate: no estimated variance at all (only meaningful for A/A, where
+    /// both arms have that rate).
+    pub scheduled_known_rejected: u64,
+    /// Experiments where the shipped test and the known-variance one disagree (either way): the
+    /// paired difference of the two rates is at most this over the experiments.
+    pub scheduled_known_discordant: u64,
 }
 
 impl Outcome {
@@ -86,6 +96,41 @@ impl Outcome {
     pub fn wilson(&self, n: u64) -> (f64, f64) {
         wilson(n, self.experiments)
     }
+
+    /// Adds `other`'s counts (another batch of the same scenario).
+    pub fn add(&mut self, other: &Outcome) {
+        self.experiments += other.experiments;
+        self.conversion_rejected += other.conversion_rejected;
+        self.wins += other.wins;
+        self.value_rejected += other.value_rejected;
+        self.srm_flagged += other.srm_flagged;
+        self.naive_rejected += other.naive_rejected;
+        self.scheduled_rejected += other.scheduled_rejected;
+        self.scheduled_wins += other.scheduled_wins;
+        self.scheduled_value_rejected += other.scheduled_value_rejected;
+        self.scheduled_pooled_rejected += other.scheduled_pooled_rejected;
+        self.scheduled_known_rejected += other.scheduled_known_rejected;
+        self.scheduled_known_discordant += other.scheduled_known_discordant;
+    }
+}
+
+/// [`run`] split over `threads` threads, batch i seeded `seed · 1000 + i` (the same counts on any
+/// machine for the same `threads`).
+pub fn run_parallel(seed: u64, experiments: u64, threads: u64, scenario: &Scenario, settings: &Settings) -> Outcome {
+    let threads = threads.max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let n = experiments / threads + u64::from(i < experiments % threads);
+                scope.spawn(move || run(seed * 1000 + i, n, scenario, settings))
+            })
+            .collect();
+        let mut out = Outcome::default();
+        for h in handles {
+            out.add(&h.join().expect("a simulation thread panicked"));
+        }
+        out
+    })
 }
 
 /// The 95% Wilson score interval of `k` successes in `n` trials.
@@ -146,6 +191,17 @@ pub fn run(seed: u64, experiments: u64, scenario: &Scenario, settings: &Settings
             out.scheduled_rejected += u64::from(conv.crossed_at.is_some());
             out.scheduled_wins += u64::from(conv.verdict() == analysis::Verdict::Win);
             out.scheduled_value_rejected += u64::from(value.crossed_at.is_some());
+            let crosses = |z: &dyn Fn(&Totals, &Totals) -> f64| {
+                conv.looks.iter().zip(&looks).any(|(look, t)| look.bound.is_some_and(|b| z(&t[0], &t[1]).abs() >= b))
+            };
+            out.scheduled_pooled_rejected += u64::from(crosses(&|c, v| {
+                let pooled = (c.converted + v.converted) as f64 / (c.exposed + v.exposed) as f64;
+                rate_diff(c, v) / (pooled * (1.0 - pooled) * spread(c, v)).sqrt()
+            }));
+            let p = scenario.base_rate;
+            let known = crosses(&|c, v| rate_diff(c, v) / (p * (1.0 - p) * spread(c, v)).sqrt());
+            out.scheduled_known_rejected += u64::from(known);
+            out.scheduled_known_discordant += u64::from(known != conv.crossed_at.is_some());
         }
         out.conversion_rejected += u64::from(rejected);
         out.wins += u64::from(won);
@@ -154,6 +210,16 @@ pub fn run(seed: u64, experiments: u64, scenario: &Scenario, settings: &Settings
         out.srm_flagged += u64::from(last.is_some_and(|s| s.flagged));
     }
     out
+}
+
+/// The variant's rate minus the control's.
+fn rate_diff(c: &Totals, v: &Totals) -> f64 {
+    v.converted as f64 / v.exposed as f64 - c.converted as f64 / c.exposed as f64
+}
+
+/// 1/n_c + 1/n_v: a difference's variance per unit of the per-unit variance.
+fn spread(c: &Totals, v: &Totals) -> f64 {
+    1.0 / c.exposed as f64 + 1.0 / v.exposed as f64
 }
 
 /// The fixed-horizon two-proportion z-test's p-value (for comparison only).
@@ -205,10 +271,22 @@ mod tests {
         let (lo, hi) = o.wilson(o.scheduled_rejected);
         assert!(lo <= s.alpha && hi >= 0.02, "{o:?} [{lo}, {hi}]");
         assert!(o.share(o.value_rejected) < 0.03, "{o:?}");
+        // The same boundaries with z from the true variance reject nearly the same experiments:
+        // at these sizes the estimated variance moves a z across its boundary only rarely.
+        assert!(o.scheduled_known_discordant <= o.experiments / 50, "{o:?}");
+        assert!(o.scheduled_pooled_rejected.abs_diff(o.scheduled_rejected) <= o.experiments / 50, "{o:?}");
         // A +10% lift at 14 × 1,000 units: found more often with the schedule.
         let lifted = Scenario { lift: 0.1, scheduled: true, ..aa(2000) };
         let o = run(6, 100, &lifted, &s);
         assert!(o.scheduled_wins > o.wins + 10, "{o:?}");
+    }
+
+    #[test]
+    fn a_parallel_run_adds_up_its_batches() {
+        let (s, scenario) = (Settings::default(), Scenario { scheduled: true, ..aa(200) });
+        let mut want = run(7_000, 3, &scenario, &s);
+        want.add(&run(7_001, 2, &scenario, &s));
+        assert_eq!(run_parallel(7, 5, 2, &scenario, &s), want);
     }
 
     #[test]
