@@ -97,8 +97,9 @@ pub async fn to_leader(State(f): State<Arc<Forwarder>>, req: Request, next: Next
     let c = &f.coordinator;
     // A read confirms leadership first (ReadIndex); a write needs only to reach the leader, since
     // committing it through Raft already orders it.
-    let check = || async {
-        if req.method() == Method::GET {
+    let read = req.method() == Method::GET;
+    let check = || async move {
+        if read {
             c.consensus.read_barrier().await
         } else {
             c.consensus.ensure_leader()
