@@ -6,8 +6,9 @@ and prints one JSON line saying what happened to it:
               "failed" (health, aborted...), "tests failed" or "no release"
   to_release  seconds from the push to the signed release (tests and packaging)
   rollout     seconds from the rollout's start to its end
-  waves       per wave: seconds it baked (extensions included) and the immune system's last
-              verdict lines while it baked
+  waves       per wave: seconds it baked (extensions included) and the immune system's verdict
+              lines at the last look seen while it baked (the passing look is not seen: the
+              wave moves on at once)
   held        per held wave: the reason the immune system gave
 
 A held wave is promoted (`fifty rollout promote`), as the person it waits for would, so that the
