@@ -20,6 +20,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("scripts/package.sh", include_str!("../sample-app/scripts/package.sh")),
     ("release/README", include_str!("../sample-app/release/README")),
     ("release/ERROR_RATE", include_str!("../sample-app/release/ERROR_RATE")),
+    ("release/LATENCY_MS", include_str!("../sample-app/release/LATENCY_MS")),
     ("scripts/run-tests.sh", include_str!("../sample-app/scripts/run-tests.sh")),
     ("tests/test_discount.sh", include_str!("../sample-app/tests/test_discount.sh")),
     ("tests/test_prices.sh", include_str!("../sample-app/tests/test_prices.sh")),

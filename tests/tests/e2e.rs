@@ -1914,8 +1914,8 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
         "{}",
         said(&sized)
     );
-    let sized = cli(&cluster, &admin, &["immune", "size", "--repo", &repo.name, "--metric", "latency"]).await;
-    let named = format!("latency is not one of release {r1}'s [immune] metrics (error_rate)");
+    let sized = cli(&cluster, &admin, &["immune", "size", "--repo", &repo.name, "--metric", "checkout_rate"]).await;
+    let named = format!("checkout_rate is not one of release {r1}'s [immune] metrics (error_rate, latency)");
     assert!(said(&sized).contains(&named), "{}", said(&sized));
 
     // A good release: every wave is compared with the hosts still on release 1, and passes.
@@ -1990,9 +1990,27 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     let status = cli(&cluster, &admin, &["rollout", "status"]).await;
     let shown = text(&status.stdout);
     assert!(shown.contains(&format!("immune evidence, wave {baking}")) && shown.contains("continued by"), "{shown}");
+    // The latency histogram went the whole way too: each agent scraped the shop's
+    // http_request_duration_seconds buckets, reported their changes, and the judge ranks the
+    // canary's requests against the old release's, with its own looks and its own share of alpha.
+    let latency = continued.metrics.iter().find(|m| m.name == "latency").unwrap_or_else(|| panic!("{continued:#?}"));
+    assert!(latency.looks >= 2 && latency.canary_hosts >= 1, "{continued:#?}");
+    assert_eq!(latency.alpha, continued.metrics[0].alpha, "alpha is split evenly over the metrics");
+    let verdict = shown.lines().find(|l| l.contains(": latency median ")).unwrap_or_else(|| panic!("{shown}"));
+    assert!(verdict.contains(" by rank, p=") && verdict.contains(" looks)"), "{verdict}");
+    assert!(shown.lines().any(|l| l.trim_start().starts_with("latency: ") && l.contains(" looks, p=")), "{shown}");
     cluster.start_coordinator(first_leader).await.unwrap();
-    let out = cli(&cluster, &admin, &["rollout", "resume"]).await;
-    assert!(out.status.success(), "{}", said(&out));
+    // The restarted coordinator may set off an election: a 503 then says to retry, and we do.
+    wait_for("the rollout to resume", DEADLINE, || async {
+        let out = cli(&cluster, &admin, &["rollout", "resume"]).await;
+        if out.status.success() {
+            return Ok(Some(()));
+        }
+        anyhow::ensure!(said(&out).contains("retry"), "{}", said(&out));
+        Ok(None)
+    })
+    .await
+    .unwrap();
     // Each wave bakes on until the data rule out a tripling of the errors at any look (the
     // shop's hosts have seconds of history, so they are compared with each other): a minute or
     // so a wave at 40 requests a second, three waves.
@@ -2101,13 +2119,44 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     assert!(close.status.success(), "{}", said(&close));
     let open = cli(&cluster, &admin, &["gate", "open", "shop"]).await;
     assert!(open.status.success(), "{}", said(&open));
-    assert!(repo.push().await.unwrap().status.success());
     let md = cli(&cluster, &admin, &["incident", "show", &incident.id.to_string(), "--markdown"]).await;
     let md = text(&md.stdout);
     assert!(
         md.contains("## Five whys") && md.contains("1. the error rate was set") && md.contains("gate of main opened"),
         "{md}"
     );
+
+    // A slow release: no more errors, but the shop takes eight times as long (a median of 40 ms
+    // instead of 5). Only the latency histogram can see it, and it reverts the release.
+    repo.undo_commit().await.unwrap();
+    repo.write("release/LATENCY_MS", "40\n").unwrap();
+    let slow = repo.commit("Richer receipts").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    let r4 = wait_release(&cluster, &slow).await;
+    let incident: IncidentView =
+        wait_for("the immune system's decision on the slow release", Duration::from_secs(180), || {
+            let client = cluster.client();
+            async move {
+                let list: Vec<IncidentView> = client.get("/v1/incidents").await?;
+                Ok(list.into_iter().find(|i| i.release == r4))
+            }
+        })
+        .await
+        .unwrap();
+    assert!(incident.reason.starts_with("latency median "), "{incident:#?}");
+    assert!(incident.evidence.iter().any(|e| e.starts_with("FAIL: latency median")), "{incident:#?}");
+    assert!(!incident.evidence.iter().any(|e| e.starts_with("FAIL: error_rate")), "{incident:#?}");
+    let back = format!("every host of rollout {} is back on release {}", incident.rollout, incident.previous);
+    wait_for("the hosts back from the slow release", Duration::from_secs(180), || {
+        let client = cluster.client();
+        let (id, back) = (incident.id, back.clone());
+        async move {
+            let i: IncidentView = client.get(&format!("/v1/incidents/{id}")).await?;
+            Ok(i.timeline.iter().any(|(_, e)| *e == back).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// The pid of the process listening on 127.0.0.1:`port` (TCP), from `/proc/net/tcp`.

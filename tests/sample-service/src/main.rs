@@ -5,7 +5,8 @@
 //! agent's sidecar, see [`checkout`]) over HTTP/1.1: one thread per
 //! connection, one request per connection (`Connection: close`). Tests and demos steer it from
 //! outside while it runs, through files in its working directory: `UNHEALTHY` fails the health
-//! check, `ERROR_RATE` makes a share of `/` requests answer 500, `LATENCY_MS` slows `/` down.
+//! check, `ERROR_RATE` makes a share of `/` requests answer 500, `LATENCY_MS` slows `/` down
+//! (the median delay; requests are spread around it, see [`delay_of`]).
 //! The `FIFTY_SAMPLE_*` environment variables set the same knobs for the life of the process.
 //!
 //! Invariants:
@@ -13,6 +14,10 @@
 //! - Failures are deterministic, not random: with error rate r, request n to `/` (counting from 1)
 //!   fails iff ⌊n·r⌋ > ⌊(n−1)·r⌋, so the first n requests hold exactly ⌊n·r⌋ failures. The rate is
 //!   kept in parts per billion and the test done in integers, so no rounding of n·r can shift it.
+//! - Delays are deterministic too: with `LATENCY_MS` m, request n waits m · 4^(2·frac(n·φ) − 1),
+//!   log-uniform between m/4 and 4m (φ the golden ratio, which spreads any run of requests evenly),
+//!   so the latency histogram spans several buckets, as a real service's does, and a rank test
+//!   can tell two releases apart or find them alike.
 //! - `/metrics` is one consistent snapshot: the `+Inf` bucket always equals `_count`.
 //! - Nothing a client sends can make it panic or hold a thread forever: heads are capped at
 //!   [`MAX_HEAD_BYTES`] and every read and write has a timeout.
@@ -135,6 +140,15 @@ impl Rate {
     }
 }
 
+/// The delay of request `n` (from 1) to `/` for a median delay `median`: `median · 4^(2u − 1)` with
+/// `u = frac(n·φ)`, log-uniform between a quarter and four times the median. A fixed delay would put
+/// every request in one bucket of the histogram, where a rank test sees nothing but ties.
+fn delay_of(median: Duration, n: u64) -> Duration {
+    const GOLDEN: f64 = 0.618_033_988_749_894_9;
+    let u = (n as f64 * GOLDEN).fract();
+    median.mul_f64(4f64.powf(2.0 * u - 1.0))
+}
+
 /// Parses a latency written as whole milliseconds.
 fn parse_latency(text: &str) -> Result<Duration, String> {
     let ms: u64 =
@@ -195,7 +209,7 @@ struct Settings {
     unhealthy: bool,
     /// Share of `/` requests that fail.
     error_rate: Knob<Rate>,
-    /// Delay added to `/`.
+    /// The median delay added to `/` (see [`delay_of`]).
     latency: Knob<Duration>,
 }
 
@@ -375,7 +389,7 @@ impl App {
     fn root(&self) -> Response {
         let started = Instant::now();
         let n = self.root_requests.fetch_add(1, Ordering::Relaxed) + 1;
-        let delay = self.latency.get();
+        let delay = delay_of(self.latency.get(), n);
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
@@ -731,6 +745,21 @@ mod tests {
         let rate = Rate::parse("0.29").unwrap();
         assert_eq!((1..=100).filter(|&n| rate.fails(n)).count(), 29);
         assert!(Rate::parse("1.5").is_err() && Rate::parse("-0.1").is_err() && Rate::parse("lots").is_err());
+    }
+
+    #[test]
+    fn delays_spread_log_uniformly_around_the_median() {
+        let median = Duration::from_millis(8);
+        let mut delays: Vec<Duration> = (1..=1000).map(|n| delay_of(median, n)).collect();
+        delays.sort();
+        assert!(delays[0] >= Duration::from_millis(2) && delays[999] <= Duration::from_millis(32), "{delays:?}");
+        assert!(delays[0] < Duration::from_micros(2100) && delays[999] > Duration::from_micros(31_000));
+        let mid = delays[500].as_secs_f64() * 1000.0;
+        assert!((7.8..8.2).contains(&mid), "median {mid} ms");
+        // A quarter of the requests below m/2 (log-uniform over four halvings), a quarter above 2m.
+        let below = delays.iter().filter(|d| **d < median / 2).count();
+        assert!((240..=260).contains(&below), "{below} below m/2");
+        assert_eq!(delay_of(Duration::ZERO, 7), Duration::ZERO);
     }
 
     #[test]
