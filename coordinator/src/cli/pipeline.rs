@@ -127,7 +127,12 @@ mod tests {
         assert!(s.starts_with("fifty.toml is valid.\n"), "{s}");
         assert!(s.contains("`sh scripts/run-tests.sh`: 2 shards (balanced by past durations"), "{s}");
         assert!(s.contains("waves 1 → 50% → 100%, bake 6s"), "{s}");
-        assert!(s.contains("immune   1 metric: error_rate (ratio, bad: increase); alpha 0.01"), "{s}");
+        assert!(
+            s.contains(
+                "immune   2 metrics: error_rate (ratio, bad: increase), latency (histogram, bad: increase); alpha 0.01"
+            ),
+            "{s}"
+        );
         assert!(s.contains("pass_bound 2, max_bake 5m"), "{s}");
         let p = Pipeline::parse("[test]\ncommand = \"make test\"\nshards = 3\n").unwrap();
         let s = summary(std::path::Path::new("fifty.toml"), &p);
