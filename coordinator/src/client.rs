@@ -158,13 +158,17 @@ impl Client {
     async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes)> {
         let mut headers =
             vec![(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"))];
-        if let Some(token) = &self.token {
-            let value = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-                .context("FIFTY_TOKEN holds characters not allowed in a header")?;
-            headers.push((hyper::header::AUTHORIZATION, value));
-        }
+        headers.extend(self.authorization()?);
         let (status, _, bytes) = self.send(method, path, &headers, body.unwrap_or_default()).await?;
         Ok((status, bytes))
+    }
+
+    /// The `Authorization` header of this client's token, if it has one.
+    fn authorization(&self) -> Result<Option<(hyper::header::HeaderName, hyper::header::HeaderValue)>> {
+        let Some(token) = &self.token else { return Ok(None) };
+        let value = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .context("FIFTY_TOKEN holds characters not allowed in a header")?;
+        Ok(Some((hyper::header::AUTHORIZATION, value)))
     }
 
     async fn send(
@@ -174,6 +178,23 @@ impl Client {
         headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
         body: Vec<u8>,
     ) -> Result<(StatusCode, Option<hyper::header::HeaderValue>, Bytes)> {
+        let (_conn, resp) = self.exchange(method, path, headers, body).await?;
+        let status = resp.status();
+        let content_type = resp.headers().get(hyper::header::CONTENT_TYPE).cloned();
+        let bytes = resp.into_body().collect().await.context("read response")?.to_bytes();
+        Ok((status, content_type, bytes))
+    }
+
+    /// Sends one request on the kept connection (opening one if it is not usable) and returns
+    /// the answer's head with its body unread, and the connection's guard: the caller reads the
+    /// body before anyone else may use the connection (a failed read drops it).
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+        body: Vec<u8>,
+    ) -> Result<(tokio::sync::MutexGuard<'_, Option<Connection>>, hyper::Response<hyper::body::Incoming>)> {
         let mut conn = self.conn.lock().await;
         // Reuse the open connection if it is still usable; otherwise open a new one.
         let reusable = match conn.as_mut() {
@@ -192,26 +213,19 @@ impl Client {
             req = req.header(name, value);
         }
         let req = req.body(Full::new(Bytes::from(body))).context("build request")?;
-        let resp = match sender.send_request(req).await {
-            Ok(resp) => resp,
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((conn, resp)),
             Err(e) => {
                 *conn = None;
-                return Err(e).context("send request");
+                Err(e).context("send request")
             }
-        };
-        let status = resp.status();
-        let content_type = resp.headers().get(hyper::header::CONTENT_TYPE).cloned();
-        let bytes = resp.into_body().collect().await.context("read response")?.to_bytes();
-        Ok((status, content_type, bytes))
+        }
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T> {
         let (status, bytes) = self.request(method, path, body).await?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ApiFailure { status, message }.into());
+            return Err(failure(status, &bytes));
         }
         serde_json::from_slice(&bytes).with_context(|| format!("decode the answer to {path}"))
     }
@@ -295,40 +309,14 @@ impl Client {
     /// than memory should hold); returns how many bytes. A failure answer is an [`ApiFailure`].
     pub async fn download(&self, path: &str, out: &mut (impl tokio::io::AsyncWrite + Unpin)) -> Result<u64> {
         use tokio::io::AsyncWriteExt;
-        let mut conn = self.conn.lock().await;
-        let reusable = match conn.as_mut() {
-            Some(sender) => sender.ready().await.is_ok(),
-            None => false,
-        };
-        if !reusable {
-            *conn = Some(self.connect().await?);
-        }
-        let sender = conn.as_mut().expect("a connection was just ensured");
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(hyper::header::HOST, format!("{}:{}", self.target().host, self.target().port));
-        if let Some(token) = &self.token {
-            let value = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-                .context("FIFTY_TOKEN holds characters not allowed in a header")?;
-            req = req.header(hyper::header::AUTHORIZATION, value);
-        }
-        let req = req.body(Full::new(Bytes::new())).context("build request")?;
-        let resp = match sender.send_request(req).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                *conn = None;
-                return Err(e).context("send request");
-            }
-        };
+        let mut headers = Vec::new();
+        headers.extend(self.authorization()?);
+        let (mut conn, resp) = self.exchange(Method::GET, path, &headers, Vec::new()).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
             let bytes = body.collect().await.context("read response")?.to_bytes();
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ApiFailure { status, message }.into());
+            return Err(failure(status, &bytes));
         }
         let mut written = 0u64;
         while let Some(frame) = body.frame().await {
@@ -357,4 +345,12 @@ impl Client {
         }
         Ok(text)
     }
+}
+
+/// A failure answer as an [`ApiFailure`]: the JSON error's message, else the body as text.
+fn failure(status: StatusCode, bytes: &[u8]) -> anyhow::Error {
+    let message = serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned());
+    ApiFailure { status, message }.into()
 }
