@@ -57,7 +57,7 @@ pub fn page(ctx: &PageCtx, title: &str, nav_active: &str, body: Markup) -> Marku
                     (fragment(title, body))
                 }
                 footer {
-                    small { "Served by coordinator " (ctx.node_id) ". " span.live-state { "Updates live." } }
+                    small { "Rendered by coordinator " (ctx.node_id) " (the leader). " span.live-state { "Updates live." } }
                 }
             }
         }

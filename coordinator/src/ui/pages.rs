@@ -154,7 +154,7 @@ fn overview(c: &Coordinator, _ctx: &PageCtx, _: &Params) -> Result<Markup, UiErr
                 @let active: Vec<_> = rollouts.iter().filter(|r| r.phase != Phase::Done).collect();
                 @if active.is_empty() { p { "No rollout in progress." } }
                 @for r in active {
-                    p { (r.repo) ": release " (r.release) ", wave " (r.wave + 1) " of " (r.waves.len()) " " (phase(r)) }
+                    p { (r.repo) ": release " (r.release) ", wave " (r.wave) " of " (r.waves.len()) " " (phase(r)) }
                 }
             }
             section.card aria-labelledby="h-alerts" {
@@ -308,7 +308,7 @@ fn rollouts(c: &Coordinator, ctx: &PageCtx, _: &Params) -> Result<Markup, UiErro
                 }
                 p.status {
                     span.phase { (phase(r)) } " "
-                    @if r.phase != Phase::Done { "wave " span.wave { (r.wave + 1) } " of " (r.waves.len()) ", " (format!("{:.0}", r.phase_secs)) " s in this phase; bake " (r.bake) }
+                    @if r.phase != Phase::Done { "wave " span.wave { (r.wave) } " of " (r.waves.len()) ", " (format!("{:.0}", r.phase_secs)) " s in this phase; bake " (r.bake) }
                     " " (outcome(&r.outcome))
                 }
                 @if let Some(h) = &r.held { p.warn { "Held: " (h) } }
@@ -325,7 +325,7 @@ fn rollouts(c: &Coordinator, ctx: &PageCtx, _: &Params) -> Result<Markup, UiErro
                 }
                 ol.waves {
                     @for (i, w) in r.waves.iter().enumerate() {
-                        @let state = if r.phase == Phase::Done || i < r.wave { "done" } else if i == r.wave { "current" } else { "next" };
+                        @let state = if r.phase == Phase::Done || i + 1 < r.wave { "done" } else if i + 1 == r.wave { "current" } else { "next" };
                         li class={ "wave " (state) } data-wave=(i + 1) {
                             h3 { "Wave " (i + 1) ": " (w.step) " → " (w.reach) " hosts " span.sr { "(" (state) ")" } }
                             ul.plain {
