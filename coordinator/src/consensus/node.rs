@@ -103,6 +103,69 @@ pub(super) struct Node {
     answers: Vec<(Reply, ApplyOutcome)>,
     /// The term and vote last flushed to disk.
     synced_term_vote: (u64, u64),
+    /// Where the loop's time goes, logged at debug level.
+    profile: Profile,
+}
+
+/// Where the Raft loop's time goes: counts and time per step of a Ready, summed and logged at
+/// debug level every 2 s (`RUST_LOG=fifty::consensus::node=debug`), then reset. Measuring costs
+/// a few clock reads a Ready.
+#[derive(Debug, Default)]
+struct Profile {
+    since: Option<Instant>,
+    /// Turns of the loop that handled a Ready.
+    readies: u64,
+    /// Proposals taken from the inbox.
+    proposals: u64,
+    /// Entries appended to the log, and their bytes.
+    appended: u64,
+    appended_bytes: u64,
+    /// Flushes (each an fsync of sled's log).
+    flushes: u64,
+    /// Committed entries applied.
+    applied: u64,
+    /// Time writing entries and hard state into sled (no fsync).
+    persist: Duration,
+    /// Time in flushes.
+    flush: Duration,
+    /// Time handing messages to the transport.
+    send: Duration,
+    /// Time applying committed entries (state machine writes, answers).
+    apply: Duration,
+    /// Time in the whole Ready, the above included.
+    total: Duration,
+}
+
+impl Profile {
+    const EVERY: Duration = Duration::from_secs(2);
+
+    fn maybe_log(&mut self) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let wall = since.elapsed();
+        if wall < Self::EVERY {
+            return;
+        }
+        if self.readies > 0 {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            let per_s = |n: u64| n as f64 / wall.as_secs_f64();
+            tracing::debug!(
+                readies_per_s = format!("{:.0}", per_s(self.readies)),
+                proposals_per_s = format!("{:.0}", per_s(self.proposals)),
+                entries_per_ready = format!("{:.2}", self.appended as f64 / self.readies as f64),
+                bytes_per_ready = self.appended_bytes / self.readies,
+                flushes_per_s = format!("{:.0}", per_s(self.flushes)),
+                applied_per_s = format!("{:.0}", per_s(self.applied)),
+                busy_pct = format!("{:.1}", 100.0 * self.total.as_secs_f64() / wall.as_secs_f64()),
+                persist_ms_per_ready = format!("{:.3}", ms(self.persist) / self.readies as f64),
+                flush_ms_per_flush = format!("{:.3}", ms(self.flush) / self.flushes.max(1) as f64),
+                send_ms_per_ready = format!("{:.3}", ms(self.send) / self.readies as f64),
+                apply_ms_per_ready = format!("{:.3}", ms(self.apply) / self.readies as f64),
+                total_ms_per_ready = format!("{:.3}", ms(self.total) / self.readies as f64),
+                "raft loop profile"
+            );
+        }
+        *self = Profile { since: Some(Instant::now()), ..Profile::default() };
+    }
 }
 
 /// Starts the loop on its own thread.
@@ -176,6 +239,7 @@ impl Node {
             ready_reads: Vec::new(),
             answers: Vec::new(),
             synced_term_vote: (0, 0),
+            profile: Profile::default(),
         })
     }
 }
@@ -229,6 +293,7 @@ impl Node {
                 next_tick = Instant::now() + TICK;
             }
             self.process()?;
+            self.profile.maybe_log();
         }
     }
 
@@ -287,6 +352,7 @@ impl Node {
     pub(super) fn handle(&mut self, input: Input) {
         match input {
             Input::Propose { data, reply } => {
+                self.profile.proposals += 1;
                 let who = self.next_proposer();
                 match self.raw.propose(proposal_context(who, &[]), data) {
                     Ok(()) => {
@@ -465,6 +531,7 @@ impl Node {
     }
 
     fn on_ready(&mut self) -> Result<(), Fatal> {
+        let started = Instant::now();
         let mut ready = self.raw.ready();
 
         // What must be on disk before this Ready's messages go out: new entries, a snapshot, and
@@ -480,6 +547,8 @@ impl Node {
         }
         let mut batch = Batch::default();
         self.log.append(&mut batch, ready.entries())?;
+        self.profile.appended += ready.entries().len() as u64;
+        self.profile.appended_bytes += ready.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
         if let Some(hs) = ready.hs() {
             if (hs.term, hs.vote) != self.synced_term_vote {
                 must_sync = true;
@@ -488,18 +557,26 @@ impl Node {
             RaftLog::set_hard_state(&mut batch, hs);
         }
         self.log.store().apply(batch)?;
+        let persisted = Instant::now();
+        self.profile.persist += persisted - started;
         if must_sync {
             self.log.flush_and_mark()?;
+            self.profile.flushes += 1;
         }
+        let flushed = Instant::now();
+        self.profile.flush += flushed - persisted;
 
         self.send(ready.take_messages());
         self.send(ready.take_persisted_messages());
+        self.profile.send += flushed.elapsed();
         for rs in ready.take_read_states() {
             if let Some((reply, _)) = self.reads.remove(rs.request_ctx.as_slice()) {
                 self.ready_reads.push((rs.index, reply));
             }
         }
+        let applying = Instant::now();
         self.apply(ready.take_committed_entries())?;
+        self.profile.apply += applying.elapsed();
 
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -510,6 +587,7 @@ impl Node {
             self.log.store().apply(batch)?;
         }
         self.send(light.take_messages());
+        let applying = Instant::now();
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
 
@@ -520,6 +598,7 @@ impl Node {
         for (reply, outcome) in self.answers.drain(..) {
             let _ = reply.send(Ok(outcome));
         }
+        self.profile.apply += applying.elapsed();
         let applied = self.raw.raft.raft_log.applied;
         let (done, waiting): (Vec<_>, Vec<_>) = self.ready_reads.drain(..).partition(|(index, _)| *index <= applied);
         self.ready_reads = waiting;
@@ -528,6 +607,8 @@ impl Node {
         }
         self.maybe_compact()?;
         self.issue_reads();
+        self.profile.readies += 1;
+        self.profile.total += started.elapsed();
         Ok(())
     }
 
@@ -538,6 +619,7 @@ impl Node {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
+        self.profile.applied += entries.len() as u64;
         for entry in entries {
             let mut extra = Batch::default();
             RaftLog::set_applied(&mut extra, entry.index);
