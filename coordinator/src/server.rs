@@ -75,7 +75,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
         replace: config.replace,
         force_new_cluster: config.force_new_cluster,
     };
-    let options = Options { snapshot_threshold: config.snapshot_threshold };
+    let options = Options { snapshot_threshold: config.snapshot_threshold, ..Options::default() };
     let started = tokio::select! {
         started = consensus.start(membership, options) => started,
         _ = wait_for(shutdown.clone()) => return Ok(()),

@@ -8,7 +8,7 @@
 //!    before the next trial.
 //!
 //! Run with `scripts/bench/raft` (builds the release binaries first). `FIFTY_BENCH_WRITES`,
-//! `FIFTY_BENCH_TRIALS` change the sizes.
+//! `FIFTY_BENCH_TRIALS` change the sizes; `FIFTY_BENCH_KEEP=1` keeps the data dirs and logs.
 
 use std::time::{Duration, Instant};
 
@@ -157,6 +157,11 @@ async fn main() -> anyhow::Result<()> {
         ms(*failovers.last().unwrap())
     );
     drop(cluster);
-    let _ = std::fs::remove_dir_all(&dir);
+    // FIFTY_BENCH_KEEP=1 keeps the coordinators' data dirs and logs (`<dir>/logs`) to look at.
+    if std::env::var_os("FIFTY_BENCH_KEEP").is_some() {
+        println!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }

@@ -1,14 +1,18 @@
 //! The Raft loop, written out plainly after raft-rs's `five_mem_node`: one thread owns the
-//! `RawNode` and the state machine. Each turn it takes inputs (proposals, peer messages, reads),
-//! ticks every 100 ms, and handles a Ready in this order:
+//! `RawNode` and the state machine. Each turn it takes inputs (proposals, peer messages, reads) —
+//! all that wait, up to one bounded batch — ticks every 100 ms, and handles one Ready in this order
+//! (`Node::on_ready`):
 //!
-//! 1. install a received snapshot (state, conf state and log replaced in one batch);
-//! 2. append new entries and the hard state;
-//! 3. **flush** (when there are entries, a snapshot, or a new term or vote) — only then send this
-//!    Ready's messages, so nothing we promised is lost by a crash;
+//! 1. send the messages raft-rs allows out at once (a leader's appends), so followers write their
+//!    copies while the leader writes its own;
+//! 2. install a received snapshot (state, conf state and log replaced in one batch);
+//! 3. write the new entries and the hard state into sled, one batch for the whole Ready;
 //! 4. apply committed entries (each command with its applied index, atomically), then answer
 //!    the clients waiting for them — a committed entry is already flushed here and on a quorum;
-//! 5. answer reads whose ReadIndex is applied; compact the log past the snapshot threshold.
+//! 5. **flush** once (when there are entries, a snapshot, or a new term or vote), post the flushed
+//!    mark, and only then send the persisted messages (acknowledgements, votes), so nothing we
+//!    promised is lost by a crash;
+//! 6. answer reads whose ReadIndex is applied; compact the log past the snapshot threshold.
 //!
 //! A storage failure stops the process: a node that cannot persist must not vote or lead.
 
@@ -35,11 +39,58 @@ const TICK: Duration = Duration::from_millis(100);
 pub struct Options {
     /// Compact the log once it holds more than this many entries.
     pub snapshot_threshold: u64,
+    /// One turn of the loop takes at most this many new entries (proposals, and entries in
+    /// messages from the leader) into its Ready; the rest wait for the next turn.
+    pub max_batch_entries: usize,
+    /// ... and at most this many bytes of them (an input larger than this alone still goes, alone).
+    /// Also the most bytes of committed entries one Ready hands over to apply.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { snapshot_threshold: 10_000 }
+        // 256 entries, 1 MiB: 32 clients fill an eighth of a batch, and a full batch is one
+        // sled write and fsync of about a frame's size (`codec::MAX_FRAME`).
+        Self { snapshot_threshold: 10_000, max_batch_entries: 256, max_batch_bytes: 1 << 20 }
+    }
+}
+
+/// The most inputs one turn takes, whatever they are (heartbeats, answers, reads).
+const MAX_INPUTS_PER_TURN: usize = 1024;
+
+/// What one turn of the loop has taken so far, against `Options`' bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Taken {
+    pub inputs: usize,
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+impl Taken {
+    /// The new entries an input brings into the next Ready, and their bytes.
+    fn weigh(input: &Input) -> (usize, usize) {
+        match input {
+            Input::Propose { data, .. } => (1, data.len() + CONTEXT_HEADER),
+            Input::Step(msg) => (msg.entries.len(), msg.entries.iter().map(|e| e.data.len() + e.context.len()).sum()),
+            _ => (0, 0),
+        }
+    }
+
+    /// Whether `input` fits beside what is taken. The first input of a turn always fits, so
+    /// an input over the bounds on its own still goes (alone).
+    fn fits(&self, input: &Input, options: &Options) -> bool {
+        let (entries, bytes) = Self::weigh(input);
+        self.inputs == 0
+            || (self.inputs < MAX_INPUTS_PER_TURN
+                && self.entries + entries <= options.max_batch_entries
+                && self.bytes + bytes <= options.max_batch_bytes)
+    }
+
+    fn add(&mut self, input: &Input) {
+        let (entries, bytes) = Self::weigh(input);
+        self.inputs += 1;
+        self.entries += entries;
+        self.bytes += bytes;
     }
 }
 
@@ -103,6 +154,73 @@ pub(super) struct Node {
     answers: Vec<(Reply, ApplyOutcome)>,
     /// The term and vote last flushed to disk.
     synced_term_vote: (u64, u64),
+    /// Where the loop's time goes, logged at debug level.
+    profile: Profile,
+    /// An input taken from the inbox that did not fit in the last turn's batch: the next turn's first.
+    held: Option<Input>,
+    /// The last entry this loop applied.
+    last_applied: u64,
+}
+
+/// Where the Raft loop's time goes: counts and time per step of a Ready, summed and logged at
+/// debug level every 2 s (`RUST_LOG=fifty::consensus::node=debug`), then reset. Measuring costs
+/// a few clock reads a Ready.
+#[derive(Debug, Default)]
+struct Profile {
+    since: Option<Instant>,
+    /// Turns of the loop that handled a Ready.
+    readies: u64,
+    /// Proposals taken from the inbox.
+    proposals: u64,
+    /// Entries appended to the log, and their bytes.
+    appended: u64,
+    appended_bytes: u64,
+    /// Flushes (each an fsync of sled's log).
+    flushes: u64,
+    /// Committed entries applied.
+    applied: u64,
+    /// Time writing entries and hard state into sled (no fsync).
+    persist: Duration,
+    /// Time in flushes.
+    flush: Duration,
+    /// Time handing messages to the transport.
+    send: Duration,
+    /// Time applying committed entries (state machine writes, answers).
+    apply: Duration,
+    /// Time in the whole Ready, the above included.
+    total: Duration,
+}
+
+impl Profile {
+    const EVERY: Duration = Duration::from_secs(2);
+
+    fn maybe_log(&mut self) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let wall = since.elapsed();
+        if wall < Self::EVERY {
+            return;
+        }
+        if self.readies > 0 {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            let per_s = |n: u64| n as f64 / wall.as_secs_f64();
+            tracing::debug!(
+                readies_per_s = format!("{:.0}", per_s(self.readies)),
+                proposals_per_s = format!("{:.0}", per_s(self.proposals)),
+                entries_per_ready = format!("{:.2}", self.appended as f64 / self.readies as f64),
+                bytes_per_ready = self.appended_bytes / self.readies,
+                flushes_per_s = format!("{:.0}", per_s(self.flushes)),
+                applied_per_s = format!("{:.0}", per_s(self.applied)),
+                busy_pct = format!("{:.1}", 100.0 * self.total.as_secs_f64() / wall.as_secs_f64()),
+                persist_ms_per_ready = format!("{:.3}", ms(self.persist) / self.readies as f64),
+                flush_ms_per_flush = format!("{:.3}", ms(self.flush) / self.flushes.max(1) as f64),
+                send_ms_per_ready = format!("{:.3}", ms(self.send) / self.readies as f64),
+                apply_ms_per_ready = format!("{:.3}", ms(self.apply) / self.readies as f64),
+                total_ms_per_ready = format!("{:.3}", ms(self.total) / self.readies as f64),
+                "raft loop profile"
+            );
+        }
+        *self = Profile { since: Some(Instant::now()), ..Profile::default() };
+    }
 }
 
 /// Starts the loop on its own thread.
@@ -153,6 +271,7 @@ impl Node {
             pre_vote: true,
             max_size_per_msg: 512 * 1024,
             max_inflight_msgs: 256,
+            max_committed_size_per_ready: options.max_batch_bytes as u64,
             ..Default::default()
         };
         config.validate()?;
@@ -176,6 +295,9 @@ impl Node {
             ready_reads: Vec::new(),
             answers: Vec::new(),
             synced_term_vote: (0, 0),
+            profile: Profile::default(),
+            held: None,
+            last_applied: 0,
         })
     }
 }
@@ -212,24 +334,43 @@ impl Node {
     fn run(&mut self, inbox: Receiver<Input>) -> Result<(), Fatal> {
         let mut next_tick = Instant::now() + TICK;
         loop {
-            match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
-                Ok(input) => self.handle(input),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            }
-            // Take whatever else is waiting, so one Ready (and one flush) serves them all.
-            for _ in 0..1024 {
-                match inbox.try_recv() {
-                    Ok(input) => self.handle(input),
-                    Err(_) => break,
-                }
+            if self.take_inputs(&inbox, next_tick.saturating_duration_since(Instant::now())).is_none() {
+                return Ok(());
             }
             if Instant::now() >= next_tick {
                 self.tick();
                 next_tick = Instant::now() + TICK;
             }
             self.process()?;
+            self.profile.maybe_log();
         }
+    }
+
+    /// Waits up to `wait` for an input, then takes whatever else is waiting, up to one batch
+    /// (`Options::max_batch_entries`, `max_batch_bytes`, and 1,024 inputs), so that one Ready —
+    /// one sled write, one flush, one round of messages — serves them all. An input that does
+    /// not fit is held for the next turn. `None` once the inbox is closed.
+    pub(super) fn take_inputs(&mut self, inbox: &Receiver<Input>, wait: Duration) -> Option<Taken> {
+        let mut taken = Taken::default();
+        let first = match self.held.take() {
+            Some(input) => input,
+            None => match inbox.recv_timeout(wait) {
+                Ok(input) => input,
+                Err(RecvTimeoutError::Timeout) => return Some(taken),
+                Err(RecvTimeoutError::Disconnected) => return None,
+            },
+        };
+        taken.add(&first);
+        self.handle(first);
+        while let Ok(input) = inbox.try_recv() {
+            if !taken.fits(&input, &self.options) {
+                self.held = Some(input);
+                break;
+            }
+            taken.add(&input);
+            self.handle(input);
+        }
+        Some(taken)
     }
 
     /// One tick of Raft's logical clock (heartbeats, elections), and waiters given up on dropped.
@@ -287,6 +428,7 @@ impl Node {
     pub(super) fn handle(&mut self, input: Input) {
         match input {
             Input::Propose { data, reply } => {
+                self.profile.proposals += 1;
                 let who = self.next_proposer();
                 match self.raw.propose(proposal_context(who, &[]), data) {
                     Ok(()) => {
@@ -464,13 +606,32 @@ impl Node {
         self.deferred_reads.retain(|ctx| reads.contains_key(ctx));
     }
 
+    /// Handles one Ready, in raft-rs's order (its `single_mem_node` example), with one sled write
+    /// and at most one flush for all of it:
+    ///
+    /// 1. send `messages` at once: raft-rs puts there only what may leave before this Ready is
+    ///    persisted — a leader's appends, so followers write their copies while the leader writes
+    ///    its own (Raft thesis §10.2.1); the leader counts itself toward a quorum only once
+    ///    `advance` is told its copy is persisted;
+    /// 2. install a snapshot, if one came;
+    /// 3. write the new entries and the hard state into sled (one batch, no fsync yet), before
+    ///    anything applied, so a disk never holds an applied index past its stored commit index;
+    /// 4. apply the committed entries and answer their clients: raft-rs hands over only entries
+    ///    already persisted here (and committed, so on a quorum's disks);
+    /// 5. flush once (if there are entries, a snapshot, or a new term or vote) and post the
+    ///    flushed mark, and only then send `persisted_messages` (acknowledgements, votes);
+    /// 6. advance; apply what that commits (the leader's own copy now counts).
     fn on_ready(&mut self) -> Result<(), Fatal> {
+        let started = Instant::now();
         let mut ready = self.raw.ready();
+        self.send(ready.take_messages());
+        let sent = Instant::now();
+        self.profile.send += sent - started;
 
-        // What must be on disk before this Ready's messages go out: new entries, a snapshot, and
-        // the term and vote. A hard state that only moves the commit index is written but need
-        // not be waited for (Raft recovers the commit index from its peers), which spares an
-        // fsync per acknowledgement.
+        // What must be on disk before this Ready's persisted messages go out: new entries, a
+        // snapshot, and the term and vote. A hard state that only moves the commit index is
+        // written but need not be waited for (Raft recovers the commit index from its peers),
+        // which spares an fsync per acknowledgement.
         let mut must_sync = !ready.entries().is_empty();
         if !ready.snapshot().is_empty() {
             let hs = self.log.hard_state()?;
@@ -480,6 +641,8 @@ impl Node {
         }
         let mut batch = Batch::default();
         self.log.append(&mut batch, ready.entries())?;
+        self.profile.appended += ready.entries().len() as u64;
+        self.profile.appended_bytes += ready.entries().iter().map(|e| e.data.len() as u64).sum::<u64>();
         if let Some(hs) = ready.hs() {
             if (hs.term, hs.vote) != self.synced_term_vote {
                 must_sync = true;
@@ -488,18 +651,27 @@ impl Node {
             RaftLog::set_hard_state(&mut batch, hs);
         }
         self.log.store().apply(batch)?;
-        if must_sync {
-            self.log.flush_and_mark()?;
-        }
+        let persisted = Instant::now();
+        self.profile.persist += persisted - sent;
 
-        self.send(ready.take_messages());
-        self.send(ready.take_persisted_messages());
         for rs in ready.take_read_states() {
             if let Some((reply, _)) = self.reads.remove(rs.request_ctx.as_slice()) {
                 self.ready_reads.push((rs.index, reply));
             }
         }
         self.apply(ready.take_committed_entries())?;
+        self.answer();
+        let applied = Instant::now();
+        self.profile.apply += applied - persisted;
+
+        if must_sync {
+            self.log.flush_and_mark()?;
+            self.profile.flushes += 1;
+        }
+        let flushed = Instant::now();
+        self.profile.flush += flushed - applied;
+        self.send(ready.take_persisted_messages());
+        self.profile.send += flushed.elapsed();
 
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -510,25 +682,35 @@ impl Node {
             self.log.store().apply(batch)?;
         }
         self.send(light.take_messages());
+        let applying = Instant::now();
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.answer();
+        self.profile.apply += applying.elapsed();
 
-        // No second flush here: an answered entry is committed, so it is already on this node's
-        // disk (step 2) and a quorum's. Its effects and the applied index, written in one batch,
-        // reach the disk with sled's next flush; after a crash, Raft re-applies any committed
-        // entries past the applied index found on disk, so nothing answered is lost or doubled.
+        self.maybe_compact()?;
+        self.issue_reads();
+        self.profile.readies += 1;
+        self.profile.total += started.elapsed();
+        Ok(())
+    }
+
+    /// Answers the proposals whose entries were just applied, and the reads whose index is
+    /// applied now. No flush is waited for: an answered entry is committed, so it is already on
+    /// this node's disk and a quorum's. Its effects and the applied index, written in one batch,
+    /// reach the disk with sled's next flush; after a crash, Raft re-applies any committed
+    /// entries past the applied index found on disk, so nothing answered is lost or doubled.
+    fn answer(&mut self) {
         for (reply, outcome) in self.answers.drain(..) {
             let _ = reply.send(Ok(outcome));
         }
-        let applied = self.raw.raft.raft_log.applied;
+        // raft-rs moves its applied index at `advance_apply`; what this loop applied is ahead.
+        let applied = self.raw.raft.raft_log.applied.max(self.last_applied);
         let (done, waiting): (Vec<_>, Vec<_>) = self.ready_reads.drain(..).partition(|(index, _)| *index <= applied);
         self.ready_reads = waiting;
         for (_, reply) in done {
             let _ = reply.send(Ok(()));
         }
-        self.maybe_compact()?;
-        self.issue_reads();
-        Ok(())
     }
 
     fn send(&self, messages: Vec<Message>) {
@@ -538,7 +720,9 @@ impl Node {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
+        self.profile.applied += entries.len() as u64;
         for entry in entries {
+            self.last_applied = entry.index;
             let mut extra = Batch::default();
             RaftLog::set_applied(&mut extra, entry.index);
             let outcome = match entry.get_entry_type() {
@@ -682,13 +866,16 @@ mod tests {
 
     /// A cluster of one (node 1) that leads and has committed in its term.
     fn leading_node() -> (Node, watch::Receiver<RaftStatus>) {
+        leading_node_with(Options::default())
+    }
+
+    fn leading_node_with(options: Options) -> (Node, watch::Receiver<RaftStatus>) {
         let dir = std::env::temp_dir().join(format!("fifty-node-{}-{}", std::process::id(), rand::random::<u64>()));
         let log = RaftLog::new(Store::open(&dir).expect("open a temp store"));
         let me = PeerInfo { node_id: 1, quic_addr: member(1).quic_addr, http_addr: member(1).http_addr };
         super::super::bootstrap::genesis(&log, &[me]).expect("genesis");
         let (tx, rx) = watch::channel(RaftStatus::default());
-        let mut node =
-            Node::new(1, log, tx, Box::new(NoNetwork), Arc::default(), Options::default(), (10, 11), 7).expect("node");
+        let mut node = Node::new(1, log, tx, Box::new(NoNetwork), Arc::default(), options, (10, 11), 7).expect("node");
         for _ in 0..100 {
             node.tick();
             node.process().expect("process");
@@ -736,5 +923,103 @@ mod tests {
         }
         assert!(matches!(third_rx.try_recv(), Ok(Ok(Ok(Applied::Done)))));
         assert_eq!(status.borrow().learners, vec![2, 3]);
+    }
+
+    /// A proposal creating a token whose description is `size` bytes long.
+    fn propose(size: usize) -> (Input, oneshot::Receiver<Result<ApplyOutcome, ConsensusError>>) {
+        let record = crate::state::TokenRecord {
+            accessor: format!("{:016x}", rand::random::<u64>()),
+            hash: "h".into(),
+            role: fifty_shared::ids::Role::Read,
+            description: "d".repeat(size),
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+            expires_at: None,
+            max_uses: None,
+            uses: 0,
+            revoked: false,
+        };
+        let data = fifty_shared::codec::to_bytes(&Command::CreateToken(record)).expect("encode");
+        let (reply, rx) = oneshot::channel();
+        (Input::Propose { data, reply }, rx)
+    }
+
+    /// Runs turns of the loop until the inbox is empty; returns, for each, how many proposals it
+    /// took and how many entries the Ready it handled wrote to the log, checking it handled one.
+    fn turns(node: &mut Node, inbox: &Receiver<Input>) -> Vec<(usize, u64)> {
+        let mut out = Vec::new();
+        loop {
+            let (appended, readies) = (node.profile.appended, node.profile.readies);
+            let taken = node.take_inputs(inbox, Duration::ZERO).expect("the inbox is open");
+            if taken.inputs == 0 {
+                return out;
+            }
+            node.process().expect("process");
+            assert_eq!(node.profile.readies - readies, 1, "one Ready a turn");
+            out.push((taken.entries, node.profile.appended - appended));
+        }
+    }
+
+    /// One turn takes every waiting proposal into one Ready up to the batch's count; the rest
+    /// wait, in order, for the next turns; every proposal is answered.
+    #[test]
+    fn a_turn_takes_at_most_max_batch_entries() {
+        let (mut node, _status) = leading_node_with(Options { max_batch_entries: 10, ..Options::default() });
+        let (tx, inbox) = std::sync::mpsc::channel();
+        let mut replies = Vec::new();
+        for _ in 0..25 {
+            let (input, rx) = propose(100);
+            tx.send(input).expect("send");
+            replies.push(rx);
+        }
+        assert_eq!(turns(&mut node, &inbox), vec![(10, 10), (10, 10), (5, 5)]);
+        for mut rx in replies {
+            assert!(matches!(rx.try_recv(), Ok(Ok(Ok(Applied::Done)))), "every proposal is applied and answered");
+        }
+    }
+
+    /// The batch's bytes are bounded too; a proposal larger than the bound on its own goes
+    /// alone rather than never.
+    #[test]
+    fn a_turn_takes_at_most_max_batch_bytes() {
+        let (one, _) = propose(1000);
+        let (_, weight) = Taken::weigh(&one);
+        let options = Options { max_batch_bytes: 3 * weight, ..Options::default() };
+        let (mut node, _status) = leading_node_with(options);
+        let (tx, inbox) = std::sync::mpsc::channel();
+        let mut replies = Vec::new();
+        for size in [1000, 1000, 1000, 1000, 10 * weight, 1000, 1000] {
+            let (input, rx) = propose(size);
+            tx.send(input).expect("send");
+            replies.push(rx);
+        }
+        let taken = turns(&mut node, &inbox);
+        assert_eq!(taken, vec![(3, 3), (1, 1), (1, 1), (2, 2)], "three fit; the big one goes alone");
+        for mut rx in replies {
+            assert!(matches!(rx.try_recv(), Ok(Ok(Ok(Applied::Done)))), "every proposal is applied and answered");
+        }
+    }
+
+    /// Entries arriving from a leader count toward the bound as proposals do.
+    #[test]
+    fn entries_in_messages_weigh_like_proposals() {
+        let mut msg = Message::default();
+        msg.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+        for _ in 0..3 {
+            let mut e = Entry::default();
+            e.data = vec![0; 100].into();
+            e.context = vec![0; CONTEXT_HEADER].into();
+            msg.entries.push(e);
+        }
+        let step = Input::Step(Box::new(msg));
+        assert_eq!(Taken::weigh(&step), (3, 3 * (100 + CONTEXT_HEADER)));
+        let options = Options { max_batch_entries: 4, ..Options::default() };
+        let one = Taken { inputs: 1, entries: 1, bytes: 10 };
+        assert!(one.fits(&step, &options), "1 + 3 entries fit a bound of 4");
+        let two = Taken { inputs: 2, entries: 2, bytes: 10 };
+        assert!(!two.fits(&step, &options), "2 + 3 do not");
+        assert!(
+            Taken::default().fits(&step, &Options { max_batch_entries: 1, ..Options::default() }),
+            "first always fits"
+        );
     }
 }

@@ -295,7 +295,7 @@ impl Sim {
         let m = &mut self.members[i];
         let (status, _) = watch::channel(RaftStatus::default());
         // A small threshold, so logs compact and lagging nodes catch up from snapshots.
-        let options = Options { snapshot_threshold: 40 };
+        let options = Options { snapshot_threshold: 40, ..Options::default() };
         let boot = self.rng.random();
         // Snapshots are built inline: a background build's timing would make the schedule depend
         // on threads, not on the seed.
