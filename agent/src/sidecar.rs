@@ -736,6 +736,28 @@ mod tests {
     }
 
     #[test]
+    fn the_sidecar_thread_gets_the_short_slice_it_asks_for() {
+        // On a thread of its own, as the agent does: the slice is per thread.
+        std::thread::spawn(|| {
+            let get = || {
+                let mut attr = SchedAttr::default();
+                let size = std::mem::size_of::<SchedAttr>() as u32;
+                // SAFETY: as in `request_short_slice`.
+                let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0) };
+                assert_eq!(r, 0);
+                attr
+            };
+            let before = get();
+            request_short_slice(SLICE).expect("sched_setattr on this kernel");
+            let after = get();
+            assert_eq!(after.runtime, SLICE.as_nanos() as u64, "the kernel keeps the slice asked for");
+            assert_eq!((after.policy, after.nice), (before.policy, before.nice), "policy and nice kept");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn the_listener_is_on_only_while_experiments_are_served() {
         let s = sidecar();
         assert!(*s.active.borrow());
