@@ -100,6 +100,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     {
         let (sidecar, shutdown) = (sidecar.clone(), shutdown.clone());
         std::thread::Builder::new().name("fifty-sidecar".into()).spawn(move || {
+            if let Err(e) = crate::sidecar::request_short_slice(crate::sidecar::SLICE) {
+                info!(error = %e, "the A/B sidecar's thread keeps the scheduler's default slice");
+            }
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime.block_on(sidecar.run(shutdown)),
                 Err(e) => warn!(error = %e, "cannot start the A/B sidecar's runtime; it stays off"),

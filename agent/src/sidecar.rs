@@ -52,6 +52,53 @@ pub const MAX_UNITS: usize = 200_000;
 pub const MAX_UNIT_LEN: usize = 256;
 /// A report not acknowledged this long is sent again on the same link.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
+/// The scheduler slice the sidecar's thread asks for (see [`request_short_slice`]).
+pub const SLICE: Duration = Duration::from_micros(100);
+
+/// The kernel's `struct sched_attr` (`sched_setattr(2)`), as far as Linux 6.x reads it.
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    /// For a normal (`SCHED_OTHER`) thread since Linux 6.12: its slice, in nanoseconds.
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+/// Asks Linux's scheduler to run the calling thread in slices of `slice` (0.1 to 100 ms; Linux
+/// 6.12 and later, no privilege needed), keeping its policy and nice value.
+///
+/// Why: the sidecar's thread works about 20 µs per request and sleeps in between. The scheduler
+/// (EEVDF) lets a thread that wakes on a busy core run only once the running one's slice is spent
+/// or its own deadline (its wake-up plus its slice) comes first; with the default slice (1.4 ms on
+/// two cores here) a request that arrives while another thread (the agent's link encoding a report,
+/// a coordinator on the same machine, a build) has the core waits up to that long. With a short
+/// slice its deadline is near and it runs at once; it still gets only its fair share of CPU.
+/// Older kernels ignore the field (the thread keeps the default) or refuse the call (an error).
+pub fn request_short_slice(slice: Duration) -> std::io::Result<()> {
+    let mut attr = SchedAttr::default();
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: `attr` is a writable sched_attr of `size` bytes; pid 0 is the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    attr.size = size;
+    attr.runtime = slice.as_nanos().min(u64::MAX as u128) as u64;
+    // SAFETY: `attr` is a valid sched_attr of `size` bytes (the kernel's own, one field changed).
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 #[derive(Default)]
 struct Pending {
@@ -686,6 +733,28 @@ mod tests {
         s.acked(r2.boot, r2.seq);
         let r3 = s.report_due(now).unwrap();
         assert_eq!(r3.experiments[0].units.len(), 1, "the unit that came meanwhile");
+    }
+
+    #[test]
+    fn the_sidecar_thread_gets_the_short_slice_it_asks_for() {
+        // On a thread of its own, as the agent does: the slice is per thread.
+        std::thread::spawn(|| {
+            let get = || {
+                let mut attr = SchedAttr::default();
+                let size = std::mem::size_of::<SchedAttr>() as u32;
+                // SAFETY: as in `request_short_slice`.
+                let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0) };
+                assert_eq!(r, 0);
+                attr
+            };
+            let before = get();
+            request_short_slice(SLICE).expect("sched_setattr on this kernel");
+            let after = get();
+            assert_eq!(after.runtime, SLICE.as_nanos() as u64, "the kernel keeps the slice asked for");
+            assert_eq!((after.policy, after.nice), (before.policy, before.nice), "policy and nice kept");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -62,6 +62,14 @@ enum Mode {
         /// Seed of the Poisson schedule.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Write each answered request's due time and latency (nanoseconds from the start, one
+        /// `due latency` pair a line) to this file, to see when the slow ones happened.
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
+        /// The scheduler slice the driver's thread asks for, in microseconds (0: the kernel's
+        /// default); see `fifty_agent::sidecar::request_short_slice`.
+        #[arg(long, default_value_t = 0)]
+        slice_us: u64,
     },
     /// Assign this many distinct units, once each, as fast as possible.
     Fill {
@@ -224,14 +232,15 @@ mod sys {
 ///
 /// A request's latency counts from its due time when every connection was busy then (it had to
 /// wait for one: the server's slowness, no coordinated omission); otherwise from when it was
-/// written (this driver waking late is not the server's delay). Returns the latencies of the 200
-/// answers and the number of other answers.
+/// written (this driver waking late is not the server's delay). Returns, for each 200 answer,
+/// when its latency started counting (from `start`) and the latency; and the number of other
+/// answers.
 fn open_loop(
     pool: Vec<TcpStream>,
     due_at: &[Duration],
     start: Instant,
     request: impl Fn(u64) -> Vec<u8>,
-) -> Result<(Vec<Duration>, u64)> {
+) -> Result<(Vec<(Duration, Duration)>, u64)> {
     const TIMER: u64 = u64::MAX;
     struct Conn {
         stream: TcpStream,
@@ -304,7 +313,7 @@ fn open_loop(
                 c.free_since = done;
                 last_progress = done;
                 if status == 200 {
-                    latencies.push(done - from);
+                    latencies.push((from.saturating_duration_since(start), done - from));
                     answered += 1;
                 } else {
                     errors += 1;
@@ -335,7 +344,11 @@ fn main() -> Result<()> {
     let conns = args.connections.max(1) as u64;
     let sidecar = args.sidecar;
     match args.mode {
-        Mode::Rate { rate, seconds, units, arrivals, seed } => {
+        Mode::Rate { rate, seconds, units, arrivals, seed, trace, slice_us } => {
+            if slice_us > 0 {
+                fifty_agent::sidecar::request_short_slice(Duration::from_micros(slice_us))
+                    .context("asking for a short scheduler slice (--slice-us)")?;
+            }
             let total = rate * seconds;
             let due_at = schedule(arrivals, rate, total, seed);
             let mut pool = Vec::new();
@@ -344,8 +357,16 @@ fn main() -> Result<()> {
             }
             let request = |i: u64| assign_request(&experiments[(i % experiments.len() as u64) as usize], i % units);
             let start = Instant::now() + Duration::from_millis(200);
-            let (mut all, errors) = open_loop(pool, &due_at, start, request)?;
+            let (answered, errors) = open_loop(pool, &due_at, start, request)?;
             let wall = start.elapsed().as_secs_f64();
+            if let Some(path) = trace {
+                let lines: String = answered
+                    .iter()
+                    .map(|(at, latency)| format!("{} {}\n", at.as_nanos(), latency.as_nanos()))
+                    .collect();
+                std::fs::write(&path, lines).with_context(|| format!("writing the trace {}", path.display()))?;
+            }
+            let mut all: Vec<Duration> = answered.into_iter().map(|(_, latency)| latency).collect();
             all.sort();
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             println!(
@@ -355,6 +376,16 @@ fn main() -> Result<()> {
                 all.len() as f64 / wall,
                 wall
             );
+            // The driver shares the machine with what it measures: its own CPU is part of the picture.
+            // SAFETY: getrusage writes one rusage struct into `usage`.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+                let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+                println!(
+                    "driver CPU: {:.0}% of one core",
+                    (secs(usage.ru_utime) + secs(usage.ru_stime)) / wall * 100.0
+                );
+            }
             println!(
                 "latency ms: p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
                 ms(percentile(&all, 0.50)),
