@@ -865,6 +865,51 @@ mod tests {
         assert!(without.iter().all(|c| *c != Call::Judge(Judgement::Promote)), "{without:?}");
     }
 
+    /// A judged wave hands out its baseline hosts' spread sample once, when its call is final,
+    /// and a spread learned from earlier waves is what the next wave's tests of that metric use
+    /// (the fixed 5% floor stays for a metric with no history).
+    #[test]
+    fn a_judged_wave_teaches_the_spread_once_and_a_learned_spread_is_used() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let plan = ImmunePlan { pass_bound: 0.5, ..plan() };
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        for s in -60..0 {
+            unusual_second(&mut series, t0, s);
+        }
+        let mut call = judge.judge(&r, Some(&plan), &series, t0);
+        assert!(judge.spread_samples(&r, &call).is_empty(), "not final yet: {call:?}");
+        for s in 1..=11 {
+            unusual_second(&mut series, t0, s);
+            call = judge.judge(&r, Some(&plan), &series, t0 + Duration::from_secs(s as u64));
+        }
+        assert_eq!(call, Call::Judge(Judgement::Promote));
+        let samples = judge.spread_samples(&r, &call);
+        assert_eq!(samples.len(), 1, "{samples:?}");
+        assert_eq!((samples[0].metric.as_str(), samples[0].df), ("error_rate", 2.0));
+        // Three steady baseline hosts: no spread beyond their sampling noise.
+        assert!(samples[0].excess < 0.0 && samples[0].excess > -0.05, "{samples:?}");
+        assert!(judge.spread_samples(&r, &call).is_empty(), "handed out once");
+
+        let mut learned = LearnedSpread::default();
+        for wave in 0..3 {
+            learned.fold(1, wave, &[SpreadSample { metric: "error_rate".into(), excess: 4.0 * 1e-4, df: 4.0 }]);
+        }
+        let two = ImmunePlan {
+            metrics: vec![
+                plan.metrics[0].clone(),
+                ImmuneMetric { name: "checkout_rate".into(), kind: "ratio".into(), bad_decrease: true },
+            ],
+            ..plan.clone()
+        };
+        let mut taught = Judge::default();
+        assert!(taught.settings_of(&r, &two).iter().all(|s| s.change_host_spread == 0.05), "no history: the floor");
+        taught.learn(&r.repo, learned);
+        let settings = taught.settings_of(&r, &two);
+        assert!((settings[0].change_host_spread - 0.01).abs() < 1e-12, "{settings:?}");
+        assert_eq!(settings[1].change_host_spread, 0.05, "a metric without history keeps the floor");
+    }
+
     /// One second of reports of every host: web-1 (the canary from `t0`, on release 2) always
     /// fails 4 of its 100 requests, the others 2 — an unusual host, healthy against its own past.
     fn unusual_second(series: &mut Series, t0: SystemTime, s: i64) {
