@@ -96,7 +96,11 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
                 if let Some(recorded) = &recorded {
                     judge.resume(&rollout, plan.as_ref(), recorded, now);
                 }
-                judge.learn(&rollout.repo, store.spread(&rollout.repo)?);
+                match store.spread(&rollout.repo) {
+                    Ok(learned) => judge.learn(&rollout.repo, learned),
+                    // Judged with what the judge had (or the fixed floor) rather than not at all.
+                    Err(e) => warn!(error = %e, repo = %rollout.repo, "the learned spreads could not be read"),
+                }
                 let call = judge.judge(&rollout, plan.as_ref(), series, now);
                 let evidence = match (&call, &plan) {
                     (Call::Judge(_), Some(plan)) => judge.evidence_due(&rollout, plan, now),
