@@ -7,6 +7,10 @@
 //! `FIFTY_IMMUNE_SEED=<n>` another seed set (every cell's seed is derived from it); `FIFTY_IMMUNE_NO_POWER=1`
 //! leaves out the time-to-revert table; `FIFTY_IMMUNE_HOST_DRIFT=<sd>` gives each host its own drift;
 //! `FIFTY_IMMUNE_HISTORY_STUDY=1` only compares 10, 30 and 60 minutes of each host's past.
+//! In issue 16's fleets, `FIFTY_IMMUNE_AA_FLEETS=0,1` runs the A/A cells of those fleets only (by their
+//! index in the list; empty: none), `FIFTY_IMMUNE_TOL_FLEETS` and `FIFTY_IMMUNE_TOL_CASES` (0 error rate
+//! ×1.5, 1 latency ×1.5, 2 latency +10%) the tolerance cells: each cell keeps its seed, so a cell gives
+//! the same figures alone as in the whole run.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +34,14 @@ const POWER_RUNS: usize = 2_000;
 const THREADS: usize = 2;
 const AA16_RUNS: usize = 5_000;
 const POWER16_RUNS: usize = 1_000;
+
+/// Whether index `i` is in the comma-separated list `var` (every index when it is not set).
+fn picked(var: &str, i: usize) -> bool {
+    match std::env::var(var) {
+        Ok(list) => list.split(',').filter_map(|x| x.trim().parse::<usize>().ok()).any(|x| x == i),
+        Err(_) => true,
+    }
+}
 
 /// `runs` scaled by `FIFTY_IMMUNE_SCALE` (default 1).
 fn scaled(runs: usize) -> usize {
@@ -320,7 +332,7 @@ fn fleets(budget: Budget) {
     println!("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |");
     let mut worst = (0.0f64, 0.0f64);
     let mut worst_held = (0.0f64, 0.0f64);
-    for (i, (label, fleet)) in fleets.iter().enumerate() {
+    for (i, (label, fleet)) in fleets.iter().enumerate().filter(|(i, _)| picked("FIFTY_IMMUNE_AA_FLEETS", *i)) {
         for canary in [1, 4] {
             let tally = run_many(
                 &scenario(fleet, canary, Regression::None, budget),
@@ -378,8 +390,9 @@ fn fleets(budget: Budget) {
     ];
     let mut worst_pass: f64 = 0.0;
     let mut worst_small: f64 = 0.0;
-    for (i, (label, fleet)) in fleets.iter().enumerate().filter(|(i, _)| [0, 1, 5, 7].contains(i)) {
-        for (j, (what, regression)) in cases.iter().enumerate() {
+    let tolerance_fleets = fleets.iter().enumerate().filter(|(i, _)| [0, 1, 5, 7].contains(i));
+    for (i, (label, fleet)) in tolerance_fleets.filter(|(i, _)| picked("FIFTY_IMMUNE_TOL_FLEETS", *i)) {
+        for (j, (what, regression)) in cases.iter().enumerate().filter(|(j, _)| picked("FIFTY_IMMUNE_TOL_CASES", *j)) {
             for canary in [1, 4] {
                 let tally = run_many(
                     &scenario(fleet, canary, *regression, budget),

@@ -178,7 +178,7 @@ pub struct Counters {
 /// command raises it and makes [`Command::since`] return the new version for that kind: the
 /// leader then proposes it only once every voter reports it (a rolling upgrade's old followers
 /// would stop at an entry they cannot decode). Commands are only ever added at the end.
-pub const STATE_VERSION: u32 = 5;
+pub const STATE_VERSION: u32 = 6;
 
 /// A decision to apply: the payload of a Raft log entry.
 #[derive(Clone, Debug, Encode, Decode)]
@@ -466,6 +466,20 @@ pub enum Command {
         /// When it was proposed.
         at: SystemTime,
     },
+    /// At the end of a judged wave (state version 6): what its baseline hosts say about the
+    /// spread of healthy hosts' changes, folded into `repo`'s learned spreads
+    /// (`immune::spread`). A wave already folded in changes nothing; a sample no judge could
+    /// have made is refused.
+    LearnSpread {
+        /// The rollout's repository.
+        repo: RepoName,
+        /// The rollout.
+        rollout: u64,
+        /// Its wave.
+        wave: u64,
+        /// One sample per metric that has one.
+        samples: Vec<crate::immune::spread::SpreadSample>,
+    },
 }
 
 impl Command {
@@ -510,6 +524,7 @@ impl Command {
             Command::ImmuneEvidence { .. } => 3,
             Command::CreateExperimentV4 { .. } => 4,
             Command::Forget { .. } => 5,
+            Command::LearnSpread { .. } => 6,
         }
     }
 }
@@ -791,6 +806,9 @@ impl Machine {
                 crate::immune::apply::immune_revert(store, rollout, targets, incident, *at, batch)?
             }
             Command::ImmuneEvidence { evidence } => crate::immune::apply::immune_evidence(store, evidence, batch)?,
+            Command::LearnSpread { repo, rollout, wave, samples } => {
+                crate::immune::apply::learn_spread(store, repo, *rollout, *wave, samples, batch)?
+            }
             Command::ChangeIncident { id, change, by, at } => {
                 crate::incidents::apply_change(store, *id, change, by, *at, batch)?
             }

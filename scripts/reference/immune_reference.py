@@ -132,6 +132,21 @@ def cs_upper(delta, sd, df, confidence):
     return optimize.brentq(gap, max(delta, 0.0) + 1e-9 * sd, max(delta, 0.0) + 40 * sd, xtol=1e-15, rtol=1e-14)
 
 
+# The end look's level by the pass test's prior ratio at the end, r = (tolerance / sd)^2 on the
+# test's scale (beta 0.1, early pass at beta/2): computed and checked against this table at the end
+# of this script (end_level), floored to 0.001. Read at the next r at or above; beta/2 beyond.
+END_LEVELS = [(0.5, 0.099), (1, 0.099), (2, 0.099), (3, 0.098), (4, 0.097), (5, 0.096), (6, 0.095),
+              (8, 0.093), (10, 0.092), (12, 0.090), (14, 0.089), (17, 0.087), (20, 0.086), (25, 0.084),
+              (30, 0.082), (40, 0.080), (50, 0.078), (70, 0.075), (100, 0.073), (150, 0.070),
+              (200, 0.069), (300, 0.067), (500, 0.066)]
+
+
+def end_confidence(theta, sd):
+    r = (theta / sd) ** 2
+    level = next((lvl for rr, lvl in END_LEVELS if rr >= r), 0.05)
+    return 1.0 - level
+
+
 def fixed_upper(delta, sd, df, confidence):
     """The end look's fixed-horizon upper bound on the test's scale: delta + t_{confidence, df} sd
     (scipy.stats.t.ppf; the normal's quantile when df is infinite)."""
@@ -252,7 +267,8 @@ def ratio_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.95, host_floo
     p = mixture_p(t, df, total, mixture_scale)
     df_own = satterthwaite(own_spread, tau_df, own_sampling, phi_df)
     upper = cs_upper(bad * delta, math.sqrt(own_spread + own_sampling), df_own, confidence) * p0 / rb
-    fixed = fixed_upper(bad * delta, math.sqrt(own_spread + own_sampling), df_own, confidence) * p0 / rb
+    sd_own = math.sqrt(own_spread + own_sampling)
+    fixed = fixed_upper(bad * delta, sd_own, df_own, end_confidence(0.5 * rb / p0, sd_own)) * p0 / rb
     return dict(baseline=rb, canary=rc, phi=phi, tau2=tau2, t=t, df=df, p=p, upper=upper, fixed=fixed)
 
 
@@ -303,7 +319,9 @@ def histogram_look(base, can, bounds, mixture_scale=0.5, bad=1.0, confidence=0.9
     # The change the ranks give (all latencies scaled by one factor) and its always-valid bound.
     effect = rank_scale(pooled, bounds, 0.5 + delta) - 1
     upper = rank_scale(pooled, bounds, 0.5 + cs_upper(bad * delta, math.sqrt(total), df, confidence)) - 1
-    fixed = rank_scale(pooled, bounds, 0.5 + fixed_upper(bad * delta, math.sqrt(total), df, confidence)) - 1
+    theta = shifted_auc(pooled, bounds, 1.5) - 0.5
+    end = end_confidence(theta, math.sqrt(total))
+    fixed = rank_scale(pooled, bounds, 0.5 + fixed_upper(bad * delta, math.sqrt(total), df, end)) - 1
     return dict(baseline=median_b, canary=median_c, effect=effect, tau2=tau2, t=t, df=df, p=p, upper=upper,
                 fixed=fixed)
 
@@ -332,7 +350,8 @@ def gauge_look(base, can, mixture_scale=0.5, bad=1.0, confidence=0.95):
     t = bad * delta / math.sqrt(total)
     p = mixture_p(t, df, total, mixture_scale)
     upper = cs_upper(bad * delta, math.sqrt(total), df, confidence) * scale / abs(mb)
-    fixed = fixed_upper(bad * delta, math.sqrt(total), df, confidence) * scale / abs(mb)
+    end = end_confidence(0.5 * abs(mb) / scale, math.sqrt(total))
+    fixed = fixed_upper(bad * delta, math.sqrt(total), df, end) * scale / abs(mb)
     return dict(baseline=mb, canary=mc, tau2=tau2, t=t, df=df, p=p, upper=upper, fixed=fixed)
 
 
@@ -417,7 +436,8 @@ def change_look(before, after, canary, floor=0.05, mixture_scale=0.5, confidence
     t = delta / math.sqrt(total)
     p = mixture_p(t, df, total, mixture_scale)
     upper = math.exp(cs_upper(delta, math.sqrt(total), df, confidence)) - 1
-    fixed = math.exp(fixed_upper(delta, math.sqrt(total), df, confidence)) - 1
+    end = end_confidence(math.log(1.5), math.sqrt(total))
+    fixed = math.exp(fixed_upper(delta, math.sqrt(total), df, end)) - 1
     return dict(effect=math.exp(delta) - 1, t=t, df=df, p=p, upper=upper, fixed=fixed)
 
 
@@ -426,10 +446,32 @@ CHANGE_AFTER = {"b0": (3, 1000), "b1": (2, 1000), "b2": (5, 1000), "c0": (9, 100
 look = change_look(CHANGE_BEFORE, CHANGE_AFTER, {"c0"})
 print("change look: " + ", ".join(f"{key}={val!r}" for key, val in look.items()))
 
+print("# a spread of hosts' changes learned from past waves (immune::spread), against the fixed floor")
+BUSY_BEFORE = {"b0": (1800, 360000), "b1": (1750, 360000), "b2": (1850, 360000), "c0": (1800, 360000)}
+BUSY_AFTER = {"b0": (150, 30000), "b1": (146, 30000), "b2": (155, 30000), "c0": (180, 30000)}
+
+
+def spread_sample(before, after, hosts):
+    """One wave's sample: sum (y - mean)^2 - (1 - 1/k) sum v over the baseline hosts, and k - 1."""
+    ys = np.array([math.log((after[h][0] + 0.5) / after[h][1]) - math.log((before[h][0] + 0.5) / before[h][1])
+                   for h in hosts])
+    vs = np.array([1 / (after[h][0] + 0.5) + 1 / (before[h][0] + 0.5) for h in hosts])
+    k = len(hosts)
+    return float(((ys - ys.mean()) ** 2).sum() - (1 - 1 / k) * vs.sum()), k - 1
+
+
+show("spread_sample(busy baseline)", spread_sample(BUSY_BEFORE, BUSY_AFTER, ["b0", "b1", "b2"]))
+# Three earlier waves each of 4 df with tau^2 0.0001, 0.0001, 0.0001 folded with weights 0.81, 0.9, 1:
+learned = math.sqrt((0.81 + 0.9 + 1.0) * 4 * 0.0001 / ((0.81 + 0.9 + 1.0) * 4))
+show("learned spread", learned)
+for floor in (0.05, learned):
+    look = change_look(BUSY_BEFORE, BUSY_AFTER, {"c0"}, floor=floor)
+    print(f"busy change look, spread {floor}: " + ", ".join(f"{key}={val!r}" for key, val in look.items()))
+
 
 # ---------------------------------------------------------------------------------------------------
-# The end look and what it can do: the chance that a healthy wave is held at a fixed-horizon
-# 1 - beta/2 bound, and the bake or canaries that make it small.
+# The end look and what it can do: the chance that a healthy wave is held at the end look's
+# fixed-horizon bound, and the bake or canaries that make it small.
 print("# end look: t quantiles and the information limit")
 show("t.ppf(0.95, 5.5)", stats.t.ppf(0.95, 5.5))
 show("norm.ppf(0.95)", stats.norm.ppf(0.95))
@@ -444,12 +486,14 @@ def change_variance(events_now, events_past, canaries, baselines, floor=0.05, ph
 
 
 def held(se, pass_bound=0.5, beta=0.1):
-    """P(a healthy wave's end-look bound exceeds pass_bound): Phi(z_{1-beta/2} - ln(1+pass_bound)/SE)."""
-    return stats.norm.cdf(stats.norm.ppf(1 - beta / 2) - math.log(1 + pass_bound) / se)
+    """P(a healthy wave's end-look bound exceeds pass_bound): Phi(z_{1-beta_end} - ln(1+pass_bound)/SE),
+    beta_end the end look's level at r = (ln(1+pass_bound)/SE)^2 (END_LEVELS)."""
+    theta = math.log(1 + pass_bound)
+    return stats.norm.cdf(stats.norm.ppf(end_confidence(theta, se)) - theta / se)
 
 
 def se_for(held_share, pass_bound=0.5, beta=0.1):
-    return math.log(1 + pass_bound) / (stats.norm.ppf(1 - beta / 2) - stats.norm.ppf(held_share))
+    return optimize.brentq(lambda se: held(se, pass_bound, beta) - held_share, 0.01, 1.0, xtol=1e-9)
 
 
 show("held(0.2)", held(0.2))
@@ -474,3 +518,78 @@ for rps, rate, phi in [(100, 0.005, 1.09), (20, 0.005, 1.018)]:
                           f"{bake:.0f} s")
                 except ValueError:
                     print(f"    {canaries} + {baselines}, history {history} s: {share:.0%} held is out of reach")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Spending beta between the early pass and the end look. Under a regression exactly at the
+# tolerance the pass test's statistic is a Brownian motion W in the information fraction
+# u = I/I_end (a score statistic: Cov(estimate_s, estimate_t) = Var(estimate_t) for s < t, also with
+# the fixed noise of each host's past). The early pass crosses the always-valid boundary
+# ln Lambda(W/sqrt(u), r*u) >= ln(1/beta_early), r = (tolerance/sd at the end)^2 its prior's ratio
+# at the end; the end look passes when W_1 >= c. The chance to pass, P(early or end), is computed
+# on a grid (the density of W on 0.006 / 0.003 spacing, 1000 / 4000 time steps, absorbed at the
+# boundary: continuous monitoring, an upper bound on the real looks' crossing), extrapolated to
+# continuous time in 1/sqrt(steps), and c chosen so that it is exactly beta. The end look's level
+# P(W_1 >= c) is then at least beta - beta_early (the union bound) and near beta where the early
+# pass rarely crosses without the end look also passing. A Monte Carlo run checks one r.
+def lnlam_path(w, u, r):
+    rr = r * u
+    s = rr / (1 + rr)
+    z = w / math.sqrt(u)
+    return math.log(2) - 0.5 * math.log1p(rr) + 0.5 * z * z * s + stats.norm.logcdf(z * math.sqrt(s))
+
+
+def early_boundary(u, r, beta_early):
+    target = -math.log(beta_early)
+    return optimize.brentq(lambda w: lnlam_path(w, u, r) - target, 1e-12, 80, xtol=1e-12)
+
+
+def end_level_grid(r, beta, beta_early, steps, dx):
+    x = np.arange(-9, 14, dx)
+    p = np.zeros_like(x)
+    p[np.argmin(abs(x))] = 1 / dx
+    du = 1 / steps
+    sd = math.sqrt(du)
+    k = np.arange(-int(7 * sd / dx) - 1, int(7 * sd / dx) + 2) * dx
+    kernel = stats.norm.pdf(k, 0, sd) * dx
+    kernel /= kernel.sum()
+    absorbed = 0.0
+    for i in range(1, steps + 1):
+        p = np.convolve(p, kernel, mode="same")
+        crossed = x >= early_boundary(i * du, r, beta_early)
+        absorbed += p[crossed].sum() * dx
+        p[crossed] = 0
+    above = np.cumsum(p[::-1])[::-1] * dx
+    c = np.interp(-(beta - absorbed), -above, x)
+    return absorbed, stats.norm.sf(c)
+
+
+def end_level(r, beta=0.1, beta_early=0.05):
+    a1, l1 = end_level_grid(r, beta, beta_early, 1000, 0.006)
+    a4, l4 = end_level_grid(r, beta, beta_early, 4000, 0.003)
+    # Error in 1/sqrt(steps): halve it from 1000 to 4000 steps, so the limit is l4 - (l1 - l4).
+    return a4 + (a4 - a1), l4 - (l1 - l4)
+
+
+print("# the end look's level after an early pass at beta/2 (beta 0.1), by the prior ratio r at the end")
+END_RATIOS = [0.5, 1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17, 20, 25, 30, 40, 50, 70, 100, 150, 200, 300, 500]
+for r in END_RATIOS:
+    early, level = end_level(r)
+    table = dict(END_LEVELS)[r]
+    print(f"r {r}: P(early pass) {early:.5f}, end level {level:.5f}, table {table:.3f}")
+    assert table <= level and level - table < 0.0015, (r, level, table)
+
+
+def monte_carlo(r, beta_early, level, paths=200_000, steps=2000, seed=16):
+    rng = np.random.default_rng(seed)
+    c = stats.norm.isf(level)
+    u = np.arange(1, steps + 1) / steps
+    b = np.array([early_boundary(ui, r, beta_early) for ui in u])
+    passed = 0
+    for _ in range(paths // 20_000):
+        w = np.cumsum(rng.standard_normal((20_000, steps)) * math.sqrt(1 / steps), axis=1)
+        passed += int(((w >= b).any(axis=1) | (w[:, -1] >= c)).sum())
+    return passed / paths
+
+
+show("monte_carlo(12, 0.05, 0.090) pass share (<= 0.1)", monte_carlo(12, 0.05, 0.090))

@@ -90,19 +90,44 @@ async fn round(c: &Coordinator) -> anyhow::Result<()> {
             let plan = store.release(rollout.release)?.and_then(|r| r.plan.immune);
             // What the previous leader recorded of this wave's tests, to continue them.
             let recorded = store.evidence(&rollout.repo)?.filter(|e| e.rollout == rollout.id);
-            let (call, evidence) = {
+            let (call, evidence, samples) = {
                 let mut live = c.immune.lock().expect("immune lock");
                 let crate::immune::Live { series, judge } = &mut *live;
                 if let Some(recorded) = &recorded {
                     judge.resume(&rollout, plan.as_ref(), recorded, now);
+                }
+                match store.spread(&rollout.repo) {
+                    Ok(learned) => judge.learn(&rollout.repo, learned),
+                    // Judged with what the judge had (or the fixed floor) rather than not at all.
+                    Err(e) => warn!(error = %e, repo = %rollout.repo, "the learned spreads could not be read"),
                 }
                 let call = judge.judge(&rollout, plan.as_ref(), series, now);
                 let evidence = match (&call, &plan) {
                     (Call::Judge(_), Some(plan)) => judge.evidence_due(&rollout, plan, now),
                     _ => None,
                 };
-                (call, evidence)
+                let samples = judge.spread_samples(&rollout, &call);
+                (call, evidence, samples)
             };
+            if !samples.is_empty() {
+                // The wave is judged: what its baseline hosts say about the spread of hosts'
+                // changes joins the repository's learned spreads (`immune::spread`).
+                let cmd = Command::LearnSpread {
+                    repo: rollout.repo.clone(),
+                    rollout: rollout.id,
+                    wave: rollout.wave as u64,
+                    samples,
+                };
+                match c.consensus.propose(cmd).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, rollout = rollout.id, "the learned spread was refused"),
+                    // A rolling upgrade: nothing is learned until every voter knows the command.
+                    Err(e @ crate::consensus::ConsensusError::NotUpgraded { .. }) => {
+                        tracing::debug!(error = %e, "the learned spread is not replicated yet")
+                    }
+                    Err(e) => warn!(error = %e, rollout = rollout.id, "the learned spread was not recorded"),
+                }
+            }
             if let Some(evidence) = evidence {
                 match c.consensus.propose(Command::ImmuneEvidence { evidence }).await {
                     Ok(Ok(_)) => {}

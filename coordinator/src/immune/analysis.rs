@@ -27,8 +27,9 @@
 //! be measured is `Inconclusive`, never `Pass`. A `Pass` needs the data to rule out a regression
 //! larger than `pass_bound`: early, at any look, with an observed change below `min_effect` and an
 //! always-valid bound at `1 − β/2` (`β = 1 − pass_confidence`); or once, at the end of the bake
-//! ([`Monitor::end_look`]), with a fixed-horizon bound at `1 − β/2`. Together they pass a
-//! regression of `pass_bound` in at most `β` of waves.
+//! ([`Monitor::end_look`]), with a fixed-horizon bound at `1 − β_end`, `β_end` chosen with the
+//! early pass's correlation ([`end_level`]). Together they pass a regression of `pass_bound` in at
+//! most `β` of waves.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -287,9 +288,10 @@ pub struct Evidence {
     pub p_value: f64,
     /// This monitor's share of the rollout's alpha.
     pub alpha: f64,
-    /// The upper confidence bound (at `1 − β/2`, `β = 1 − pass_confidence`) of the relative effect
-    /// in the bad direction, when it can be computed: after the end look
-    /// ([`Monitor::end_look`]), that look's fixed-horizon bound; before it, the always-valid
+    /// The upper confidence bound of the relative effect in the bad direction, when it can be
+    /// computed: after the end look ([`Monitor::end_look`]), that look's fixed-horizon bound at
+    /// `1 − β_end` ([`end_level`]); before it, the always-valid one at `1 − β/2`
+    /// (`β = 1 − pass_confidence`),
     /// bound at this look, given only by a final look's verdict (`verdict(true)`), as it takes a
     /// root search.
     pub bad_effect_upper: Option<f64>,
@@ -537,23 +539,22 @@ impl Monitor {
 
     /// The one fixed-horizon look at the end of the bake's extension (when `max_bake` is reached,
     /// or when the wave cannot be baked any longer), then the verdict. The metric passes if the
-    /// `1 − β/2` upper confidence bound of this look alone (`β = 1 − pass_confidence`; the same
-    /// estimate and variance as the sequential test, the spread floor included, Student's t on
-    /// its degrees of freedom) is at or below `pass_bound`, whatever the change observed below
-    /// it. The early, always-valid pass spends the other `β/2`, so by the union bound a
-    /// regression of `pass_bound` passes in at most `β` of waves.
+    /// `1 − β_end` upper confidence bound of this look alone (the same estimate and variance as
+    /// the sequential test, the spread floor included, Student's t on its degrees of freedom) is
+    /// at or below `pass_bound`, whatever the change observed below it. `β_end` is what the
+    /// early, always-valid pass (at `β/2`, `β = 1 − pass_confidence`) leaves of `β` given how the
+    /// two are correlated ([`end_level`]): a regression of `pass_bound` passes one way or the
+    /// other in at most `β` of waves.
     ///
     /// Taken once: a second call (or a later `observe`) changes nothing about it, so the caller
     /// cannot look again at the end with more data. A failed test stays failed.
     pub fn end_look(&mut self) -> MetricResult {
         if self.end.is_none() && self.failed.is_none() {
-            let confidence = 1.0 - (1.0 - self.settings.pass_confidence) / 2.0;
-            let upper = self
-                .last
-                .as_ref()
-                .and_then(|l| l.stat.as_ref())
-                .and_then(|s| s.bound.as_ref())
-                .map(|b| b.fixed_upper(confidence));
+            let beta = 1.0 - self.settings.pass_confidence;
+            let bound = self.last.as_ref().and_then(|l| l.stat.as_ref()).and_then(|s| s.bound.as_ref());
+            let level = bound.map_or(beta / 2.0, |b| end_level(beta, b.end_ratio(self.settings.pass_bound)));
+            let confidence = 1.0 - level;
+            let upper = bound.map(|b| b.fixed_upper(confidence));
             let passed = upper.is_some_and(|u| u <= self.settings.pass_bound);
             self.end = Some(EndLook { upper, passed, confidence });
         }
@@ -592,6 +593,42 @@ impl Monitor {
                 host.add(&delta);
             }
         }
+    }
+
+    /// What this wave says about the spread of healthy hosts' changes, for the pool the judge
+    /// learns it from ([`super::spread`]): the baseline hosts' log changes against their own
+    /// past (old release before and during the wave, so healthy whatever the canary did), as
+    /// `Σ (y − ȳ)² − (1 − 1/k) Σ v` with Poisson variances `v = 1/(n + ½) + 1/(n_past + ½)`
+    /// (overdispersion left in the excess errs towards a larger spread) and `k − 1` degrees of
+    /// freedom. None unless this is a ratio judged against each host's past with two or more
+    /// baseline hosts whose past is informative.
+    pub fn spread_sample(&self) -> Option<super::spread::SpreadSample> {
+        if !matches!(self.spec.kind, MetricKind::Ratio) {
+            return None;
+        }
+        let min = self.settings.min_denominator.max(f64::MIN_POSITIVE);
+        let changes: Vec<(f64, f64)> = self
+            .baseline
+            .active()
+            .iter()
+            .filter(|h| h.den >= min)
+            .filter_map(|h| {
+                let past = self.before.hosts.get(&h.name)?;
+                if past.den < min || !self.past_is_informative(past.num) {
+                    return None;
+                }
+                let y = ((h.num + 0.5) / h.den).ln() - ((past.num + 0.5) / past.den).ln();
+                Some((y, 1.0 / (h.num + 0.5) + 1.0 / (past.num + 0.5)))
+            })
+            .collect();
+        let k = changes.len() as f64;
+        if changes.len() < 2 {
+            return None;
+        }
+        let mean = changes.iter().map(|(y, _)| y).sum::<f64>() / k;
+        let squares = changes.iter().map(|(y, _)| (y - mean) * (y - mean)).sum::<f64>();
+        let noise = (1.0 - 1.0 / k) * changes.iter().map(|(_, v)| v).sum::<f64>();
+        Some(super::spread::SpreadSample { metric: self.spec.name.clone(), excess: squares - noise, df: k - 1.0 })
     }
 
     /// What this monitor's sequential test has accumulated, enough for [`Monitor::resume`] to go
@@ -711,7 +748,7 @@ impl Monitor {
                 if significant && look.bad_effect >= self.settings.min_effect {
                     Verdict::Fail
                 } else if self.end.as_ref().is_some_and(|e| e.passed) {
-                    // The end look ruled out `pass_bound` at 1 − β/2: within the tolerance the
+                    // The end look ruled out `pass_bound` at 1 − β_end: within the tolerance the
                     // user set, whatever the change observed below it.
                     Verdict::Pass
                 } else if let Some(end) = &self.end {
@@ -739,7 +776,7 @@ impl Monitor {
                 } else if self.best_pass >= (2.0 / beta).ln() {
                     // Some look's always-valid bound ruled out `pass_bound`: a regression that
                     // large passes this way at most `β/2` of the time, however often and however
-                    // long the wave is looked at (the end look spends the other half).
+                    // long the wave is looked at (the end look spends what is left, `end_level`).
                     Verdict::Pass
                 } else {
                     let ruled_out = match upper {
@@ -750,8 +787,8 @@ impl Monitor {
                         ),
                     };
                     notes.push(format!(
-                        "{ruled_out} (an early pass rules out {} with {}% confidence, valid at any look; the \
-                         end of the bake looks once more at the same confidence)",
+                        "{ruled_out} (an early pass rules out {} with {}% confidence, valid at any look; at \
+                         max_bake one fixed-horizon look decides)",
                         signed_pct(self.settings.pass_bound * sign),
                         plain((1.0 - beta / 2.0) * 100.0)
                     ));
@@ -765,8 +802,18 @@ impl Monitor {
         if self.rejected > 0 {
             notes.push(format!("{} malformed observations dropped", self.rejected));
         }
+        // What happens next, as it will happen: before its end look an undecided metric is baked
+        // on (up to `max_bake`) and then looked at once more, which may still pass it; only an
+        // end look that does not pass holds the wave for a person.
         if final_look && verdict == Verdict::Inconclusive {
-            notes.push("end of bake: hold the wave for a person (`fifty immune size` tells what bake or canaries would decide)".into());
+            notes.push(if self.end.is_some() {
+                "end of bake: hold the wave for a person (`fifty immune size` tells what bake or canaries would decide)"
+                    .into()
+            } else {
+                "undecided at the end of the bake: baking on while more data can decide, up to max_bake, where one last \
+                 look passes the wave or holds it for a person"
+                    .into()
+            });
         }
         let stat = look.stat.as_ref();
         MetricResult {
@@ -1084,6 +1131,58 @@ const MAX_Z: f64 = 37.0;
 /// Prior-to-estimate variance ratios are capped here, so a noise-free look stays finite.
 const MAX_RATIO: f64 = 1e12;
 
+/// The end look's level by the pass test's prior ratio at the end (`r = (θ / sd)²`,
+/// [`Bound::end_ratio`]), for `β = 0.1` with the early pass at `β/2`: under a regression of
+/// exactly `pass_bound` the pass statistic is a Brownian motion in the information fraction, the
+/// early pass a crossing of its always-valid boundary (monitored continuously, which bounds the
+/// real looks' chance from above), the end look `W(1) ≥ c`; each level makes
+/// `P(early or end) = β`. Computed by `scripts/reference/immune_reference.py` on a grid,
+/// extrapolated to continuous time and floored to 0.001 (e.g. r 12: 0.09055 → 0.090).
+const END_LEVELS: [(f64, f64); 23] = [
+    (0.5, 0.099),
+    (1.0, 0.099),
+    (2.0, 0.099),
+    (3.0, 0.098),
+    (4.0, 0.097),
+    (5.0, 0.096),
+    (6.0, 0.095),
+    (8.0, 0.093),
+    (10.0, 0.092),
+    (12.0, 0.090),
+    (14.0, 0.089),
+    (17.0, 0.087),
+    (20.0, 0.086),
+    (25.0, 0.084),
+    (30.0, 0.082),
+    (40.0, 0.080),
+    (50.0, 0.078),
+    (70.0, 0.075),
+    (100.0, 0.073),
+    (150.0, 0.070),
+    (200.0, 0.069),
+    (300.0, 0.067),
+    (500.0, 0.066),
+];
+
+/// The end look's level `β_end` (its bound is at `1 − β_end`) after an early pass at `β/2`, so
+/// that a regression of exactly `pass_bound` passes one way or the other with probability at
+/// most `β`, `ratio` the pass test's prior ratio at the end look ([`Bound::end_ratio`]).
+///
+/// The two passes are correlated (a wave that passed early would mostly pass at the end too),
+/// so the end look can spend more than the `β/2` the union bound leaves: 9.0% where the data
+/// know the tolerance at `r` = 12 (one canary of six at 100 req/s after 5 minutes), near 10%
+/// with little information, falling towards `β/2` with much (then a pass is easy anyway). The
+/// level is read at the table's next ratio at or above `ratio` (it falls with the ratio, so
+/// that is the safe side); beyond the table, and for any `β` other than 0.1 (the table's), it is
+/// `β/2`, which the union bound guarantees by itself.
+pub fn end_level(beta: f64, ratio: f64) -> f64 {
+    let union = beta / 2.0;
+    if (beta - 0.1).abs() > 1e-9 || ratio.is_nan() {
+        return union;
+    }
+    END_LEVELS.iter().find(|(r, _)| *r >= ratio).map_or(union, |(_, level)| level.max(union))
+}
+
 fn needs_hosts() -> String {
     "host-to-host spread not measurable: needs two or more hosts on one side (three in all)".into()
 }
@@ -1237,7 +1336,7 @@ struct EndLook {
     upper: Option<f64>,
     /// Whether that bound is at or below `pass_bound`.
     passed: bool,
-    /// The bound's confidence, `1 − β/2`.
+    /// The bound's confidence, `1 − β_end` ([`end_level`]).
     confidence: f64,
 }
 
@@ -1251,6 +1350,17 @@ impl Bound {
             return self.scale.to_relative(self.bad_delta);
         }
         self.scale.to_relative(self.bad_delta + t_isf(1.0 - confidence, self.df) * self.sd)
+    }
+
+    /// The pass test's prior-to-estimate variance ratio at this look, `(θ / sd)²` with θ the
+    /// regression of `pass_bound` on the test's scale: how much the data know about it, which
+    /// sets how much of `β` the early looks can have spent ([`end_level`]). Infinite with no noise.
+    fn end_ratio(&self, pass_bound: f64) -> f64 {
+        let theta = self.scale.from_relative(pass_bound);
+        if !(self.sd > 0.0 && self.sd.is_finite()) || !theta.is_finite() {
+            return f64::INFINITY;
+        }
+        (theta / self.sd).powi(2)
     }
 
     /// ln Λ against a regression of `bad_rel` (relative) at this look.
@@ -2002,10 +2112,11 @@ mod tests {
         assert!(last.bad_effect_upper.is_none(), "only a final look shows the bound");
         let upper = watch.verdict(true).evidence.bad_effect_upper.expect("bounded");
         close(upper, 5.154389533871339, 1e-7);
-        // The end look's fixed-horizon 95 % bound: t quantile × the same standard deviation.
+        // The end look's fixed-horizon bound: t quantile × the same standard deviation, at the
+        // level `end_level` gives for this look's information (the reference's END_LEVELS).
         let end = watch.end_look();
-        close(end.evidence.bad_effect_upper.expect("bounded"), 4.090355995525302, 1e-9);
-        assert_eq!(end.verdict, Verdict::Inconclusive, "+409 % is not ruled out");
+        close(end.evidence.bad_effect_upper.expect("bounded"), 3.790302016505716, 1e-9);
+        assert_eq!(end.verdict, Verdict::Inconclusive, "+379 % is not ruled out");
         // With all of alpha = 0.01 on this one metric, the third look fails.
         assert_eq!(results[1].1.verdict, Verdict::Inconclusive);
         assert_eq!(results[2].1.verdict, Verdict::Fail);
@@ -2028,7 +2139,7 @@ mod tests {
         assert!(e.df.is_infinite(), "the spread of changes is at its floor");
         close(e.p_value, 0.860650813440239, 1e-7);
         close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 6.3136731435960405, 1e-7);
-        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 3.1827886774066663, 1e-9);
+        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 2.529565539440927, 1e-9);
         // A past of a few events per host is noisier than the hosts' spread: the same look then
         // compares the hosts with each other, as it does without history.
         let mut m = watcher(&error_rate());
@@ -2098,7 +2209,7 @@ mod tests {
         close(results[0].evidence.effect, 0.43920654177630025, 1e-8);
         close(last.effect, 0.4848682993029423, 1e-8);
         close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.9321904244894337, 1e-7);
-        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 0.6980426968628786, 1e-7);
+        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 0.6651673616097116, 1e-7);
         assert_eq!(results[1].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
         assert_eq!(
             results[1].summary(),
@@ -2196,7 +2307,7 @@ mod tests {
         // The always-valid p-value is the smallest so far (look 2's).
         close(last.p_value, 0.002579042067743866, 1e-7);
         close(m.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.6573612610929475, 1e-7);
-        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 0.4649033001057428, 1e-9);
+        close(m.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 0.4500196560554725, 1e-9);
         assert_eq!(results[2].verdict, Verdict::Inconclusive, "alpha 1e-9 is not reached");
         assert!(results[2].summary().starts_with("cpu_percent 42.0 → 57.2 (+36%, p=0.0026): a change of +36%"));
     }
@@ -2462,8 +2573,8 @@ mod tests {
     /// whose change is at the tolerance, and is taken once: more data after it change neither.
     #[test]
     fn the_end_look_passes_what_the_data_bound_and_is_taken_once() {
-        // 20 looks of a canary exactly at the fleet's rate: the change is 0 with a 95 % fixed
-        // bound of +36 % (under +50 %), while the always-valid bound is still wider.
+        // 20 looks of a canary exactly at the fleet's rate: the change is 0 with a fixed bound
+        // of +27 % (under +50 %), while the always-valid bound is still wider.
         let mut healthy = monitor(&error_rate());
         healthy.with_history(&steady_past());
         for k in 0..20 {
@@ -2472,15 +2583,22 @@ mod tests {
         let before = healthy.verdict(true);
         assert_eq!(before.verdict, Verdict::Inconclusive, "{before:?}");
         assert!(before.evidence.bad_effect_upper.expect("bounded") > 0.5, "{before:?}");
+        // Before its end look the verdict says what happens next (baking on, then one last look
+        // that may pass it), not that the wave is held: this one's end look passes it.
+        let said = before.summary();
+        assert!(said.contains("baking on while more data can decide, up to max_bake"), "{said}");
+        assert!(!said.contains("hold the wave for a person"), "{said}");
         let end = healthy.end_look();
         assert_eq!(end.verdict, Verdict::Pass, "{end:?}");
         let upper = end.evidence.bad_effect_upper.expect("bounded");
         assert!(upper < 0.5, "{end:?}");
-        // Reference: exp(z_0.95 · sd) − 1 with sd² = (1 + 1/5)(1/40.5 + 1/600.5 + 0.05²)
-        // (scipy.stats.norm.ppf(0.95); no dispersion, no spread above the floor).
+        // Reference: exp(z · sd) − 1 with sd² = (1 + 1/5)(1/40.5 + 1/600.5 + 0.05²) (no
+        // dispersion, no spread above the floor), z = scipy.stats.norm.isf(0.096): the prior
+        // ratio (ln 1.5 / sd)² is 4.75, whose level (END_LEVELS at 5) is 9.6 %, not the 5 %
+        // halves of β would give.
         let sd = (1.2f64 * (1.0 / 40.5 + 1.0 / 600.5 + 0.0025)).sqrt();
-        close(upper, (1.6448536269514722 * sd).exp() - 1.0, 1e-9);
-        close(upper, 0.3580964866141403, 1e-9);
+        close(upper, (1.3046853852287894 * sd).exp() - 1.0, 1e-9);
+        close(upper, 0.27479268034870286, 1e-9);
         // Later looks of a worse canary do not take the end look again (they could still revert).
         for k in 20..25 {
             past_and_now(&mut healthy, k, 3.0);
@@ -2497,7 +2615,8 @@ mod tests {
         }
         let end = tolerance.end_look();
         assert_eq!(end.verdict, Verdict::Inconclusive, "{end:?}");
-        assert!(end.summary().contains("at the end of the bake the 95% bound"), "{}", end.summary());
+        assert!(end.summary().contains("at the end of the bake the 90."), "{}", end.summary());
+        assert!(end.summary().contains("end of bake: hold the wave for a person"), "{}", end.summary());
         // Healthy data afterwards do not get a second end look.
         for k in 20..200 {
             past_and_now(&mut tolerance, k, 2.0);
@@ -2534,5 +2653,76 @@ mod tests {
         assert!(bad(|s| s.canary[0].buckets = vec![1.0]).contains("has 1 buckets, not 0"));
         let hist = Monitor::resume(&latency(), &Settings::default(), budget, &state);
         assert!(hist.is_ok(), "ratio totals carry no buckets, which a histogram may also lack");
+    }
+
+    /// The end look's level: the reference's table (computed by scripts/reference/
+    /// immune_reference.py on a grid, each value at most 0.0015 under the computed one and a Monte
+    /// Carlo run confirming P(early or end) ≤ 0.1 at r 12), read at the next tabulated ratio, never
+    /// below β/2 and β/2 beyond the table or for another β.
+    #[test]
+    fn the_end_looks_level_spends_what_the_early_pass_leaves() {
+        close(end_level(0.1, 12.0), 0.090, 1e-12);
+        close(end_level(0.1, 11.9), 0.090, 1e-12);
+        close(end_level(0.1, 12.1), 0.089, 1e-12);
+        close(end_level(0.1, 4.75), 0.096, 1e-12);
+        close(end_level(0.1, 0.01), 0.099, 1e-12);
+        close(end_level(0.1, 500.0), 0.066, 1e-12);
+        close(end_level(0.1, 501.0), 0.05, 1e-12);
+        close(end_level(0.1, f64::INFINITY), 0.05, 1e-12);
+        close(end_level(0.2, 12.0), 0.1, 1e-12);
+        close(end_level(0.1, f64::NAN), 0.05, 1e-12);
+        assert!(END_LEVELS.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 >= w[1].1), "ratios rise, levels fall");
+        // The one-canary fleet at 100 req/s after 5 minutes (sd 0.1146, README's sizing; ratio
+        // 12.5, read at 14): 8.9 %, so its healthy waves are held at Φ(z_0.911 − ln 1.5 / sd) at
+        // the limit (scipy: norm.cdf(norm.isf(0.089) − log(1.5) / 0.1146)), not 2.9 %.
+        let sd = 0.1146f64;
+        let level = end_level(0.1, (1.5f64.ln() / sd).powi(2));
+        close(level, 0.089, 1e-12);
+        let held = Normal::standard().cdf(normal_isf(level) - 1.5f64.ln() / sd);
+        close(held, 0.014220421903936128, 1e-9);
+    }
+
+    /// A spread of hosts' changes learned from past waves (`immune::spread`) replaces the fixed
+    /// 5% floor, and a wave's baseline hosts give the sample that teaches it; both against the
+    /// reference (`learned spread` and `busy change look` in scripts/reference/immune_reference.py).
+    #[test]
+    fn a_learned_spread_of_changes_judges_as_the_reference_says() {
+        let before =
+            [("b0", 1800.0, 360000.0), ("b1", 1750.0, 360000.0), ("b2", 1850.0, 360000.0), ("c0", 1800.0, 360000.0)];
+        let after = [("b0", 150.0, 30000.0), ("b1", 146.0, 30000.0), ("b2", 155.0, 30000.0)];
+        let look = |settings: &Settings| {
+            let mut m = Monitor::new(&error_rate(), settings, Budget { metrics: 10_000, waves: 1_000 }).unwrap();
+            m.with_history(&before.iter().map(|(h, n, d)| ratio(h, 0, *n, *d)).collect::<Vec<_>>());
+            m.observe(
+                &after.iter().map(|(h, n, d)| ratio(h, 1, *n, *d)).collect::<Vec<_>>(),
+                &[ratio("c0", 1, 180.0, 30000.0)],
+            );
+            m
+        };
+        let floor = look(&Settings::default());
+        let sample = floor.spread_sample().expect("three baseline hosts with a past");
+        close(sample.excess, -0.014363580957668194, 1e-9);
+        assert_eq!(sample.df, 2.0);
+        // Three earlier waves of four degrees of freedom each saying τ = 1%.
+        let mut learned = crate::immune::spread::LearnedSpread::default();
+        for wave in 0..3 {
+            let s = crate::immune::spread::SpreadSample { metric: "error_rate".into(), excess: 4.0 * 1e-4, df: 4.0 };
+            learned.fold(1, wave, &[s]);
+        }
+        let spread = learned.spread("error_rate").expect("10.84 degrees of freedom");
+        close(spread, 0.01, 1e-12);
+        let taught = look(&Settings { change_host_spread: spread, ..Settings::default() });
+        let (e0, e1) = (floor.verdict(false).evidence, taught.verdict(false).evidence);
+        close(e0.statistic, 1.6515352242778754, 1e-9);
+        close(e1.statistic, 1.9337762372042493, 1e-9);
+        close(e1.p_value, 0.768331142850731, 1e-7);
+        close(taught.verdict(true).evidence.bad_effect_upper.expect("bounded"), 0.5594074195382674, 1e-7);
+        close(floor.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 0.38550936046094764, 1e-9);
+        close(taught.clone().end_look().evidence.bad_effect_upper.expect("bounded"), 0.3585826055940642, 1e-9);
+        // A histogram, or a ratio without a past, teaches nothing.
+        assert!(watcher(&latency()).spread_sample().is_none());
+        let mut no_past = watcher(&error_rate());
+        no_past.observe(&after.iter().map(|(h, n, d)| ratio(h, 1, *n, *d)).collect::<Vec<_>>(), &[]);
+        assert!(no_past.spread_sample().is_none());
     }
 }

@@ -37,6 +37,37 @@ pub(crate) fn immune_evidence(
     Ok(Ok(Applied::Done))
 }
 
+/// Folds a judged wave's spread samples into its repository's learned spreads (see
+/// `Command::LearnSpread`): refused when a sample could not come from a judge or there are more
+/// than a record keeps; a wave already folded in is accepted and changes nothing (the leader
+/// may propose it again before its step commits, and so may a new leader).
+pub(crate) fn learn_spread(
+    store: &Store,
+    repo: &fifty_shared::ids::RepoName,
+    rollout: u64,
+    wave: u64,
+    samples: &[super::spread::SpreadSample],
+    batch: &mut Batch,
+) -> ApplyResult {
+    if samples.len() > super::spread::MAX_METRICS {
+        return Ok(Err(Rejection::BadEvidence(format!(
+            "rollout {rollout}: {} spread samples; the limit is {}",
+            samples.len(),
+            super::spread::MAX_METRICS
+        ))));
+    }
+    for s in samples {
+        if let Err(why) = s.check() {
+            return Ok(Err(Rejection::BadEvidence(format!("rollout {rollout}: spread sample: {why}"))));
+        }
+    }
+    let mut learned = store.spread(repo)?;
+    if learned.fold(rollout, wave, samples) {
+        batch.put_spread(repo, &learned);
+    }
+    Ok(Ok(Applied::Done))
+}
+
 /// The immune system's revert (see `Command::ImmuneRevert`).
 pub(crate) fn immune_revert(
     store: &Store,
@@ -427,5 +458,53 @@ mod tests {
         next.phase = Phase::Deploying;
         apply(&mut m, Command::StepRollout { rollout: next, targets: vec![], at: now }).unwrap();
         assert_eq!(apply(&mut m, record(&newer)), Err(Rejection::RolloutConflict(1)));
+    }
+
+    /// A judged wave's spread samples through the state machine: folded into the repository's
+    /// learned spreads alike on two nodes (the same bytes), taken once per wave however often it
+    /// is proposed, a bad sample refused with what was wrong; the store's check reads the record.
+    #[test]
+    fn learned_spreads_are_folded_once_alike_everywhere_and_bad_samples_refused() {
+        use crate::immune::spread::SpreadSample;
+        let sample = |excess: f64| SpreadSample { metric: "error_rate".into(), excess, df: 4.0 };
+        let cmds = |rollout: u64| {
+            (0..3u64).map(move |wave| Command::LearnSpread {
+                repo: repo(),
+                rollout,
+                wave,
+                samples: vec![sample(4.0 * 0.0004)],
+            })
+        };
+        let (mut a, _da) = machine();
+        let (mut b, _db) = machine();
+        for cmd in cmds(1) {
+            assert_eq!(apply(&mut a, cmd.clone()), Ok(Applied::Done));
+            assert_eq!(apply(&mut b, cmd), Ok(Applied::Done));
+        }
+        // The last wave proposed again (a leader asking twice before its step commits): no change.
+        let before = a.store().spread(&repo()).unwrap();
+        assert_eq!(apply(&mut a, cmds(1).last().unwrap()), Ok(Applied::Done));
+        assert_eq!(a.store().spread(&repo()).unwrap(), before);
+        let bytes =
+            |m: &crate::state::Machine| fifty_shared::codec::to_bytes(&m.store().spread(&repo()).unwrap()).unwrap();
+        assert_eq!(bytes(&a), bytes(&b));
+        let spread = before.spread("error_rate").expect("10.84 degrees of freedom");
+        assert!((spread - 0.02).abs() < 1e-12, "{spread}");
+        assert_eq!(before.metrics[0].waves, 3);
+        let bad = Command::LearnSpread { repo: repo(), rollout: 2, wave: 0, samples: vec![sample(f64::INFINITY)] };
+        match apply(&mut a, bad) {
+            Err(Rejection::BadEvidence(why)) => assert!(why.contains("error_rate") && why.contains("excess"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.store().spread(&repo()).unwrap(), before, "a refused sample changes nothing");
+        let many = Command::LearnSpread {
+            repo: repo(),
+            rollout: 2,
+            wave: 0,
+            samples: vec![sample(0.0); crate::immune::spread::MAX_METRICS + 1],
+        };
+        assert!(matches!(apply(&mut a, many), Err(Rejection::BadEvidence(_))));
+        assert_eq!(Command::LearnSpread { repo: repo(), rollout: 1, wave: 0, samples: vec![] }.since(), 6);
+        assert!(crate::state::STATE_VERSION >= 6);
     }
 }

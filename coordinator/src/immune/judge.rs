@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use fifty_shared::ids::HostName;
+use fifty_shared::ids::{HostName, RepoName};
 use fifty_shared::wire::MetricSample;
 use tracing::{info, warn};
 
@@ -23,6 +23,7 @@ use super::analysis::{
 };
 use super::evidence::{MetricEvidence, WaveEvidence, MAX_EVIDENCE};
 use super::series::Series;
+use super::spread::{LearnedSpread, SpreadSample};
 use crate::deploy::rollout::{Judgement, Kind, Phase, Rollout, WaveStep};
 use crate::deploy::ImmunePlan;
 
@@ -94,6 +95,8 @@ struct Watch {
     recorded: Option<(SystemTime, u64, usize)>,
     /// Whether this leader said that the evidence is too large to record.
     too_large: bool,
+    /// Whether this wave's spread samples were handed out ([`Judge::spread_samples`]).
+    spread_taken: bool,
 }
 
 impl Watch {
@@ -113,6 +116,7 @@ impl Watch {
             resumes: 0,
             recorded: None,
             too_large: false,
+            spread_taken: false,
         }
     }
 
@@ -125,6 +129,9 @@ impl Watch {
 #[derive(Default)]
 pub struct Judge {
     watches: HashMap<u64, Watch>,
+    /// Each repository's spreads of hosts' changes learned from its past waves, as the
+    /// replicated state last had them ([`Judge::learn`]).
+    learned: HashMap<RepoName, LearnedSpread>,
 }
 
 fn kind_of(kind: &str, bounds: Option<&[f64]>) -> Option<MetricKind> {
@@ -161,6 +168,46 @@ pub fn watched(rollout: &Rollout, plan: Option<&ImmunePlan>) -> Result<(), &'sta
 }
 
 impl Judge {
+    /// Takes `repo`'s spreads learned from its past waves, as the replicated state has them now:
+    /// the next wave's tests of a ratio against each host's past use a metric's learned spread
+    /// of hosts' changes instead of the fixed 5% floor, once it rests on enough data
+    /// (`spread::MIN_DF`). A wave already under way keeps what it began with.
+    pub fn learn(&mut self, repo: &RepoName, learned: LearnedSpread) {
+        self.learned.insert(repo.clone(), learned);
+    }
+
+    /// Each metric's settings for `rollout`'s wave: the plan's, with the learned spread of
+    /// hosts' changes where there is one.
+    fn settings_of(&self, rollout: &Rollout, plan: &ImmunePlan) -> Vec<Settings> {
+        let learned = self.learned.get(&rollout.repo);
+        plan.metrics
+            .iter()
+            .map(|m| {
+                let base = settings(plan);
+                match learned.and_then(|l| l.spread(&m.name)) {
+                    Some(spread) => Settings { change_host_spread: spread, ..base },
+                    None => base,
+                }
+            })
+            .collect()
+    }
+
+    /// What `rollout`'s wave says about the spread of healthy hosts' changes, once, when its
+    /// judgement is final (promote, hold or revert): one sample per ratio metric judged against
+    /// each host's past with two or more baseline hosts (`Monitor::spread_sample`). Empty before
+    /// the end, after the first call, and for a wave without such a metric.
+    pub fn spread_samples(&mut self, rollout: &Rollout, call: &Call) -> Vec<SpreadSample> {
+        let done = matches!(call, Call::Revert { .. } | Call::Judge(Judgement::Promote | Judgement::Hold { .. }));
+        let Some(watch) = self.watches.get_mut(&rollout.id).filter(|w| w.wave == rollout.wave && done) else {
+            return Vec::new();
+        };
+        if watch.spread_taken {
+            return Vec::new();
+        }
+        watch.spread_taken = true;
+        watch.monitors.iter().flatten().filter_map(Monitor::spread_sample).collect()
+    }
+
     /// The analysis of `rollout` at `now`, taking a look if an interval has passed.
     pub fn judge(&mut self, rollout: &Rollout, plan: Option<&ImmunePlan>, series: &Series, now: SystemTime) -> Call {
         let Some(plan) = plan.filter(|_| watched(rollout, plan).is_ok()) else {
@@ -173,6 +220,7 @@ impl Judge {
         }
         let last_wave = rollout.reach(rollout.wave) >= rollout.hosts.len();
         let previous = rollout.previous.expect("watched rollouts have one");
+        let learned = self.settings_of(rollout, plan);
         let watch = match self.watches.get_mut(&rollout.id) {
             Some(w) if w.wave == rollout.wave => w,
             _ => {
@@ -193,8 +241,7 @@ impl Judge {
                         if let Some(kind) = kind_of(&m.kind, bounds.as_deref()) {
                             w.bounds[i] = bounds_of(&kind);
                             w.monitors[i] =
-                                Monitor::against_window(&spec(m, kind), &settings(plan), budget(rollout, plan), &obs)
-                                    .ok();
+                                Monitor::against_window(&spec(m, kind), &learned[i], budget(rollout, plan), &obs).ok();
                         }
                     }
                 }
@@ -242,7 +289,7 @@ impl Judge {
                     let bounds = first_bounds(&canary, &m.name).or_else(|| first_bounds(&baseline, &m.name));
                     if let Some(kind) = kind_of(&m.kind, bounds.as_deref()) {
                         watch.bounds[i] = bounds_of(&kind);
-                        watch.monitors[i] = Monitor::new(&spec(m, kind), &settings(plan), budget(rollout, plan)).ok();
+                        watch.monitors[i] = Monitor::new(&spec(m, kind), &learned[i], budget(rollout, plan)).ok();
                         if let Some(monitor) = watch.monitors[i].as_mut() {
                             monitor.with_history(&observations(&watch.history, &m.name));
                         }
@@ -327,7 +374,7 @@ impl Judge {
             return Call::Judge(Judgement::Watching);
         }
         // The bake cannot go on: each metric not yet passed takes its one fixed-horizon look
-        // (`Monitor::end_look`, at 1 − β/2; the early passes spent the other β/2). Its time is
+        // (`Monitor::end_look`, at what the early passes left of β, `end_level`). Its time is
         // set by `max_bake` or by which metrics have data, never by their values, and the
         // monitor keeps its outcome, so later calls of this wave (the controller may ask again
         // before its step commits) get the same answer, not a second look. A new leader that
@@ -389,6 +436,7 @@ impl Judge {
         if !current || begun {
             return false;
         }
+        let learned = self.settings_of(rollout, plan);
         let mut w = Watch::new(rollout, plan.metrics.len(), now);
         w.first_data = recorded.first_data;
         w.resumes = recorded.resumes.saturating_add(1);
@@ -404,7 +452,7 @@ impl Judge {
             let Some(me) = recorded.metrics.iter().find(|e| e.name == m.name) else { continue };
             let bounds = (!me.bounds.is_empty()).then_some(me.bounds.as_slice());
             let Some(kind) = kind_of(&m.kind, bounds) else { continue };
-            match Monitor::resume(&spec(m, kind), &settings(plan), budget(rollout, plan), &me.test) {
+            match Monitor::resume(&spec(m, kind), &learned[i], budget(rollout, plan), &me.test) {
                 Ok(monitor) => {
                     w.bounds[i] = me.bounds.clone();
                     w.monitors[i] = Some(monitor);
@@ -674,9 +722,10 @@ mod tests {
     fn an_undecided_bake_is_extended_until_the_data_pass_it_up_to_max_bake() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let r = baking(t0);
-        // A tight pass bound (+50%) that 10 s of a healthy canary cannot rule out, even at the
-        // end look (hosts compared with each other, taken to differ by 20%).
-        let tight = ImmunePlan { pass_bound: 0.5, max_bake: Duration::from_secs(60), ..plan() };
+        // A tight pass bound (+40%) that 10 s of a healthy canary cannot rule out, even at the
+        // end look (hosts compared with each other, taken to differ by 20%: a 90% bound near
+        // +45%), and 60 s can (near +33%).
+        let tight = ImmunePlan { pass_bound: 0.4, max_bake: Duration::from_secs(60), ..plan() };
         let held = ImmunePlan { max_bake: Duration::from_secs(10), ..tight.clone() };
         let (mut judge, mut series) = (Judge::default(), Series::default());
         let (mut calls, mut held_calls) = (Vec::new(), Vec::new());
@@ -690,7 +739,7 @@ mod tests {
         let Call::Judge(Judgement::Hold { why }) = &held_calls[10] else { panic!("{held_calls:?}") };
         assert!(why.starts_with("error_rate inconclusive"), "{why}");
         // With one, it bakes on and passes by itself at max_bake, where its end look rules out
-        // +50 % (the always-valid bound never does: the hosts' assumed 20 % spread, which no bake
+        // +40 % (the always-valid bound never does: the hosts' assumed 20 % spread, which no bake
         // shrinks, keeps it wider).
         assert_eq!(calls[10], Call::Judge(Judgement::Watching));
         let promoted = calls.iter().position(|c| *c == Call::Judge(Judgement::Promote)).expect("promoted");
@@ -747,7 +796,7 @@ mod tests {
         let (tolerance, verdicts) = run(3.4, 33);
         let end_bound = |c: &Call| match c {
             Call::Judge(Judgement::Hold { why }) => why
-                .find("at the end of the bake the 95% bound")
+                .find("at the end of the bake the ")
                 .map(|at| why[at..].split(';').next().unwrap_or_default().to_string()),
             _ => None,
         };
@@ -814,6 +863,51 @@ mod tests {
         // Against the other hosts alone it looks twice as bad: not a pass.
         let without = run(false);
         assert!(without.iter().all(|c| *c != Call::Judge(Judgement::Promote)), "{without:?}");
+    }
+
+    /// A judged wave hands out its baseline hosts' spread sample once, when its call is final,
+    /// and a spread learned from earlier waves is what the next wave's tests of that metric use
+    /// (the fixed 5% floor stays for a metric with no history).
+    #[test]
+    fn a_judged_wave_teaches_the_spread_once_and_a_learned_spread_is_used() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let r = baking(t0);
+        let plan = ImmunePlan { pass_bound: 0.5, ..plan() };
+        let (mut judge, mut series) = (Judge::default(), Series::default());
+        for s in -60..0 {
+            unusual_second(&mut series, t0, s);
+        }
+        let mut call = judge.judge(&r, Some(&plan), &series, t0);
+        assert!(judge.spread_samples(&r, &call).is_empty(), "not final yet: {call:?}");
+        for s in 1..=11 {
+            unusual_second(&mut series, t0, s);
+            call = judge.judge(&r, Some(&plan), &series, t0 + Duration::from_secs(s as u64));
+        }
+        assert_eq!(call, Call::Judge(Judgement::Promote));
+        let samples = judge.spread_samples(&r, &call);
+        assert_eq!(samples.len(), 1, "{samples:?}");
+        assert_eq!((samples[0].metric.as_str(), samples[0].df), ("error_rate", 2.0));
+        // Three steady baseline hosts: no spread beyond their sampling noise.
+        assert!(samples[0].excess < 0.0 && samples[0].excess > -0.05, "{samples:?}");
+        assert!(judge.spread_samples(&r, &call).is_empty(), "handed out once");
+
+        let mut learned = LearnedSpread::default();
+        for wave in 0..3 {
+            learned.fold(1, wave, &[SpreadSample { metric: "error_rate".into(), excess: 4.0 * 1e-4, df: 4.0 }]);
+        }
+        let two = ImmunePlan {
+            metrics: vec![
+                plan.metrics[0].clone(),
+                ImmuneMetric { name: "checkout_rate".into(), kind: "ratio".into(), bad_decrease: true },
+            ],
+            ..plan.clone()
+        };
+        let mut taught = Judge::default();
+        assert!(taught.settings_of(&r, &two).iter().all(|s| s.change_host_spread == 0.05), "no history: the floor");
+        taught.learn(&r.repo, learned);
+        let settings = taught.settings_of(&r, &two);
+        assert!((settings[0].change_host_spread - 0.01).abs() < 1e-12, "{settings:?}");
+        assert_eq!(settings[1].change_host_spread, 0.05, "a metric without history keeps the floor");
     }
 
     /// One second of reports of every host: web-1 (the canary from `t0`, on release 2) always

@@ -39,7 +39,8 @@
 //! each count; variance `φ/(n + ½)` per window): the canary hosts' mean change minus the baseline
 //! hosts', a difference in differences in which a host's persistent effect and fleet-wide drift
 //! cancel. The hosts' changes still get a between-host spread (DerSimonian-Laird, floor
-//! `change_host_spread`, 5%). Without that history for every host, the model below applies.
+//! `change_host_spread`: 5%, or the spread learned from the repository's past waves once it rests
+//! on enough of them, [`spread`]). Without that history for every host, the model below applies.
 //!
 //! Hosts differ for reasons other than the release (hardware, neighbours, traffic mix), and a canary
 //! host can simply be an unusual host. So each host summary is `x_h = level_side + u_h + e_h`: a
@@ -83,7 +84,7 @@
 //! `alpha` is the false-revert probability of a whole rollout, split evenly (Bonferroni) over every
 //! metric of every analysed wave ([`analysis::Budget`]). A metric fails when its always-valid p-value
 //! is at or below its share and the observed change is at least `min_effect` in the bad direction.
-//! A metric passes in one of two ways, which split `β = 1 − pass_confidence` in halves:
+//! A metric passes in one of two ways, which share `β = 1 − pass_confidence` between them:
 //!
 //! - **early, at any look**: the observed change is below `min_effect` and the mirror-image
 //!   sequential test — of "the regression is at least `pass_bound`", a one-sided normal mixture on
@@ -91,16 +92,21 @@
 //!   look (inverted, it is the always-valid upper bound a held wave shows);
 //! - **at the end look**, once: when the bake can be extended no more (`max_bake` reached, or a
 //!   metric more data cannot decide), each metric not yet passed takes one fixed-horizon look
-//!   ([`analysis::Monitor::end_look`]) and passes if its `1 − β/2` upper confidence bound — the same
-//!   estimate and variance, the spread floor included, Student's t on their degrees of freedom — is
-//!   at or below `pass_bound`.
+//!   ([`analysis::Monitor::end_look`]) and passes if its `1 − β_end` upper confidence bound — the
+//!   same estimate and variance, the spread floor included, Student's t on their degrees of
+//!   freedom — is at or below `pass_bound`.
 //!
-//! Under a regression of `pass_bound` or more the first happens with probability at most `β/2`
-//! however often the bake is looked at (Ville), the second at most `β/2` because its time does not
-//! depend on the data's values, so by the union bound such a regression passes in at most `β` of
-//! waves. Otherwise a metric is inconclusive — too little data is never a pass. A wave undecided at
-//! the end of its bake bakes on while more data can decide (`max_bake`, default 5 minutes; neither
-//! sequential test spends anything on it), takes its end look, and only then holds for a person.
+//! Under a regression of exactly `pass_bound` the statistic is a Brownian motion in the
+//! information, so the chance that either happens is a boundary-crossing probability:
+//! `β_end` is the end look's level that makes it `β`, given how much the data know about the
+//! tolerance at the end ([`analysis::end_level`]: 9.0% at the 1 + 5 fleet's 5-minute bake where
+//! halves gave 5%; never below `β/2`, which the union bound alone guarantees). The early pass
+//! rarely fires without the end look also passing, so little of its `β/2` is lost; a larger
+//! regression passes less often still. That is where most of `β` is spent: at the last look,
+//! where the information is largest. Otherwise a metric is inconclusive — too little data is
+//! never a pass. A wave undecided at the end of its bake bakes on while more data can decide
+//! (`max_bake`, default 5 minutes; neither sequential test spends anything on it), takes its end
+//! look, and only then holds for a person.
 //! The end look's outcome is kept by the monitor, so the leader that took it never looks again; it
 //! is not in the replicated evidence, so a new leader that continues a wave whose end look's call
 //! never committed takes its own (the one that ends the wave is then chosen by when the old leader
@@ -121,6 +127,7 @@ pub mod judge;
 pub mod series;
 pub mod sim;
 pub mod sizing;
+pub mod spread;
 
 /// The leader's soft state: recent metric reports and the analyses of the waves baking now.
 #[derive(Default)]

@@ -72,6 +72,7 @@ pub const KINDS: &[(&str, &str, Check)] = &[
     ("target/", "a deploy target", decodes::<crate::deploy::TargetRecord>),
     ("hosttarget/", "a host's target release", decodes::<crate::deploy::HostTarget>),
     ("evidence/", "the immune system's evidence of a wave", decodes::<crate::immune::evidence::WaveEvidence>),
+    ("spread/", "the spreads of hosts' changes learned", decodes::<crate::immune::spread::LearnedSpread>),
     ("incident/", "an incident", decodes::<crate::incidents::IncidentRecord>),
     (
         "notification/",

@@ -12,7 +12,8 @@
 //! `sm/delivery/<id>` (webhook deliveries seen); deploy: `sm/blobsize/<digest>` (an artifact a
 //! quorum holds in its blob store, [`blobs`]; the bytes are not in sled), `sm/release/<id>`, `sm/rollout/<id>`,
 //! `sm/target/<repo>`, `sm/hosttarget/<host>`; the immune system: `sm/evidence/<repo>` (the
-//! sequential tests of the wave baking now), `sm/incident/<id>`,
+//! sequential tests of the wave baking now), `sm/spread/<repo>` (the spreads of hosts' changes
+//! learned from its past waves), `sm/incident/<id>`,
 //! `sm/notification/<id>`, `sm/webhook/<id>`; experiments: `sm/exp/def/<name>`, `sm/exp/stats/<name>`,
 //! `sm/exp/unit/<name>/<unit hash>`, `sm/exp/mark/<host>`; alerts: `sm/alertrule/<id>`, `sm/alert/<id>`,
 //! `sm/firing/<id>` (alerts firing now). Numbers in keys are 16 hex digits, so they sort. Values are records encoded with the one codec
@@ -386,6 +387,11 @@ impl Batch {
     /// newest, replacing the one before).
     pub fn put_evidence(&mut self, repo: &RepoName, e: &crate::immune::evidence::WaveEvidence) {
         self.put(format!("evidence/{repo}"), e);
+    }
+
+    /// Writes `repo`'s learned spreads of hosts' changes (`immune::spread`).
+    pub fn put_spread(&mut self, repo: &RepoName, s: &crate::immune::spread::LearnedSpread) {
+        self.put(format!("spread/{repo}"), s);
     }
 
     /// Writes a deploy target.
@@ -799,6 +805,11 @@ impl Store {
     /// The immune system's newest evidence for a rollout of `repo`.
     pub fn evidence(&self, repo: &RepoName) -> Result<Option<crate::immune::evidence::WaveEvidence>, StoreError> {
         self.get(&format!("evidence/{repo}"))
+    }
+
+    /// `repo`'s learned spreads of hosts' changes (empty before its first judged wave).
+    pub fn spread(&self, repo: &RepoName) -> Result<crate::immune::spread::LearnedSpread, StoreError> {
+        Ok(self.get(&format!("spread/{repo}"))?.unwrap_or_default())
     }
 
     /// Every rollout, oldest first.
