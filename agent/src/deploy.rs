@@ -3,8 +3,10 @@
 //!
 //! For each `CoordinatorMsg::Deploy` (one at a time; a newer order waits for the one applying):
 //! 1. verify the manifest's ed25519 signature with the cluster's release key (from `Welcome`);
-//! 2. download the artifact from the coordinator into `downloads/<digest>.part`, resuming where a
-//!    dropped link left off, and check its size and SHA-256 against the signed manifest;
+//! 2. download the artifact from the coordinator in pieces (`download`: a signed piece table,
+//!    then 1 MiB pieces on streams of their own, several at once, each checked on arrival) into
+//!    `downloads/<digest>.part`, resuming where a dropped link or a restart left off, and check
+//!    the whole's size and SHA-256 against the signed manifest;
 //! 3. unpack it into `releases/<id>/` (in process; entries that could reach outside the release
 //!    dir or gain privileges are refused), keep the order beside it (`releases/<id>.order`);
 //! 4. switch the `current` link atomically (a new symlink renamed over the old one);
@@ -32,6 +34,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::download::{fetch_missing, verify_table, CoordinatorSource, Failure, Partial, TABLE_TIMEOUT};
 use crate::service::{http_get, Adoption, ServiceSpec, Supervisor};
 
 /// Download requests kept in flight (each answered with up to one 256 KiB chunk).
@@ -66,6 +69,8 @@ struct Inner {
     busy: bool,
     key: Vec<u8>,
     link: Option<mpsc::UnboundedSender<AgentMsg>>,
+    /// The link's QUIC connection (downloads open streams of their own on it).
+    conn: Option<quinn::Connection>,
     /// Answers to download requests.
     chunks: Option<mpsc::UnboundedSender<CoordinatorMsg>>,
 }
@@ -150,10 +155,12 @@ impl Deployer {
         });
     }
 
-    /// A link is up: requests go to `tx`; `key` is the cluster's release key.
-    pub fn attach(&self, tx: mpsc::UnboundedSender<AgentMsg>, key: Vec<u8>) {
+    /// A link is up: requests go to `tx`, downloads to streams of their own on `conn`; `key` is
+    /// the cluster's release key.
+    pub fn attach(&self, tx: mpsc::UnboundedSender<AgentMsg>, key: Vec<u8>, conn: Option<quinn::Connection>) {
         let mut inner = self.inner.lock().expect("deploy lock");
         inner.link = Some(tx);
+        inner.conn = conn;
         if !key.is_empty() {
             inner.key = key;
         }
@@ -161,7 +168,9 @@ impl Deployer {
 
     /// The link is down.
     pub fn detach(&self) {
-        self.inner.lock().expect("deploy lock").link = None;
+        let mut inner = self.inner.lock().expect("deploy lock");
+        inner.link = None;
+        inner.conn = None;
     }
 
     /// What to scrape now, if the current release asks (`[immune]`): its id, the order, and the
@@ -343,11 +352,113 @@ impl Deployer {
         }
     }
 
-    /// Downloads the artifact (resuming a partial download) and checks it against the manifest.
+    /// Downloads the artifact in verified pieces on streams of their own (resuming a partial
+    /// download, across links), and checks the whole against the manifest. A coordinator that
+    /// does not answer for the piece table (one older than download streams) sends it on the
+    /// control stream instead.
     async fn download(&self, m: &ReleaseManifest) -> Result<PathBuf, String> {
+        // Since the download started or last made progress.
+        let mut since = Instant::now();
+        let mut last_lost = String::new();
+        let mut partial: Option<Arc<Mutex<Partial>>> = None;
+        loop {
+            let (conn, key) = {
+                let inner = self.inner.lock().expect("deploy lock");
+                (inner.conn.clone(), inner.key.clone())
+            };
+            let Some(conn) = conn.filter(|c| c.close_reason().is_none()) else {
+                if since.elapsed() > LINK_WAIT {
+                    return Err(format!("no link to a coordinator to download the artifact from ({last_lost})"));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let source = Arc::new(CoordinatorSource::new(conn.clone()));
+            let open = match &partial {
+                Some(p) => p.clone(),
+                None => {
+                    let signed = match tokio::time::timeout(TABLE_TIMEOUT, source.table(&m.digest)).await {
+                        Ok(Ok(signed)) => signed,
+                        Ok(Err(Failure::Refused(why))) => {
+                            return Err(format!("the coordinator cannot serve the artifact: {why}"))
+                        }
+                        Ok(Err(Failure::Bad(why))) => return Err(why),
+                        Ok(Err(Failure::Lost(why))) => {
+                            last_lost = why;
+                            self.wait_for_new_link(&conn, since).await?;
+                            continue;
+                        }
+                        Err(_) => {
+                            warn!(
+                                coordinator = %conn.remote_address(),
+                                "no answer for the artifact's piece table; downloading on the control stream"
+                            );
+                            return self.download_on_control_stream(m).await;
+                        }
+                    };
+                    let table = verify_table(&signed, &key, &m.digest, m.size)?;
+                    let dir = self.data_dir.join("downloads");
+                    let opened = tokio::task::spawn_blocking(move || Partial::open(&dir, table))
+                        .await
+                        .map_err(|e| format!("open the download: {e}"))??;
+                    let opened = Arc::new(Mutex::new(opened));
+                    partial = Some(opened.clone());
+                    opened
+                }
+            };
+            let release = m.release;
+            let progress = |bytes: u64| {
+                self.inner.lock().expect("deploy lock").report.applying = Some((release, bytes));
+            };
+            let before = open.lock().expect("partial lock").verified_bytes();
+            match fetch_missing(source, open.clone(), &progress).await {
+                Ok(()) => break,
+                Err(Failure::Lost(why)) => {
+                    warn!(release, %why, "a piece download was cut off; resuming");
+                    if open.lock().expect("partial lock").verified_bytes() > before {
+                        since = Instant::now();
+                    }
+                    last_lost = why;
+                    self.wait_for_new_link(&conn, since).await?;
+                }
+                Err(Failure::Refused(why) | Failure::Bad(why)) => return Err(why),
+            }
+        }
+        let partial = partial.expect("a finished download has its pieces");
+        let partial = Arc::try_unwrap(partial)
+            .map_err(|_| "a piece fetch still holds the download".to_string())?
+            .into_inner()
+            .map_err(|_| "a piece fetch panicked".to_string())?;
+        let path = partial.finish()?;
+        check_artifact(&path, m)?;
+        Ok(path)
+    }
+
+    /// After a download stream failed: waits until the link is a new connection, or a moment if
+    /// `conn` still looks alive (a slow piece); an error once nothing came for [`LINK_WAIT`]
+    /// `since` the download's last progress.
+    async fn wait_for_new_link(&self, conn: &quinn::Connection, since: Instant) -> Result<(), String> {
+        loop {
+            if since.elapsed() > LINK_WAIT {
+                return Err(format!("the artifact download made no progress for {LINK_WAIT:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.inner.lock().expect("deploy lock").conn.clone();
+            match now {
+                Some(c) if c.stable_id() != conn.stable_id() => return Ok(()),
+                Some(_) if conn.close_reason().is_none() => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Downloads the artifact on the control stream (`AgentMsg::FetchArtifact`), as coordinators
+    /// before download streams serve it, resuming a partial download; checks it against the
+    /// manifest.
+    async fn download_on_control_stream(&self, m: &ReleaseManifest) -> Result<PathBuf, String> {
         let dir = self.data_dir.join("downloads");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let path = dir.join(format!("{}.part", m.digest));
+        let path = dir.join(format!("{}.stream", m.digest));
         let mut offset = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
         if offset > m.size {
             let _ = std::fs::remove_file(&path);
@@ -855,13 +966,13 @@ mod tests {
         m.digest = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         // A partial download from an earlier attempt: 1000 bytes.
         std::fs::create_dir_all(dir.join("downloads")).unwrap();
-        std::fs::write(dir.join("downloads").join(format!("{}.part", m.digest)), &bytes[..1000]).unwrap();
+        std::fs::write(dir.join("downloads").join(format!("{}.stream", m.digest)), &bytes[..1000]).unwrap();
 
         let (tx, mut rx) = mpsc::unbounded_channel();
-        d.attach(tx, vec![1]);
+        d.attach(tx, vec![1], None);
         let download = tokio::spawn({
             let (d, m) = (d.clone(), m.clone());
-            async move { d.download(&m).await }
+            async move { d.download_on_control_stream(&m).await }
         });
         // The first link answers two requests, then drops.
         let (served, first) = serve(&d, &mut rx, &bytes, 2).await;
@@ -870,7 +981,7 @@ mod tests {
         drop(rx);
         // A new link serves the rest.
         let (tx, mut rx) = mpsc::unbounded_channel();
-        d.attach(tx, vec![1]);
+        d.attach(tx, vec![1], None);
         let server = tokio::spawn({
             let (d, bytes) = (d.clone(), bytes.clone());
             async move { serve(&d, &mut rx, &bytes, usize::MAX).await }

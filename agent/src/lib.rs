@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod deploy;
+pub mod download;
 pub mod health;
 pub mod identity;
 pub mod job_tree;

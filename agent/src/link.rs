@@ -300,7 +300,7 @@ async fn control_stream(
         jobs.attach(tx.clone());
     }
     if let Some(deployer) = deployer {
-        deployer.attach(tx.clone(), release_key);
+        deployer.attach(tx.clone(), release_key, Some(conn.clone()));
     }
     drop(tx);
     if let Some(sidecar) = sidecar {

@@ -1,7 +1,8 @@
 //! The coordinator's QUIC endpoint. One UDP socket, routed by ALPN:
 //! - `fifty-enroll/1`: one request, one answer, then the client closes.
 //! - `fifty-agent/1`: the agent's control link. The host is whoever its verified certificate
-//!   says; what it writes in messages is never trusted for identity.
+//!   says; what it writes in messages is never trusted for identity. Every bi-stream after the
+//!   control stream is one artifact download request (a piece table or a piece).
 //! - `fifty-peer/1`: another coordinator (`consensus::transport`).
 //!
 //! Agents belong to the leader: a follower answers enrollments and agent links with a
@@ -15,7 +16,10 @@ use std::time::Duration;
 
 use fifty_shared::codec::{read_frame, write_frame, CodecError};
 use fifty_shared::ids::HostName;
-use fifty_shared::wire::{close, AgentMsg, CoordinatorMsg, EnrollRequest, ALPN_AGENT, ALPN_ENROLL, ALPN_PEER};
+use fifty_shared::wire::{
+    close, AgentMsg, CoordinatorMsg, DownloadRequest, DownloadResponse, EnrollRequest, ALPN_AGENT, ALPN_ENROLL,
+    ALPN_PEER,
+};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn, Instrument};
@@ -201,10 +205,60 @@ async fn control_stream(
     );
     let id = coordinator.register_link(host, conn.clone(), tx.clone());
     coordinator.experiments_on_link(host, &tx);
+    let downloads = tokio::spawn(serve_downloads(conn.clone(), coordinator.clone(), host.clone()).in_current_span());
     let result = read_agent(conn, coordinator, host, &agent_version, &mut recv, &tx).await;
     coordinator.unregister_link(host, id);
     writer.abort();
+    downloads.abort();
     result
+}
+
+/// Every further bi-stream the agent opens after the control stream is a download
+/// (`DownloadRequest`): one request, one answer, then the stream ends.
+async fn serve_downloads(conn: quinn::Connection, coordinator: Arc<Coordinator>, host: HostName) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (conn, coordinator, host) = (conn.clone(), coordinator.clone(), host.clone());
+        tokio::spawn(async move { download(&conn, &coordinator, &host, send, recv).await }.in_current_span());
+    }
+}
+
+async fn download(
+    conn: &quinn::Connection,
+    coordinator: &Coordinator,
+    host: &HostName,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let request = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame::<DownloadRequest, _>(&mut recv)).await {
+        Ok(Ok(Some(request))) => request,
+        Ok(Err(CodecError::Io(_))) | Ok(Ok(None)) | Err(_) => return,
+        Ok(Err(e)) => return refuse_frame(conn, &e),
+    };
+    let written = match request {
+        DownloadRequest::PieceTable { digest } => {
+            let answer = match coordinator.download_piece_table(host, &digest).await {
+                Ok(table) => DownloadResponse::PieceTable((*table).clone()),
+                Err(reason) => DownloadResponse::Refused { reason },
+            };
+            write_frame(&mut send, &answer).await
+        }
+        DownloadRequest::Piece { digest, index } => match coordinator.download_piece(host, &digest, index).await {
+            Ok(bytes) => {
+                let head = DownloadResponse::Piece { index, len: bytes.len() as u32 };
+                match write_frame(&mut send, &head).await {
+                    Ok(()) => send.write_all(&bytes).await.map_err(|e| CodecError::Io(e.into())),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(reason) => write_frame(&mut send, &DownloadResponse::Refused { reason }).await,
+        },
+    };
+    match written {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(e) => debug!(error = %e, "a download stream ended early"),
+    }
 }
 
 async fn read_agent(

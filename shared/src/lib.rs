@@ -17,6 +17,7 @@ pub mod experiment;
 pub mod git;
 pub mod ids;
 pub mod logging;
+pub mod pieces;
 pub mod pipeline;
 pub mod sd_notify;
 pub mod selector;

@@ -8,6 +8,9 @@
 //!   stream), sends [`AgentMsg::Hello`], reads [`CoordinatorMsg::Welcome`], then heartbeats.
 //!   On the same stream the coordinator hands build hosts jobs ([`CoordinatorMsg::RunJob`]) and
 //!   the agent streams their output and reports each result until it is acknowledged.
+//!   Artifact downloads do not use the control stream: the agent opens a bi-stream of its own per
+//!   request ([`DownloadRequest`]: the signed piece table, or one piece), several at once, and
+//!   the coordinator answers on it ([`DownloadResponse`], a piece's bytes raw after the frame).
 //!
 //! A refusal after the handshake is a QUIC connection close with one of the [`close`] codes and
 //! a reason a person can read.
@@ -264,6 +267,45 @@ pub struct DeployOrder {
     pub manifest: Vec<u8>,
     /// Ed25519 signature of `manifest`.
     pub signature: Vec<u8>,
+}
+
+/// Agent → coordinator, the one frame on a download stream (a bi-stream of its own, not the
+/// control stream). Coordinators older than this message never accept such a stream; the agent
+/// then downloads on the control stream ([`AgentMsg::FetchArtifact`]).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum DownloadRequest {
+    /// The signed piece table of an artifact ([`crate::pieces::SignedPieceTable`]).
+    PieceTable {
+        /// SHA-256 of the artifact, hex.
+        digest: String,
+    },
+    /// One piece of an artifact.
+    Piece {
+        /// SHA-256 of the artifact, hex.
+        digest: String,
+        /// Which piece, from 0.
+        index: u32,
+    },
+}
+
+/// Coordinator → agent, the answer on a download stream; the stream ends after it.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum DownloadResponse {
+    /// The artifact's piece table and the cluster's signature of it.
+    PieceTable(crate::pieces::SignedPieceTable),
+    /// Piece `index` follows: exactly `len` raw bytes after this frame (not a frame: a piece may
+    /// be larger than a frame, and the agent reads no more than the signed table says it is).
+    Piece {
+        /// Which piece.
+        index: u32,
+        /// How many bytes follow.
+        len: u32,
+    },
+    /// No: why (not a host the release targets, not stored, a damaged blob).
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Bytes of artifact per chunk, up and down.
@@ -637,6 +679,9 @@ pub fn decode_any_for_fuzzing(bytes: &[u8]) {
     let _ = decode_frame::<PeerFrame>(bytes);
     let _ = decode_frame::<PeerRequest>(bytes);
     let _ = decode_frame::<PeerResponse>(bytes);
+    let _ = decode_frame::<DownloadRequest>(bytes);
+    let _ = decode_frame::<DownloadResponse>(bytes);
+    let _ = from_bytes::<crate::pieces::PieceTable>(bytes);
     let _ = from_bytes::<EnrollRequest>(bytes);
     let _ = from_bytes::<AgentMsg>(bytes);
     let _ = from_bytes::<CoordinatorMsg>(bytes);

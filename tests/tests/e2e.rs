@@ -254,7 +254,7 @@ fn foreign_agent(cluster: &LocalCluster, name: &str) {
 /// artifact `digest`, and returns why the coordinator sent no data.
 async fn fetch_artifact_as(cluster: &LocalCluster, host: &str, digest: &str) -> String {
     use fifty_shared::codec::{read_frame, write_frame};
-    use fifty_shared::wire::{AgentMsg, CoordinatorMsg};
+    use fifty_shared::wire::{AgentMsg, CoordinatorMsg, DownloadRequest, DownloadResponse};
     let ids = cluster.agent_dir(host).join("identity");
     let read = |f: &str| std::fs::read_to_string(ids.join(f)).unwrap();
     let cert = fifty_shared::tls::CertAndKey { cert_pem: read("cert.pem"), key_pem: read("key.pem") };
@@ -270,8 +270,22 @@ async fn fetch_artifact_as(cluster: &LocalCluster, host: &str, digest: &str) -> 
             match read_frame::<CoordinatorMsg, _>(&mut recv).await? {
                 Some(CoordinatorMsg::ArtifactData { data, missing, .. }) => {
                     assert!(data.is_empty(), "artifact bytes were served");
+                    let missing = missing.unwrap_or_default();
+                    // The same refusal on download streams: the piece table and a piece.
+                    for request in [
+                        DownloadRequest::PieceTable { digest: digest.to_string() },
+                        DownloadRequest::Piece { digest: digest.to_string(), index: 0 },
+                    ] {
+                        let (mut send, mut recv) = conn.open_bi().await?;
+                        write_frame(&mut send, &request).await?;
+                        send.finish()?;
+                        match read_frame::<DownloadResponse, _>(&mut recv).await? {
+                            Some(DownloadResponse::Refused { reason }) => assert_eq!(reason, missing, "{request:?}"),
+                            other => panic!("{request:?} was answered {other:?}"),
+                        }
+                    }
                     conn.close(0u32.into(), b"done");
-                    return anyhow::Ok(missing.unwrap_or_default());
+                    return anyhow::Ok(missing);
                 }
                 Some(_) => continue,
                 None => anyhow::bail!("the coordinator closed the link without answering"),
@@ -1758,7 +1772,12 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
     // artifact whose stored bytes no longer match the signed digest.
     let leader = cluster.wait_leader(DEADLINE).await.unwrap();
     // web-4 never had release 5 (its rollout was superseded after the canary), so it must download it.
-    let cases = [(r4, "signature", "bad signature", "web-1", 0), (r5, "artifact", "does not match", "web-4", 3)];
+    // The artifact's pieces are checked as they arrive: the damaged first piece is named, with
+    // the coordinator that sent it, and refused each time it comes.
+    let cases = [
+        (r4, "signature", "bad signature", "web-1", 0),
+        (r5, "artifact", "piece 0 does not match the signed piece table", "web-4", 3),
+    ];
     for (release, tamper, expect, host, port) in cases {
         let body = serde_json::json!({ "host": host, "release": release, "tamper": tamper });
         let _: serde_json::Value = cluster.client_for(leader).post("/v1/debug/deploy", &body).await.unwrap();
@@ -1773,7 +1792,16 @@ async fn green_commits_roll_out_in_waves_and_bad_releases_roll_back() {
         .await
         .unwrap();
         assert!(why.contains(expect), "{tamper}: {why}");
+        if tamper == "artifact" {
+            assert!(why.contains("(sent by coordinator 127.0.0.1:") && why.contains("refused 3 times"), "{why}");
+        }
         assert_eq!(served_version(ports[port]).await.as_deref(), Some(&second[..10]), "{host} kept its release");
+    }
+    // Every download so far went in pieces on streams of their own, none on the control stream.
+    for host in ["web-1", "web-2", "web-3", "web-4"] {
+        let log = std::fs::read_to_string(cluster.dir.join(format!("logs/{host}.log"))).unwrap();
+        assert!(log.contains("artifact downloaded and verified"), "{host}");
+        assert!(!log.contains("downloading on the control stream"), "{host}: {log}");
     }
 
     // The coordinator that came back in step 2 holds every release's artifact too.

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fifty_shared::codec;
 use fifty_shared::ids::{HostName, RepoName};
+use fifty_shared::pieces::{PieceTable, SignedPieceTable, PIECE_SIZE};
 use fifty_shared::wire::{
     ArtifactInfo, CoordinatorMsg, DeployOrder, JobDone, JobExit, JobRef, ReleaseManifest, ARTIFACT_CHUNK,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::rollout::{HostView, Kind, Rollout, Step};
 use super::upload::{FetchGrants, Uploads};
@@ -40,6 +41,32 @@ pub struct Live {
     pub fetch_grants: FetchGrants,
     /// The last order sent to each host, and when.
     pub sent: HashMap<HostName, (u64, Instant)>,
+    /// Signed piece tables made from this coordinator's blobs.
+    pub piece_tables: PieceTables,
+}
+
+/// The signed piece tables made lately, newest last; at most [`PieceTables::KEEP`] (a table is
+/// made again from the blob when needed).
+#[derive(Default)]
+pub struct PieceTables(Vec<(String, Arc<SignedPieceTable>)>);
+
+impl PieceTables {
+    /// How many tables are kept.
+    pub const KEEP: usize = 32;
+
+    /// The table of `digest`, if kept.
+    pub fn get(&self, digest: &str) -> Option<Arc<SignedPieceTable>> {
+        self.0.iter().find(|(d, _)| d == digest).map(|(_, t)| t.clone())
+    }
+
+    /// Keeps the table of `digest`, forgetting the oldest beyond [`PieceTables::KEEP`].
+    pub fn put(&mut self, digest: &str, table: Arc<SignedPieceTable>) {
+        self.0.retain(|(d, _)| d != digest);
+        self.0.push((digest.to_string(), table));
+        if self.0.len() > Self::KEEP {
+            self.0.remove(0);
+        }
+    }
 }
 
 /// Runs the deploy loop until `shutdown`; it acts only while this node leads.
@@ -512,6 +539,44 @@ impl Coordinator {
         Ok(false)
     }
 
+    /// Why `host` may not fetch artifact `digest` now, if it may not: no release with it
+    /// targets the host (or storage failed to say).
+    fn fetch_refusal(&self, host: &HostName, digest: &str) -> Option<String> {
+        let mut failed = None;
+        let allowed =
+            self.deploy.lock().expect("deploy lock").fetch_grants.allowed(host, digest, Instant::now(), || {
+                self.may_fetch(host, digest).unwrap_or_else(|e| {
+                    failed = Some(e);
+                    false
+                })
+            });
+        if let Some(e) = failed {
+            return Some(format!("storage: {e}"));
+        }
+        if !allowed {
+            warn!(%host, %digest, "artifact fetch refused: no release with it targets this host");
+            return Some(format!("no release with artifact {digest} targets host {host}"));
+        }
+        None
+    }
+
+    /// The recorded size of artifact `digest`, once this coordinator holds it whole (fetched
+    /// from a peer first if it lacks it).
+    async fn held_artifact(&self, digest: &str) -> Result<u64, String> {
+        let store = self.consensus.store();
+        let total = match store.blob_size(digest) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(format!("no artifact {digest} is stored")),
+            Err(e) => return Err(format!("storage: {e}")),
+        };
+        if !matches!(store.blobs().size(digest), Ok(Some(t)) if t == total) {
+            if let Err(e) = super::artifacts::ensure_local(&self.consensus, digest, total, None).await {
+                return Err(format!("this coordinator lacks artifact {digest} and no peer sent it: {e:#}"));
+            }
+        }
+        Ok(total)
+    }
+
     /// Answers `host`'s download request with the next piece of an artifact, if it may have it,
     /// from this coordinator's blob store (fetching the artifact from a peer first if it lacks it).
     pub async fn serve_artifact(&self, host: &HostName, digest: &str, offset: u64) -> CoordinatorMsg {
@@ -522,44 +587,87 @@ impl Coordinator {
             data: Vec::new(),
             missing: Some(why),
         };
-        let mut failed = None;
-        let allowed =
-            self.deploy.lock().expect("deploy lock").fetch_grants.allowed(host, digest, Instant::now(), || {
-                self.may_fetch(host, digest).unwrap_or_else(|e| {
-                    failed = Some(e);
-                    false
-                })
-            });
-        if let Some(e) = failed {
-            return missing(format!("storage: {e}"));
+        if let Some(why) = self.fetch_refusal(host, digest) {
+            return missing(why);
         }
-        if !allowed {
-            warn!(%host, %digest, "artifact fetch refused: no release with it targets this host");
-            return missing(format!("no release with artifact {digest} targets host {host}"));
-        }
-        let store = self.consensus.store();
-        let total = match store.blob_size(digest) {
-            Ok(Some(t)) => t,
-            Ok(None) => return missing(format!("no artifact {digest} is stored")),
-            Err(e) => return missing(format!("storage: {e}")),
+        let total = match self.held_artifact(digest).await {
+            Ok(t) => t,
+            Err(why) => return missing(why),
         };
         if offset >= total {
             return missing(format!("offset {offset} is past the end of the artifact ({total} bytes)"));
         }
-        if !matches!(store.blobs().size(digest), Ok(Some(t)) if t == total) {
-            if let Err(e) = super::artifacts::ensure_local(&self.consensus, digest, total, None).await {
-                return missing(format!("this coordinator lacks artifact {digest} and no peer sent it: {e:#}"));
-            }
-        }
         // Up to the next chunk boundary: the agent asks for chunk-aligned pieces after the first.
         let upto = ARTIFACT_CHUNK - (offset % ARTIFACT_CHUNK as u64) as usize;
-        match store.blobs().read_at(digest, offset, upto) {
+        match self.consensus.store().blobs().read_at(digest, offset, upto) {
             Ok(Some((t, data))) if t == total && !data.is_empty() => {
                 CoordinatorMsg::ArtifactData { digest: digest.to_string(), offset, total, data, missing: None }
             }
             Ok(_) => missing(format!("artifact {digest} is not stored whole here")),
             Err(e) => missing(format!("blob store: {e}")),
         }
+    }
+
+    /// The signed piece table of artifact `digest` for `host` (a download stream's first
+    /// request), if it may fetch the artifact.
+    pub async fn download_piece_table(&self, host: &HostName, digest: &str) -> Result<Arc<SignedPieceTable>, String> {
+        if let Some(why) = self.fetch_refusal(host, digest) {
+            return Err(why);
+        }
+        self.piece_table(digest).await
+    }
+
+    /// Piece `index` of artifact `digest` for `host`, if it may fetch the artifact.
+    pub async fn download_piece(&self, host: &HostName, digest: &str, index: u32) -> Result<Vec<u8>, String> {
+        if let Some(why) = self.fetch_refusal(host, digest) {
+            return Err(why);
+        }
+        let total = self.held_artifact(digest).await?;
+        let count = PieceTable::count_for(total, PIECE_SIZE);
+        if index >= count {
+            return Err(format!("artifact {digest} has {count} pieces; there is no piece {index}"));
+        }
+        let start = u64::from(index) * u64::from(PIECE_SIZE);
+        let store = self.consensus.store().clone();
+        let d = digest.to_string();
+        let read = tokio::task::spawn_blocking(move || store.blobs().read_at(&d, start, PIECE_SIZE as usize)).await;
+        match read {
+            Ok(Ok(Some((t, data)))) if t == total => Ok(data),
+            Ok(Ok(_)) => Err(format!("artifact {digest} is not stored whole here")),
+            Ok(Err(e)) => Err(format!("blob store: {e}")),
+            Err(e) => Err(format!("read a piece: {e}")),
+        }
+    }
+
+    /// The piece table of a held artifact, signed with the cluster's release key: made once per
+    /// artifact from the blob's bytes (refused if they no longer hash to its digest) and kept.
+    pub async fn piece_table(&self, digest: &str) -> Result<Arc<SignedPieceTable>, String> {
+        if let Some(t) = self.deploy.lock().expect("deploy lock").piece_tables.get(digest) {
+            return Ok(t);
+        }
+        let total = self.held_artifact(digest).await?;
+        let store = self.consensus.store().clone();
+        let d = digest.to_string();
+        let table = match tokio::task::spawn_blocking(move || store.blobs().piece_table(&d, PIECE_SIZE)).await {
+            Ok(Ok(Some(t))) => t,
+            Ok(Ok(None)) => return Err(format!("artifact {digest} is not stored here")),
+            Ok(Err(e)) => return Err(format!("blob store: {e}")),
+            Err(e) => return Err(format!("hash the artifact: {e}")),
+        };
+        if table.digest != digest || table.size != total {
+            error!(%digest, actual = %table.digest, "a stored artifact no longer matches its digest (damaged on disk)");
+            return Err(format!(
+                "artifact {digest} stored on this coordinator is damaged: its bytes hash to {}",
+                table.digest
+            ));
+        }
+        let encoded = table.encode().map_err(|e| format!("encode the piece table: {e}"))?;
+        let key = self.release_key().map_err(|e| format!("storage: {e}"))?;
+        let Some(key) = key else { return Err("the cluster has no release key yet".into()) };
+        let signature = key.sign(&PieceTable::signed_message(&encoded)).as_ref().to_vec();
+        let signed = Arc::new(SignedPieceTable { table: encoded, signature });
+        self.deploy.lock().expect("deploy lock").piece_tables.put(digest, signed.clone());
+        Ok(signed)
     }
 
     /// Turns a package job's result into a release: checks the uploaded bytes against the
@@ -668,6 +776,9 @@ impl Coordinator {
                 super::artifacts::ensure_local(&self.consensus, &record.digest, record.size, None)
                     .await
                     .map_err(|e| OpError::NotFound(format!("artifact of release {release}: {e:#}")))?;
+                // The piece table is made from the good bytes first, as when a disk goes bad
+                // after the table was made: agents then catch the damage piece by piece.
+                self.piece_table(&record.digest).await.map_err(OpError::BadRequest)?;
                 store
                     .blobs()
                     .corrupt_for_fault_injection(&record.digest)

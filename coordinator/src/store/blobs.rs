@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use fifty_shared::pieces::{PieceTable, TableBuilder};
 use sha2::{Digest, Sha256};
 
 /// A blob store failure.
@@ -138,6 +139,27 @@ impl Blobs {
             Ok(actual) => Ok(actual == digest),
             Err(BlobError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The piece table of a held blob (`None` if not held), read from its bytes. The caller
+    /// checks the table's digest against the blob's name: a blob damaged on disk since it was
+    /// written gives a table with another digest.
+    pub fn piece_table(&self, digest: &str, piece_size: u32) -> Result<Option<PieceTable>, BlobError> {
+        let path = self.path(digest)?;
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("open", &path)(e)),
+        };
+        let mut table = TableBuilder::new(piece_size);
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(io("read", &path))?;
+            if n == 0 {
+                return Ok(Some(table.finish()));
+            }
+            table.update(&buf[..n]);
         }
     }
 
@@ -263,6 +285,23 @@ mod tests {
 
     fn digest(bytes: &[u8]) -> String {
         hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn a_held_blobs_piece_table_is_read_from_its_bytes_and_shows_damage() {
+        let (b, _dir) = blobs();
+        let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+        let d = digest(&bytes);
+        assert_eq!(b.piece_table(&d, 1 << 20).unwrap(), None);
+        b.put(&d, &bytes).unwrap();
+        let table = b.piece_table(&d, 1 << 20).unwrap().unwrap();
+        assert_eq!(table, PieceTable::of(&bytes, 1 << 20));
+        assert_eq!((table.digest.as_str(), table.count()), (d.as_str(), 3));
+        b.corrupt_for_fault_injection(&d).unwrap();
+        let damaged = b.piece_table(&d, 1 << 20).unwrap().unwrap();
+        assert_ne!(damaged.digest, d, "a damaged blob's table does not carry its name's digest");
+        assert_ne!(damaged.hashes[0], table.hashes[0]);
+        assert_eq!(damaged.hashes[1..], table.hashes[1..]);
     }
 
     #[test]
