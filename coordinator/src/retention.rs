@@ -629,7 +629,7 @@ mod tests {
     fn forget_is_state_version_5() {
         let cmd = Command::Forget { cutoffs: Cutoffs::default(), at: SystemTime::UNIX_EPOCH };
         assert_eq!(cmd.since(), 5);
-        assert_eq!(crate::state::STATE_VERSION, 5);
+        assert!(crate::state::STATE_VERSION >= 5);
     }
 
     /// An incident is forgotten only once closed before the cut-off; an alert only once
