@@ -95,6 +95,8 @@ pub struct Coordinator {
     pub(crate) experiments: Mutex<crate::experiments::leader::Live>,
     /// Wakes the experiments loop (a definition changed).
     pub(crate) experiments_wake: tokio::sync::Notify,
+    /// Agent links admitted at `links.handshake_rate`.
+    admission: Mutex<crate::admission::Admission>,
 }
 
 impl Coordinator {
@@ -102,7 +104,6 @@ impl Coordinator {
     pub fn new(config: Config, consensus: Consensus, ca: CertAndKey) -> anyhow::Result<Self> {
         let ca_fingerprint = tls::fingerprint(&tls::cert_from_pem(&ca.cert_pem)?);
         Ok(Self {
-            config,
             consensus,
             metrics: Metrics::default(),
             ca,
@@ -120,6 +121,8 @@ impl Coordinator {
             last_divergence: Mutex::new(None),
             experiments: Mutex::default(),
             experiments_wake: tokio::sync::Notify::new(),
+            admission: Mutex::new(crate::admission::Admission::new(config.links.handshake_rate, Instant::now())),
+            config,
         })
     }
 
@@ -137,11 +140,39 @@ impl Coordinator {
         Some(self.consensus.leader().map(|l| l.quic_addr).unwrap_or_default())
     }
 
-    /// This node just became leader: it owns the fleet's soft state now, starting empty, with a
-    /// grace period for every host to find it.
+    /// Whether to admit one more agent link now (`links.handshake_rate`), or how long that agent
+    /// should wait before trying again.
+    pub fn admit_link(&self) -> Result<(), Duration> {
+        self.admission.lock().expect("admission lock").admit(Instant::now())
+    }
+
+    /// How long a new leader (or a coordinator back from a stall) gives every host to re-attach
+    /// before it may call it down: twice `down_after`, plus the time it takes to admit the whole
+    /// fleet at `links.handshake_rate` (every agent may be reconnecting at once).
+    pub fn reattach_grace(&self) -> Duration {
+        let hosts = self.consensus.store().hosts().map(|h| h.len()).unwrap_or(0);
+        self.config.down_after * 2 + Duration::from_secs_f64(hosts as f64 / f64::from(self.config.links.handshake_rate))
+    }
+
+    /// Takes in what another coordinator last heard from hosts (the leader's share).
+    pub fn learn_last_heard(&self, hosts: Vec<fifty_shared::wire::HeardHost>) {
+        let now = Instant::now();
+        let mut fleet = self.fleet.lock().expect("fleet lock");
+        for h in hosts {
+            let age = Duration::from_millis(h.age_ms);
+            // An age from before this coordinator's clock began cannot be represented; such a
+            // host is long silent anyway, and an unknown time is treated as silent since then.
+            if let Some(at) = now.checked_sub(age) {
+                fleet.learn(&h.host, at);
+            }
+        }
+    }
+
+    /// This node just became leader: it owns the fleet's soft state now, keeping what it knows
+    /// the cluster last heard, with a grace period for every host to find it (`fleet`'s rule).
     pub fn on_became_leader(&self) {
-        let grace = Instant::now() + self.config.down_after * 2;
-        *self.fleet.lock().expect("fleet lock") = Fleet::with_grace(grace);
+        let grace = self.reattach_grace();
+        self.fleet.lock().expect("fleet lock").take_over(Instant::now(), grace, self.config.down_after);
         *self.ci.lock().expect("ci lock") = Default::default();
         *self.deploy.lock().expect("deploy lock") = Default::default();
         self.ci_wake.notify_one();
@@ -155,7 +186,7 @@ impl Coordinator {
         for (_, link) in links {
             link.conn.close(close::NOT_LEADER.into(), leader.as_bytes());
         }
-        *self.fleet.lock().expect("fleet lock") = Fleet::default();
+        self.fleet.lock().expect("fleet lock").step_down();
     }
 
     // ---- tokens ------------------------------------------------------------------------------

@@ -110,7 +110,13 @@ pub struct Transport {
     /// Addresses learned before they are in the member table (bootstrap).
     known: Mutex<HashMap<u64, String>>,
     isolated: AtomicBool,
+    /// Where a [`PeerRequest::LastHeard`] goes (the coordinator's fleet): the transport only
+    /// carries it.
+    last_heard: OnceLock<LastHeardSink>,
 }
+
+/// Takes the hosts of a [`PeerRequest::LastHeard`] when it arrives.
+pub type LastHeardSink = Box<dyn Fn(Vec<fifty_shared::wire::HeardHost>) + Send + Sync>;
 
 impl Transport {
     /// A transport dialling from `endpoint` with `client_config` (ALPN `fifty-peer/1`, this
@@ -125,7 +131,13 @@ impl Transport {
             peers: Mutex::default(),
             known: Mutex::default(),
             isolated: AtomicBool::new(false),
+            last_heard: OnceLock::new(),
         })
+    }
+
+    /// Sets where the hosts of a [`PeerRequest::LastHeard`] go (once; later calls are ignored).
+    pub fn on_last_heard(&self, sink: LastHeardSink) {
+        let _ = self.last_heard.set(sink);
     }
 
     /// Connects the transport to the Raft loop's inbox (for unreachable and snapshot reports).
@@ -481,6 +493,12 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
         PeerRequest::JoinReplacing(info) => consensus.join(info, true).await,
         PeerRequest::HoldBlob { digest, size, from } => {
             crate::deploy::artifacts::hold(&consensus, &digest, size, &from).await
+        }
+        PeerRequest::LastHeard(hosts) => {
+            if let Some(sink) = consensus.transport().last_heard.get() {
+                sink(hosts);
+            }
+            PeerResponse::Noted
         }
         // Streamed above; never reaches this match.
         PeerRequest::FetchBlob { .. } => return,
