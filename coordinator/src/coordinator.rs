@@ -42,6 +42,12 @@ pub enum OpError {
     Consensus(#[from] ConsensusError),
 }
 
+/// A leader that sent no Raft frame for this long (it sends one every 100 ms tick) may be dead:
+/// a follower does not send agents to it before it is heard from again or replaced.
+pub const LEADER_QUIET: Duration = Duration::from_millis(350);
+/// The longest a follower holds an agent's link waiting for the cluster to settle on a leader.
+pub const PARK_LIMIT: Duration = Duration::from_secs(5);
+
 /// Why an agent's link was refused: a QUIC close code and a reason for the operator.
 #[derive(Debug)]
 pub struct LinkRefusal {
@@ -138,6 +144,44 @@ impl Coordinator {
             return None;
         }
         Some(self.consensus.leader().map(|l| l.quic_addr).unwrap_or_default())
+    }
+
+    /// Where an agent's link (or enrollment) belongs: `None` here, this coordinator leads;
+    /// otherwise the leader's QUIC address (empty when none is known). A follower that knows no
+    /// leader, or has heard no Raft frame from its leader for [`LEADER_QUIET`] (it may have
+    /// died), holds the link until the cluster settles — a leader elected (possibly this node,
+    /// which then keeps the link), or the old one heard from again — for at most [`PARK_LIMIT`].
+    /// An agent leaving a dead leader so learns the new one the moment it is elected, instead of
+    /// polling followers that do not know it yet.
+    pub async fn where_to_link(&self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + PARK_LIMIT;
+        let mut status = self.consensus.watch();
+        loop {
+            let (leading, leader_id) = {
+                let s = status.borrow_and_update();
+                (s.is_leader(), s.leader_id)
+            };
+            if leading {
+                return None;
+            }
+            let quiet =
+                leader_id != 0 && self.consensus.transport().quiet_for(leader_id).is_some_and(|q| q > LEADER_QUIET);
+            if leader_id != 0 && !quiet {
+                if let Some(leader) = self.consensus.leader() {
+                    return Some(leader.quic_addr);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Some(self.consensus.leader().map(|l| l.quic_addr).unwrap_or_default());
+            }
+            // A new leader shows in the status; the old one heard from again only in the
+            // transport, so look again shortly too.
+            tokio::select! {
+                _ = status.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
     }
 
     /// Whether to admit one more agent link now (`links.handshake_rate`), or how long that agent

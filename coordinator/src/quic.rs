@@ -5,7 +5,10 @@
 //! - `fifty-peer/1`: another coordinator (`consensus::transport`).
 //!
 //! Agents belong to the leader: a follower answers enrollments and agent links with a
-//! `close::NOT_LEADER` carrying the leader's address, and the agent dials that.
+//! `close::NOT_LEADER` carrying the leader's address, and the agent dials that (holding the
+//! link first while its leader may be dead: `Coordinator::where_to_link`). The leader admits
+//! agent links at `links.handshake_rate` and closes the rest with `close::BUSY`, saying when to
+//! come back.
 //!
 //! A malformed frame closes the link with `close::PROTOCOL` and a log line; nothing here panics on
 //! what a peer sends.
@@ -51,12 +54,20 @@ pub async fn serve(endpoint: quinn::Endpoint, coordinator: Arc<Coordinator>, mut
                 .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|d| d.protocol);
             let redirect = match alpn.as_deref() {
-                Some(ALPN_ENROLL | ALPN_AGENT) => coordinator.redirect(),
+                Some(ALPN_ENROLL | ALPN_AGENT) => coordinator.where_to_link().await,
                 _ => None,
             };
             if let Some(leader) = redirect {
                 debug!(%remote, %leader, "not the leader; redirecting");
                 return conn.close(close::NOT_LEADER.into(), leader.as_bytes());
+            }
+            // The leader admits agent links at a bounded rate; the rest are told when to return.
+            if alpn.as_deref() == Some(ALPN_AGENT) {
+                if let Err(wait) = coordinator.admit_link() {
+                    coordinator.metrics.handshake_refused("busy");
+                    debug!(%remote, ?wait, "handshake rate reached; agent told to retry later");
+                    return conn.close(close::BUSY.into(), close::busy_reason(wait).as_bytes());
+                }
             }
             match alpn.as_deref() {
                 Some(ALPN_PEER) => crate::consensus::transport::serve_peer(conn, coordinator.consensus.clone()).await,

@@ -113,6 +113,9 @@ pub struct Transport {
     /// Where a [`PeerRequest::LastHeard`] goes (the coordinator's fleet): the transport only
     /// carries it.
     last_heard: OnceLock<LastHeardSink>,
+    /// When a Raft frame last arrived from each peer: a follower tells a dead leader from a live
+    /// one by it before the election says so.
+    frames_from: Mutex<HashMap<u64, Instant>>,
 }
 
 /// Takes the hosts of a [`PeerRequest::LastHeard`] when it arrives.
@@ -132,7 +135,13 @@ impl Transport {
             known: Mutex::default(),
             isolated: AtomicBool::new(false),
             last_heard: OnceLock::new(),
+            frames_from: Mutex::default(),
         })
+    }
+
+    /// How long since a Raft frame last arrived from peer `id` (None: none since this start).
+    pub fn quiet_for(&self, id: u64) -> Option<Duration> {
+        self.frames_from.lock().expect("frames lock").get(&id).map(Instant::elapsed)
     }
 
     /// Sets where the hosts of a [`PeerRequest::LastHeard`] go (once; later calls are ignored).
@@ -425,7 +434,10 @@ async fn read_raft(mut stream: quinn::RecvStream, consensus: Consensus) {
             PeerFrame::SnapshotChunk(_) => Err(anyhow!("snapshot chunk without a start")),
         };
         match msg {
-            Ok(msg) if !transport.is_isolated() => consensus.step(msg),
+            Ok(msg) if !transport.is_isolated() => {
+                transport.frames_from.lock().expect("frames lock").insert(msg.from, Instant::now());
+                consensus.step(msg)
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, "malformed peer frame; dropping the stream");
