@@ -39,7 +39,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     // This node's certificate is issued afresh at every start: it follows `tls_names`.
     let identity = tls::issue_coordinator_cert(&ca, &config.tls_names)?;
     let quic_config = tls::quic_server_config(&identity, &ca.cert_pem, &[ALPN_ENROLL, ALPN_AGENT, ALPN_PEER])?;
-    let socket = bind_udp(config.quic_addr, config.links.udp_recv_buffer)
+    let (socket, _) = bind_udp(config.quic_addr, config.links.udp_recv_buffer)
         .with_context(|| format!("bind QUIC endpoint on {}", config.quic_addr))?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -120,7 +120,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
 /// Binds the QUIC endpoint's UDP socket with a receive buffer of `recv_buffer` bytes
 /// (`links.udp_recv_buffer`): a fleet's handshakes and heartbeats arriving at once wait in it
 /// instead of being dropped. The kernel caps the size at `net.core.rmem_max`; say so when it did.
-pub fn bind_udp(addr: std::net::SocketAddr, recv_buffer: usize) -> Result<std::net::UdpSocket> {
+/// Returns the socket and the buffer the kernel granted (0 if it could not be read).
+pub fn bind_udp(addr: std::net::SocketAddr, recv_buffer: usize) -> Result<(std::net::UdpSocket, usize)> {
     use std::os::fd::AsRawFd;
     let socket = std::net::UdpSocket::bind(addr)?;
     let fd = socket.as_raw_fd();
@@ -132,7 +133,7 @@ pub fn bind_udp(addr: std::net::SocketAddr, recv_buffer: usize) -> Result<std::n
     if set != 0 {
         let e = std::io::Error::last_os_error();
         tracing::warn!(asked = recv_buffer, error = %e, "could not set the QUIC socket's receive buffer (links.udp_recv_buffer)");
-        return Ok(socket);
+        return Ok((socket, 0));
     }
     let mut got: libc::c_int = 0;
     let mut len = size;
@@ -152,7 +153,7 @@ pub fn bind_udp(addr: std::net::SocketAddr, recv_buffer: usize) -> Result<std::n
     } else {
         tracing::info!(bytes = granted, "QUIC socket receive buffer");
     }
-    Ok(socket)
+    Ok((socket, granted))
 }
 
 /// How often the leader shares what it last heard from each host with the other coordinators.
@@ -418,5 +419,17 @@ mod tests {
         drop(Store::open(&root.join("state")).unwrap());
         assert_eq!(mode(&root.join("state")), 0o700);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_quic_socket_gets_the_receive_buffer_asked_for_up_to_the_kernels_cap() {
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let (_, granted) = bind_udp(addr, 256 * 1024).unwrap();
+        assert_eq!(granted, (256 * 1024).min(cap));
+        // Far over the cap: the kernel grants its cap, the socket still binds (and a warning says so).
+        let (socket, granted) = bind_udp(addr, 1 << 30).unwrap();
+        assert_eq!(granted, cap);
+        assert!(socket.local_addr().unwrap().port() != 0);
     }
 }
