@@ -139,6 +139,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     // boots while no coordinator answers must still come up (the agent works offline).
     fifty_shared::sd_notify::notify_or_warn("READY=1\nSTATUS=connecting to a coordinator");
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
+    let members = crate::members::Coordinators::load(&config.data_dir, &config.coordinators);
     let mut next = 0;
     let mut redirected: Option<String> = None;
     let mut redirects_in_a_row = 0;
@@ -149,11 +150,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             None => {
                 // Round-robin over the coordinators, skipping the one that just failed (when
                 // there is another): a dead coordinator costs a connect timeout.
-                let n = config.coordinators.len();
-                let mut pick = config.coordinators[next % n].clone();
+                let list = members.list();
+                let n = list.len();
+                let mut pick = list[next % n].clone();
                 if n > 1 && last_failed.as_ref() == Some(&pick) {
                     next += 1;
-                    pick = config.coordinators[next % n].clone();
+                    pick = list[next % n].clone();
                 }
                 next += 1;
                 pick
@@ -161,13 +163,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         };
         let target = &target;
         let began = Instant::now();
+        let known = members.list();
         let end = match resolve(target).await {
             Ok(addr) => {
                 let work = Work {
                     jobs: Some(&jobs),
                     deployer: Some(&deployer),
                     sidecar: Some(&sidecar),
-                    coordinators: &config.coordinators,
+                    coordinators: &known,
+                    members: Some(&members),
                 };
                 session(&endpoint, &client_config, addr, &mut health, None, work, &mut shutdown).await
             }
@@ -190,7 +194,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
                 last_failed = Some(target.clone());
                 // Straight to another coordinator (once, after a stable link): the cluster may
                 // already have a new leader. A link that keeps dying backs off instead.
-                if config.coordinators.len() > 1 && began.elapsed() >= STABLE_LINK {
+                if known.len() > 1 && began.elapsed() >= STABLE_LINK {
                     continue;
                 }
             }
@@ -274,6 +278,8 @@ pub struct Work<'a> {
     pub sidecar: Option<&'a Sidecar>,
     /// Every coordinator's address: asked who leads when this link's coordinator goes quiet.
     pub coordinators: &'a [String],
+    /// Where the coordinators the cluster names are kept (its second stream: see `members`).
+    pub members: Option<&'a crate::members::Coordinators>,
 }
 
 /// One link: connect, hello, heartbeats until it drops; jobs and deploy orders (when `work` has
@@ -320,7 +326,7 @@ async fn control_stream(
     work: Work<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> SessionEnd {
-    let Work { jobs, deployer, sidecar, coordinators } = work;
+    let Work { jobs, deployer, sidecar, coordinators, members } = work;
     let lost = |e: quinn::ConnectionError| refused_or(&e, SessionEnd::Lost);
     // Until the Welcome the link was never up: such a failure (a refusal in the TLS handshake
     // lands here, since TLS 1.3 lets the client finish first) backs off like an unreachable
@@ -362,6 +368,27 @@ async fn control_stream(
         sidecar.on_link();
     }
     let mut outbox = Some(rx);
+    // The second stream: the cluster names its coordinators there, now and when they change.
+    // An older coordinator never accepts it; nothing waits on it.
+    let listen_members = members.cloned().map(|members| {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let Ok((mut send, mut recv)) = conn.open_bi().await else { return };
+            let hello = AgentMsg::Hello { agent_version: fifty_shared::VERSION.to_string() };
+            if write_frame(&mut send, &hello).await.is_err() {
+                return;
+            }
+            while let Ok(Some(msg)) = read_frame::<CoordinatorMsg, _>(&mut recv).await {
+                match msg {
+                    CoordinatorMsg::Coordinators(addrs) => {
+                        members.learn(addrs);
+                    }
+                    other => warn!(?other, "unexpected message on the coordinators' stream"),
+                }
+            }
+        })
+    });
+    let _listen_members = AbortOnDrop(listen_members);
     // The coordinator's frames are read by their own task: reading a frame is not cancel-safe,
     // so it must not sit in a select! beside the ticker.
     let sent: Arc<Mutex<VecDeque<(u64, Instant)>>> = Arc::default();
@@ -532,6 +559,17 @@ async fn control_stream(
                 reader.abort();
                 return SessionEnd::Shutdown;
             }
+        }
+    }
+}
+
+/// Aborts a task when the session that started it ends, however it ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }

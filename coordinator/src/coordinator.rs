@@ -103,6 +103,9 @@ pub struct Coordinator {
     pub(crate) experiments_wake: tokio::sync::Notify,
     /// Agent links admitted at `links.handshake_rate`.
     admission: Mutex<crate::admission::Admission>,
+    /// Every coordinator's QUIC address (the member table, sorted), kept fresh by the server's
+    /// upkeep loop: pushed to agents when it changes.
+    coordinators: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 impl Coordinator {
@@ -128,6 +131,7 @@ impl Coordinator {
             experiments: Mutex::default(),
             experiments_wake: tokio::sync::Notify::new(),
             admission: Mutex::new(crate::admission::Admission::new(config.links.handshake_rate, Instant::now())),
+            coordinators: tokio::sync::watch::Sender::new(Vec::new()),
             config,
         })
     }
@@ -182,6 +186,26 @@ impl Coordinator {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
+    }
+
+    /// Reads the member table again; agents' links hear of a change.
+    pub fn refresh_coordinators(&self) {
+        let Ok(members) = self.consensus.store().members() else { return };
+        let mut addrs: Vec<String> = members.into_iter().map(|m| m.quic_addr).collect();
+        addrs.sort();
+        addrs.truncate(fifty_shared::wire::MAX_COORDINATORS);
+        self.coordinators.send_if_modified(|now| {
+            let changed = *now != addrs;
+            if changed {
+                *now = addrs;
+            }
+            changed
+        });
+    }
+
+    /// Every coordinator's QUIC address, changing when the members do.
+    pub fn coordinators(&self) -> tokio::sync::watch::Receiver<Vec<String>> {
+        self.coordinators.subscribe()
     }
 
     /// Whether to admit one more agent link now (`links.handshake_rate`), or how long that agent

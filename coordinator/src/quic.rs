@@ -212,10 +212,32 @@ async fn control_stream(
     );
     let id = coordinator.register_link(host, conn.clone(), tx.clone());
     coordinator.experiments_on_link(host, &tx);
+    let members = tokio::spawn(push_coordinators(conn.clone(), coordinator.coordinators()).in_current_span());
     let result = read_agent(conn, coordinator, host, &agent_version, &mut recv, &tx).await;
     coordinator.unregister_link(host, id);
     writer.abort();
+    members.abort();
     result
+}
+
+/// Tells the agent every coordinator's address, now and whenever the members change, on the
+/// second stream it opens after the Welcome (with a Hello). An agent that opens none (an older
+/// one) never hears of it; this task just waits until the link ends.
+async fn push_coordinators(conn: quinn::Connection, mut coordinators: watch::Receiver<Vec<String>>) {
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+    match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame::<AgentMsg, _>(&mut recv)).await {
+        Ok(Ok(Some(AgentMsg::Hello { .. }))) => {}
+        _ => return,
+    }
+    loop {
+        let list = coordinators.borrow_and_update().clone();
+        if !list.is_empty() && write_frame(&mut send, &CoordinatorMsg::Coordinators(list)).await.is_err() {
+            return;
+        }
+        if coordinators.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn read_agent(

@@ -184,10 +184,14 @@ async fn fleet_upkeep(coordinator: Arc<Coordinator>, shutdown: watch::Receiver<b
                  to report again before any is called down"
             );
         }
-        if now.duration_since(last_share) < SHARE_LAST_HEARD_EVERY || !coordinator.consensus.status().is_leader() {
+        if now.duration_since(last_share) < SHARE_LAST_HEARD_EVERY {
             continue;
         }
         last_share = now;
+        coordinator.refresh_coordinators();
+        if !coordinator.consensus.status().is_leader() {
+            continue;
+        }
         let heard = coordinator.fleet.lock().expect("fleet lock").last_heard(now);
         let hosts: Vec<_> = heard
             .into_iter()

@@ -517,7 +517,15 @@ pub enum CoordinatorMsg {
         /// Its sequence number.
         seq: u64,
     },
+    /// Every coordinator's QUIC address, as the cluster's member table says. Sent only on the
+    /// agent's second stream (the one it opens after the Welcome with a [`AgentMsg::Hello`], so
+    /// coordinators and agents of older versions never meet it): once, then whenever the
+    /// members change. At most [`MAX_COORDINATORS`] addresses.
+    Coordinators(Vec<String>),
 }
+
+/// Most coordinator addresses an agent takes from [`CoordinatorMsg::Coordinators`].
+pub const MAX_COORDINATORS: usize = 16;
 
 /// Coordinator → coordinator, on unidirectional streams: Raft traffic. Raft's own messages are
 /// carried as raft-rs encodes them (protobuf); a snapshot is streamed in chunks on a stream of

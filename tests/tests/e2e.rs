@@ -1640,6 +1640,22 @@ async fn a_leader_failover_or_stall_marks_no_host_down_and_fires_no_alert() {
     cluster.add_agent("web-1", "role=prod").await.unwrap();
     cluster.add_agent("web-2", "role=prod").await.unwrap();
     cluster.wait_reporting(&agents, DEADLINE).await.unwrap();
+    // Each agent learned every coordinator's address from the cluster, and kept it for a restart.
+    let mut quic: Vec<String> = cluster.coordinators.iter().map(|c| c.quic.to_string()).collect();
+    quic.sort();
+    for name in agents {
+        let file = cluster.agent_dir(name).join("coordinators");
+        wait_for(&format!("{name} to keep the coordinators' addresses"), DEADLINE, || {
+            let (file, quic) = (file.clone(), quic.clone());
+            async move {
+                let kept: Vec<String> =
+                    std::fs::read_to_string(&file).unwrap_or_default().lines().map(String::from).collect();
+                Ok((kept == quic).then_some(()))
+            }
+        })
+        .await
+        .unwrap();
+    }
     let admin = cluster.admin_token.clone();
     let hook = fifty::local::WebhookReceiver::start().unwrap();
     let added = cli(&cluster, &admin, &["webhook", "add", &hook.url()]).await;
