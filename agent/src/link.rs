@@ -46,6 +46,9 @@ pub enum SessionEnd {
     Refused(String),
     /// This coordinator is not the leader; the leader is at this address (empty if unknown).
     Redirect(String),
+    /// The link was up, and the cluster has since elected the leader at this address (another
+    /// coordinator said so when this one went quiet): go there now.
+    Moved(String),
     /// The coordinator admits no more links just now (`close::BUSY`): try it again after this.
     Busy(Duration),
 }
@@ -191,6 +194,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
                 warn!(coordinator = %target, %reason, "link to the coordinator lost; reconnecting");
                 fifty_shared::sd_notify::notify_or_warn(&format!("STATUS=link to {target} lost; reconnecting"));
                 backoff.link_ended(began.elapsed());
+                redirects_in_a_row = 0;
                 last_failed = Some(target.clone());
                 // Straight to another coordinator (once, after a stable link): the cluster may
                 // already have a new leader. A link that keeps dying backs off instead.
@@ -216,6 +220,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
                 warn!(coordinator = %target, %reason, "cannot reach the coordinator; will retry");
                 fifty_shared::sd_notify::notify_or_warn(&format!("STATUS=cannot reach {target}; retrying"));
                 last_failed = Some(target.clone());
+            }
+            SessionEnd::Moved(leader) => {
+                backoff.link_ended(began.elapsed());
+                redirects_in_a_row = 0;
+                redirected = Some(leader);
+                continue;
             }
             SessionEnd::Redirect(leader) if !leader.is_empty() && redirects_in_a_row < 3 => {
                 info!(coordinator = %target, %leader, "not the leader; following to the leader");
@@ -488,7 +498,7 @@ async fn control_stream(
                 if let Some(leader) = found {
                     reader.abort();
                     info!(%leader, "another coordinator leads now; following it");
-                    return SessionEnd::Redirect(leader);
+                    return SessionEnd::Moved(leader);
                 }
             }
             _ = ticker.tick() => {

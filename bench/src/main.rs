@@ -477,7 +477,8 @@ async fn run_link(
             }
             // Not the leader: follow to the leader at once, as the agent does (a single
             // coordinator is always the leader, so this is for runs against a cluster).
-            SessionEnd::Redirect(leader) => match fifty_agent::join::resolve(&leader).await {
+            SessionEnd::Redirect(leader) | SessionEnd::Moved(leader) => match fifty_agent::join::resolve(&leader).await
+            {
                 Ok(leader) if !leader.ip().is_loopback() => {
                     *stats.last_end.lock().expect("last_end lock") =
                         Some(format!("redirected to {leader}, which is not a loopback address; stopping this link"));
