@@ -19,6 +19,7 @@ pub mod job_tree;
 pub mod jobs;
 pub mod join;
 pub mod link;
+pub mod members;
 pub mod metrics;
 pub mod procs;
 pub mod sandbox;

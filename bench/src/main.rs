@@ -122,6 +122,8 @@ struct Stats {
     unreachable: AtomicU64,
     /// Hosts the coordinator refused.
     refused: AtomicU64,
+    /// Link attempts the coordinator put off (`close::BUSY`: its handshake rate was reached).
+    busy: AtomicU64,
     /// The last reason a session ended, for the report.
     last_end: Mutex<Option<String>>,
     /// Local ports of the swarm's client endpoints.
@@ -409,8 +411,9 @@ fn shard(
 }
 
 /// One simulated agent: runs the agent's link and reconnects as `fifty_agent::link::run` does
-/// with one coordinator (the agent's `Backoff`, 250 ms to 15 s with jitter, reset after a link
-/// was up; a redirect to the leader is followed at once), until shutdown.
+/// with one coordinator (the agent's `Backoff`, 250 ms to 15 s with jitter, reset only after a
+/// stable link; a redirect to the leader is followed at once; a busy coordinator is tried again
+/// when it asked), until shutdown.
 async fn run_link(
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
@@ -441,6 +444,7 @@ async fn run_link(
                 stats.on_ack(rtt);
             })
         };
+        let began = Instant::now();
         let end =
             session(&endpoint, &client_config, addr, &mut health, Some(observer), Default::default(), &mut shutdown)
                 .await;
@@ -456,8 +460,16 @@ async fn run_link(
             }
             SessionEnd::Lost(r) => {
                 stats.lost.fetch_add(1, Ordering::Relaxed);
-                backoff.reset();
+                backoff.link_ended(began.elapsed());
                 format!("lost: {r}")
+            }
+            SessionEnd::Busy(wait) => {
+                stats.busy.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(fifty_agent::link::busy_delay(wait)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                continue;
             }
             SessionEnd::Unreachable(r) => {
                 stats.unreachable.fetch_add(1, Ordering::Relaxed);
@@ -465,7 +477,8 @@ async fn run_link(
             }
             // Not the leader: follow to the leader at once, as the agent does (a single
             // coordinator is always the leader, so this is for runs against a cluster).
-            SessionEnd::Redirect(leader) => match fifty_agent::join::resolve(&leader).await {
+            SessionEnd::Redirect(leader) | SessionEnd::Moved(leader) => match fifty_agent::join::resolve(&leader).await
+            {
                 Ok(leader) if !leader.ip().is_loopback() => {
                     *stats.last_end.lock().expect("last_end lock") =
                         Some(format!("redirected to {leader}, which is not a loopback address; stopping this link"));
@@ -675,7 +688,11 @@ async fn run(args: Args) -> Result<()> {
     println!(
         "  heartbeat RTT     p50 {p50:.2} ms  p90 {p90:.2} ms  p99 {p99:.2} ms  p99.9 {p999:.2} ms  max {max:.2} ms"
     );
-    println!("  link drops        {drops_in_window} in window; refused {}", stats.refused.load(Ordering::Relaxed));
+    println!(
+        "  link drops        {drops_in_window} in window; refused {}; put off (busy) {}",
+        stats.refused.load(Ordering::Relaxed),
+        stats.busy.load(Ordering::Relaxed)
+    );
     if let Some(r) = &last_end {
         println!("  last session end  {r}");
     }
@@ -719,6 +736,7 @@ async fn run(args: Args) -> Result<()> {
                 "machine_rcvbuf_errors": { "ramp": system_drops.0, "window": system_drops.1 },
             },
             "refused": stats.refused.load(Ordering::Relaxed),
+            "busy": stats.busy.load(Ordering::Relaxed),
             "coordinator": coord_after.map(|a| serde_json::json!({
                 "cpu_percent": coord_cpu,
                 "rss_mib": a.rss_kib as f64 / 1024.0,

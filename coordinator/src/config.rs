@@ -73,6 +73,30 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[retention]`: how long commits, logs, incidents and alerts are kept (`retention`).
     pub retention: crate::retention::RetentionConfig,
+    /// `[links]`: how agents' links are admitted, and the QUIC socket's receive buffer.
+    pub links: LinksConfig,
+}
+
+/// `[links]`: what keeps a fleet reconnecting at once (after a failover, a stall, a restart)
+/// from swamping the coordinator it reaches.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinksConfig {
+    /// Agent links admitted per second at most (with a burst of as many); an agent over it is
+    /// told when to try again (`close::BUSY`). Also sizes a new leader's grace period: every
+    /// host gets the time it takes to admit the whole fleet at this rate, on top of
+    /// `2 × down_after`.
+    pub handshake_rate: u32,
+    /// The receive buffer asked for the coordinator's UDP socket (`SO_RCVBUF`), in bytes: a
+    /// fleet's datagrams arriving at once queue here instead of being dropped. The kernel caps
+    /// it at `net.core.rmem_max`; the coordinator logs a warning when it did.
+    pub udp_recv_buffer: usize,
+}
+
+impl Default for LinksConfig {
+    fn default() -> Self {
+        Self { handshake_rate: 1000, udp_recv_buffer: 8 << 20 }
+    }
 }
 
 /// `[api]`: the bounds every HTTPS API client is held to, so that slow, idle or numerous
@@ -148,6 +172,7 @@ impl Default for Config {
             force_new_cluster: false,
             api: ApiConfig::default(),
             retention: crate::retention::RetentionConfig::default(),
+            links: LinksConfig::default(),
         }
     }
 }
@@ -285,6 +310,15 @@ impl Config {
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             bail!("config keys ca_cert and ca_key: set both or neither");
+        }
+        if self.links.handshake_rate == 0 {
+            bail!("config key links.handshake_rate: must be at least 1 (agent links admitted per second)");
+        }
+        if self.links.udp_recv_buffer < 64 * 1024 {
+            bail!(
+                "config key links.udp_recv_buffer: {} bytes is too small (at least 65536)",
+                self.links.udp_recv_buffer
+            );
         }
         if self.snapshot_threshold < 10 {
             bail!("config key snapshot_threshold: {} is too small (at least 10)", self.snapshot_threshold);

@@ -42,6 +42,12 @@ pub enum OpError {
     Consensus(#[from] ConsensusError),
 }
 
+/// A leader that sent no Raft frame for this long (it sends one every 100 ms tick) may be dead:
+/// a follower does not send agents to it before it is heard from again or replaced.
+pub const LEADER_QUIET: Duration = Duration::from_millis(350);
+/// The longest a follower holds an agent's link waiting for the cluster to settle on a leader.
+pub const PARK_LIMIT: Duration = Duration::from_secs(5);
+
 /// Why an agent's link was refused: a QUIC close code and a reason for the operator.
 #[derive(Debug)]
 pub struct LinkRefusal {
@@ -95,6 +101,11 @@ pub struct Coordinator {
     pub(crate) experiments: Mutex<crate::experiments::leader::Live>,
     /// Wakes the experiments loop (a definition changed).
     pub(crate) experiments_wake: tokio::sync::Notify,
+    /// Agent links admitted at `links.handshake_rate`.
+    admission: Mutex<crate::admission::Admission>,
+    /// Every coordinator's QUIC address (the member table, sorted), kept fresh by the server's
+    /// upkeep loop: pushed to agents when it changes.
+    coordinators: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 impl Coordinator {
@@ -102,7 +113,6 @@ impl Coordinator {
     pub fn new(config: Config, consensus: Consensus, ca: CertAndKey) -> anyhow::Result<Self> {
         let ca_fingerprint = tls::fingerprint(&tls::cert_from_pem(&ca.cert_pem)?);
         Ok(Self {
-            config,
             consensus,
             metrics: Metrics::default(),
             ca,
@@ -120,6 +130,9 @@ impl Coordinator {
             last_divergence: Mutex::new(None),
             experiments: Mutex::default(),
             experiments_wake: tokio::sync::Notify::new(),
+            admission: Mutex::new(crate::admission::Admission::new(config.links.handshake_rate, Instant::now())),
+            coordinators: tokio::sync::watch::Sender::new(Vec::new()),
+            config,
         })
     }
 
@@ -137,11 +150,97 @@ impl Coordinator {
         Some(self.consensus.leader().map(|l| l.quic_addr).unwrap_or_default())
     }
 
-    /// This node just became leader: it owns the fleet's soft state now, starting empty, with a
-    /// grace period for every host to find it.
+    /// Where an agent's link (or enrollment) belongs: `None` here, this coordinator leads;
+    /// otherwise the leader's QUIC address (empty when none is known). A follower that knows no
+    /// leader, or has heard no Raft frame from its leader for [`LEADER_QUIET`] (it may have
+    /// died), holds the link until the cluster settles — a leader elected (possibly this node,
+    /// which then keeps the link), or the old one heard from again — for at most [`PARK_LIMIT`].
+    /// An agent leaving a dead leader so learns the new one the moment it is elected, instead of
+    /// polling followers that do not know it yet.
+    pub async fn where_to_link(&self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + PARK_LIMIT;
+        let mut status = self.consensus.watch();
+        loop {
+            let (leading, leader_id) = {
+                let s = status.borrow_and_update();
+                (s.is_leader(), s.leader_id)
+            };
+            if leading {
+                return None;
+            }
+            let quiet =
+                leader_id != 0 && self.consensus.transport().quiet_for(leader_id).is_some_and(|q| q > LEADER_QUIET);
+            if leader_id != 0 && !quiet {
+                if let Some(leader) = self.consensus.leader() {
+                    return Some(leader.quic_addr);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Some(self.consensus.leader().map(|l| l.quic_addr).unwrap_or_default());
+            }
+            // A new leader shows in the status; the old one heard from again only in the
+            // transport, so look again shortly too.
+            tokio::select! {
+                _ = status.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Reads the member table again; agents' links hear of a change.
+    pub fn refresh_coordinators(&self) {
+        let Ok(members) = self.consensus.store().members() else { return };
+        let mut addrs: Vec<String> = members.into_iter().map(|m| m.quic_addr).collect();
+        addrs.sort();
+        addrs.truncate(fifty_shared::wire::MAX_COORDINATORS);
+        self.coordinators.send_if_modified(|now| {
+            let changed = *now != addrs;
+            if changed {
+                *now = addrs;
+            }
+            changed
+        });
+    }
+
+    /// Every coordinator's QUIC address, changing when the members do.
+    pub fn coordinators(&self) -> tokio::sync::watch::Receiver<Vec<String>> {
+        self.coordinators.subscribe()
+    }
+
+    /// Whether to admit one more agent link now (`links.handshake_rate`), or how long that agent
+    /// should wait before trying again.
+    pub fn admit_link(&self) -> Result<(), Duration> {
+        self.admission.lock().expect("admission lock").admit(Instant::now())
+    }
+
+    /// How long a new leader (or a coordinator back from a stall) gives every host to re-attach
+    /// before it may call it down: twice `down_after`, plus the time it takes to admit the whole
+    /// fleet at `links.handshake_rate` (every agent may be reconnecting at once).
+    pub fn reattach_grace(&self) -> Duration {
+        let hosts = self.consensus.store().hosts().map(|h| h.len()).unwrap_or(0);
+        self.config.down_after * 2 + Duration::from_secs_f64(hosts as f64 / f64::from(self.config.links.handshake_rate))
+    }
+
+    /// Takes in what another coordinator last heard from hosts (the leader's share).
+    pub fn learn_last_heard(&self, hosts: Vec<fifty_shared::wire::HeardHost>) {
+        let now = Instant::now();
+        let mut fleet = self.fleet.lock().expect("fleet lock");
+        for h in hosts {
+            let age = Duration::from_millis(h.age_ms);
+            // An age from before this coordinator's clock began cannot be represented; such a
+            // host is long silent anyway, and an unknown time is treated as silent since then.
+            if let Some(at) = now.checked_sub(age) {
+                fleet.learn(&h.host, at);
+            }
+        }
+    }
+
+    /// This node just became leader: it owns the fleet's soft state now, keeping what it knows
+    /// the cluster last heard, with a grace period for every host to find it (`fleet`'s rule).
     pub fn on_became_leader(&self) {
-        let grace = Instant::now() + self.config.down_after * 2;
-        *self.fleet.lock().expect("fleet lock") = Fleet::with_grace(grace);
+        let grace = self.reattach_grace();
+        self.fleet.lock().expect("fleet lock").take_over(Instant::now(), grace, self.config.down_after);
         *self.ci.lock().expect("ci lock") = Default::default();
         *self.deploy.lock().expect("deploy lock") = Default::default();
         self.ci_wake.notify_one();
@@ -155,7 +254,7 @@ impl Coordinator {
         for (_, link) in links {
             link.conn.close(close::NOT_LEADER.into(), leader.as_bytes());
         }
-        *self.fleet.lock().expect("fleet lock") = Fleet::default();
+        self.fleet.lock().expect("fleet lock").step_down();
     }
 
     // ---- tokens ------------------------------------------------------------------------------

@@ -2,8 +2,25 @@
 //! coordinator rebuilds it from the next reports), and a bounded ring of each host's recent health
 //! for `fifty metrics` and `fifty top`: one [`HealthPoint`] per [`HISTORY_STEP`] for
 //! [`HISTORY_KEEP`], at most [`HISTORY_PER_HOST`] points (about 70 KiB) per host. Pure: callers pass `now`.
+//!
+//! **The down rule.** A host is `down` when the cluster has heard nothing from it for `down_after`
+//! of time in which it could have been heard. Two things make time not count:
+//! - *A change of leader.* The new leader knows what the cluster last heard only as of the old
+//!   leader's last share ([`Fleet::learn`], a few seconds old at most, never newer than the truth),
+//!   and agents need a moment to find it. So [`Fleet::take_over`] opens a grace period: until it
+//!   ends, a host not heard from since the takeover is `ready`, unless the shared view already
+//!   had it silent for `down_after` (it was down before the failover and stays down: no alert
+//!   resolves and fires again). After the grace, `down_after` counts from the newest of its own
+//!   and the shared last-heard times. A stale shared time can only make a host look older, which
+//!   the grace absorbs (a live agent re-attaches and reports well within it); a host that really
+//!   died is still called down, at most the grace later than it would have been.
+//! - *A stall of this coordinator* (SIGSTOP, a frozen VM, a starved process). While it does not
+//!   run it hears nothing, which says nothing about the hosts. [`Fleet::tick`], called every
+//!   [`TICK`], notices a gap longer than [`STALL`] and opens the same grace from the moment it
+//!   woke; hosts already silent for `down_after` when the stall began stay down. Until the tick
+//!   has run after a stall, [`Fleet::state`] judges as if it had.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use fifty_shared::ids::HostName;
@@ -119,20 +136,113 @@ impl StoredPoint {
     }
 }
 
+/// How often the coordinator calls [`Fleet::tick`].
+pub const TICK: Duration = Duration::from_millis(200);
+/// A gap between two ticks longer than this is a stall of this coordinator.
+pub const STALL: Duration = Duration::from_millis(1500);
+
+/// A period in which hosts not heard from count as ready (after a takeover or a stall).
+#[derive(Clone, Debug)]
+struct Grace {
+    /// When it began (the takeover, or the end of the stall).
+    from: Instant,
+    /// When it ends.
+    until: Instant,
+    /// Hosts already silent for `down_after` when it began: they stay down until heard.
+    known_down: HashSet<HostName>,
+}
+
 /// Last heartbeats by host.
 #[derive(Default)]
 pub struct Fleet {
     beats: HashMap<HostName, Beat>,
     history: HashMap<HostName, VecDeque<StoredPoint>>,
-    /// Until then, a host not heard from yet counts as ready: a new leader has no heartbeats
-    /// of its own, and agents need a moment to find it (Nomad's grace TTL after an election).
-    grace_until: Option<Instant>,
+    /// What the cluster last heard from hosts through other coordinators (the leader's shared
+    /// view, on a follower; that view as of the takeover, on a new leader), on this clock.
+    heard: HashMap<HostName, Instant>,
+    grace: Option<Grace>,
+    /// The last [`Fleet::tick`]: a later `now` far past it means this coordinator stalled.
+    awake_at: Option<Instant>,
 }
 
 impl Fleet {
     /// An empty fleet whose hosts are given until `until` to report.
     pub fn with_grace(until: Instant) -> Self {
-        Self { beats: HashMap::new(), history: HashMap::new(), grace_until: Some(until) }
+        let from = Instant::now().min(until);
+        Self { grace: Some(Grace { from, until, known_down: HashSet::new() }), ..Self::default() }
+    }
+
+    /// This coordinator becomes the leader at `now`: what it heard itself and learned from the
+    /// cluster stays, and hosts get `grace` to re-attach (see the module's down rule). Hosts the
+    /// cluster had already heard nothing from for `down_after` stay down.
+    pub fn take_over(&mut self, now: Instant, grace: Duration, down_after: Duration) {
+        self.open_grace(now, now, grace, down_after);
+        self.awake_at = Some(now);
+    }
+
+    /// This coordinator stops leading: its own heartbeats become part of what it knows the
+    /// cluster heard (for a later takeover), and the history goes (the new leader keeps its own).
+    pub fn step_down(&mut self) {
+        for (host, beat) in self.beats.drain() {
+            let t = self.heard.entry(host).or_insert(beat.at);
+            *t = (*t).max(beat.at);
+        }
+        self.history.clear();
+        self.grace = None;
+    }
+
+    /// Another coordinator last heard from `host` at `at` (on this clock: its age when it was
+    /// sent, taken from when it arrived). Only ever moves a host's time forward.
+    pub fn learn(&mut self, host: &HostName, at: Instant) {
+        let t = self.heard.entry(host.clone()).or_insert(at);
+        *t = (*t).max(at);
+    }
+
+    /// Every host this coordinator knows a last-heard time for, with its age at `now`: what the
+    /// leader shares with the other coordinators.
+    pub fn last_heard(&self, now: Instant) -> Vec<(HostName, Duration)> {
+        let mut out: HashMap<&HostName, Instant> = self.heard.iter().map(|(h, t)| (h, *t)).collect();
+        for (h, b) in &self.beats {
+            let t = out.entry(h).or_insert(b.at);
+            *t = (*t).max(b.at);
+        }
+        let mut v: Vec<_> = out.into_iter().map(|(h, t)| (h.clone(), now.saturating_duration_since(t))).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Called every [`TICK`]: a gap since the last call longer than [`STALL`] was a stall of this
+    /// coordinator, and opens a grace of `grace()` from `now`. Returns whether it did.
+    pub fn tick(&mut self, now: Instant, down_after: Duration, grace: impl FnOnce() -> Duration) -> bool {
+        let stalled = self.awake_at.filter(|a| now.saturating_duration_since(*a) > STALL);
+        self.awake_at = Some(now);
+        match stalled {
+            Some(began) => {
+                self.open_grace(began, now, grace(), down_after);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Opens a grace from `now` for `grace`; hosts the cluster had heard nothing from for
+    /// `down_after` at `silent_at` (the takeover, or the start of a stall) stay down.
+    fn open_grace(&mut self, silent_at: Instant, now: Instant, grace: Duration, down_after: Duration) {
+        let known_down = self
+            .last_heard_all()
+            .filter(|(_, t)| silent_at.saturating_duration_since(*t) > down_after)
+            .map(|(h, _)| h.clone())
+            .collect();
+        // A grace already running keeps its end if that is later.
+        let until = (now + grace).max(self.grace.as_ref().map_or(now, |g| g.until));
+        self.grace = Some(Grace { from: now, until, known_down });
+    }
+
+    /// The newest time the cluster heard each host, as far as this coordinator knows.
+    fn last_heard_all(&self) -> impl Iterator<Item = (&HostName, Instant)> {
+        let own = self.beats.iter().map(|(h, b)| (h, self.heard.get(h).map_or(b.at, |t| (*t).max(b.at))));
+        let learned = self.heard.iter().filter(|(h, _)| !self.beats.contains_key(*h)).map(|(h, t)| (h, *t));
+        own.chain(learned)
     }
 
     /// Records a heartbeat.
@@ -165,12 +275,36 @@ impl Fleet {
         self.history.values().map(VecDeque::len).sum()
     }
 
-    /// The host's state at `now`.
+    /// The host's state at `now` (the module's down rule).
     pub fn state(&self, host: &HostName, now: Instant, down_after: Duration) -> HostState {
-        match self.beats.get(host) {
-            Some(b) if now.saturating_duration_since(b.at) <= down_after => HostState::Ready,
-            None if self.grace_until.is_some_and(|g| now < g) => HostState::Ready,
-            _ => HostState::Down,
+        let own = self.beats.get(host).map(|b| b.at);
+        let learned = self.heard.get(host).copied();
+        let last = own.max(learned);
+        let fresh = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) <= down_after);
+        if fresh(own) {
+            return HostState::Ready;
+        }
+        // A stall not yet noticed by `tick`: judge as if the grace had opened now.
+        if let Some(began) = self.awake_at.filter(|a| now.saturating_duration_since(*a) > STALL) {
+            let down_before = last.is_some_and(|t| began.saturating_duration_since(t) > down_after);
+            return if down_before { HostState::Down } else { HostState::Ready };
+        }
+        if let Some(g) = &self.grace {
+            // Heard since the grace began and silent since: the ordinary rule.
+            let heard_since = last.is_some_and(|t| t >= g.from);
+            if !heard_since {
+                if g.known_down.contains(host) {
+                    return HostState::Down;
+                }
+                if now < g.until {
+                    return HostState::Ready;
+                }
+            }
+        }
+        if fresh(last) {
+            HostState::Ready
+        } else {
+            HostState::Down
         }
     }
 
@@ -183,6 +317,7 @@ impl Fleet {
     pub fn forget(&mut self, host: &HostName) {
         self.beats.remove(host);
         self.history.remove(host);
+        self.heard.remove(host);
     }
 }
 
@@ -243,5 +378,104 @@ mod tests {
         let web = HostName::new("web-1").unwrap();
         assert_eq!(fleet.state(&web, t0 + Duration::from_secs(9), Duration::from_secs(5)), HostState::Ready);
         assert_eq!(fleet.state(&web, t0 + Duration::from_secs(10), Duration::from_secs(5)), HostState::Down);
+    }
+
+    fn beat(at: Instant) -> Beat {
+        Beat {
+            at,
+            wall: SystemTime::now(),
+            health: Health::default(),
+            agent_version: "0".into(),
+            release: Default::default(),
+        }
+    }
+
+    fn host(name: &str) -> HostName {
+        HostName::new(name).unwrap()
+    }
+
+    /// The coordinator runs from `from` to `to`: its upkeep ticks every [`TICK`].
+    fn run(fleet: &mut Fleet, from: Instant, to: Instant, down_after: Duration, grace: Duration) {
+        let mut t = from;
+        while t < to {
+            t = (t + TICK).min(to);
+            assert!(!fleet.tick(t, down_after, || grace), "no stall while running");
+        }
+    }
+
+    #[test]
+    fn a_new_leader_counts_down_after_from_what_the_cluster_last_heard() {
+        let down_after = Duration::from_secs(5);
+        let grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        // A follower's copy of the leader's share: web-1 heard 1 s before the failover, web-2
+        // silent for 20 s (down already), db-1 never shared.
+        let mut fleet = Fleet::default();
+        let takeover = t0 + Duration::from_secs(30);
+        fleet.learn(&host("web-1"), takeover - Duration::from_secs(1));
+        fleet.learn(&host("web-2"), takeover - Duration::from_secs(20));
+        fleet.take_over(takeover, grace, down_after);
+        let at = |s: f64| takeover + Duration::from_secs_f64(s);
+        // During the grace: silent hosts are ready, unless already down before the failover.
+        assert_eq!(fleet.state(&host("web-1"), at(9.0), down_after), HostState::Ready);
+        assert_eq!(fleet.state(&host("db-1"), at(9.0), down_after), HostState::Ready);
+        assert_eq!(fleet.state(&host("web-2"), at(0.5), down_after), HostState::Down);
+        // web-2 comes back: ready at once.
+        fleet.on_heartbeat(&host("web-2"), beat(at(1.0)));
+        assert_eq!(fleet.state(&host("web-2"), at(1.5), down_after), HostState::Ready);
+        run(&mut fleet, takeover, at(10.0), down_after, grace);
+        // After the grace, hosts never heard again are down: a host that really died is caught.
+        assert_eq!(fleet.state(&host("web-1"), at(10.0), down_after), HostState::Down);
+        assert_eq!(fleet.state(&host("db-1"), at(10.0), down_after), HostState::Down);
+        // A host heard after the takeover and silent since is down after down_after, grace or not.
+        let mut fleet2 = Fleet::default();
+        fleet2.take_over(takeover, grace, down_after);
+        fleet2.on_heartbeat(&host("db-1"), beat(at(0.5)));
+        run(&mut fleet2, takeover, at(5.6), down_after, grace);
+        assert_eq!(fleet2.state(&host("db-1"), at(5.4), down_after), HostState::Ready);
+        assert_eq!(fleet2.state(&host("db-1"), at(5.6), down_after), HostState::Down);
+    }
+
+    #[test]
+    fn a_stall_of_this_coordinator_calls_no_host_down() {
+        let down_after = Duration::from_secs(5);
+        let grace = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.take_over(t0, grace, down_after);
+        fleet.on_heartbeat(&host("web-1"), beat(t0 + Duration::from_secs(11)));
+        fleet.on_heartbeat(&host("gone"), beat(t0 + Duration::from_secs(1)));
+        run(&mut fleet, t0, t0 + Duration::from_secs(12), down_after, grace);
+        // "gone" was silent for 11 s before the stall: down, as it should be.
+        let stopped = t0 + Duration::from_secs(12);
+        assert_eq!(fleet.state(&host("gone"), stopped, down_after), HostState::Down);
+        // The process is stopped for 8 s. Right after it wakes, before its tick has run, web-1
+        // (last heard 9 s ago) is still ready; "gone" still down.
+        let woke = stopped + Duration::from_secs(8);
+        assert_eq!(fleet.state(&host("web-1"), woke, down_after), HostState::Ready);
+        assert_eq!(fleet.state(&host("gone"), woke, down_after), HostState::Down);
+        // The tick sees the gap and opens the grace.
+        assert!(fleet.tick(woke, down_after, || grace));
+        run(&mut fleet, woke, woke + Duration::from_secs(9), down_after, grace);
+        assert_eq!(fleet.state(&host("web-1"), woke + Duration::from_secs(9), down_after), HostState::Ready);
+        assert_eq!(fleet.state(&host("gone"), woke + Duration::from_secs(9), down_after), HostState::Down);
+        // web-1 never reports again: down once the grace is over.
+        run(&mut fleet, woke + Duration::from_secs(9), woke + Duration::from_secs(10), down_after, grace);
+        assert_eq!(fleet.state(&host("web-1"), woke + Duration::from_secs(10), down_after), HostState::Down);
+    }
+
+    #[test]
+    fn the_shared_view_keeps_the_newest_time_and_survives_a_step_down() {
+        let t0 = Instant::now();
+        let mut fleet = Fleet::default();
+        fleet.learn(&host("web-1"), t0 + Duration::from_secs(5));
+        fleet.learn(&host("web-1"), t0 + Duration::from_secs(2));
+        fleet.on_heartbeat(&host("web-2"), beat(t0 + Duration::from_secs(7)));
+        let now = t0 + Duration::from_secs(10);
+        let shared = fleet.last_heard(now);
+        assert_eq!(shared, vec![(host("web-1"), Duration::from_secs(5)), (host("web-2"), Duration::from_secs(3))]);
+        fleet.step_down();
+        assert!(fleet.last(&host("web-2")).is_none());
+        assert_eq!(fleet.last_heard(now), shared);
     }
 }

@@ -6,6 +6,7 @@
 //! (`api`, `quic`) call `coordinator`, which decides and proposes commands through `consensus`.
 //! The CLI (`cli`) talks to a coordinator only through the HTTPS API.
 
+pub mod admission;
 pub mod alerts;
 pub mod api;
 pub mod backup;

@@ -20,7 +20,8 @@ pub struct Metrics {
     /// Agent links refused after the handshake (revoked, unknown).
     pub links_refused: Counter,
     /// Agents refused, by reason: `certificate` (refused in the TLS handshake: another CA, a bad
-    /// certificate), `revoked`, `unknown_host`, `no_certificate`.
+    /// certificate), `revoked`, `unknown_host`, `no_certificate`; `busy` (put off: the leader's
+    /// `links.handshake_rate` was reached, told when to come back).
     pub handshakes_refused: Family<Vec<(String, String)>, Counter>,
     /// Webhook deliveries refused for a bad signature.
     pub webhooks_refused: Counter,
@@ -65,7 +66,7 @@ impl Default for Metrics {
         let handshakes_refused = Family::<Vec<(String, String)>, Counter>::default();
         registry.register(
             "handshakes_refused",
-            "Agents refused, by reason (certificate: in the TLS handshake; revoked, unknown_host, no_certificate: after it)",
+            "Agents refused, by reason (certificate: in the TLS handshake; revoked, unknown_host, no_certificate: after it; busy: handshake rate reached, told to retry)",
             handshakes_refused.clone(),
         );
         registry.register("hosts", "Enrolled hosts by state", hosts.clone());

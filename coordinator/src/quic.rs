@@ -6,7 +6,10 @@
 //! - `fifty-peer/1`: another coordinator (`consensus::transport`).
 //!
 //! Agents belong to the leader: a follower answers enrollments and agent links with a
-//! `close::NOT_LEADER` carrying the leader's address, and the agent dials that.
+//! `close::NOT_LEADER` carrying the leader's address, and the agent dials that (holding the
+//! link first while its leader may be dead: `Coordinator::where_to_link`). The leader admits
+//! agent links at `links.handshake_rate` and closes the rest with `close::BUSY`, saying when to
+//! come back.
 //!
 //! A malformed frame closes the link with `close::PROTOCOL` and a log line; nothing here panics on
 //! what a peer sends.
@@ -55,12 +58,20 @@ pub async fn serve(endpoint: quinn::Endpoint, coordinator: Arc<Coordinator>, mut
                 .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|d| d.protocol);
             let redirect = match alpn.as_deref() {
-                Some(ALPN_ENROLL | ALPN_AGENT) => coordinator.redirect(),
+                Some(ALPN_ENROLL | ALPN_AGENT) => coordinator.where_to_link().await,
                 _ => None,
             };
             if let Some(leader) = redirect {
                 debug!(%remote, %leader, "not the leader; redirecting");
                 return conn.close(close::NOT_LEADER.into(), leader.as_bytes());
+            }
+            // The leader admits agent links at a bounded rate; the rest are told when to return.
+            if alpn.as_deref() == Some(ALPN_AGENT) {
+                if let Err(wait) = coordinator.admit_link() {
+                    coordinator.metrics.handshake_refused("busy");
+                    debug!(%remote, ?wait, "handshake rate reached; agent told to retry later");
+                    return conn.close(close::BUSY.into(), close::busy_reason(wait).as_bytes());
+                }
             }
             match alpn.as_deref() {
                 Some(ALPN_PEER) => crate::consensus::transport::serve_peer(conn, coordinator.consensus.clone()).await,
@@ -205,17 +216,30 @@ async fn control_stream(
     );
     let id = coordinator.register_link(host, conn.clone(), tx.clone());
     coordinator.experiments_on_link(host, &tx);
-    let downloads = tokio::spawn(serve_downloads(conn.clone(), coordinator.clone(), host.clone()).in_current_span());
+    let streams = tokio::spawn(
+        serve_streams(conn.clone(), coordinator.clone(), host.clone(), coordinator.coordinators()).in_current_span(),
+    );
     let result = read_agent(conn, coordinator, host, &agent_version, &mut recv, &tx).await;
     coordinator.unregister_link(host, id);
     writer.abort();
-    downloads.abort();
+    streams.abort();
     result
 }
 
-/// Every further bi-stream the agent opens after the control stream is a download
-/// (`DownloadRequest`): one request, one answer, then the stream ends.
-async fn serve_downloads(conn: quinn::Connection, coordinator: Arc<Coordinator>, host: HostName) {
+/// The agent's further bi-streams after the control stream. The second stream is the
+/// coordinators' stream ([`push_coordinators`]): the agent opens it, and writes its Hello,
+/// before it can start any download, and QUIC hands streams over in the order of their ids, so
+/// it is the first one accepted here. Every later stream is a download (`DownloadRequest`): one
+/// request, one answer, then the stream ends. (The two first frames cannot tell themselves
+/// apart: a Hello and a piece-table request encode alike, so the order decides.)
+async fn serve_streams(
+    conn: quinn::Connection,
+    coordinator: Arc<Coordinator>,
+    host: HostName,
+    coordinators: watch::Receiver<Vec<String>>,
+) {
+    let Ok((send, recv)) = conn.accept_bi().await else { return };
+    tokio::spawn(push_coordinators(send, recv, coordinators).in_current_span());
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (conn, coordinator, host) = (conn.clone(), coordinator.clone(), host.clone());
         tokio::spawn(async move { download(&conn, &coordinator, &host, send, recv).await }.in_current_span());
@@ -258,6 +282,29 @@ async fn download(
             let _ = send.finish();
         }
         Err(e) => debug!(error = %e, "a download stream ended early"),
+    }
+}
+
+/// Tells the agent every coordinator's address, now and whenever the members change, on the
+/// second stream it opens after the Welcome (with a Hello). An agent that opens none (an older
+/// one) never hears of it; this task just waits until the link ends.
+async fn push_coordinators(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut coordinators: watch::Receiver<Vec<String>>,
+) {
+    match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame::<AgentMsg, _>(&mut recv)).await {
+        Ok(Ok(Some(AgentMsg::Hello { .. }))) => {}
+        _ => return,
+    }
+    loop {
+        let list = coordinators.borrow_and_update().clone();
+        if !list.is_empty() && write_frame(&mut send, &CoordinatorMsg::Coordinators(list)).await.is_err() {
+            return;
+        }
+        if coordinators.changed().await.is_err() {
+            return;
+        }
     }
 }
 

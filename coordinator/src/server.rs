@@ -39,8 +39,15 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     // This node's certificate is issued afresh at every start: it follows `tls_names`.
     let identity = tls::issue_coordinator_cert(&ca, &config.tls_names)?;
     let quic_config = tls::quic_server_config(&identity, &ca.cert_pem, &[ALPN_ENROLL, ALPN_AGENT, ALPN_PEER])?;
-    let endpoint = quinn::Endpoint::server(quic_config, config.quic_addr)
+    let (socket, _) = bind_udp(config.quic_addr, config.links.udp_recv_buffer)
         .with_context(|| format!("bind QUIC endpoint on {}", config.quic_addr))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("bind QUIC endpoint on {}", config.quic_addr))?;
     let listener =
         TcpListener::bind(config.http_addr).await.with_context(|| format!("bind HTTPS API on {}", config.http_addr))?;
     let me = PeerInfo {
@@ -55,6 +62,15 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     let consensus = Consensus::new(store, me.clone(), transport);
 
     let coordinator = Arc::new(Coordinator::new(config.clone(), consensus.clone(), ca.clone())?);
+    {
+        let weak = Arc::downgrade(&coordinator);
+        consensus.transport().on_last_heard(Box::new(move |hosts| {
+            if let Some(c) = weak.upgrade() {
+                c.learn_last_heard(hosts);
+            }
+        }));
+    }
+    tokio::spawn(fleet_upkeep(coordinator.clone(), shutdown.clone()));
     tracing::info!(node = format!("{node_id:016x}"), http = %me.http_addr, quic = %me.quic_addr, "coordinator listening");
     let router = crate::api::router(coordinator.clone());
     let quic = tokio::spawn(crate::quic::serve(endpoint, coordinator.clone(), shutdown.clone()));
@@ -99,6 +115,109 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
     coordinator.consensus.store().flush().await?;
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// Binds the QUIC endpoint's UDP socket with a receive buffer of `recv_buffer` bytes
+/// (`links.udp_recv_buffer`): a fleet's handshakes and heartbeats arriving at once wait in it
+/// instead of being dropped. The kernel caps the size at `net.core.rmem_max`; say so when it did.
+/// Returns the socket and the buffer the kernel granted (0 if it could not be read).
+pub fn bind_udp(addr: std::net::SocketAddr, recv_buffer: usize) -> Result<(std::net::UdpSocket, usize)> {
+    use std::os::fd::AsRawFd;
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let fd = socket.as_raw_fd();
+    let asked = libc::c_int::try_from(recv_buffer).unwrap_or(libc::c_int::MAX);
+    let size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is the open socket above; the option value is a c_int of the size given.
+    let set =
+        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&asked as *const libc::c_int).cast(), size) };
+    if set != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(asked = recv_buffer, error = %e, "could not set the QUIC socket's receive buffer (links.udp_recv_buffer)");
+        return Ok((socket, 0));
+    }
+    let mut got: libc::c_int = 0;
+    let mut len = size;
+    // SAFETY: as above; `got` and `len` are valid for writes of their sizes.
+    let read = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&mut got as *mut libc::c_int).cast(), &mut len)
+    };
+    // Linux reports twice what it grants (the other half is its bookkeeping).
+    let granted = if read == 0 { usize::try_from(got).unwrap_or(0) / 2 } else { 0 };
+    if granted < recv_buffer {
+        tracing::warn!(
+            asked = recv_buffer,
+            granted,
+            "the kernel capped the QUIC socket's receive buffer (links.udp_recv_buffer); raise net.core.rmem_max \
+             (sysctl -w net.core.rmem_max={recv_buffer}) or a fleet reconnecting at once may see datagrams dropped"
+        );
+    } else {
+        tracing::info!(bytes = granted, "QUIC socket receive buffer");
+    }
+    Ok((socket, granted))
+}
+
+/// How often the leader shares what it last heard from each host with the other coordinators.
+const SHARE_LAST_HEARD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the fleet's down rule honest: ticks it (so a stall of this process opens a grace
+/// instead of calling every host down) and, on the leader, shares what it last heard from each
+/// host with the other coordinators (`PeerRequest::LastHeard`), so a coordinator taking over
+/// knows who was already silent.
+async fn fleet_upkeep(coordinator: Arc<Coordinator>, shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(crate::fleet::TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_share = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = wait_for(shutdown.clone()) => return,
+        }
+        let now = std::time::Instant::now();
+        let stalled = coordinator
+            .fleet
+            .lock()
+            .expect("fleet lock")
+            .tick(now, coordinator.config.down_after, || coordinator.reattach_grace());
+        if stalled {
+            tracing::warn!(
+                "this coordinator did not run for a while (stopped, or starved of CPU); hosts get a grace period \
+                 to report again before any is called down"
+            );
+        }
+        if now.duration_since(last_share) < SHARE_LAST_HEARD_EVERY {
+            continue;
+        }
+        last_share = now;
+        coordinator.refresh_coordinators();
+        if !coordinator.consensus.status().is_leader() {
+            continue;
+        }
+        let heard = coordinator.fleet.lock().expect("fleet lock").last_heard(now);
+        let hosts: Vec<_> = heard
+            .into_iter()
+            .map(|(host, age)| fifty_shared::wire::HeardHost { host, age_ms: age.as_millis() as u64 })
+            .collect();
+        if hosts.is_empty() {
+            continue;
+        }
+        let me = coordinator.consensus.me().node_id;
+        let members = coordinator.consensus.store().members().unwrap_or_default();
+        for m in members.into_iter().filter(|m| m.id != me) {
+            let transport = coordinator.consensus.transport().clone();
+            let chunks: Vec<Vec<_>> =
+                hosts.chunks(fifty_shared::wire::LAST_HEARD_PER_FRAME).map(<[_]>::to_vec).collect();
+            // Off this loop: a dead follower must not hold up the ticks.
+            tokio::spawn(async move {
+                for chunk in chunks {
+                    let req = fifty_shared::wire::PeerRequest::LastHeard(chunk);
+                    if let Err(e) = transport.request_within(&m.quic_addr, &req, SHARE_LAST_HEARD_EVERY).await {
+                        tracing::debug!(peer = %m.quic_addr, error = %format!("{e:#}"), "sharing last-heard times failed");
+                        return;
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// On the leader, every `interval`: compare every coordinator's state at one checkpoint.
@@ -304,5 +423,17 @@ mod tests {
         drop(Store::open(&root.join("state")).unwrap());
         assert_eq!(mode(&root.join("state")), 0o700);
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_quic_socket_gets_the_receive_buffer_asked_for_up_to_the_kernels_cap() {
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let (_, granted) = bind_udp(addr, 256 * 1024).unwrap();
+        assert_eq!(granted, (256 * 1024).min(cap));
+        // Far over the cap: the kernel grants its cap, the socket still binds (and a warning says so).
+        let (socket, granted) = bind_udp(addr, 1 << 30).unwrap();
+        assert_eq!(granted, cap);
+        assert!(socket.local_addr().unwrap().port() != 0);
     }
 }

@@ -47,6 +47,20 @@ pub mod close {
     pub const NOT_LEADER: u32 = 6;
     /// A peer link from something that is not a coordinator.
     pub const NOT_A_COORDINATOR: u32 = 7;
+    /// The coordinator admits no more links just now (its handshake rate is reached); the
+    /// reason says when to try again ([`busy_reason`], read back with [`retry_after`]).
+    pub const BUSY: u32 = 8;
+
+    /// The reason sent with [`BUSY`]: readable, and carrying the wait in milliseconds.
+    pub fn busy_reason(wait: std::time::Duration) -> String {
+        format!("too many agents connecting; retry after {} ms", wait.as_millis())
+    }
+
+    /// The wait a [`BUSY`] reason asks for (at most a minute), if it says one.
+    pub fn retry_after(reason: &str) -> Option<std::time::Duration> {
+        let ms: u64 = reason.split("retry after ").nth(1)?.split(' ').next()?.parse().ok()?;
+        Some(std::time::Duration::from_millis(ms.min(60_000)))
+    }
 }
 
 /// A host asks to join the cluster.
@@ -545,7 +559,15 @@ pub enum CoordinatorMsg {
         /// Its sequence number.
         seq: u64,
     },
+    /// Every coordinator's QUIC address, as the cluster's member table says. Sent only on the
+    /// agent's second stream (the one it opens after the Welcome with a [`AgentMsg::Hello`], so
+    /// coordinators and agents of older versions never meet it): once, then whenever the
+    /// members change. At most [`MAX_COORDINATORS`] addresses.
+    Coordinators(Vec<String>),
 }
+
+/// Most coordinator addresses an agent takes from [`CoordinatorMsg::Coordinators`].
+pub const MAX_COORDINATORS: usize = 16;
 
 /// Coordinator → coordinator, on unidirectional streams: Raft traffic. Raft's own messages are
 /// carried as raft-rs encodes them (protobuf); a snapshot is streamed in chunks on a stream of
@@ -610,7 +632,23 @@ pub enum PeerRequest {
         /// The QUIC address of a coordinator that holds it (the one asking).
         from: String,
     },
+    /// What the cluster last heard from these hosts, as the sender knows it (the leader's
+    /// share, so that a coordinator taking over knows who was silent before it): answered
+    /// [`PeerResponse::Noted`].
+    LastHeard(Vec<HeardHost>),
 }
+
+/// One host in [`PeerRequest::LastHeard`].
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct HeardHost {
+    /// The host.
+    pub host: HostName,
+    /// How long before the message was sent it was last heard, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// Most hosts in one [`PeerRequest::LastHeard`] (a host name is at most 63 bytes: it fits a frame).
+pub const LAST_HEARD_PER_FRAME: usize = 8192;
 
 /// Answers to [`PeerRequest`].
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
@@ -665,6 +703,8 @@ pub enum PeerResponse {
     },
     /// The artifact asked for in [`PeerRequest::HoldBlob`] is in this coordinator's blob store.
     BlobHeld,
+    /// The [`PeerRequest::LastHeard`] was taken in.
+    Noted,
 }
 
 /// Decodes `bytes` as every wire type in turn and throws the results away. The codec's property

@@ -1565,6 +1565,178 @@ async fn ci_jobs_queue_and_survive_a_leader_failover() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Watches every coordinator's `/v1/hosts` (as the leader answers it, through whichever
+/// coordinator answers) every 100 ms and records each host seen `down`, until stopped.
+struct DownWatch {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DownWatch {
+    fn start(cluster: &LocalCluster) -> Self {
+        use std::sync::atomic::Ordering;
+        let clients: Vec<_> = (0..cluster.coordinators.len()).map(|i| cluster.client_for(i)).collect();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    for (i, client) in clients.iter().enumerate() {
+                        // A stopped or dead coordinator does not answer: skip it.
+                        let hosts =
+                            tokio::time::timeout(Duration::from_secs(1), client.get::<Vec<HostView>>("/v1/hosts"));
+                        if let Ok(Ok(hosts)) = hosts.await {
+                            for h in hosts.iter().filter(|h| h.state == HostState::Down) {
+                                seen.lock().unwrap().push(format!("{} down (asked coordinator {i})", h.name));
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        DownWatch { seen, stop, task }
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.task.await;
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Waits until every host in `names` has reported to a leader other than `old` (its last
+/// heartbeat is one the current leader received) and returns how long that took from `since`.
+async fn wait_reattached(cluster: &LocalCluster, old: usize, names: &[&str], since: std::time::Instant) -> Duration {
+    wait_for(&format!("{} to report to a new leader", names.join(", ")), DEADLINE, || async {
+        // Ask only the others, each briefly: `old` may be stopped, and would hold the question.
+        let mut leader = None;
+        for i in cluster.running().into_iter().filter(|i| *i != old) {
+            let client = cluster.client_for(i);
+            let view = client.get::<ClusterView>("/v1/cluster/members?stale=true");
+            if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(1), view).await {
+                if v.leader_id.as_deref() == Some(v.node_id.as_str()) {
+                    leader = Some(i);
+                }
+            }
+        }
+        let Some(leader) = leader else { return Ok(None) };
+        let client = cluster.client_for(leader);
+        let hosts = client.get::<Vec<HostView>>("/v1/hosts?stale=true");
+        let Ok(Ok(hosts)) = tokio::time::timeout(Duration::from_secs(1), hosts).await else { return Ok(None) };
+        let all = names.iter().all(|n| {
+            hosts.iter().any(|h| {
+                h.name == *n
+                    && h.state == HostState::Ready
+                    && h.last_seen_secs_ago.is_some_and(|ago| ago < since.elapsed().as_secs_f64())
+            })
+        });
+        Ok(all.then(|| since.elapsed()))
+    })
+    .await
+    .unwrap()
+}
+
+/// Issue 20: a coordinator's failover or stall marks no host down and fires no alert. With a
+/// `host_down` rule armed (1 s) and a webhook listening, the leader is killed with -9 while
+/// three agents are attached: no host is ever shown down, no alert fires, every agent reports to
+/// the new leader within seconds, and a CI run still completes. Then the new leader is stopped
+/// (SIGSTOP) for 5 s and let go on: the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_failover_or_stall_marks_no_host_down_and_fires_no_alert() {
+    let dir = test_dir("no-false-downs");
+    let options = Options { coordinators: 3, ..Options::default() };
+    let mut cluster = LocalCluster::start(&dir, &bin_dir().unwrap(), options).await.unwrap();
+    let agents = ["build-1", "web-1", "web-2"];
+    cluster.add_agent("build-1", "role=build,slots=2").await.unwrap();
+    cluster.add_agent("web-1", "role=prod").await.unwrap();
+    cluster.add_agent("web-2", "role=prod").await.unwrap();
+    cluster.wait_reporting(&agents, DEADLINE).await.unwrap();
+    // Each agent learned every coordinator's address from the cluster, and kept it for a restart.
+    let mut quic: Vec<String> = cluster.coordinators.iter().map(|c| c.quic.to_string()).collect();
+    quic.sort();
+    for name in agents {
+        let file = cluster.agent_dir(name).join("coordinators");
+        wait_for(&format!("{name} to keep the coordinators' addresses"), DEADLINE, || {
+            let (file, quic) = (file.clone(), quic.clone());
+            async move {
+                let kept: Vec<String> =
+                    std::fs::read_to_string(&file).unwrap_or_default().lines().map(String::from).collect();
+                Ok((kept == quic).then_some(()))
+            }
+        })
+        .await
+        .unwrap();
+    }
+    let admin = cluster.admin_token.clone();
+    let hook = fifty::local::WebhookReceiver::start().unwrap();
+    let added = cli(&cluster, &admin, &["webhook", "add", &hook.url()]).await;
+    assert!(added.status.success(), "{}", said(&added));
+    let rule =
+        cli(&cluster, &admin, &["alert", "rule", "add", "host-down", "--kind", "host_down", "--for", "1s"]).await;
+    assert!(rule.status.success(), "{}", said(&rule));
+    let ci = token(&cluster, "ci", None).await;
+    let repo =
+        SampleRepo::create(&dir, &cluster, "shop", &ci.token, None, fifty::sample_app::Steps::Test).await.unwrap();
+    let base = repo.git_head().await;
+    assert!(repo.push().await.unwrap().status.success());
+    assert_eq!(wait_finished(&cluster, &base, Duration::from_secs(120)).await.summary.state, CommitState::Passed);
+
+    let watch = DownWatch::start(&cluster);
+    // 1. kill -9 of the leader.
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    let killed = std::time::Instant::now();
+    cluster.kill_coordinator(leader).await.unwrap();
+    let took = wait_reattached(&cluster, leader, &agents, killed).await;
+    println!("leader killed: every agent reported to the new leader {:.2}s after the kill", took.as_secs_f64());
+    // They learned it from a follower as soon as it was elected, not by waiting out the dead
+    // leader's silence (three unanswered heartbeats).
+    for name in agents {
+        let log = cluster.log_tail(name, 200);
+        assert!(log.contains("another coordinator leads now; following it"), "{name}:\n{log}");
+    }
+    repo.write("NOTES.md", "after the failover\n").unwrap();
+    let after_kill = repo.commit("After the failover").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    assert_eq!(wait_finished(&cluster, &after_kill, Duration::from_secs(120)).await.summary.state, CommitState::Passed);
+    cluster.start_coordinator(leader).await.unwrap();
+    cluster.wait_converged(DEADLINE).await.unwrap();
+
+    // 2. The leader stops for 5 s (SIGSTOP), then goes on (SIGCONT). The 5 s are the fault
+    // itself, not a wait for an event: the cluster elects another leader meanwhile.
+    let stalled = cluster.wait_leader(DEADLINE).await.unwrap();
+    let stopped = std::time::Instant::now();
+    cluster.pause_coordinator(stalled, true).unwrap();
+    let took = wait_reattached(&cluster, stalled, &agents, stopped).await;
+    println!("leader stopped: every agent reported to the new leader {:.2}s after SIGSTOP", took.as_secs_f64());
+    tokio::time::sleep_until((stopped + Duration::from_secs(5)).into()).await;
+    cluster.pause_coordinator(stalled, false).unwrap();
+    cluster.wait_converged(DEADLINE).await.unwrap();
+    let now_leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    cluster.wait_reporting(&agents, DEADLINE).await.unwrap();
+    repo.write("NOTES.md", "after the stall\n").unwrap();
+    let after_stall = repo.commit("After the stall").await.unwrap();
+    assert!(repo.push().await.unwrap().status.success());
+    assert_eq!(
+        wait_finished(&cluster, &after_stall, Duration::from_secs(120)).await.summary.state,
+        CommitState::Passed
+    );
+
+    // Nothing was ever down, and no alert fired (or reached the webhook).
+    let downs = watch.finish().await;
+    assert!(downs.is_empty(), "hosts shown down during the failover or the stall: {downs:?}");
+    let alerts: fifty::alerts::ops::AlertsView =
+        cluster.client_for(now_leader).get("/v1/alerts?limit=100").await.unwrap();
+    assert!(alerts.recent.is_empty(), "{:#?}", alerts.recent);
+    let fired = hook.received().into_iter().filter(|b| b.contains("alert.firing")).collect::<Vec<_>>();
+    assert!(fired.is_empty(), "{fired:?}");
+
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---- safe deploy: packages, signed releases, waves, health checks --------------------------
 
 use fifty::deploy::{Outcome, Phase};
@@ -2611,6 +2783,15 @@ async fn alerts_fire_resolve_and_notify_once() {
     let listed = cli(&cluster, &admin, &["alert", "rule", "list"]).await;
     assert!(said(&listed).contains("pool role=prod error_rate above 10%"), "{}", said(&listed));
 
+    // The coordinator (the only one) stops for 6 s (SIGSTOP; the 6 s are the fault, not a wait):
+    // longer than down_after, but it heard nothing because it did not run. Once it goes on, no
+    // host is called down and neither host-down rule fires (not even the 1 s one, silenced or not).
+    let stopped = std::time::Instant::now();
+    cluster.pause_coordinator(0, true).unwrap();
+    tokio::time::sleep_until((stopped + Duration::from_secs(6)).into()).await;
+    cluster.pause_coordinator(0, false).unwrap();
+    cluster.wait_reporting(&["build-1", "web-1", "web-2"], DEADLINE).await.unwrap();
+
     // The sample shop, watched so that agents report its error_rate, serving under load.
     let ci = token(&cluster, "ci", None).await;
     let repo =
@@ -2622,6 +2803,9 @@ async fn alerts_fire_resolve_and_notify_once() {
     assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
     wait_serving(&ports, &first[..10]).await;
     let _load = fifty::sample_app::Load::start(&ports, 40);
+    // Checked only now, seconds of alert evaluation after the stall.
+    let v: AlertsView = cluster.client().get("/v1/alerts?limit=100").await.unwrap();
+    assert!(v.recent.is_empty(), "alerts after a stall of the coordinator: {:#?}", v.recent);
 
     // A killed agent: the host-down alert fires after the heartbeat timeout plus 5 s, once.
     let killed = std::time::Instant::now();

@@ -110,7 +110,16 @@ pub struct Transport {
     /// Addresses learned before they are in the member table (bootstrap).
     known: Mutex<HashMap<u64, String>>,
     isolated: AtomicBool,
+    /// Where a [`PeerRequest::LastHeard`] goes (the coordinator's fleet): the transport only
+    /// carries it.
+    last_heard: OnceLock<LastHeardSink>,
+    /// When a Raft frame last arrived from each peer: a follower tells a dead leader from a live
+    /// one by it before the election says so.
+    frames_from: Mutex<HashMap<u64, Instant>>,
 }
+
+/// Takes the hosts of a [`PeerRequest::LastHeard`] when it arrives.
+pub type LastHeardSink = Box<dyn Fn(Vec<fifty_shared::wire::HeardHost>) + Send + Sync>;
 
 impl Transport {
     /// A transport dialling from `endpoint` with `client_config` (ALPN `fifty-peer/1`, this
@@ -125,7 +134,19 @@ impl Transport {
             peers: Mutex::default(),
             known: Mutex::default(),
             isolated: AtomicBool::new(false),
+            last_heard: OnceLock::new(),
+            frames_from: Mutex::default(),
         })
+    }
+
+    /// How long since a Raft frame last arrived from peer `id` (None: none since this start).
+    pub fn quiet_for(&self, id: u64) -> Option<Duration> {
+        self.frames_from.lock().expect("frames lock").get(&id).map(Instant::elapsed)
+    }
+
+    /// Sets where the hosts of a [`PeerRequest::LastHeard`] go (once; later calls are ignored).
+    pub fn on_last_heard(&self, sink: LastHeardSink) {
+        let _ = self.last_heard.set(sink);
     }
 
     /// Connects the transport to the Raft loop's inbox (for unreachable and snapshot reports).
@@ -413,7 +434,10 @@ async fn read_raft(mut stream: quinn::RecvStream, consensus: Consensus) {
             PeerFrame::SnapshotChunk(_) => Err(anyhow!("snapshot chunk without a start")),
         };
         match msg {
-            Ok(msg) if !transport.is_isolated() => consensus.step(msg),
+            Ok(msg) if !transport.is_isolated() => {
+                transport.frames_from.lock().expect("frames lock").insert(msg.from, Instant::now());
+                consensus.step(msg)
+            }
             Ok(_) => {}
             Err(e) => {
                 warn!(error = %e, "malformed peer frame; dropping the stream");
@@ -481,6 +505,12 @@ async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, consen
         PeerRequest::JoinReplacing(info) => consensus.join(info, true).await,
         PeerRequest::HoldBlob { digest, size, from } => {
             crate::deploy::artifacts::hold(&consensus, &digest, size, &from).await
+        }
+        PeerRequest::LastHeard(hosts) => {
+            if let Some(sink) = consensus.transport().last_heard.get() {
+                sink(hosts);
+            }
+            PeerResponse::Noted
         }
         // Streamed above; never reaches this match.
         PeerRequest::FetchBlob { .. } => return,
