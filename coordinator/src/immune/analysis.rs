@@ -439,7 +439,8 @@ pub struct Monitor {
     canary: Side,
     looks: u64,
     min_p: f64,
-    /// The largest ln Λ so far of the pass test (evidence against a regression of `pass_bound`).
+    /// The largest ln Λ so far of the pass test (evidence against a regression of `pass_bound`),
+    /// over the looks whose evidence is kept ([`Stat::pass_kept`]).
     best_pass: f64,
     /// The one fixed-horizon look at the end of the bake's extension, once taken
     /// ([`Monitor::end_look`]); frozen from then on.
@@ -516,7 +517,7 @@ impl Monitor {
         let look = self.look();
         if let Some(stat) = &look.stat {
             self.min_p = self.min_p.min(stat.p_now);
-            if let Some(bound) = &stat.bound {
+            if let Some(bound) = stat.bound.as_ref().filter(|_| stat.pass_kept) {
                 self.best_pass = self.best_pass.max(bound.pass_log_lr(self.settings.pass_bound));
             }
         }
@@ -741,6 +742,13 @@ impl Monitor {
                 .map(|b| b.upper(1.0 - beta / 2.0)),
         };
         let sign = self.spec.bad.sign();
+        // The pass evidence: the kept looks' best, and the current look's own while it lasts.
+        let pass_evidence = look
+            .stat
+            .as_ref()
+            .filter(|s| !s.pass_kept)
+            .and_then(|s| s.bound.as_ref())
+            .map_or(self.best_pass, |b| self.best_pass.max(b.pass_log_lr(self.settings.pass_bound)));
         let verdict = match &look.stat {
             None => Verdict::Inconclusive,
             Some(stat) => {
@@ -773,7 +781,7 @@ impl Monitor {
                 } else if stat.bound.is_none() {
                     notes.push("the size of the regression cannot be bounded".into());
                     Verdict::Inconclusive
-                } else if self.best_pass >= (2.0 / beta).ln() {
+                } else if pass_evidence >= (2.0 / beta).ln() {
                     // Some look's always-valid bound ruled out `pass_bound`: a regression that
                     // large passes this way at most `β/2` of the time, however often and however
                     // long the wave is looked at (the end look spends what is left, `end_level`).
@@ -830,7 +838,7 @@ impl Monitor {
                 p_value: self.min_p,
                 alpha: self.alpha,
                 bad_effect_upper: upper,
-                pass_p_value: (-self.best_pass).exp().min(1.0),
+                pass_p_value: (-pass_evidence).exp().min(1.0),
                 baseline_n: look.baseline_n.round() as u64,
                 canary_n: look.canary_n.round() as u64,
                 baseline_hosts: look.baseline_hosts,
@@ -876,8 +884,12 @@ impl Monitor {
         look.note = None;
         if nb + nc <= 0.0 {
             // Nothing counted anywhere: no regression to see, and a zero rate cannot grow unseen.
+            // It passes while it lasts (a metric that never counts anything passes at the end of
+            // the bake), but its pass is not kept: a few seconds without an event say nothing
+            // about a regression of `pass_bound`, and at 20 req/s and 0.5% errors the first
+            // usable look of a 4 + 2 wave counts nothing in about 4% of waves.
             let bound = Bound { bad_delta: 0.0, sd: 0.0, df: f64::INFINITY, scale: Scale::Linear(1.0) };
-            look.stat = Some(Stat { t: 0.0, df: f64::INFINITY, p_now: 1.0, bound: Some(bound) });
+            look.stat = Some(Stat { t: 0.0, df: f64::INFINITY, p_now: 1.0, bound: Some(bound), pass_kept: false });
             look.note = Some("no events on either side".into());
             return look;
         }
@@ -1119,7 +1131,7 @@ impl Monitor {
         let total = var.total();
         let ratio = if total > 0.0 { (prior_sd * prior_sd / total).min(MAX_RATIO) } else { MAX_RATIO };
         let p_now = (-mixture_log_lr_scales(z, ratio)).exp().min(1.0);
-        Stat { t, df, p_now, bound: None }
+        Stat { t, df, p_now, bound: None, pass_kept: true }
     }
 }
 
@@ -1259,6 +1271,10 @@ struct Stat {
     p_now: f64,
     /// What the pass test and the always-valid upper bound need, when the effect can be bounded.
     bound: Option<Bound>,
+    /// Whether this look's pass evidence counts at later looks (`Monitor::best_pass`). False for
+    /// a look that counted no event on either side: its zero-noise bound rules out any
+    /// regression, which is true only while nothing is counted.
+    pass_kept: bool,
 }
 
 /// How a look's contrast on its test's scale (`bad_delta`, signed so that positive is worse)
@@ -2622,6 +2638,38 @@ mod tests {
             past_and_now(&mut tolerance, k, 2.0);
         }
         assert_eq!(tolerance.end_look().verdict, Verdict::Inconclusive);
+    }
+
+    /// A look that counted no event on either side passes only while nothing is counted: its
+    /// zero-noise bound is not kept as evidence for later looks. (It was: at 20 req/s and 0.5%
+    /// errors the first usable look of a 4 + 2 wave counts nothing in about 4% of waves, and
+    /// such a wave passed a +50% regression whenever a later look's change was under
+    /// `min_effect`; the tolerance cell passed 10.3% against the promised 10%.)
+    #[test]
+    fn a_look_that_counted_nothing_passes_only_while_nothing_is_counted() {
+        let mut m = monitor(&error_rate());
+        m.with_history(&steady_past());
+        let b: Vec<_> = (0..5).map(|i| ratio(&format!("b{i}"), 1999, 0.0, 200.0)).collect();
+        m.observe(&b, &[ratio("c0", 1999, 0.0, 200.0)]);
+        let empty = m.verdict(true);
+        assert_eq!(empty.verdict, Verdict::Pass, "{empty:?}");
+        assert_eq!(empty.evidence.pass_p_value, 0.0, "{empty:?}");
+        // Then 20 looks of a canary at the fleet's rate: the same data that leave the
+        // always-valid bound above +50 % without the empty look (the end look's test above).
+        for k in 0..20 {
+            past_and_now(&mut m, k, 2.0);
+        }
+        let after = m.verdict(true);
+        assert_eq!(after.verdict, Verdict::Inconclusive, "{after:?}");
+        assert!(after.evidence.pass_p_value > 0.05, "{after:?}");
+        assert!(after.evidence.bad_effect_upper.expect("bounded") > 0.5, "{after:?}");
+        // Its state (what a new leader resumes) holds no infinite evidence.
+        assert!(m.state().best_pass.is_finite(), "{:?}", m.state().best_pass);
+
+        // A metric that never counts anything still passes (no error to regress from).
+        let mut quiet = monitor(&error_rate());
+        feed_ratio(&mut quiet, 30, &[(0.0, 200.0); 5], &[(0.0, 200.0)]);
+        assert_eq!(quiet.verdict(true).verdict, Verdict::Pass);
     }
 
     /// A failed test stays failed when resumed; a state of another alpha share, or one no monitor
