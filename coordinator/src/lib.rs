@@ -30,4 +30,5 @@ pub mod sample_app;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod ui;
 pub mod views;

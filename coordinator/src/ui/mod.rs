@@ -1,0 +1,3 @@
+//! The web dashboard (temporary stub until the framework lands).
+
+pub mod chart;
