@@ -3096,3 +3096,537 @@ async fn a_cluster_is_restored_from_a_backup_after_losing_every_coordinator() {
     assert_eq!(done.outcome, Some(Outcome::Succeeded), "{done:#?}");
     wait_serving(&[port], &next[..10]).await;
 }
+
+// ---- the dashboard, in a real browser ----------------------------------------------------------
+
+/// A minimal WebDriver client (W3C protocol, JSON over HTTP/1.1 to chromedriver on loopback),
+/// written over a plain TCP stream: one request per connection.
+mod webdriver {
+    use std::time::Duration;
+
+    use anyhow::{anyhow, bail, Context, Result};
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The key W3C WebDriver names an element reference with.
+    const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+    /// chromedriver, killed when dropped.
+    pub struct Driver {
+        child: std::process::Child,
+        pub port: u16,
+    }
+
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Where a program is on PATH.
+    pub fn which(name: &str) -> Option<std::path::PathBuf> {
+        std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(name)).find(|p| p.is_file())
+    }
+
+    impl Driver {
+        /// Starts chromedriver on a free loopback port and waits until it is ready. Fails (never
+        /// skips) when chromium or chromedriver is missing.
+        pub async fn start(log: &std::path::Path) -> Result<Self> {
+            let driver = which("chromedriver").ok_or_else(|| {
+                anyhow!("chromedriver is not installed: apt-get install chromium chromium-driver (scripts/test does it as root)")
+            })?;
+            which("chromium").ok_or_else(|| {
+                anyhow!("chromium is not installed: apt-get install chromium chromium-driver (scripts/test does it as root)")
+            })?;
+            let port = fifty::local::free_port()?;
+            let child = std::process::Command::new(driver)
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-path={}", log.display()))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("start chromedriver")?;
+            let d = Driver { child, port };
+            fifty::local::wait_for("chromedriver to be ready", Duration::from_secs(30), || async {
+                Ok(call(port, "GET", "/status", None).await.ok().filter(|v| v["ready"] == true).map(|_| ()))
+            })
+            .await?;
+            Ok(d)
+        }
+    }
+
+    /// One WebDriver command: its `value`, or the error it answered.
+    pub async fn call(port: u16, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        // chromedriver says `Connection: close` but may keep the connection open: read the head,
+        // then as much body as it declares.
+        let read = async {
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                let n = stream.read(&mut buf).await?;
+                answer.extend_from_slice(&buf[..n]);
+                if let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+                    let header = |name: &str| {
+                        head.lines().find_map(|l| {
+                            l.split_once(':').filter(|(k, _)| k.trim() == name).map(|(_, v)| v.trim().to_string())
+                        })
+                    };
+                    let body = &answer[split + 4..];
+                    let complete = match (header("content-length"), header("transfer-encoding")) {
+                        (Some(len), _) => body.len() >= len.parse::<usize>().unwrap_or(0),
+                        (None, Some(te)) if te.contains("chunked") => body.ends_with(b"0\r\n\r\n"),
+                        _ => n == 0,
+                    };
+                    if complete {
+                        return Ok::<_, std::io::Error>(answer);
+                    }
+                }
+                if n == 0 {
+                    return Ok(answer);
+                }
+            }
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(120), read)
+            .await
+            .with_context(|| format!("chromedriver did not answer {method} {path}"))??;
+        let split = answer.windows(4).position(|w| w == b"\r\n\r\n").context("no end of the answer's head")?;
+        let head = String::from_utf8_lossy(&answer[..split]).to_string();
+        let mut body = answer[split + 4..].to_vec();
+        if head.to_ascii_lowercase().contains("transfer-encoding:") && head.to_ascii_lowercase().contains("chunked") {
+            body = dechunk(&body)?;
+        }
+        let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).context("no status")?;
+        let v: Value = serde_json::from_slice(&body).with_context(|| format!("{method} {path}: not JSON"))?;
+        if status != 200 {
+            bail!("{method} {path}: {status} {}", v["value"]);
+        }
+        Ok(v["value"].clone())
+    }
+
+    fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let end = b.windows(2).position(|w| w == b"\r\n").context("chunk size")?;
+            let size = usize::from_str_radix(String::from_utf8_lossy(&b[..end]).trim(), 16)?;
+            if size == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&b[end + 2..end + 2 + size]);
+            b = &b[end + 4 + size..];
+        }
+    }
+
+    fn unbase64(text: &str) -> Result<Vec<u8>> {
+        let value = |c: u8| -> Result<u32> {
+            Ok(match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => bail!("not base64: {c}"),
+            } as u32)
+        };
+        let clean: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=').collect();
+        let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+        for chunk in clean.chunks(4) {
+            let mut n = 0u32;
+            for (i, c) in chunk.iter().enumerate() {
+                n |= value(*c)? << (18 - 6 * i);
+            }
+            out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+        }
+        Ok(out)
+    }
+
+    /// One browser (its own profile, so its own cookies).
+    pub struct Browser {
+        port: u16,
+        pub id: String,
+    }
+
+    impl Browser {
+        /// A new headless Chromium at 1280×800 with a fresh profile in `profile`.
+        pub async fn open(driver: &Driver, profile: &std::path::Path) -> Result<Self> {
+            let binary = which("chromium").context("chromium")?;
+            let caps = json!({ "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "acceptInsecureCerts": true,
+                "goog:chromeOptions": {
+                    "binary": binary,
+                    "args": [
+                        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        "--disable-dev-shm-usage", "--ignore-certificate-errors", "--window-size=1280,800",
+                        format!("--user-data-dir={}", profile.display()),
+                    ]
+                }
+            }}});
+            let v = call(driver.port, "POST", "/session", Some(caps)).await?;
+            let id = v["sessionId"].as_str().context("no session id")?.to_string();
+            Ok(Browser { port: driver.port, id })
+        }
+
+        async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+            call(self.port, method, &format!("/session/{}{path}", self.id), body).await
+        }
+
+        /// Navigates and waits for the page to load.
+        pub async fn goto(&self, url: &str) -> Result<()> {
+            self.cmd("POST", "/url", Some(json!({ "url": url }))).await.map(|_| ())
+        }
+
+        /// The current URL.
+        pub async fn url(&self) -> Result<String> {
+            Ok(self.cmd("GET", "/url", None).await?.as_str().unwrap_or_default().to_string())
+        }
+
+        /// Runs `script` (a function body) in the page and returns what it returns.
+        pub async fn js(&self, script: &str) -> Result<Value> {
+            self.cmd("POST", "/execute/sync", Some(json!({ "script": script, "args": [] }))).await
+        }
+
+        async fn element(&self, css: &str) -> Result<String> {
+            let v = self.cmd("POST", "/element", Some(json!({ "using": "css selector", "value": css }))).await?;
+            Ok(v[ELEMENT].as_str().context("no element reference")?.to_string())
+        }
+
+        /// Types `text` into the element `css` like a user.
+        pub async fn type_into(&self, css: &str, text: &str) -> Result<()> {
+            let e = self.element(css).await?;
+            self.cmd("POST", &format!("/element/{e}/value"), Some(json!({ "text": text }))).await.map(|_| ())
+        }
+
+        /// Clicks the element `css` like a user (again if a live update replaced it meanwhile).
+        pub async fn click(&self, css: &str) -> Result<()> {
+            let mut last = None;
+            for _ in 0..5 {
+                let e = self.element(css).await?;
+                match self.cmd("POST", &format!("/element/{e}/click"), Some(json!({}))).await {
+                    Ok(_) => return Ok(()),
+                    Err(err) => last = Some(err),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow!("click {css}")))
+        }
+
+        /// The browser's cookies for the current page, as WebDriver reports them.
+        pub async fn cookies(&self) -> Result<Vec<Value>> {
+            Ok(self.cmd("GET", "/cookie", None).await?.as_array().cloned().unwrap_or_default())
+        }
+
+        /// Resizes the window.
+        pub async fn resize(&self, width: u32, height: u32) -> Result<()> {
+            self.cmd("POST", "/window/rect", Some(json!({ "width": width, "height": height }))).await.map(|_| ())
+        }
+
+        /// Saves a PNG screenshot of the viewport to `path`.
+        pub async fn screenshot(&self, path: &std::path::Path) -> Result<()> {
+            let v = self.cmd("GET", "/screenshot", None).await?;
+            let png = unbase64(v.as_str().context("screenshot is not text")?)?;
+            anyhow::ensure!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
+            std::fs::write(path, png).with_context(|| format!("write {}", path.display()))
+        }
+
+        /// Ends the browser.
+        pub async fn close(self) -> Result<()> {
+            call(self.port, "DELETE", &format!("/session/{}", self.id), None).await.map(|_| ())
+        }
+    }
+
+    #[test]
+    fn base64_decodes() {
+        assert_eq!(unbase64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(unbase64("aGVsbG8h").unwrap(), b"hello!");
+        assert_eq!(dechunk(b"5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n").unwrap(), b"hello!");
+    }
+}
+
+/// The dashboard in headless Chromium over WebDriver, against a live three-coordinator cluster:
+/// sign-in with read and admin tokens (the read one on a follower, which forwards to the leader);
+/// the session cookie's attributes; the hosts of the cluster and the label filter; a rollout
+/// advancing wave by wave on a page that is never reloaded; a gate closed and reopened as admin
+/// through the page; no action for the read session; forged POSTs (no CSRF token, a wrong one,
+/// a read session's) refused with 403; phone width; sign-out ending the session. Screenshots of
+/// every page go to target/ui-screenshots/.
+#[test]
+fn the_dashboard_works_in_a_real_browser() {
+    // The scenario is one long async function whose state, in a debug build, outgrows a test
+    // thread's default stack: run it on a thread with a larger one.
+    let run = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_stack_size(16 << 20)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(Box::pin(dashboard_scenario()))
+    };
+    let scenario = std::thread::Builder::new().stack_size(64 << 20).spawn(run).expect("a thread");
+    if let Err(panic) = scenario.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn dashboard_scenario() {
+    use serde_json::Value;
+    let dir = test_dir("ui");
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shots = shots.canonicalize().unwrap();
+    println!("dashboard screenshots: {}", shots.display());
+    let shot = |name: &str| shots.join(format!("{name}.png"));
+
+    let options = Options { coordinators: 3, ..Options::default() };
+    let (cluster, _ports, repo, ci) = shop_cluster(&dir, options, fifty::sample_app::Steps::Deploy).await;
+    let leader = cluster.wait_leader(DEADLINE).await.unwrap();
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let url = |i: usize, path: &str| format!("https://{}{path}", cluster.coordinators[i].http);
+    let read = token(&cluster, "read", None).await;
+    let admin = cluster.admin_token.clone();
+
+    std::fs::create_dir_all(&dir).unwrap();
+    let driver = webdriver::Driver::start(&dir.join("chromedriver.log")).await.unwrap();
+    let a = webdriver::Browser::open(&driver, &dir.join("profile-admin")).await.unwrap();
+    let r = webdriver::Browser::open(&driver, &dir.join("profile-read")).await.unwrap();
+    let text = |b: &'static str| format!("return (document.querySelector({b:?}) || {{}}).textContent || '';");
+
+    // 1. Not signed in: sent to the sign-in page, and back to the page asked for after it.
+    a.goto(&url(leader, "/ui/hosts")).await.unwrap();
+    assert!(a.url().await.unwrap().contains("/ui/login?next=%2Fui%2Fhosts"), "{}", a.url().await.unwrap());
+    a.screenshot(&shot("01-login")).await.unwrap();
+    // A CI token may not sign in; a wrong one neither.
+    for (bad, says) in [(ci.token.as_str(), "a ci token may not sign in"), ("fifty_nonsense", "invalid")] {
+        a.type_into("#token", bad).await.unwrap();
+        a.click("form.login button").await.unwrap();
+        wait_for("the sign-in to be refused", DEADLINE, || async {
+            Ok(a.js(&text("p.error")).await?.as_str().filter(|t| t.contains(says)).map(|_| ()))
+        })
+        .await
+        .unwrap();
+    }
+    a.type_into("#token", &admin).await.unwrap();
+    a.click("form.login button").await.unwrap();
+    wait_for("the admin to land on the hosts page", DEADLINE, || async {
+        Ok(a.url().await?.ends_with("/ui/hosts").then_some(()))
+    })
+    .await
+    .unwrap();
+    // The session cookie as the browser holds it.
+    let cookies = a.cookies().await.unwrap();
+    let session = cookies.iter().find(|c| c["name"] == "fifty_session").unwrap_or_else(|| panic!("{cookies:?}"));
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    assert_eq!(session["path"], "/ui", "{session}");
+    assert!(session["expiry"].as_u64().is_some(), "the cookie has an expiry: {session}");
+    let admin_cookie = format!("fifty_session={}", session["value"].as_str().unwrap());
+
+    // 2. The live cluster's hosts, all ready; the label filter.
+    wait_for("the hosts page to list five ready hosts", DEADLINE, || async {
+        let rows = a.js("return [...document.querySelectorAll('#hosts tbody tr')].map(r => r.dataset.host + ' ' + r.cells[1].textContent);").await?;
+        let rows: Vec<String> = rows.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+        Ok((rows.len() == 5 && rows.iter().all(|r| r.ends_with("ready"))).then_some(()))
+    })
+    .await
+    .unwrap();
+    a.screenshot(&shot("02-hosts")).await.unwrap();
+    a.goto(&url(leader, "/ui/hosts?label=role%3Dprod")).await.unwrap();
+    let rows =
+        a.js("return [...document.querySelectorAll('#hosts tbody tr')].map(r => r.dataset.host);").await.unwrap();
+    assert_eq!(rows, serde_json::json!(["web-1", "web-2", "web-3", "web-4"]));
+    assert_eq!(a.js("return document.querySelector('#label').value;").await.unwrap(), "role=prod");
+
+    // 3. A read session, signed in on a follower: it shows the leader's view (the hosts' live state
+    // is only on the leader) and no action anywhere.
+    r.goto(&url(follower, "/ui/")).await.unwrap();
+    r.type_into("#token", &read.token).await.unwrap();
+    r.click("form.login button").await.unwrap();
+    wait_for("the follower's overview to show five ready hosts", DEADLINE, || async {
+        Ok(r.js(&text("#hosts-ready")).await?.as_str().filter(|t| *t == "5").map(|_| ()))
+    })
+    .await
+    .unwrap();
+    let overview = r.js("return document.querySelector('main').innerText;").await.unwrap();
+    let overview = overview.as_str().unwrap();
+    assert!(overview.contains("leader") && overview.contains("shop/main"), "{overview}");
+    assert_eq!(r.js(&text(".role")).await.unwrap(), "read");
+    r.screenshot(&shot("03-overview-read-follower")).await.unwrap();
+    r.goto(&url(follower, "/ui/gates")).await.unwrap();
+    assert_eq!(r.js("return document.querySelectorAll('main form, main button').length;").await.unwrap(), 0);
+    assert_eq!(r.js(&text("#gates td.gate-state")).await.unwrap(), "open");
+    r.screenshot(&shot("04-gates-read")).await.unwrap();
+    let read_cookie = r.cookies().await.unwrap();
+    let read_cookie = read_cookie.iter().find(|c| c["name"] == "fifty_session").unwrap();
+    let read_cookie = format!("fifty_session={}", read_cookie["value"].as_str().unwrap());
+    let read_csrf = r.js("return document.querySelector('input[name=csrf]').value;").await.unwrap();
+    let read_csrf = read_csrf.as_str().unwrap().to_string();
+
+    // 4. Forged POSTs: no session, no CSRF token, a wrong one, a read session's (with its own
+    // valid token) — all 403, on the leader and through the follower; the gate stays open.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let forgeries = [
+        ("no session", None, "reason=forged".to_string()),
+        ("no CSRF token", Some(admin_cookie.as_str()), "reason=forged".to_string()),
+        ("a wrong CSRF token", Some(admin_cookie.as_str()), format!("reason=forged&csrf={}", "0".repeat(64))),
+        ("a read session", Some(read_cookie.as_str()), format!("reason=forged&csrf={read_csrf}")),
+    ];
+    for (what, cookie, body) in &forgeries {
+        // The read session lives on the follower, the admin's on the leader.
+        let at = if cookie == &Some(read_cookie.as_str()) { follower } else { leader };
+        let mut headers = form.to_vec();
+        if let Some(c) = cookie {
+            headers.push(("cookie", c));
+        }
+        let (status, _, answer) =
+            raw(&cluster, at, hyper::Method::POST, "/ui/gates/shop/close", &headers, body.as_bytes().to_vec()).await;
+        assert_eq!(status, 403, "a forged POST with {what}: {answer}");
+    }
+    let gate: GateView = cluster.client().get("/v1/repos/shop/gate").await.unwrap();
+    assert!(gate.open, "{gate:?}");
+
+    // 5. A rollout advancing on a page that is not reloaded: the admin watches /ui/rollouts while
+    // a green commit is pushed, built, packaged and rolled out in three waves.
+    a.goto(&url(leader, "/ui/rollouts")).await.unwrap();
+    a.js("window.__notReloaded = true; return null;").await.unwrap();
+    let head = repo.git_head().await;
+    assert!(repo.push().await.unwrap().status.success());
+    let release = wait_release(&cluster, &head).await;
+    let mut waves_seen = std::collections::BTreeSet::new();
+    let mut read_checked = false;
+    let mut steered = false;
+    let state = "const s = document.querySelector('section.rollout'); \
+        return { kept: window.__notReloaded === true, updated: document.querySelector('main').dataset.updated || null, \
+                 title: s ? s.querySelector('h2').textContent : '', status: s ? s.querySelector('p.status').textContent : '', \
+                 wave: (document.querySelector('li.wave.current') || { dataset: {} }).dataset.wave || null, \
+                 buttons: [...document.querySelectorAll('main .actions button')].map(b => b.textContent) };";
+    // Polled like `wait_for`, but keeping what it saw on the way.
+    let started = std::time::Instant::now();
+    let done: Value = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the rollout did not succeed on the page: {waves_seen:?}"
+        );
+        let v = a.js(state).await.unwrap();
+        assert_eq!(v["kept"], true, "the page was reloaded: {v}");
+        if v["title"].as_str().unwrap_or("").contains(&format!("release {release}")) {
+            if let Some(w) = v["wave"].as_str() {
+                if waves_seen.insert(w.to_string()) {
+                    a.screenshot(&shot(&format!("05-rollout-wave-{w}"))).await.unwrap();
+                }
+                // While it runs, the admin has buttons and the read session has none.
+                assert!(v["buttons"].as_array().is_some_and(|b| b.iter().any(|t| t == "Pause")), "{v}");
+                if !read_checked {
+                    r.goto(&url(follower, "/ui/rollouts")).await.unwrap();
+                    let forms =
+                        r.js("return document.querySelectorAll('main form, main button').length;").await.unwrap();
+                    assert_eq!(forms, 0, "the read session sees actions on the rollouts page");
+                    r.screenshot(&shot("06-rollout-read")).await.unwrap();
+                    read_checked = true;
+                }
+                // Once the page has advanced by itself, pause and resume through its buttons (each
+                // a POST and a redirect back: the page is loaded anew, so the mark is set again).
+                if waves_seen.len() >= 2 && !steered {
+                    a.click("form[action='/ui/rollouts/shop/pause'] button").await.unwrap();
+                    wait_for("the page to show the rollout paused", DEADLINE, || async {
+                        Ok(a.js(&text("section.rollout p.status"))
+                            .await?
+                            .as_str()
+                            .filter(|t| t.contains("paused"))
+                            .map(|_| ()))
+                    })
+                    .await
+                    .unwrap();
+                    let paused: RolloutView = cluster.client().get("/v1/rollouts/current?repo=shop").await.unwrap();
+                    assert!(paused.paused, "{paused:?}");
+                    a.screenshot(&shot("05-rollout-paused")).await.unwrap();
+                    a.click("form[action='/ui/rollouts/shop/resume'] button").await.unwrap();
+                    wait_for("the page to show the rollout resumed", DEADLINE, || async {
+                        let status = a.js(&text("section.rollout p.status")).await?;
+                        Ok(status.as_str().filter(|t| !t.is_empty() && !t.contains("paused")).map(|_| ()))
+                    })
+                    .await
+                    .unwrap();
+                    a.js("window.__notReloaded = true; return null;").await.unwrap();
+                    steered = true;
+                    continue;
+                }
+            }
+            if v["status"].as_str().unwrap_or("").contains("succeeded") {
+                break v;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(done["updated"].is_string(), "the page was changed by live updates: {done}");
+    assert!(waves_seen.len() >= 2, "the page showed the rollout advancing wave by wave: {waves_seen:?}");
+    assert!(read_checked, "the read session looked at the rollout while it ran");
+    assert!(steered, "the rollout was paused and resumed from the page");
+    let done_view: RolloutView = cluster.client().get("/v1/rollouts/current?repo=shop").await.unwrap();
+    assert!(done_view.events.iter().any(|(_, e)| e.contains("paused")), "{:?}", done_view.events);
+    a.screenshot(&shot("07-rollout-done")).await.unwrap();
+
+    // 6. Close and reopen the gate as admin, through the page.
+    a.goto(&url(leader, "/ui/gates")).await.unwrap();
+    a.type_into("#reason-shop", "closed from the dashboard test").await.unwrap();
+    a.click("#gates form.action button").await.unwrap();
+    wait_for("the gate to show closed", DEADLINE, || async {
+        Ok(a.js(&text("#gates td.gate-state")).await?.as_str().filter(|t| *t == "closed").map(|_| ()))
+    })
+    .await
+    .unwrap();
+    let gate: GateView = cluster.client().get("/v1/repos/shop/gate").await.unwrap();
+    assert!(!gate.open && gate.reason.as_deref() == Some("closed from the dashboard test"), "{gate:?}");
+    assert!(gate.changed_by.as_deref().is_some_and(|b| b.starts_with("token ")), "{gate:?}");
+    a.screenshot(&shot("08-gates-admin-closed")).await.unwrap();
+    a.click("#gates form.action button").await.unwrap();
+    wait_for("the gate to show open", DEADLINE, || async {
+        Ok(a.js(&text("#gates td.gate-state")).await?.as_str().filter(|t| *t == "open").map(|_| ()))
+    })
+    .await
+    .unwrap();
+    let gate: GateView = cluster.client().get("/v1/repos/shop/gate").await.unwrap();
+    assert!(gate.open, "{gate:?}");
+
+    // 7. Phone width: the overview fits without sideways scrolling.
+    a.resize(390, 844).await.unwrap();
+    a.goto(&url(leader, "/ui/")).await.unwrap();
+    let fits = a.js("return document.documentElement.scrollWidth <= window.innerWidth + 1;").await.unwrap();
+    assert_eq!(fits, true, "the overview is wider than a phone");
+    a.screenshot(&shot("09-overview-phone")).await.unwrap();
+    a.resize(1280, 800).await.unwrap();
+
+    // 8. Sign-out ends the session: the browser goes to sign-in, and the old cookie is refused.
+    a.click("header form button").await.unwrap();
+    wait_for("the sign-out", DEADLINE, || async { Ok(a.url().await?.contains("/ui/login").then_some(())) })
+        .await
+        .unwrap();
+    let (status, _, _) =
+        raw(&cluster, leader, hyper::Method::GET, "/ui/hosts", &[("cookie", &admin_cookie)], vec![]).await;
+    assert_eq!(status, 303, "the signed-out session's cookie is sent to sign-in");
+    let (status, _, _) = raw(
+        &cluster,
+        leader,
+        hyper::Method::POST,
+        "/ui/gates/shop/close",
+        &[("cookie", &admin_cookie), form[0]],
+        b"reason=x".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    a.close().await.unwrap();
+    r.close().await.unwrap();
+    drop(driver);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -180,12 +180,17 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         router = router.route(r.path, r.handler.route_layer(axum::middleware::from_fn_with_state(guard, guard_route)));
     }
     let forwarder = Arc::new(forward::Forwarder::new(coordinator.clone(), limits.forward_timeout));
+    // The dashboard (`/ui/...`) shares the port and TLS but has its own guard (sessions, CSRF),
+    // its own leader forwarding and HTML errors, so it is merged after the API's layers.
+    let ui = crate::ui::router(coordinator.clone())
+        .layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, https::bounded_body));
     router
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API path".into()) })
         .layer(axum::middleware::from_fn_with_state(forwarder, forward::to_leader))
         .layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, https::bounded_body))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(coordinator)
+        .merge(ui)
 }
 
 /// Makes every error answer JSON. The API's own errors are ([`ApiError`]); axum's rejections (a
