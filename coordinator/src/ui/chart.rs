@@ -562,6 +562,77 @@ pub fn interval_chart(title: &str, unit: &str, rows: &[Interval]) -> String {
     out
 }
 
+/// A horizontal bar chart of non-negative values (e.g. the slowest tests' durations), one row per
+/// `(label, value)`, with a table of the values. Non-finite or negative values get no bar.
+pub fn bar_chart(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
+    const ROW: f64 = 22.0;
+    let label_w = 180.0;
+    let height = TOP + ROW * rows.len().max(1) as f64 + BOTTOM;
+    let hi = extent(rows.iter().map(|r| r.1).filter(|v| *v >= 0.0)).map(|e| e.1).unwrap_or(0.0);
+    let (ticks, step) = nice_ticks(0.0, if hi > 0.0 { hi } else { 1.0 }, 5);
+    let top = *ticks.last().expect("at least one tick");
+    let (x0, x1) = (label_w, WIDTH - RIGHT);
+    let sx = |v: f64| scale(v.clamp(0.0, top), 0.0, top, x0, x1);
+    let summary = rows.iter().map(|(l, v)| format!("{l}: {}", format_value(*v))).collect::<Vec<_>>().join("; ");
+    let summary = if summary.is_empty() { "no data".to_string() } else { summary };
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<figure class="chart"><svg viewBox="0 0 {WIDTH} {height}" width="100%" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="sans-serif"><title>{}</title><desc>{}</desc>"#,
+        escape(&format!("{title}: {summary}")),
+        escape(title),
+        escape(&summary)
+    );
+    let axis_y = height - BOTTOM;
+    for t in &ticks {
+        let x = sx(*t);
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" y1="{TOP:.1}" x2="{x:.1}" y2="{axis_y:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            axis_y + 16.0,
+            escape(&format_number(*t, step))
+        );
+    }
+    let _ = write!(
+        out,
+        r##"<line x1="{x0:.1}" y1="{TOP:.1}" x2="{x0:.1}" y2="{axis_y:.1}" stroke="#333"/><text x="{x1:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+        height - 4.0,
+        escape(unit)
+    );
+    for (i, (label, v)) in rows.iter().enumerate() {
+        let y = TOP + ROW * i as f64;
+        let _ = write!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            x0 - 6.0,
+            y + ROW / 2.0 + 4.0,
+            escape(label)
+        );
+        if v.is_finite() && *v >= 0.0 {
+            let _ = write!(
+                out,
+                r##"<rect class="bar" x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#1f77b4"><title>{}</title></rect>"##,
+                y + 3.0,
+                sx(*v) - x0,
+                ROW - 6.0,
+                escape(&format!("{label}: {}", format_value(*v)))
+            );
+        }
+    }
+    let _ = write!(
+        out,
+        "</svg><figcaption>{}</figcaption><details class=\"chart-data\"><summary>Data of “{}”</summary><table><thead><tr><th scope=\"col\"></th><th scope=\"col\">{}</th></tr></thead><tbody>",
+        escape(title),
+        escape(title),
+        escape(unit)
+    );
+    for (label, v) in rows {
+        let _ = write!(out, "<tr><th scope=\"row\">{}</th><td>{}</td></tr>", escape(label), escape(&format_value(*v)));
+    }
+    out.push_str("</tbody></table></details></figure>");
+    out
+}
+
 /// A small inline line of `values` (oldest first) with no axes, for tables; the `aria-label`
 /// says the last value and the range. Non-finite values are skipped.
 pub fn sparkline(label: &str, values: &[f64]) -> String {
@@ -703,6 +774,18 @@ mod tests {
         assert_eq!(step, 120.0);
         assert!(ticks.iter().all(|t| t % 120.0 == 0.0));
         assert_eq!(clock(3600.0 * 13.0 + 61.0, true), "13:01:01");
+    }
+
+    #[test]
+    fn a_bar_chart_scales_bars_from_zero() {
+        let svg = bar_chart("slowest", "seconds", &[("a<b".into(), 10.0), ("c".into(), 5.0), ("d".into(), f64::NAN)]);
+        // Ticks 0..10: the longest bar spans the plot, the next one half of it.
+        let full = WIDTH - RIGHT - 180.0;
+        assert!(svg.contains(&format!(r#"width="{full:.1}""#)), "{svg}");
+        assert!(svg.contains(&format!(r#"width="{:.1}""#, full / 2.0)), "{svg}");
+        assert_eq!(svg.matches("<rect").count(), 2, "no bar for a value that is not a number");
+        assert!(svg.contains("a&lt;b") && !svg.contains("a<b") && !svg.contains("NaN"), "{svg}");
+        assert!(bar_chart("none", "s", &[]).contains("no data"));
     }
 
     #[test]

@@ -345,17 +345,8 @@ fn commit(c: &Coordinator, _ctx: &PageCtx, p: &Params) -> Result<Markup, UiError
 /// quarantine and release.
 pub fn tests_body(ctx: &PageCtx, repos: &[RepoView], v: &TestsView) -> Markup {
     let action = format!("/ui/tests/{}/quarantine", super::urlencode(&v.repo));
-    let slowest: Vec<chart::Interval> = v
-        .tests
-        .iter()
-        .take(15)
-        .map(|t| chart::Interval {
-            label: t.name.chars().take(22).collect(),
-            estimate: t.duration_secs,
-            low: t.duration_secs,
-            high: t.duration_secs,
-        })
-        .collect();
+    let slowest: Vec<(String, f64)> =
+        v.tests.iter().take(15).map(|t| (t.name.chars().take(28).collect(), t.duration_secs)).collect();
     html! {
         @if repos.len() > 1 {
             nav.repos aria-label="Repositories" {
@@ -402,7 +393,7 @@ pub fn tests_body(ctx: &PageCtx, repos: &[RepoView], v: &TestsView) -> Markup {
         }
         section aria-labelledby="h-durations" {
             h2 #h-durations { "Durations, slowest first" }
-            @if !slowest.is_empty() { (PreEscaped(chart::interval_chart("The slowest tests' last passing run", "seconds", &slowest))) }
+            @if !slowest.is_empty() { (PreEscaped(chart::bar_chart("The slowest tests' last passing run", "seconds", &slowest))) }
             div.scroll { table #durations {
                 thead { tr { th scope="col" { "Test" } th scope="col" { "Last passing run" } } }
                 tbody { @for t in v.tests.iter().take(TESTS_SHOWN) {

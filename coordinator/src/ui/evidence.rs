@@ -7,7 +7,8 @@
 //! `GET /v1/fleet/series` read; it keeps an hour), split by the release each report was observed
 //! under: the rollout's release is the canary, its previous release the baseline. The verdicts
 //! and looks are the replicated evidence ([`EvidenceView`]) and the rollout's events. Work is
-//! bounded: at most [`MAX_HOSTS`] hosts per rollout and [`BUCKETS`] points per line.
+//! bounded: at most [`MAX_HOSTS`] hosts per rollout (the leader's lock on the reports is taken
+//! for one host at a time) and [`BUCKETS`] points per line.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -21,7 +22,7 @@ use crate::coordinator::Coordinator;
 use crate::views::{parse_rfc3339, EvidenceView, RolloutView};
 
 /// Hosts of a rollout whose reports are read for its charts.
-pub const MAX_HOSTS: usize = 200;
+pub const MAX_HOSTS: usize = 100;
 /// Time buckets of a chart.
 pub const BUCKETS: usize = 60;
 /// The longest window charted (the leader keeps an hour of reports).
@@ -87,29 +88,28 @@ pub fn canary_vs_baseline(
     let span = to.duration_since(w.from).unwrap_or_default().max(Duration::from_secs(1));
     let step = span.as_secs_f64() / BUCKETS as f64;
     let mut acc: BTreeMap<String, [Vec<Acc>; 2]> = BTreeMap::new();
-    {
-        let live = c.immune.lock().expect("immune lock");
-        for host in hosts.iter().take(MAX_HOSTS) {
-            let Ok(name) = HostName::new(host) else { continue };
-            for r in live.series.between(&name, w.from, to) {
-                let side = if r.report.release == w.release {
-                    0
-                } else if w.previous.is_none_or(|p| p == r.report.release) {
-                    1
-                } else {
+    for host in hosts.iter().take(MAX_HOSTS) {
+        let Ok(name) = HostName::new(host) else { continue };
+        // The lock is the judge's and the metric reports': taken for one host at a time.
+        let reports = c.immune.lock().expect("immune lock").series.between(&name, w.from, to);
+        for r in reports {
+            let side = if r.report.release == w.release {
+                0
+            } else if w.previous.is_none_or(|p| p == r.report.release) {
+                1
+            } else {
+                continue;
+            };
+            let Ok(since) = r.at.duration_since(w.from) else { continue };
+            let bucket = ((since.as_secs_f64() / step) as usize).min(BUCKETS - 1);
+            for (metric, sample) in &r.report.samples {
+                if !metrics.is_empty() && !metrics.contains(metric) {
                     continue;
-                };
-                let Ok(since) = r.at.duration_since(w.from) else { continue };
-                let bucket = ((since.as_secs_f64() / step) as usize).min(BUCKETS - 1);
-                for (metric, sample) in &r.report.samples {
-                    if !metrics.is_empty() && !metrics.contains(metric) {
-                        continue;
-                    }
-                    let sides = acc
-                        .entry(metric.clone())
-                        .or_insert_with(|| [vec![Acc::default(); BUCKETS], vec![Acc::default(); BUCKETS]]);
-                    sides[side][bucket].add(sample);
                 }
+                let sides = acc
+                    .entry(metric.clone())
+                    .or_insert_with(|| [vec![Acc::default(); BUCKETS], vec![Acc::default(); BUCKETS]]);
+                sides[side][bucket].add(sample);
             }
         }
     }
