@@ -3541,6 +3541,7 @@ async fn dashboard_scenario() {
                         r.js("return document.querySelectorAll('main form, main button').length;").await.unwrap();
                     assert_eq!(forms, 0, "the read session sees actions on the rollouts page");
                     r.screenshot(&shot("06-rollout-read")).await.unwrap();
+                    r.js("window.__notReloaded = true; return null;").await.unwrap();
                     read_checked = true;
                 }
                 // Once the page has advanced by itself, pause and resume through its buttons (each
@@ -3581,6 +3582,14 @@ async fn dashboard_scenario() {
     assert!(waves_seen.len() >= 2, "the page showed the rollout advancing wave by wave: {waves_seen:?}");
     assert!(read_checked, "the read session looked at the rollout while it ran");
     assert!(steered, "the rollout was paused and resumed from the page");
+    // The read session's page, on a follower, followed too (its stream re-renders on the leader).
+    wait_for("the follower's rollouts page to show the rollout's success", DEADLINE, || async {
+        let v = r.js(state).await?;
+        assert_eq!(v["kept"], true, "the read session's page was reloaded: {v}");
+        Ok(v["status"].as_str().filter(|t| t.contains("succeeded")).map(|_| ()))
+    })
+    .await
+    .unwrap();
     let done_view: RolloutView = cluster.client().get("/v1/rollouts/current?repo=shop").await.unwrap();
     assert!(done_view.events.iter().any(|(_, e)| e.contains("paused")), "{:?}", done_view.events);
     a.screenshot(&shot("07-rollout-done")).await.unwrap();
@@ -3615,7 +3624,63 @@ async fn dashboard_scenario() {
     a.screenshot(&shot("09-overview-phone")).await.unwrap();
     a.resize(1280, 800).await.unwrap();
 
-    // 8. Sign-out ends the session: the browser goes to sign-in, and the old cookie is refused.
+    // 8. Every dashboard route, from its table, with no session, a read session and an admin
+    // session without the CSRF token: pages send the anonymous to sign-in and serve both roles;
+    // every action refuses all three with 403 (the parameters name nothing, so nothing changes).
+    let admin_csrf = a.js("return document.querySelector('input[name=csrf]').value;").await.unwrap();
+    let admin_csrf = admin_csrf.as_str().unwrap().to_string();
+    let mut wrong = Vec::new();
+    for route in fifty::ui::routes() {
+        let path: String = route
+            .path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "probe" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        let path = if path == "/ui/events" { "/ui/events?page=%2Fui%2Fhosts".to_string() } else { path };
+        let post = route.method == hyper::Method::POST;
+        for (who, cookie, at) in [
+            ("no session", None, leader),
+            ("read", Some(&read_cookie), follower),
+            ("admin", Some(&admin_cookie), leader),
+        ] {
+            let mut headers = form.to_vec();
+            if let Some(c) = cookie {
+                headers.push(("cookie", c.as_str()));
+            }
+            if path.starts_with("/ui/events") && cookie.is_some() {
+                continue; // a stream does not end: its access is checked with no session only
+            }
+            let (status, _, answer) =
+                raw(&cluster, at, route.method.clone(), &path, &headers, b"reason=probe".to_vec()).await;
+            let ok = match (route.access, who) {
+                (fifty::ui::UiAccess::Public, _) => status < 500 && status != 403,
+                (_, "no session") if post => status == 403,
+                (_, "no session") => status == 303,
+                (fifty::ui::UiAccess::Leader(fifty_shared::ids::Role::Admin), _) => status == 403,
+                // Sign-out without its CSRF token is refused too.
+                (_, _) if post => status == 403,
+                // A page whose parameter names nothing may say so (404, or 400 for a bad one).
+                (_, _) => status == 200 || status == 400 || status == 404,
+            };
+            if !ok {
+                wrong.push(format!("{} {path} as {who}: {status} {answer}", route.method));
+            }
+        }
+        // With the admin's CSRF token the same action goes through the guard to its handler,
+        // which finds nothing named `probe` (or refuses it as a parameter): not 403, not 5xx.
+        if route.access == fifty::ui::UiAccess::Leader(fifty_shared::ids::Role::Admin) {
+            let headers = [form[0], ("cookie", admin_cookie.as_str())];
+            let body = format!("reason=probe&csrf={admin_csrf}").into_bytes();
+            let (status, _, answer) = raw(&cluster, leader, route.method.clone(), &path, &headers, body).await;
+            if status == 403 || status >= 500 {
+                wrong.push(format!("{} {path} as admin with the CSRF token: {status} {answer}", route.method));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // 9. Sign-out ends the session: the browser goes to sign-in, and the old cookie is refused.
     a.click("header form button").await.unwrap();
     wait_for("the sign-out", DEADLINE, || async { Ok(a.url().await?.contains("/ui/login").then_some(())) })
         .await

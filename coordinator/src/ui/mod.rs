@@ -842,6 +842,16 @@ fn sse_event(html: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// A place for one more event stream, or 503 when [`MAX_STREAMS`] run already.
+fn stream_permit(streams: &Arc<tokio::sync::Semaphore>) -> Result<tokio::sync::OwnedSemaphorePermit, UiError> {
+    streams.clone().try_acquire_owned().map_err(|_| {
+        UiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_STREAMS} live pages are open on this coordinator; this one will not update by itself"),
+        )
+    })
+}
+
 /// `/ui/events?page=PATH`: the page's `<main>` fragment each time it changes (checked every
 /// [`LIVE_INTERVAL`]), until the browser goes away or the session ends.
 async fn events(State(ui): State<Arc<Ui>>, Query(q): Query<EventsQuery>, req: Request) -> Response {
@@ -851,12 +861,9 @@ async fn events(State(ui): State<Arc<Ui>>, Query(q): Query<EventsQuery>, req: Re
     if !safe_next(&q.page) && q.page != "/ui/" {
         return UiError::new(StatusCode::BAD_REQUEST, "page must be a dashboard path").into_response();
     }
-    let Ok(permit) = ui.streams.clone().try_acquire_owned() else {
-        return UiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_STREAMS} live pages are open on this coordinator"),
-        )
-        .into_response();
+    let permit = match stream_permit(&ui.streams) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let ui2 = ui.clone();
@@ -949,6 +956,16 @@ mod tests {
         }
         assert_eq!(see_other("/ui/hosts?label=a").headers()[header::LOCATION], "/ui/hosts?label=a");
         assert_eq!(urlencode("/ui/hosts?a=b&c"), "%2Fui%2Fhosts%3Fa%3Db%26c");
+    }
+
+    #[test]
+    fn event_streams_are_bounded() {
+        let streams = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
+        let held: Vec<_> = (0..MAX_STREAMS).map(|_| stream_permit(&streams).expect("a place")).collect();
+        let refused = stream_permit(&streams).err().expect("one too many");
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        drop(held);
+        assert!(stream_permit(&streams).is_ok(), "places come back when streams end");
     }
 
     #[test]
