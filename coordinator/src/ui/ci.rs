@@ -112,6 +112,7 @@ fn shard_cell(v: &CommitView, job: &JobView) -> Markup {
 /// The waterfall: one row per commit (newest first), one column per shard.
 pub fn waterfall(repos: &[RepoView], repo: Option<&str>, commits: &[CommitView]) -> Markup {
     let width = commits.iter().map(|c| c.summary.shards).max().unwrap_or(0);
+    let durations: Vec<f64> = commits.iter().rev().filter_map(|c| c.summary.duration_secs).collect();
     html! {
         @if repos.len() > 1 {
             nav.repos aria-label="Repositories" {
@@ -126,7 +127,13 @@ pub fn waterfall(repos: &[RepoView], repo: Option<&str>, commits: &[CommitView])
         }
         @if commits.is_empty() { p { "No commits yet: a push to a repository Fifty watches queues one." } }
         @else {
-            p.meta { "The newest " (commits.len()) " commits, newest first; one column per shard." }
+            p.meta {
+                "The newest " (commits.len()) " commits, newest first; one column per shard. "
+                @if durations.len() > 1 {
+                    "Time from push to result, oldest to newest: "
+                    (PreEscaped(chart::sparkline("time from push to result, seconds", &durations)))
+                }
+            }
             div.scroll {
                 table #waterfall {
                     thead { tr {
@@ -556,6 +563,13 @@ mod tests {
         assert!(page.contains("×2") && page.contains(">flaky<") && page.contains(">quarantined<"), "{page}");
         // Shard 1 running.
         assert!(page.contains(">running<") && page.contains("build-2, 1 min 15 s"), "{page}");
+        // Finished commits' durations as a sparkline, oldest first.
+        let mut done = commit_view();
+        done.summary.duration_secs = Some(90.0);
+        let mut older = commit_view();
+        older.summary.duration_secs = Some(30.0);
+        let page = waterfall(&repos, None, &[done, older]).into_string();
+        assert!(page.contains(r#"class="sparkline""#) && page.contains("last 90, lowest 30, highest 90"), "{page}");
         let empty = waterfall(&repos, None, &[]).into_string();
         assert!(empty.contains("No commits yet"));
     }
