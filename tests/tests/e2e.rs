@@ -2350,6 +2350,15 @@ async fn the_immune_system_reverts_a_bad_release_everywhere() {
     })
     .await
     .unwrap();
+
+    // The dashboard's incident page draws the evidence: the canary's latency against the
+    // baseline's over the bake, from the agents' real reports, with the decision marked.
+    let page = cluster.client().get_text(&format!("/ui/incidents/{}", incident.id)).await.unwrap();
+    let (canary, baseline) = (format!("canary, release {r4}"), format!("baseline, release {}", incident.previous));
+    assert!(page.contains("<svg") && page.contains(&canary) && page.contains(&baseline), "{page}");
+    assert!(page.contains(">decision: revert</text>"), "{page}");
+    assert!(!page.contains(&format!("{canary} has no data")), "the canary's reports are drawn: {page}");
+    assert!(page.contains("FAIL: latency median"), "the verdicts are listed: {page}");
 }
 
 /// The pid of the process listening on 127.0.0.1:`port` (TCP), from `/proc/net/tcp`.

@@ -54,6 +54,12 @@
 //! event streams are served by the coordinator asked (a stream on a follower forwards each
 //! re-render).
 
+mod alerts;
+pub mod chart;
+mod ci;
+pub mod evidence;
+mod experiments;
+mod incidents;
 pub mod layout;
 mod pages;
 pub mod session;
@@ -268,7 +274,10 @@ pub struct Page {
 /// Every page. Add a group with one line.
 pub fn pages() -> Vec<Page> {
     let mut all = pages::pages();
-    // Pages of other files go here: `all.extend(commits::pages());`
+    all.extend(ci::pages());
+    all.extend(incidents::pages());
+    all.extend(alerts::pages());
+    all.extend(experiments::pages());
     all.sort_by_key(|p| nav_order(p.nav));
     all
 }
@@ -348,7 +357,9 @@ pub fn routes() -> Vec<UiRoute> {
         table.push(UiRoute::new(Method::GET, p.path, Leader(Role::Read), serve_page));
     }
     table.extend(pages::routes());
-    // Actions of other files go here: `table.extend(incidents::routes());`
+    table.extend(ci::routes());
+    table.extend(incidents::routes());
+    table.extend(alerts::routes());
     table
 }
 

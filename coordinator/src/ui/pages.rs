@@ -315,6 +315,7 @@ fn rollouts(c: &Coordinator, ctx: &PageCtx, _: &Params) -> Result<Markup, UiErro
                 @if !r.immune.is_empty() {
                     ul.plain.immune { @for line in &r.immune { li { (line) } } }
                 }
+                (super::evidence::section(c, r))
                 @if ctx.admin && r.phase != Phase::Done {
                     div.actions {
                         @if r.phase == Phase::AwaitingPromotion { (form(ctx, &format!("/ui/rollouts/{}/promote", r.repo), "Promote", &[])) }
