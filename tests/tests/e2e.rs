@@ -266,6 +266,9 @@ async fn fetch_artifact_as(cluster: &LocalCluster, host: &str, digest: &str) -> 
         let (mut send, mut recv) = conn.open_bi().await?;
         write_frame(&mut send, &AgentMsg::Hello { agent_version: "probe".into() }).await?;
         write_frame(&mut send, &AgentMsg::FetchArtifact { digest: digest.to_string(), offset: 0 }).await?;
+        // As an agent does: the coordinators' stream comes second, before any download stream.
+        let (mut members, _members_recv) = conn.open_bi().await?;
+        write_frame(&mut members, &AgentMsg::Hello { agent_version: "probe".into() }).await?;
         loop {
             match read_frame::<CoordinatorMsg, _>(&mut recv).await? {
                 Some(CoordinatorMsg::ArtifactData { data, missing, .. }) => {
