@@ -94,28 +94,7 @@ pub async fn to_leader(State(f): State<Arc<Forwarder>>, req: Request, next: Next
     if answered_locally(&req) {
         return next.run(req).await;
     }
-    let c = &f.coordinator;
-    // A read confirms leadership first (ReadIndex); a write needs only to reach the leader, since
-    // committing it through Raft already orders it.
-    let read = req.method() == Method::GET;
-    let check = || async move {
-        if read {
-            c.consensus.read_barrier().await
-        } else {
-            c.consensus.ensure_leader()
-        }
-    };
-    let mut here = check().await;
-    if matches!(here, Err(ConsensusError::NoLeader)) {
-        // No leader known here: an election under way, or this coordinator just started and has
-        // not heard from the leader yet. Nothing was proposed, so waiting a little for one and
-        // asking again is safe, and spares every client a retry loop for the usual second or two.
-        let mut status = c.consensus.watch();
-        let known = status.wait_for(|s| s.leader_id != 0);
-        if tokio::time::timeout(LEADER_WAIT, known).await.is_ok_and(|r| r.is_ok()) {
-            here = check().await;
-        }
-    }
+    let here = leader_here(&f.coordinator, req.method() == Method::GET).await;
     match here {
         Ok(()) => next.run(req).await,
         Err(ConsensusError::NotLeader { leader: Some(leader) }) if !req.headers().contains_key(FORWARDED) => {
@@ -129,6 +108,32 @@ pub async fn to_leader(State(f): State<Arc<Forwarder>>, req: Request, next: Next
         }
         Err(e) => unavailable(e).into_response(),
     }
+}
+
+/// Whether this coordinator may serve a request now: `Ok` when it leads (a read confirms it
+/// first with ReadIndex; a write needs only to reach the leader, since committing it through
+/// Raft already orders it), else the consensus error naming the leader if one is known. With no
+/// leader known (an election under way, or this coordinator just started), it waits up to
+/// [`LEADER_WAIT`] for one and asks again: nothing was proposed, so that is safe, and it spares
+/// every client a retry loop for the usual second or two. The API and the dashboard both use it.
+pub(crate) async fn leader_here(c: &Coordinator, read: bool) -> Result<(), ConsensusError> {
+    let check = || async move {
+        if read {
+            c.consensus.read_barrier().await
+        } else {
+            c.consensus.ensure_leader()
+        }
+    };
+    let here = check().await;
+    if !matches!(here, Err(ConsensusError::NoLeader)) {
+        return here;
+    }
+    let mut status = c.consensus.watch();
+    let known = status.wait_for(|s| s.leader_id != 0);
+    if tokio::time::timeout(LEADER_WAIT, known).await.is_ok_and(|r| r.is_ok()) {
+        return check().await;
+    }
+    here
 }
 
 async fn forward(f: &Forwarder, leader: &MemberRecord, req: Request) -> Result<Response, ApiError> {

@@ -12,7 +12,7 @@
 //! requests to the leader, and `https` for the bounds every client is held to.
 
 mod experiments;
-mod forward;
+pub(crate) mod forward;
 mod https;
 mod webhook;
 

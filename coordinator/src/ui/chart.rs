@@ -251,12 +251,7 @@ pub fn line_chart(chart: &LineChart) -> String {
     let title = escape(&chart.title);
     let mut out = String::new();
     let summary = summary_text(chart);
-    let _ = write!(
-        out,
-        r#"<figure class="chart"><svg viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="sans-serif"><title>{title}</title><desc>{}</desc>"#,
-        escape(&format!("{}: {summary}", chart.title)),
-        escape(&summary)
-    );
+    open_figure(&mut out, &chart.title, &summary, HEIGHT);
     let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
     match (xs, ys) {
         (Some((xlo, xhi)), Some((ylo, yhi))) => {
@@ -472,23 +467,9 @@ pub fn interval_chart(title: &str, unit: &str, rows: &[Interval]) -> String {
         .join("; ");
     let summary = if summary.is_empty() { "no data".to_string() } else { summary };
     let mut out = String::new();
-    let _ = write!(
-        out,
-        r#"<figure class="chart"><svg viewBox="0 0 {WIDTH} {height}" width="100%" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="sans-serif"><title>{}</title><desc>{}</desc>"#,
-        escape(&format!("{title}: {summary}")),
-        escape(title),
-        escape(&summary)
-    );
+    open_figure(&mut out, title, &summary, height);
     let axis_y = height - BOTTOM;
-    for t in &ticks {
-        let x = sx(*t);
-        let _ = write!(
-            out,
-            r##"<line x1="{x:.1}" y1="{TOP:.1}" x2="{x:.1}" y2="{axis_y:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            axis_y + 16.0,
-            escape(&format_number(*t, step))
-        );
-    }
+    x_grid(&mut out, &ticks, step, &sx, axis_y);
     let zero = sx(0.0);
     let _ = write!(
         out,
@@ -576,23 +557,9 @@ pub fn bar_chart(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
     let summary = rows.iter().map(|(l, v)| format!("{l}: {}", format_value(*v))).collect::<Vec<_>>().join("; ");
     let summary = if summary.is_empty() { "no data".to_string() } else { summary };
     let mut out = String::new();
-    let _ = write!(
-        out,
-        r#"<figure class="chart"><svg viewBox="0 0 {WIDTH} {height}" width="100%" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="sans-serif"><title>{}</title><desc>{}</desc>"#,
-        escape(&format!("{title}: {summary}")),
-        escape(title),
-        escape(&summary)
-    );
+    open_figure(&mut out, title, &summary, height);
     let axis_y = height - BOTTOM;
-    for t in &ticks {
-        let x = sx(*t);
-        let _ = write!(
-            out,
-            r##"<line x1="{x:.1}" y1="{TOP:.1}" x2="{x:.1}" y2="{axis_y:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            axis_y + 16.0,
-            escape(&format_number(*t, step))
-        );
-    }
+    x_grid(&mut out, &ticks, step, &sx, axis_y);
     let _ = write!(
         out,
         r##"<line x1="{x0:.1}" y1="{TOP:.1}" x2="{x0:.1}" y2="{axis_y:.1}" stroke="#333"/><text x="{x1:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
@@ -666,6 +633,31 @@ pub fn sparkline(label: &str, values: &[f64]) -> String {
     }
     out.push_str("</svg>");
     out
+}
+
+/// Opens a chart's `<figure>` and `<svg>` of `height`, with its title and a text summary for
+/// screen readers (`aria-label`, `<title>`, `<desc>`).
+fn open_figure(out: &mut String, title: &str, summary: &str, height: f64) {
+    let _ = write!(
+        out,
+        r#"<figure class="chart"><svg viewBox="0 0 {WIDTH} {height}" width="100%" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg" font-size="11" font-family="sans-serif"><title>{}</title><desc>{}</desc>"#,
+        escape(&format!("{title}: {summary}")),
+        escape(title),
+        escape(summary)
+    );
+}
+
+/// Vertical grid lines at `ticks` along a horizontal value axis, each labelled below `axis_y`.
+fn x_grid(out: &mut String, ticks: &[f64], step: f64, sx: &dyn Fn(f64) -> f64, axis_y: f64) {
+    for t in ticks {
+        let x = sx(*t);
+        let _ = write!(
+            out,
+            r##"<line x1="{x:.1}" y1="{TOP:.1}" x2="{x:.1}" y2="{axis_y:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            axis_y + 16.0,
+            escape(&format_number(*t, step))
+        );
+    }
 }
 
 #[cfg(test)]

@@ -546,22 +546,7 @@ async fn guard_route(State(g): State<Guard>, req: Request, next: Next) -> Respon
 /// `Ok(None)` to serve here (this node leads and, for a read, confirmed it); `Ok(Some(addr))` to
 /// forward to the leader's API at `addr`.
 async fn on_leader(ui: &Ui, read: bool, forwarded: bool) -> Result<Option<String>, UiError> {
-    let c = &ui.c;
-    let check = || async move {
-        if read {
-            c.consensus.read_barrier().await
-        } else {
-            c.consensus.ensure_leader()
-        }
-    };
-    let mut here = check().await;
-    if matches!(here, Err(ConsensusError::NoLeader)) {
-        let mut status = c.consensus.watch();
-        let known = status.wait_for(|s| s.leader_id != 0);
-        if tokio::time::timeout(Duration::from_secs(5), known).await.is_ok_and(|r| r.is_ok()) {
-            here = check().await;
-        }
-    }
+    let here = crate::api::forward::leader_here(&ui.c, read).await;
     match here {
         Ok(()) => Ok(None),
         Err(ConsensusError::NotLeader { leader: Some(leader) }) if !forwarded => Ok(Some(leader.http_addr)),
